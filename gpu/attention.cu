@@ -1,0 +1,320 @@
+// gpu/attention.cu — chapter 1, "Measuring a kernel": standard decode attention.
+// Twin of reference/common.py::decode_attention. One new token per sequence (T = 1)
+// attends to a K and a V cache of length S; MHA (G = H) and GQA (H % G == 0).
+//   q (B, H, D)   k, v (B, G, S, D)   out (B, H, D)      row-major, contiguous
+//   out[b,h] = softmax(q[b,h] . k[b,g]^T / sqrt(D)) . v[b,g],   g = h / (H / G)
+// Storage T = float or __half; every sum, the softmax and the accumulator are float.
+//
+// v1  naive twin of the reference: one block per (b, h); three passes (scores to a
+//     global scratch row, max and sum, P.V); each thread reads whole K rows.
+// v2  one pass with an online softmax: one block per (b, h), a warp per key row,
+//     lanes split D (coalesced), warps merged in shared memory. Needs D <= 256.
+//     Only B*H blocks: at B = 1 it leaves most SMs idle.
+// v3  v2 split along S (flash-decoding): grid (H, n_split, B); each block writes a
+//     partial (m, l, acc[D]); attention_combine_v3 merges the partials.
+// v4  v3 with 16-byte loads (8 halves / 4 floats per lane), a row per lane group
+//     (D / VEC lanes), UNROLL rows in flight per group, D a template constant.
+//     Needs D in {64, 80, 96, 128} (fp16 also 256); reuses attention_combine_v3.
+//
+// Run one version alone:  python -m gpu.bench attention --version 4
+// Compile report (no GPU): python -m gpu.check_kernels gpu/attention.cu
+
+#include <cuda_fp16.h>
+
+#define NEG_INF (-__int_as_float(0x7f800000))
+
+__device__ __forceinline__ float to_f(float x) { return x; }
+__device__ __forceinline__ float to_f(__half x) { return __half2float(x); }
+__device__ __forceinline__ void from_f(float& y, float x) { y = x; }
+__device__ __forceinline__ void from_f(__half& y, float x) { y = __float2half_rn(x); }
+
+__device__ __forceinline__ float warp_sum(float x) {
+  for (int o = 16; o > 0; o >>= 1) x += __shfl_xor_sync(0xffffffffu, x, o);
+  return x;
+}
+__device__ __forceinline__ float warp_max(float x) {
+  for (int o = 16; o > 0; o >>= 1) x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, o));
+  return x;
+}
+
+// Block-wide reduction through shared memory `red` (>= 32 floats); all threads get it.
+template <bool MAX>
+__device__ float block_reduce(float x, float* red) {
+  int lane = threadIdx.x % 32, warp = threadIdx.x / 32, nw = (blockDim.x + 31) / 32;
+  x = MAX ? warp_max(x) : warp_sum(x);
+  __syncthreads();  // red may still be read by a previous call
+  if (lane == 0) red[warp] = x;
+  __syncthreads();
+  x = lane < nw ? red[lane] : (MAX ? NEG_INF : 0.0f);
+  return MAX ? warp_max(x) : warp_sum(x);
+}
+
+// --- v1 ---
+// Naive: scores (B, H, S) float scratch in global memory.
+template <typename T>
+__device__ void decode_v1(const T* q, const T* k, const T* v, T* out, float* scores,
+                          int H, int G, int S, int D) {
+  __shared__ float red[32];
+  int h = blockIdx.x, b = blockIdx.y, g = h / (H / G);
+  const T* qh = q + ((size_t)b * H + h) * D;                 // (D,)
+  const T* kg = k + ((size_t)b * G + g) * S * D;             // (S, D)
+  const T* vg = v + ((size_t)b * G + g) * S * D;             // (S, D)
+  float* sc = scores + ((size_t)b * H + h) * S;              // (S,)
+  float scale = rsqrtf((float)D);
+  // pass 1: s_j = q . k_j / sqrt(D), and their max
+  float m = NEG_INF;
+  for (int j = threadIdx.x; j < S; j += blockDim.x) {
+    float dot = 0.0f;
+    for (int d = 0; d < D; ++d) dot += to_f(qh[d]) * to_f(kg[(size_t)j * D + d]);
+    sc[j] = dot * scale;
+    m = fmaxf(m, sc[j]);
+  }
+  m = block_reduce<true>(m, red);
+  // pass 2: p_j = exp(s_j - m), l = sum_j p_j
+  float l = 0.0f;
+  for (int j = threadIdx.x; j < S; j += blockDim.x) {
+    float p = expf(sc[j] - m);
+    sc[j] = p;
+    l += p;
+  }
+  l = block_reduce<false>(l, red);
+  __syncthreads();  // every p_j written before anyone reads them
+  // pass 3: out_d = sum_j p_j v_jd / l
+  for (int d = threadIdx.x; d < D; d += blockDim.x) {
+    float acc = 0.0f;
+    for (int j = 0; j < S; ++j) acc += sc[j] * to_f(vg[(size_t)j * D + d]);
+    from_f(out[((size_t)b * H + h) * D + d], acc / l);
+  }
+}
+
+// --- v2 ---
+// One warp per key row (lane i holds d = i, i+32, ...), an online softmax per warp:
+//   m' = max(m, s);  acc = acc * exp(m - m') + exp(s - m') v;  l likewise.
+// decode_chunk handles keys [s0, s1) and leaves the block's (m, l, acc) merged in smem.
+constexpr int MAXD = 256, NW = 4;  // max head dim, warps per block (v2, v3)
+struct Merged { float m, l; float acc[MAXD]; };
+
+template <typename T>
+__device__ void decode_chunk(const T* qh, const T* kg, const T* vg, int s0, int s1,
+                             int D, Merged& res) {
+  __shared__ float wm[NW], wl[NW], wacc[NW][MAXD];
+  int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  float scale = rsqrtf((float)D), qr[MAXD / 32], acc[MAXD / 32], m = NEG_INF, l = 0.0f;
+#pragma unroll
+  for (int i = 0; i < MAXD / 32; ++i) {
+    int d = lane + 32 * i;
+    qr[i] = d < D ? to_f(qh[d]) * scale : 0.0f;
+    acc[i] = 0.0f;
+  }
+  for (int j = s0 + warp; j < s1; j += NW) {
+    float dot = 0.0f;
+#pragma unroll
+    for (int i = 0; i < MAXD / 32; ++i) {
+      int d = lane + 32 * i;
+      if (d < D) dot += qr[i] * to_f(kg[(size_t)j * D + d]);
+    }
+    float s = warp_sum(dot), m_new = fmaxf(m, s);
+    float alpha = expf(m - m_new), p = expf(s - m_new);
+#pragma unroll
+    for (int i = 0; i < MAXD / 32; ++i) {
+      int d = lane + 32 * i;
+      if (d < D) acc[i] = acc[i] * alpha + p * to_f(vg[(size_t)j * D + d]);
+    }
+    l = l * alpha + p;
+    m = m_new;
+  }
+  if (lane == 0) { wm[warp] = m; wl[warp] = l; }
+#pragma unroll
+  for (int i = 0; i < MAXD / 32; ++i)
+    if (lane + 32 * i < D) wacc[warp][lane + 32 * i] = acc[i];
+  __syncthreads();
+  // merge the NW warps: M = max m_w, l = sum_w l_w exp(m_w - M), acc likewise
+  float M = NEG_INF;
+  for (int w = 0; w < NW; ++w) M = fmaxf(M, wm[w]);
+  for (int d = threadIdx.x; d < D; d += blockDim.x) {
+    float a = 0.0f;
+    for (int w = 0; w < NW; ++w) a += wm[w] == NEG_INF ? 0.0f : wacc[w][d] * expf(wm[w] - M);
+    res.acc[d] = a;
+  }
+  if (threadIdx.x == 0) {
+    float L = 0.0f;
+    for (int w = 0; w < NW; ++w) L += wm[w] == NEG_INF ? 0.0f : wl[w] * expf(wm[w] - M);
+    res.m = M;
+    res.l = L;
+  }
+  __syncthreads();
+}
+
+template <typename T>
+__device__ void decode_v2(const T* q, const T* k, const T* v, T* out, int H, int G,
+                          int S, int D) {
+  __shared__ Merged res;
+  int h = blockIdx.x, b = blockIdx.y, g = h / (H / G);
+  const T* kg = k + ((size_t)b * G + g) * S * D;
+  const T* vg = v + ((size_t)b * G + g) * S * D;
+  decode_chunk(q + ((size_t)b * H + h) * D, kg, vg, 0, S, D, res);
+  for (int d = threadIdx.x; d < D; d += blockDim.x)
+    from_f(out[((size_t)b * H + h) * D + d], res.acc[d] / res.l);
+}
+
+// --- v3 ---
+// Split S into n_split chunks of `chunk` keys: grid (H, n_split, B). Partials:
+//   part_acc (B, H, n_split, D) float, part_ml (B, H, n_split, 2) float (m, l).
+template <typename T>
+__device__ void decode_v3(const T* q, const T* k, const T* v, float* part_acc,
+                          float* part_ml, int H, int G, int S, int D, int chunk) {
+  __shared__ Merged res;
+  int h = blockIdx.x, sp = blockIdx.y, b = blockIdx.z, g = h / (H / G), n = gridDim.y;
+  int s0 = sp * chunk, s1 = min(S, s0 + chunk);
+  const T* kg = k + ((size_t)b * G + g) * S * D;
+  const T* vg = v + ((size_t)b * G + g) * S * D;
+  decode_chunk(q + ((size_t)b * H + h) * D, kg, vg, s0, s1, D, res);
+  size_t p = ((size_t)b * H + h) * n + sp;
+  for (int d = threadIdx.x; d < D; d += blockDim.x) part_acc[p * D + d] = res.acc[d];
+  if (threadIdx.x == 0) { part_ml[2 * p] = res.m; part_ml[2 * p + 1] = res.l; }
+}
+
+// Merge n partials per (b, h): out = sum_i acc_i e^{m_i-M} / sum_i l_i e^{m_i-M}.
+// Grid (B*H), block >= D threads.
+template <typename T>
+__device__ void combine_v3(const float* part_acc, const float* part_ml, T* out, int n,
+                           int D) {
+  size_t bh = blockIdx.x;
+  const float* ml = part_ml + bh * n * 2;
+  float M = NEG_INF, L = 0.0f;
+  for (int i = 0; i < n; ++i) M = fmaxf(M, ml[2 * i]);
+  for (int i = 0; i < n; ++i) L += ml[2 * i + 1] * expf(ml[2 * i] - M);
+  for (int d = threadIdx.x; d < D; d += blockDim.x) {
+    float a = 0.0f;
+    for (int i = 0; i < n; ++i) a += part_acc[(bh * n + i) * D + d] * expf(ml[2 * i] - M);
+    from_f(out[bh * D + d], a / L);
+  }
+}
+
+// --- v4 ---
+// A lane group of LG = D/VEC lanes (rounded up to a power of two) owns one key row and
+// loads it as 16-byte vectors; a warp holds 32/LG groups, a block NW4 warps. Each group
+// keeps its own online softmax over rows j = group, group + NG, ..., with UNROLL rows'
+// loads issued before the first is used. Groups are merged through shared memory.
+constexpr int NW4 = 4, UNROLL = 4;
+
+template <typename T> struct Vec;
+template <> struct Vec<float> { static constexpr int N = 4; };
+template <> struct Vec<__half> { static constexpr int N = 8; };
+
+// 16 bytes as raw bits (issued early), converted to float only when used.
+__device__ __forceinline__ uint4 load16(const void* p) {
+  return __ldg(reinterpret_cast<const uint4*>(p));
+}
+template <typename T>
+__device__ __forceinline__ void unpack(float (&x)[Vec<T>::N], uint4 raw) {
+  const T* e = reinterpret_cast<const T*>(&raw);
+#pragma unroll
+  for (int i = 0; i < Vec<T>::N; ++i) x[i] = to_f(e[i]);
+}
+
+template <typename T, int D>
+__device__ void decode_v4(const T* q, const T* k, const T* v, float* part_acc,
+                          float* part_ml, int H, int G, int S, int chunk) {
+  constexpr int VEC = Vec<T>::N, NV = D / VEC;                 // vectors per row
+  constexpr int LG = NV <= 4 ? 4 : NV <= 8 ? 8 : NV <= 16 ? 16 : 32;  // lanes per row
+  constexpr int GPW = 32 / LG, NG = NW4 * GPW;                 // groups per warp, block
+  static_assert(D % VEC == 0 && NV <= 32, "unsupported head dim");
+  __shared__ float gm[NG], gl[NG], gacc[NG][D];
+  int h = blockIdx.x, sp = blockIdx.y, b = blockIdx.z, g = h / (H / G), n = gridDim.y;
+  int sub = threadIdx.x % LG, grp = threadIdx.x / LG;  // lane in group, group
+  bool active = sub < NV;  // lanes past D/VEC idle (D = 80, 96)
+  int s0 = sp * chunk, s1 = min(S, s0 + chunk);
+  const T* kg = k + ((size_t)b * G + g) * S * D + sub * VEC;
+  const T* vg = v + ((size_t)b * G + g) * S * D + sub * VEC;
+  float qr[VEC], acc[VEC], m = NEG_INF, l = 0.0f, scale = rsqrtf((float)D);
+  if (active) unpack<T>(qr, load16(q + ((size_t)b * H + h) * D + sub * VEC));
+#pragma unroll
+  for (int i = 0; i < VEC; ++i) { qr[i] = active ? qr[i] * scale : 0.0f; acc[i] = 0.0f; }
+  // base is uniform across the block, so every lane reaches every shuffle
+  for (int base = s0; base < s1; base += NG * UNROLL) {
+    uint4 kraw[UNROLL], vraw[UNROLL];
+#pragma unroll
+    for (int u = 0; u < UNROLL; ++u) {  // issue every load first
+      int j = base + u * NG + grp;
+      if (active && j < s1) {
+        kraw[u] = load16(kg + (size_t)j * D);
+        vraw[u] = load16(vg + (size_t)j * D);
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < UNROLL; ++u) {
+      int j = base + u * NG + grp;
+      float kr[VEC], vr[VEC], dot = 0.0f;
+      if (active && j < s1) {
+        unpack<T>(kr, kraw[u]);
+#pragma unroll
+        for (int i = 0; i < VEC; ++i) dot += qr[i] * kr[i];
+      }
+#pragma unroll
+      for (int o = LG / 2; o > 0; o >>= 1) dot += __shfl_xor_sync(0xffffffffu, dot, o);
+      if (j < s1) {  // uniform across the lane group
+        float m_new = fmaxf(m, dot), alpha = expf(m - m_new), p = expf(dot - m_new);
+        if (active) {
+          unpack<T>(vr, vraw[u]);
+#pragma unroll
+          for (int i = 0; i < VEC; ++i) acc[i] = acc[i] * alpha + p * vr[i];
+        }
+        l = l * alpha + p;
+        m = m_new;
+      }
+    }
+  }
+  if (sub == 0) { gm[grp] = m; gl[grp] = l; }
+  if (active) {
+#pragma unroll
+    for (int i = 0; i < VEC; ++i) gacc[grp][sub * VEC + i] = acc[i];
+  }
+  __syncthreads();
+  float M = NEG_INF;
+  for (int w = 0; w < NG; ++w) M = fmaxf(M, gm[w]);
+  size_t p = ((size_t)b * H + h) * n + sp;
+  for (int d = threadIdx.x; d < D; d += blockDim.x) {
+    float a = 0.0f;
+    for (int w = 0; w < NG; ++w) a += gm[w] == NEG_INF ? 0.0f : gacc[w][d] * expf(gm[w] - M);
+    part_acc[p * D + d] = a;
+  }
+  if (threadIdx.x == 0) {
+    float L = 0.0f;
+    for (int w = 0; w < NG; ++w) L += gm[w] == NEG_INF ? 0.0f : gl[w] * expf(gm[w] - M);
+    part_ml[2 * p] = M;
+    part_ml[2 * p + 1] = L;
+  }
+}
+
+// --- entry points (extern "C": one symbol per storage type and, for v4, head dim) ---
+#define ENTRY_V123(SUF, T)                                                              \
+  extern "C" __global__ void attention_decode_v1_##SUF(                                 \
+      const T* q, const T* k, const T* v, T* out, float* scores, int H, int G, int S,   \
+      int D) { decode_v1<T>(q, k, v, out, scores, H, G, S, D); }                        \
+  extern "C" __global__ void __launch_bounds__(32 * NW) attention_decode_v2_##SUF(      \
+      const T* q, const T* k, const T* v, T* out, int H, int G, int S, int D) {         \
+    decode_v2<T>(q, k, v, out, H, G, S, D); }                                           \
+  extern "C" __global__ void __launch_bounds__(32 * NW) attention_decode_v3_##SUF(      \
+      const T* q, const T* k, const T* v, float* pa, float* pml, int H, int G, int S,   \
+      int D, int chunk) { decode_v3<T>(q, k, v, pa, pml, H, G, S, D, chunk); }          \
+  extern "C" __global__ void attention_combine_v3_##SUF(                                \
+      const float* pa, const float* pml, T* out, int n, int D) {                        \
+    combine_v3<T>(pa, pml, out, n, D); }
+
+#define ENTRY_V4(SUF, T, DD)                                                            \
+  extern "C" __global__ void __launch_bounds__(32 * NW4) attention_decode_v4_##SUF##_d##DD( \
+      const T* q, const T* k, const T* v, float* pa, float* pml, int H, int G, int S,   \
+      int chunk) { decode_v4<T, DD>(q, k, v, pa, pml, H, G, S, chunk); }
+
+ENTRY_V123(f32, float)
+ENTRY_V123(f16, __half)
+ENTRY_V4(f32, float, 64)
+ENTRY_V4(f32, float, 80)
+ENTRY_V4(f32, float, 96)
+ENTRY_V4(f32, float, 128)
+ENTRY_V4(f16, __half, 64)
+ENTRY_V4(f16, __half, 80)
+ENTRY_V4(f16, __half, 96)
+ENTRY_V4(f16, __half, 128)
+ENTRY_V4(f16, __half, 256)

@@ -1,0 +1,176 @@
+"""Launchers for gpu/attention.cu: standard decode attention over a K and a V cache.
+
+The CuPy twin of ``reference.common.decode_attention``. Each launcher checks every
+precondition of the kernel before launching (dtype, contiguity, shapes, head-dim
+limits, alignment), casts scalars to int32, picks the grid and launches. No maths.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from gpu import runtime as rt
+
+SLUG = "attention"
+VERSIONS = (1, 2, 3, 4)
+DTYPES = (np.float32, np.float16)
+_SUFFIX = {np.dtype(np.float32): "f32", np.dtype(np.float16): "f16"}
+# v2/v3 keep D/32 values per lane in registers sized for D <= 256 (MAXD in the .cu).
+MAX_D_V23 = 256
+# v4 is instantiated for these head dims (see ENTRY_V4 in the .cu).
+V4_HEAD_DIMS = {
+    np.dtype(np.float32): (64, 80, 96, 128),
+    np.dtype(np.float16): (64, 80, 96, 128, 256),
+}
+THREADS = 128  # 4 warps: NW and NW4 in the .cu
+MIN_CHUNK = 64  # fewest keys worth a block in v3/v4 (v4 covers 32 rows per iteration)
+
+
+def _check(q, k_cache, v_cache, version: int) -> tuple[int, int, int, int, int]:
+    if version not in VERSIONS:
+        raise ValueError(f"version must be one of {VERSIONS}, got {version!r}")
+    rt.check_array("q", q, DTYPES, 3)
+    rt.check_array("k_cache", k_cache, (q.dtype,), 4)
+    rt.check_array("v_cache", v_cache, (q.dtype,), 4)
+    b, h, d = q.shape
+    g, s = k_cache.shape[1], k_cache.shape[2]
+    rt.check_positive(B=b, H=h, D=d, G=g, S=s)
+    rt.check_shape("k_cache", k_cache, (b, g, s, d), "BGSD")
+    rt.check_shape("v_cache", v_cache, (b, g, s, d), "BGSD")
+    if h % g:
+        raise ValueError(f"H = {h} query heads must be a multiple of G = {g} KV heads")
+    rt.check_int32(S=s, D=d, H=h, B=b)
+    if version in (2, 3) and d > MAX_D_V23:
+        raise ValueError(f"v{version} needs D <= {MAX_D_V23}, got D = {d}")
+    if version == 4:
+        dims = V4_HEAD_DIMS[q.dtype]
+        if d not in dims:
+            raise ValueError(f"v4 ({q.dtype.name}) needs D in {dims}, got D = {d}")
+        for name, a in (("q", q), ("k_cache", k_cache), ("v_cache", v_cache)):
+            if a.data.ptr % 16:
+                raise ValueError(f"v4 needs {name} 16-byte aligned (it loads 16 bytes)")
+    return b, h, g, s, d
+
+
+def split_plan(b: int, h: int, s: int, n_split: int | None = None) -> tuple[int, int]:
+    """(n_split, chunk) for v3/v4: enough blocks for ~4 per SM, chunks >= MIN_CHUNK.
+
+    The last chunk may be shorter; no chunk is empty (n_split = ceil(S / chunk)).
+    """
+    if n_split is None:
+        sms = rt.device_info()["sm_count"] if rt.available() else 132
+        n_split = max(1, min(math.ceil(4 * sms / (b * h)), math.ceil(s / MIN_CHUNK)))
+    if not 1 <= int(n_split) <= s:
+        raise ValueError(f"n_split must be in [1, S = {s}], got {n_split}")
+    chunk = math.ceil(s / int(n_split))
+    return math.ceil(s / chunk), chunk
+
+
+def workspace_elems(version: int, b: int, h: int, s: int, d: int, n_split=None) -> int:
+    """float32 elements of scratch a version needs (v1: scores; v3/v4: partials)."""
+    if version == 1:
+        return b * h * s
+    if version == 2:
+        return 0
+    n, _ = split_plan(b, h, s, n_split)
+    return b * h * n * (d + 2)
+
+
+def decode_attention(
+    q, k_cache, v_cache, *, version: int = 4, n_split=None, out=None, workspace=None
+):
+    """out[b, h] = softmax(q[b, h] . K[b, g]^T / sqrt(D)) . V[b, g],  g = h // (H // G).
+
+    Args:
+        q: (B, H, D) float32 or float16, C-contiguous CuPy array.
+        k_cache, v_cache: (B, G, S, D), same dtype, H % G == 0.
+        version: 1..4, the kernel ladder of gpu/attention.cu.
+        n_split: v3/v4 only: number of chunks S is split into (default: split_plan).
+        out: optional (B, H, D) array of q's dtype to write into.
+        workspace: optional float32 scratch of >= workspace_elems(...) elements.
+            Pass ``out`` and ``workspace`` to launch without allocating (CUDA graphs).
+    Returns:
+        out (B, H, D), q's dtype. Accumulation is float32 in every version.
+    """
+    import cupy as cp
+
+    b, h, g, s, d = _check(q, k_cache, v_cache, version)
+    if out is None:
+        out = cp.empty_like(q)
+    else:
+        rt.check_array("out", out, (q.dtype,), 3)
+        rt.check_shape("out", out, (b, h, d), "BHD")
+    need = workspace_elems(version, b, h, s, d, n_split)
+    if workspace is None:
+        workspace = cp.empty(max(need, 1), dtype=cp.float32)
+    else:
+        rt.check_array("workspace", workspace, (np.float32,), 1)
+        if workspace.size < need:
+            raise ValueError(
+                f"workspace needs >= {need} float32 elements, got {workspace.size}"
+            )
+    suf = _SUFFIX[q.dtype]
+    i32 = np.int32
+    if version == 1:
+        scores = workspace[: b * h * s]  # the naive version's (B, H, S) scratch
+        fn = rt.kernel(SLUG, f"attention_decode_v1_{suf}")
+        fn(
+            (h, b),
+            (THREADS,),
+            (q, k_cache, v_cache, out, scores, i32(h), i32(g), i32(s), i32(d)),
+        )
+        return out
+    if version == 2:
+        fn = rt.kernel(SLUG, f"attention_decode_v2_{suf}")
+        fn(
+            (h, b),
+            (THREADS,),
+            (q, k_cache, v_cache, out, i32(h), i32(g), i32(s), i32(d)),
+        )
+        return out
+    n, chunk = split_plan(b, h, s, n_split)
+    part_acc = workspace[: b * h * n * d]  # (B, H, n, D)
+    part_ml = workspace[b * h * n * d : b * h * n * (d + 2)]  # (B, H, n, 2): m, l
+    if version == 3:
+        fn = rt.kernel(SLUG, f"attention_decode_v3_{suf}")
+        args = (
+            q,
+            k_cache,
+            v_cache,
+            part_acc,
+            part_ml,
+            i32(h),
+            i32(g),
+            i32(s),
+            i32(d),
+            i32(chunk),
+        )
+    else:
+        fn = rt.kernel(SLUG, f"attention_decode_v4_{suf}_d{d}")
+        args = (
+            q,
+            k_cache,
+            v_cache,
+            part_acc,
+            part_ml,
+            i32(h),
+            i32(g),
+            i32(s),
+            i32(chunk),
+        )
+    fn((h, n, b), (THREADS,), args)
+    combine = rt.kernel(SLUG, f"attention_combine_v3_{suf}")
+    combine((b * h,), (THREADS,), (part_acc, part_ml, out, i32(n), i32(d)))
+    return out
+
+
+def bytes_moved(b: int, h: int, g: int, s: int, d: int, itemsize: int) -> int:
+    """Fewest bytes decode attention must move: K and V once, q read, out written."""
+    return itemsize * (2 * b * g * s * d + 2 * b * h * d)
+
+
+def flops(b: int, h: int, s: int, d: int) -> int:
+    """2*S*D for the scores and 2*S*D for P.V, per query head (exp not counted)."""
+    return 4 * b * h * s * d

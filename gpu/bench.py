@@ -1,0 +1,432 @@
+"""The one benchmark harness: validate, then time; every figure beside its floor.
+
+    python -m gpu.bench ceilings            copy/read bandwidth and GEMM peaks
+    python -m gpu.bench attention [--quick] [--version N]
+    python -m gpu.bench all --out results   everything, recorded with provenance
+
+Method (see the chapter "Measuring a kernel"):
+  * each case is checked against the float64 NumPy reference before it is timed;
+    a case that fails validation is recorded as failed and never timed;
+  * the calls are captured in a CUDA graph, so Python launch overhead is not timed;
+  * inputs are rotated over enough copies that together exceed 2x the L2 cache, so
+    every call reads from HBM, as it would in a model;
+  * one sample = one graph replay (CUDA events) / calls in it; we report the median
+    and the 10th-90th percentile spread of many samples, after warm-up replays;
+  * floors use the ceilings measured on the same card in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from gpu import runtime as rt
+
+RESULTS = Path(__file__).resolve().parent.parent / "results"
+
+
+@dataclass(frozen=True)
+class Timing:
+    median_us: float
+    p10_us: float
+    p90_us: float
+    samples: int
+    calls_per_sample: int
+
+
+def _summarise(per_call_us: list[float], calls: int) -> Timing:
+    a = np.asarray(per_call_us)
+    return Timing(
+        float(np.median(a)),
+        float(np.percentile(a, 10)),
+        float(np.percentile(a, 90)),
+        len(a),
+        calls,
+    )
+
+
+def n_copies(bytes_per_call: int, l2_bytes: int | None = None, cap: int = 64) -> int:
+    """Input sets to rotate so that together they exceed 2x L2 (1 if one set does)."""
+    l2 = l2_bytes or (rt.device_info()["l2_bytes"] if rt.available() else 50 << 20)
+    return max(1, min(cap, math.ceil(2 * l2 / max(bytes_per_call, 1))))
+
+
+def time_cupy(calls, samples: int = 30, warmup: int = 3) -> Timing:
+    """Time a list of zero-argument callables that launch CuPy kernels.
+
+    They are captured once into a CUDA graph (they must not allocate: pass
+    preallocated outputs), replayed ``warmup`` times, then ``samples`` times between
+    CUDA events. Returns the per-call time of each replay, summarised.
+    """
+    import cupy as cp
+
+    for c in calls:  # first launch compiles and loads the module, outside the graph
+        c()
+    cp.cuda.Device().synchronize()
+    stream = cp.cuda.Stream(non_blocking=True)
+    with stream:
+        stream.begin_capture()
+        for c in calls:
+            c()
+        graph = stream.end_capture()
+    graph.upload(stream)
+    start, end = cp.cuda.Event(), cp.cuda.Event()
+    per_call = []
+    for i in range(warmup + samples):
+        start.record(stream)
+        graph.launch(stream)
+        end.record(stream)
+        end.synchronize()
+        if i >= warmup:
+            per_call.append(cp.cuda.get_elapsed_time(start, end) * 1e3 / len(calls))
+    return _summarise(per_call, len(calls))
+
+
+def time_events(calls, samples: int = 10, warmup: int = 2) -> Timing:
+    """Time callables that cannot be captured in a graph (cuBLAS through CuPy):
+    CUDA events around the whole list on the current stream. Only for work long
+    enough (a large GEMM: ms) that launch overhead does not matter."""
+    import cupy as cp
+
+    start, end = cp.cuda.Event(), cp.cuda.Event()
+    per_call = []
+    for i in range(warmup + samples):
+        start.record()
+        for c in calls:
+            c()
+        end.record()
+        end.synchronize()
+        if i >= warmup:
+            per_call.append(cp.cuda.get_elapsed_time(start, end) * 1e3 / len(calls))
+    return _summarise(per_call, len(calls))
+
+
+def time_torch(calls, samples: int = 30, warmup: int = 3) -> Timing:
+    """As ``time_cupy`` for callables that launch PyTorch work (torch.cuda graphs)."""
+    import torch
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # torch wants a warm-up on a side stream
+        for c in calls:
+            c()
+    torch.cuda.current_stream().wait_stream(side)
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for c in calls:
+            c()
+    start, end = (
+        torch.cuda.Event(enable_timing=True),
+        torch.cuda.Event(enable_timing=True),
+    )
+    per_call = []
+    for i in range(warmup + samples):
+        start.record()
+        graph.replay()
+        end.record()
+        end.synchronize()
+        if i >= warmup:
+            per_call.append(start.elapsed_time(end) * 1e3 / len(calls))
+    return _summarise(per_call, len(calls))
+
+
+def torch_available() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return bool(torch.cuda.is_available())
+
+
+# --- recording -------------------------------------------------------------------
+
+
+def record(slug: str, rows: list[dict], out_dir: Path = RESULTS, **extra) -> Path:
+    """Write results/<slug>.json: provenance (card, driver, CUDA, CuPy, commit, date)
+    and the rows. The book plots these files when it is built without a GPU."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"{slug}.json"
+    doc = {"benchmark": slug, "provenance": rt.provenance(), **extra, "rows": rows}
+    path.write_text(json.dumps(doc, indent=1) + "\n")
+    return path
+
+
+def load(slug: str, out_dir: Path = RESULTS) -> dict | None:
+    """The recorded results/<slug>.json, or None when it has not been measured."""
+    path = out_dir / f"{slug}.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+# --- ceilings --------------------------------------------------------------------
+
+
+def ceilings(quick: bool = False) -> dict:
+    """Measured ceilings of the card at hand: copy and read bandwidth (bytes/s), GEMM
+    throughput (FLOP/s) for fp16 (cuBLAS via cupy), fp32 without TF32, and bf16/tf32
+    through torch when it is importable."""
+    import cupy as cp
+
+    n = (1 << 28) if quick else (1 << 30)  # bytes per buffer: 256 MiB or 1 GiB
+    src = cp.random.default_rng(0).integers(0, 2**31, n // 4, dtype=cp.int32)
+    dst = cp.empty_like(src)
+    t = time_cupy([lambda: cp.copyto(dst, src)], samples=20)
+    res = {"copy_bytes_per_s": 2 * n / (t.median_us * 1e-6)}  # read + write
+    flag = cp.zeros(1, dtype=cp.uint32)
+    read = rt.kernel("ceilings", "ceilings_read_v1")
+    grid = rt.device_info()["sm_count"] * 8
+    n16 = np.int64(n // 16)
+    t = time_cupy([lambda: read((grid,), (256,), (src, n16, flag))], samples=20)
+    res["read_bytes_per_s"] = n / (t.median_us * 1e-6)
+    m = 4096 if quick else 8192
+    for name, dt in (("fp16", cp.float16), ("fp32", cp.float32)):
+        a = (
+            cp.random.default_rng(1)
+            .standard_normal((m, m), dtype=cp.float32)
+            .astype(dt)
+        )
+        c = cp.empty_like(a)
+        t = time_events([lambda a=a, c=c: cp.matmul(a, a, out=c)])
+        res[f"gemm_{name}_flop_per_s"] = 2 * m**3 / (t.median_us * 1e-6)
+    if torch_available():
+        import torch
+
+        for name, dt, tf32 in (
+            ("bf16", torch.bfloat16, False),
+            ("tf32", torch.float32, True),
+        ):
+            torch.backends.cuda.matmul.allow_tf32 = tf32
+            a = torch.randn(m, m, device="cuda", dtype=dt)
+            c = torch.empty_like(a)
+            t = time_torch([lambda a=a, c=c: torch.matmul(a, a, out=c)], samples=10)
+            res[f"gemm_{name}_flop_per_s"] = 2 * m**3 / (t.median_us * 1e-6)
+        torch.backends.cuda.matmul.allow_tf32 = False
+    return res
+
+
+def ceilings_or_recorded(measure: bool = True) -> dict:
+    """Ceilings measured now (GPU present) or the recorded ones."""
+    if measure and rt.available():
+        return ceilings(quick=True)
+    doc = load("ceilings")
+    return doc["ceilings"] if doc else {}
+
+
+# --- decode attention --------------------------------------------------------------
+
+
+def _validate_attention(fn, q, k, v, dtype) -> float:
+    """Compare fn's output for batch rows {0, B-1} with the float64 NumPy reference.
+
+    Returns the fraction of the tolerance used; raises AssertionError on failure."""
+    import cupy as cp
+
+    from reference.common import decode_attention
+    from reference.testing import assert_close, attention_scale
+
+    out = cp.asnumpy(fn())
+    used = 0.0
+    for b in sorted({0, q.shape[0] - 1}):
+        qb, kb, vb = (cp.asnumpy(x[b : b + 1]).astype(np.float64) for x in (q, k, v))
+        ref = decode_attention(qb, kb, vb)
+        scale = attention_scale(qb, kb, vb)
+        used = max(used, assert_close(out[b : b + 1], ref, "gpu", dtype, scale=scale))
+    return used
+
+
+def attention(
+    quick: bool = False, versions=(1, 2, 3, 4), ceil: dict | None = None
+) -> list[dict]:
+    """Decode attention, H = G = 32, D = 128, fp16: our versions and torch SDPA.
+
+    Grid: B in {1, 8, 64} x S in {1K, 4K, 16K, 32K}
+    (quick: B in {1, 8}, S in {1K, 16K}).
+    """
+    import cupy as cp
+
+    from gpu import attention as att
+
+    ceil = ceil or ceilings_or_recorded()
+    read_bw = ceil.get("read_bytes_per_s")
+    h = g = 32
+    d = 128
+    dtype = np.float16
+    bs, ss = (
+        ((1, 8), (1024, 16384)) if quick else ((1, 8, 64), (1024, 4096, 16384, 32768))
+    )
+    rows = []
+    rng = cp.random.default_rng(2026)
+    for b in bs:
+        for s in ss:
+            nbytes = att.bytes_moved(b, h, g, s, d, 2)
+            copies = n_copies(nbytes)
+
+            def rand(shape):
+                return rng.standard_normal(shape, dtype=cp.float32).astype(dtype)
+
+            sets = [
+                (rand((b, h, d)), rand((b, g, s, d)), rand((b, g, s, d)))
+                for _ in range(copies)
+            ]
+            base = dict(
+                B=b,
+                H=h,
+                G=g,
+                S=s,
+                D=d,
+                dtype="float16",
+                bytes=nbytes,
+                flops=att.flops(b, h, s, d),
+                copies=copies,
+            )
+            if read_bw:
+                base["floor_us"] = nbytes / read_bw * 1e6
+            for ver in versions:
+                if ver == 1 and b * s > 8 * 16384 and not quick:
+                    continue  # v1 is ~10x slower; its trend is clear from smaller sizes
+                ws_n = att.workspace_elems(ver, b, h, s, d)
+                outs = [cp.full((b, h, d), np.nan, dtype=dtype) for _ in sets]
+                wss = [cp.empty(max(ws_n, 1), dtype=cp.float32) for _ in sets]
+                calls = [
+                    (
+                        lambda st=st, o=o, w=w, v=ver: att.decode_attention(
+                            *st, version=v, out=o, workspace=w
+                        )
+                    )
+                    for st, o, w in zip(sets, outs, wss, strict=True)
+                ]
+                rows.append(
+                    _run_case(
+                        f"v{ver}",
+                        base,
+                        calls,
+                        sets[0],
+                        dtype,
+                        n_split=att.split_plan(b, h, s)[0] if ver >= 3 else 1,
+                    )
+                )
+                del outs, wss
+            if torch_available():
+                rows.append(_run_torch_sdpa(base, sets, dtype))
+            del sets
+            cp.get_default_memory_pool().free_all_blocks()
+    return rows
+
+
+def _run_case(name: str, base: dict, calls, first_set, dtype, **extra) -> dict:
+    row = dict(name=name, **base, **extra)
+    try:
+        row["error_used"] = _validate_attention(calls[0], *first_set, dtype)
+    except AssertionError as e:
+        row["status"] = f"FAILED validation: {e}"
+        print(f"  {name}: {row['status']}", file=sys.stderr)
+        return row
+    t = time_cupy(calls, samples=20 if base["bytes"] > 1 << 30 else 40)
+    return _finish(row, t)
+
+
+def _finish(row: dict, t: Timing) -> dict:
+    row.update(status="ok", **asdict(t))
+    row["gb_per_s"] = row["bytes"] / (t.median_us * 1e-6) / 1e9
+    if "floor_us" in row:
+        row["of_floor"] = row["floor_us"] / t.median_us  # 1.0 = at the floor
+    return row
+
+
+def _run_torch_sdpa(base: dict, sets, dtype) -> dict:
+    import torch
+    import torch.nn.functional as F
+
+    tq = [
+        (torch.from_dlpack(q)[:, :, None], torch.from_dlpack(k), torch.from_dlpack(v))
+        for q, k, v in sets
+    ]
+    gqa = base["H"] != base["G"]
+    calls = [
+        (lambda q=q, k=k, v=v: F.scaled_dot_product_attention(q, k, v, enable_gqa=gqa))
+        for q, k, v in tq
+    ]
+    row = dict(name="torch_sdpa", torch=torch.__version__, **base)
+    import cupy as cp
+
+    def first():
+        out = calls[0]()[:, :, 0].contiguous()
+        torch.cuda.synchronize()
+        return cp.from_dlpack(out)
+
+    try:
+        row["error_used"] = _validate_attention(first, *sets[0], dtype)
+    except AssertionError as e:
+        row["status"] = f"FAILED validation: {e}"
+        return row
+    t = time_torch(calls, samples=20 if base["bytes"] > 1 << 30 else 40)
+    return _finish(row, t)
+
+
+def print_table(rows: list[dict]) -> None:
+    nan = float("nan")
+    print(
+        f"{'case':<10}{'B':>4}{'S':>7}{'median us':>12}{'p10-p90':>16}"
+        f"{'GB/s':>8}{'floor us':>10}{'of floor':>9}{'err/tol':>9}"
+    )
+    for r in rows:
+        if r.get("status") != "ok":
+            print(f"{r['name']:<10}{r['B']:>4}{r['S']:>7}  {r.get('status')}")
+            continue
+        print(
+            f"{r['name']:<10}{r['B']:>4}{r['S']:>7}{r['median_us']:>12.1f}"
+            f"{r['p10_us']:>8.1f}-{r['p90_us']:<7.1f}{r['gb_per_s']:>8.0f}"
+            f"{r.get('floor_us', nan):>10.1f}{r.get('of_floor', nan):>9.2f}"
+            f"{r['error_used']:>9.3f}"
+        )
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(
+        prog="python -m gpu.bench",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    ap.add_argument("what", choices=("ceilings", "attention", "all"))
+    ap.add_argument(
+        "--quick", action="store_true", help="smaller grid, for trying things"
+    )
+    ap.add_argument("--version", type=int, action="append", help="kernel version(s)")
+    ap.add_argument("--out", type=Path, default=None, help="record into this folder")
+    args = ap.parse_args(argv)
+    if not rt.available():
+        print(f"no GPU here: {rt.why_unavailable()}", file=sys.stderr)
+        return 2
+    print(rt.device_summary())
+    ceil = None
+    if args.what in ("ceilings", "all"):
+        ceil = ceilings(quick=args.quick)
+        for k, v in ceil.items():
+            print(f"  {k:<26}{v / 1e12:10.3f} T")
+        if args.out:
+            record("ceilings", [], args.out, ceilings=ceil)
+    if args.what in ("attention", "all"):
+        rows = attention(
+            quick=args.quick, versions=tuple(args.version or (1, 2, 3, 4)), ceil=ceil
+        )
+        print_table(rows)
+        if args.out:
+            record(
+                "attention",
+                rows,
+                args.out,
+                ceilings=ceil or ceilings_or_recorded(False),
+            )
+        if any(r.get("status") != "ok" for r in rows):
+            return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

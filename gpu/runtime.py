@@ -1,0 +1,183 @@
+"""What every launcher shares: is there a GPU, what is it, load a .cu, check inputs.
+
+Importing this module never needs CuPy or a device: ``available()`` says whether both
+are there, and ``why_unavailable()`` says why not. CuPy is imported lazily.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import functools
+import subprocess
+from pathlib import Path
+
+import numpy as np
+
+GPU_DIR = Path(__file__).resolve().parent
+# Options CuPy passes through NVRTC; the compile gate (gpu/check_kernels.py) uses the
+# same ones so that what compiles in CI is what runs on the card.
+NVRTC_OPTIONS = ("-std=c++17",)
+
+
+@functools.cache
+def _probe() -> tuple[bool, str]:
+    try:
+        import cupy as cp
+    except Exception as e:  # ImportError, or a broken CUDA install
+        return False, f"cupy not importable ({type(e).__name__}: {e})"
+    try:
+        n = cp.cuda.runtime.getDeviceCount()
+    except Exception as e:
+        return False, f"cupy imported but no CUDA device ({type(e).__name__})"
+    if n < 1:
+        return False, "cupy imported but no CUDA device"
+    return True, ""
+
+
+def available() -> bool:
+    """True when CuPy imports and a CUDA device answers."""
+    return _probe()[0]
+
+
+def why_unavailable() -> str:
+    """Empty when ``available()``; else one line saying what is missing."""
+    return _probe()[1]
+
+
+@functools.cache
+def device_info() -> dict:
+    """Card, driver, CUDA and CuPy versions, SM count and L2 size (for provenance)."""
+    import cupy as cp
+
+    dev = cp.cuda.Device()
+    props = cp.cuda.runtime.getDeviceProperties(dev.id)
+    drv = cp.cuda.runtime.driverGetVersion()
+    rt = cp.cuda.runtime.runtimeGetVersion()
+    try:
+        driver = (
+            subprocess.run(
+                ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                capture_output=True,
+                text=True,
+                timeout=20,
+            )
+            .stdout.split("\n")[0]
+            .strip()
+        )
+    except (OSError, subprocess.SubprocessError):
+        driver = ""
+    name = props["name"]
+    return {
+        "card": name.decode() if isinstance(name, bytes) else str(name),
+        "compute_capability": f"{props['major']}.{props['minor']}",
+        "sm_count": int(props["multiProcessorCount"]),
+        "l2_bytes": int(props["l2CacheSize"]),
+        "memory_bytes": int(props["totalGlobalMem"]),
+        "driver": driver or f"CUDA driver API {drv // 1000}.{drv % 1000 // 10}",
+        "cuda_driver_api": f"{drv // 1000}.{drv % 1000 // 10}",
+        "cuda_runtime": f"{rt // 1000}.{rt % 1000 // 10}",
+        "cupy": cp.__version__,
+        "numpy": np.__version__,
+    }
+
+
+def device_summary() -> str:
+    """One line: card, driver, CuPy."""
+    if not available():
+        return why_unavailable()
+    i = device_info()
+    sm = i["compute_capability"].replace(".", "")
+    return f"{i['card']} (sm_{sm}), driver {i['driver']}, CuPy {i['cupy']}"
+
+
+def provenance() -> dict:
+    """Everything a recorded figure must carry: device_info + commit + UTC date."""
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short=12", "HEAD"],
+            capture_output=True,
+            text=True,
+            cwd=GPU_DIR,
+            timeout=10,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            cwd=GPU_DIR,
+            timeout=10,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit, dirty = "", ""
+    info = dict(device_info()) if available() else {}
+    info["commit"] = (commit or "unknown") + ("-dirty" if dirty else "")
+    info["date"] = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return info
+
+
+@functools.cache
+def module(slug: str):
+    """``gpu/<slug>.cu`` compiled once into a ``cupy.RawModule``."""
+    import cupy as cp
+
+    src = (GPU_DIR / f"{slug}.cu").read_text()
+    return cp.RawModule(code=src, options=NVRTC_OPTIONS)
+
+
+def kernel(slug: str, name: str):
+    """The kernel ``name`` from ``gpu/<slug>.cu``."""
+    return module(slug).get_function(name)
+
+
+# --- argument checks shared by the launchers (run before any launch) ---------------
+
+
+def check_array(name: str, a, dtypes, ndim: int) -> None:
+    """TypeError unless ``a`` is a C-contiguous CuPy array of one of ``dtypes``
+    with ``ndim`` dimensions; ValueError for the wrong ndim or a non-contiguous one."""
+    import cupy as cp
+
+    if not isinstance(a, cp.ndarray):
+        raise TypeError(f"{name} must be a cupy.ndarray, got {type(a).__name__}")
+    allowed = tuple(np.dtype(d) for d in dtypes)
+    if a.dtype not in allowed:
+        names = " or ".join(d.name for d in allowed)
+        raise TypeError(f"{name} must have dtype {names}, got {a.dtype.name}")
+    if a.ndim != ndim:
+        raise ValueError(f"{name} must have {ndim} dimensions, got shape {a.shape}")
+    if not a.flags.c_contiguous:
+        raise ValueError(f"{name} must be C-contiguous (call cupy.ascontiguousarray)")
+    if a.size and a.data.device_id != cp.cuda.Device().id:
+        raise ValueError(
+            f"{name} lives on device {a.data.device_id}, not the current one"
+        )
+
+
+def check_shape(name: str, a, expected: tuple, letters: str) -> None:
+    """ValueError naming each mismatching dimension by its shape letter."""
+    if tuple(a.shape) != tuple(expected):
+        raise ValueError(
+            f"{name} must have shape ({', '.join(letters)}) = {tuple(expected)}, "
+            f"got {tuple(a.shape)}"
+        )
+
+
+def check_positive(**dims: int) -> None:
+    """ValueError for any dimension < 1."""
+    for k, v in dims.items():
+        if int(v) < 1:
+            raise ValueError(f"{k} must be >= 1, got {v}")
+
+
+def check_int32(**sizes: int) -> None:
+    """ValueError when a size or element offset would overflow the kernels' int32."""
+    for k, v in sizes.items():
+        if int(v) >= 2**31:
+            raise ValueError(f"{k} = {v} does not fit the kernels' int32 indexing")
+
+
+def poisoned(shape, dtype):
+    """A new CuPy array filled with NaN: elements a kernel forgets to write fail."""
+    import cupy as cp
+
+    return cp.full(shape, np.nan, dtype=dtype)

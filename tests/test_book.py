@@ -1,0 +1,207 @@
+"""The built book, opened in headless Chromium: every page of _toc.yml loads offline.
+
+For each page: no request fails and none leaves the machine (every URL is file://),
+math is typeset by the local MathJax with no raw TeX left on screen, every image
+decodes, local links point at files that exist, and no script throws.
+
+Needs `make book` first, Debian's `chromium` and the `playwright` package (no
+`playwright install`: it would download a browser). Skips with the reason otherwise.
+Only the standard library and pytest are imported at collection time, so this module
+also collects on the GPU machine, where none of them is installed.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+HTML = ROOT / "_build" / "html"
+TOC = ROOT / "_toc.yml"
+SHOTS = ROOT / "_build" / "screenshots"
+
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+TIMEOUT_MS = 30_000
+LOCAL_SCHEMES = ("file:", "data:", "blob:", "about:")
+
+# TeX that MathJax should have replaced: \( \) \[ \] $$ \begin{...}, or $...\cmd...$.
+RAW_TEX = re.compile(
+    r"\\\(|\\\)|\\\[|\\\]|\$\$|\\begin\{"  # delimiters
+    r"|\$[^$\n]*\\[A-Za-z]+[^$\n]*\$"  # $...\cmd...$ left by a missing dollarmath
+)
+
+pytestmark = pytest.mark.browser
+
+
+def toc_pages(toc: Path = TOC) -> list[str]:
+    """Docnames (paths without suffix) of every `root`, `file` and `glob` entry."""
+    names: list[str] = []
+    for line in toc.read_text().splitlines():
+        m = re.match(r"\s*(?:-\s+)?(root|file|glob):\s*(.+?)\s*$", line.split("#")[0])
+        if not m:
+            continue
+        key, value = m[1], m[2].strip("'\"")
+        if key == "glob":
+            found = sorted(p for p in ROOT.glob(value) if p.suffix in (".md", ".ipynb"))
+            names += [p.relative_to(ROOT).with_suffix("").as_posix() for p in found]
+        else:
+            names.append(re.sub(r"\.(md|ipynb)$", "", value))
+    return list(dict.fromkeys(names))
+
+
+PAGES = toc_pages()
+
+
+def _html_of(doc: str) -> Path:
+    return HTML / f"{doc}.html"
+
+
+@pytest.fixture(scope="module")
+def browser():
+    exe = shutil.which("chromium")
+    if exe is None:
+        pytest.skip("chromium is not installed: apt-get install chromium")
+    sync_api = pytest.importorskip(
+        "playwright.sync_api", reason="playwright is not importable (requirements.txt)"
+    )
+    if not (HTML / "index.html").is_file():
+        pytest.skip(f"{HTML} has not been built: run make book first")
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=exe, headless=True, args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+@dataclass
+class Tab:
+    """A browser page and what went wrong while it loaded."""
+
+    page: object
+    problems: list[str] = field(default_factory=list)
+
+    def on_request(self, request) -> None:
+        if not request.url.startswith(LOCAL_SCHEMES):
+            self.problems.append(f"non-local request: {request.url}")
+
+    def on_request_failed(self, request) -> None:
+        self.problems.append(f"request failed ({request.failure}): {request.url}")
+
+    def on_response(self, response) -> None:
+        if response.status >= 400:
+            self.problems.append(f"HTTP {response.status}: {response.url}")
+
+    def on_page_error(self, error) -> None:
+        self.problems.append(f"script error: {error}")
+
+
+@pytest.fixture
+def tab(browser):
+    """A fresh page that records every request, failure, HTTP error and JS exception."""
+    ctx = browser.new_context(viewport={"width": 1280, "height": 900})
+    # The book must work offline: refuse anything that would leave the machine.
+    ctx.route(re.compile(r"^(https?|wss?|ftp)://"), lambda route: route.abort())
+    pg = ctx.new_page()
+    pg.set_default_timeout(TIMEOUT_MS)
+    t = Tab(pg)
+    pg.on("request", t.on_request)
+    pg.on("requestfailed", t.on_request_failed)
+    pg.on("response", t.on_response)
+    pg.on("pageerror", t.on_page_error)
+    yield t
+    ctx.close()
+
+
+def _typeset(tab: Tab) -> str:
+    """Wait for MathJax's first typesetting pass; return why not, or ''."""
+    try:
+        tab.page.wait_for_function(
+            "() => window.MathJax && MathJax.startup && MathJax.startup.promise"
+        )
+        tab.page.evaluate("() => MathJax.startup.promise.then(() => true)")
+    except Exception as e:  # playwright's TimeoutError or a script error
+        return f"MathJax did not typeset: {type(e).__name__}: {str(e).splitlines()[0]}"
+    return ""
+
+
+_VISIBLE_TEXT_JS = """() => {
+  const skip = 'PRE, CODE, SCRIPT, STYLE, TEXTAREA, MJX-CONTAINER';
+  const walk = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT);
+  const out = [];
+  for (let n = walk.nextNode(); n; n = walk.nextNode()) {
+    const el = n.parentElement;
+    if (!el || el.closest(skip) || !el.checkVisibility()) continue;
+    out.push(n.textContent);
+  }
+  return out.join(' ');
+}"""
+
+_BROKEN_IMAGES_JS = """async () => {
+  const imgs = [...document.images];
+  for (const i of imgs) i.loading = 'eager';
+  await Promise.all(imgs.map(i => i.decode().catch(() => null)));
+  return imgs.filter(i => !(i.naturalWidth > 0)).map(i => i.currentSrc || i.src);
+}"""
+
+
+@pytest.mark.parametrize("doc", PAGES, ids=[Path(d).name for d in PAGES])
+def test_page(tab, doc):
+    page = tab.page
+    html = _html_of(doc)
+    assert html.is_file(), f"{doc} is in _toc.yml but {html} is missing: make book"
+
+    response = page.goto(html.as_uri(), wait_until="load")
+    assert response is None or response.ok, f"{doc}: status {response.status}"
+    assert page.locator("h1").count() >= 1, f"{doc}: no <h1> heading"
+
+    n_math = page.locator(".math").count()
+    not_typeset = _typeset(tab) if n_math else ""
+    broken = page.evaluate(_BROKEN_IMAGES_JS)
+    problems = tab.problems + ([not_typeset] if not_typeset else [])
+    assert not problems, f"{doc}:\n" + "\n".join(problems)
+
+    if n_math:
+        raw_math = page.locator(".math:not(:has(mjx-container))").count()
+        assert raw_math == 0, f"{doc}: {raw_math} of {n_math} math elements not typeset"
+        errors = page.locator("mjx-merror").all_inner_texts()
+        assert not errors, f"{doc}: MathJax errors {errors}"
+    raw = RAW_TEX.findall(page.evaluate(_VISIBLE_TEXT_JS))
+    assert not raw, f"{doc}: raw TeX visible on the page: {raw[:5]}"
+    assert not broken, f"{doc}: images that did not load: {broken}"
+
+    hrefs = page.eval_on_selector_all("a[href]", "as => as.map(a => a.href)")
+    missing = sorted(
+        {
+            h.split("#")[0]
+            for h in hrefs
+            if h.startswith("file:") and not Path(unquote(urlsplit(h).path)).exists()
+        }
+    )
+    assert not missing, f"{doc}: links to files that do not exist: {missing}"
+
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SHOTS / f"{Path(doc).name}.png"))
+    assert not tab.problems, f"{doc} (after the checks):\n" + "\n".join(tab.problems)
+
+
+def test_index_redirects_to_root(tab):
+    page = tab.page
+    index = HTML / "index.html"
+    root = PAGES[0]
+    assert f"url={root}.html" in index.read_text(), f"{index} does not point at {root}"
+    page.goto(index.as_uri())
+    page.wait_for_url(f"**/{root}.html")
+    assert page.locator("h1").count() >= 1
+    assert not tab.problems, "\n".join(tab.problems)

@@ -15,6 +15,8 @@
 // v4  v3 with 16-byte loads (8 halves / 4 floats per lane), a row per lane group
 //     (D / VEC lanes), UNROLL rows in flight per group, D a template constant.
 //     Needs D in {64, 80, 96, 128} (fp16 also 256); reuses attention_combine_v3.
+// v5  v4 with 8 rows in flight per lane group and the combine fused into the same
+//     launch (the last block per (b, h) merges); ~8 blocks per SM. Same D as v4.
 //
 // Run one version alone:  python -m gpu.bench attention --version 4
 // Compile report (no GPU): python -m gpu.check_kernels gpu/attention.cu
@@ -196,7 +198,7 @@ __device__ void combine_v3(const float* part_acc, const float* part_ml, T* out, 
 // loads it as 16-byte vectors; a warp holds 32/LG groups, a block NW4 warps. Each group
 // keeps its own online softmax over rows j = group, group + NG, ..., with UNROLL rows'
 // loads issued before the first is used. Groups are merged through shared memory.
-constexpr int NW4 = 4, UNROLL = 4;
+constexpr int NW4 = 4;
 
 template <typename T> struct Vec;
 template <> struct Vec<float> { static constexpr int N = 4; };
@@ -213,7 +215,7 @@ __device__ __forceinline__ void unpack(float (&x)[Vec<T>::N], uint4 raw) {
   for (int i = 0; i < Vec<T>::N; ++i) x[i] = to_f(e[i]);
 }
 
-template <typename T, int D>
+template <typename T, int D, int UNROLL>
 __device__ void decode_v4(const T* q, const T* k, const T* v, float* part_acc,
                           float* part_ml, int H, int G, int S, int chunk) {
   constexpr int VEC = Vec<T>::N, NV = D / VEC;                 // vectors per row
@@ -287,6 +289,37 @@ __device__ void decode_v4(const T* q, const T* k, const T* v, float* part_acc,
   }
 }
 
+// --- v5 ---
+// v4 with twice the rows in flight (UNROLL 8) and the combine fused: the last block
+// of each (b, h) to finish (an atomic ticket after a fence) merges the partials and
+// writes out, so one launch does it all. counters (B*H) must be zero before the first
+// call; the last block resets its counter, so the buffer stays reusable (CUDA graphs).
+template <typename T, int D>
+__device__ void decode_v5(const T* q, const T* k, const T* v, T* out, float* part_acc,
+                          float* part_ml, unsigned int* counters, int H, int G, int S,
+                          int chunk) {
+  __shared__ bool last;
+  decode_v4<T, D, 8>(q, k, v, part_acc, part_ml, H, G, S, chunk);
+  __threadfence();  // this block's partials visible device-wide before the ticket
+  __syncthreads();
+  unsigned int bh = blockIdx.z * H + blockIdx.x, n = gridDim.y;
+  if (threadIdx.x == 0) last = atomicAdd(&counters[bh], 1u) == n - 1;
+  __syncthreads();
+  if (!last) return;
+  __threadfence();
+  const float* ml = part_ml + (size_t)bh * n * 2;
+  float M = NEG_INF, L = 0.0f;
+  for (int i = 0; i < n; ++i) M = fmaxf(M, __ldcg(ml + 2 * i));
+  for (int i = 0; i < n; ++i) L += __ldcg(ml + 2 * i + 1) * expf(__ldcg(ml + 2 * i) - M);
+  for (int d = threadIdx.x; d < D; d += blockDim.x) {
+    float a = 0.0f;
+    for (int i = 0; i < n; ++i)
+      a += __ldcg(part_acc + ((size_t)bh * n + i) * D + d) * expf(__ldcg(ml + 2 * i) - M);
+    from_f(out[(size_t)bh * D + d], a / L);
+  }
+  if (threadIdx.x == 0) counters[bh] = 0;
+}
+
 // --- entry points (extern "C": one symbol per storage type and, for v4, head dim) ---
 #define ENTRY_V123(SUF, T)                                                              \
   extern "C" __global__ void attention_decode_v1_##SUF(                                 \
@@ -305,7 +338,13 @@ __device__ void decode_v4(const T* q, const T* k, const T* v, float* part_acc,
 #define ENTRY_V4(SUF, T, DD)                                                            \
   extern "C" __global__ void __launch_bounds__(32 * NW4) attention_decode_v4_##SUF##_d##DD( \
       const T* q, const T* k, const T* v, float* pa, float* pml, int H, int G, int S,   \
-      int chunk) { decode_v4<T, DD>(q, k, v, pa, pml, H, G, S, chunk); }
+      int chunk) { decode_v4<T, DD, 4>(q, k, v, pa, pml, H, G, S, chunk); }
+
+#define ENTRY_V5(SUF, T, DD)                                                            \
+  extern "C" __global__ void __launch_bounds__(32 * NW4) attention_decode_v5_##SUF##_d##DD( \
+      const T* q, const T* k, const T* v, T* out, float* pa, float* pml, unsigned int* cnt, \
+      int H, int G, int S, int chunk) {                                                 \
+    decode_v5<T, DD>(q, k, v, out, pa, pml, cnt, H, G, S, chunk); }
 
 ENTRY_V123(f32, float)
 ENTRY_V123(f16, __half)
@@ -318,3 +357,12 @@ ENTRY_V4(f16, __half, 80)
 ENTRY_V4(f16, __half, 96)
 ENTRY_V4(f16, __half, 128)
 ENTRY_V4(f16, __half, 256)
+ENTRY_V5(f32, float, 64)
+ENTRY_V5(f32, float, 80)
+ENTRY_V5(f32, float, 96)
+ENTRY_V5(f32, float, 128)
+ENTRY_V5(f16, __half, 64)
+ENTRY_V5(f16, __half, 80)
+ENTRY_V5(f16, __half, 96)
+ENTRY_V5(f16, __half, 128)
+ENTRY_V5(f16, __half, 256)

@@ -14,7 +14,7 @@ import numpy as np
 from gpu import runtime as rt
 
 SLUG = "attention"
-VERSIONS = (1, 2, 3, 4)
+VERSIONS = (1, 2, 3, 4, 5)
 DTYPES = (np.float32, np.float16)
 _SUFFIX = {np.dtype(np.float32): "f32", np.dtype(np.float16): "f16"}
 # v2/v3 keep D/32 values per lane in registers sized for D <= 256 (MAXD in the .cu).
@@ -44,24 +44,33 @@ def _check(q, k_cache, v_cache, version: int) -> tuple[int, int, int, int, int]:
     rt.check_int32(S=s, D=d, H=h, B=b)
     if version in (2, 3) and d > MAX_D_V23:
         raise ValueError(f"v{version} needs D <= {MAX_D_V23}, got D = {d}")
-    if version == 4:
+    if version >= 4:
         dims = V4_HEAD_DIMS[q.dtype]
         if d not in dims:
-            raise ValueError(f"v4 ({q.dtype.name}) needs D in {dims}, got D = {d}")
+            raise ValueError(
+                f"v{version} ({q.dtype.name}) needs D in {dims}, got D = {d}"
+            )
         for name, a in (("q", q), ("k_cache", k_cache), ("v_cache", v_cache)):
             if a.data.ptr % 16:
-                raise ValueError(f"v4 needs {name} 16-byte aligned (it loads 16 bytes)")
+                raise ValueError(
+                    f"v{version} needs {name} 16-byte aligned (16-byte loads)"
+                )
     return b, h, g, s, d
 
 
-def split_plan(b: int, h: int, s: int, n_split: int | None = None) -> tuple[int, int]:
-    """(n_split, chunk) for v3/v4: enough blocks for ~4 per SM, chunks >= MIN_CHUNK.
+def split_plan(
+    b: int, h: int, s: int, n_split: int | None = None, per_sm: int = 4
+) -> tuple[int, int]:
+    """(n_split, chunk) for v3-v5: as many chunks as fit one wave of ``per_sm`` blocks
+    per SM (at least 1), none shorter than MIN_CHUNK keys.
 
-    The last chunk may be shorter; no chunk is empty (n_split = ceil(S / chunk)).
+    v5 uses 116 registers a thread at 128 threads, so 4 blocks fit an SM: a second,
+    partial wave would leave most SMs idle at the end. The last chunk may be
+    shorter; none is empty (n_split = ceil(S / chunk)).
     """
     if n_split is None:
         sms = rt.device_info()["sm_count"] if rt.available() else 132
-        n_split = max(1, min(math.ceil(4 * sms / (b * h)), math.ceil(s / MIN_CHUNK)))
+        n_split = max(1, min(per_sm * sms // (b * h), math.ceil(s / MIN_CHUNK)))
     if not 1 <= int(n_split) <= s:
         raise ValueError(f"n_split must be in [1, S = {s}], got {n_split}")
     chunk = math.ceil(s / int(n_split))
@@ -69,13 +78,21 @@ def split_plan(b: int, h: int, s: int, n_split: int | None = None) -> tuple[int,
 
 
 def workspace_elems(version: int, b: int, h: int, s: int, d: int, n_split=None) -> int:
-    """float32 elements of scratch a version needs (v1: scores; v3/v4: partials)."""
+    """float32 elements of scratch a version needs (v1: scores; v3-v5: partials;
+    v5 also B*H uint32 counters at the end, which must be zero before first use)."""
     if version == 1:
         return b * h * s
     if version == 2:
         return 0
     n, _ = split_plan(b, h, s, n_split)
-    return b * h * n * (d + 2)
+    return b * h * n * (d + 2) + (b * h if version == 5 else 0)
+
+
+def new_workspace(version: int, b: int, h: int, s: int, d: int, n_split=None):
+    """A zeroed float32 workspace for ``decode_attention(..., workspace=...)``."""
+    import cupy as cp
+
+    return cp.zeros(max(workspace_elems(version, b, h, s, d, n_split), 1), cp.float32)
 
 
 def decode_attention(
@@ -86,11 +103,12 @@ def decode_attention(
     Args:
         q: (B, H, D) float32 or float16, C-contiguous CuPy array.
         k_cache, v_cache: (B, G, S, D), same dtype, H % G == 0.
-        version: 1..4, the kernel ladder of gpu/attention.cu.
-        n_split: v3/v4 only: number of chunks S is split into (default: split_plan).
+        version: 1..5, the kernel ladder of gpu/attention.cu.
+        n_split: v3-v5 only: number of chunks S is split into (default: split_plan).
         out: optional (B, H, D) array of q's dtype to write into.
         workspace: optional float32 scratch of >= workspace_elems(...) elements.
-            Pass ``out`` and ``workspace`` to launch without allocating (CUDA graphs).
+            Pass ``out`` and ``workspace`` to launch without allocating (CUDA graphs);
+            for v5 it must come zeroed (new_workspace) and is left zeroed.
     Returns:
         out (B, H, D), q's dtype. Accumulation is float32 in every version.
     """
@@ -104,7 +122,7 @@ def decode_attention(
         rt.check_shape("out", out, (b, h, d), "BHD")
     need = workspace_elems(version, b, h, s, d, n_split)
     if workspace is None:
-        workspace = cp.empty(max(need, 1), dtype=cp.float32)
+        workspace = new_workspace(version, b, h, s, d, n_split)
     else:
         rt.check_array("workspace", workspace, (np.float32,), 1)
         if workspace.size < need:
@@ -133,6 +151,12 @@ def decode_attention(
     n, chunk = split_plan(b, h, s, n_split)
     part_acc = workspace[: b * h * n * d]  # (B, H, n, D)
     part_ml = workspace[b * h * n * d : b * h * n * (d + 2)]  # (B, H, n, 2): m, l
+    if version == 5:
+        counters = workspace[b * h * n * (d + 2) : b * h * n * (d + 2) + b * h]
+        fn = rt.kernel(SLUG, f"attention_decode_v5_{suf}_d{d}")
+        args = (q, k_cache, v_cache, out, part_acc, part_ml, counters.view(cp.uint32))
+        fn((h, n, b), (THREADS,), args + (i32(h), i32(g), i32(s), i32(chunk)))
+        return out
     if version == 3:
         fn = rt.kernel(SLUG, f"attention_decode_v3_{suf}")
         args = (

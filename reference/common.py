@@ -243,6 +243,8 @@ Caches = tuple[KVCache, ...]  # one per layer
 
 @dataclass(frozen=True)
 class NormWeights:
+    """Gain and (LayerNorm only) bias of a norm."""
+
     gamma: Array  # (C,)
     beta: Array | None = None  # (C,), LayerNorm only
 
@@ -285,6 +287,8 @@ class DecoderConfig:
 
 @dataclass(frozen=True)
 class LayerWeights:
+    """One block: norm1 before attention, norm2 before the MLP."""
+
     norm1: NormWeights
     attn: AttnWeights
     norm2: NormWeights
@@ -293,6 +297,8 @@ class LayerWeights:
 
 @dataclass(frozen=True)
 class DecoderWeights:
+    """A whole decoder: logits = norm_f(blocks(embed[tokens])) @ unembed."""
+
     embed: Array  # (V, C)
     layers: tuple[LayerWeights, ...]  # L of them
     norm_f: NormWeights

@@ -22,7 +22,7 @@ DTYPES = [np.float32, np.float16]
 def attention_case(draw, version: int):
     g = draw(st.sampled_from([1, 2, 3, 5]))
     h = g * draw(st.sampled_from([1, 2, 3, 4]))  # MHA, GQA, MQA; H not a power of two
-    if version == 4:
+    if version >= 4:
         d = draw(st.sampled_from([64, 80, 96, 128]))
     else:
         d = draw(st.sampled_from([1, 7, 33, 64, 80, 128]))
@@ -67,7 +67,7 @@ def _check(version, case, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f16"])
-@pytest.mark.parametrize("version", [1, 2, 3, 4])
+@pytest.mark.parametrize("version", [1, 2, 3, 4, 5])
 def test_matches_reference(version, dtype):
     @given(case=attention_case(version))
     def prop(case):
@@ -77,7 +77,7 @@ def test_matches_reference(version, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f16"])
-@pytest.mark.parametrize("version", [1, 2, 3, 4])
+@pytest.mark.parametrize("version", [1, 2, 3, 4, 5])
 def test_long_cache(version, dtype):
     """One long cache (S = 20000 > any chunk) with T = 1: budget use printed."""
     used = _check(version, (1, 4, 2, 20000, 128, 1.0, None, 7), dtype)
@@ -87,14 +87,14 @@ def test_long_cache(version, dtype):
 def test_deterministic():
     """Same inputs twice, bitwise same output: no race, no order-dependent sum."""
     q, k, v = _inputs(2, 6, 3, 999, 128, 1.0, 3, np.float16)
-    for version in (1, 2, 3, 4):
+    for version in (1, 2, 3, 4, 5):
         assert np.array_equal(_run(version, q, k, v), _run(version, q, k, v))
 
 
 def test_checker_rejects_dropped_last_key():
     """Known-wrong: the kernel run on S-1 keys must fail against the S-key reference."""
     q, k, v = _inputs(1, 4, 4, 300, 64, 1.0, 11, np.float32)
-    got = _run(4, q, k[:, :, :-1].copy(), v[:, :, :-1].copy())
+    got = _run(5, q, k[:, :, :-1].copy(), v[:, :, :-1].copy())
     q64, k64, v64 = (x.astype(np.float64) for x in (q, k, v))
     with pytest.raises(AssertionError):
         assert_close(
@@ -104,6 +104,27 @@ def test_checker_rejects_dropped_last_key():
             np.float32,
             attention_scale(q64, k64, v64),
         )
+
+
+def test_v5_workspace_reusable():
+    """v5's counters reset themselves: ten calls on one workspace, all correct."""
+    import cupy as cp
+
+    from gpu.attention import decode_attention, new_workspace
+
+    q, k, v = _inputs(2, 8, 2, 777, 128, 1.0, 5, np.float16)
+    dq, dk, dv = (cp.asarray(x) for x in (q, k, v))
+    ws = new_workspace(5, 2, 8, 777, 128)
+    outs = [
+        cp.asnumpy(decode_attention(dq, dk, dv, version=5, workspace=ws))
+        for _ in range(10)
+    ]
+    assert all(np.array_equal(o, outs[0]) for o in outs)
+    counters = ws[-2 * 8 :].view(cp.uint32)
+    assert int(counters.max()) == 0
+    q64, k64, v64 = (x.astype(np.float64) for x in (q, k, v))
+    want = ref_decode(q64, k64, v64)
+    assert_close(outs[-1], want, "gpu", np.float16, attention_scale(q64, k64, v64))
 
 
 def test_bad_inputs_rejected_before_launch():

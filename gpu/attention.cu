@@ -16,7 +16,11 @@
 //     (D / VEC lanes), UNROLL rows in flight per group, D a template constant.
 //     Needs D in {64, 80, 96, 128} (fp16 also 256); reuses attention_combine_v3.
 // v5  v4 with 8 rows in flight per lane group and the combine fused into the same
-//     launch (the last block per (b, h) merges); ~8 blocks per SM. Same D as v4.
+//     launch (the last block per (b, h) merges). Same D as v4. Slower than v4:
+//     116 registers (4 blocks/SM instead of 7) and a longer serial chain per tile.
+// v6  v4 with the online softmax updated once per tile of 4 rows (one max, one
+//     rescale) and the next tile prefetched into registers; combine as v3.
+// v7  v6 with v5's fused combine (one launch).
 //
 // Run one version alone:  python -m gpu.bench attention --version 4
 // Compile report (no GPU): python -m gpu.check_kernels gpu/attention.cu
@@ -320,6 +324,125 @@ __device__ void decode_v5(const T* q, const T* k, const T* v, T* out, float* par
   if (threadIdx.x == 0) counters[bh] = 0;
 }
 
+// --- v6 ---
+// v4 (UNROLL 4, 70 registers) with two changes aimed at keeping loads in flight:
+//  * the online softmax is updated once per tile of 4 rows, not once per row: the
+//    4 scores are reduced together, then one max, one rescale, 4 independent exps;
+//  * the next tile's K and V are loaded into registers before the current tile is
+//    used (software prefetch), so a warp always has a tile in flight.
+// FUSED = false: partials + attention_combine_v3 (as v4); true (v7): fused combine.
+template <typename T, int D, bool FUSED>
+__device__ void decode_v6(const T* q, const T* k, const T* v, T* out, float* part_acc,
+                          float* part_ml, unsigned int* counters, int H, int G, int S,
+                          int chunk) {
+  constexpr int VEC = Vec<T>::N, NV = D / VEC, U = 4;
+  constexpr int LG = NV <= 4 ? 4 : NV <= 8 ? 8 : NV <= 16 ? 16 : 32;
+  constexpr int GPW = 32 / LG, NG = NW4 * GPW;
+  static_assert(D % VEC == 0 && NV <= 32, "unsupported head dim");
+  __shared__ float gm[NG], gl[NG], gacc[NG][D];
+  __shared__ bool last;
+  int h = blockIdx.x, sp = blockIdx.y, b = blockIdx.z, g = h / (H / G), n = gridDim.y;
+  int sub = threadIdx.x % LG, grp = threadIdx.x / LG;
+  bool active = sub < NV;
+  int s0 = sp * chunk, s1 = min(S, s0 + chunk);
+  const T* kg = k + ((size_t)b * G + g) * S * D + sub * VEC;
+  const T* vg = v + ((size_t)b * G + g) * S * D + sub * VEC;
+  float qr[VEC], acc[VEC], m = NEG_INF, l = 0.0f, scale = rsqrtf((float)D);
+  if (active) unpack<T>(qr, load16(q + ((size_t)b * H + h) * D + sub * VEC));
+#pragma unroll
+  for (int i = 0; i < VEC; ++i) { qr[i] = active ? qr[i] * scale : 0.0f; acc[i] = 0.0f; }
+  uint4 kc[U], vc[U], kn[U], vn[U];
+#pragma unroll
+  for (int u = 0; u < U; ++u) {  // first tile
+    int j = s0 + u * NG + grp;
+    if (active && j < s1) { kc[u] = load16(kg + (size_t)j * D); vc[u] = load16(vg + (size_t)j * D); }
+  }
+  for (int base = s0; base < s1; base += NG * U) {  // base uniform across the block
+#pragma unroll
+    for (int u = 0; u < U; ++u) {  // prefetch the next tile
+      int j = base + (U + u) * NG + grp;
+      if (active && j < s1) { kn[u] = load16(kg + (size_t)j * D); vn[u] = load16(vg + (size_t)j * D); }
+    }
+    float sc[U], mt = NEG_INF;
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      float kr[VEC];
+      sc[u] = 0.0f;
+      if (active && base + u * NG + grp < s1) {
+        unpack<T>(kr, kc[u]);
+#pragma unroll
+        for (int i = 0; i < VEC; ++i) sc[u] += qr[i] * kr[i];
+      }
+    }
+#pragma unroll
+    for (int o = LG / 2; o > 0; o >>= 1)
+#pragma unroll
+      for (int u = 0; u < U; ++u) sc[u] += __shfl_xor_sync(0xffffffffu, sc[u], o);
+#pragma unroll
+    for (int u = 0; u < U; ++u)
+      if (base + u * NG + grp < s1) mt = fmaxf(mt, sc[u]);
+    if (mt != NEG_INF) {  // this group has rows in the tile (uniform in the group)
+      float m_new = fmaxf(m, mt), alpha = expf(m - m_new), p[U];
+#pragma unroll
+      for (int u = 0; u < U; ++u) p[u] = base + u * NG + grp < s1 ? expf(sc[u] - m_new) : 0.0f;
+#pragma unroll
+      for (int i = 0; i < VEC; ++i) acc[i] *= alpha;
+      if (active) {
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+          float vr[VEC];
+          unpack<T>(vr, vc[u]);
+#pragma unroll
+          for (int i = 0; i < VEC; ++i) acc[i] += p[u] * vr[i];
+        }
+      }
+      l = l * alpha + (p[0] + p[1]) + (p[2] + p[3]);
+      m = m_new;
+    }
+#pragma unroll
+    for (int u = 0; u < U; ++u) { kc[u] = kn[u]; vc[u] = vn[u]; }
+  }
+  // merge the groups of this block (as v4), then partials or the fused combine
+  if (sub == 0) { gm[grp] = m; gl[grp] = l; }
+  if (active) {
+#pragma unroll
+    for (int i = 0; i < VEC; ++i) gacc[grp][sub * VEC + i] = acc[i];
+  }
+  __syncthreads();
+  float M = NEG_INF;
+  for (int w = 0; w < NG; ++w) M = fmaxf(M, gm[w]);
+  size_t bh = (size_t)b * H + h, p = bh * n + sp;
+  for (int d = threadIdx.x; d < D; d += blockDim.x) {
+    float a = 0.0f;
+    for (int w = 0; w < NG; ++w) a += gm[w] == NEG_INF ? 0.0f : gacc[w][d] * expf(gm[w] - M);
+    part_acc[p * D + d] = a;
+  }
+  if (threadIdx.x == 0) {
+    float L = 0.0f;
+    for (int w = 0; w < NG; ++w) L += gm[w] == NEG_INF ? 0.0f : gl[w] * expf(gm[w] - M);
+    part_ml[2 * p] = M;
+    part_ml[2 * p + 1] = L;
+  }
+  if (!FUSED) return;
+  __threadfence();  // partials visible device-wide before taking a ticket
+  __syncthreads();
+  if (threadIdx.x == 0) last = atomicAdd(&counters[bh], 1u) == (unsigned)n - 1;
+  __syncthreads();
+  if (!last) return;
+  __threadfence();
+  const float* ml = part_ml + bh * n * 2;
+  M = NEG_INF;
+  float L = 0.0f;
+  for (int i = 0; i < n; ++i) M = fmaxf(M, __ldcg(ml + 2 * i));
+  for (int i = 0; i < n; ++i) L += __ldcg(ml + 2 * i + 1) * expf(__ldcg(ml + 2 * i) - M);
+  for (int d = threadIdx.x; d < D; d += blockDim.x) {
+    float a = 0.0f;
+    for (int i = 0; i < n; ++i) a += __ldcg(part_acc + (bh * n + i) * D + d) * expf(__ldcg(ml + 2 * i) - M);
+    from_f(out[bh * D + d], a / L);
+  }
+  if (threadIdx.x == 0) counters[bh] = 0;
+}
+
 // --- entry points (extern "C": one symbol per storage type and, for v4, head dim) ---
 #define ENTRY_V123(SUF, T)                                                              \
   extern "C" __global__ void attention_decode_v1_##SUF(                                 \
@@ -346,6 +469,16 @@ __device__ void decode_v5(const T* q, const T* k, const T* v, T* out, float* par
       int H, int G, int S, int chunk) {                                                 \
     decode_v5<T, DD>(q, k, v, out, pa, pml, cnt, H, G, S, chunk); }
 
+#define ENTRY_V67(SUF, T, DD)                                                           \
+  extern "C" __global__ void __launch_bounds__(32 * NW4) attention_decode_v6_##SUF##_d##DD( \
+      const T* q, const T* k, const T* v, float* pa, float* pml, int H, int G, int S,   \
+      int chunk) {                                                                      \
+    decode_v6<T, DD, false>(q, k, v, nullptr, pa, pml, nullptr, H, G, S, chunk); }      \
+  extern "C" __global__ void __launch_bounds__(32 * NW4) attention_decode_v7_##SUF##_d##DD( \
+      const T* q, const T* k, const T* v, T* out, float* pa, float* pml, unsigned int* cnt, \
+      int H, int G, int S, int chunk) {                                                 \
+    decode_v6<T, DD, true>(q, k, v, out, pa, pml, cnt, H, G, S, chunk); }
+
 ENTRY_V123(f32, float)
 ENTRY_V123(f16, __half)
 ENTRY_V4(f32, float, 64)
@@ -366,3 +499,12 @@ ENTRY_V5(f16, __half, 80)
 ENTRY_V5(f16, __half, 96)
 ENTRY_V5(f16, __half, 128)
 ENTRY_V5(f16, __half, 256)
+ENTRY_V67(f32, float, 64)
+ENTRY_V67(f32, float, 80)
+ENTRY_V67(f32, float, 96)
+ENTRY_V67(f32, float, 128)
+ENTRY_V67(f16, __half, 64)
+ENTRY_V67(f16, __half, 80)
+ENTRY_V67(f16, __half, 96)
+ENTRY_V67(f16, __half, 128)
+ENTRY_V67(f16, __half, 256)

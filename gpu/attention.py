@@ -14,7 +14,8 @@ import numpy as np
 from gpu import runtime as rt
 
 SLUG = "attention"
-VERSIONS = (1, 2, 3, 4, 5)
+VERSIONS = (1, 2, 3, 4, 5, 6, 7)
+FUSED = (5, 7)  # versions that combine in the same launch (need zeroed counters)
 DTYPES = (np.float32, np.float16)
 _SUFFIX = {np.dtype(np.float32): "f32", np.dtype(np.float16): "f16"}
 # v2/v3 keep D/32 values per lane in registers sized for D <= 256 (MAXD in the .cu).
@@ -61,16 +62,17 @@ def _check(q, k_cache, v_cache, version: int) -> tuple[int, int, int, int, int]:
 def split_plan(
     b: int, h: int, s: int, n_split: int | None = None, per_sm: int = 4
 ) -> tuple[int, int]:
-    """(n_split, chunk) for v3-v5: as many chunks as fit one wave of ``per_sm`` blocks
-    per SM (at least 1), none shorter than MIN_CHUNK keys.
+    """(n_split, chunk) for v3-v7: enough chunks for at least ``per_sm`` blocks per
+    SM, none shorter than MIN_CHUNK keys.
 
-    v5 uses 116 registers a thread at 128 threads, so 4 blocks fit an SM: a second,
-    partial wave would leave most SMs idle at the end. The last chunk may be
-    shorter; none is empty (n_split = ceil(S / chunk)).
+    Measured on the H100 (see gpu/NOTES.md): more resident blocks beat a tidy single
+    wave, so this rounds up. The last chunk may be shorter; none is empty
+    (n_split = ceil(S / chunk)).
     """
     if n_split is None:
         sms = rt.device_info()["sm_count"] if rt.available() else 132
-        n_split = max(1, min(per_sm * sms // (b * h), math.ceil(s / MIN_CHUNK)))
+        want = math.ceil(per_sm * sms / (b * h))
+        n_split = max(1, min(want, math.ceil(s / MIN_CHUNK)))
     if not 1 <= int(n_split) <= s:
         raise ValueError(f"n_split must be in [1, S = {s}], got {n_split}")
     chunk = math.ceil(s / int(n_split))
@@ -85,7 +87,7 @@ def workspace_elems(version: int, b: int, h: int, s: int, d: int, n_split=None) 
     if version == 2:
         return 0
     n, _ = split_plan(b, h, s, n_split)
-    return b * h * n * (d + 2) + (b * h if version == 5 else 0)
+    return b * h * n * (d + 2) + (b * h if version in FUSED else 0)
 
 
 def new_workspace(version: int, b: int, h: int, s: int, d: int, n_split=None):
@@ -103,12 +105,12 @@ def decode_attention(
     Args:
         q: (B, H, D) float32 or float16, C-contiguous CuPy array.
         k_cache, v_cache: (B, G, S, D), same dtype, H % G == 0.
-        version: 1..5, the kernel ladder of gpu/attention.cu.
-        n_split: v3-v5 only: number of chunks S is split into (default: split_plan).
+        version: 1..7, the kernel ladder of gpu/attention.cu.
+        n_split: v3-v7 only: number of chunks S is split into (default: split_plan).
         out: optional (B, H, D) array of q's dtype to write into.
         workspace: optional float32 scratch of >= workspace_elems(...) elements.
             Pass ``out`` and ``workspace`` to launch without allocating (CUDA graphs);
-            for v5 it must come zeroed (new_workspace) and is left zeroed.
+            for v5/v7 it must come zeroed (new_workspace) and is left zeroed.
     Returns:
         out (B, H, D), q's dtype. Accumulation is float32 in every version.
     """
@@ -151,9 +153,9 @@ def decode_attention(
     n, chunk = split_plan(b, h, s, n_split)
     part_acc = workspace[: b * h * n * d]  # (B, H, n, D)
     part_ml = workspace[b * h * n * d : b * h * n * (d + 2)]  # (B, H, n, 2): m, l
-    if version == 5:
+    if version in FUSED:
         counters = workspace[b * h * n * (d + 2) : b * h * n * (d + 2) + b * h]
-        fn = rt.kernel(SLUG, f"attention_decode_v5_{suf}_d{d}")
+        fn = rt.kernel(SLUG, f"attention_decode_v{version}_{suf}_d{d}")
         args = (q, k_cache, v_cache, out, part_acc, part_ml, counters.view(cp.uint32))
         fn((h, n, b), (THREADS,), args + (i32(h), i32(g), i32(s), i32(chunk)))
         return out
@@ -172,7 +174,7 @@ def decode_attention(
             i32(chunk),
         )
     else:
-        fn = rt.kernel(SLUG, f"attention_decode_v4_{suf}_d{d}")
+        fn = rt.kernel(SLUG, f"attention_decode_v{version}_{suf}_d{d}")
         args = (
             q,
             k_cache,

@@ -254,7 +254,7 @@ def _validate_attention(fn, truth, dtype) -> float:
 
 
 def attention(
-    quick: bool = False, versions=(1, 2, 3, 4, 5), ceil: dict | None = None
+    quick: bool = False, versions=(1, 2, 3, 4, 5, 6, 7), ceil: dict | None = None
 ) -> list[dict]:
     """Decode attention, H = G = 32, D = 128, fp16: our versions and torch SDPA.
 
@@ -333,6 +333,52 @@ def attention(
     return rows
 
 
+def split_sweep(versions=(4, 7), ceil: dict | None = None) -> list[dict]:
+    """How the number of S-chunks (blocks per (b, h)) moves time: B in {1, 8},
+    S = 16K, H = G = 32, D = 128, fp16, n_split from 1 to 128."""
+    import cupy as cp
+
+    from gpu import attention as att
+
+    read_bw = (ceil or ceilings_or_recorded()).get("read_bytes_per_s")
+    h = g = 32
+    d, s, dtype = 128, 16384, np.float16
+    rng = cp.random.default_rng(7)
+    rows = []
+    for b in (1, 8):
+        nbytes = att.bytes_moved(b, h, g, s, d, 2)
+        sets = [
+            tuple(
+                rng.standard_normal(shape, dtype=cp.float32).astype(dtype)
+                for shape in ((b, h, d), (b, g, s, d), (b, g, s, d))
+            )
+            for _ in range(n_copies(nbytes))
+        ]
+        truth = attention_truth(*sets[0])
+        base = dict(B=b, H=h, G=g, S=s, D=d, dtype="float16", bytes=nbytes)
+        if read_bw:
+            base["floor_us"] = nbytes / read_bw * 1e6
+        for ver in versions:
+            for n in (1, 2, 4, 8, 16, 32, 64, 128):
+                wss = [
+                    cp.zeros(att.workspace_elems(ver, b, h, s, d, n), cp.float32)
+                    for _ in sets
+                ]
+                outs = [cp.empty((b, h, d), dtype) for _ in sets]
+                calls = [
+                    (
+                        lambda st=st, o=o, w=w, v=ver, n=n: att.decode_attention(
+                            *st, version=v, n_split=n, out=o, workspace=w
+                        )
+                    )
+                    for st, o, w in zip(sets, outs, wss, strict=True)
+                ]
+                rows.append(_run_case(f"v{ver}", base, calls, truth, dtype, n_split=n))
+        del sets
+        cp.get_default_memory_pool().free_all_blocks()
+    return rows
+
+
 def _run_case(name: str, base: dict, calls, truth, dtype, **extra) -> dict:
     row = dict(name=name, **base, **extra)
     try:
@@ -383,11 +429,12 @@ def _run_torch_sdpa(base: dict, sets, truth, dtype) -> dict:
     return _finish(row, t)
 
 
-def print_table(rows: list[dict]) -> None:
+def print_table(rows: list[dict], extra: str | None = None) -> None:
     nan = float("nan")
     print(
         f"{'case':<10}{'B':>4}{'S':>7}{'median us':>12}{'p10-p90':>16}"
         f"{'GB/s':>8}{'floor us':>10}{'of floor':>9}{'err/tol':>9}"
+        + (f"{extra:>9}" if extra else "")
     )
     for r in rows:
         if r.get("status") != "ok":
@@ -397,7 +444,7 @@ def print_table(rows: list[dict]) -> None:
             f"{r['name']:<10}{r['B']:>4}{r['S']:>7}{r['median_us']:>12.1f}"
             f"{r['p10_us']:>8.1f}-{r['p90_us']:<7.1f}{r['gb_per_s']:>8.0f}"
             f"{r.get('floor_us', nan):>10.1f}{r.get('of_floor', nan):>9.2f}"
-            f"{r['error_used']:>9.3f}"
+            f"{r['error_used']:>9.3f}" + (f"{r.get(extra, ''):>9}" if extra else "")
         )
 
 
@@ -407,7 +454,7 @@ def main(argv=None) -> int:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    ap.add_argument("what", choices=("ceilings", "attention", "all"))
+    ap.add_argument("what", choices=("ceilings", "attention", "split", "all"))
     ap.add_argument(
         "--quick", action="store_true", help="smaller grid, for trying things"
     )
@@ -427,7 +474,9 @@ def main(argv=None) -> int:
             record("ceilings", [], args.out, ceilings=ceil)
     if args.what in ("attention", "all"):
         rows = attention(
-            quick=args.quick, versions=tuple(args.version or (1, 2, 3, 4, 5)), ceil=ceil
+            quick=args.quick,
+            versions=tuple(args.version or (1, 2, 3, 4, 5, 6, 7)),
+            ceil=ceil,
         )
         print_table(rows)
         if args.out:
@@ -439,6 +488,11 @@ def main(argv=None) -> int:
             )
         if any(r.get("status") != "ok" for r in rows):
             return 1
+    if args.what in ("split", "all"):
+        rows = split_sweep(ceil=ceil)
+        print_table(rows, extra="n_split")
+        if args.out:
+            record("attention_split", rows, args.out)
     return 0
 
 

@@ -16,6 +16,7 @@ from reference.testing import assert_close, attention_scale, describe
 pytestmark = pytest.mark.gpu
 
 DTYPES = [np.float32, np.float16]
+VERSIONS = [1, 2, 3, 4, 5, 6, 7]
 
 
 @st.composite
@@ -67,7 +68,7 @@ def _check(version, case, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f16"])
-@pytest.mark.parametrize("version", [1, 2, 3, 4, 5])
+@pytest.mark.parametrize("version", VERSIONS)
 def test_matches_reference(version, dtype):
     @given(case=attention_case(version))
     def prop(case):
@@ -77,7 +78,7 @@ def test_matches_reference(version, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f16"])
-@pytest.mark.parametrize("version", [1, 2, 3, 4, 5])
+@pytest.mark.parametrize("version", VERSIONS)
 def test_long_cache(version, dtype):
     """One long cache (S = 20000 > any chunk) with T = 1: budget use printed."""
     used = _check(version, (1, 4, 2, 20000, 128, 1.0, None, 7), dtype)
@@ -87,7 +88,7 @@ def test_long_cache(version, dtype):
 def test_deterministic():
     """Same inputs twice, bitwise same output: no race, no order-dependent sum."""
     q, k, v = _inputs(2, 6, 3, 999, 128, 1.0, 3, np.float16)
-    for version in (1, 2, 3, 4, 5):
+    for version in VERSIONS:
         assert np.array_equal(_run(version, q, k, v), _run(version, q, k, v))
 
 
@@ -106,8 +107,9 @@ def test_checker_rejects_dropped_last_key():
         )
 
 
-def test_v5_workspace_reusable():
-    """v5's counters reset themselves: ten calls on one workspace, all correct."""
+@pytest.mark.parametrize("version", [5, 7])
+def test_fused_workspace_reusable(version):
+    """The fused versions' counters reset themselves: ten calls on one workspace."""
     import cupy as cp
 
     from gpu.attention import decode_attention, new_workspace
@@ -116,7 +118,7 @@ def test_v5_workspace_reusable():
     dq, dk, dv = (cp.asarray(x) for x in (q, k, v))
     ws = new_workspace(5, 2, 8, 777, 128)
     outs = [
-        cp.asnumpy(decode_attention(dq, dk, dv, version=5, workspace=ws))
+        cp.asnumpy(decode_attention(dq, dk, dv, version=version, workspace=ws))
         for _ in range(10)
     ]
     assert all(np.array_equal(o, outs[0]) for o in outs)
@@ -160,4 +162,4 @@ def test_bad_inputs_rejected_before_launch():
     with pytest.raises(ValueError, match="S must be >= 1"):
         decode_attention(q, k[:, :, :0], k[:, :, :0])
     with pytest.raises(ValueError, match="version"):
-        decode_attention(q, k, k, version=5)
+        decode_attention(q, k, k, version=99)

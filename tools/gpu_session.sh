@@ -26,6 +26,8 @@ for stage in "$@"; do
       done ;;
     bench-quick)
       $py -m gpu.bench all --quick 2>&1 | tee "$out/bench-quick.log" | tail -30 ;;
+    split)
+      $py -m gpu.bench split 2>&1 | tee "$out/split.log" | tail -40 ;;
     bench)
       $py -m gpu.bench all --out results 2>&1 | tee "$out/bench.log" | tail -40
       cp results/*.json "$out/" ;;

@@ -355,12 +355,14 @@ __device__ void decode_v6(const T* q, const T* k, const T* v, T* out, float* par
 #pragma unroll
   for (int u = 0; u < U; ++u) {  // first tile
     int j = s0 + u * NG + grp;
+    kc[u] = vc[u] = make_uint4(0, 0, 0, 0);  // rows past s1 stay 0: 0 * p adds nothing
     if (active && j < s1) { kc[u] = load16(kg + (size_t)j * D); vc[u] = load16(vg + (size_t)j * D); }
   }
   for (int base = s0; base < s1; base += NG * U) {  // base uniform across the block
 #pragma unroll
     for (int u = 0; u < U; ++u) {  // prefetch the next tile
       int j = base + (U + u) * NG + grp;
+      kn[u] = vn[u] = make_uint4(0, 0, 0, 0);
       if (active && j < s1) { kn[u] = load16(kg + (size_t)j * D); vn[u] = load16(vg + (size_t)j * D); }
     }
     float sc[U], mt = NEG_INF;

@@ -62,17 +62,16 @@ def _check(q, k_cache, v_cache, version: int) -> tuple[int, int, int, int, int]:
 def split_plan(
     b: int, h: int, s: int, n_split: int | None = None, per_sm: int = 4
 ) -> tuple[int, int]:
-    """(n_split, chunk) for v3-v7: enough chunks for at least ``per_sm`` blocks per
-    SM, none shorter than MIN_CHUNK keys.
+    """(n_split, chunk) for v3-v7: one wave of ``per_sm`` blocks per SM (at least one
+    chunk), none shorter than MIN_CHUNK keys.
 
-    Measured on the H100 (see gpu/NOTES.md): more resident blocks beat a tidy single
-    wave, so this rounds up. The last chunk may be shorter; none is empty
-    (n_split = ceil(S / chunk)).
+    Chosen from the n_split sweep on the H100 (gpu/NOTES.md, results/attention_split):
+    v7 is flat from 2 to 8 blocks per SM and loses beyond. The last chunk may be
+    shorter; none is empty (n_split = ceil(S / chunk)).
     """
     if n_split is None:
         sms = rt.device_info()["sm_count"] if rt.available() else 132
-        want = math.ceil(per_sm * sms / (b * h))
-        n_split = max(1, min(want, math.ceil(s / MIN_CHUNK)))
+        n_split = max(1, min(per_sm * sms // (b * h), math.ceil(s / MIN_CHUNK)))
     if not 1 <= int(n_split) <= s:
         raise ValueError(f"n_split must be in [1, S = {s}], got {n_split}")
     chunk = math.ceil(s / int(n_split))

@@ -180,7 +180,7 @@ def ceilings(quick: bool = False) -> dict:
     res = {"copy_bytes_per_s": 2 * n / (t.median_us * 1e-6)}  # read + write
     flag = cp.zeros(1, dtype=cp.uint32)
     n16 = np.int64(n // 16)
-    for ver in (1, 2):  # the faster of two read kernels is the ceiling
+    for ver in (1, 2, 3):  # the fastest read kernel is the ceiling
         read = rt.kernel("ceilings", f"ceilings_read_v{ver}")
         for per_sm in (4, 8, 16):
             grid = rt.device_info()["sm_count"] * per_sm
@@ -333,19 +333,19 @@ def attention(
     return rows
 
 
-def split_sweep(versions=(4, 7), ceil: dict | None = None) -> list[dict]:
+def split_sweep(versions=(4, 6, 7), ceil: dict | None = None) -> list[dict]:
     """How the number of S-chunks (blocks per (b, h)) moves time: B in {1, 8},
-    S = 16K, H = G = 32, D = 128, fp16, n_split from 1 to 128."""
+    S in {1K, 16K}, H = G = 32, D = 128, fp16, n_split from 1 to 128."""
     import cupy as cp
 
     from gpu import attention as att
 
     read_bw = (ceil or ceilings_or_recorded()).get("read_bytes_per_s")
     h = g = 32
-    d, s, dtype = 128, 16384, np.float16
+    d, dtype = 128, np.float16
     rng = cp.random.default_rng(7)
     rows = []
-    for b in (1, 8):
+    for b, s in ((1, 1024), (8, 1024), (1, 16384), (8, 16384)):
         nbytes = att.bytes_moved(b, h, g, s, d, 2)
         sets = [
             tuple(
@@ -359,7 +359,7 @@ def split_sweep(versions=(4, 7), ceil: dict | None = None) -> list[dict]:
         if read_bw:
             base["floor_us"] = nbytes / read_bw * 1e6
         for ver in versions:
-            for n in (1, 2, 4, 8, 16, 32, 64, 128):
+            for n in (n for n in (1, 2, 4, 8, 16, 32, 64, 128) if n * 32 <= s):
                 wss = [
                     cp.zeros(att.workspace_elems(ver, b, h, s, d, n), cp.float32)
                     for _ in sets

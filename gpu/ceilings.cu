@@ -5,6 +5,8 @@
 // v1  grid-stride loop of 16-byte loads folded with xor; the result is written only
 //     if it equals a magic value, which keeps every load alive at no store traffic.
 // v2  as v1 with 4 independent 16-byte loads issued per iteration (more in flight).
+// v3  each block streams one contiguous slice (as attention blocks do), 4 loads in
+//     flight per thread.
 
 extern "C" __global__ void ceilings_read_v1(const uint4* __restrict__ x, long long n,
                                             unsigned int* out) {
@@ -30,6 +32,24 @@ extern "C" __global__ void ceilings_read_v2(const uint4* __restrict__ x, long lo
     acc ^= c.x ^ c.y ^ c.z ^ c.w ^ d.x ^ d.y ^ d.z ^ d.w;
   }
   for (; i < n; i += stride) {
+    uint4 a = __ldg(x + i);
+    acc ^= a.x ^ a.y ^ a.z ^ a.w;
+  }
+  if (acc == 0x9e3779b9u) out[0] = acc;
+}
+
+extern "C" __global__ void ceilings_read_v3(const uint4* __restrict__ x, long long n,
+                                            unsigned int* out) {
+  unsigned int acc = 0;
+  long long per = (n + gridDim.x - 1) / gridDim.x, lo = blockIdx.x * per;
+  long long hi = min(n, lo + per), i = lo + threadIdx.x, bd = blockDim.x;
+  for (; i + 3 * bd < hi; i += 4 * bd) {
+    uint4 a = __ldg(x + i), b = __ldg(x + i + bd), c = __ldg(x + i + 2 * bd);
+    uint4 d = __ldg(x + i + 3 * bd);
+    acc ^= a.x ^ a.y ^ a.z ^ a.w ^ b.x ^ b.y ^ b.z ^ b.w;
+    acc ^= c.x ^ c.y ^ c.z ^ c.w ^ d.x ^ d.y ^ d.z ^ d.w;
+  }
+  for (; i < hi; i += bd) {
     uint4 a = __ldg(x + i);
     acc ^= a.x ^ a.y ^ a.z ^ a.w;
   }

@@ -116,7 +116,7 @@ def test_fused_workspace_reusable(version):
 
     q, k, v = _inputs(2, 8, 2, 777, 128, 1.0, 5, np.float16)
     dq, dk, dv = (cp.asarray(x) for x in (q, k, v))
-    ws = new_workspace(5, 2, 8, 777, 128)
+    ws = new_workspace(version, 2, 8, 777, 128)
     outs = [
         cp.asnumpy(decode_attention(dq, dk, dv, version=version, workspace=ws))
         for _ in range(10)

@@ -26,7 +26,7 @@ V4_HEAD_DIMS = {
     np.dtype(np.float16): (64, 80, 96, 128, 256),
 }
 THREADS = 128  # 4 warps: NW and NW4 in the .cu
-MIN_CHUNK = 64  # fewest keys worth a block in v3/v4 (v4 covers 32 rows per iteration)
+MIN_CHUNK = 128  # fewest keys worth a block (v4-v7 cover 32 rows per tile); sweep: S=1K
 
 
 def _check(q, k_cache, v_cache, version: int) -> tuple[int, int, int, int, int]:

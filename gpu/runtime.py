@@ -91,7 +91,17 @@ def device_summary() -> str:
 
 
 def provenance() -> dict:
-    """Everything a recorded figure must carry: device_info + commit + UTC date."""
+    """Everything a recorded figure must carry: device_info + commit + UTC date.
+
+    The commit comes from git, or from $TT_COMMIT where the tree was copied without
+    its .git folder (as onto a lent GPU machine)."""
+    import os
+
+    if os.environ.get("TT_COMMIT"):
+        info = dict(device_info()) if available() else {}
+        info["commit"] = os.environ["TT_COMMIT"]
+        info["date"] = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        return info
     try:
         commit = subprocess.run(
             ["git", "rev-parse", "--short=12", "HEAD"],

@@ -1,10 +1,11 @@
 // gpu/ceilings.cu — the card's read-bandwidth ceiling, for every floor in the book.
-// Used by `python -m gpu.bench ceilings`; device-to-device copy and GEMM peaks come
-// from cupy (cudaMemcpy, cuBLAS) and, where importable, torch.
+// Used by `python -m gpu.bench ceilings`; GEMM peaks come from cuBLAS (cupy) and,
+// where importable, torch; copy bandwidth is the faster of cudaMemcpy and copy_v1.
 //
 // v1  grid-stride loop of 16-byte loads folded with xor; the result is written only
 //     if it equals a magic value, which keeps every load alive at no store traffic.
 // v2  as v1 with 4 independent 16-byte loads issued per iteration (more in flight).
+// copy_v1  each block copies one contiguous slice, 4 16-byte loads in flight a thread.
 // v3  each block streams one contiguous slice (as attention blocks do), 4 loads in
 //     flight per thread.
 
@@ -54,4 +55,16 @@ extern "C" __global__ void ceilings_read_v3(const uint4* __restrict__ x, long lo
     acc ^= a.x ^ a.y ^ a.z ^ a.w;
   }
   if (acc == 0x9e3779b9u) out[0] = acc;
+}
+
+extern "C" __global__ void ceilings_copy_v1(const uint4* __restrict__ x, uint4* __restrict__ y,
+                                            long long n) {
+  long long per = (n + gridDim.x - 1) / gridDim.x, lo = blockIdx.x * per;
+  long long hi = min(n, lo + per), i = lo + threadIdx.x, bd = blockDim.x;
+  for (; i + 3 * bd < hi; i += 4 * bd) {
+    uint4 a = __ldg(x + i), b = __ldg(x + i + bd), c = __ldg(x + i + 2 * bd);
+    uint4 d = __ldg(x + i + 3 * bd);
+    y[i] = a; y[i + bd] = b; y[i + 2 * bd] = c; y[i + 3 * bd] = d;
+  }
+  for (; i < hi; i += bd) y[i] = __ldg(x + i);
 }

@@ -1,28 +1,33 @@
-// gpu/ceilings.cu — the card's read-bandwidth ceiling, for every floor in the book.
-// Used by `python -m gpu.bench ceilings`; GEMM peaks come from cuBLAS (cupy) and,
-// where importable, torch; copy bandwidth is the faster of cudaMemcpy and copy_v1.
+// gpu/ceilings.cu — the card's read-bandwidth ceiling, for every floor in the
+// book. Used by `python -m gpu.bench ceilings`; GEMM peaks come from cuBLAS
+// (cupy) and, where importable, torch; copy bandwidth is the faster of
+// cudaMemcpy and copy_v1.
 //
-// v1  grid-stride loop of 16-byte loads folded with xor; the result is written only
-//     if it equals a magic value, which keeps every load alive at no store traffic.
-// v2  as v1 with 4 independent 16-byte loads issued per iteration (more in flight).
-// copy_v1  each block copies one contiguous slice, 4 16-byte loads in flight a thread.
-// v3  each block streams one contiguous slice (as attention blocks do), 4 loads in
-//     flight per thread.
+// v1  grid-stride loop of 16-byte loads folded with xor; the result is written
+//     only if it equals a magic value, which keeps every load alive at no
+//     store traffic.
+// v2  as v1 with 4 independent 16-byte loads issued per iteration (more in
+//     flight).
+// copy_v1  each block copies one contiguous slice, 4 16-byte loads in flight
+//     a thread.
+// v3  each block streams one contiguous slice (as attention blocks do), 4
+//     loads in flight per thread.
 
-extern "C" __global__ void ceilings_read_v1(const uint4* __restrict__ x, long long n,
-                                            unsigned int* out) {
+extern "C" __global__ void ceilings_read_v1(const uint4* __restrict__ x,
+                                            long long n, unsigned int* out) {
   unsigned int acc = 0;
   long long stride = (long long)gridDim.x * blockDim.x;
 #pragma unroll 4
-  for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
+  for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n;
+       i += stride) {
     uint4 v = __ldg(x + i);
     acc ^= v.x ^ v.y ^ v.z ^ v.w;
   }
   if (acc == 0x9e3779b9u) out[0] = acc;
 }
 
-extern "C" __global__ void ceilings_read_v2(const uint4* __restrict__ x, long long n,
-                                            unsigned int* out) {
+extern "C" __global__ void ceilings_read_v2(const uint4* __restrict__ x,
+                                            long long n, unsigned int* out) {
   unsigned int acc = 0;
   long long stride = (long long)gridDim.x * blockDim.x;
   long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
@@ -39,8 +44,8 @@ extern "C" __global__ void ceilings_read_v2(const uint4* __restrict__ x, long lo
   if (acc == 0x9e3779b9u) out[0] = acc;
 }
 
-extern "C" __global__ void ceilings_read_v3(const uint4* __restrict__ x, long long n,
-                                            unsigned int* out) {
+extern "C" __global__ void ceilings_read_v3(const uint4* __restrict__ x,
+                                            long long n, unsigned int* out) {
   unsigned int acc = 0;
   long long per = (n + gridDim.x - 1) / gridDim.x, lo = blockIdx.x * per;
   long long hi = min(n, lo + per), i = lo + threadIdx.x, bd = blockDim.x;
@@ -57,7 +62,8 @@ extern "C" __global__ void ceilings_read_v3(const uint4* __restrict__ x, long lo
   if (acc == 0x9e3779b9u) out[0] = acc;
 }
 
-extern "C" __global__ void ceilings_copy_v1(const uint4* __restrict__ x, uint4* __restrict__ y,
+extern "C" __global__ void ceilings_copy_v1(const uint4* __restrict__ x,
+                                            uint4* __restrict__ y,
                                             long long n) {
   long long per = (n + gridDim.x - 1) / gridDim.x, lo = blockIdx.x * per;
   long long hi = min(n, lo + per), i = lo + threadIdx.x, bd = blockDim.x;

@@ -1,25 +1,32 @@
-// gpu/attention.cu — chapter 1, "Measuring a kernel": standard decode attention.
-// Twin of reference/common.py::decode_attention. One new token per sequence (T = 1)
-// attends to a K and a V cache of length S; MHA (G = H) and GQA (H % G == 0).
-//   q (B, H, D)   k, v (B, G, S, D)   out (B, H, D)      row-major, contiguous
-//   out[b,h] = softmax(q[b,h] . k[b,g]^T / sqrt(D)) . v[b,g],   g = h / (H / G)
-// Storage T = float or __half; every sum, the softmax and the accumulator are float.
+// gpu/attention.cu — chapter 1, "Measuring a kernel": standard decode
+// attention. Twin of reference/common.py::decode_attention. One new token per
+// sequence (T = 1) attends to a K and a V cache of length S; MHA (G = H) and
+// GQA (H % G == 0).
+//   q (B, H, D)   k, v (B, G, S, D)   out (B, H, D)    row-major, contiguous
+//   out[b,h] = softmax(q[b,h] . k[b,g]^T / sqrt(D)) . v[b,g],  g = h / (H / G)
+// Storage T = float or __half; every sum, the softmax and the accumulator are
+// float.
 //
-// v1  naive twin of the reference: one block per (b, h); three passes (scores to a
-//     global scratch row, max and sum, P.V); each thread reads whole K rows.
-// v2  one pass with an online softmax: one block per (b, h), a warp per key row,
-//     lanes split D (coalesced), warps merged in shared memory. Needs D <= 256.
-//     Only B*H blocks: at B = 1 it leaves most SMs idle.
-// v3  v2 split along S (flash-decoding): grid (H, n_split, B); each block writes a
-//     partial (m, l, acc[D]); attention_combine_v3 merges the partials.
-// v4  v3 with 16-byte loads (8 halves / 4 floats per lane), a row per lane group
-//     (D / VEC lanes), UNROLL rows in flight per group, D a template constant.
-//     Needs D in {64, 80, 96, 128} (fp16 also 256); reuses attention_combine_v3.
-// v5  v4 with 8 rows in flight per lane group and the combine fused into the same
-//     launch (the last block per (b, h) merges). Same D as v4. Slower than v4:
-//     116 registers (4 blocks/SM instead of 7) and a longer serial chain per tile.
-// v6  v4 with the online softmax updated once per tile of 4 rows (one max, one
-//     rescale) and the next tile prefetched into registers; combine as v3.
+// v1  naive twin of the reference: one block per (b, h); three passes (scores
+//     to a global scratch row, max and sum, P.V); each thread reads whole K
+//     rows.
+// v2  one pass with an online softmax: one block per (b, h), a warp per key
+//     row, lanes split D (coalesced), warps merged in shared memory. Needs
+//     D <= 256. Only B*H blocks: at B = 1 it leaves most SMs idle.
+// v3  v2 split along S (flash-decoding): grid (H, n_split, B); each block
+//     writes a partial (m, l, acc[D]); attention_combine_v3 merges the
+//     partials.
+// v4  v3 with 16-byte loads (8 halves / 4 floats per lane), a row per lane
+//     group (D / VEC lanes), UNROLL rows in flight per group, D a template
+//     constant. Needs D in {64, 80, 96, 128} (fp16 also 256); reuses
+//     attention_combine_v3.
+// v5  v4 with 8 rows in flight per lane group and the combine fused into the
+//     same launch (the last block per (b, h) merges). Same D as v4. Slower
+//     than v4: 116 registers (4 blocks/SM instead of 7) and a longer serial
+//     chain per tile.
+// v6  v4 with the online softmax updated once per tile of 4 rows (one max,
+//     one rescale) and the next tile prefetched into registers; combine as
+//     v3.
 // v7  v6 with v5's fused combine (one launch).
 //
 // Run one version alone:  python -m gpu.bench attention --version 4
@@ -32,21 +39,26 @@
 __device__ __forceinline__ float to_f(float x) { return x; }
 __device__ __forceinline__ float to_f(__half x) { return __half2float(x); }
 __device__ __forceinline__ void from_f(float& y, float x) { y = x; }
-__device__ __forceinline__ void from_f(__half& y, float x) { y = __float2half_rn(x); }
+__device__ __forceinline__ void from_f(__half& y, float x) {
+  y = __float2half_rn(x);
+}
 
 __device__ __forceinline__ float warp_sum(float x) {
   for (int o = 16; o > 0; o >>= 1) x += __shfl_xor_sync(0xffffffffu, x, o);
   return x;
 }
 __device__ __forceinline__ float warp_max(float x) {
-  for (int o = 16; o > 0; o >>= 1) x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, o));
+  for (int o = 16; o > 0; o >>= 1)
+    x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, o));
   return x;
 }
 
-// Block-wide reduction through shared memory `red` (>= 32 floats); all threads get it.
+// Block-wide reduction through shared memory `red` (>= 32 floats); all
+// threads get it.
 template <bool MAX>
 __device__ float block_reduce(float x, float* red) {
-  int lane = threadIdx.x % 32, warp = threadIdx.x / 32, nw = (blockDim.x + 31) / 32;
+  int lane = threadIdx.x % 32, warp = threadIdx.x / 32,
+      nw = (blockDim.x + 31) / 32;
   x = MAX ? warp_max(x) : warp_sum(x);
   __syncthreads();  // red may still be read by a previous call
   if (lane == 0) red[warp] = x;
@@ -58,8 +70,8 @@ __device__ float block_reduce(float x, float* red) {
 // --- v1 ---
 // Naive: scores (B, H, S) float scratch in global memory.
 template <typename T>
-__device__ void decode_v1(const T* q, const T* k, const T* v, T* out, float* scores,
-                          int H, int G, int S, int D) {
+__device__ void decode_v1(const T* q, const T* k, const T* v, T* out,
+                          float* scores, int H, int G, int S, int D) {
   __shared__ float red[32];
   int h = blockIdx.x, b = blockIdx.y, g = h / (H / G);
   const T* qh = q + ((size_t)b * H + h) * D;                 // (D,)
@@ -71,7 +83,8 @@ __device__ void decode_v1(const T* q, const T* k, const T* v, T* out, float* sco
   float m = NEG_INF;
   for (int j = threadIdx.x; j < S; j += blockDim.x) {
     float dot = 0.0f;
-    for (int d = 0; d < D; ++d) dot += to_f(qh[d]) * to_f(kg[(size_t)j * D + d]);
+    for (int d = 0; d < D; ++d)
+      dot += to_f(qh[d]) * to_f(kg[(size_t)j * D + d]);
     sc[j] = dot * scale;
     m = fmaxf(m, sc[j]);
   }
@@ -94,18 +107,21 @@ __device__ void decode_v1(const T* q, const T* k, const T* v, T* out, float* sco
 }
 
 // --- v2 ---
-// One warp per key row (lane i holds d = i, i+32, ...), an online softmax per warp:
+// One warp per key row (lane i holds d = i, i+32, ...), an online softmax per
+// warp:
 //   m' = max(m, s);  acc = acc * exp(m - m') + exp(s - m') v;  l likewise.
-// decode_chunk handles keys [s0, s1) and leaves the block's (m, l, acc) merged in smem.
+// decode_chunk handles keys [s0, s1) and leaves the block's (m, l, acc)
+// merged in smem.
 constexpr int MAXD = 256, NW = 4;  // max head dim, warps per block (v2, v3)
 struct Merged { float m, l; float acc[MAXD]; };
 
 template <typename T>
-__device__ void decode_chunk(const T* qh, const T* kg, const T* vg, int s0, int s1,
-                             int D, Merged& res) {
+__device__ void decode_chunk(const T* qh, const T* kg, const T* vg, int s0,
+                             int s1, int D, Merged& res) {
   __shared__ float wm[NW], wl[NW], wacc[NW][MAXD];
   int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-  float scale = rsqrtf((float)D), qr[MAXD / 32], acc[MAXD / 32], m = NEG_INF, l = 0.0f;
+  float scale = rsqrtf((float)D), qr[MAXD / 32], acc[MAXD / 32],
+        m = NEG_INF, l = 0.0f;
 #pragma unroll
   for (int i = 0; i < MAXD / 32; ++i) {
     int d = lane + 32 * i;
@@ -139,12 +155,14 @@ __device__ void decode_chunk(const T* qh, const T* kg, const T* vg, int s0, int 
   for (int w = 0; w < NW; ++w) M = fmaxf(M, wm[w]);
   for (int d = threadIdx.x; d < D; d += blockDim.x) {
     float a = 0.0f;
-    for (int w = 0; w < NW; ++w) a += wm[w] == NEG_INF ? 0.0f : wacc[w][d] * expf(wm[w] - M);
+    for (int w = 0; w < NW; ++w)
+      a += wm[w] == NEG_INF ? 0.0f : wacc[w][d] * expf(wm[w] - M);
     res.acc[d] = a;
   }
   if (threadIdx.x == 0) {
     float L = 0.0f;
-    for (int w = 0; w < NW; ++w) L += wm[w] == NEG_INF ? 0.0f : wl[w] * expf(wm[w] - M);
+    for (int w = 0; w < NW; ++w)
+      L += wm[w] == NEG_INF ? 0.0f : wl[w] * expf(wm[w] - M);
     res.m = M;
     res.l = L;
   }
@@ -152,8 +170,8 @@ __device__ void decode_chunk(const T* qh, const T* kg, const T* vg, int s0, int 
 }
 
 template <typename T>
-__device__ void decode_v2(const T* q, const T* k, const T* v, T* out, int H, int G,
-                          int S, int D) {
+__device__ void decode_v2(const T* q, const T* k, const T* v, T* out, int H,
+                          int G, int S, int D) {
   __shared__ Merged res;
   int h = blockIdx.x, b = blockIdx.y, g = h / (H / G);
   const T* kg = k + ((size_t)b * G + g) * S * D;
@@ -164,27 +182,32 @@ __device__ void decode_v2(const T* q, const T* k, const T* v, T* out, int H, int
 }
 
 // --- v3 ---
-// Split S into n_split chunks of `chunk` keys: grid (H, n_split, B). Partials:
-//   part_acc (B, H, n_split, D) float, part_ml (B, H, n_split, 2) float (m, l).
+// Split S into n_split chunks of `chunk` keys: grid (H, n_split, B).
+// Partials: part_acc (B, H, n_split, D) float,
+//           part_ml (B, H, n_split, 2) float (m, l).
 template <typename T>
 __device__ void decode_v3(const T* q, const T* k, const T* v, float* part_acc,
-                          float* part_ml, int H, int G, int S, int D, int chunk) {
+                          float* part_ml, int H, int G, int S, int D,
+                          int chunk) {
   __shared__ Merged res;
-  int h = blockIdx.x, sp = blockIdx.y, b = blockIdx.z, g = h / (H / G), n = gridDim.y;
+  int h = blockIdx.x, sp = blockIdx.y, b = blockIdx.z, g = h / (H / G),
+      n = gridDim.y;
   int s0 = sp * chunk, s1 = min(S, s0 + chunk);
   const T* kg = k + ((size_t)b * G + g) * S * D;
   const T* vg = v + ((size_t)b * G + g) * S * D;
   decode_chunk(q + ((size_t)b * H + h) * D, kg, vg, s0, s1, D, res);
   size_t p = ((size_t)b * H + h) * n + sp;
-  for (int d = threadIdx.x; d < D; d += blockDim.x) part_acc[p * D + d] = res.acc[d];
+  for (int d = threadIdx.x; d < D; d += blockDim.x)
+    part_acc[p * D + d] = res.acc[d];
   if (threadIdx.x == 0) { part_ml[2 * p] = res.m; part_ml[2 * p + 1] = res.l; }
 }
 
-// Merge n partials per (b, h): out = sum_i acc_i e^{m_i-M} / sum_i l_i e^{m_i-M}.
+// Merge n partials per (b, h):
+//   out = sum_i acc_i e^{m_i-M} / sum_i l_i e^{m_i-M}.
 // Grid (B*H), block >= D threads.
 template <typename T>
-__device__ void combine_v3(const float* part_acc, const float* part_ml, T* out, int n,
-                           int D) {
+__device__ void combine_v3(const float* part_acc, const float* part_ml,
+                           T* out, int n, int D) {
   size_t bh = blockIdx.x;
   const float* ml = part_ml + bh * n * 2;
   float M = NEG_INF, L = 0.0f;
@@ -192,16 +215,18 @@ __device__ void combine_v3(const float* part_acc, const float* part_ml, T* out, 
   for (int i = 0; i < n; ++i) L += ml[2 * i + 1] * expf(ml[2 * i] - M);
   for (int d = threadIdx.x; d < D; d += blockDim.x) {
     float a = 0.0f;
-    for (int i = 0; i < n; ++i) a += part_acc[(bh * n + i) * D + d] * expf(ml[2 * i] - M);
+    for (int i = 0; i < n; ++i)
+      a += part_acc[(bh * n + i) * D + d] * expf(ml[2 * i] - M);
     from_f(out[bh * D + d], a / L);
   }
 }
 
 // --- v4 ---
-// A lane group of LG = D/VEC lanes (rounded up to a power of two) owns one key row and
-// loads it as 16-byte vectors; a warp holds 32/LG groups, a block NW4 warps. Each group
-// keeps its own online softmax over rows j = group, group + NG, ..., with UNROLL rows'
-// loads issued before the first is used. Groups are merged through shared memory.
+// A lane group of LG = D/VEC lanes (rounded up to a power of two) owns one key
+// row and loads it as 16-byte vectors; a warp holds 32/LG groups, a block NW4
+// warps. Each group keeps its own online softmax over rows j = group,
+// group + NG, ..., with UNROLL rows' loads issued before the first is used.
+// Groups are merged through shared memory.
 constexpr int NW4 = 4;
 
 template <typename T> struct Vec;
@@ -222,12 +247,14 @@ __device__ __forceinline__ void unpack(float (&x)[Vec<T>::N], uint4 raw) {
 template <typename T, int D, int UNROLL>
 __device__ void decode_v4(const T* q, const T* k, const T* v, float* part_acc,
                           float* part_ml, int H, int G, int S, int chunk) {
-  constexpr int VEC = Vec<T>::N, NV = D / VEC;                 // vectors per row
-  constexpr int LG = NV <= 4 ? 4 : NV <= 8 ? 8 : NV <= 16 ? 16 : 32;  // lanes per row
-  constexpr int GPW = 32 / LG, NG = NW4 * GPW;                 // groups per warp, block
+  constexpr int VEC = Vec<T>::N, NV = D / VEC;  // vectors per row
+  // lanes per row
+  constexpr int LG = NV <= 4 ? 4 : NV <= 8 ? 8 : NV <= 16 ? 16 : 32;
+  constexpr int GPW = 32 / LG, NG = NW4 * GPW;  // groups per warp, block
   static_assert(D % VEC == 0 && NV <= 32, "unsupported head dim");
   __shared__ float gm[NG], gl[NG], gacc[NG][D];
-  int h = blockIdx.x, sp = blockIdx.y, b = blockIdx.z, g = h / (H / G), n = gridDim.y;
+  int h = blockIdx.x, sp = blockIdx.y, b = blockIdx.z, g = h / (H / G),
+      n = gridDim.y;
   int sub = threadIdx.x % LG, grp = threadIdx.x / LG;  // lane in group, group
   bool active = sub < NV;  // lanes past D/VEC idle (D = 80, 96)
   int s0 = sp * chunk, s1 = min(S, s0 + chunk);
@@ -236,7 +263,10 @@ __device__ void decode_v4(const T* q, const T* k, const T* v, float* part_acc,
   float qr[VEC], acc[VEC], m = NEG_INF, l = 0.0f, scale = rsqrtf((float)D);
   if (active) unpack<T>(qr, load16(q + ((size_t)b * H + h) * D + sub * VEC));
 #pragma unroll
-  for (int i = 0; i < VEC; ++i) { qr[i] = active ? qr[i] * scale : 0.0f; acc[i] = 0.0f; }
+  for (int i = 0; i < VEC; ++i) {
+    qr[i] = active ? qr[i] * scale : 0.0f;
+    acc[i] = 0.0f;
+  }
   // base is uniform across the block, so every lane reaches every shuffle
   for (int base = s0; base < s1; base += NG * UNROLL) {
     uint4 kraw[UNROLL], vraw[UNROLL];
@@ -258,9 +288,11 @@ __device__ void decode_v4(const T* q, const T* k, const T* v, float* part_acc,
         for (int i = 0; i < VEC; ++i) dot += qr[i] * kr[i];
       }
 #pragma unroll
-      for (int o = LG / 2; o > 0; o >>= 1) dot += __shfl_xor_sync(0xffffffffu, dot, o);
+      for (int o = LG / 2; o > 0; o >>= 1)
+        dot += __shfl_xor_sync(0xffffffffu, dot, o);
       if (j < s1) {  // uniform across the lane group
-        float m_new = fmaxf(m, dot), alpha = expf(m - m_new), p = expf(dot - m_new);
+        float m_new = fmaxf(m, dot), alpha = expf(m - m_new),
+              p = expf(dot - m_new);
         if (active) {
           unpack<T>(vr, vraw[u]);
 #pragma unroll
@@ -282,29 +314,34 @@ __device__ void decode_v4(const T* q, const T* k, const T* v, float* part_acc,
   size_t p = ((size_t)b * H + h) * n + sp;
   for (int d = threadIdx.x; d < D; d += blockDim.x) {
     float a = 0.0f;
-    for (int w = 0; w < NG; ++w) a += gm[w] == NEG_INF ? 0.0f : gacc[w][d] * expf(gm[w] - M);
+    for (int w = 0; w < NG; ++w)
+      a += gm[w] == NEG_INF ? 0.0f : gacc[w][d] * expf(gm[w] - M);
     part_acc[p * D + d] = a;
   }
   if (threadIdx.x == 0) {
     float L = 0.0f;
-    for (int w = 0; w < NG; ++w) L += gm[w] == NEG_INF ? 0.0f : gl[w] * expf(gm[w] - M);
+    for (int w = 0; w < NG; ++w)
+      L += gm[w] == NEG_INF ? 0.0f : gl[w] * expf(gm[w] - M);
     part_ml[2 * p] = M;
     part_ml[2 * p + 1] = L;
   }
 }
 
 // --- v5 ---
-// v4 with twice the rows in flight (UNROLL 8) and the combine fused: the last block
-// of each (b, h) to finish (an atomic ticket after a fence) merges the partials and
-// writes out, so one launch does it all. counters (B*H) must be zero before the first
-// call; the last block resets its counter, so the buffer stays reusable (CUDA graphs).
+// v4 with twice the rows in flight (UNROLL 8) and the combine fused: the last
+// block of each (b, h) to finish (an atomic ticket after a fence) merges the
+// partials and writes out, so one launch does it all. counters (B*H) must be
+// zero before the first call; the last block resets its counter, so the
+// buffer stays reusable (CUDA graphs).
 template <typename T, int D>
-__device__ void decode_v5(const T* q, const T* k, const T* v, T* out, float* part_acc,
-                          float* part_ml, unsigned int* counters, int H, int G, int S,
+__device__ void decode_v5(const T* q, const T* k, const T* v, T* out,
+                          float* part_acc, float* part_ml,
+                          unsigned int* counters, int H, int G, int S,
                           int chunk) {
   __shared__ bool last;
   decode_v4<T, D, 8>(q, k, v, part_acc, part_ml, H, G, S, chunk);
-  __threadfence();  // this block's partials visible device-wide before the ticket
+  // this block's partials visible device-wide before the ticket
+  __threadfence();
   __syncthreads();
   unsigned int bh = blockIdx.z * H + blockIdx.x, n = gridDim.y;
   if (threadIdx.x == 0) last = atomicAdd(&counters[bh], 1u) == n - 1;
@@ -314,26 +351,32 @@ __device__ void decode_v5(const T* q, const T* k, const T* v, T* out, float* par
   const float* ml = part_ml + (size_t)bh * n * 2;
   float M = NEG_INF, L = 0.0f;
   for (int i = 0; i < n; ++i) M = fmaxf(M, __ldcg(ml + 2 * i));
-  for (int i = 0; i < n; ++i) L += __ldcg(ml + 2 * i + 1) * expf(__ldcg(ml + 2 * i) - M);
+  for (int i = 0; i < n; ++i)
+    L += __ldcg(ml + 2 * i + 1) * expf(__ldcg(ml + 2 * i) - M);
   for (int d = threadIdx.x; d < D; d += blockDim.x) {
     float a = 0.0f;
     for (int i = 0; i < n; ++i)
-      a += __ldcg(part_acc + ((size_t)bh * n + i) * D + d) * expf(__ldcg(ml + 2 * i) - M);
+      a += __ldcg(part_acc + ((size_t)bh * n + i) * D + d) *
+           expf(__ldcg(ml + 2 * i) - M);
     from_f(out[(size_t)bh * D + d], a / L);
   }
   if (threadIdx.x == 0) counters[bh] = 0;
 }
 
 // --- v6 ---
-// v4 (UNROLL 4, 70 registers) with two changes aimed at keeping loads in flight:
-//  * the online softmax is updated once per tile of 4 rows, not once per row: the
-//    4 scores are reduced together, then one max, one rescale, 4 independent exps;
-//  * the next tile's K and V are loaded into registers before the current tile is
-//    used (software prefetch), so a warp always has a tile in flight.
-// FUSED = false: partials + attention_combine_v3 (as v4); true (v7): fused combine.
+// v4 (UNROLL 4, 70 registers) with two changes aimed at keeping loads in
+// flight:
+//  * the online softmax is updated once per tile of 4 rows, not once per row:
+//    the 4 scores are reduced together, then one max, one rescale, 4
+//    independent exps;
+//  * the next tile's K and V are loaded into registers before the current
+//    tile is used (software prefetch), so a warp always has a tile in flight.
+// FUSED = false: partials + attention_combine_v3 (as v4); true (v7): fused
+// combine.
 template <typename T, int D, bool FUSED>
-__device__ void decode_v6(const T* q, const T* k, const T* v, T* out, float* part_acc,
-                          float* part_ml, unsigned int* counters, int H, int G, int S,
+__device__ void decode_v6(const T* q, const T* k, const T* v, T* out,
+                          float* part_acc, float* part_ml,
+                          unsigned int* counters, int H, int G, int S,
                           int chunk) {
   constexpr int VEC = Vec<T>::N, NV = D / VEC, U = 4;
   constexpr int LG = NV <= 4 ? 4 : NV <= 8 ? 8 : NV <= 16 ? 16 : 32;
@@ -341,7 +384,8 @@ __device__ void decode_v6(const T* q, const T* k, const T* v, T* out, float* par
   static_assert(D % VEC == 0 && NV <= 32, "unsupported head dim");
   __shared__ float gm[NG], gl[NG], gacc[NG][D];
   __shared__ bool last;
-  int h = blockIdx.x, sp = blockIdx.y, b = blockIdx.z, g = h / (H / G), n = gridDim.y;
+  int h = blockIdx.x, sp = blockIdx.y, b = blockIdx.z, g = h / (H / G),
+      n = gridDim.y;
   int sub = threadIdx.x % LG, grp = threadIdx.x / LG;
   bool active = sub < NV;
   int s0 = sp * chunk, s1 = min(S, s0 + chunk);
@@ -350,20 +394,31 @@ __device__ void decode_v6(const T* q, const T* k, const T* v, T* out, float* par
   float qr[VEC], acc[VEC], m = NEG_INF, l = 0.0f, scale = rsqrtf((float)D);
   if (active) unpack<T>(qr, load16(q + ((size_t)b * H + h) * D + sub * VEC));
 #pragma unroll
-  for (int i = 0; i < VEC; ++i) { qr[i] = active ? qr[i] * scale : 0.0f; acc[i] = 0.0f; }
+  for (int i = 0; i < VEC; ++i) {
+    qr[i] = active ? qr[i] * scale : 0.0f;
+    acc[i] = 0.0f;
+  }
   uint4 kc[U], vc[U], kn[U], vn[U];
 #pragma unroll
   for (int u = 0; u < U; ++u) {  // first tile
     int j = s0 + u * NG + grp;
-    kc[u] = vc[u] = make_uint4(0, 0, 0, 0);  // rows past s1 stay 0: 0 * p adds nothing
-    if (active && j < s1) { kc[u] = load16(kg + (size_t)j * D); vc[u] = load16(vg + (size_t)j * D); }
+    // rows past s1 stay 0: 0 * p adds nothing
+    kc[u] = vc[u] = make_uint4(0, 0, 0, 0);
+    if (active && j < s1) {
+      kc[u] = load16(kg + (size_t)j * D);
+      vc[u] = load16(vg + (size_t)j * D);
+    }
   }
-  for (int base = s0; base < s1; base += NG * U) {  // base uniform across the block
+  // base uniform across the block
+  for (int base = s0; base < s1; base += NG * U) {
 #pragma unroll
     for (int u = 0; u < U; ++u) {  // prefetch the next tile
       int j = base + (U + u) * NG + grp;
       kn[u] = vn[u] = make_uint4(0, 0, 0, 0);
-      if (active && j < s1) { kn[u] = load16(kg + (size_t)j * D); vn[u] = load16(vg + (size_t)j * D); }
+      if (active && j < s1) {
+        kn[u] = load16(kg + (size_t)j * D);
+        vn[u] = load16(vg + (size_t)j * D);
+      }
     }
     float sc[U], mt = NEG_INF;
 #pragma unroll
@@ -379,14 +434,17 @@ __device__ void decode_v6(const T* q, const T* k, const T* v, T* out, float* par
 #pragma unroll
     for (int o = LG / 2; o > 0; o >>= 1)
 #pragma unroll
-      for (int u = 0; u < U; ++u) sc[u] += __shfl_xor_sync(0xffffffffu, sc[u], o);
+      for (int u = 0; u < U; ++u)
+        sc[u] += __shfl_xor_sync(0xffffffffu, sc[u], o);
 #pragma unroll
     for (int u = 0; u < U; ++u)
       if (base + u * NG + grp < s1) mt = fmaxf(mt, sc[u]);
-    if (mt != NEG_INF) {  // this group has rows in the tile (uniform in the group)
+    // this group has rows in the tile (uniform in the group)
+    if (mt != NEG_INF) {
       float m_new = fmaxf(m, mt), alpha = expf(m - m_new), p[U];
 #pragma unroll
-      for (int u = 0; u < U; ++u) p[u] = base + u * NG + grp < s1 ? expf(sc[u] - m_new) : 0.0f;
+      for (int u = 0; u < U; ++u)
+        p[u] = base + u * NG + grp < s1 ? expf(sc[u] - m_new) : 0.0f;
 #pragma unroll
       for (int i = 0; i < VEC; ++i) acc[i] *= alpha;
       if (active) {
@@ -416,19 +474,22 @@ __device__ void decode_v6(const T* q, const T* k, const T* v, T* out, float* par
   size_t bh = (size_t)b * H + h, p = bh * n + sp;
   for (int d = threadIdx.x; d < D; d += blockDim.x) {
     float a = 0.0f;
-    for (int w = 0; w < NG; ++w) a += gm[w] == NEG_INF ? 0.0f : gacc[w][d] * expf(gm[w] - M);
+    for (int w = 0; w < NG; ++w)
+      a += gm[w] == NEG_INF ? 0.0f : gacc[w][d] * expf(gm[w] - M);
     part_acc[p * D + d] = a;
   }
   if (threadIdx.x == 0) {
     float L = 0.0f;
-    for (int w = 0; w < NG; ++w) L += gm[w] == NEG_INF ? 0.0f : gl[w] * expf(gm[w] - M);
+    for (int w = 0; w < NG; ++w)
+      L += gm[w] == NEG_INF ? 0.0f : gl[w] * expf(gm[w] - M);
     part_ml[2 * p] = M;
     part_ml[2 * p + 1] = L;
   }
   if (!FUSED) return;
   __threadfence();  // partials visible device-wide before taking a ticket
   __syncthreads();
-  if (threadIdx.x == 0) last = atomicAdd(&counters[bh], 1u) == (unsigned)n - 1;
+  if (threadIdx.x == 0)
+    last = atomicAdd(&counters[bh], 1u) == (unsigned)n - 1;
   __syncthreads();
   if (!last) return;
   __threadfence();
@@ -436,50 +497,72 @@ __device__ void decode_v6(const T* q, const T* k, const T* v, T* out, float* par
   M = NEG_INF;
   float L = 0.0f;
   for (int i = 0; i < n; ++i) M = fmaxf(M, __ldcg(ml + 2 * i));
-  for (int i = 0; i < n; ++i) L += __ldcg(ml + 2 * i + 1) * expf(__ldcg(ml + 2 * i) - M);
+  for (int i = 0; i < n; ++i)
+    L += __ldcg(ml + 2 * i + 1) * expf(__ldcg(ml + 2 * i) - M);
   for (int d = threadIdx.x; d < D; d += blockDim.x) {
     float a = 0.0f;
-    for (int i = 0; i < n; ++i) a += __ldcg(part_acc + (bh * n + i) * D + d) * expf(__ldcg(ml + 2 * i) - M);
+    for (int i = 0; i < n; ++i)
+      a += __ldcg(part_acc + (bh * n + i) * D + d) *
+           expf(__ldcg(ml + 2 * i) - M);
     from_f(out[bh * D + d], a / L);
   }
   if (threadIdx.x == 0) counters[bh] = 0;
 }
 
 // --- entry points (extern "C": one symbol per storage type and, for v4, head dim) ---
-#define ENTRY_V123(SUF, T)                                                              \
-  extern "C" __global__ void attention_decode_v1_##SUF(                                 \
-      const T* q, const T* k, const T* v, T* out, float* scores, int H, int G, int S,   \
-      int D) { decode_v1<T>(q, k, v, out, scores, H, G, S, D); }                        \
-  extern "C" __global__ void __launch_bounds__(32 * NW) attention_decode_v2_##SUF(      \
-      const T* q, const T* k, const T* v, T* out, int H, int G, int S, int D) {         \
-    decode_v2<T>(q, k, v, out, H, G, S, D); }                                           \
-  extern "C" __global__ void __launch_bounds__(32 * NW) attention_decode_v3_##SUF(      \
-      const T* q, const T* k, const T* v, float* pa, float* pml, int H, int G, int S,   \
-      int D, int chunk) { decode_v3<T>(q, k, v, pa, pml, H, G, S, D, chunk); }          \
-  extern "C" __global__ void attention_combine_v3_##SUF(                                \
-      const float* pa, const float* pml, T* out, int n, int D) {                        \
-    combine_v3<T>(pa, pml, out, n, D); }
+#define ENTRY_V123(SUF, T)                                                  \
+  extern "C" __global__ void attention_decode_v1_##SUF(                     \
+      const T* q, const T* k, const T* v, T* out, float* scores, int H,     \
+      int G, int S, int D) {                                                \
+    decode_v1<T>(q, k, v, out, scores, H, G, S, D);                         \
+  }                                                                         \
+  extern "C" __global__ void __launch_bounds__(32 * NW)                     \
+  attention_decode_v2_##SUF(                                                \
+      const T* q, const T* k, const T* v, T* out, int H, int G, int S,      \
+      int D) {                                                              \
+    decode_v2<T>(q, k, v, out, H, G, S, D);                                 \
+  }                                                                         \
+  extern "C" __global__ void __launch_bounds__(32 * NW)                     \
+  attention_decode_v3_##SUF(                                                \
+      const T* q, const T* k, const T* v, float* pa, float* pml, int H,     \
+      int G, int S, int D, int chunk) {                                     \
+    decode_v3<T>(q, k, v, pa, pml, H, G, S, D, chunk);                      \
+  }                                                                         \
+  extern "C" __global__ void attention_combine_v3_##SUF(                    \
+      const float* pa, const float* pml, T* out, int n, int D) {            \
+    combine_v3<T>(pa, pml, out, n, D);                                      \
+  }
 
-#define ENTRY_V4(SUF, T, DD)                                                            \
-  extern "C" __global__ void __launch_bounds__(32 * NW4) attention_decode_v4_##SUF##_d##DD( \
-      const T* q, const T* k, const T* v, float* pa, float* pml, int H, int G, int S,   \
-      int chunk) { decode_v4<T, DD, 4>(q, k, v, pa, pml, H, G, S, chunk); }
+#define ENTRY_V4(SUF, T, DD)                                                \
+  extern "C" __global__ void __launch_bounds__(32 * NW4)                    \
+  attention_decode_v4_##SUF##_d##DD(                                        \
+      const T* q, const T* k, const T* v, float* pa, float* pml, int H,     \
+      int G, int S, int chunk) {                                            \
+    decode_v4<T, DD, 4>(q, k, v, pa, pml, H, G, S, chunk);                  \
+  }
 
-#define ENTRY_V5(SUF, T, DD)                                                            \
-  extern "C" __global__ void __launch_bounds__(32 * NW4) attention_decode_v5_##SUF##_d##DD( \
-      const T* q, const T* k, const T* v, T* out, float* pa, float* pml, unsigned int* cnt, \
-      int H, int G, int S, int chunk) {                                                 \
-    decode_v5<T, DD>(q, k, v, out, pa, pml, cnt, H, G, S, chunk); }
+#define ENTRY_V5(SUF, T, DD)                                                \
+  extern "C" __global__ void __launch_bounds__(32 * NW4)                    \
+  attention_decode_v5_##SUF##_d##DD(                                        \
+      const T* q, const T* k, const T* v, T* out, float* pa, float* pml,    \
+      unsigned int* cnt, int H, int G, int S, int chunk) {                  \
+    decode_v5<T, DD>(q, k, v, out, pa, pml, cnt, H, G, S, chunk);           \
+  }
 
-#define ENTRY_V67(SUF, T, DD)                                                           \
-  extern "C" __global__ void __launch_bounds__(32 * NW4) attention_decode_v6_##SUF##_d##DD( \
-      const T* q, const T* k, const T* v, float* pa, float* pml, int H, int G, int S,   \
-      int chunk) {                                                                      \
-    decode_v6<T, DD, false>(q, k, v, nullptr, pa, pml, nullptr, H, G, S, chunk); }      \
-  extern "C" __global__ void __launch_bounds__(32 * NW4) attention_decode_v7_##SUF##_d##DD( \
-      const T* q, const T* k, const T* v, T* out, float* pa, float* pml, unsigned int* cnt, \
-      int H, int G, int S, int chunk) {                                                 \
-    decode_v6<T, DD, true>(q, k, v, out, pa, pml, cnt, H, G, S, chunk); }
+#define ENTRY_V67(SUF, T, DD)                                               \
+  extern "C" __global__ void __launch_bounds__(32 * NW4)                    \
+  attention_decode_v6_##SUF##_d##DD(                                        \
+      const T* q, const T* k, const T* v, float* pa, float* pml, int H,     \
+      int G, int S, int chunk) {                                            \
+    decode_v6<T, DD, false>(q, k, v, nullptr, pa, pml, nullptr, H, G, S,    \
+                            chunk);                                         \
+  }                                                                         \
+  extern "C" __global__ void __launch_bounds__(32 * NW4)                    \
+  attention_decode_v7_##SUF##_d##DD(                                        \
+      const T* q, const T* k, const T* v, T* out, float* pa, float* pml,    \
+      unsigned int* cnt, int H, int G, int S, int chunk) {                  \
+    decode_v6<T, DD, true>(q, k, v, out, pa, pml, cnt, H, G, S, chunk);     \
+  }
 
 ENTRY_V123(f32, float)
 ENTRY_V123(f16, __half)

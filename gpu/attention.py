@@ -26,6 +26,7 @@ V4_HEAD_DIMS = {
     np.dtype(np.float16): (64, 80, 96, 128, 256),
 }
 THREADS = 128  # 4 warps: NW and NW4 in the .cu
+MAX_GRID_YZ = 65535  # CUDA's limit on gridDim.y and gridDim.z
 MIN_CHUNK = 128  # fewest keys worth a block (v4-v7 cover 32 rows per tile); sweep: S=1K
 
 
@@ -43,6 +44,10 @@ def _check(q, k_cache, v_cache, version: int) -> tuple[int, int, int, int, int]:
     if h % g:
         raise ValueError(f"H = {h} query heads must be a multiple of G = {g} KV heads")
     rt.check_int32(S=s, D=d, H=h, B=b)
+    if b > MAX_GRID_YZ:  # B is gridDim.y (v1, v2) or gridDim.z (v3-v7)
+        raise ValueError(
+            f"B = {b} exceeds the grid limit {MAX_GRID_YZ}; split the batch"
+        )
     if version in (2, 3) and d > MAX_D_V23:
         raise ValueError(f"v{version} needs D <= {MAX_D_V23}, got D = {d}")
     if version >= 4:
@@ -72,8 +77,10 @@ def split_plan(
     if n_split is None:
         sms = rt.device_info()["sm_count"] if rt.available() else 132
         n_split = max(1, min(per_sm * sms // (b * h), math.ceil(s / MIN_CHUNK)))
-    if not 1 <= int(n_split) <= s:
-        raise ValueError(f"n_split must be in [1, S = {s}], got {n_split}")
+    if not 1 <= int(n_split) <= min(s, MAX_GRID_YZ):
+        raise ValueError(
+            f"n_split must be in [1, min(S = {s}, {MAX_GRID_YZ})], got {n_split}"
+        )
     chunk = math.ceil(s / int(n_split))
     return math.ceil(s / chunk), chunk
 

@@ -1,6 +1,6 @@
-// gpu/ceilings.cu — the card's read-bandwidth ceiling, for every floor in the
-// book. Used by `python -m gpu.bench ceilings`; GEMM peaks come from cuBLAS
-// (cupy) and, where importable, torch; copy bandwidth is the faster of
+// gpu/ceilings.cu — the card's read-bandwidth ceiling, for every floor in
+// the book. Used by `python -m gpu.bench ceilings`; GEMM peaks come from
+// cuBLAS (cupy) and, where importable, torch; copy bandwidth is the faster of
 // cudaMemcpy and copy_v1.
 //
 // v1  grid-stride loop of 16-byte loads folded with xor; the result is written

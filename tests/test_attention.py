@@ -161,5 +161,8 @@ def test_bad_inputs_rejected_before_launch():
         decode_attention(q, k, k, version=3, n_split=11)
     with pytest.raises(ValueError, match="S must be >= 1"):
         decode_attention(q, k[:, :, :0], k[:, :, :0])
+    with pytest.raises(ValueError, match="grid limit"):
+        big = cp.ones((65536, 1, 64), cp.float16)
+        decode_attention(big, big[:, :, None], big[:, :, None])
     with pytest.raises(ValueError, match="version"):
         decode_attention(q, k, k, version=99)

@@ -202,23 +202,32 @@ __device__ void decode_v3(const T* q, const T* k, const T* v, float* part_acc,
   if (threadIdx.x == 0) { part_ml[2 * p] = res.m; part_ml[2 * p + 1] = res.l; }
 }
 
-// Merge n partials per (b, h):
-//   out = sum_i acc_i e^{m_i-M} / sum_i l_i e^{m_i-M}.
-// Grid (B*H), block >= D threads.
+// Merge the n partials of one (b, h):
+//   out = sum_i acc_i e^{m_i-M} / sum_i l_i e^{m_i-M},  M = max_i m_i.
+// __ldcg reads through L2 (never a stale L1 line): the fused versions call
+// this on partials other blocks of the same launch have just written.
 template <typename T>
-__device__ void combine_v3(const float* part_acc, const float* part_ml,
-                           T* out, int n, int D) {
-  size_t bh = blockIdx.x;
+__device__ void merge_partials(const float* part_acc, const float* part_ml,
+                               T* out, size_t bh, int n, int D) {
   const float* ml = part_ml + bh * n * 2;
   float M = NEG_INF, L = 0.0f;
-  for (int i = 0; i < n; ++i) M = fmaxf(M, ml[2 * i]);
-  for (int i = 0; i < n; ++i) L += ml[2 * i + 1] * expf(ml[2 * i] - M);
+  for (int i = 0; i < n; ++i) M = fmaxf(M, __ldcg(ml + 2 * i));
+  for (int i = 0; i < n; ++i)
+    L += __ldcg(ml + 2 * i + 1) * expf(__ldcg(ml + 2 * i) - M);
   for (int d = threadIdx.x; d < D; d += blockDim.x) {
     float a = 0.0f;
     for (int i = 0; i < n; ++i)
-      a += part_acc[(bh * n + i) * D + d] * expf(ml[2 * i] - M);
+      a += __ldcg(part_acc + (bh * n + i) * D + d) *
+           expf(__ldcg(ml + 2 * i) - M);
     from_f(out[bh * D + d], a / L);
   }
+}
+
+// The combine kernel of v3, v4 and v6. Grid (B*H), any block size.
+template <typename T>
+__device__ void combine_v3(const float* part_acc, const float* part_ml,
+                           T* out, int n, int D) {
+  merge_partials<T>(part_acc, part_ml, out, blockIdx.x, n, D);
 }
 
 // --- v4 ---
@@ -242,6 +251,48 @@ __device__ __forceinline__ void unpack(float (&x)[Vec<T>::N], uint4 raw) {
   const T* e = reinterpret_cast<const T*>(&raw);
 #pragma unroll
   for (int i = 0; i < Vec<T>::N; ++i) x[i] = to_f(e[i]);
+}
+
+// Merge the NG lane groups of a block, whose (m, l, acc[D]) are in shared
+// memory, into the block's partial number p (after a __syncthreads).
+template <int D, int NG>
+__device__ void write_partial(const float* gm, const float* gl,
+                              const float (*gacc)[D], float* part_acc,
+                              float* part_ml, size_t p) {
+  float M = NEG_INF;
+  for (int w = 0; w < NG; ++w) M = fmaxf(M, gm[w]);
+  for (int d = threadIdx.x; d < D; d += blockDim.x) {
+    float a = 0.0f;
+    for (int w = 0; w < NG; ++w)
+      a += gm[w] == NEG_INF ? 0.0f : gacc[w][d] * expf(gm[w] - M);
+    part_acc[p * D + d] = a;
+  }
+  if (threadIdx.x == 0) {
+    float L = 0.0f;
+    for (int w = 0; w < NG; ++w)
+      L += gm[w] == NEG_INF ? 0.0f : gl[w] * expf(gm[w] - M);
+    part_ml[2 * p] = M;
+    part_ml[2 * p + 1] = L;
+  }
+}
+
+// Fused combine (v5, v7): once this block's partial is visible device-wide it
+// takes a ticket; the last of the n blocks of (b, h) merges all n partials,
+// writes out and resets the counter to 0 for the next launch.
+template <typename T>
+__device__ void combine_if_last(const float* part_acc, const float* part_ml,
+                                T* out, unsigned int* counters, size_t bh,
+                                int n, int D) {
+  __shared__ bool last;
+  __threadfence();
+  __syncthreads();
+  if (threadIdx.x == 0)
+    last = atomicAdd(&counters[bh], 1u) == (unsigned)n - 1;
+  __syncthreads();
+  if (!last) return;
+  __threadfence();
+  merge_partials<T>(part_acc, part_ml, out, bh, n, D);
+  if (threadIdx.x == 0) counters[bh] = 0;
 }
 
 template <typename T, int D, int UNROLL>
@@ -309,22 +360,8 @@ __device__ void decode_v4(const T* q, const T* k, const T* v, float* part_acc,
     for (int i = 0; i < VEC; ++i) gacc[grp][sub * VEC + i] = acc[i];
   }
   __syncthreads();
-  float M = NEG_INF;
-  for (int w = 0; w < NG; ++w) M = fmaxf(M, gm[w]);
-  size_t p = ((size_t)b * H + h) * n + sp;
-  for (int d = threadIdx.x; d < D; d += blockDim.x) {
-    float a = 0.0f;
-    for (int w = 0; w < NG; ++w)
-      a += gm[w] == NEG_INF ? 0.0f : gacc[w][d] * expf(gm[w] - M);
-    part_acc[p * D + d] = a;
-  }
-  if (threadIdx.x == 0) {
-    float L = 0.0f;
-    for (int w = 0; w < NG; ++w)
-      L += gm[w] == NEG_INF ? 0.0f : gl[w] * expf(gm[w] - M);
-    part_ml[2 * p] = M;
-    part_ml[2 * p + 1] = L;
-  }
+  write_partial<D, NG>(gm, gl, gacc, part_acc, part_ml,
+                       ((size_t)b * H + h) * n + sp);
 }
 
 // --- v5 ---
@@ -338,29 +375,9 @@ __device__ void decode_v5(const T* q, const T* k, const T* v, T* out,
                           float* part_acc, float* part_ml,
                           unsigned int* counters, int H, int G, int S,
                           int chunk) {
-  __shared__ bool last;
   decode_v4<T, D, 8>(q, k, v, part_acc, part_ml, H, G, S, chunk);
-  // this block's partials visible device-wide before the ticket
-  __threadfence();
-  __syncthreads();
-  unsigned int bh = blockIdx.z * H + blockIdx.x, n = gridDim.y;
-  if (threadIdx.x == 0) last = atomicAdd(&counters[bh], 1u) == n - 1;
-  __syncthreads();
-  if (!last) return;
-  __threadfence();
-  const float* ml = part_ml + (size_t)bh * n * 2;
-  float M = NEG_INF, L = 0.0f;
-  for (int i = 0; i < n; ++i) M = fmaxf(M, __ldcg(ml + 2 * i));
-  for (int i = 0; i < n; ++i)
-    L += __ldcg(ml + 2 * i + 1) * expf(__ldcg(ml + 2 * i) - M);
-  for (int d = threadIdx.x; d < D; d += blockDim.x) {
-    float a = 0.0f;
-    for (int i = 0; i < n; ++i)
-      a += __ldcg(part_acc + ((size_t)bh * n + i) * D + d) *
-           expf(__ldcg(ml + 2 * i) - M);
-    from_f(out[(size_t)bh * D + d], a / L);
-  }
-  if (threadIdx.x == 0) counters[bh] = 0;
+  combine_if_last<T>(part_acc, part_ml, out, counters,
+                     (size_t)blockIdx.z * H + blockIdx.x, gridDim.y, D);
 }
 
 // --- v6 ---
@@ -383,7 +400,6 @@ __device__ void decode_v6(const T* q, const T* k, const T* v, T* out,
   constexpr int GPW = 32 / LG, NG = NW4 * GPW;
   static_assert(D % VEC == 0 && NV <= 32, "unsupported head dim");
   __shared__ float gm[NG], gl[NG], gacc[NG][D];
-  __shared__ bool last;
   int h = blockIdx.x, sp = blockIdx.y, b = blockIdx.z, g = h / (H / G),
       n = gridDim.y;
   int sub = threadIdx.x % LG, grp = threadIdx.x / LG;
@@ -462,54 +478,20 @@ __device__ void decode_v6(const T* q, const T* k, const T* v, T* out,
 #pragma unroll
     for (int u = 0; u < U; ++u) { kc[u] = kn[u]; vc[u] = vn[u]; }
   }
-  // merge the groups of this block (as v4), then partials or the fused combine
+  // merge the groups of this block (as v4), then the fused combine (v7)
   if (sub == 0) { gm[grp] = m; gl[grp] = l; }
   if (active) {
 #pragma unroll
     for (int i = 0; i < VEC; ++i) gacc[grp][sub * VEC + i] = acc[i];
   }
   __syncthreads();
-  float M = NEG_INF;
-  for (int w = 0; w < NG; ++w) M = fmaxf(M, gm[w]);
-  size_t bh = (size_t)b * H + h, p = bh * n + sp;
-  for (int d = threadIdx.x; d < D; d += blockDim.x) {
-    float a = 0.0f;
-    for (int w = 0; w < NG; ++w)
-      a += gm[w] == NEG_INF ? 0.0f : gacc[w][d] * expf(gm[w] - M);
-    part_acc[p * D + d] = a;
-  }
-  if (threadIdx.x == 0) {
-    float L = 0.0f;
-    for (int w = 0; w < NG; ++w)
-      L += gm[w] == NEG_INF ? 0.0f : gl[w] * expf(gm[w] - M);
-    part_ml[2 * p] = M;
-    part_ml[2 * p + 1] = L;
-  }
-  if (!FUSED) return;
-  __threadfence();  // partials visible device-wide before taking a ticket
-  __syncthreads();
-  if (threadIdx.x == 0)
-    last = atomicAdd(&counters[bh], 1u) == (unsigned)n - 1;
-  __syncthreads();
-  if (!last) return;
-  __threadfence();
-  const float* ml = part_ml + bh * n * 2;
-  M = NEG_INF;
-  float L = 0.0f;
-  for (int i = 0; i < n; ++i) M = fmaxf(M, __ldcg(ml + 2 * i));
-  for (int i = 0; i < n; ++i)
-    L += __ldcg(ml + 2 * i + 1) * expf(__ldcg(ml + 2 * i) - M);
-  for (int d = threadIdx.x; d < D; d += blockDim.x) {
-    float a = 0.0f;
-    for (int i = 0; i < n; ++i)
-      a += __ldcg(part_acc + (bh * n + i) * D + d) *
-           expf(__ldcg(ml + 2 * i) - M);
-    from_f(out[bh * D + d], a / L);
-  }
-  if (threadIdx.x == 0) counters[bh] = 0;
+  size_t bh = (size_t)b * H + h;
+  write_partial<D, NG>(gm, gl, gacc, part_acc, part_ml, bh * n + sp);
+  if (FUSED) combine_if_last<T>(part_acc, part_ml, out, counters, bh, n, D);
 }
 
-// --- entry points (extern "C": one symbol per storage type and, for v4, head dim) ---
+// --- entry points ---
+// extern "C": one symbol per storage type and, for v4-v7, head dim.
 #define ENTRY_V123(SUF, T)                                                  \
   extern "C" __global__ void attention_decode_v1_##SUF(                     \
       const T* q, const T* k, const T* v, T* out, float* scores, int H,     \

@@ -165,33 +165,15 @@ def decode_attention(
         args = (q, k_cache, v_cache, out, part_acc, part_ml, counters.view(cp.uint32))
         fn((h, n, b), (THREADS,), args + (i32(h), i32(g), i32(s), i32(chunk)))
         return out
-    if version == 3:
-        fn = rt.kernel(SLUG, f"attention_decode_v3_{suf}")
-        args = (
-            q,
-            k_cache,
-            v_cache,
-            part_acc,
-            part_ml,
-            i32(h),
-            i32(g),
-            i32(s),
-            i32(d),
-            i32(chunk),
-        )
-    else:
-        fn = rt.kernel(SLUG, f"attention_decode_v{version}_{suf}_d{d}")
-        args = (
-            q,
-            k_cache,
-            v_cache,
-            part_acc,
-            part_ml,
-            i32(h),
-            i32(g),
-            i32(s),
-            i32(chunk),
-        )
+    # v3 takes D at run time; v4 and v6 are instantiated per head dim
+    name = (
+        f"attention_decode_v3_{suf}"
+        if version == 3
+        else f"attention_decode_v{version}_{suf}_d{d}"
+    )
+    dims = (i32(h), i32(g), i32(s)) + ((i32(d),) if version == 3 else ())
+    fn = rt.kernel(SLUG, name)
+    args = (q, k_cache, v_cache, part_acc, part_ml) + dims + (i32(chunk),)
     fn((h, n, b), (THREADS,), args)
     combine = rt.kernel(SLUG, f"attention_combine_v3_{suf}")
     combine((b * h,), (THREADS,), (part_acc, part_ml, out, i32(n), i32(d)))

@@ -1,0 +1,34 @@
+"""One decode-attention case for a profiler to attach to (ncu), v7 then torch SDPA.
+
+ncu --section SpeedOfLight ... python3 tools/profile_attention.py B S
+"""
+
+import sys
+
+import cupy as cp
+import numpy as np
+
+from gpu.attention import decode_attention
+
+b, s = (int(a) for a in sys.argv[1:3])
+h = g = 32
+d = 128
+rng = cp.random.default_rng(0)
+q, k, v = (
+    rng.standard_normal(shape, dtype=cp.float32).astype(cp.float16)
+    for shape in ((b, h, d), (b, g, s, d), (b, g, s, d))
+)
+for _ in range(3):
+    decode_attention(q, k, v, version=7)
+cp.cuda.Device().synchronize()
+try:
+    import torch
+    import torch.nn.functional as F
+
+    tq, tk, tv = (torch.from_dlpack(x) for x in (q[:, :, None], k, v))
+    for _ in range(3):
+        F.scaled_dot_product_attention(tq, tk, tv)
+    torch.cuda.synchronize()
+except ImportError:
+    pass
+print("done", np.__version__)

@@ -28,6 +28,9 @@
 //     one rescale) and the next tile prefetched into registers; combine as
 //     v3.
 // v7  v6 with v5's fused combine (one launch).
+// v8  v7 with the tiles staged through shared memory by cp.async, 4 stages
+//     deep (ST8 - 1 tiles in flight, none held in registers); dynamic shared
+//     memory, see tile_smem_bytes in the launcher.
 //
 // Run one version alone:  python -m gpu.bench attention --version 4
 // Compile report (no GPU): python -m gpu.check_kernels gpu/attention.cu
@@ -490,6 +493,127 @@ __device__ void decode_v6(const T* q, const T* k, const T* v, T* out,
   if (FUSED) combine_if_last<T>(part_acc, part_ml, out, counters, bh, n, D);
 }
 
+// --- v8 ---
+// v7 with the K and V tiles staged through shared memory by cp.async (Ampere's
+// asynchronous copy, 16 bytes a thread, zero-filled past the chunk) in a ring
+// of ST8 stages: ST8 - 1 tiles are always in flight, and no register holds a
+// tile that has not arrived. Same lane groups, tile softmax and fused combine.
+// Dynamic shared memory: ST8 * 2 * TR * D * sizeof(T) bytes (TR rows a tile).
+constexpr int ST8 = 4;
+
+__device__ __forceinline__ void cp_async16(void* smem, const void* gmem,
+                                           bool valid) {
+  unsigned dst = (unsigned)__cvta_generic_to_shared(smem);
+  int n = valid ? 16 : 0;  // 0 bytes read: the 16 shared bytes become zeros
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst),
+               "l"(gmem), "r"(n));
+}
+__device__ __forceinline__ void cp_async_commit() {
+  asm volatile("cp.async.commit_group;\n" ::);
+}
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+
+template <typename T, int D>
+__device__ void decode_v8(const T* q, const T* k, const T* v, T* out,
+                          float* part_acc, float* part_ml,
+                          unsigned int* counters, int H, int G, int S,
+                          int chunk) {
+  constexpr int VEC = Vec<T>::N, NV = D / VEC, U = 4;
+  constexpr int LG = NV <= 4 ? 4 : NV <= 8 ? 8 : NV <= 16 ? 16 : 32;
+  constexpr int GPW = 32 / LG, NG = NW4 * GPW, TR = NG * U;
+  static_assert(D % VEC == 0 && NV <= 32, "unsupported head dim");
+  extern __shared__ uint4 ring[];  // [ST8][2 (K, V)][TR][NV]
+  __shared__ float gm[NG], gl[NG], gacc[NG][D];
+  int h = blockIdx.x, sp = blockIdx.y, b = blockIdx.z, g = h / (H / G),
+      n = gridDim.y;
+  int sub = threadIdx.x % LG, grp = threadIdx.x / LG;
+  bool active = sub < NV;
+  int s0 = sp * chunk, s1 = min(S, s0 + chunk);
+  int ntiles = (s1 - s0 + TR - 1) / TR;
+  const T* kg = k + ((size_t)b * G + g) * S * D;
+  const T* vg = v + ((size_t)b * G + g) * S * D;
+  // copy tile t (rows s0 + t*TR ...) into ring stage st; one commit group
+  auto issue = [&](int t, int st) {
+    for (int c = threadIdx.x; c < TR * NV; c += blockDim.x) {
+      int r = c / NV, col = c % NV, j = s0 + t * TR + r;
+      size_t off = (size_t)(j < s1 ? j : s0) * D + col * VEC;
+      cp_async16(&ring[((st * 2 + 0) * TR + r) * NV + col], kg + off, j < s1);
+      cp_async16(&ring[((st * 2 + 1) * TR + r) * NV + col], vg + off, j < s1);
+    }
+    cp_async_commit();
+  };
+#pragma unroll
+  for (int t = 0; t < ST8 - 1; ++t) {
+    if (t < ntiles) issue(t, t);
+    else cp_async_commit();  // empty group: the wait count stays uniform
+  }
+  float qr[VEC], acc[VEC], m = NEG_INF, l = 0.0f, scale = rsqrtf((float)D);
+  if (active) unpack<T>(qr, load16(q + ((size_t)b * H + h) * D + sub * VEC));
+#pragma unroll
+  for (int i = 0; i < VEC; ++i) {
+    qr[i] = active ? qr[i] * scale : 0.0f;
+    acc[i] = 0.0f;
+  }
+  for (int t = 0; t < ntiles; ++t) {
+    cp_async_wait<ST8 - 2>();  // tile t has landed (this thread's copies)
+    __syncthreads();  // ... everyone's; and stage (t-1) % ST8 is free again
+    if (t + ST8 - 1 < ntiles) issue(t + ST8 - 1, (t + ST8 - 1) % ST8);
+    else cp_async_commit();
+    const uint4* kt = ring + (t % ST8) * 2 * TR * NV;
+    const uint4* vt = kt + TR * NV;
+    int base = s0 + t * TR;
+    float sc[U], mt = NEG_INF;
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      float kr[VEC];
+      unpack<T>(kr, kt[(u * NG + grp) * NV + (active ? sub : 0)]);
+      sc[u] = 0.0f;
+#pragma unroll
+      for (int i = 0; i < VEC; ++i) sc[u] += qr[i] * kr[i];
+    }
+#pragma unroll
+    for (int o = LG / 2; o > 0; o >>= 1)
+#pragma unroll
+      for (int u = 0; u < U; ++u)
+        sc[u] += __shfl_xor_sync(0xffffffffu, sc[u], o);
+#pragma unroll
+    for (int u = 0; u < U; ++u)
+      if (base + u * NG + grp < s1) mt = fmaxf(mt, sc[u]);
+    if (mt != NEG_INF) {
+      float m_new = fmaxf(m, mt), alpha = expf(m - m_new), p[U];
+#pragma unroll
+      for (int u = 0; u < U; ++u)
+        p[u] = base + u * NG + grp < s1 ? expf(sc[u] - m_new) : 0.0f;
+#pragma unroll
+      for (int i = 0; i < VEC; ++i) acc[i] *= alpha;
+      if (active) {
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+          float vr[VEC];
+          unpack<T>(vr, vt[(u * NG + grp) * NV + sub]);
+#pragma unroll
+          for (int i = 0; i < VEC; ++i) acc[i] += p[u] * vr[i];
+        }
+      }
+      l = l * alpha + (p[0] + p[1]) + (p[2] + p[3]);
+      m = m_new;
+    }
+  }
+  cp_async_wait<0>();
+  if (sub == 0) { gm[grp] = m; gl[grp] = l; }
+  if (active) {
+#pragma unroll
+    for (int i = 0; i < VEC; ++i) gacc[grp][sub * VEC + i] = acc[i];
+  }
+  __syncthreads();
+  size_t bh = (size_t)b * H + h;
+  write_partial<D, NG>(gm, gl, gacc, part_acc, part_ml, bh * n + sp);
+  combine_if_last<T>(part_acc, part_ml, out, counters, bh, n, D);
+}
+
 // --- entry points ---
 // extern "C": one symbol per storage type and, for v4-v7, head dim.
 #define ENTRY_V123(SUF, T)                                                  \
@@ -546,6 +670,14 @@ __device__ void decode_v6(const T* q, const T* k, const T* v, T* out,
     decode_v6<T, DD, true>(q, k, v, out, pa, pml, cnt, H, G, S, chunk);     \
   }
 
+#define ENTRY_V8(SUF, T, DD)                                                \
+  extern "C" __global__ void __launch_bounds__(32 * NW4)                    \
+  attention_decode_v8_##SUF##_d##DD(                                        \
+      const T* q, const T* k, const T* v, T* out, float* pa, float* pml,    \
+      unsigned int* cnt, int H, int G, int S, int chunk) {                  \
+    decode_v8<T, DD>(q, k, v, out, pa, pml, cnt, H, G, S, chunk);           \
+  }
+
 ENTRY_V123(f32, float)
 ENTRY_V123(f16, __half)
 ENTRY_V4(f32, float, 64)
@@ -575,3 +707,12 @@ ENTRY_V67(f16, __half, 80)
 ENTRY_V67(f16, __half, 96)
 ENTRY_V67(f16, __half, 128)
 ENTRY_V67(f16, __half, 256)
+ENTRY_V8(f32, float, 64)
+ENTRY_V8(f32, float, 80)
+ENTRY_V8(f32, float, 96)
+ENTRY_V8(f32, float, 128)
+ENTRY_V8(f16, __half, 64)
+ENTRY_V8(f16, __half, 80)
+ENTRY_V8(f16, __half, 96)
+ENTRY_V8(f16, __half, 128)
+ENTRY_V8(f16, __half, 256)

@@ -7,6 +7,7 @@ limits, alignment), casts scalars to int32, picks the grid and launches. No math
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -14,8 +15,11 @@ import numpy as np
 from gpu import runtime as rt
 
 SLUG = "attention"
-VERSIONS = (1, 2, 3, 4, 5, 6, 7)
-FUSED = (5, 7)  # versions that combine in the same launch (need zeroed counters)
+VERSIONS = (1, 2, 3, 4, 5, 6, 7, 8)
+FUSED = (5, 7, 8)  # versions that combine in the same launch (need zeroed counters)
+# Blocks of a version that fit one SM: 4 for v3-v7 (registers), 3 for v8 (68 KB of
+# shared memory each at D = 128, fp16). split_plan sizes one wave from it.
+PER_SM = {8: 3}
 DTYPES = (np.float32, np.float16)
 _SUFFIX = {np.dtype(np.float32): "f32", np.dtype(np.float16): "f16"}
 # v2/v3 keep D/32 values per lane in registers sized for D <= 256 (MAXD in the .cu).
@@ -27,6 +31,7 @@ V4_HEAD_DIMS = {
 }
 THREADS = 128  # 4 warps: NW and NW4 in the .cu
 MAX_GRID_YZ = 65535  # CUDA's limit on gridDim.y and gridDim.z
+ST8 = 4  # v8's shared-memory stages (ST8 in the .cu)
 MIN_CHUNK = 128  # fewest keys worth a block (v4-v7 cover 32 rows per tile); sweep: S=1K
 
 
@@ -65,9 +70,9 @@ def _check(q, k_cache, v_cache, version: int) -> tuple[int, int, int, int, int]:
 
 
 def split_plan(
-    b: int, h: int, s: int, n_split: int | None = None, per_sm: int = 4
+    b: int, h: int, s: int, n_split: int | None = None, version: int = 7
 ) -> tuple[int, int]:
-    """(n_split, chunk) for v3-v7: one wave of ``per_sm`` blocks per SM (at least one
+    """(n_split, chunk) for v3-v8: one wave of PER_SM blocks per SM (at least one
     chunk), none shorter than MIN_CHUNK keys.
 
     Chosen from the n_split sweep on the H100 (gpu/NOTES.md, results/attention_split):
@@ -76,6 +81,7 @@ def split_plan(
     """
     if n_split is None:
         sms = rt.device_info()["sm_count"] if rt.available() else 132
+        per_sm = PER_SM.get(version, 4)
         n_split = max(1, min(per_sm * sms // (b * h), math.ceil(s / MIN_CHUNK)))
     if not 1 <= int(n_split) <= min(s, MAX_GRID_YZ):
         raise ValueError(
@@ -92,8 +98,24 @@ def workspace_elems(version: int, b: int, h: int, s: int, d: int, n_split=None) 
         return b * h * s
     if version == 2:
         return 0
-    n, _ = split_plan(b, h, s, n_split)
+    n, _ = split_plan(b, h, s, n_split, version)
     return b * h * n * (d + 2) + (b * h if version in FUSED else 0)
+
+
+def tile_smem_bytes(dtype, d: int) -> int:
+    """v8's dynamic shared memory: ST8 stages x (K, V) x TR rows x D (see the .cu)."""
+    item = np.dtype(dtype).itemsize
+    nv = d // (16 // item)  # 16-byte vectors per row
+    lg = next(x for x in (4, 8, 16, 32) if nv <= x)  # lanes per row
+    tr = 4 * (32 // lg) * 4  # NW4 warps x groups per warp x U rows
+    return ST8 * 2 * tr * d * item
+
+
+@functools.cache
+def _v8_kernel(suf: str, d: int, smem: int):
+    fn = rt.kernel(SLUG, f"attention_decode_v8_{suf}_d{d}")
+    fn.max_dynamic_shared_size_bytes = smem  # beyond 48 KB needs the opt-in
+    return fn
 
 
 def new_workspace(version: int, b: int, h: int, s: int, d: int, n_split=None):
@@ -111,12 +133,12 @@ def decode_attention(
     Args:
         q: (B, H, D) float32 or float16, C-contiguous CuPy array.
         k_cache, v_cache: (B, G, S, D), same dtype, H % G == 0.
-        version: 1..7, the kernel ladder of gpu/attention.cu.
-        n_split: v3-v7 only: number of chunks S is split into (default: split_plan).
+        version: 1..8, the kernel ladder of gpu/attention.cu.
+        n_split: v3-v8 only: number of chunks S is split into (default: split_plan).
         out: optional (B, H, D) array of q's dtype to write into.
         workspace: optional float32 scratch of >= workspace_elems(...) elements.
             Pass ``out`` and ``workspace`` to launch without allocating (CUDA graphs);
-            for v5/v7 it must come zeroed (new_workspace) and is left zeroed.
+            for v5, v7, v8 it must come zeroed (new_workspace) and is left zeroed.
     Returns:
         out (B, H, D), q's dtype. Accumulation is float32 in every version.
     """
@@ -156,14 +178,19 @@ def decode_attention(
             (q, k_cache, v_cache, out, i32(h), i32(g), i32(s), i32(d)),
         )
         return out
-    n, chunk = split_plan(b, h, s, n_split)
+    n, chunk = split_plan(b, h, s, n_split, version)
     part_acc = workspace[: b * h * n * d]  # (B, H, n, D)
     part_ml = workspace[b * h * n * d : b * h * n * (d + 2)]  # (B, H, n, 2): m, l
     if version in FUSED:
         counters = workspace[b * h * n * (d + 2) : b * h * n * (d + 2) + b * h]
-        fn = rt.kernel(SLUG, f"attention_decode_v{version}_{suf}_d{d}")
         args = (q, k_cache, v_cache, out, part_acc, part_ml, counters.view(cp.uint32))
-        fn((h, n, b), (THREADS,), args + (i32(h), i32(g), i32(s), i32(chunk)))
+        args += (i32(h), i32(g), i32(s), i32(chunk))
+        if version == 8:
+            smem = tile_smem_bytes(q.dtype, d)
+            _v8_kernel(suf, d, smem)((h, n, b), (THREADS,), args, shared_mem=smem)
+        else:
+            fn = rt.kernel(SLUG, f"attention_decode_v{version}_{suf}_d{d}")
+            fn((h, n, b), (THREADS,), args)
         return out
     # v3 takes D at run time; v4 and v6 are instantiated per head dim
     name = (

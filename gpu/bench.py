@@ -292,7 +292,7 @@ def _validate_attention(fn, truth, dtype) -> float:
 
 
 def attention(
-    quick: bool = False, versions=(1, 2, 3, 4, 5, 6, 7), ceil: dict | None = None
+    quick: bool = False, versions=(1, 2, 3, 4, 5, 6, 7, 8), ceil: dict | None = None
 ) -> list[dict]:
     """Decode attention, H = G = 32, D = 128, fp16: our versions and torch SDPA.
 
@@ -358,7 +358,9 @@ def attention(
                         calls,
                         truth,
                         dtype,
-                        n_split=att.split_plan(b, h, s)[0] if ver >= 3 else 1,
+                        n_split=att.split_plan(b, h, s, None, ver)[0]
+                        if ver >= 3
+                        else 1,
                     )
                 )
                 del outs, wss, calls
@@ -372,7 +374,7 @@ def attention(
     return rows
 
 
-def split_sweep(versions=(4, 6, 7), ceil: dict | None = None) -> list[dict]:
+def split_sweep(versions=(4, 6, 7, 8), ceil: dict | None = None) -> list[dict]:
     """How the number of S-chunks (blocks per (b, h)) moves time: B in {1, 8},
     S in {1K, 16K}, H = G = 32, D = 128, fp16, n_split from 1 to 128."""
     import cupy as cp
@@ -514,7 +516,7 @@ def main(argv=None) -> int:
     if args.what in ("attention", "all"):
         rows = attention(
             quick=args.quick,
-            versions=tuple(args.version or (1, 2, 3, 4, 5, 6, 7)),
+            versions=tuple(args.version or (1, 2, 3, 4, 5, 6, 7, 8)),
             ceil=ceil,
         )
         print_table(rows)

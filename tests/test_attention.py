@@ -16,7 +16,7 @@ from reference.testing import assert_close, attention_scale, describe
 pytestmark = pytest.mark.gpu
 
 DTYPES = [np.float32, np.float16]
-VERSIONS = [1, 2, 3, 4, 5, 6, 7]
+VERSIONS = [1, 2, 3, 4, 5, 6, 7, 8]
 
 
 @st.composite
@@ -107,7 +107,7 @@ def test_checker_rejects_dropped_last_key():
         )
 
 
-@pytest.mark.parametrize("version", [5, 7])
+@pytest.mark.parametrize("version", [5, 7, 8])
 def test_fused_workspace_reusable(version):
     """The fused versions' counters reset themselves: ten calls on one workspace."""
     import cupy as cp

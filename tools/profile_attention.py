@@ -11,6 +11,7 @@ import numpy as np
 from gpu.attention import decode_attention
 
 b, s = (int(a) for a in sys.argv[1:3])
+versions = [int(a) for a in sys.argv[3:]] or [7]
 h = g = 32
 d = 128
 rng = cp.random.default_rng(0)
@@ -18,8 +19,9 @@ q, k, v = (
     rng.standard_normal(shape, dtype=cp.float32).astype(cp.float16)
     for shape in ((b, h, d), (b, g, s, d), (b, g, s, d))
 )
-for _ in range(3):
-    decode_attention(q, k, v, version=7)
+for ver in versions:
+    for _ in range(3):
+        decode_attention(q, k, v, version=ver)
 cp.cuda.Device().synchronize()
 try:
     import torch

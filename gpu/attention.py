@@ -49,7 +49,7 @@ def _check(q, k_cache, v_cache, version: int) -> tuple[int, int, int, int, int]:
     if h % g:
         raise ValueError(f"H = {h} query heads must be a multiple of G = {g} KV heads")
     rt.check_int32(S=s, D=d, H=h, B=b)
-    if b > MAX_GRID_YZ:  # B is gridDim.y (v1, v2) or gridDim.z (v3-v7)
+    if b > MAX_GRID_YZ:  # B is gridDim.y (v1, v2) or gridDim.z (v3-v8)
         raise ValueError(
             f"B = {b} exceeds the grid limit {MAX_GRID_YZ}; split the batch"
         )

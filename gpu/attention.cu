@@ -393,14 +393,22 @@ __device__ void decode_v5(const T* q, const T* k, const T* v, T* out,
 //    tile is used (software prefetch), so a warp always has a tile in flight.
 // FUSED = false: partials + attention_combine_v3 (as v4); true (v7): fused
 // combine.
-template <typename T, int D, bool FUSED>
+// U (rows a group takes per tile) and NW (warps a block) are template
+// constants: v6 and v7 use U = 4, NW = 4; v9 tries other tile shapes.
+template <int N>
+__device__ __forceinline__ float pair_sum(const float* p) {
+  if constexpr (N == 1) return p[0];
+  else return pair_sum<N / 2>(p) + pair_sum<N - N / 2>(p + N / 2);
+}
+
+template <typename T, int D, bool FUSED, int U = 4, int NW = NW4>
 __device__ void decode_v6(const T* q, const T* k, const T* v, T* out,
                           float* part_acc, float* part_ml,
                           unsigned int* counters, int H, int G, int S,
                           int chunk) {
-  constexpr int VEC = Vec<T>::N, NV = D / VEC, U = 4;
+  constexpr int VEC = Vec<T>::N, NV = D / VEC;
   constexpr int LG = NV <= 4 ? 4 : NV <= 8 ? 8 : NV <= 16 ? 16 : 32;
-  constexpr int GPW = 32 / LG, NG = NW4 * GPW;
+  constexpr int GPW = 32 / LG, NG = NW * GPW;
   static_assert(D % VEC == 0 && NV <= 32, "unsupported head dim");
   __shared__ float gm[NG], gl[NG], gacc[NG][D];
   int h = blockIdx.x, sp = blockIdx.y, b = blockIdx.z, g = h / (H / G),
@@ -475,7 +483,8 @@ __device__ void decode_v6(const T* q, const T* k, const T* v, T* out,
           for (int i = 0; i < VEC; ++i) acc[i] += p[u] * vr[i];
         }
       }
-      l = l * alpha + (p[0] + p[1]) + (p[2] + p[3]);
+      if constexpr (U == 4) l = l * alpha + (p[0] + p[1]) + (p[2] + p[3]);
+      else l = l * alpha + pair_sum<U>(p);
       m = m_new;
     }
 #pragma unroll
@@ -678,6 +687,16 @@ __device__ void decode_v8(const T* q, const T* k, const T* v, T* out,
     decode_v8<T, DD>(q, k, v, out, pa, pml, cnt, H, G, S, chunk);           \
   }
 
+#define ENTRY_V9(UU, WW)                                                    \
+  extern "C" __global__ void __launch_bounds__(32 * WW)                     \
+  attention_decode_v9_f16_d128_u##UU##w##WW(                                \
+      const __half* q, const __half* k, const __half* v, __half* out,       \
+      float* pa, float* pml, unsigned int* cnt, int H, int G, int S,        \
+      int chunk) {                                                          \
+    decode_v6<__half, 128, true, UU, WW>(q, k, v, out, pa, pml, cnt, H, G,  \
+                                         S, chunk);                         \
+  }
+
 ENTRY_V123(f32, float)
 ENTRY_V123(f16, __half)
 ENTRY_V4(f32, float, 64)
@@ -716,3 +735,9 @@ ENTRY_V8(f16, __half, 80)
 ENTRY_V8(f16, __half, 96)
 ENTRY_V8(f16, __half, 128)
 ENTRY_V8(f16, __half, 256)
+ENTRY_V9(2, 4)
+ENTRY_V9(8, 4)
+ENTRY_V9(2, 8)
+ENTRY_V9(4, 8)
+ENTRY_V9(4, 2)
+ENTRY_V9(8, 2)

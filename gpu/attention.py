@@ -215,3 +215,37 @@ def bytes_moved(b: int, h: int, g: int, s: int, d: int, itemsize: int) -> int:
 def flops(b: int, h: int, s: int, d: int) -> int:
     """2*S*D for the scores and 2*S*D for P.V, per query head (exp not counted)."""
     return 4 * b * h * s * d
+
+
+# --- v9: v7's kernel with other tile shapes (an experiment; fp16, D = 128 only) ----
+V9_TILES = ((2, 4), (8, 4), (2, 8), (4, 8), (4, 2), (8, 2))  # (U rows, NW warps)
+
+
+def decode_attention_v9(
+    q, k_cache, v_cache, *, u: int, nw: int, n_split, out, workspace
+):
+    """v7 with U rows per lane group per tile and NW warps per block (V9_TILES).
+
+    Same contract as decode_attention(version=7) otherwise; ``out`` and a zeroed
+    ``workspace`` (new_workspace(7, ...)) are required.
+    """
+    import cupy as cp
+
+    b, h, g, s, d = _check(q, k_cache, v_cache, 7)
+    if (u, nw) not in V9_TILES or q.dtype != np.float16 or d != 128:
+        raise ValueError(f"v9 is built for fp16, D = 128, (U, NW) in {V9_TILES}")
+    rt.check_array("out", out, (q.dtype,), 3)
+    rt.check_shape("out", out, (b, h, d), "BHD")
+    n, chunk = split_plan(b, h, s, n_split, 7)
+    need = workspace_elems(7, b, h, s, d, n)
+    rt.check_array("workspace", workspace, (np.float32,), 1)
+    if workspace.size < need:
+        raise ValueError(f"workspace needs >= {need} float32 elements")
+    part_acc = workspace[: b * h * n * d]
+    part_ml = workspace[b * h * n * d : b * h * n * (d + 2)]
+    counters = workspace[b * h * n * (d + 2) : need].view(cp.uint32)
+    i32 = np.int32
+    fn = rt.kernel(SLUG, f"attention_decode_v9_f16_d128_u{u}w{nw}")
+    args = (q, k_cache, v_cache, out, part_acc, part_ml, counters)
+    fn((h, n, b), (32 * nw,), args + (i32(h), i32(g), i32(s), i32(chunk)))
+    return out

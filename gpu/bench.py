@@ -420,6 +420,57 @@ def split_sweep(versions=(4, 6, 7, 8), ceil: dict | None = None) -> list[dict]:
     return rows
 
 
+def tile_sweep(ceil: dict | None = None) -> list[dict]:
+    """v9 (v7 with U rows per group and NW warps per block) against v7 and SDPA where
+    v7 trails SDPA: B = 1 at S = 4K and 16K, B = 8 and B = 64 at S = 1K; fp16, D = 128;
+    n_split in {1, 2, 4, 8, 16}."""
+    import cupy as cp
+
+    from gpu import attention as att
+
+    read_bw = (ceil or ceilings_or_recorded()).get("read_bytes_per_s")
+    h = g = 32
+    d, dtype = 128, np.float16
+    rng = cp.random.default_rng(9)
+    rows = []
+    for b, s in ((1, 4096), (1, 16384), (8, 1024), (64, 1024)):
+        nbytes = att.bytes_moved(b, h, g, s, d, 2)
+        shapes = ((b, h, d), (b, g, s, d), (b, g, s, d))
+        sets = [
+            tuple(random_normal(rng, sh, dtype) for sh in shapes)
+            for _ in range(n_copies(nbytes))
+        ]
+        truth = attention_truth(*sets[0])
+        base = dict(B=b, H=h, G=g, S=s, D=d, dtype="float16", bytes=nbytes)
+        if read_bw:
+            base["floor_us"] = nbytes / read_bw * 1e6
+        for u, nw in ((4, 4),) + att.V9_TILES:
+            for n in (n for n in (1, 2, 4, 8, 16) if n * 128 <= s):
+                wss = [
+                    cp.zeros(att.workspace_elems(7, b, h, s, d, n), cp.float32)
+                    for _ in sets
+                ]
+                outs = [cp.empty((b, h, d), dtype) for _ in sets]
+                calls = [
+                    (
+                        lambda st=st, o=o, w=w, u=u, nw=nw, n=n: (
+                            att.decode_attention_v9(
+                                *st, u=u, nw=nw, n_split=n, out=o, workspace=w
+                            )
+                        )
+                    )
+                    for st, o, w in zip(sets, outs, wss, strict=True)
+                ]
+                rows.append(
+                    _run_case(f"v9_u{u}w{nw}", base, calls, truth, dtype, n_split=n)
+                )
+        if torch_available():
+            rows.append(_run_torch_sdpa(base, sets, truth, dtype))
+        del sets
+        cp.get_default_memory_pool().free_all_blocks()
+    return rows
+
+
 def _run_case(name: str, base: dict, calls, truth, dtype, **extra) -> dict:
     row = dict(name=name, **base, **extra)
     try:
@@ -495,7 +546,7 @@ def main(argv=None) -> int:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    ap.add_argument("what", choices=("ceilings", "attention", "split", "all"))
+    ap.add_argument("what", choices=("ceilings", "attention", "split", "tiles", "all"))
     ap.add_argument(
         "--quick", action="store_true", help="smaller grid, for trying things"
     )
@@ -529,6 +580,11 @@ def main(argv=None) -> int:
             )
         if any(r.get("status") != "ok" for r in rows):
             return 1
+    if args.what == "tiles":  # an experiment, not part of "all"
+        rows = tile_sweep(ceil=ceil)
+        print_table(rows, extra="n_split")
+        if args.out:
+            record("attention_tiles", rows, args.out)
     if args.what in ("split", "all"):
         rows = split_sweep(ceil=ceil)
         print_table(rows, extra="n_split")

@@ -22,6 +22,7 @@ import json
 import math
 import sys
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -420,6 +421,14 @@ def split_sweep(versions=(4, 6, 7, 8), ceil: dict | None = None) -> list[dict]:
     return rows
 
 
+def _v9_or_v7(qkv, u, nw, n, out, ws):
+    from gpu import attention as att
+
+    if (u, nw) == (4, 4):  # v7 itself, through its own launcher
+        return att.decode_attention(*qkv, version=7, n_split=n, out=out, workspace=ws)
+    return att.decode_attention_v9(*qkv, u=u, nw=nw, n_split=n, out=out, workspace=ws)
+
+
 def tile_sweep(ceil: dict | None = None) -> list[dict]:
     """v9 (v7 with U rows per group and NW warps per block) against v7 and SDPA where
     v7 trails SDPA: B = 1 at S = 4K and 16K, B = 8 and B = 64 at S = 1K; fp16, D = 128;
@@ -451,19 +460,12 @@ def tile_sweep(ceil: dict | None = None) -> list[dict]:
                     for _ in sets
                 ]
                 outs = [cp.empty((b, h, d), dtype) for _ in sets]
+                name = "v7" if (u, nw) == (4, 4) else f"v9_u{u}w{nw}"
                 calls = [
-                    (
-                        lambda st=st, o=o, w=w, u=u, nw=nw, n=n: (
-                            att.decode_attention_v9(
-                                *st, u=u, nw=nw, n_split=n, out=o, workspace=w
-                            )
-                        )
-                    )
+                    partial(_v9_or_v7, st, u, nw, n, o, w)
                     for st, o, w in zip(sets, outs, wss, strict=True)
                 ]
-                rows.append(
-                    _run_case(f"v9_u{u}w{nw}", base, calls, truth, dtype, n_split=n)
-                )
+                rows.append(_run_case(name, base, calls, truth, dtype, n_split=n))
         if torch_available():
             rows.append(_run_torch_sdpa(base, sets, truth, dtype))
         del sets

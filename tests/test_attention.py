@@ -85,6 +85,33 @@ def test_long_cache(version, dtype):
     print(f"v{version} {np.dtype(dtype).name} S=20000: {describe(used)}")
 
 
+@pytest.mark.parametrize("tile", [(2, 4), (8, 4), (2, 8), (4, 8), (4, 2), (8, 2)])
+def test_v9_tiles_match_reference(tile):
+    """The v9 experiment (v7 with other tile shapes; fp16, D = 128 only)."""
+    import cupy as cp
+
+    from gpu import runtime as rt
+    from gpu.attention import decode_attention_v9, new_workspace
+
+    @given(case=attention_case(4))
+    def prop(case):
+        b, h, g, s, _, amp, n_split, seed = case
+        q, k, v = _inputs(b, h, g, s, 128, amp, seed, np.float16)
+        out = rt.poisoned(q.shape, q.dtype)
+        ws = new_workspace(7, b, h, s, 128, n_split)
+        dq, dk, dv = (cp.asarray(x) for x in (q, k, v))
+        u, nw = tile
+        decode_attention_v9(
+            dq, dk, dv, u=u, nw=nw, n_split=n_split, out=out, workspace=ws
+        )
+        q64, k64, v64 = (x.astype(np.float64) for x in (q, k, v))
+        want = ref_decode(q64, k64, v64)
+        scale = attention_scale(q64, k64, v64)
+        assert_close(cp.asnumpy(out), want, "gpu", np.float16, scale)
+
+    prop()
+
+
 def test_deterministic():
     """Same inputs twice, bitwise same output: no race, no order-dependent sum."""
     q, k, v = _inputs(2, 6, 3, 999, 128, 1.0, 3, np.float16)

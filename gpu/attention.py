@@ -72,22 +72,18 @@ def _check(q, k_cache, v_cache, version: int) -> tuple[int, int, int, int, int]:
 def split_plan(
     b: int, h: int, s: int, n_split: int | None = None, version: int = 7
 ) -> tuple[int, int]:
-    """(n_split, chunk) for v3-v9, from the sweeps on the H100 (gpu/NOTES.md,
-    results/attention_split.json and attention_tiles.json).
+    """(n_split, chunk) for v3-v9: one wave of PER_SM blocks per SM (at least one
+    chunk), none shorter than MIN_CHUNK keys.
 
-    v7 and v9: about two blocks per SM, rounded up (B = 1: 9 chunks per head; B = 8:
-    2); v7 is best at 8-16 chunks at B = 1 and at 2-4 at B = 8, at every S measured.
-    v3-v6 and v8: one wave of PER_SM blocks per SM, rounded down (v4 wants more
-    resident blocks than v7). No chunk shorter than MIN_CHUNK keys; the last chunk
-    may be shorter than the others, none is empty (n_split = ceil(S / chunk)).
+    Chosen from the n_split sweep on the H100 (gpu/NOTES.md, results/attention_split):
+    v7 is flat from 2 to 8 blocks per SM and loses beyond. (Two blocks per SM, rounded
+    up, won at B = 1, S = 4K and lost at S >= 16K: results/attention_v7_plan_trial.)
+    The last chunk may be shorter; none is empty (n_split = ceil(S / chunk)).
     """
     if n_split is None:
         sms = rt.device_info()["sm_count"] if rt.available() else 132
-        if version in (7, 9):
-            want = math.ceil(2 * sms / (b * h))
-        else:
-            want = PER_SM.get(version, 4) * sms // (b * h)
-        n_split = max(1, min(want, math.ceil(s / MIN_CHUNK)))
+        per_sm = PER_SM.get(version, 4)
+        n_split = max(1, min(per_sm * sms // (b * h), math.ceil(s / MIN_CHUNK)))
     if not 1 <= int(n_split) <= min(s, MAX_GRID_YZ):
         raise ValueError(
             f"n_split must be in [1, min(S = {s}, {MAX_GRID_YZ})], got {n_split}"

@@ -292,6 +292,77 @@ def _validate_attention(fn, truth, dtype) -> float:
     )
 
 
+def _attention_case(rng, b: int, s: int, read_bw, h: int = 32, d: int = 128):
+    """One benchmark case of fp16 decode attention (H = G = h): the input sets to
+    rotate (together > 2x L2), the float64 truth for the first set, and the fields
+    every row of this case carries (shape, bytes, FLOPs, floor)."""
+    from gpu import attention as att
+
+    nbytes = att.bytes_moved(b, h, h, s, d, 2)
+    shapes = ((b, h, d), (b, h, s, d), (b, h, s, d))  # q, K, V
+    sets = [
+        tuple(random_normal(rng, sh, np.float16) for sh in shapes)
+        for _ in range(n_copies(nbytes))
+    ]
+    base = dict(
+        B=b,
+        H=h,
+        G=h,
+        S=s,
+        D=d,
+        dtype="float16",
+        bytes=nbytes,
+        flops=att.flops(b, h, s, d),
+        copies=len(sets),
+    )
+    if read_bw:
+        base["floor_us"] = nbytes / read_bw * 1e6
+    return sets, attention_truth(*sets[0]), base
+
+
+def _run_launcher(name, launch, ws_elems: int, sets, truth, base, **extra) -> dict:
+    """Validate, then time ``launch(qkv, out, workspace) -> out`` over every input
+    set, each with its own NaN-poisoned output and zeroed workspace."""
+    import cupy as cp
+
+    b, h, d = base["B"], base["H"], base["D"]
+    outs = [cp.full((b, h, d), np.nan, dtype=np.float16) for _ in sets]
+    wss = [cp.zeros(max(ws_elems, 1), dtype=cp.float32) for _ in sets]
+    calls = [
+        partial(launch, st, o, w) for st, o, w in zip(sets, outs, wss, strict=True)
+    ]
+    return _run_case(name, base, calls, truth, np.float16, **extra)
+
+
+def _launch_version(version, n_split, qkv, out, ws):
+    from gpu import attention as att
+
+    return att.decode_attention(
+        *qkv, version=version, n_split=n_split, out=out, workspace=ws
+    )
+
+
+def _launch_tile(u, nw, n_split, qkv, out, ws):
+    from gpu import attention as att
+
+    if (u, nw) == (4, 4):  # v7 itself, through its own launcher
+        return _launch_version(7, n_split, qkv, out, ws)
+    return att.decode_attention_v9(
+        *qkv, u=u, nw=nw, n_split=n_split, out=out, workspace=ws
+    )
+
+
+def _free(sets) -> None:
+    import cupy as cp
+
+    sets.clear()
+    cp.get_default_memory_pool().free_all_blocks()
+    if torch_available():
+        import torch
+
+        torch.cuda.empty_cache()
+
+
 def attention(
     quick: bool = False, versions=(1, 2, 3, 4, 5, 6, 7, 8), ceil: dict | None = None
 ) -> list[dict]:
@@ -304,11 +375,7 @@ def attention(
 
     from gpu import attention as att
 
-    ceil = ceil or ceilings_or_recorded()
-    read_bw = ceil.get("read_bytes_per_s")
-    h = g = 32
-    d = 128
-    dtype = np.float16
+    read_bw = (ceil or ceilings_or_recorded()).get("read_bytes_per_s")
     bs, ss = (
         ((1, 8), (1024, 16384)) if quick else ((1, 8, 64), (1024, 4096, 16384, 32768))
     )
@@ -316,62 +383,22 @@ def attention(
     rng = cp.random.default_rng(2026)
     for b in bs:
         for s in ss:
-            nbytes = att.bytes_moved(b, h, g, s, d, 2)
-            copies = n_copies(nbytes)
-
-            shapes = ((b, h, d), (b, g, s, d), (b, g, s, d))  # q, K, V
-            sets = [
-                tuple(random_normal(rng, sh, dtype) for sh in shapes)
-                for _ in range(copies)
-            ]
-            base = dict(
-                B=b,
-                H=h,
-                G=g,
-                S=s,
-                D=d,
-                dtype="float16",
-                bytes=nbytes,
-                flops=att.flops(b, h, s, d),
-                copies=copies,
-            )
-            if read_bw:
-                base["floor_us"] = nbytes / read_bw * 1e6
-            truth = attention_truth(*sets[0])
+            sets, truth, base = _attention_case(rng, b, s, read_bw)
+            h, d = base["H"], base["D"]
             for ver in versions:
                 if ver == 1 and b * s > 8 * 16384 and not quick:
                     continue  # v1 is ~10x slower; its trend is clear from smaller sizes
-                ws_n = att.workspace_elems(ver, b, h, s, d)
-                outs = [cp.full((b, h, d), np.nan, dtype=dtype) for _ in sets]
-                wss = [cp.zeros(max(ws_n, 1), dtype=cp.float32) for _ in sets]
-                calls = [
-                    (
-                        lambda st=st, o=o, w=w, v=ver: att.decode_attention(
-                            *st, version=v, out=o, workspace=w
-                        )
-                    )
-                    for st, o, w in zip(sets, outs, wss, strict=True)
-                ]
+                n = att.split_plan(b, h, s, None, ver)[0] if ver >= 3 else 1
+                launch = partial(_launch_version, ver, None)
+                ws_elems = att.workspace_elems(ver, b, h, s, d)
                 rows.append(
-                    _run_case(
-                        f"v{ver}",
-                        base,
-                        calls,
-                        truth,
-                        dtype,
-                        n_split=att.split_plan(b, h, s, None, ver)[0]
-                        if ver >= 3
-                        else 1,
+                    _run_launcher(
+                        f"v{ver}", launch, ws_elems, sets, truth, base, n_split=n
                     )
                 )
-                del outs, wss, calls
             if torch_available():
-                import torch
-
-                rows.append(_run_torch_sdpa(base, sets, truth, dtype))
-                torch.cuda.empty_cache()
-            del sets
-            cp.get_default_memory_pool().free_all_blocks()
+                rows.append(_run_torch_sdpa(base, sets, truth, np.float16))
+            _free(sets)
     return rows
 
 
@@ -383,50 +410,22 @@ def split_sweep(versions=(4, 6, 7, 8), ceil: dict | None = None) -> list[dict]:
     from gpu import attention as att
 
     read_bw = (ceil or ceilings_or_recorded()).get("read_bytes_per_s")
-    h = g = 32
-    d, dtype = 128, np.float16
     rng = cp.random.default_rng(7)
     rows = []
     for b, s in ((1, 1024), (8, 1024), (1, 16384), (8, 16384)):
-        nbytes = att.bytes_moved(b, h, g, s, d, 2)
-        sets = [
-            tuple(
-                rng.standard_normal(shape, dtype=cp.float32).astype(dtype)
-                for shape in ((b, h, d), (b, g, s, d), (b, g, s, d))
-            )
-            for _ in range(n_copies(nbytes))
-        ]
-        truth = attention_truth(*sets[0])
-        base = dict(B=b, H=h, G=g, S=s, D=d, dtype="float16", bytes=nbytes)
-        if read_bw:
-            base["floor_us"] = nbytes / read_bw * 1e6
+        sets, truth, base = _attention_case(rng, b, s, read_bw)
+        h, d = base["H"], base["D"]
         for ver in versions:
             for n in (n for n in (1, 2, 4, 8, 16, 32, 64, 128) if n * 32 <= s):
-                wss = [
-                    cp.zeros(att.workspace_elems(ver, b, h, s, d, n), cp.float32)
-                    for _ in sets
-                ]
-                outs = [cp.empty((b, h, d), dtype) for _ in sets]
-                calls = [
-                    (
-                        lambda st=st, o=o, w=w, v=ver, n=n: att.decode_attention(
-                            *st, version=v, n_split=n, out=o, workspace=w
-                        )
+                launch = partial(_launch_version, ver, n)
+                ws_elems = att.workspace_elems(ver, b, h, s, d, n)
+                rows.append(
+                    _run_launcher(
+                        f"v{ver}", launch, ws_elems, sets, truth, base, n_split=n
                     )
-                    for st, o, w in zip(sets, outs, wss, strict=True)
-                ]
-                rows.append(_run_case(f"v{ver}", base, calls, truth, dtype, n_split=n))
-        del sets
-        cp.get_default_memory_pool().free_all_blocks()
+                )
+        _free(sets)
     return rows
-
-
-def _v9_or_v7(qkv, u, nw, n, out, ws):
-    from gpu import attention as att
-
-    if (u, nw) == (4, 4):  # v7 itself, through its own launcher
-        return att.decode_attention(*qkv, version=7, n_split=n, out=out, workspace=ws)
-    return att.decode_attention_v9(*qkv, u=u, nw=nw, n_split=n, out=out, workspace=ws)
 
 
 def tile_sweep(ceil: dict | None = None) -> list[dict]:
@@ -438,38 +437,22 @@ def tile_sweep(ceil: dict | None = None) -> list[dict]:
     from gpu import attention as att
 
     read_bw = (ceil or ceilings_or_recorded()).get("read_bytes_per_s")
-    h = g = 32
-    d, dtype = 128, np.float16
     rng = cp.random.default_rng(9)
     rows = []
     for b, s in ((1, 4096), (1, 16384), (8, 1024), (64, 1024)):
-        nbytes = att.bytes_moved(b, h, g, s, d, 2)
-        shapes = ((b, h, d), (b, g, s, d), (b, g, s, d))
-        sets = [
-            tuple(random_normal(rng, sh, dtype) for sh in shapes)
-            for _ in range(n_copies(nbytes))
-        ]
-        truth = attention_truth(*sets[0])
-        base = dict(B=b, H=h, G=g, S=s, D=d, dtype="float16", bytes=nbytes)
-        if read_bw:
-            base["floor_us"] = nbytes / read_bw * 1e6
+        sets, truth, base = _attention_case(rng, b, s, read_bw)
+        h, d = base["H"], base["D"]
         for u, nw in ((4, 4),) + att.V9_TILES:
             for n in (n for n in (1, 2, 4, 8, 16) if n * 128 <= s):
-                wss = [
-                    cp.zeros(att.workspace_elems(7, b, h, s, d, n), cp.float32)
-                    for _ in sets
-                ]
-                outs = [cp.empty((b, h, d), dtype) for _ in sets]
                 name = "v7" if (u, nw) == (4, 4) else f"v9_u{u}w{nw}"
-                calls = [
-                    partial(_v9_or_v7, st, u, nw, n, o, w)
-                    for st, o, w in zip(sets, outs, wss, strict=True)
-                ]
-                rows.append(_run_case(name, base, calls, truth, dtype, n_split=n))
+                launch = partial(_launch_tile, u, nw, n)
+                ws_elems = att.workspace_elems(7, b, h, s, d, n)
+                rows.append(
+                    _run_launcher(name, launch, ws_elems, sets, truth, base, n_split=n)
+                )
         if torch_available():
-            rows.append(_run_torch_sdpa(base, sets, truth, dtype))
-        del sets
-        cp.get_default_memory_pool().free_all_blocks()
+            rows.append(_run_torch_sdpa(base, sets, truth, np.float16))
+        _free(sets)
     return rows
 
 

@@ -97,28 +97,25 @@ def provenance() -> dict:
     its .git folder (as onto a lent GPU machine)."""
     import os
 
-    if os.environ.get("TT_COMMIT"):
-        info = dict(device_info()) if available() else {}
-        info["commit"] = os.environ["TT_COMMIT"]
-        info["date"] = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-        return info
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short=12", "HEAD"],
-            capture_output=True,
-            text=True,
-            cwd=GPU_DIR,
-            timeout=10,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True,
-            text=True,
-            cwd=GPU_DIR,
-            timeout=10,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        commit, dirty = "", ""
+    commit, dirty = os.environ.get("TT_COMMIT", ""), ""
+    if not commit:
+        try:
+            commit = subprocess.run(
+                ["git", "rev-parse", "--short=12", "HEAD"],
+                capture_output=True,
+                text=True,
+                cwd=GPU_DIR,
+                timeout=10,
+            ).stdout.strip()
+            dirty = subprocess.run(
+                ["git", "status", "--porcelain", "--untracked-files=no"],
+                capture_output=True,
+                text=True,
+                cwd=GPU_DIR,
+                timeout=10,
+            ).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            commit = ""
     info = dict(device_info()) if available() else {}
     info["commit"] = (commit or "unknown") + ("-dirty" if dirty else "")
     info["date"] = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")

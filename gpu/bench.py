@@ -2,6 +2,7 @@
 
     python -m gpu.bench ceilings            copy/read bandwidth and GEMM peaks
     python -m gpu.bench attention [--quick] [--version N]
+    python -m gpu.bench <slug> [--quick]    one trick's cases (gpu/bench_<slug>.py)
     python -m gpu.bench all --out results   everything, recorded with provenance
 
 Method (see the chapter "Measuring a kernel"):
@@ -525,13 +526,40 @@ def print_table(rows: list[dict], extra: str | None = None) -> None:
         )
 
 
+# --- the tricks' benchmarks ----------------------------------------------------------
+# Each trick's cases live in gpu/bench_<slug>.py and use this module's harness (time_*,
+# n_copies, _finish, record). Its run(quick, ceil) returns {results name: rows}.
+TRICKS = tuple(
+    sorted(p.stem.removeprefix("bench_") for p in rt.GPU_DIR.glob("bench_*.py"))
+)
+
+
+def run_trick(slug: str, quick: bool, ceil: dict | None, out: Path | None) -> int:
+    """Run gpu/bench_<slug>.py's cases, print them, record each table; 1 if any row
+    failed validation."""
+    import importlib
+
+    mod = importlib.import_module(f"gpu.bench_{slug}")
+    ceil = ceil or ceilings_or_recorded()
+    status = 0
+    for name, rows in mod.run(quick=quick, ceil=ceil).items():
+        print(f"--- {name}")
+        getattr(mod, "print_table", print_table)(rows)
+        if out:
+            record(name, rows, out, ceilings=ceil)
+        status |= any(r.get("status") != "ok" for r in rows)
+    return int(status)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(
         prog="python -m gpu.bench",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    ap.add_argument("what", choices=("ceilings", "attention", "split", "tiles", "all"))
+    ap.add_argument(
+        "what", choices=("ceilings", "attention", "split", "tiles", *TRICKS, "all")
+    )
     ap.add_argument(
         "--quick", action="store_true", help="smaller grid, for trying things"
     )
@@ -575,7 +603,11 @@ def main(argv=None) -> int:
         print_table(rows, extra="n_split")
         if args.out:
             record("attention_split", rows, args.out)
-    return 0
+    status = 0
+    for slug in TRICKS:
+        if args.what in (slug, "all"):
+            status |= run_trick(slug, args.quick, ceil, args.out)
+    return status
 
 
 if __name__ == "__main__":

@@ -1,0 +1,542 @@
+// gpu/slim_attention.cu — chapter "Slim attention": decode (T = 1) over a
+// K-only cache, and over an X cache with absorbed weights. Twins of
+// reference/slim_attention.py::slim_decode (order "accumulate_k") and
+// ::xcache_decode. MHA only: C = H * D.
+//   K-only:  q (B, H, D)   k (B, S, C) raw keys   W_KV (C, C)   b_V (C,)
+//     s[h, j] = q[h] . k[j, h*D:(h+1)*D] / sqrt(D),  p = softmax_j(s)
+//     u[h] = sum_j p[h, j] k[j, :]            (all C columns, every head)
+//     out[h] = u[h] . W_KV[:, h*D:(h+1)*D] + b_V[h*D:(h+1)*D]
+//   X cache: q~[h] = q[h] . W_K[:, h*D:(h+1)*D]^T  (C,), computed first;
+//     s[h, j] = q~[h] . x[j] / sqrt(D), u[h] = sum_j p[h, j] x[j],
+//     out[h] = u[h] . W_V[:, h*D:(h+1)*D] + b_V[h*D:(h+1)*D]
+// Both are the same kernel over a (B, S, C) cache: the K-only score is the
+// X-cache score with q~[h] = q[h] placed in head h's columns (W_K = I).
+// Every sum, the softmax and the accumulators are float32.
+//
+// Stages (each step of a version is one or more launches):
+//   attend   the cache -> per split of S: (m, l) per head and the
+//            unnormalised u[h] (C,) in float32 (B, n_split, H, C)
+//   gemv     combine the splits and multiply by W (W_KV or W_V), in
+//            column chunks of C: (B, H, KC, D) float32 partial sums
+//   finish   sum the KC chunks, add b_V, round to the storage type
+//   xq       (X cache only) q~ = q . W_K,h^T, float32 sum, stored fp16
+//
+// v1  naive twin of the reference: one block per (b, h); scores to a global
+//     scratch row, softmax, then u[h] over all C columns, each thread a
+//     column; reads the whole cache once per head (H times). float, __half.
+// v2  one thread-block cluster of 8 blocks per (b, split): block r owns the
+//     C/8 columns of whole heads, loads its slice of each 32-key tile once,
+//     computes its partial scores on tensor cores (mma.sync m16n8k16, fp16
+//     in, fp32 out), the cluster exchanges them through distributed shared
+//     memory, every block runs the online softmax for all H heads and
+//     accumulates P . K on its slice on tensor cores (P rounded to fp16).
+//     Each cache element is read from HBM once for all heads. S is split
+//     over n_split clusters (flash-decoding) so B = 1 fills the GPU.
+//     Synchronous tile loads. __half only; H % 8 == 0, H <= 32, D % 16 == 0,
+//     H*D/8 in {128, 256, 384, 512}.
+// v3  v2 with the tiles streamed by cp.async through a 4-stage ring, so
+//     loads of the next three tiles overlap the maths of this one.
+// X cache: xv1 = v1's kernel with q~ (fp32); xv3 = v3's kernel with q~
+//     (fp16) and the score summed over the cluster instead of gathered.
+//
+// Compile report (no GPU): python -m gpu.check_kernels gpu/slim_attention.cu
+
+#include <cooperative_groups.h>
+#include <cuda_fp16.h>
+
+namespace cg = cooperative_groups;
+
+#define NEG_INF (-__int_as_float(0x7f800000))
+#define LOG2E 1.4426950408889634f
+
+__device__ __forceinline__ float to_f(float x) { return x; }
+__device__ __forceinline__ float to_f(__half x) { return __half2float(x); }
+__device__ __forceinline__ void from_f(float& y, float x) { y = x; }
+__device__ __forceinline__ void from_f(__half& y, float x) {
+  y = __float2half_rn(x);
+}
+
+__device__ __forceinline__ float warp_sum(float x) {
+  for (int o = 16; o > 0; o >>= 1) x += __shfl_xor_sync(0xffffffffu, x, o);
+  return x;
+}
+__device__ __forceinline__ float warp_max(float x) {
+  for (int o = 16; o > 0; o >>= 1)
+    x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, o));
+  return x;
+}
+
+template <bool MAX>
+__device__ float block_reduce(float x, float* red) {
+  int lane = threadIdx.x % 32, warp = threadIdx.x / 32,
+      nw = (blockDim.x + 31) / 32;
+  x = MAX ? warp_max(x) : warp_sum(x);
+  __syncthreads();
+  if (lane == 0) red[warp] = x;
+  __syncthreads();
+  x = lane < nw ? red[lane] : (MAX ? NEG_INF : 0.0f);
+  return MAX ? warp_max(x) : warp_sum(x);
+}
+
+// --- v1: attend ---
+// grid (H, B), 128 threads. qt (B, H, QL): q (T, QL = D, scores over
+// head h's columns) or q~ (float, QL = C, all columns). The cache holds
+// SA >= S rows per sequence; the first S are attended. Writes u[h]
+// normalised into acc (B, 1, H, C) and (m, l) = (0, 1) into ml (B, 1, H, 2).
+template <typename T, typename TQ>
+__device__ void attend_v1(const TQ* qt, const T* cache, float* acc,
+                          float* ml, float* scores, int H, int S, int SA,
+                          int C, int D, int QL) {
+  __shared__ float red[32];
+  int h = blockIdx.x, b = blockIdx.y;
+  const TQ* qh = qt + ((size_t)b * H + h) * QL;
+  const T* kb = cache + (size_t)b * SA * C;
+  if (threadIdx.x == 0) {
+    ml[((size_t)b * H + h) * 2] = 0.0f;
+    ml[((size_t)b * H + h) * 2 + 1] = 1.0f;
+  }
+  int col0 = QL == C ? 0 : h * D;
+  float* sc = scores + ((size_t)b * H + h) * S;
+  float scale = rsqrtf((float)D);
+  float mx = NEG_INF;
+  for (int j = threadIdx.x; j < S; j += blockDim.x) {
+    const T* row = kb + (size_t)j * C + col0;
+    float s = 0.0f;
+    for (int i = 0; i < QL; ++i) s += to_f(qh[i]) * to_f(row[i]);
+    s *= scale;
+    sc[j] = s;
+    mx = fmaxf(mx, s);
+  }
+  mx = block_reduce<true>(mx, red);
+  float l = 0.0f;
+  for (int j = threadIdx.x; j < S; j += blockDim.x) {
+    float p = expf(sc[j] - mx);
+    sc[j] = p;
+    l += p;
+  }
+  l = block_reduce<false>(l, red);  // its __syncthreads publish sc[]
+  float inv = 1.0f / l;
+  float* ub = acc + ((size_t)b * H + h) * C;
+  for (int c = threadIdx.x; c < C; c += blockDim.x) {
+    float u = 0.0f;
+    for (int j = 0; j < S; ++j) u += sc[j] * to_f(kb[(size_t)j * C + c]);
+    ub[c] = u * inv;
+  }
+}
+
+// --- gemv: combine the splits, multiply by W's head-h columns ---
+// grid (H, KC), GT threads; dynamic shared memory (BG * cc + BG * n) floats.
+// acc (B, n, H, C), ml (B, n, H, 2) with m in log2 units; W (C, C);
+// part (B, H, KC, D). Block (h, kc) owns rows [kc*cc, kc*cc + cc) of W.
+#define BG 8
+#define GT 128
+template <typename T>
+__device__ void gemv(const float* acc, const float* ml, const T* w,
+                     float* part, int B, int H, int C, int D, int n, int cc) {
+  extern __shared__ float gsm[];
+  float* u = gsm;             // BG x cc
+  float* wts = gsm + BG * cc; // BG x n
+  int h = blockIdx.x, kc = blockIdx.y, KC = gridDim.y;
+  int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  int c0 = kc * cc, c1 = min(C, c0 + cc), nc = c1 - c0;
+  for (int b0 = 0; b0 < B; b0 += BG) {
+    int nb = min(BG, B - b0);
+    for (int bb = warp; bb < nb; bb += GT / 32) {
+      const float* m = ml + ((size_t)(b0 + bb) * n * H + h) * 2;
+      float mx = NEG_INF;
+      for (int j = lane; j < n; j += 32) mx = fmaxf(mx, m[(size_t)j * H * 2]);
+      mx = warp_max(mx);
+      float L = 0.0f;
+      for (int j = lane; j < n; j += 32)
+        L += m[(size_t)j * H * 2 + 1] * exp2f(m[(size_t)j * H * 2] - mx);
+      L = warp_sum(L);
+      for (int j = lane; j < n; j += 32)
+        wts[bb * n + j] = exp2f(m[(size_t)j * H * 2] - mx) / L;
+    }
+    __syncthreads();
+    for (int i = threadIdx.x; i < BG * nc; i += GT) {
+      int bb = i / nc, c = c0 + i % nc;
+      float s = 0.0f;
+      if (bb < nb)
+        for (int j = 0; j < n; ++j)
+          s += wts[bb * n + j] *
+               acc[(((size_t)(b0 + bb) * n + j) * H + h) * C + c];
+      u[bb * cc + (c - c0)] = s;
+    }
+    __syncthreads();
+    for (int d = threadIdx.x; d < D; d += GT) {
+      float r[BG];
+#pragma unroll
+      for (int bb = 0; bb < BG; ++bb) r[bb] = 0.0f;
+      for (int c = c0; c < c1; ++c) {
+        float wv = to_f(w[(size_t)c * C + h * D + d]);
+#pragma unroll
+        for (int bb = 0; bb < BG; ++bb) r[bb] += u[bb * cc + c - c0] * wv;
+      }
+      for (int bb = 0; bb < nb; ++bb)
+        part[(((size_t)(b0 + bb) * H + h) * KC + kc) * D + d] = r[bb];
+    }
+    __syncthreads();  // u and wts are rewritten for the next batch group
+  }
+}
+
+// --- finish: out[b, h, d] = sum_kc part[b, h, kc, d] + bias[h*D + d] ---
+// grid (B * H), 128 threads. bias may be null.
+template <typename T>
+__device__ void finish(const float* part, const T* bias, T* out, int H,
+                       int D, int KC) {
+  int bh = blockIdx.x, h = bh % H;
+  for (int d = threadIdx.x; d < D; d += blockDim.x) {
+    float s = bias ? to_f(bias[h * D + d]) : 0.0f;
+    for (int k = 0; k < KC; ++k) s += part[((size_t)bh * KC + k) * D + d];
+    from_f(out[(size_t)bh * D + d], s);
+  }
+}
+
+// --- xq: q~[b, h, c] = sum_d q[b, h, d] * wkt[h, d, c], float32 sum ---
+// grid (ceil(C / 128), H), 128 threads, one column c per thread, all B.
+// wkt is W_K re-laid out as (H, D, C) (W_K,h^T), so each read is coalesced.
+// Stored as TO: float for xv1, fp16 for the tensor-core xv3.
+template <typename T, typename TO>
+__device__ void xq(const T* q, const T* wkt, TO* qt, int B, int H, int D,
+                   int C) {
+  int h = blockIdx.y, c = blockIdx.x * blockDim.x + threadIdx.x;
+  if (c >= C) return;
+  const T* w = wkt + (size_t)h * D * C + c;
+  for (int b = 0; b < B; ++b) {
+    const T* qh = q + ((size_t)b * H + h) * D;
+    float s = 0.0f;
+    for (int d = 0; d < D; ++d) s += to_f(qh[d]) * to_f(w[(size_t)d * C]);
+    from_f(qt[((size_t)b * H + h) * C + c], s);
+  }
+}
+
+// --- v2, v3, xv3: one cluster per (b, split), tensor cores ---
+#define CL 8    // blocks per cluster: each owns C / CL columns
+#define NWF 8   // warps per block
+#define NK 32   // keys per tile
+#define PST 40  // row stride (halves) of the P tile: conflict-free ldmatrix
+
+__device__ __forceinline__ unsigned smem_u32(const void* p) {
+  return (unsigned)__cvta_generic_to_shared(p);
+}
+__device__ __forceinline__ void cp_async16(void* dst, const void* src,
+                                           bool valid) {
+  // src-size 0 fills the 16 bytes with zeros and reads nothing
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(
+                   smem_u32(dst)),
+               "l"(src), "r"(valid ? 16 : 0));
+}
+__device__ __forceinline__ void cp_async_commit() {
+  asm volatile("cp.async.commit_group;\n" ::);
+}
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+__device__ __forceinline__ void ldsm_x4(unsigned* r, const void* p) {
+  asm volatile(
+      "ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+      : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+      : "r"(smem_u32(p)));
+}
+__device__ __forceinline__ void ldsm_x4_t(unsigned* r, const void* p) {
+  asm volatile(
+      "ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+      : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+      : "r"(smem_u32(p)));
+}
+__device__ __forceinline__ void ldsm_x2(unsigned* r, const void* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0,%1}, [%2];\n"
+               : "=r"(r[0]), "=r"(r[1])
+               : "r"(smem_u32(p)));
+}
+// c (16x8, f32) += a (16x16, f16, row) . b (16x8, f16, col)
+__device__ __forceinline__ void mma16816(float* c, const unsigned* a,
+                                         const unsigned* b) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, "
+      "{%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+
+// Element (row, col) of a row-major tile CS halves wide, its 16-byte chunks
+// XOR-swizzled by row % 8: the 8 rows an ldmatrix reads hit 8 chunk slots.
+template <int CS>
+__device__ __forceinline__ int swz(int row, int col) {
+  return row * CS + ((((col >> 3) ^ row) & 7) | ((col >> 3) & ~7)) * 8 +
+         (col & 7);
+}
+
+// Dynamic shared memory of the cluster kernel, bytes (mirrored by
+// gpu/slim_attention.py::fast_smem_bytes).
+template <int MT, int NT, int ST>
+constexpr int fast_smem() {
+  return ST * NK * (64 * NT) * 2 + 16 * MT * (64 * NT) * 2 +
+         16 * MT * PST * 2 + 2 * 16 * MT * NK * 4 + 16 * MT * 4;
+}
+
+// q:   K-only: (B, H, D) fp16 query; X cache: q~ (B, H, C) fp16.
+// cache (B, SA, C) fp16, the first S rows attended. acc (B, n, H, C),
+// ml (B, n, H, 2) float32, m in log2 units.
+// grid (CL, n, B), NWF * 32 threads, __cluster_dims__(CL, 1, 1).
+template <int MT, int NT, bool XC, int ST>
+__device__ void attend_fast(const __half* q, const __half* cache, float* acc,
+                            float* ml, int H, int S, int SA, int D,
+                            int chunk) {
+  constexpr int M = 16 * MT, CS = 64 * NT, CH = CS / 8, KS = CS / 16;
+  const int C = CL * CS;
+  extern __shared__ __align__(128) unsigned char smem[];
+  __half* kt = (__half*)smem;             // ST x NK x CS, swizzled
+  __half* qs = kt + ST * NK * CS;         // M x CS, swizzled
+  __half* ps = qs + M * CS;               // M x PST
+  float* sb = (float*)(ps + M * PST);     // 2 x M x NK partial scores
+  float* alpha = sb + 2 * M * NK;         // M
+
+  cg::cluster_group cluster = cg::this_cluster();
+  const int rank = (int)cluster.block_rank();
+  const int split = blockIdx.y, b = blockIdx.z, n = gridDim.y;
+  const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
+  const int s0 = split * chunk, s1 = min(S, s0 + chunk);
+  const int ntiles = (s1 - s0 + NK - 1) / NK;
+  const int col0 = rank * CS;
+  const __half* kb = cache + (size_t)b * SA * C + col0;
+
+  // The query rows of this block's slice, fp16, swizzled like the tiles.
+  // K-only: row h holds q[h] in head h's columns and zeros elsewhere.
+  for (int i = tid; i < M * CH; i += NWF * 32) {
+    int r = i / CH, ch = i % CH, c = col0 + ch * 8;
+    uint4 v = make_uint4(0, 0, 0, 0);
+    if (r < H) {
+      if (XC)
+        v = *(const uint4*)(q + ((size_t)b * H + r) * C + c);
+      else if (c / D == r)
+        v = *(const uint4*)(q + (size_t)b * C + c);
+    }
+    *(uint4*)(qs + swz<CS>(r, ch * 8)) = v;
+  }
+
+  auto load_tile = [&](int t, int st) {
+    __half* dst = kt + st * NK * CS;
+    for (int i = tid; i < NK * CH; i += NWF * 32) {
+      int r = i / CH, ch = i % CH, j = s0 + t * NK + r;
+      bool ok = j < s1;
+      const __half* src = kb + (size_t)(ok ? j : s0) * C + ch * 8;
+      cp_async16(dst + swz<CS>(r, ch * 8), src, ok);
+    }
+  };
+
+  float acc_r[MT][NT][4];
+#pragma unroll
+  for (int a = 0; a < MT; ++a)
+#pragma unroll
+    for (int c = 0; c < NT; ++c)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) acc_r[a][c][e] = 0.0f;
+  float m_r[M / 8], l_r[M / 8];  // softmax state of rows warp + 8 i
+#pragma unroll
+  for (int i = 0; i < M / 8; ++i) m_r[i] = NEG_INF, l_r[i] = 0.0f;
+  const float qscale = LOG2E * rsqrtf((float)D);
+  const int hb = CS / D;  // heads per block (K-only owner of a head)
+
+  if (ST > 1) {
+#pragma unroll
+    for (int i = 0; i < ST - 1; ++i) {
+      if (i < ntiles) load_tile(i, i);
+      cp_async_commit();
+    }
+  }
+  for (int t = 0; t < ntiles; ++t) {
+    const int st = ST > 1 ? t % ST : 0;
+    if (ST > 1) {
+      cp_async_wait<(ST > 1 ? ST - 2 : 0)>();
+      __syncthreads();  // tile t landed for all; tile t-1 fully consumed
+      if (t + ST - 1 < ntiles) load_tile(t + ST - 1, (t + ST - 1) % ST);
+      cp_async_commit();
+    } else {
+      __syncthreads();  // tile t-1 fully consumed
+      load_tile(t, 0);
+      cp_async_commit();
+      cp_async_wait<0>();
+      __syncthreads();
+    }
+    const __half* kt_s = kt + st * NK * CS;
+    float* sbt = sb + (t & 1) * M * NK;
+
+    // 1. Partial scores over this slice: warp (mt, nt) < (MT, 4).
+    if (warp < 4 * MT) {
+      const int mt = warp / 4, nt = warp % 4;
+      float c4[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+#pragma unroll 4
+      for (int ks = 0; ks < KS; ++ks) {
+        if (!XC) {  // only head (col0 + 16 ks) / D has nonzero q here
+          int hh = (col0 + ks * 16) / D;
+          if (hh < 16 * mt || hh >= 16 * mt + 16) continue;
+        }
+        unsigned a[4], bf[2];
+        int mi = lane >> 3;
+        ldsm_x4(a, qs + swz<CS>(16 * mt + (mi & 1) * 8 + (lane & 7),
+                                 ks * 16 + (mi >> 1) * 8));
+        ldsm_x2(bf, kt_s + swz<CS>(8 * nt + (lane & 7),
+                                   ks * 16 + ((lane >> 3) & 1) * 8));
+        mma16816(c4, a, bf);
+      }
+      int r = 16 * mt + lane / 4, k = 8 * nt + 2 * (lane % 4);
+      *(float2*)(sbt + r * NK + k) = make_float2(c4[0], c4[1]);
+      *(float2*)(sbt + (r + 8) * NK + k) = make_float2(c4[2], c4[3]);
+    }
+    cluster.sync();  // every block's partial scores of tile t are visible
+
+    // 2. Online softmax for all heads (every block, the same numbers):
+    // warp w owns rows w + 8 i, lane = key.
+    {
+      const int j = s0 + t * NK + lane;
+#pragma unroll
+      for (int i = 0; i < M / 8; ++i) {
+        const int r = warp + 8 * i;
+        if (r >= H) {
+          ps[r * PST + lane] = __float2half_rn(0.0f);
+          if (lane == 0) alpha[r] = 1.0f;
+          continue;
+        }
+        float s = 0.0f;
+        if (XC) {
+#pragma unroll
+          for (int k = 0; k < CL; ++k)
+            s += cluster.map_shared_rank(sbt, k)[r * NK + lane];
+        } else {
+          s = cluster.map_shared_rank(sbt, r / hb)[r * NK + lane];
+        }
+        s = j < s1 ? s * qscale : NEG_INF;
+        float mnew = fmaxf(m_r[i], warp_max(s));
+        float p = exp2f(s - mnew);
+        float a = exp2f(m_r[i] - mnew);
+        l_r[i] = l_r[i] * a + warp_sum(p);
+        m_r[i] = mnew;
+        ps[r * PST + lane] = __float2half_rn(p);
+        if (lane == 0) alpha[r] = a;
+      }
+    }
+    __syncthreads();
+
+    // 3. acc[:, slice of warp] = alpha * acc + P (M x NK) . K (NK x 8 NT).
+    const int cw = warp * NT * 8;  // this warp's first column in the slice
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt) {
+      float a0 = alpha[16 * mt + lane / 4], a1 = alpha[16 * mt + lane / 4 + 8];
+#pragma unroll
+      for (int c = 0; c < NT; ++c) {
+        acc_r[mt][c][0] *= a0, acc_r[mt][c][1] *= a0;
+        acc_r[mt][c][2] *= a1, acc_r[mt][c][3] *= a1;
+      }
+    }
+#pragma unroll
+    for (int kk = 0; kk < NK / 16; ++kk) {
+      unsigned a[MT][4];
+      const int mi = lane >> 3;
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt)
+        ldsm_x4(a[mt], ps + (16 * mt + (mi & 1) * 8 + (lane & 7)) * PST +
+                           kk * 16 + (mi >> 1) * 8);
+#pragma unroll
+      for (int np = 0; np < NT / 2; ++np) {
+        unsigned bf[4];
+        ldsm_x4_t(bf, kt_s + swz<CS>(kk * 16 + (mi & 1) * 8 + (lane & 7),
+                                     cw + np * 16 + (mi >> 1) * 8));
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt) {
+          mma16816(acc_r[mt][2 * np], a[mt], bf);
+          mma16816(acc_r[mt][2 * np + 1], a[mt], bf + 2);
+        }
+      }
+    }
+  }
+
+  // Partials of this split: (m, l) once per cluster, u on this slice.
+  if (rank == 0) {
+#pragma unroll
+    for (int i = 0; i < M / 8; ++i) {
+      int r = warp + 8 * i;
+      if (r < H && lane == 0) {
+        float* o = ml + (((size_t)b * n + split) * H + r) * 2;
+        o[0] = m_r[i];
+        o[1] = l_r[i];
+      }
+    }
+  }
+  float* ab = acc + ((size_t)b * n + split) * H * C + col0 + warp * NT * 8;
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt) {
+    int r = 16 * mt + lane / 4;
+#pragma unroll
+    for (int c = 0; c < NT; ++c) {
+      int k = c * 8 + 2 * (lane % 4);
+      if (r < H)
+        *(float2*)(ab + (size_t)r * C + k) =
+            make_float2(acc_r[mt][c][0], acc_r[mt][c][1]);
+      if (r + 8 < H)
+        *(float2*)(ab + (size_t)(r + 8) * C + k) =
+            make_float2(acc_r[mt][c][2], acc_r[mt][c][3]);
+    }
+  }
+  cluster.sync();  // no block leaves while another may read its scores
+}
+
+// extern "C": one symbol per storage type, version and tile shape.
+#define ENTRY_V1(SUF, T)                                                    \
+  extern "C" __global__ void slim_attention_attend_v1_##SUF(                \
+      const T* q, const T* cache, float* acc, float* ml, float* scores,     \
+      int H, int S, int SA, int C, int D, int QL) {                         \
+    attend_v1<T, T>(q, cache, acc, ml, scores, H, S, SA, C, D, QL);         \
+  }                                                                         \
+  extern "C" __global__ void slim_attention_attend_xv1_##SUF(               \
+      const float* qt, const T* cache, float* acc, float* ml,               \
+      float* scores, int H, int S, int SA, int C, int D, int QL) {          \
+    attend_v1<T, float>(qt, cache, acc, ml, scores, H, S, SA, C, D, QL);    \
+  }                                                                         \
+  extern "C" __global__ void slim_attention_xq_##SUF##_f32(                 \
+      const T* q, const T* wkt, float* qt, int B, int H, int D, int C) {    \
+    xq<T, float>(q, wkt, qt, B, H, D, C);                                   \
+  }                                                                         \
+  extern "C" __global__ void __launch_bounds__(GT)                          \
+      slim_attention_gemv_##SUF(const float* acc, const float* ml,          \
+                                const T* w, float* part, int B, int H,      \
+                                int C, int D, int n, int cc) {              \
+    gemv<T>(acc, ml, w, part, B, H, C, D, n, cc);                           \
+  }                                                                         \
+  extern "C" __global__ void slim_attention_finish_##SUF(                   \
+      const float* part, const T* bias, T* out, int H, int D, int KC) {     \
+    finish<T>(part, bias, out, H, D, KC);                                   \
+  }
+
+#define ENTRY_FAST(NAME, MT, NT, XC, ST)                                    \
+  extern "C" __global__ void __cluster_dims__(CL, 1, 1)                     \
+      __launch_bounds__(NWF * 32, 1)                                        \
+          slim_attention_attend_##NAME##_m##MT##n##NT(                      \
+              const __half* q, const __half* cache, float* acc, float* ml,  \
+              int H, int S, int SA, int D, int chunk) {                     \
+    attend_fast<MT, NT, XC, ST>(q, cache, acc, ml, H, S, SA, D, chunk);     \
+  }
+
+ENTRY_V1(f32, float)
+ENTRY_V1(f16, __half)
+
+extern "C" __global__ void slim_attention_xq_f16(const __half* q,
+                                                 const __half* wkt,
+                                                 __half* qt, int B, int H,
+                                                 int D, int C) {
+  xq<__half, __half>(q, wkt, qt, B, H, D, C);
+}
+
+// (MT, NT) = (ceil(H / 16), H * D / 512): the shapes the launcher accepts.
+#define ENTRY_SHAPES(NAME, XC, ST)                                          \
+  ENTRY_FAST(NAME, 1, 2, XC, ST)                                            \
+  ENTRY_FAST(NAME, 1, 4, XC, ST)                                            \
+  ENTRY_FAST(NAME, 2, 4, XC, ST)                                            \
+  ENTRY_FAST(NAME, 2, 6, XC, ST)                                            \
+  ENTRY_FAST(NAME, 2, 8, XC, ST)
+
+ENTRY_SHAPES(v2, false, 1)
+ENTRY_SHAPES(v3, false, 4)
+ENTRY_SHAPES(xv3, true, 4)

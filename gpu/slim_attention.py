@@ -1,0 +1,344 @@
+"""Launchers for gpu/slim_attention.cu: decode over a K-only cache and over an X cache.
+
+The CuPy twins of ``reference.slim_attention.slim_decode`` (order "accumulate_k")
+and ``reference.slim_attention.xcache_decode``. Each launcher checks every
+precondition before the first launch (dtypes, contiguity, shapes, MHA weights, the
+cache length against the allocation, alignment, the tile shapes a version supports),
+casts scalars to int32, picks the grids and launches. No maths.
+
+One decode step is three or four launches (see the .cu header): [xq,] attend, gemv,
+finish. Pass ``out`` and ``workspace`` to launch without allocating (CUDA graphs).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import numpy as np
+
+from gpu import runtime as rt
+
+SLUG = "slim_attention"
+VERSIONS = (1, 2, 3)  # K-only cache
+XVERSIONS = (1, 3)  # X cache with absorbed weights
+DTYPES = (np.float32, np.float16)
+FAST_DTYPES = (np.float16,)  # v2, v3, xv3: fp16 tensor cores
+_SUFFIX = {np.dtype(np.float32): "f32", np.dtype(np.float16): "f16"}
+CL = 8  # blocks per cluster (CL in the .cu)
+NK = 32  # keys per tile (NK in the .cu)
+PST = 40  # row stride of the P tile (PST in the .cu)
+STAGES = {2: 1, 3: 4}  # tile buffers of v2 and v3/xv3 (ST in the .cu)
+FAST_SHAPES = ((1, 2), (1, 4), (2, 4), (2, 6), (2, 8))  # (MT, NT) instantiated
+THREADS_FAST = 256
+GT = 128  # gemv threads (GT in the .cu)
+BG = 8  # batch rows per gemv pass (BG in the .cu)
+MAX_SPLIT = 512  # gemv keeps BG x n_split weights in shared memory
+MAX_GRID_YZ = 65535
+
+
+def fast_shape(h: int, d: int) -> tuple[int, int]:
+    """(MT, NT) of the cluster kernel for H heads of dim D: MT m16 tiles cover the
+    H query rows, each of the CL blocks owns C / CL = 64 NT columns (whole heads).
+    Raises ValueError for shapes v2/v3/xv3 do not support."""
+    c = h * d
+    if h % CL or h > 32 or d % 16 or c % (64 * CL):
+        raise ValueError(
+            f"v2/v3 need H % {CL} == 0, H <= 32, D % 16 == 0 and H*D % 512 == 0; "
+            f"got H = {h}, D = {d}"
+        )
+    shape = (math.ceil(h / 16), c // CL // 64)
+    if shape not in FAST_SHAPES:
+        raise ValueError(
+            f"v2/v3 are built for H*D in {{1024, 2048, 3072, 4096}} (MT, NT) in "
+            f"{FAST_SHAPES}; got H = {h}, D = {d} -> {shape}"
+        )
+    return shape
+
+
+def fast_smem_bytes(mt: int, nt: int, stages: int) -> int:
+    """Dynamic shared memory of the cluster kernel (fast_smem in the .cu): the tile
+    ring, the query rows, the P tile, two partial-score buffers and alpha."""
+    m, cs = 16 * mt, 64 * nt
+    return stages * NK * cs * 2 + m * cs * 2 + m * PST * 2 + 2 * m * NK * 4 + m * 4
+
+
+def split_plan(b: int, s: int, n_split: int | None = None) -> tuple[int, int]:
+    """(n_split, chunk) for v2/v3/xv3: enough clusters of CL blocks for one wave
+    (one block per SM: SMs // CL clusters), no chunk shorter than a tile of NK keys,
+    at most MAX_SPLIT. The last chunk may be shorter; none is empty."""
+    if n_split is None:
+        sms = rt.device_info()["sm_count"] if rt.available() else 132
+        n_split = max(1, min(math.ceil(sms // CL / b), math.ceil(s / NK), MAX_SPLIT))
+    if not 1 <= int(n_split) <= min(s, MAX_SPLIT):
+        raise ValueError(
+            f"n_split must be in [1, min(S = {s}, {MAX_SPLIT})], got {n_split}"
+        )
+    chunk = math.ceil(s / int(n_split))
+    return math.ceil(s / chunk), chunk
+
+
+def gemv_plan(h: int, c: int) -> tuple[int, int]:
+    """(KC, cc): W's C rows in KC chunks of cc, so that H x KC blocks are about two
+    per SM and cc <= 512 (shared memory of the gemv)."""
+    kc = max(math.ceil(264 / h), math.ceil(c / 512))
+    cc = math.ceil(c / kc)
+    return math.ceil(c / cc), cc
+
+
+def _layout(version, b, h, s, d, n_split=None) -> dict[str, tuple[int, int]]:
+    """Offsets and sizes (float32 elements) of the scratch arrays of one step."""
+    c = h * d
+    n = 1 if version == 1 else split_plan(b, s, n_split)[0]
+    kc, _ = gemv_plan(h, c)
+    sizes = {
+        "acc": b * n * h * c,  # u partials (B, n, H, C)
+        "ml": b * n * h * 2,  # (m, l) per split (B, n, H, 2)
+        "part": b * h * kc * d,  # gemv partial sums (B, H, KC, D)
+        "scores": b * h * s if version == 1 else 0,  # v1's (B, H, S)
+        # q~ (B, H, C) of the X cache: float32 for xv1, fp16 (half the room) for xv3
+        "qt": b * h * c if version == 1 else math.ceil(b * h * c / 2),
+    }
+    out, o = {}, 0
+    for k, v in sizes.items():
+        out[k] = (o, v)
+        o += v
+    return out
+
+
+def workspace_elems(
+    version: int, b: int, h: int, s: int, d: int, n_split=None, xcache=False
+) -> int:
+    """float32 elements of scratch one step needs: u partials (B, n, H, C), (m, l)
+    (B, n, H, 2), gemv partials (B, H, KC, D); v1 also its (B, H, S) scores; the X
+    cache also q~ (B, H, C) (float32 for xv1, fp16 for xv3)."""
+    lay = _layout(version, b, h, s, d, n_split)
+    o, n = lay["qt"] if xcache else lay["scores"]
+    return o + n
+
+
+def new_workspace(version, b, h, s, d, n_split=None, xcache=False):
+    import cupy as cp
+
+    n = workspace_elems(version, b, h, s, d, n_split, xcache)
+    return cp.zeros(max(n, 1), cp.float32)
+
+
+def xcache_wkt(w_k, h: int):
+    """W_K (C, C), row convention, as the (H, D, C) stack of W_K,h^T that the xq
+    kernel reads (one copy, made once per model, like folding W_KV)."""
+    import cupy as cp
+
+    rt.check_array("w_k", w_k, DTYPES, 2)
+    c = w_k.shape[0]
+    if w_k.shape != (c, c) or c % h:
+        raise ValueError(f"w_k must be (C, C) with C % H == 0, got {w_k.shape}")
+    d = c // h
+    return cp.ascontiguousarray(w_k.reshape(c, h, d).transpose(1, 2, 0))
+
+
+def _check(q, cache, w, b_v, version, versions, length, name):
+    if version not in versions:
+        raise ValueError(f"version must be one of {versions}, got {version!r}")
+    dtypes = DTYPES if version == 1 else FAST_DTYPES
+    rt.check_array("q", q, dtypes, 3)
+    rt.check_array(name, cache, (q.dtype,), 3)
+    b, h, d = q.shape
+    c = h * d
+    sa = cache.shape[1]
+    rt.check_positive(B=b, H=h, D=d, S=sa)
+    rt.check_shape(name, cache, (b, sa, c), "BSC")
+    if w.shape != (c, c):
+        raise ValueError(
+            f"slim attention needs MHA weights: W must be (C, C) = ({c}, {c}) with "
+            f"C = H*D; got {tuple(w.shape)}"
+        )
+    rt.check_array("w", w, (q.dtype,), 2)
+    if b_v is not None:
+        rt.check_array("b_v", b_v, (q.dtype,), 1)
+        rt.check_shape("b_v", b_v, (c,), "C")
+    s = sa if length is None else int(length)
+    if not 1 <= s <= sa:
+        raise ValueError(
+            f"length = {length} must be in [1, S = {sa}] (the allocated cache rows)"
+        )
+    rt.check_int32(S=sa * c, C=c, B=b * h * c)
+    if b > MAX_GRID_YZ:
+        raise ValueError(f"B = {b} exceeds the grid limit {MAX_GRID_YZ}")
+    if version != 1:
+        fast_shape(h, d)
+        for nm, a in (("q", q), (name, cache)):
+            if a.data.ptr % 16:
+                raise ValueError(f"v{version} needs {nm} 16-byte aligned")
+    return b, h, d, c, s, sa
+
+
+@functools.cache
+def _fast_kernel(prefix: str, mt: int, nt: int, smem: int):
+    fn = rt.kernel(SLUG, f"slim_attention_attend_{prefix}_m{mt}n{nt}")
+    fn.max_dynamic_shared_size_bytes = smem  # beyond 48 KB needs the opt-in
+    return fn
+
+
+def _out_and_ws(q, out, workspace, need):
+    import cupy as cp
+
+    if out is None:
+        out = cp.empty_like(q)
+    else:
+        rt.check_array("out", out, (q.dtype,), 3)
+        rt.check_shape("out", out, q.shape, "BHD")
+    if workspace is None:
+        workspace = cp.zeros(max(need, 1), cp.float32)
+    else:
+        rt.check_array("workspace", workspace, (np.float32,), 1)
+        if workspace.size < need:
+            raise ValueError(
+                f"workspace needs >= {need} float32 elements, got {workspace.size}"
+            )
+    return out, workspace
+
+
+def _views(ws, version, b, h, s, d, n_split):
+    lay = _layout(version, b, h, s, d, n_split)
+    return {k: ws[o : o + n] for k, (o, n) in lay.items()}
+
+
+def _attend_gemv_finish(prefix, version, qx, cache, w, b_v, out, v, dims, n_split):
+    """Shared tail of both launchers: attend (v1 or the cluster kernel), gemv,
+    finish. ``v`` holds the workspace views, ``dims`` (B, H, D, S, SA)."""
+    b, h, d, s, sa = dims
+    c = h * d
+    i32 = np.int32
+    suf = _SUFFIX[cache.dtype]
+    n, chunk = (1, s) if version == 1 else split_plan(b, s, n_split)
+    kc, cc = gemv_plan(h, c)
+    acc, ml = v["acc"], v["ml"]
+    if version == 1:
+        fn = rt.kernel(SLUG, f"slim_attention_attend_{prefix}_{suf}")
+        args = (qx, cache, acc, ml, v["scores"], i32(h), i32(s), i32(sa), i32(c))
+        fn((h, b), (128,), args + (i32(d), i32(qx.shape[2])))
+    else:
+        mt, nt = fast_shape(h, d)
+        smem = fast_smem_bytes(mt, nt, STAGES.get(version, 4))
+        fn = _fast_kernel(prefix, mt, nt, smem)
+        args = (qx, cache, acc, ml, i32(h), i32(s), i32(sa), i32(d), i32(chunk))
+        fn((CL, n, b), (THREADS_FAST,), args, shared_mem=smem)
+    gemv = rt.kernel(SLUG, f"slim_attention_gemv_{suf}")
+    args = (acc, ml, w, v["part"], i32(b), i32(h), i32(c), i32(d), i32(n), i32(cc))
+    gemv((h, kc), (GT,), args, shared_mem=4 * BG * (cc + n))
+    fin = rt.kernel(SLUG, f"slim_attention_finish_{suf}")
+    fin((b * h,), (128,), (v["part"], b_v, out, i32(h), i32(d), i32(kc)))
+    return out
+
+
+def slim_decode(
+    q,
+    k_cache,
+    w_kv,
+    b_v=None,
+    *,
+    version: int = 3,
+    length: int | None = None,
+    n_split: int | None = None,
+    out=None,
+    workspace=None,
+):
+    """out[b, h] = (sum_j p[b, h, j] k[b, j]) . W_KV[:, h*D:(h+1)*D] + b_V[h*D:...],
+    p[b, h] = softmax_j(q[b, h] . k[b, j, h*D:(h+1)*D] / sqrt(D)), j < length.
+
+    Args:
+        q: (B, H, D) query of the new token (RoPE, if any, already applied to q and
+            to the cached keys: this kernel does not rotate).
+        k_cache: (B, S, C) keys, C = H*D, the only cache; rows >= length unused.
+        w_kv: (C, C) = W_K^-1 W_V (reference.slim_attention.fold_w_kv), q's dtype.
+        b_v: (C,) value bias or None (the key bias is dropped: it cancels).
+        version: 1 (float32 or float16), 2 or 3 (float16, tensor cores).
+        length: keys to attend (default S).
+        n_split: v2/v3: chunks S is split into (default split_plan).
+        out, workspace: optional preallocated (B, H, D) output of q's dtype and
+            float32 scratch of >= workspace_elems(version, B, H, length, D) elements.
+    Returns:
+        out (B, H, D), q's dtype; float32 accumulation throughout.
+    """
+    b, h, d, c, s, sa = _check(
+        q, k_cache, w_kv, b_v, version, VERSIONS, length, "k_cache"
+    )
+    need = workspace_elems(version, b, h, s, d, n_split)
+    out, ws = _out_and_ws(q, out, workspace, need)
+    v = _views(ws, version, b, h, s, d, n_split)
+    dims = (b, h, d, s, sa)
+    return _attend_gemv_finish(
+        f"v{version}", version, q, k_cache, w_kv, b_v, out, v, dims, n_split
+    )
+
+
+def xcache_decode(
+    q,
+    x_cache,
+    w_kt,
+    w_v,
+    b_v=None,
+    *,
+    version: int = 3,
+    length: int | None = None,
+    n_split: int | None = None,
+    out=None,
+    workspace=None,
+):
+    """The X cache with absorbed weights (MLA's absorbed decode, latent = x):
+    q~[b, h] = q[b, h] . W_K,h^T (C,),
+    p[b, h] = softmax_j(q~[b, h] . x[b, j] / sqrt(D)),
+    out[b, h] = (sum_j p[b, h, j] x[b, j]) . W_V[:, h*D:(h+1)*D] + b_V[h*D:(h+1)*D].
+
+    Args:
+        q: (B, H, D) query of the new token (no RoPE: the X cache cannot rotate keys).
+        x_cache: (B, S, C) the layer inputs (after the norm), C = H*D.
+        w_kt: (H, D, C), W_K re-laid out by xcache_wkt(w_k, H); q's dtype.
+        w_v: (C, C) value projection; b_v: (C,) or None (the key bias cancels).
+        version: 1 (float32 or float16) or 3 (float16, tensor cores; q~ is rounded
+            to fp16 for them).
+        length, n_split, out, workspace: as slim_decode, with
+            workspace_elems(..., xcache=True).
+    Returns:
+        out (B, H, D), q's dtype.
+    """
+    b, h, d, c, s, sa = _check(
+        q, x_cache, w_v, b_v, version, XVERSIONS, length, "x_cache"
+    )
+    rt.check_array("w_kt", w_kt, (q.dtype,), 3)
+    rt.check_shape("w_kt", w_kt, (h, d, c), "HDC")
+    need = workspace_elems(version, b, h, s, d, n_split, xcache=True)
+    out, ws = _out_and_ws(q, out, workspace, need)
+    v = _views(ws, version, b, h, s, d, n_split)
+    import cupy as cp
+
+    suf = _SUFFIX[q.dtype]
+    if version == 1:
+        qt = v["qt"]  # float32 (B, H, C)
+        xq = rt.kernel(SLUG, f"slim_attention_xq_{suf}_f32")
+    else:
+        qt = v["qt"].view(cp.float16)[: b * h * c]  # fp16 (B, H, C)
+        xq = rt.kernel(SLUG, "slim_attention_xq_f16")
+    i32 = np.int32
+    xq((math.ceil(c / 128), h), (128,), (q, w_kt, qt, i32(b), i32(h), i32(d), i32(c)))
+    qt = qt.reshape(b, h, c)
+    dims = (b, h, d, s, sa)
+    return _attend_gemv_finish(
+        f"xv{version}", version, qt, x_cache, w_v, b_v, out, v, dims, n_split
+    )
+
+
+def bytes_moved(b: int, s: int, c: int, itemsize: int, xcache: bool = False) -> int:
+    """Fewest bytes one step must move: the cache once, W_KV (or W_K and W_V for
+    the X cache) once, q read and out written (B*C each)."""
+    weights = (2 if xcache else 1) * c * c
+    return itemsize * (b * s * c + weights + 2 * b * c)
+
+
+def flops(b: int, h: int, s: int, d: int, xcache: bool = False) -> int:
+    """Useful FLOPs of one step: scores 2*S*D per head (2*S*C for the X cache, plus
+    2*D*C for q~), P.K 2*S*C per head, the GEMV by W 2*C*D per head."""
+    c = h * d
+    score = 2 * s * (c if xcache else d) + (2 * d * c if xcache else 0)
+    return b * h * (score + 2 * s * c + 2 * c * d)

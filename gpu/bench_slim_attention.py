@@ -122,7 +122,7 @@ def _run(name, version, xcache, sets, truth, base, n_split=None):
         out = cp.full((b, H, D), np.nan, dtype=np.float16)
         ws = cp.zeros(ws_n, cp.float32)
         calls.append(partial(_launch, version, xcache, n_split, st, out, ws))
-    n = 1 if version == 1 else sa.split_plan(b, s, n_split)[0]
+    n = 1 if version == 1 else sa.plan(version, b, H, s, D, n_split)[0]
     return bench._run_case(name, base, calls, truth, np.float16, n_split=n)
 
 
@@ -162,7 +162,7 @@ def decode(quick: bool, read_bw) -> list[dict]:
             # K-only
             sets, base = _sets(rng, b, s, False, read_bw)
             truth = _truth(*sets[0][:4])
-            for ver in (1, 2, 3):
+            for ver in (1, 2, 3, 4):
                 if ver == 1 and b * s > 16384:
                     continue  # v1 reads the cache H times; its trend is clear below
                 rows.append(_run(f"slim_v{ver}", ver, False, sets, truth, base))
@@ -171,13 +171,15 @@ def decode(quick: bool, read_bw) -> list[dict]:
             sets, base = _sets(rng, b, s, True, read_bw)
             q, cache, w, b_v, wkt = sets[0]
             truth = _truth(q, cache, w, b_v, wkt, fp16_qt=True)
-            rows.append(_run("x_v3", 3, True, sets, truth, base))
+            for ver in (3, 4):
+                rows.append(_run(f"x_v{ver}", ver, True, sets, truth, base))
             bench._free(sets)
     return rows
 
 
 def split_sweep(read_bw) -> list[dict]:
-    """v3's time against n_split at B = 1 and 8, S = 16K (the plan's choice: 16/B)."""
+    """v3's and v4's time against n_split at B = 1 and 8, S = 16K (split_plan's
+    byte model picks one of these)."""
     import cupy as cp
 
     rows = []
@@ -185,8 +187,9 @@ def split_sweep(read_bw) -> list[dict]:
     for b in (1, 8):
         sets, base = _sets(rng, b, 16384, False, read_bw)
         truth = _truth(*sets[0][:4])
-        for n in (1, 2, 4, 8, 16, 32, 64):
-            rows.append(_run("slim_v3", 3, False, sets, truth, base, n_split=n))
+        for ver in (3, 4):
+            for n in (1, 2, 4, 8, 15, 16, 30, 32, 64):
+                rows.append(_run(f"slim_v{ver}", ver, False, sets, truth, base, n))
         bench._free(sets)
     return rows
 

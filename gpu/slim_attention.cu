@@ -36,8 +36,14 @@
 //     H*D/8 in {128, 256, 384, 512}.
 // v3  v2 with the tiles streamed by cp.async through a 4-stage ring, so
 //     loads of the next three tiles overlap the maths of this one.
+// v4  v3 reorganised for latency (v3 ran at ~11 % of bandwidth: 2 warps per
+//     scheduler issuing ~1.7k dependent instructions per tile): 64-key tiles
+//     in a 3-stage ring, C / 256 warps of 32 columns each (16 at C = 4096),
+//     K-only scores on CUDA cores (a warp per (head, key)), softmax loads
+//     issued together.
 // X cache: xv1 = v1's kernel with q~ (fp32); xv3 = v3's kernel with q~
-//     (fp16) and the score summed over the cluster instead of gathered.
+//     (fp16) and the score summed over the cluster instead of gathered;
+//     xv4 = v4's layout, scores on tensor cores, a 2-stage ring.
 //
 // Compile report (no GPU): python -m gpu.check_kernels gpu/slim_attention.cu
 
@@ -483,6 +489,247 @@ __device__ void attend_fast(const __half* q, const __half* cache, float* acc,
   cluster.sync();  // no block leaves while another may read its scores
 }
 
+// --- v4, xv4: v3 reorganised for latency (v3 issued ~1.7k instructions per
+// warp per 32-key tile at 2 warps per scheduler: 11k cycles a tile against a
+// 2.4k-cycle HBM budget). Tiles of 64 keys (half the barriers per key),
+// CS / 32 warps (16 at C = 4096) each owning 32 columns, K-only scores on the
+// CUDA cores (one warp per (head, key) dot, lanes split D, no zero rows), the
+// softmax rows of a warp loaded and reduced together.
+#define NK4 64
+#define PST4 72  // row stride (halves) of v4's P tile: conflict-free ldmatrix
+
+template <int MT, int CS, bool XC, int ST>
+constexpr int v4_smem() {
+  return ST * NK4 * CS * 2 + (XC ? 16 * MT * CS * 2 : 0) +
+         16 * MT * PST4 * 2 + 2 * 16 * MT * NK4 * 4 + 16 * MT * 4;
+}
+
+template <int MT, int CS, bool XC, int ST>
+__device__ void attend_v4(const __half* q, const __half* cache, float* acc,
+                          float* ml, int H, int S, int SA, int D, int chunk) {
+  constexpr int M = 16 * MT, CH = CS / 8, KS = CS / 16, NW = CS / 32;
+  constexpr int NT = 4;   // n8 tiles (32 columns) per warp
+  constexpr int RPW = (M + NW - 1) / NW;  // softmax rows per warp
+  const int C = CL * CS;
+  extern __shared__ __align__(128) unsigned char smem[];
+  __half* kt = (__half*)smem;                 // ST x NK4 x CS, swizzled
+  __half* qs = kt + ST * NK4 * CS;            // XC: M x CS, swizzled
+  __half* ps = qs + (XC ? M * CS : 0);        // M x PST4
+  float* sb = (float*)(ps + M * PST4);        // 2 x M x NK4 scores
+  float* alpha = sb + 2 * M * NK4;            // M
+
+  cg::cluster_group cluster = cg::this_cluster();
+  const int rank = (int)cluster.block_rank();
+  const int split = blockIdx.y, b = blockIdx.z, n = gridDim.y;
+  const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
+  const int s0 = split * chunk, s1 = min(S, s0 + chunk);
+  const int ntiles = (s1 - s0 + NK4 - 1) / NK4;
+  const int col0 = rank * CS;
+  const int hb = CS / D;  // heads per block
+  const __half* kb = cache + (size_t)b * SA * C + col0;
+
+  if (XC) {
+    for (int i = tid; i < M * CH; i += NW * 32) {
+      int r = i / CH, ch = i % CH;
+      uint4 v = make_uint4(0, 0, 0, 0);
+      if (r < H)
+        v = *(const uint4*)(q + ((size_t)b * H + r) * C + col0 + ch * 8);
+      *(uint4*)(qs + swz<CS>(r, ch * 8)) = v;
+    }
+  }
+  const int dpl = D / 64;  // K-only: half2 per lane, 1 (D = 64) or 2 (128)
+
+  auto load_tile = [&](int t, int st) {
+    __half* dst = kt + st * NK4 * CS;
+    for (int i = tid; i < NK4 * CH; i += NW * 32) {
+      int r = i / CH, ch = i % CH, j = s0 + t * NK4 + r;
+      bool ok = j < s1;
+      const __half* src = kb + (size_t)(ok ? j : s0) * C + ch * 8;
+      cp_async16(dst + swz<CS>(r, ch * 8), src, ok);
+    }
+  };
+
+  float acc_r[MT][NT][4];
+#pragma unroll
+  for (int a = 0; a < MT; ++a)
+#pragma unroll
+    for (int c = 0; c < NT; ++c)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) acc_r[a][c][e] = 0.0f;
+  float m_r[RPW], l_r[RPW];
+#pragma unroll
+  for (int i = 0; i < RPW; ++i) m_r[i] = NEG_INF, l_r[i] = 0.0f;
+  const float qscale = LOG2E * rsqrtf((float)D);
+
+#pragma unroll
+  for (int i = 0; i < ST - 1; ++i) {
+    if (i < ntiles) load_tile(i, i);
+    cp_async_commit();
+  }
+  for (int t = 0; t < ntiles; ++t) {
+    const int st = t % ST;
+    cp_async_wait<ST - 2>();
+    __syncthreads();  // tile t landed for all; tile t-1 fully consumed
+    if (t + ST - 1 < ntiles) load_tile(t + ST - 1, (t + ST - 1) % ST);
+    cp_async_commit();
+    const __half* kt_s = kt + st * NK4 * CS;
+    float* sbt = sb + (t & 1) * M * NK4;
+
+    // 1. Scores of this slice.
+    if (XC) {  // partial scores of all heads, tensor cores
+      for (int pr = warp; pr < MT * (NK4 / 8); pr += NW) {
+        const int mt = pr / (NK4 / 8), nt = pr % (NK4 / 8);
+        float c4[4] = {0.0f, 0.0f, 0.0f, 0.0f}, c5[4] = {0.f, 0.f, 0.f, 0.f};
+        const int mi = lane >> 3;
+#pragma unroll 4
+        for (int ks = 0; ks < KS; ks += 2) {  // two chains of mma in flight
+          unsigned a[4], bf[2], a2[4], bf2[2];
+          ldsm_x4(a, qs + swz<CS>(16 * mt + (mi & 1) * 8 + (lane & 7),
+                                   ks * 16 + (mi >> 1) * 8));
+          ldsm_x2(bf, kt_s + swz<CS>(8 * nt + (lane & 7),
+                                     ks * 16 + (mi & 1) * 8));
+          ldsm_x4(a2, qs + swz<CS>(16 * mt + (mi & 1) * 8 + (lane & 7),
+                                    ks * 16 + 16 + (mi >> 1) * 8));
+          ldsm_x2(bf2, kt_s + swz<CS>(8 * nt + (lane & 7),
+                                      ks * 16 + 16 + (mi & 1) * 8));
+          mma16816(c4, a, bf);
+          mma16816(c5, a2, bf2);
+        }
+#pragma unroll
+        for (int e = 0; e < 4; ++e) c4[e] += c5[e];
+        int r = 16 * mt + lane / 4, k = 8 * nt + 2 * (lane % 4);
+        *(float2*)(sbt + r * NK4 + k) = make_float2(c4[0], c4[1]);
+        *(float2*)(sbt + (r + 8) * NK4 + k) = make_float2(c4[2], c4[3]);
+      }
+    } else {  // own heads only: warp per (head, key), lanes split D
+      for (int pr = warp; pr < hb * NK4; pr += NW) {
+        const int hl = pr / NK4, key = pr % NK4, hh = rank * hb + hl;
+        const __half* qh = q + ((size_t)b * H + hh) * D;
+        float s = 0.0f;
+        for (int i = 0; i < dpl; ++i) {
+          int d = (lane + 32 * i) * 2, col = hl * D + d;
+          float2 qv = __half22float2(*(const __half2*)(qh + d));
+          float2 kk = __half22float2(
+              *(const __half2*)(kt_s + swz<CS>(key, col)));
+          s += qv.x * kk.x + qv.y * kk.y;
+        }
+        s = warp_sum(s);
+        if (lane == 0) sbt[hh * NK4 + key] = s;
+      }
+    }
+    cluster.sync();  // every block's scores of tile t are visible
+
+    // 2. Online softmax, all heads, every block: warp w owns rows
+    // w + NW i; lane owns keys lane and lane + 32. Loads first.
+    {
+      float sv[RPW][2];
+#pragma unroll
+      for (int i = 0; i < RPW; ++i) {
+        const int r = warp + NW * i;
+        sv[i][0] = sv[i][1] = 0.0f;
+        if (r < H) {
+          if (XC) {
+#pragma unroll
+            for (int k = 0; k < CL; ++k) {
+              const float* src = cluster.map_shared_rank(sbt, k) + r * NK4;
+              sv[i][0] += src[lane];
+              sv[i][1] += src[lane + 32];
+            }
+          } else {
+            const float* src =
+                cluster.map_shared_rank(sbt, r / hb) + r * NK4;
+            sv[i][0] = src[lane];
+            sv[i][1] = src[lane + 32];
+          }
+        }
+      }
+      const int j = s0 + t * NK4 + lane;
+#pragma unroll
+      for (int i = 0; i < RPW; ++i) {
+        const int r = warp + NW * i;
+        if (r >= M) continue;
+        if (r >= H) {
+          ps[r * PST4 + lane] = ps[r * PST4 + lane + 32] =
+              __float2half_rn(0.0f);
+          if (lane == 0) alpha[r] = 1.0f;
+          continue;
+        }
+        float x0 = j < s1 ? sv[i][0] * qscale : NEG_INF;
+        float x1 = j + 32 < s1 ? sv[i][1] * qscale : NEG_INF;
+        float mnew = fmaxf(m_r[i], warp_max(fmaxf(x0, x1)));
+        float p0 = exp2f(x0 - mnew), p1 = exp2f(x1 - mnew);
+        float a = exp2f(m_r[i] - mnew);
+        l_r[i] = l_r[i] * a + warp_sum(p0 + p1);
+        m_r[i] = mnew;
+        ps[r * PST4 + lane] = __float2half_rn(p0);
+        ps[r * PST4 + lane + 32] = __float2half_rn(p1);
+        if (lane == 0) alpha[r] = a;
+      }
+    }
+    __syncthreads();
+
+    // 3. acc = alpha * acc + P (M x NK4) . tile (NK4 x 32 columns).
+    const int cw = warp * NT * 8;
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt) {
+      float a0 = alpha[16 * mt + lane / 4], a1 = alpha[16 * mt + lane / 4 + 8];
+#pragma unroll
+      for (int c = 0; c < NT; ++c) {
+        acc_r[mt][c][0] *= a0, acc_r[mt][c][1] *= a0;
+        acc_r[mt][c][2] *= a1, acc_r[mt][c][3] *= a1;
+      }
+    }
+    const int mi = lane >> 3;
+#pragma unroll
+    for (int kk = 0; kk < NK4 / 16; ++kk) {
+      unsigned a[MT][4];
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt)
+        ldsm_x4(a[mt], ps + (16 * mt + (mi & 1) * 8 + (lane & 7)) * PST4 +
+                           kk * 16 + (mi >> 1) * 8);
+#pragma unroll
+      for (int np = 0; np < NT / 2; ++np) {
+        unsigned bf[4];
+        ldsm_x4_t(bf, kt_s + swz<CS>(kk * 16 + (mi & 1) * 8 + (lane & 7),
+                                     cw + np * 16 + (mi >> 1) * 8));
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt) {
+          mma16816(acc_r[mt][2 * np], a[mt], bf);
+          mma16816(acc_r[mt][2 * np + 1], a[mt], bf + 2);
+        }
+      }
+    }
+  }
+
+  if (rank == 0) {
+#pragma unroll
+    for (int i = 0; i < RPW; ++i) {
+      int r = warp + NW * i;
+      if (r < H && lane == 0) {
+        float* o = ml + (((size_t)b * n + split) * H + r) * 2;
+        o[0] = m_r[i];
+        o[1] = l_r[i];
+      }
+    }
+  }
+  float* ab = acc + ((size_t)b * n + split) * H * C + col0 + warp * NT * 8;
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt) {
+    int r = 16 * mt + lane / 4;
+#pragma unroll
+    for (int c = 0; c < NT; ++c) {
+      int k = c * 8 + 2 * (lane % 4);
+      if (r < H)
+        *(float2*)(ab + (size_t)r * C + k) =
+            make_float2(acc_r[mt][c][0], acc_r[mt][c][1]);
+      if (r + 8 < H)
+        *(float2*)(ab + (size_t)(r + 8) * C + k) =
+            make_float2(acc_r[mt][c][2], acc_r[mt][c][3]);
+    }
+  }
+  cluster.sync();
+}
+
 // extern "C": one symbol per storage type, version and tile shape.
 #define ENTRY_V1(SUF, T)                                                    \
   extern "C" __global__ void slim_attention_attend_v1_##SUF(                \
@@ -540,3 +787,21 @@ extern "C" __global__ void slim_attention_xq_f16(const __half* q,
 ENTRY_SHAPES(v2, false, 1)
 ENTRY_SHAPES(v3, false, 4)
 ENTRY_SHAPES(xv3, true, 4)
+
+#define ENTRY_V4(NAME, MT, CS, XC, ST)                                      \
+  extern "C" __global__ void __cluster_dims__(CL, 1, 1)                     \
+      __launch_bounds__(CS, 1) slim_attention_attend_##NAME##_m##MT##c##CS( \
+          const __half* q, const __half* cache, float* acc, float* ml,      \
+          int H, int S, int SA, int D, int chunk) {                         \
+    attend_v4<MT, CS, XC, ST>(q, cache, acc, ml, H, S, SA, D, chunk);       \
+  }
+// (MT, CS) = (ceil(H / 16), H * D / 8); CS / 32 warps of 32 columns each.
+#define ENTRY_V4_SHAPES(NAME, XC, ST)                                       \
+  ENTRY_V4(NAME, 1, 128, XC, ST)                                            \
+  ENTRY_V4(NAME, 1, 256, XC, ST)                                            \
+  ENTRY_V4(NAME, 2, 256, XC, ST)                                            \
+  ENTRY_V4(NAME, 2, 384, XC, ST)                                            \
+  ENTRY_V4(NAME, 2, 512, XC, ST)
+
+ENTRY_V4_SHAPES(v4, false, 3)
+ENTRY_V4_SHAPES(xv4, true, 2)

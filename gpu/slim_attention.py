@@ -20,8 +20,8 @@ import numpy as np
 from gpu import runtime as rt
 
 SLUG = "slim_attention"
-VERSIONS = (1, 2, 3)  # K-only cache
-XVERSIONS = (1, 3)  # X cache with absorbed weights
+VERSIONS = (1, 2, 3, 4)  # K-only cache
+XVERSIONS = (1, 3, 4)  # X cache with absorbed weights
 DTYPES = (np.float32, np.float16)
 FAST_DTYPES = (np.float16,)  # v2, v3, xv3: fp16 tensor cores
 _SUFFIX = {np.dtype(np.float32): "f32", np.dtype(np.float16): "f16"}
@@ -29,6 +29,12 @@ CL = 8  # blocks per cluster (CL in the .cu)
 NK = 32  # keys per tile (NK in the .cu)
 PST = 40  # row stride of the P tile (PST in the .cu)
 STAGES = {2: 1, 3: 4}  # tile buffers of v2 and v3/xv3 (ST in the .cu)
+STAGES_V4 = {False: 3, True: 2}  # v4 and xv4
+NK4 = 64  # v4's keys per tile (NK4 in the .cu)
+PST4 = 72  # v4's P-tile row stride
+# Clusters of 8 one-block-per-SM blocks resident at once: ncu's Launch Statistics
+# on the H100 (132 SMs) report 15 for v3 (not 132 // 8 = 16: GPCs differ in size).
+ACTIVE_CLUSTERS = {132: 15}
 FAST_SHAPES = ((1, 2), (1, 4), (2, 4), (2, 6), (2, 8))  # (MT, NT) instantiated
 THREADS_FAST = 256
 GT = 128  # gemv threads (GT in the .cu)
@@ -63,19 +69,49 @@ def fast_smem_bytes(mt: int, nt: int, stages: int) -> int:
     return stages * NK * cs * 2 + m * cs * 2 + m * PST * 2 + 2 * m * NK * 4 + m * 4
 
 
-def split_plan(b: int, s: int, n_split: int | None = None) -> tuple[int, int]:
-    """(n_split, chunk) for v2/v3/xv3: enough clusters of CL blocks for one wave
-    (one block per SM: SMs // CL clusters), no chunk shorter than a tile of NK keys,
-    at most MAX_SPLIT. The last chunk may be shorter; none is empty."""
+def v4_smem_bytes(mt: int, cs: int, xc: bool) -> int:
+    """Dynamic shared memory of v4/xv4 (v4_smem in the .cu)."""
+    m, st = 16 * mt, STAGES_V4[xc]
+    return (
+        st * NK4 * cs * 2
+        + (m * cs * 2 if xc else 0)
+        + m * PST4 * 2
+        + 2 * m * NK4 * 4
+        + m * 4
+    )
+
+
+def split_plan(
+    b: int, s: int, n_split: int | None = None, h: int = 32, c: int = 4096, nk: int = NK
+) -> tuple[int, int]:
+    """(n_split, chunk) for v2-v4: S in n_split chunks, one cluster each per sequence.
+
+    The default minimises a byte model of the step: A clusters run at once (one
+    block per SM), so the cache streams in ceil(B n / A) waves, each as long as one
+    chunk; splitting writes and reads B n H C float32 partials. Time ~
+    ceil(B n / A) ceil(S / n / nk) nk C 2 A + 8 B n H C, over n <= min(S / nk,
+    MAX_SPLIT). The last chunk may be shorter; none is empty."""
     if n_split is None:
         sms = rt.device_info()["sm_count"] if rt.available() else 132
-        n_split = max(1, min(math.ceil(sms // CL / b), math.ceil(s / NK), MAX_SPLIT))
+        a = ACTIVE_CLUSTERS.get(sms, sms // CL - 1)
+
+        def cost(n):
+            tiles = math.ceil(math.ceil(s / n) / nk)
+            return math.ceil(b * n / a) * tiles * nk * c * 2 * a + 8 * b * n * h * c
+
+        top = max(1, min(MAX_SPLIT, math.ceil(s / nk)))
+        n_split = min(range(1, top + 1), key=cost)
     if not 1 <= int(n_split) <= min(s, MAX_SPLIT):
         raise ValueError(
             f"n_split must be in [1, min(S = {s}, {MAX_SPLIT})], got {n_split}"
         )
     chunk = math.ceil(s / int(n_split))
     return math.ceil(s / chunk), chunk
+
+
+def plan(version: int, b: int, h: int, s: int, d: int, n_split=None):
+    """(n_split, chunk) of a cluster version (v2-v4) at these sizes."""
+    return split_plan(b, s, n_split, h, h * d, NK4 if version == 4 else NK)
 
 
 def gemv_plan(h: int, c: int) -> tuple[int, int]:
@@ -89,7 +125,7 @@ def gemv_plan(h: int, c: int) -> tuple[int, int]:
 def _layout(version, b, h, s, d, n_split=None) -> dict[str, tuple[int, int]]:
     """Offsets and sizes (float32 elements) of the scratch arrays of one step."""
     c = h * d
-    n = 1 if version == 1 else split_plan(b, s, n_split)[0]
+    n = 1 if version == 1 else plan(version, b, h, s, d, n_split)[0]
     kc, _ = gemv_plan(h, c)
     sizes = {
         "acc": b * n * h * c,  # u partials (B, n, H, C)
@@ -174,8 +210,8 @@ def _check(q, cache, w, b_v, version, versions, length, name):
 
 
 @functools.cache
-def _fast_kernel(prefix: str, mt: int, nt: int, smem: int):
-    fn = rt.kernel(SLUG, f"slim_attention_attend_{prefix}_m{mt}n{nt}")
+def _fast_kernel(prefix: str, mt: int, tile: str, smem: int):
+    fn = rt.kernel(SLUG, f"slim_attention_attend_{prefix}_m{mt}{tile}")
     fn.max_dynamic_shared_size_bytes = smem  # beyond 48 KB needs the opt-in
     return fn
 
@@ -211,7 +247,7 @@ def _attend_gemv_finish(prefix, version, qx, cache, w, b_v, out, v, dims, n_spli
     c = h * d
     i32 = np.int32
     suf = _SUFFIX[cache.dtype]
-    n, chunk = (1, s) if version == 1 else split_plan(b, s, n_split)
+    n, chunk = (1, s) if version == 1 else plan(version, b, h, s, d, n_split)
     kc, cc = gemv_plan(h, c)
     acc, ml = v["acc"], v["ml"]
     if version == 1:
@@ -220,10 +256,16 @@ def _attend_gemv_finish(prefix, version, qx, cache, w, b_v, out, v, dims, n_spli
         fn((h, b), (128,), args + (i32(d), i32(qx.shape[2])))
     else:
         mt, nt = fast_shape(h, d)
-        smem = fast_smem_bytes(mt, nt, STAGES.get(version, 4))
-        fn = _fast_kernel(prefix, mt, nt, smem)
         args = (qx, cache, acc, ml, i32(h), i32(s), i32(sa), i32(d), i32(chunk))
-        fn((CL, n, b), (THREADS_FAST,), args, shared_mem=smem)
+        if version == 4:
+            cs = c // CL
+            smem = v4_smem_bytes(mt, cs, prefix.startswith("x"))
+            fn = _fast_kernel(prefix, mt, f"c{cs}", smem)
+            fn((CL, n, b), (cs,), args, shared_mem=smem)
+        else:
+            smem = fast_smem_bytes(mt, nt, STAGES.get(version, 4))
+            fn = _fast_kernel(prefix, mt, f"n{nt}", smem)
+            fn((CL, n, b), (THREADS_FAST,), args, shared_mem=smem)
     gemv = rt.kernel(SLUG, f"slim_attention_gemv_{suf}")
     args = (acc, ml, w, v["part"], i32(b), i32(h), i32(c), i32(d), i32(n), i32(cc))
     gemv((h, kc), (GT,), args, shared_mem=4 * BG * (cc + n))
@@ -253,9 +295,9 @@ def slim_decode(
         k_cache: (B, S, C) keys, C = H*D, the only cache; rows >= length unused.
         w_kv: (C, C) = W_K^-1 W_V (reference.slim_attention.fold_w_kv), q's dtype.
         b_v: (C,) value bias or None (the key bias is dropped: it cancels).
-        version: 1 (float32 or float16), 2 or 3 (float16, tensor cores).
+        version: 1 (float32 or float16), 2, 3 or 4 (float16, tensor cores).
         length: keys to attend (default S).
-        n_split: v2/v3: chunks S is split into (default split_plan).
+        n_split: v2-v4: chunks S is split into (default split_plan).
         out, workspace: optional preallocated (B, H, D) output of q's dtype and
             float32 scratch of >= workspace_elems(version, B, H, length, D) elements.
     Returns:
@@ -296,8 +338,8 @@ def xcache_decode(
         x_cache: (B, S, C) the layer inputs (after the norm), C = H*D.
         w_kt: (H, D, C), W_K re-laid out by xcache_wkt(w_k, H); q's dtype.
         w_v: (C, C) value projection; b_v: (C,) or None (the key bias cancels).
-        version: 1 (float32 or float16) or 3 (float16, tensor cores; q~ is rounded
-            to fp16 for them).
+        version: 1 (float32 or float16), 3 or 4 (float16, tensor cores; q~ is
+            rounded to fp16 for them).
         length, n_split, out, workspace: as slim_decode, with
             workspace_elems(..., xcache=True).
     Returns:

@@ -162,7 +162,7 @@ def decode(quick: bool, read_bw) -> list[dict]:
             # K-only
             sets, base = _sets(rng, b, s, False, read_bw)
             truth = _truth(*sets[0][:4])
-            for ver in (1, 2, 3, 4):
+            for ver in (1, 2, 3, 4, 5):
                 if ver == 1 and b * s > 16384:
                     continue  # v1 reads the cache H times; its trend is clear below
                 rows.append(_run(f"slim_v{ver}", ver, False, sets, truth, base))
@@ -171,7 +171,7 @@ def decode(quick: bool, read_bw) -> list[dict]:
             sets, base = _sets(rng, b, s, True, read_bw)
             q, cache, w, b_v, wkt = sets[0]
             truth = _truth(q, cache, w, b_v, wkt, fp16_qt=True)
-            for ver in (3, 4):
+            for ver in (3, 4, 5):
                 rows.append(_run(f"x_v{ver}", ver, True, sets, truth, base))
             bench._free(sets)
     return rows
@@ -187,7 +187,7 @@ def split_sweep(read_bw) -> list[dict]:
     for b in (1, 8):
         sets, base = _sets(rng, b, 16384, False, read_bw)
         truth = _truth(*sets[0][:4])
-        for ver in (3, 4):
+        for ver in (3, 5):
             for n in (1, 2, 4, 8, 15, 16, 30, 32, 64):
                 rows.append(_run(f"slim_v{ver}", ver, False, sets, truth, base, n))
         bench._free(sets)

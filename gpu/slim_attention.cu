@@ -41,9 +41,14 @@
 //     in a 3-stage ring, C / 256 warps of 32 columns each (16 at C = 4096),
 //     K-only scores on CUDA cores (a warp per (head, key)), softmax loads
 //     issued together.
+// v5  v4 with the K-only scores on tensor cores (a warp per (16 keys, head):
+//     tile . block-diagonal q, D / 16 mma, no shuffles; v4 spent ~45 % of its
+//     instructions on the CUDA-core dots and their shuffles) and tile loads
+//     with the swizzled slot computed once (8 rows per pass, fixed chunk).
 // X cache: xv1 = v1's kernel with q~ (fp32); xv3 = v3's kernel with q~
 //     (fp16) and the score summed over the cluster instead of gathered;
-//     xv4 = v4's layout, scores on tensor cores, a 2-stage ring.
+//     xv4 = v4's layout, scores on tensor cores, a 2-stage ring; xv5 = xv4
+//     with v5's tile loads.
 //
 // Compile report (no GPU): python -m gpu.check_kernels gpu/slim_attention.cu
 
@@ -504,7 +509,7 @@ constexpr int v4_smem() {
          16 * MT * PST4 * 2 + 2 * 16 * MT * NK4 * 4 + 16 * MT * 4;
 }
 
-template <int MT, int CS, bool XC, int ST>
+template <int MT, int CS, bool XC, int ST, bool V5>
 __device__ void attend_v4(const __half* q, const __half* cache, float* acc,
                           float* ml, int H, int S, int SA, int D, int chunk) {
   constexpr int M = 16 * MT, CH = CS / 8, KS = CS / 16, NW = CS / 32;
@@ -539,8 +544,23 @@ __device__ void attend_v4(const __half* q, const __half* cache, float* acc,
   }
   const int dpl = D / 64;  // K-only: half2 per lane, 1 (D = 64) or 2 (128)
 
+  // CS threads, CH = CS / 8 per row: a pass covers 8 rows, each thread the
+  // same chunk ch0 of rows r0 + 8 k, so its swizzled slot is fixed (v5).
+  const int r0 = tid / CH, ch0 = tid % CH;
+  const int dst0 = r0 * CS + ((ch0 ^ r0) & 7 | (ch0 & ~7)) * 8;
   auto load_tile = [&](int t, int st) {
     __half* dst = kt + st * NK4 * CS;
+    if (V5) {
+      const int j0 = s0 + t * NK4 + r0;
+      const __half* src = kb + (size_t)j0 * C + ch0 * 8;
+#pragma unroll
+      for (int k = 0; k < NK4 / 8; ++k) {
+        bool ok = j0 + 8 * k < s1;
+        cp_async16(dst + dst0 + 8 * k * CS, ok ? src + (size_t)8 * k * C : kb,
+                   ok);
+      }
+      return;
+    }
     for (int i = tid; i < NK4 * CH; i += NW * 32) {
       int r = i / CH, ch = i % CH, j = s0 + t * NK4 + r;
       bool ok = j < s1;
@@ -600,6 +620,33 @@ __device__ void attend_v4(const __half* q, const __half* cache, float* acc,
         int r = 16 * mt + lane / 4, k = 8 * nt + 2 * (lane % 4);
         *(float2*)(sbt + r * NK4 + k) = make_float2(c4[0], c4[1]);
         *(float2*)(sbt + (r + 8) * NK4 + k) = make_float2(c4[2], c4[3]);
+      }
+    } else if (V5) {  // own heads only, tensor cores: S^T = tile . Q_bd
+      // Warp (mt, hl): keys 16 mt.., head hl's D / 16 k-steps. B = the
+      // block-diagonal q: column n = hl holds q[hl], the others are zero,
+      // so the accumulator's column hl is the whole score.
+      for (int pr = warp; pr < (NK4 / 16) * hb; pr += NW) {
+        const int mt = pr % (NK4 / 16), hl = pr / (NK4 / 16);
+        const int hh = rank * hb + hl, mi = lane >> 3;
+        const __half* qh = q + ((size_t)b * H + hh) * D;
+        const bool mine = lane / 4 == hl;  // B's column n = lane / 4
+        float c4[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+        for (int ks = 0; ks < D / 16; ++ks) {
+          unsigned a[4], bf[2];
+          ldsm_x4(a, kt_s + swz<CS>(16 * mt + (mi & 1) * 8 + (lane & 7),
+                                    hl * D + ks * 16 + (mi >> 1) * 8));
+          const int k = ks * 16 + (lane % 4) * 2;
+          bf[0] = mine ? *(const unsigned*)(qh + k) : 0u;
+          bf[1] = mine ? *(const unsigned*)(qh + k + 8) : 0u;
+          mma16816(c4, a, bf);
+        }
+        // c4: rows = keys 16 mt + lane / 4 (+ 8), columns (lane % 4) * 2 + e
+        if ((lane % 4) == hl / 2) {
+          const bool odd = hl % 2;
+          const int key = 16 * mt + lane / 4;
+          sbt[hh * NK4 + key] = odd ? c4[1] : c4[0];
+          sbt[hh * NK4 + key + 8] = odd ? c4[3] : c4[2];
+        }
       }
     } else {  // own heads only: warp per (head, key), lanes split D
       for (int pr = warp; pr < hb * NK4; pr += NW) {
@@ -788,20 +835,22 @@ ENTRY_SHAPES(v2, false, 1)
 ENTRY_SHAPES(v3, false, 4)
 ENTRY_SHAPES(xv3, true, 4)
 
-#define ENTRY_V4(NAME, MT, CS, XC, ST)                                      \
+#define ENTRY_V4(NAME, MT, CS, XC, ST, V5)                                  \
   extern "C" __global__ void __cluster_dims__(CL, 1, 1)                     \
       __launch_bounds__(CS, 1) slim_attention_attend_##NAME##_m##MT##c##CS( \
           const __half* q, const __half* cache, float* acc, float* ml,      \
           int H, int S, int SA, int D, int chunk) {                         \
-    attend_v4<MT, CS, XC, ST>(q, cache, acc, ml, H, S, SA, D, chunk);       \
+    attend_v4<MT, CS, XC, ST, V5>(q, cache, acc, ml, H, S, SA, D, chunk);   \
   }
 // (MT, CS) = (ceil(H / 16), H * D / 8); CS / 32 warps of 32 columns each.
-#define ENTRY_V4_SHAPES(NAME, XC, ST)                                       \
-  ENTRY_V4(NAME, 1, 128, XC, ST)                                            \
-  ENTRY_V4(NAME, 1, 256, XC, ST)                                            \
-  ENTRY_V4(NAME, 2, 256, XC, ST)                                            \
-  ENTRY_V4(NAME, 2, 384, XC, ST)                                            \
-  ENTRY_V4(NAME, 2, 512, XC, ST)
+#define ENTRY_V4_SHAPES(NAME, XC, ST, V5)                                   \
+  ENTRY_V4(NAME, 1, 128, XC, ST, V5)                                        \
+  ENTRY_V4(NAME, 1, 256, XC, ST, V5)                                        \
+  ENTRY_V4(NAME, 2, 256, XC, ST, V5)                                        \
+  ENTRY_V4(NAME, 2, 384, XC, ST, V5)                                        \
+  ENTRY_V4(NAME, 2, 512, XC, ST, V5)
 
-ENTRY_V4_SHAPES(v4, false, 3)
-ENTRY_V4_SHAPES(xv4, true, 2)
+ENTRY_V4_SHAPES(v4, false, 3, false)
+ENTRY_V4_SHAPES(xv4, true, 2, false)
+ENTRY_V4_SHAPES(v5, false, 3, true)
+ENTRY_V4_SHAPES(xv5, true, 2, true)

@@ -20,8 +20,8 @@ import numpy as np
 from gpu import runtime as rt
 
 SLUG = "slim_attention"
-VERSIONS = (1, 2, 3, 4)  # K-only cache
-XVERSIONS = (1, 3, 4)  # X cache with absorbed weights
+VERSIONS = (1, 2, 3, 4, 5)  # K-only cache
+XVERSIONS = (1, 3, 4, 5)  # X cache with absorbed weights
 DTYPES = (np.float32, np.float16)
 FAST_DTYPES = (np.float16,)  # v2, v3, xv3: fp16 tensor cores
 _SUFFIX = {np.dtype(np.float32): "f32", np.dtype(np.float16): "f16"}
@@ -84,7 +84,7 @@ def v4_smem_bytes(mt: int, cs: int, xc: bool) -> int:
 def split_plan(
     b: int, s: int, n_split: int | None = None, h: int = 32, c: int = 4096, nk: int = NK
 ) -> tuple[int, int]:
-    """(n_split, chunk) for v2-v4: S in n_split chunks, one cluster each per sequence.
+    """(n_split, chunk) for v2-v5: S in n_split chunks, one cluster each per sequence.
 
     The default minimises a byte model of the step: A clusters run at once (one
     block per SM), so the cache streams in ceil(B n / A) waves, each as long as one
@@ -110,8 +110,8 @@ def split_plan(
 
 
 def plan(version: int, b: int, h: int, s: int, d: int, n_split=None):
-    """(n_split, chunk) of a cluster version (v2-v4) at these sizes."""
-    return split_plan(b, s, n_split, h, h * d, NK4 if version == 4 else NK)
+    """(n_split, chunk) of a cluster version (v2-v5) at these sizes."""
+    return split_plan(b, s, n_split, h, h * d, NK4 if version >= 4 else NK)
 
 
 def gemv_plan(h: int, c: int) -> tuple[int, int]:
@@ -257,7 +257,7 @@ def _attend_gemv_finish(prefix, version, qx, cache, w, b_v, out, v, dims, n_spli
     else:
         mt, nt = fast_shape(h, d)
         args = (qx, cache, acc, ml, i32(h), i32(s), i32(sa), i32(d), i32(chunk))
-        if version == 4:
+        if version >= 4:
             cs = c // CL
             smem = v4_smem_bytes(mt, cs, prefix.startswith("x"))
             fn = _fast_kernel(prefix, mt, f"c{cs}", smem)
@@ -295,9 +295,9 @@ def slim_decode(
         k_cache: (B, S, C) keys, C = H*D, the only cache; rows >= length unused.
         w_kv: (C, C) = W_K^-1 W_V (reference.slim_attention.fold_w_kv), q's dtype.
         b_v: (C,) value bias or None (the key bias is dropped: it cancels).
-        version: 1 (float32 or float16), 2, 3 or 4 (float16, tensor cores).
+        version: 1 (float32 or float16), 2-5 (float16, tensor cores).
         length: keys to attend (default S).
-        n_split: v2-v4: chunks S is split into (default split_plan).
+        n_split: v2-v5: chunks S is split into (default split_plan).
         out, workspace: optional preallocated (B, H, D) output of q's dtype and
             float32 scratch of >= workspace_elems(version, B, H, length, D) elements.
     Returns:
@@ -338,7 +338,7 @@ def xcache_decode(
         x_cache: (B, S, C) the layer inputs (after the norm), C = H*D.
         w_kt: (H, D, C), W_K re-laid out by xcache_wkt(w_k, H); q's dtype.
         w_v: (C, C) value projection; b_v: (C,) or None (the key bias cancels).
-        version: 1 (float32 or float16), 3 or 4 (float16, tensor cores; q~ is
+        version: 1 (float32 or float16), 3-5 (float16, tensor cores; q~ is
             rounded to fp16 for them).
         length, n_split, out, workspace: as slim_decode, with
             workspace_elems(..., xcache=True).

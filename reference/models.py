@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from reference.common import gelu, layer_norm, softmax
+from reference.common import AttnWeights, gelu, layer_norm, softmax
 
 # --------------------------------------------------------------------------------------
 # 1. Model configurations
@@ -687,3 +687,196 @@ def sentence_embedding(w: MiniLMWeights, tokenizer, text: str) -> np.ndarray:
     m = mask[:, None].astype(h.dtype)  # (T, 1)
     pooled = (h * m).sum(axis=0) / max(float(mask.sum()), 1.0)  # (C,)
     return pooled / np.linalg.norm(pooled)
+
+
+# --------------------------------------------------------------------------------------
+# 3. Precomputing the first layer (chapter book/02_precompute.md): sizes and the
+#    trade-off. The trick itself is in reference/precompute.py. Paper: Graef,
+#    arXiv 2402.13388, tables "Examples" and savings; e = G·D, d = C.
+# --------------------------------------------------------------------------------------
+
+
+def _parallel(cfg: ModelConfig, parallel: bool | None) -> bool:
+    return bool(cfg.parallel_block) if parallel is None else parallel
+
+
+def precompute_row_width(cfg: ModelConfig) -> int:
+    """Width of a table row: C + H·D + 2·G·D (= 2(d + e) when H·D = C).
+
+    Serial blocks store [x | Q | K | V], parallel blocks [Q | K | V | x + FFN(x)].
+    """
+    return cfg.d_model + cfg.q_width + 2 * cfg.kv_width
+
+
+def precompute_eliminated_weights(
+    cfg: ModelConfig, parallel: bool | None = None, n_experts: int | None = None
+) -> int:
+    """Weights a token no longer reads: W_Q, W_K, W_V (C·(H·D + 2·G·D)), and for a
+    parallel block the FFN of ``n_experts`` experts (default all E, as the paper
+    counts; pass top_k for what one token reads). ``parallel`` overrides the
+    config (the paper's hypothetical parallel Mixtral)."""
+    qkv = cfg.d_model * (cfg.q_width + 2 * cfg.kv_width)
+    if not _parallel(cfg, parallel):
+        return qkv
+    return qkv + ffn_params_per_layer(cfg, n_experts=n_experts)
+
+
+def precompute_reads(
+    cfg: ModelConfig,
+    batch: int,
+    table: bool,
+    parallel: bool | None = None,
+    n_experts: int | None = None,
+) -> int:
+    """Values the precomputable part of layer 1 reads for B tokens (paper's table):
+    without the table B·d + eliminated weights; with it B·2(d + e)."""
+    if table:
+        return batch * precompute_row_width(cfg)
+    return batch * cfg.d_model + precompute_eliminated_weights(cfg, parallel, n_experts)
+
+
+def precompute_reduction(
+    cfg: ModelConfig,
+    batch: int,
+    parallel: bool | None = None,
+    n_experts: int | None = None,
+) -> float:
+    """The paper's first-layer reduction factor: reads without / reads with table."""
+    without = precompute_reads(cfg, batch, False, parallel, n_experts)
+    return without / precompute_reads(cfg, batch, True, parallel, n_experts)
+
+
+def precompute_memory(cfg: ModelConfig, parallel: bool | None = None) -> dict:
+    """Weights stored with the table minus without it (values, not bytes).
+
+    increase: the table replaces the input embedding, (W − C)·V = (2e + d)·V. With
+    tied embeddings and a parallel block the rows hold no x, so E stays for the LM
+    head and the whole W·V is new (research/papers_graef.md B.3.5); a serial row
+    holds x and can serve the LM head. net = increase − eliminated weights;
+    relative = net / total_params(cfg).
+    """
+    par = _parallel(cfg, parallel)
+    keeps_embedding = bool(cfg.tied_embeddings) and par
+    width = precompute_row_width(cfg) - (0 if keeps_embedding else cfg.d_model)
+    increase = width * _need(cfg, "vocab")
+    eliminated = precompute_eliminated_weights(cfg, par)
+    net = increase - eliminated
+    return dict(
+        increase=increase,
+        eliminated=eliminated,
+        net=net,
+        relative=net / total_params(cfg),
+    )
+
+
+def precompute_read_saving(
+    cfg: ModelConfig, batch: int = 1, parallel: bool | None = None
+) -> float:
+    """Share of *all* weight values read per decoded token that the table saves.
+
+    Per token: (reads without − reads with) / B, over weights_read_per_token (the
+    FFN of a parallel MoE counts the expected_experts the batch touches). This is
+    what the paper's "up to 1/L" becomes: 0.35 % for Mistral-7B at B = 1.
+    """
+    par = _parallel(cfg, parallel)
+    experts = None
+    if par and cfg.is_moe:
+        experts = expected_experts(cfg.n_experts, cfg.top_k, batch)
+    saved = precompute_reads(cfg, batch, False, par, experts) - precompute_reads(
+        cfg, batch, True, par, experts
+    )
+    return saved / batch / weights_read_per_token(cfg, batch)
+
+
+def precompute_tradeoff(
+    cfg: ModelConfig,
+    batches: tuple[int, ...] = (1, 16, 256, 1024),
+    bytes_per_value: float = 2,
+) -> dict:
+    """Everything a reader needs to decide for their own model, from its config.
+
+    applies: only with RoPE (absolute positions enter before the norm). memory: the
+    table's size and the net change of stored weights (precompute_memory), in
+    bytes. flops_saved_per_token: 2 per eliminated weight (one multiply-add each;
+    with a parallel MoE, only the top_k experts a token runs). Per batch size: the
+    paper's first-layer reduction factor and the share of all weight reads saved.
+    """
+    mem = precompute_memory(cfg)
+    par = _parallel(cfg, None)
+    run = precompute_eliminated_weights(cfg, par, cfg.top_k if cfg.is_moe else None)
+    return dict(
+        name=cfg.name,
+        applies=cfg.positional == "rope",
+        positional=cfg.positional,
+        parallel=par,
+        row_width=precompute_row_width(cfg),
+        table_bytes=precompute_row_width(cfg) * _need(cfg, "vocab") * bytes_per_value,
+        extra_bytes=mem["net"] * bytes_per_value,
+        extra_relative=mem["relative"],
+        flops_saved_per_token=2 * run,
+        per_batch={
+            b: dict(
+                reduction=precompute_reduction(cfg, b),
+                read_saving=precompute_read_saving(cfg, b),
+            )
+            for b in batches
+        },
+    )
+
+
+# --------------------------------------------------------------------------------------
+# 4. Slim attention (chapter book/03_slim_attention.md): cache sizes and the paper's
+#    Whisper table. The trick itself is in reference/slim_attention.py. Paper: Graef
+#    & Wasielewski, arXiv 2503.05840, Tables 1 and 7 and the Phi-3 example.
+# --------------------------------------------------------------------------------------
+
+
+def slim_step_reads(params: float, cache: float, batch: int) -> float:
+    """Values a memory-bound decode step reads per token: (params + B·cache) / B.
+
+    Weights are read once per step and shared by the batch; each sequence reads
+    its own cache. The paper's speedups are ratios of this quantity.
+    """
+    return (params + batch * cache) / batch
+
+
+def whisper_slim_table(cfg: ModelConfig, batches: tuple[int, ...] = (1, 64)) -> dict:
+    """Slim attention Table 7 for a Whisper config (values, not bytes).
+
+    Decoder caches: cross KV 2·p·C·L over the p encoder frames, self KV 2·S·C·L over
+    S decoder tokens; E-cache p·C (the encoder output). baseline = cross + self;
+    option1 = K-only caches (half); option2 = self K-only, cross attention
+    recomputed from the E-cache, which the paper keeps in SRAM and does NOT count
+    ("savings" = baseline / option2; "savings_with_e" counts it). Parameters (as
+    the paper counts them): C·V + L·(6·C² + 2·C·F), option1 + C²·L (cross W_KV),
+    option2 + 2·C²·L (cross W_K and W_V, read every step). reads/speedup per batch
+    size B from slim_step_reads.
+    """
+    c, n = cfg.d_model, cfg.n_layers
+    p, s = _need(cfg, "enc_context"), _need(cfg, "context")
+    cross, self_kv = kv_cache_values(cfg, p), kv_cache_values(cfg, s)
+    base_params = c * _need(cfg, "vocab") + n * (6 * c * c + 2 * c * _need(cfg, "d_ff"))
+    caches = {"baseline": cross + self_kv, "option1": (cross + self_kv) / 2,
+              "option2": self_kv / 2}  # fmt: skip
+    params = {"baseline": base_params, "option1": base_params + c * c * n,
+              "option2": base_params + 2 * c * c * n}  # fmt: skip
+    out = dict(
+        e_cache=p * c, cross_kv=cross, self_kv=self_kv, decoder_tokens=s,
+        cache=caches, params=params,
+        savings=caches["baseline"] / caches["option2"],
+        savings_with_e=caches["baseline"] / (caches["option2"] + p * c),
+        reads={}, speedup={},
+    )  # fmt: skip
+    for b in batches:
+        r = {k: slim_step_reads(params[k], caches[k], b) for k in caches}
+        out["reads"][b] = r
+        out["speedup"][b] = {k: r["baseline"] / r[k] for k in ("option1", "option2")}
+    return out
+
+
+def minilm_attn_weights(layer: MiniLMLayer) -> AttnWeights:
+    """The attention projections of a MiniLM layer as reference.common.AttnWeights."""
+    return AttnWeights(
+        layer.w_q, layer.w_k, layer.w_v, layer.w_o,
+        layer.b_q, layer.b_k, layer.b_v, layer.b_o,
+    )  # fmt: skip

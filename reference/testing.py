@@ -168,3 +168,130 @@ def attention_scale(q: np.ndarray, k: np.ndarray, v: np.ndarray) -> float:
     a = np.einsum("bgrd,bgsd->bgrs", qg, np.abs(k)) / math.sqrt(d)  # (B, G, H/G, S)
     vmax = np.abs(v).max(initial=0.0)
     return float(vmax * (math.sqrt(s) + 2 * math.sqrt(d) * a.max(initial=0.0) + 4))
+
+
+# --- Slim attention (chapter 3): rewrites whose error grows with cond(W_K) ----------
+#
+# A float64 row for comparisons whose whole error the caller derives: pass the scale
+# of the variant at hand, kv_fold_scale (a cache rebuilt through a solved matrix) or
+# xcache_scale (absorbed weights), plus attention_scale for the attention both sides
+# compute. atol is the probabilistic factor lam*u of _sum_bound; the relative part
+# is the worst-case n*u of one reduction, n <= 2^15 (it also keeps the limit well
+# above what a float64 comparison can resolve). The float32 twin is ("gpu",
+# "float32"): float32 arithmetic against the float64 truth, with the same scales.
+TOLERANCES[("slim", "float64")] = Tolerance(
+    rtol=N_MAX * _U64,
+    atol=LAM * _U64,
+    why="6*u64 x (kv_fold_scale or xcache_scale + attention_scale); n*u relative",
+)
+
+
+def _col_norms(w: np.ndarray) -> np.ndarray:
+    return np.linalg.norm(np.asarray(w, np.float64), axis=0)
+
+
+def kv_fold_scale(x: np.ndarray, w_k: np.ndarray, w_kv: np.ndarray) -> float:
+    """The ``scale`` for a value rebuilt from a cached key, v = (x W_K) W_KV.
+
+    Forward error analysis (Higham, Accuracy and Stability of Numerical
+    Algorithms, 2002, ch. 3 and 7-9), with lam*sqrt(n)*u per inner product of
+    length n (see _sum_bound). Every error is a perturbation dK of the key row
+    k_s = x_s W_K, which W_KV then multiplies, so |dv_sj| <= |dk_s| |W_KV[:, j]|:
+      * k_s = x_s W_K rounded: |dk_sc| <= lam sqrt(C) u |x_s| |W_K[:, c]|, so
+        |dk_s| <= lam sqrt(C) u |x_s| |W_K|_F (Cauchy-Schwarz);
+      * W_KV from LU with partial pivoting is the exact solution for a perturbed
+        W_K + dW_j, column by column, with |dW_j|_F <~ lam sqrt(3e) u |W_K|_F
+        (gamma_3n, growth factor O(1), as LAPACK's GEPP gives in practice); the
+        rebuilt v then errs by x_s dW_j W_KV[:, j];
+      * k_s W_KV rounded: lam sqrt(e) u |k_s| |W_KV[:, j]|, and |k_s| <= |x_s||W_K|_F;
+      * the accumulate-K order sums sum_s p_s k_s first: lam sqrt(S) u max|k_s|.
+    So |dv| <= lam u (sqrt(C) + (1 + sqrt(3)) sqrt(e) + sqrt(S)) * M with
+    M = max_s |x_s| |W_K|_F max_j |W_KV[:, j]|, and this returns that scale. Since
+    |W_KV[:, j]| <= |W_K^-1|_2 |W_V[:, j]|, M <= cond(W_K) |W_K|_F/|W_K|_2 max|x_s|
+    max_j |W_V[:, j]|: the tolerance grows linearly with cond(W_K), as the forward
+    error of any linear solve does (Higham Thm 7.2). Rows: "slim".
+    Shapes: x (..., S, C) the inputs whose keys are cached; w_k (C, e); w_kv (e, e).
+    """
+    x = np.asarray(x, np.float64)
+    c, e = np.shape(w_k)
+    s = x.shape[-2]
+    xmax = np.linalg.norm(x, axis=-1).max(initial=0.0)
+    m = xmax * np.linalg.norm(np.asarray(w_k, np.float64)) * _col_norms(w_kv).max()
+    return float(m * (math.sqrt(c) + (1 + math.sqrt(3)) * math.sqrt(e) + math.sqrt(s)))
+
+
+def xcache_scale(
+    q: np.ndarray, x: np.ndarray, w_k: np.ndarray, w_v: np.ndarray
+) -> float:
+    """The ``scale`` for decode attention over an X cache with absorbed weights.
+
+    score_h,s = (q_h W_K,h^T) . x_s / sqrt(D): two inner products, of lengths D and
+    C, so |ds| <= lam u (sqrt(D) + sqrt(C)) A with A = max (|q_h| |W_K,h|^T) |x_s|
+    / sqrt(D); exp turns it into relative errors of p of at most 2|ds|, so the
+    output errs by 2|ds| max|v|, with |v_sj| <= V = max_s |x_s| max_j |W_V[:, j]|.
+    out_h = (sum_s p_h,s x_s) W_V,h: lam u (sqrt(S) + sqrt(C)) V (Cauchy-Schwarz);
+    exp, max and the division add a few u V. Returns
+    V (sqrt(S) + sqrt(C) + 4 + 2 (sqrt(D) + sqrt(C)) A). No inverse: no cond(W_K).
+    Shapes: q (B, H, D); x (B, S, C); w_k, w_v (C, G*D), H % G == 0. Rows: "slim".
+    """
+    q, x = np.asarray(q, np.float64), np.asarray(x, np.float64)
+    b, h, d = q.shape
+    c, g, s = x.shape[-1], np.shape(w_k)[1] // d, x.shape[-2]
+    wk = np.abs(np.asarray(w_k, np.float64)).reshape(c, g, d)  # (C, G, D)
+    wk = np.repeat(wk.transpose(1, 0, 2), h // g, axis=0)  # (H, C, D)
+    qa = np.einsum("bhd,hcd->bhc", np.abs(q), wk)  # (B, H, C)
+    a = np.einsum("bhc,bsc->bhs", qa, np.abs(x)).max(initial=0.0) / math.sqrt(d)
+    v = np.linalg.norm(x, axis=-1).max(initial=0.0) * _col_norms(w_v).max()
+    rc, rd = math.sqrt(c), math.sqrt(d)
+    return float(v * (math.sqrt(s) + rc + 4 + 2 * (rd + rc) * a))
+
+
+def slim_kernel_scale(
+    q: np.ndarray,
+    cache: np.ndarray,
+    w: np.ndarray,
+    w_k: np.ndarray | None = None,
+    fp16_p: bool = False,
+    fp16_qt: bool = False,
+) -> float:
+    """The ``scale`` (for the "gpu" rows) of a slim-attention decode kernel against
+    the float64 truth on the same stored inputs (gpu/slim_attention.cu).
+
+    The kernel forms u_h = sum_j p_hj c_j over the cache rows c_j (C,), then
+    out_h = u_h W[:, h*D:(h+1)*D] (+ b). With the probabilistic factor lam*u32:
+      * scores: K-only s_hj = q_h . c_j[head h] / sqrt(D) errs by
+        lam sqrt(D) u32 a_hj, a_hj = sum_i |q_hi c_ji| / sqrt(D); the X cache
+        (w_k given) scores q~_h . c_j with q~_h = q_h W_K,h^T, two sums of lengths
+        D and C: lam (sqrt(D) + sqrt(C)) u32 a'_hj, a'_hj = (|q_h||W_K,h|^T).|c_j|
+        / sqrt(D); if q~ is rounded to fp16 for the tensor cores (fp16_qt), also
+        u16 a'_hj. exp turns |ds| into relative errors of p of at most 2 max|ds|;
+      * P rounded to fp16 for the tensor cores (fp16_p): relative u16 per weight;
+      * u_c = sum_j p_j c_jc: lam sqrt(S) u32 sum_j p_j |c_jc|, and the relative
+        errors of p give eps_p sum_j p_j |c_jc|; both <= eps * kmax_c with
+        kmax_c = max_j |c_jc|; the split combine adds a few u32;
+      * out_d = sum_c u_c W_cd: sum_c |du_c||W_cd| + lam sqrt(C) u32 sum |u_c W_cd|.
+    So |d out| <= lam u32 A (sqrt(S) + sqrt(C) + 2 sqrt(Dk) a + 4
+    [+ 2 a u16/(lam u32)] [+ u16/(lam u32)]) with A = max_hd sum_c kmax_c |W_cd|,
+    a = max a_hj and Dk = D (K-only) or (sqrt(D) + sqrt(C))^2 (X cache).
+    Shapes: q (B, H, D); cache (B, S, C) as attended; w (C, C); w_k (C, C) or None.
+    """
+    q = np.asarray(q, np.float64)
+    c_ = np.asarray(cache, np.float64)
+    b, h, d = q.shape
+    s, c = c_.shape[1], c_.shape[2]
+    kmax = np.abs(c_).max(axis=(0, 1))  # (C,)
+    big_a = float((kmax @ np.abs(np.asarray(w, np.float64))).max(initial=0.0))
+    if w_k is None:
+        ck = np.abs(c_).reshape(b, s, h, d)
+        a = np.einsum("bhd,bshd->bhs", np.abs(q), ck).max(initial=0.0) / math.sqrt(d)
+        root = math.sqrt(d)
+    else:
+        wk = np.abs(np.asarray(w_k, np.float64)).reshape(c, h, d)
+        qa = np.einsum("bhd,chd->bhc", np.abs(q), wk)  # (B, H, C)
+        a = np.einsum("bhc,bsc->bhs", qa, np.abs(c_)).max(initial=0.0) / math.sqrt(d)
+        root = math.sqrt(d) + math.sqrt(c)
+    k16 = _U16 / (LAM * _U32)  # an fp16 rounding in units of the row's lam*u32
+    terms = math.sqrt(s) + math.sqrt(c) + 2 * root * a + 4
+    terms += 2 * a * k16 if fp16_qt else 0.0
+    terms += k16 if fp16_p else 0.0
+    return big_a * terms

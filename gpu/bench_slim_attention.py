@@ -162,7 +162,7 @@ def decode(quick: bool, read_bw) -> list[dict]:
             # K-only
             sets, base = _sets(rng, b, s, False, read_bw)
             truth = _truth(*sets[0][:4])
-            for ver in (1, 2, 3, 4, 5):
+            for ver in (1, 2, 3, 4, 5, 6):
                 if ver == 1 and b * s > 16384:
                     continue  # v1 reads the cache H times; its trend is clear below
                 rows.append(_run(f"slim_v{ver}", ver, False, sets, truth, base))
@@ -187,7 +187,7 @@ def split_sweep(read_bw) -> list[dict]:
     for b in (1, 8):
         sets, base = _sets(rng, b, 16384, False, read_bw)
         truth = _truth(*sets[0][:4])
-        for ver in (3, 5):
+        for ver in (3, 6):
             for n in (1, 2, 4, 8, 15, 16, 30, 32, 64):
                 rows.append(_run(f"slim_v{ver}", ver, False, sets, truth, base, n))
         bench._free(sets)

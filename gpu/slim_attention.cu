@@ -45,6 +45,11 @@
 //     tile . block-diagonal q, D / 16 mma, no shuffles; v4 spent ~45 % of its
 //     instructions on the CUDA-core dots and their shuffles) and tile loads
 //     with the swizzled slot computed once (8 rows per pass, fixed chunk).
+// v6  v5 with the scores computed one tile ahead: tile t's P . K runs
+//     between the arrive and the wait of tile t+1's cluster barrier, so the
+//     barrier (and its fence) leaves the critical path; P and alpha
+//     double-buffered. K-only (the X cache lacks the shared memory for a
+//     third tile stage beside its query rows).
 // X cache: xv1 = v1's kernel with q~ (fp32); xv3 = v3's kernel with q~
 //     (fp16) and the score summed over the cluster instead of gathered;
 //     xv4 = v4's layout, scores on tensor cores, a 2-stage ring; xv5 = xv4
@@ -777,6 +782,225 @@ __device__ void attend_v4(const __half* q, const __half* cache, float* acc,
   cluster.sync();
 }
 
+// --- v6: v5 (K-only) with the cluster barrier off the critical path ---
+// v5 ran at ~12 cycles per issued instruction: every 64-key tile waits on a
+// __syncthreads, a cluster barrier (with its release fence) and a second
+// __syncthreads, in series. v6 computes the scores one tile ahead: tile t's
+// P . K runs between the arrive and the wait of tile t+1's score exchange,
+// so the barrier's latency hides behind the tensor-core work. The P tile and
+// alpha are double-buffered (a fast warp may start tile t+1's softmax while
+// a slow one still reads tile t's P).
+__device__ __forceinline__ void cluster_arrive() {
+  asm volatile("barrier.cluster.arrive.release.aligned;\n" ::: "memory");
+}
+__device__ __forceinline__ void cluster_wait() {
+  asm volatile("barrier.cluster.wait.acquire.aligned;\n" ::: "memory");
+}
+
+template <int MT, int CS>
+constexpr int v6_smem() {
+  return 3 * NK4 * CS * 2 + 2 * 16 * MT * PST4 * 2 + 2 * 16 * MT * NK4 * 4 +
+         2 * 16 * MT * 4;
+}
+
+template <int MT, int CS>
+__device__ void attend_v6(const __half* q, const __half* cache, float* acc,
+                          float* ml, int H, int S, int SA, int D, int chunk) {
+  constexpr int M = 16 * MT, CH = CS / 8, NW = CS / 32, ST = 3;
+  constexpr int NT = 4;
+  constexpr int RPW = (M + NW - 1) / NW;
+  const int C = CL * CS;
+  extern __shared__ __align__(128) unsigned char smem[];
+  __half* kt = (__half*)smem;                 // 3 x NK4 x CS, swizzled
+  __half* ps = kt + ST * NK4 * CS;            // 2 x M x PST4
+  float* sb = (float*)(ps + 2 * M * PST4);    // 2 x M x NK4 scores
+  float* alpha = sb + 2 * M * NK4;            // 2 x M
+
+  cg::cluster_group cluster = cg::this_cluster();
+  const int rank = (int)cluster.block_rank();
+  const int split = blockIdx.y, b = blockIdx.z, n = gridDim.y;
+  const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
+  const int s0 = split * chunk, s1 = min(S, s0 + chunk);
+  const int ntiles = (s1 - s0 + NK4 - 1) / NK4;
+  const int col0 = rank * CS;
+  const int hb = CS / D;
+  const __half* kb = cache + (size_t)b * SA * C + col0;
+  const int mi = lane >> 3;
+
+  const int r0 = tid / CH, ch0 = tid % CH;
+  const int dst0 = r0 * CS + ((ch0 ^ r0) & 7 | (ch0 & ~7)) * 8;
+  auto load_tile = [&](int t) {
+    __half* dst = kt + (t % ST) * NK4 * CS;
+    const int j0 = s0 + t * NK4 + r0;
+    const __half* src = kb + (size_t)j0 * C + ch0 * 8;
+#pragma unroll
+    for (int k = 0; k < NK4 / 8; ++k) {
+      bool ok = j0 + 8 * k < s1;
+      cp_async16(dst + dst0 + 8 * k * CS, ok ? src + (size_t)8 * k * C : kb,
+                 ok);
+    }
+  };
+  auto scores = [&](int t) {  // own heads of tile t -> sb[t & 1]
+    const __half* kt_s = kt + (t % ST) * NK4 * CS;
+    float* sbt = sb + (t & 1) * M * NK4;
+    for (int pr = warp; pr < (NK4 / 16) * hb; pr += NW) {
+      const int mt = pr % (NK4 / 16), hl = pr / (NK4 / 16);
+      const int hh = rank * hb + hl;
+      const __half* qh = q + ((size_t)b * H + hh) * D;
+      const bool mine = lane / 4 == hl;
+      float c4[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+      for (int ks = 0; ks < D / 16; ++ks) {
+        unsigned a[4], bf[2];
+        ldsm_x4(a, kt_s + swz<CS>(16 * mt + (mi & 1) * 8 + (lane & 7),
+                                  hl * D + ks * 16 + (mi >> 1) * 8));
+        const int k = ks * 16 + (lane % 4) * 2;
+        bf[0] = mine ? *(const unsigned*)(qh + k) : 0u;
+        bf[1] = mine ? *(const unsigned*)(qh + k + 8) : 0u;
+        mma16816(c4, a, bf);
+      }
+      if ((lane % 4) == hl / 2) {
+        const bool odd = hl % 2;
+        const int key = 16 * mt + lane / 4;
+        sbt[hh * NK4 + key] = odd ? c4[1] : c4[0];
+        sbt[hh * NK4 + key + 8] = odd ? c4[3] : c4[2];
+      }
+    }
+  };
+
+  float acc_r[MT][NT][4];
+#pragma unroll
+  for (int a = 0; a < MT; ++a)
+#pragma unroll
+    for (int c = 0; c < NT; ++c)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) acc_r[a][c][e] = 0.0f;
+  float m_r[RPW], l_r[RPW];
+#pragma unroll
+  for (int i = 0; i < RPW; ++i) m_r[i] = NEG_INF, l_r[i] = 0.0f;
+  const float qscale = LOG2E * rsqrtf((float)D);
+
+  // Prologue: tiles 0 and 1 in flight, tile 0's scores exchanged.
+  load_tile(0);
+  cp_async_commit();
+  if (ntiles > 1) load_tile(1);
+  cp_async_commit();
+  cp_async_wait<1>();
+  __syncthreads();
+  scores(0);
+  cluster_arrive();
+  cluster_wait();
+
+  for (int t = 0; t < ntiles; ++t) {
+    const float* sbt = sb + (t & 1) * M * NK4;
+    __half* pst = ps + (t & 1) * M * PST4;
+    float* alt = alpha + (t & 1) * M;
+    // 1. Softmax of tile t (scores gathered from each head's owner).
+    {
+      float sv[RPW][2];
+#pragma unroll
+      for (int i = 0; i < RPW; ++i) {
+        const int r = warp + NW * i;
+        sv[i][0] = sv[i][1] = 0.0f;
+        if (r < H) {
+          const float* src = cluster.map_shared_rank(sbt, r / hb) + r * NK4;
+          sv[i][0] = src[lane];
+          sv[i][1] = src[lane + 32];
+        }
+      }
+      const int j = s0 + t * NK4 + lane;
+#pragma unroll
+      for (int i = 0; i < RPW; ++i) {
+        const int r = warp + NW * i;
+        if (r >= M) continue;
+        if (r >= H) {
+          pst[r * PST4 + lane] = pst[r * PST4 + lane + 32] =
+              __float2half_rn(0.0f);
+          if (lane == 0) alt[r] = 1.0f;
+          continue;
+        }
+        float x0 = j < s1 ? sv[i][0] * qscale : NEG_INF;
+        float x1 = j + 32 < s1 ? sv[i][1] * qscale : NEG_INF;
+        float mnew = fmaxf(m_r[i], warp_max(fmaxf(x0, x1)));
+        float p0 = exp2f(x0 - mnew), p1 = exp2f(x1 - mnew);
+        float a = exp2f(m_r[i] - mnew);
+        l_r[i] = l_r[i] * a + warp_sum(p0 + p1);
+        m_r[i] = mnew;
+        pst[r * PST4 + lane] = __float2half_rn(p0);
+        pst[r * PST4 + lane + 32] = __float2half_rn(p1);
+        if (lane == 0) alt[r] = a;
+      }
+    }
+    // 2. P(t) visible; tile t-1's stage free; tile t+1 landed.
+    cp_async_wait<0>();
+    __syncthreads();
+    if (t + 2 < ntiles) load_tile(t + 2);
+    cp_async_commit();
+    // 3. Tile t+1's scores, then announce them (no wait yet).
+    if (t + 1 < ntiles) scores(t + 1);
+    cluster_arrive();
+    // 4. acc = alpha * acc + P(t) . tile t, while the barrier completes.
+    const __half* kt_s = kt + (t % ST) * NK4 * CS;
+    const int cw = warp * NT * 8;
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt) {
+      float a0 = alt[16 * mt + lane / 4], a1 = alt[16 * mt + lane / 4 + 8];
+#pragma unroll
+      for (int c = 0; c < NT; ++c) {
+        acc_r[mt][c][0] *= a0, acc_r[mt][c][1] *= a0;
+        acc_r[mt][c][2] *= a1, acc_r[mt][c][3] *= a1;
+      }
+    }
+#pragma unroll
+    for (int kk = 0; kk < NK4 / 16; ++kk) {
+      unsigned a[MT][4];
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt)
+        ldsm_x4(a[mt], pst + (16 * mt + (mi & 1) * 8 + (lane & 7)) * PST4 +
+                           kk * 16 + (mi >> 1) * 8);
+#pragma unroll
+      for (int np = 0; np < NT / 2; ++np) {
+        unsigned bf[4];
+        ldsm_x4_t(bf, kt_s + swz<CS>(kk * 16 + (mi & 1) * 8 + (lane & 7),
+                                     cw + np * 16 + (mi >> 1) * 8));
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt) {
+          mma16816(acc_r[mt][2 * np], a[mt], bf);
+          mma16816(acc_r[mt][2 * np + 1], a[mt], bf + 2);
+        }
+      }
+    }
+    cluster_wait();  // tile t+1's scores from every block are visible
+  }
+
+  if (rank == 0) {
+#pragma unroll
+    for (int i = 0; i < RPW; ++i) {
+      int r = warp + NW * i;
+      if (r < H && lane == 0) {
+        float* o = ml + (((size_t)b * n + split) * H + r) * 2;
+        o[0] = m_r[i];
+        o[1] = l_r[i];
+      }
+    }
+  }
+  float* ab = acc + ((size_t)b * n + split) * H * C + col0 + warp * NT * 8;
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt) {
+    int r = 16 * mt + lane / 4;
+#pragma unroll
+    for (int c = 0; c < NT; ++c) {
+      int k = c * 8 + 2 * (lane % 4);
+      if (r < H)
+        *(float2*)(ab + (size_t)r * C + k) =
+            make_float2(acc_r[mt][c][0], acc_r[mt][c][1]);
+      if (r + 8 < H)
+        *(float2*)(ab + (size_t)(r + 8) * C + k) =
+            make_float2(acc_r[mt][c][2], acc_r[mt][c][3]);
+    }
+  }
+  cluster.sync();
+}
+
 // extern "C": one symbol per storage type, version and tile shape.
 #define ENTRY_V1(SUF, T)                                                    \
   extern "C" __global__ void slim_attention_attend_v1_##SUF(                \
@@ -854,3 +1078,16 @@ ENTRY_V4_SHAPES(v4, false, 3, false)
 ENTRY_V4_SHAPES(xv4, true, 2, false)
 ENTRY_V4_SHAPES(v5, false, 3, true)
 ENTRY_V4_SHAPES(xv5, true, 2, true)
+
+#define ENTRY_V6(MT, CS)                                                    \
+  extern "C" __global__ void __cluster_dims__(CL, 1, 1)                     \
+      __launch_bounds__(CS, 1) slim_attention_attend_v6_m##MT##c##CS(       \
+          const __half* q, const __half* cache, float* acc, float* ml,      \
+          int H, int S, int SA, int D, int chunk) {                         \
+    attend_v6<MT, CS>(q, cache, acc, ml, H, S, SA, D, chunk);               \
+  }
+ENTRY_V6(1, 128)
+ENTRY_V6(1, 256)
+ENTRY_V6(2, 256)
+ENTRY_V6(2, 384)
+ENTRY_V6(2, 512)

@@ -20,7 +20,7 @@ import numpy as np
 from gpu import runtime as rt
 
 SLUG = "slim_attention"
-VERSIONS = (1, 2, 3, 4, 5)  # K-only cache
+VERSIONS = (1, 2, 3, 4, 5, 6)  # K-only cache
 XVERSIONS = (1, 3, 4, 5)  # X cache with absorbed weights
 DTYPES = (np.float32, np.float16)
 FAST_DTYPES = (np.float16,)  # v2, v3, xv3: fp16 tensor cores
@@ -69,9 +69,12 @@ def fast_smem_bytes(mt: int, nt: int, stages: int) -> int:
     return stages * NK * cs * 2 + m * cs * 2 + m * PST * 2 + 2 * m * NK * 4 + m * 4
 
 
-def v4_smem_bytes(mt: int, cs: int, xc: bool) -> int:
-    """Dynamic shared memory of v4/xv4 (v4_smem in the .cu)."""
+def v4_smem_bytes(mt: int, cs: int, xc: bool, version: int = 4) -> int:
+    """Dynamic shared memory of v4/v5/xv4/xv5 (v4_smem in the .cu) and v6 (v6_smem:
+    three tile stages, P, scores and alpha double-buffered)."""
     m, st = 16 * mt, STAGES_V4[xc]
+    if version == 6:
+        return 3 * NK4 * cs * 2 + 2 * m * PST4 * 2 + 2 * m * NK4 * 4 + 2 * m * 4
     return (
         st * NK4 * cs * 2
         + (m * cs * 2 if xc else 0)
@@ -84,7 +87,7 @@ def v4_smem_bytes(mt: int, cs: int, xc: bool) -> int:
 def split_plan(
     b: int, s: int, n_split: int | None = None, h: int = 32, c: int = 4096, nk: int = NK
 ) -> tuple[int, int]:
-    """(n_split, chunk) for v2-v5: S in n_split chunks, one cluster each per sequence.
+    """(n_split, chunk) for v2-v6: S in n_split chunks, one cluster each per sequence.
 
     The default minimises a byte model of the step: A clusters run at once (one
     block per SM), so the cache streams in ceil(B n / A) waves, each as long as one
@@ -110,7 +113,7 @@ def split_plan(
 
 
 def plan(version: int, b: int, h: int, s: int, d: int, n_split=None):
-    """(n_split, chunk) of a cluster version (v2-v5) at these sizes."""
+    """(n_split, chunk) of a cluster version (v2-v6) at these sizes."""
     return split_plan(b, s, n_split, h, h * d, NK4 if version >= 4 else NK)
 
 
@@ -259,7 +262,7 @@ def _attend_gemv_finish(prefix, version, qx, cache, w, b_v, out, v, dims, n_spli
         args = (qx, cache, acc, ml, i32(h), i32(s), i32(sa), i32(d), i32(chunk))
         if version >= 4:
             cs = c // CL
-            smem = v4_smem_bytes(mt, cs, prefix.startswith("x"))
+            smem = v4_smem_bytes(mt, cs, prefix.startswith("x"), version)
             fn = _fast_kernel(prefix, mt, f"c{cs}", smem)
             fn((CL, n, b), (cs,), args, shared_mem=smem)
         else:
@@ -295,9 +298,9 @@ def slim_decode(
         k_cache: (B, S, C) keys, C = H*D, the only cache; rows >= length unused.
         w_kv: (C, C) = W_K^-1 W_V (reference.slim_attention.fold_w_kv), q's dtype.
         b_v: (C,) value bias or None (the key bias is dropped: it cancels).
-        version: 1 (float32 or float16), 2-5 (float16, tensor cores).
+        version: 1 (float32 or float16), 2-6 (float16, tensor cores).
         length: keys to attend (default S).
-        n_split: v2-v5: chunks S is split into (default split_plan).
+        n_split: v2-v6: chunks S is split into (default split_plan).
         out, workspace: optional preallocated (B, H, D) output of q's dtype and
             float32 scratch of >= workspace_elems(version, B, H, length, D) elements.
     Returns:

@@ -123,7 +123,7 @@ def test_v1_matches_baseline(dtype, cs):
     _check(1, cs, dtype, xcache=False)
 
 
-@pytest.mark.parametrize("version", [2, 3, 4, 5])
+@pytest.mark.parametrize("version", [2, 3, 4, 5, 6])
 @given(cs=case(fast=True))
 def test_fast_matches_baseline(version, cs):
     _check(version, cs, np.float16, xcache=False)
@@ -162,7 +162,7 @@ def test_every_split_plan_agrees():
     q, cache, w, b_v, _ = _inputs(b, h, d, sa, 1.0, True, 11, np.float16)
     ref = _truth(q, cache, w, b_v)
     scale = slim_kernel_scale(q, cache, w, fp16_p=True)
-    for version in (3, 4, 5):
+    for version in (3, 4, 5, 6):
         for n in (1, 2, 3, 7, 15, 16, 31, 32):
             got = _run_slim(version, q, cache, w, b_v, None, n)
             assert_close(got, ref, "gpu", np.float16, scale)
@@ -195,7 +195,7 @@ def test_bad_inputs_rejected_before_launch():
             version=3,
         )
     with pytest.raises(ValueError, match="version"):
-        slim_decode(q, k, w, version=6)
+        slim_decode(q, k, w, version=7)
     with pytest.raises(ValueError, match="n_split"):
         slim_decode(q, k, w, n_split=51)
     with pytest.raises((TypeError, ValueError), match="b_v"):

@@ -156,6 +156,24 @@ def test_checker_rejects_a_forgotten_bias():
         assert_close(wrong, ref, "gpu", np.float16, scale)
 
 
+def test_checker_rejects_xcache_mistakes():
+    """Known-wrong for the X cache: a forgotten b_V, and W_K of the wrong head order
+    (W_K,h taken as rows instead of columns), must fail where the right call passes."""
+    cs = (2, 32, 128, 300, None, 1.0, None, True, 8)
+    b, h, d, sa, length, amp, n_split, bias, seed = cs
+    q, cache, w, b_v, w_k = _inputs(b, h, d, sa, amp, bias, seed, np.float16, True)
+    ref = _truth(q, cache, w, b_v, w_k)
+    scale = slim_kernel_scale(q, cache, w, w_k, fp16_p=True, fp16_qt=True)
+    right = _run_x(5, q, cache, w_k, w, b_v, None, None)
+    assert_close(right, ref, "gpu", np.float16, scale)
+    for wrong in (
+        _run_x(5, q, cache, w_k, w, None, None, None),
+        _run_x(5, q, cache, np.ascontiguousarray(w_k.T), w, b_v, None, None),
+    ):
+        with pytest.raises(AssertionError):
+            assert_close(wrong, ref, "gpu", np.float16, scale)
+
+
 def test_every_split_plan_agrees():
     """n_split from 1 to S/NK: the same output within the same derived tolerance."""
     b, h, d, sa = 1, 32, 128, 1000

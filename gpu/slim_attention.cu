@@ -890,6 +890,7 @@ __device__ void attend_v6(const __half* q, const __half* cache, float* acc,
   cluster_arrive();
   cluster_wait();
 
+  // [v6 loop]
   for (int t = 0; t < ntiles; ++t) {
     const float* sbt = sb + (t & 1) * M * NK4;
     __half* pst = ps + (t & 1) * M * PST4;
@@ -971,6 +972,7 @@ __device__ void attend_v6(const __half* q, const __half* cache, float* acc,
     }
     cluster_wait();  // tile t+1's scores from every block are visible
   }
+  // [v6 loop end]
 
   if (rank == 0) {
 #pragma unroll

@@ -1,0 +1,421 @@
+"""Benchmark cases for chapter 2: the precomputed-table gather + RoPE against what it
+replaces, the first layer's norm and projections through cuBLAS.
+
+    python -m gpu.bench precompute [--quick] [--out results]
+
+Shapes of two real models, fp16 (reference/models.py): Mistral-7B (serial, GQA,
+row [x | Q | K | V] of W = 10,240, full rotary) and Pythia-6.9B (parallel, MHA,
+row [Q | K | V | x + FFN] of W = 16,384, rotary on 32 of 128 dims), for
+B in {1, 16, 256, 1024} tokens (quick: {1, 1024}). Each token is one decoded
+sequence's new token: B distinct ids from the full vocabulary, random positions.
+
+* gather v1..v3 (gpu/precompute.cu): validated against reference.precompute's
+  gather_rope in float64, then timed in CUDA graphs (gpu.bench.time_cupy), id sets
+  rotated so that together they exceed 2x L2. Floor: bytes_moved / copy ceiling
+  (each row read once and written once).
+* cublas_layer1: the baseline, the embedding rows E[ids], the norm(s)
+  (precompute_norm_v1), the Q/K/V projection with cupy.matmul (cuBLAS), and for
+  Pythia LN2, W_in + bias + GELU, W_out + bias + residual. Each stage is validated
+  against float64 on its own fp16 input (rows 0 and B-1), then the whole chain is
+  timed with CUDA events (gpu.bench.time_events: CuPy cannot capture cuBLAS in a
+  graph, so Python issues each launch; at small B that overhead is in the figure).
+  Floor: max(weights + rows read once / read ceiling, FLOPs / fp16 GEMM ceiling).
+* cublas_gemm: the projections' matmuls alone, the least cuBLAS must do.
+
+Every gather row carries paper_factor (the paper's read-reduction factor for this
+model and B) and vs_cublas (cublas_layer1 time / this time, same run).
+Results: results/precompute.json (gpu.bench.record adds provenance).
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from dataclasses import dataclass
+
+import numpy as np
+
+from gpu import bench
+from gpu import precompute as gp
+from gpu import runtime as rt
+
+BATCHES = (1, 16, 256, 1024)
+QUICK_BATCHES = (1, 1024)
+N_POS = 4096  # positions drawn from [0, N_POS): Mistral's sliding window
+MODEL_NAMES = ("mistral-7b", "pythia-6.9b")
+F16 = np.float16
+LN_EPS, RMS_EPS = 1e-5, 1e-5  # GPT-NeoX LayerNorm, Mistral RMSNorm
+
+
+@dataclass(frozen=True)
+class Shape:
+    """One model's first-layer shape (from reference/models.py)."""
+
+    name: str
+    C: int
+    H: int
+    G: int
+    D: int
+    F: int
+    V: int
+    R: int  # rotary dims per head
+    parallel: bool
+
+    @property
+    def qkv(self) -> int:
+        return (self.H + 2 * self.G) * self.D
+
+    @property
+    def W(self) -> int:
+        return self.C + self.qkv
+
+
+def shape_of(name: str) -> Shape:
+    from reference.models import MODELS
+
+    m = MODELS[name]
+    return Shape(
+        name=name, C=m.d_model, H=m.n_heads, G=m.n_kv_heads, D=m.head_dim,
+        F=m.d_ff, V=m.vocab, R=round(m.head_dim * (m.rot_pct or 1.0)),
+        parallel=bool(m.parallel_block),
+    )  # fmt: skip
+
+
+def decoder_config(s: Shape, v: int):
+    """A reference.common.DecoderConfig with this row layout (V rows)."""
+    from reference.common import DecoderConfig
+
+    return DecoderConfig(
+        V=v, C=s.C, H=s.H, G=s.G, D=s.D, F=1, L=1, parallel=s.parallel, rot_dim=s.R
+    )
+
+
+def paper_factor(name: str, b: int) -> float:
+    """The paper's predicted first-layer read reduction (reference/models.py)."""
+    from reference.models import MODELS, precompute_reduction
+
+    return precompute_reduction(MODELS[name], b)
+
+
+def _normal(rng, shape, scale=1.0):
+    """fp16 N(0, scale^2) drawn in float32 in slabs of 4096 rows (no 2x temp)."""
+    import cupy as cp
+
+    out = cp.empty(shape, dtype=F16)
+    for i in range(0, shape[0], 4096):
+        out[i : i + 4096] = rng.standard_normal(
+            (min(4096, shape[0] - i),) + tuple(shape[1:]), dtype=cp.float32
+        ) * np.float32(scale)
+    return out
+
+
+# --- the trick: gather + RoPE --------------------------------------------------
+
+
+def _id_sets(rng_np, s: Shape, b: int, n: int):
+    """n disjoint sets of B distinct ids (no row is read twice) and positions."""
+    import cupy as cp
+
+    perm = rng_np.permutation(s.V)[: n * b].reshape(n, b)
+    pos = rng_np.integers(0, N_POS, (n, b))
+    return [
+        (cp.asarray(perm[i], cp.int32), cp.asarray(pos[i], cp.int32)) for i in range(n)
+    ]
+
+
+def gather_cases(s: Shape, table, cos, sin, b, versions, ceil, rng_np) -> list[dict]:
+    import cupy as cp
+
+    from reference.precompute import gather_rope
+    from reference.testing import assert_close
+
+    lay = dict(rot_off=0 if s.parallel else s.C, n_heads=s.H + s.G)
+    lay.update(head_dim=s.D, rot_dim=s.R)
+    nbytes = gp.bytes_moved(b, s.W, 2, s.R)
+    copies = max(1, min(bench.n_copies(nbytes), s.V // b))  # disjoint id sets
+    sets = _id_sets(rng_np, s, b, copies)
+    outs = [cp.empty((b, s.W), F16) for _ in sets]
+    pos0 = cp.asnumpy(sets[0][1])
+    rows64 = cp.asnumpy(table[sets[0][0]]).astype(np.float64)  # (B, W)
+    truth = gather_rope(rows64, np.arange(b), pos0, decoder_config(s, b))
+    scale = float(np.abs(rows64).max())  # tests/test_precompute.py::gpu_scale
+    base = dict(model=s.name, B=b, S=0, W=s.W, dtype="float16", bytes=nbytes)
+    base.update(flops=gp.flops(b, s.H + s.G, s.R), copies=len(sets))
+    base["paper_factor"] = paper_factor(s.name, b)
+    if "copy_bytes_per_s" in ceil:
+        base["floor_us"] = nbytes / ceil["copy_bytes_per_s"] * 1e6
+    rows = []
+    for ver in versions:
+        row = dict(name=f"v{ver}", **base)
+
+        def call(i, ver=ver, check=False):
+            tok, pos = sets[i]
+            return gp.gather_rope(
+                table, tok, pos, cos, sin, **lay, version=ver, out=outs[i],
+                check_ids=check,
+            )  # fmt: skip
+
+        try:
+            outs[0].fill(np.nan)  # poisoned: an unwritten element fails
+            got = cp.asnumpy(call(0, check=True))
+            row["error_used"] = assert_close(got, truth, "gpu", F16, scale)
+        except (AssertionError, ValueError) as e:
+            row["status"] = f"FAILED validation: {e}"
+            print(f"  {s.name} B={b} v{ver}: {row['status']}", file=sys.stderr)
+            rows.append(row)
+            continue
+        calls = [lambda i=i, c=call: c(i) for i in range(len(sets))]
+        rows.append(bench._finish(row, bench.time_cupy(calls, samples=30)))
+    return rows
+
+
+# --- the baseline: what the table replaces, through cuBLAS -----------------------
+
+
+def _elementwise():
+    """Fused fp32 epilogues for the baseline (one fp16 rounding each)."""
+    import cupy as cp
+
+    bias = cp.ElementwiseKernel(
+        "float16 y, float16 b", "float16 z", "z = (float)y + (float)b", "pc_bias"
+    )
+    gelu = cp.ElementwiseKernel(
+        "float16 y, float16 b",
+        "float16 z",
+        "float h = (float)y + (float)b; z = 0.5f * h * (1.0f + erff(h * 0.70710678f))",
+        "pc_bias_gelu",
+    )
+    resid = cp.ElementwiseKernel(
+        "float16 y, float16 b, float16 x",
+        "float16 z",
+        "z = (float)y + (float)b + (float)x",
+        "pc_bias_residual",
+    )
+    return bias, gelu, resid
+
+
+def _baseline_weights(s: Shape, rng):
+    """Random fp16 weights N(0, 1/fan_in), biases and norm parameters for Pythia."""
+    w = dict(
+        E=_normal(rng, (s.V, s.C)), qkv=_normal(rng, (s.C, s.qkv), s.C**-0.5),
+        g1=1 + _normal(rng, (s.C,), 0.1), b1=_normal(rng, (s.C,), 0.1),
+    )  # fmt: skip
+    if s.parallel:
+        w.update(
+            b_qkv=_normal(rng, (s.qkv,), 0.1), g2=1 + _normal(rng, (s.C,), 0.1),
+            b2=_normal(rng, (s.C,), 0.1), w_in=_normal(rng, (s.C, s.F), s.C**-0.5),
+            b_in=_normal(rng, (s.F,), 0.1), w_out=_normal(rng, (s.F, s.C), s.F**-0.5),
+            b_out=_normal(rng, (s.C,), 0.1),
+        )  # fmt: skip
+    return w
+
+
+def _gemm_values(s: Shape) -> int:
+    """Matrix weights the projections read: W_QKV (+ W_in, W_out)."""
+    return s.C * s.qkv + (2 * s.C * s.F if s.parallel else 0)
+
+
+def _weight_values(s: Shape) -> int:
+    """All weights the baseline reads per call: matrices, norms, biases."""
+    small = 2 * s.C + (s.qkv + 2 * s.C + s.F + s.C if s.parallel else 0)
+    return _gemm_values(s) + small
+
+
+def _layer1(s: Shape, w: dict, tok, buf: dict, kernels, gemm_only=False):
+    """The baseline: x = E[ids]; N1(x) W_QKV (+b); parallel: + N2, FFN, residual.
+    Writes into ``buf`` (preallocated); returns it."""
+    import cupy as cp
+
+    bias, gelu, resid = kernels
+    if not gemm_only:
+        cp.take(w["E"], tok, axis=0, out=buf["x"])
+        _norm(buf["x"], w["g1"], w["b1"], buf["xn1"], s.parallel)
+    cp.matmul(buf["xn1"], w["qkv"], out=buf["y0"])
+    if not s.parallel:
+        return buf
+    if not gemm_only:
+        bias(buf["y0"], w["b_qkv"], buf["qkv"])
+        _norm(buf["x"], w["g2"], w["b2"], buf["xn2"], True)
+    cp.matmul(buf["xn2"], w["w_in"], out=buf["h0"])
+    if not gemm_only:
+        gelu(buf["h0"], w["b_in"], buf["h"])
+    cp.matmul(buf["h"], w["w_out"], out=buf["y2"])
+    if not gemm_only:
+        resid(buf["y2"], w["b_out"], buf["x"], buf["r"])
+    return buf
+
+
+def _norm(x, g, b, y, layer: bool) -> None:
+    fn = rt.kernel(gp.SLUG, "precompute_norm_v1_f16")
+    eps = np.float32(LN_EPS if layer else RMS_EPS)
+    args = (x, g, b, y, np.int32(x.shape[1]), eps, np.int32(layer))
+    fn((x.shape[0],), (256,), args)
+
+
+def _buffers(s: Shape, b: int) -> dict:
+    import cupy as cp
+
+    shapes = dict(x=s.C, xn1=s.C, y0=s.qkv)
+    if s.parallel:
+        shapes.update(qkv=s.qkv, xn2=s.C, h0=s.F, h=s.F, y2=s.C, r=s.C)
+    return {k: cp.full((b, n), np.nan, F16) for k, n in shapes.items()}
+
+
+def _validate_layer1(s: Shape, w: dict, w64: dict, buf: dict, tok) -> float:
+    """Each stage against float64 on its own fp16 input, rows 0 and B-1; the
+    tolerance is the 'gpu' fp16 row with a derived scale (see each comment)."""
+    import cupy as cp
+
+    from reference.testing import assert_close
+
+    rows = sorted({0, buf["x"].shape[0] - 1})
+    h = {k: cp.asnumpy(v[rows]).astype(np.float64) for k, v in buf.items()}
+    e_rows = cp.asnumpy(w["E"][tok[cp.asarray(rows)]]).astype(np.float64)
+    used = [assert_close(h["x"], e_rows, "exact", F16)]
+
+    def norm_check(xn, g, bb, layer):
+        x = h["x"]
+        mu = x.mean(-1, keepdims=True) if layer else 0.0
+        eps = LN_EPS if layer else RMS_EPS
+        inv = 1 / np.sqrt(((x - mu) ** 2).mean(-1, keepdims=True) + eps)
+        want = (x - mu) * inv * g + (bb if layer else 0.0)
+        # fp32 sums over C: lam*sqrt(C)*u relative in the variance, a few u more
+        # in rsqrt and the products: scale (sqrt(C) + 4) * max|x - mu| inv |g|
+        sc = (math.sqrt(s.C) + 4) * float(
+            (np.abs(x - mu) * inv).max() * np.abs(g).max()
+        )
+        return assert_close(xn, want, "gpu", F16, sc)
+
+    def gemm_check(x, wm, y):
+        # K-term fp32 sum: lam*sqrt(K)*u * sum_i |x_i w_ij|; output rounding in rtol
+        sc = math.sqrt(wm.shape[0]) * float((np.abs(x) @ np.abs(wm)).max())
+        return assert_close(y, x @ wm, "gpu", F16, sc)
+
+    used.append(norm_check(h["xn1"], w64["g1"], w64["b1"], s.parallel))
+    used.append(gemm_check(h["xn1"], w64["qkv"], h["y0"]))
+    if s.parallel:
+        # fp32 epilogues: one u32 rounding of |terms|, then one fp16 rounding (rtol)
+        y0, yb = h["y0"], w64["b_qkv"]
+        sc = float((np.abs(y0) + np.abs(yb)).max())
+        used.append(assert_close(h["qkv"], y0 + yb, "gpu", F16, sc))
+        used.append(norm_check(h["xn2"], w64["g2"], w64["b2"], True))
+        used.append(gemm_check(h["xn2"], w64["w_in"], h["h0"]))
+        from reference.common import gelu
+
+        # the add, erff (<= 2 ulp) and two products: a few u32 of |pre|
+        pre = h["h0"] + w64["b_in"]
+        sc = 4 * float(np.abs(pre).max())
+        used.append(assert_close(h["h"], gelu(pre), "gpu", F16, sc))
+        used.append(gemm_check(h["h"], w64["w_out"], h["y2"]))
+        want = h["y2"] + w64["b_out"] + h["x"]
+        sc = float((np.abs(h["y2"]) + np.abs(w64["b_out"]) + np.abs(h["x"])).max())
+        used.append(assert_close(h["r"], want, "gpu", F16, sc))
+    return max(used)
+
+
+def _floor_us(nbytes: int, flops: int, ceil: dict) -> float:
+    """max(bytes / read ceiling, FLOPs / fp16 GEMM ceiling), in us."""
+    t = nbytes / ceil["read_bytes_per_s"]
+    if "gemm_fp16_flop_per_s" in ceil:
+        t = max(t, flops / ceil["gemm_fp16_flop_per_s"])
+    return t * 1e6
+
+
+def baseline_cases(s: Shape, b: int, w: dict, w64: dict, ceil, rng_np) -> list[dict]:
+    import cupy as cp
+
+    kernels = _elementwise()
+    wbytes = 2 * _weight_values(s)
+    out_w = s.W if s.parallel else s.qkv  # what the table row gives, less x
+    nbytes = wbytes + 2 * b * (s.C + out_w) + 4 * b
+    base = dict(model=s.name, B=b, S=0, W=s.W, dtype="float16", bytes=nbytes)
+    base.update(flops=2 * b * _gemm_values(s), paper_factor=paper_factor(s.name, b))
+    if ceil:
+        base["floor_us"] = _floor_us(nbytes, base["flops"], ceil)
+    # weights rotated too: copies of the whole set until > 2x L2 (1 for Pythia)
+    n = bench.n_copies(nbytes)
+    wsets = [w] + [
+        {k: v if k == "E" else v.copy() for k, v in w.items()} for _ in range(n - 1)
+    ]
+    toks = [cp.asarray(rng_np.permutation(s.V)[:b], cp.int32) for _ in wsets]
+    bufs = [_buffers(s, b) for _ in wsets]
+    rows = []
+    for name, gemm_only in (("cublas_layer1", False), ("cublas_gemm", True)):
+        row = dict(name=name, **base, copies=n)
+        if gemm_only:  # matrices, and each GEMM's input and output once
+            io = b * (s.C + s.qkv) + (2 * b * (s.C + s.F) if s.parallel else 0)
+            row["bytes"] = 2 * (_gemm_values(s) + io)
+            if ceil:
+                row["floor_us"] = _floor_us(row["bytes"], row["flops"], ceil)
+        calls = [
+            lambda i=i, g=gemm_only: _layer1(s, wsets[i], toks[i], bufs[i], kernels, g)
+            for i in range(n)
+        ]
+        if not gemm_only:
+            try:
+                calls[0]()
+                row["error_used"] = _validate_layer1(s, w, w64, bufs[0], toks[0])
+            except AssertionError as e:
+                row["status"] = f"FAILED validation: {e}"
+                print(f"  {s.name} B={b} {name}: {row['status']}", file=sys.stderr)
+                rows.append(row)
+                continue
+        elif rows[0].get("status", "ok") != "ok":  # same matmuls: not timed either
+            rows.append(dict(row, status="FAILED validation: see cublas_layer1"))
+            continue
+        else:
+            row["error_used"] = rows[0]["error_used"]
+        rows.append(bench._finish(row, bench.time_events(calls * 4, samples=10)))
+    return rows
+
+
+# --- driver ------------------------------------------------------------------------
+
+
+def run(quick: bool = False, ceil: dict | None = None) -> dict[str, list[dict]]:
+    """All cases: {"precompute": rows}. gpu.bench.run_trick prints and records it."""
+    import cupy as cp
+
+    ceil = ceil or {}
+    batches = QUICK_BATCHES if quick else BATCHES
+    versions = (1, 3) if quick else gp.VERSIONS
+    rows = []
+    rng = cp.random.default_rng(2402)
+    rng_np = np.random.default_rng(13388)
+    for name in MODEL_NAMES:
+        s = shape_of(name)
+        table = _normal(rng, (s.V, s.W))  # the enlarged embedding table, fp16
+        cos, sin = gp.rope_tables(N_POS, s.R)
+        w = _baseline_weights(s, rng)
+        w64 = {k: cp.asnumpy(v).astype(np.float64) for k, v in w.items() if k != "E"}
+        for b in batches:
+            gathered = gather_cases(s, table, cos, sin, b, versions, ceil, rng_np)
+            base = baseline_cases(s, b, w, w64, ceil, rng_np)
+            ref = next((r for r in base if r["name"] == "cublas_layer1"), {})
+            for r in gathered:
+                if r.get("status") == "ok" and ref.get("status") == "ok":
+                    r["vs_cublas"] = ref["median_us"] / r["median_us"]
+            rows += gathered + base
+        del table, w, w64
+        cp.get_default_memory_pool().free_all_blocks()
+    return {"precompute": rows}
+
+
+def print_table(rows: list[dict]) -> None:
+    nan = float("nan")
+    print(
+        f"{'model':<12}{'case':<14}{'B':>5}{'median us':>11}{'p10-p90':>16}"
+        f"{'GB/s':>7}{'floor us':>9}{'of floor':>9}{'err/tol':>8}"
+        f"{'vs cuBLAS':>10}{'paper x':>10}"
+    )
+    for r in rows:
+        head = f"{r['model']:<12}{r['name']:<14}{r['B']:>5}"
+        if r.get("status") != "ok":
+            print(f"{head}  {r.get('status')}")
+            continue
+        print(
+            f"{head}{r['median_us']:>11.2f}{r['p10_us']:>8.2f}-{r['p90_us']:<7.2f}"
+            f"{r['gb_per_s']:>7.0f}{r.get('floor_us', nan):>9.2f}"
+            f"{r.get('of_floor', nan):>9.2f}{r['error_used']:>8.3f}"
+            f"{r.get('vs_cublas', nan):>10.1f}{r['paper_factor']:>10.0f}"
+        )

@@ -173,7 +173,8 @@ def test_checker_rejects_a_forgotten_bias():
 def test_checker_rejects_xcache_mistakes():
     """Known-wrong for the X cache: a forgotten b_V, and W_K of the wrong head order
     (W_K,h taken as rows instead of columns), must fail where the right call passes."""
-    cs = (2, 32, 128, 300, None, 1.0, None, True, 8)
+    # amp = 4: a peaked softmax, so that the scores (and a wrong W_K) matter
+    cs = (2, 32, 128, 300, None, 4.0, None, True, 8)
     b, h, d, sa, length, amp, n_split, bias, seed = cs
     q, cache, w, b_v, w_k = _inputs(b, h, d, sa, amp, bias, seed, np.float16, True)
     ref = _baseline(q, cache, w, b_v, w_k)

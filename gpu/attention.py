@@ -81,7 +81,7 @@ def split_plan(
     The last chunk may be shorter; none is empty (n_split = ceil(S / chunk)).
     """
     if n_split is None:
-        sms = rt.device_info()["sm_count"] if rt.available() else 132
+        sms = rt.sm_count() if rt.available() else 132
         per_sm = PER_SM.get(version, 4)
         n_split = max(1, min(per_sm * sms // (b * h), math.ceil(s / MIN_CHUNK)))
     if not 1 <= int(n_split) <= min(s, MAX_GRID_YZ):

@@ -81,6 +81,16 @@ def device_info() -> dict:
     }
 
 
+@functools.cache
+def sm_count() -> int:
+    """Streaming multiprocessors of the current device. Cached: launchers size their
+    grids with it on every call, and device_info() also runs nvidia-smi."""
+    import cupy as cp
+
+    props = cp.cuda.runtime.getDeviceProperties(cp.cuda.Device().id)
+    return int(props["multiProcessorCount"])
+
+
 def device_summary() -> str:
     """One line: card, driver, CuPy."""
     if not available():

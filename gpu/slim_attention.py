@@ -95,7 +95,7 @@ def split_plan(
     ceil(B n / A) ceil(S / n / nk) nk C 2 A + 8 B n H C, over n <= min(S / nk,
     MAX_SPLIT). The last chunk may be shorter; none is empty."""
     if n_split is None:
-        sms = rt.device_info()["sm_count"] if rt.available() else 132
+        sms = rt.sm_count() if rt.available() else 132
         a = ACTIVE_CLUSTERS.get(sms, sms // CL - 1)
 
         def cost(n):

@@ -2,6 +2,9 @@
 # One device call: run the named stages, logs into OUTDIR (at most a few files).
 #   tools/gpu_session.sh OUTDIR info test sanitize bench-quick bench
 # Uses the GPU machine's python3 as it is (CuPy, NumPy, pytest, Hypothesis, torch).
+# Set TT_COMMIT to the hash of the tree you ship, computed on YOUR machine
+# (TT_COMMIT=<hash> tools/gpu_session.sh ...): the GPU machine's copy of .git can be
+# stale, and results/ would record the wrong commit (it happened on 2026-11-25).
 set -u
 out=${1:?usage: tools/gpu_session.sh OUTDIR STAGE...}
 shift

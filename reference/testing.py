@@ -314,3 +314,64 @@ def slim_kernel_scale(
     if fp16_p:
         terms += k16
     return big_a * terms
+
+
+# --- Deja Vu (chapter 4): sparse MLP, dense vs gathered, and its kernels ------------
+#
+# Worst-case dot-product bound (Higham 2002, eq. 3.5): a sum of n terms computed in
+# any order errs by at most gamma_n * sum |terms|, gamma_n = n u / (1 - n u) <= 1.01
+# n u while n u <= 0.01 (n <= 2^15 in float32). Two BLAS computations of the same
+# MLP (dense, and gathered over T >= S(x)) each err by at most that from the exact
+# value, so they differ by at most twice it: atol = 2 * 1.01 * u times the scale of
+# sparse_mlp_scale(worst_case=True), which carries the n's; rtol covers the final
+# rounding of each side (2u). In float64 a relative limit of 2u is below what the
+# float64 comparison itself resolves, so that row's relative part is the worst-case
+# gamma_n of one reduction, n <= 2^15, as in the "slim" row. Deterministic: never
+# flaky.
+TOLERANCES[("dot", "float64")] = Tolerance(
+    rtol=2 * 1.01 * N_MAX * _U64,
+    atol=2 * 1.01 * _U64,
+    why="2 sides x worst-case gamma_n dot-product bound (sparse_mlp_scale)",
+)
+TOLERANCES[("dot", "float32")] = Tolerance(
+    rtol=2 * _U32,
+    atol=2 * 1.01 * _U32,
+    why="2 sides x worst-case gamma_n dot-product bound (sparse_mlp_scale)",
+)
+
+
+def sparse_mlp_scale(
+    x: np.ndarray,
+    w1: np.ndarray,
+    b1: np.ndarray,
+    w2: np.ndarray,
+    b2: np.ndarray,
+    idx: np.ndarray | None = None,
+    worst_case: bool = False,
+) -> float:
+    """The ``scale`` of a (sparse) ReLU MLP y = relu(x w1[T]^T + b1[T]) w2[T] + b2.
+
+    Error analysis, with g(n) = n (worst case, rows "dot") or sqrt(n) (the
+    probabilistic lam*sqrt(n)*u of _sum_bound, rows "gpu"), per row b and column j:
+      * z_i = sum_c x_c w1_ic + b1_i, C + 1 terms: |dz_i| <= g(C+1) u m_i with
+        m_i = sum_c |x_c w1_ic| + |b1_i|; ReLU is 1-Lipschitz, so |da_i| <= |dz_i|;
+      * y_j = sum_{i in T} a_i w2_ij + b2_j, |T| + 1 terms: its own rounding
+        g(|T|+1) u (sum_i |a_i w2_ij| + |b2_j|), plus the propagated
+        sum_i |da_i| |w2_ij| <= g(C+1) u sum_i m_i |w2_ij|.
+    Returns max_bj [g(|T|+1) (sum_i a_i |w2_ij| + |b2_j|) + g(C+1) sum_i m_i |w2_ij|]
+    (a_i exact, from float64). idx=None means all F neurons (the dense side, which
+    bounds any T). Shapes: x (B, C); w1, w2 (F, C); b1 (F,); b2 (C,); idx (K,).
+    """
+    g = (lambda n: float(n)) if worst_case else math.sqrt
+    x = np.asarray(x, np.float64)
+    sel = slice(None) if idx is None else np.asarray(idx, np.int64)
+    w1s = np.asarray(w1, np.float64)[sel]  # (K, C)
+    b1s = np.asarray(b1, np.float64)[sel]  # (K,)
+    w2a = np.abs(np.asarray(w2, np.float64)[sel])  # (K, C)
+    k, c = w1s.shape
+    a = np.maximum(x @ w1s.T + b1s, 0.0)  # (B, K)
+    m = np.abs(x) @ np.abs(w1s).T + np.abs(b1s)  # (B, K)
+    b2a = np.abs(np.asarray(b2, np.float64))
+    own = a @ w2a + b2a  # (B, C)
+    prop = m @ w2a  # (B, C)
+    return float((g(k + 1) * own + g(c + 1) * prop).max(initial=0.0))

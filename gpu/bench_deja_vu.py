@@ -1,0 +1,285 @@
+"""Benchmark cases of the Deja Vu chapter (run through gpu/bench.py).
+
+    python -m gpu.bench deja_vu [--quick] [--out results]
+
+The sparse ReLU MLP of one decode step, C = 4096, F = 16384, fp16 (OPT-6.7B's MLP):
+* "deja_vu": B = 1, kept fraction K/F from 2 % to 100 % (quick: 2, 10, 100 %), every
+  kernel version and reduction mode of gpu/deja_vu.cu (v1 only up to 10 %: it is
+  slow), beside two baselines from the same run: the dense MLP through cuBLAS
+  (cupy.matmul, two GEMVs and fused epilogues) and gather-then-GEMV (cupy.take of
+  the K rows of both matrices, then the same GEMVs on the gathered copies).
+* "deja_vu_batch": B in {1, 4, 16, 64} (quick: 1, 16) with T = the union of the B
+  rows' active sets, measured on the weights (b1 set for ~10 % active per row;
+  independent random rows, the worst case for the union), v3 and v2 against dense.
+
+Every row is validated against the float64 NumPy reference (reference.deja_vu) on
+its first input set, outputs poisoned with NaN; a row that fails is recorded as
+failed and not timed. Our kernels are timed in CUDA graphs (bench.time_cupy); cuBLAS
+cannot be captured by CuPy, so the baselines use CUDA events (bench.time_events).
+Each input set carries its own weights, rotated so that together they exceed 2x L2.
+Floors: bytes_moved / read ceiling (floor_us, the issue's 2 |S| C bytes + small
+terms) and, for our CUDA-core kernels, FLOPs / fp32 GEMM ceiling (flop_floor_us).
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+
+import numpy as np
+
+from gpu import bench
+from gpu import deja_vu as gdv
+
+C, F = 4096, 16384
+F16 = np.float16
+KEPT = (0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0)
+QUICK_KEPT = (0.02, 0.1, 1.0)
+BATCHES = (1, 4, 16, 64)
+QUICK_BATCHES = (1, 16)
+VARIANTS = ((1, "deterministic"), (2, "atomic"), (2, "deterministic"))
+VARIANTS += ((3, "atomic"), (3, "deterministic"))
+ACTIVE_SHIFT = -1.2816  # b1 mean: P(N(0, 1) > 1.2816) = 10 % active per row
+K16 = 2.0**-11 / (6 * 2.0**-24)  # one fp16 rounding in units of the gpu row's atol
+
+
+def _weights(rng, n: int, shift: float):
+    """n independent layers: w1, w2 (F, C) N(0, 1/C) and N(0, 1/(0.1 F)) in fp16,
+    b1 = shift + N(0, 0.1^2), b2 = N(0, 0.1^2)."""
+    import cupy as cp
+
+    sets = []
+    for _ in range(n):
+        w1 = (rng.standard_normal((F, C), dtype=cp.float32) / math.sqrt(C)).astype(F16)
+        w2 = (
+            rng.standard_normal((F, C), dtype=cp.float32) / math.sqrt(0.1 * F)
+        ).astype(F16)
+        b1 = (shift + 0.1 * rng.standard_normal(F, dtype=cp.float32)).astype(F16)
+        b2 = (0.1 * rng.standard_normal(C, dtype=cp.float32)).astype(F16)
+        sets.append((w1, b1, w2, b2))
+    return sets
+
+
+def _truth(x, w, idx, cublas: bool):
+    """float64 reference of set 0 (rows idx gathered on the host) and its scale;
+    cublas=True adds the fp16 roundings of the baselines' intermediates (z, a and
+    y before + b2 are stored in fp16: u16 relative each, K16 in the row's units)."""
+    import cupy as cp
+
+    from reference.deja_vu import SparseMLPWeights, sparse_mlp
+    from reference.testing import sparse_mlp_scale
+
+    w1, b1, w2, b2 = w
+    di = cp.asarray(idx)
+    h = [cp.asnumpy(a).astype(np.float64) for a in (w1[di], b1[di], w2[di], b2, x)]
+    g1, gb1, g2, gb2, x64 = h
+    wk = SparseMLPWeights(g1, gb1, g2, gb2)
+    ref = sparse_mlp(x64, wk, np.arange(len(idx)))
+    scale = sparse_mlp_scale(x64, g1, gb1, g2, gb2)
+    if cublas:
+        z = x64 @ g1.T
+        a = np.maximum(z + gb1, 0)
+        scale += K16 * float(
+            ((np.abs(z) + np.abs(a)) @ np.abs(g2) + np.abs(a @ g2)).max()
+        )
+    return ref, scale
+
+
+def _validate(fn, ref, scale) -> float:
+    import cupy as cp
+
+    from reference.testing import assert_close
+
+    return assert_close(cp.asnumpy(fn()), ref, "gpu", F16, scale)
+
+
+def _row(name, base, check, calls, ref, scale, timer) -> dict:
+    """Validate check() (the first set, poisoned output), then time the calls."""
+    row = dict(name=name, **base)
+    try:
+        row["error_used"] = _validate(check, ref, scale)
+    except (AssertionError, ValueError) as e:
+        row["status"] = f"FAILED validation: {e}"
+        print(f"  {name} B={base['B']} K={base['K']}: {row['status']}", file=sys.stderr)
+        return row
+    return bench._finish(row, timer(calls))
+
+
+def _graph(calls):
+    return bench.time_cupy(calls, samples=40)
+
+
+def _ours(sets, xs, idxs, version, mode):
+    """Calls of our kernel over the rotated sets; the first checks idx and poisons
+    its output (validation), the rest launch without a sync (graph capture)."""
+    import cupy as cp
+
+    b, k = xs[0].shape[0], len(idxs[0])
+    n_ws = max(gdv.workspace_elems(version, b, C, k, mode), 1)
+    outs = [cp.full((b, C), np.nan, F16) for _ in sets]
+    wss = [cp.zeros(n_ws, cp.float32) for _ in sets]
+    didx = [cp.asarray(i, cp.int32) for i in idxs]
+
+    def call(j, check=False):
+        return gdv.sparse_mlp(
+            xs[j], *sets[j], didx[j], version=version, mode=mode,
+            out=outs[j], workspace=wss[j], check_idx=check,
+        )  # fmt: skip
+
+    return (lambda: call(0, True)), [lambda j=j: call(j) for j in range(len(sets))]
+
+
+def _cublas(sets, xs, idxs, gather: bool):
+    """Baseline calls: [take rows,] z = x W1^T, a = relu(z + b1), y = a W2 + b2."""
+    import cupy as cp
+
+    relu_bias = cp.ElementwiseKernel(
+        "float16 z, float16 b", "float16 a", "a = fmaxf((float)z + (float)b, 0.f)",
+        "dv_relu_bias",
+    )  # fmt: skip
+    add = cp.ElementwiseKernel(
+        "float16 y, float16 b", "float16 o", "o = (float)y + (float)b", "dv_add"
+    )
+    calls = []
+    for (w1, b1, w2, b2), x, idx in zip(sets, xs, idxs, strict=True):
+        b, k = x.shape[0], len(idx) if gather else F
+        buf = dict(z=cp.empty((b, k), F16), a=cp.empty((b, k), F16))
+        buf.update(y=cp.empty((b, C), F16), o=cp.full((b, C), np.nan, F16))
+        if gather:
+            di = cp.asarray(idx, cp.int32)
+            buf.update(g1=cp.empty((k, C), F16), g2=cp.empty((k, C), F16))
+            buf["gb1"] = cp.empty(k, F16)
+
+        def call(w1=w1, b1=b1, w2=w2, b2=b2, x=x, buf=buf, di=di if gather else None):
+            if gather:
+                cp.take(w1, di, axis=0, out=buf["g1"])
+                cp.take(b1, di, out=buf["gb1"])
+                cp.take(w2, di, axis=0, out=buf["g2"])
+                w1, b1, w2 = buf["g1"], buf["gb1"], buf["g2"]
+            cp.matmul(x, w1.T, out=buf["z"])
+            relu_bias(buf["z"], b1, buf["a"])
+            cp.matmul(buf["a"], w2, out=buf["y"])
+            return add(buf["y"], b2, buf["o"])
+
+        calls.append(call)
+    return calls
+
+
+def _base(b, k, ceil, copies, **extra) -> dict:
+    nbytes = gdv.bytes_moved(b, C, k, 2)
+    base = dict(B=b, C=C, F=F, K=k, kept=k / F, dtype="float16", bytes=nbytes)
+    base.update(flops=gdv.flops(b, C, k), copies=copies, **extra)
+    if ceil.get("read_bytes_per_s"):
+        base["floor_us"] = nbytes / ceil["read_bytes_per_s"] * 1e6
+        base["dense_floor_us"] = (
+            gdv.dense_bytes(b, C, F, 2) / ceil["read_bytes_per_s"] * 1e6
+        )
+    if ceil.get("gemm_fp32_flop_per_s"):
+        base["flop_floor_us"] = base["flops"] / ceil["gemm_fp32_flop_per_s"] * 1e6
+    return base
+
+
+def _case(sets, xs, idxs, ceil, variants, with_gather=True, **extra) -> list[dict]:
+    b, k = xs[0].shape[0], len(idxs[0])
+    base = _base(b, k, ceil, len(sets), **extra)
+    ref, scale = _truth(xs[0], sets[0], idxs[0], cublas=False)
+    rows = []
+    for version, mode in variants:
+        if version == 1 and (k > 0.1 * F or b > 4):
+            continue  # v1 reads rows with 2-byte loads, serially: its trend is clear
+        check, calls = _ours(sets, xs, idxs, version, mode)
+        name = f"v{version}_{mode[:3]}"
+        rows.append(_row(name, base, check, calls, ref, scale, _graph))
+    if with_gather:
+        ref_c, scale_c = _truth(xs[0], sets[0], idxs[0], cublas=True)
+        calls = _cublas(sets, xs, idxs, gather=True)
+        rows.append(
+            _row(
+                "gather_gemv", base, calls[0], calls, ref_c, scale_c, bench.time_events
+            )
+        )
+    return rows
+
+
+def _dense(sets, xs, ceil, **extra) -> dict:
+    b = xs[0].shape[0]
+    every = np.arange(F)
+    base = _base(b, F, ceil, 1, **extra)
+    ref, scale = _truth(xs[0], sets[0], every, cublas=True)
+    calls = _cublas(sets[:1], xs[:1], [every], gather=False)
+    return _row("cublas_dense", base, calls[0], calls, ref, scale, bench.time_events)
+
+
+def kept_sweep(rng, rng_np, kept, ceil) -> list[dict]:
+    """B = 1, K = kept * F random distinct ids per set (sorted, as a predictor's
+    mask gives them); b1 ~ 0 so about half the selected neurons are active."""
+    import cupy as cp
+
+    n_max = bench.n_copies(gdv.bytes_moved(1, C, int(min(kept) * F), 2))
+    sets = _weights(rng, n_max, 0.0)
+    xs = [rng.standard_normal((1, C), dtype=cp.float32).astype(F16) for _ in sets]
+    rows = [_dense(sets, xs, ceil)]
+    for fr in kept:
+        k = round(fr * F)
+        n = bench.n_copies(gdv.bytes_moved(1, C, k, 2))
+        idxs = [np.sort(rng_np.permutation(F)[:k]).astype(np.int32) for _ in range(n)]
+        rows += _case(sets[:n], xs[:n], idxs, ceil, VARIANTS)
+    bench._free(sets)
+    return rows
+
+
+def batch_sweep(rng, batches, ceil) -> list[dict]:
+    """T = union of the active sets of B random rows (b1 ~ -1.28: ~10 % per row)."""
+    import cupy as cp
+
+    rows = []
+    n_max = bench.n_copies(gdv.bytes_moved(1, C, F // 10, 2))
+    sets = _weights(rng, n_max, ACTIVE_SHIFT)
+    for b in batches:
+        xs = [rng.standard_normal((b, C), dtype=cp.float32).astype(F16) for _ in sets]
+        idxs = []
+        for (w1, b1, _, _), x in zip(sets, xs, strict=True):
+            z = x.astype(cp.float32) @ w1.astype(cp.float32).T + b1.astype(cp.float32)
+            idxs.append(
+                cp.asnumpy(cp.flatnonzero((z > 0).any(axis=0))).astype(np.int32)
+            )
+        k = len(idxs[0])
+        n = max(1, min(len(sets), bench.n_copies(gdv.bytes_moved(b, C, k, 2))))
+        per_row = float(np.mean([cp.asnumpy((z > 0).mean())]))  # last set's rows
+        extra = dict(union=k / F, active_per_row=per_row)
+        rows.append(_dense(sets, xs, ceil, **extra))
+        variants = ((3, "atomic"), (3, "deterministic"), (2, "atomic"))
+        rows += _case(sets[:n], xs[:n], idxs[:n], ceil, variants, **extra)
+    bench._free(sets)
+    return rows
+
+
+def run(quick: bool = False, ceil: dict | None = None) -> dict[str, list[dict]]:
+    import cupy as cp
+
+    ceil = ceil or {}
+    rng, rng_np = cp.random.default_rng(2023), np.random.default_rng(2023)
+    return {
+        "deja_vu": kept_sweep(rng, rng_np, QUICK_KEPT if quick else KEPT, ceil),
+        "deja_vu_batch": batch_sweep(rng, QUICK_BATCHES if quick else BATCHES, ceil),
+    }
+
+
+def print_table(rows: list[dict]) -> None:
+    nan = float("nan")
+    dense = {r["B"]: r["median_us"] for r in rows if r["name"] == "cublas_dense"
+             and r.get("status") == "ok"}  # fmt: skip
+    print(
+        f"{'case':<14}{'B':>4}{'kept':>7}{'median us':>11}{'floor us':>10}"
+        f"{'of floor':>9}{'vs dense':>9}{'err/tol':>9}"
+    )
+    for r in rows:
+        head = f"{r['name']:<14}{r['B']:>4}{r['kept']:>7.3f}"
+        if r.get("status") != "ok":
+            print(f"{head}  {r.get('status')}")
+            continue
+        vs = dense.get(r["B"], nan) / r["median_us"]
+        print(
+            f"{head}{r['median_us']:>11.2f}{r.get('floor_us', nan):>10.2f}"
+            f"{r.get('of_floor', nan):>9.2f}{vs:>9.2f}{r['error_used']:>9.3f}"
+        )

@@ -1,0 +1,335 @@
+// gpu/deja_vu.cu — chapter 4, "Deja Vu": the sparse ReLU MLP of one decode
+// step over an index set T of K neurons. Twin of
+// reference/deja_vu.py::sparse_mlp (act "relu"). Row-major, contiguous:
+//   x (B, C)  w1 (F, C) = W_in^T  b1 (F,)  w2 (F, C) = W_out  b2 (C,)
+//   idx (K,) int32, distinct, in [0, F)      out (B, C)
+//   a (B, K) float32 and acc (P, B, C) float32: workspace
+// Neuron i owns row i of w1 and of w2, so a gather reads contiguous rows.
+//   a[b, m] = relu(x[b] . w1[idx[m]] + b1[idx[m]])
+//   out[b]  = b2 + sum_m a[b, m] w2[idx[m]]
+// Storage T = float or __half; every sum in float32. Reductions: "fixed"
+// (v1: one thread sums the K rows in order m = 0..K-1), "deterministic"
+// (one partial per chunk of rows, summed in chunk order by finish_v1) or
+// "atomic" (float atomics into one zeroed partial; order varies per run).
+// An id outside [0, F) is never read (the launcher rejects it before launch;
+// the kernels skip it, so a bad id drops its neuron instead of faulting).
+//
+// v1  naive: up_v1 a thread per (neuron, row), scalar loads; down_v1 a
+//     thread per output element, summing the K rows in order. Any C, any B.
+// v2  two kernels, 16-byte loads: up_v2 a warp per neuron (W1 row read once
+//     for every batch row), down_v2 a thread per 16-byte column vector of a
+//     chunk of RC2 rows; atomic or deterministic partials, then finish_v1.
+//     Needs C % (16 / sizeof(T)) == 0 and 16-byte aligned x, w1, w2.
+// v3  fused: a block per R3 = 8 neurons; its warps compute a (one neuron
+//     each) into shared memory, then all its threads stream the 8 W2 rows,
+//     each row vector loaded once and used for every batch row. Each
+//     selected row of W1 and W2 is read once; a never leaves the SM. Same
+//     needs as v2; atomic or deterministic, then finish_v1.
+// finish_v1  out = b2 + sum_p acc[p] in order p = 0..P-1 (P = 0 gives b2).
+//
+// Run the cases alone:  python -m gpu.bench deja_vu [--quick]
+// Compile report (no GPU): python -m gpu.check_kernels gpu/deja_vu.cu
+
+#include <cuda_fp16.h>
+
+#define BT 4     // batch rows per register tile (v2, v3)
+#define RC2 32   // rows per chunk of down_v2
+#define R3 8     // neurons per block of v3 (= its warps)
+
+__device__ __forceinline__ float to_f(float x) { return x; }
+__device__ __forceinline__ float to_f(__half x) { return __half2float(x); }
+__device__ __forceinline__ void from_f(float& y, float x) { y = x; }
+__device__ __forceinline__ void from_f(__half& y, float x) {
+  y = __float2half_rn(x);
+}
+
+// --- v1 ---
+// grid (ceil(K / blockDim), B): thread (m, b) writes a[b, m].
+template <typename T>
+__device__ void up_v1(const T* x, const T* w1, const T* b1, const int* idx,
+                      float* a, int B, int C, int F, int K) {
+  int m = blockIdx.x * blockDim.x + threadIdx.x, b = blockIdx.y;
+  if (m >= K) return;
+  int i = idx[m];
+  float z = 0.f;
+  if (i >= 0 && i < F) {
+    const T* row = w1 + (size_t)i * C;
+    for (int c = 0; c < C; ++c) z += to_f(x[(size_t)b * C + c]) * to_f(row[c]);
+    z += to_f(b1[i]);
+  }
+  a[(size_t)b * K + m] = fmaxf(z, 0.f);
+}
+
+// grid (ceil(C / blockDim), B): thread (j, b) writes out[b, j].
+template <typename T>
+__device__ void down_v1(const float* a, const T* w2, const T* b2,
+                        const int* idx, T* out, int B, int C, int F, int K) {
+  int j = blockIdx.x * blockDim.x + threadIdx.x, b = blockIdx.y;
+  if (j >= C) return;
+  float y = 0.f;
+  for (int m = 0; m < K; ++m) {
+    int i = idx[m];
+    if (i < 0 || i >= F) continue;
+    y += a[(size_t)b * K + m] * to_f(w2[(size_t)i * C + j]);
+  }
+  from_f(out[(size_t)b * C + j], y + to_f(b2[j]));
+}
+
+// --- v2 ---
+template <typename T> struct Vec { static constexpr int N = 16 / sizeof(T); };
+
+__device__ __forceinline__ uint4 load16(const void* p) {
+  return __ldg(reinterpret_cast<const uint4*>(p));
+}
+template <typename T>
+__device__ __forceinline__ void unpack(float (&v)[Vec<T>::N], uint4 raw) {
+  const T* e = reinterpret_cast<const T*>(&raw);
+#pragma unroll
+  for (int i = 0; i < Vec<T>::N; ++i) v[i] = to_f(e[i]);
+}
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+// Warp: z[b] = x[b] . row for the batch tile b0..b0+BT-1 (lane-strided 16-byte
+// vectors, 4 in flight), summed over the warp; every lane gets the sums.
+template <typename T>
+__device__ __forceinline__ void row_dots(const T* row, const T* x, int b0,
+                                         int B, int C, float (&z)[BT]) {
+  constexpr int VEC = Vec<T>::N;
+  int lane = threadIdx.x & 31, nv = C / VEC;
+#pragma unroll
+  for (int t = 0; t < BT; ++t) z[t] = 0.f;
+#pragma unroll 4
+  for (int v = lane; v < nv; v += 32) {
+    float w[VEC];
+    unpack<T>(w, load16(row + (size_t)v * VEC));
+#pragma unroll
+    for (int t = 0; t < BT; ++t) {
+      if (b0 + t < B) {
+        float xv[VEC];
+        unpack<T>(xv, load16(x + (size_t)(b0 + t) * C + (size_t)v * VEC));
+#pragma unroll
+        for (int e = 0; e < VEC; ++e) z[t] = fmaf(xv[e], w[e], z[t]);
+      }
+    }
+  }
+#pragma unroll
+  for (int t = 0; t < BT; ++t) z[t] = warp_sum(z[t]);
+}
+
+// grid (ceil(K / warps per block)): warp -> neuron m, every batch row.
+template <typename T>
+__device__ void up_v2(const T* x, const T* w1, const T* b1, const int* idx,
+                      float* a, int B, int C, int F, int K) {
+  int m = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+  if (m >= K) return;
+  int i = idx[m];
+  bool ok = i >= 0 && i < F;
+  const T* row = w1 + (size_t)(ok ? i : 0) * C;
+  float bias = ok ? to_f(b1[i]) : 0.f;
+  for (int b0 = 0; b0 < B; b0 += BT) {
+    float z[BT];
+    row_dots<T>(row, x, b0, B, C, z);
+    if ((threadIdx.x & 31) == 0) {
+#pragma unroll
+      for (int t = 0; t < BT; ++t)
+        if (b0 + t < B)
+          a[(size_t)(b0 + t) * K + m] = ok ? fmaxf(z[t] + bias, 0.f) : 0.f;
+    }
+  }
+}
+
+// Add acc[VEC] (float) at dst: float atomics or a plain 16-byte store.
+template <int VEC>
+__device__ __forceinline__ void put(float* dst, const float (&acc)[VEC],
+                                    bool atomic) {
+#pragma unroll
+  for (int e = 0; e < VEC; e += 4) {
+    float4 v = make_float4(acc[e], acc[e + 1], acc[e + 2], acc[e + 3]);
+    if (atomic) {
+      atomicAdd(reinterpret_cast<float4*>(dst + e), v);
+    } else {
+      *reinterpret_cast<float4*>(dst + e) = v;
+    }
+  }
+}
+
+// grid (ceil(K / RC2), ceil(C / VEC / blockDim)): thread -> column vector v of
+// chunk p's rows; acc[p] (deterministic) or acc[0] (atomic).
+template <typename T>
+__device__ void down_v2(const float* a, const T* w2, const int* idx,
+                        float* acc, int B, int C, int F, int K, int atomic) {
+  constexpr int VEC = Vec<T>::N;
+  int p = blockIdx.x, v = blockIdx.y * blockDim.x + threadIdx.x;
+  if (v >= C / VEC) return;
+  int m0 = p * RC2, m1 = min(K, m0 + RC2);
+  float* dst = acc + (atomic ? 0 : (size_t)p * B * C) + (size_t)v * VEC;
+  for (int b0 = 0; b0 < B; b0 += BT) {
+    float s[BT][VEC];
+#pragma unroll
+    for (int t = 0; t < BT; ++t)
+#pragma unroll
+      for (int e = 0; e < VEC; ++e) s[t][e] = 0.f;
+#pragma unroll 4
+    for (int m = m0; m < m1; ++m) {
+      int i = idx[m];
+      if (i < 0 || i >= F) continue;
+      float w[VEC];
+      unpack<T>(w, load16(w2 + (size_t)i * C + (size_t)v * VEC));
+#pragma unroll
+      for (int t = 0; t < BT; ++t) {
+        float av = b0 + t < B ? __ldg(a + (size_t)(b0 + t) * K + m) : 0.f;
+#pragma unroll
+        for (int e = 0; e < VEC; ++e) s[t][e] = fmaf(av, w[e], s[t][e]);
+      }
+    }
+#pragma unroll
+    for (int t = 0; t < BT; ++t)
+      if (b0 + t < B) put<VEC>(dst + (size_t)(b0 + t) * C, s[t], atomic);
+  }
+}
+
+// --- v3 ---
+// grid (ceil(K / R3)), block R3 warps, dynamic shared a_s[R3][B] floats.
+template <typename T>
+__device__ void fused_v3(const T* x, const T* w1, const T* b1, const T* w2,
+                         const int* idx, float* acc, int B, int C, int F,
+                         int K, int atomic) {
+  constexpr int VEC = Vec<T>::N;
+  extern __shared__ float a_s[];  // [R3][B]
+  int p = blockIdx.x, warp = threadIdx.x / 32, m = p * R3 + warp;
+  // phase 1: warp -> neuron m, a for every batch row
+  int i = m < K ? idx[m] : -1;
+  bool ok = i >= 0 && i < F;
+  const T* row = w1 + (size_t)(ok ? i : 0) * C;
+  for (int b0 = 0; b0 < B; b0 += BT) {
+    float z[BT];
+    row_dots<T>(row, x, b0, B, C, z);
+    if ((threadIdx.x & 31) == 0) {
+#pragma unroll
+      for (int t = 0; t < BT; ++t)
+        if (b0 + t < B)
+          a_s[warp * B + b0 + t] = ok ? fmaxf(z[t] + to_f(b1[i]), 0.f) : 0.f;
+    }
+  }
+  __syncthreads();
+  // phase 2: thread -> column vectors v; the R3 row vectors load once each
+  int rows[R3];
+#pragma unroll
+  for (int r = 0; r < R3; ++r) {
+    int mm = p * R3 + r, ii = mm < K ? idx[mm] : -1;
+    rows[r] = ii >= 0 && ii < F ? ii : -1;
+  }
+  float* dst0 = acc + (atomic ? 0 : (size_t)p * B * C);
+  for (int v = threadIdx.x; v < C / VEC; v += blockDim.x) {
+    float* dst = dst0 + (size_t)v * VEC;
+    uint4 raw[R3];
+#pragma unroll
+    for (int r = 0; r < R3; ++r) {
+      const T* src = w2 + (size_t)rows[r] * C + (size_t)v * VEC;
+      raw[r] = rows[r] >= 0 ? load16(src) : make_uint4(0u, 0u, 0u, 0u);
+    }
+    for (int b0 = 0; b0 < B; b0 += BT) {
+      float s[BT][VEC];
+#pragma unroll
+      for (int t = 0; t < BT; ++t)
+#pragma unroll
+        for (int e = 0; e < VEC; ++e) s[t][e] = 0.f;
+#pragma unroll
+      for (int r = 0; r < R3; ++r) {
+        float w[VEC];
+        unpack<T>(w, raw[r]);
+#pragma unroll
+        for (int t = 0; t < BT; ++t) {
+          float av = b0 + t < B ? a_s[r * B + b0 + t] : 0.f;
+#pragma unroll
+          for (int e = 0; e < VEC; ++e) s[t][e] = fmaf(av, w[e], s[t][e]);
+        }
+      }
+#pragma unroll
+      for (int t = 0; t < BT; ++t)
+        if (b0 + t < B)
+          put<VEC>(dst + (size_t)(b0 + t) * C, s[t], atomic);
+    }
+  }
+}
+
+// --- finish ---
+// grid (ceil(C / 128), B), block 256 = 8 warps: lane -> 4 columns, warp w
+// sums parts w, w + 8, ... in order; the 8 warp sums add in warp order.
+template <typename T>
+__device__ void finish_v1(const float* acc, int P, const T* b2, T* out, int B,
+                          int C) {
+  __shared__ float4 part[8][32];
+  int lane = threadIdx.x & 31, warp = threadIdx.x / 32, b = blockIdx.y;
+  int j = (blockIdx.x * 32 + lane) * 4;
+  float4 s = make_float4(0.f, 0.f, 0.f, 0.f);
+  if (j < C) {
+#pragma unroll 4
+    for (int p = warp; p < P; p += 8) {
+      float4 v = __ldg(reinterpret_cast<const float4*>(
+          acc + ((size_t)p * B + b) * C + j));
+      s.x += v.x; s.y += v.y; s.z += v.z; s.w += v.w;
+    }
+  }
+  part[warp][lane] = s;
+  __syncthreads();
+  if (warp != 0 || j >= C) return;
+  float t[4] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll
+  for (int w = 0; w < 8; ++w) {
+    float4 v = part[w][lane];
+    t[0] += v.x; t[1] += v.y; t[2] += v.z; t[3] += v.w;
+  }
+#pragma unroll
+  for (int e = 0; e < 4; ++e)
+    from_f(out[(size_t)b * C + j + e], to_f(b2[j + e]) + t[e]);
+}
+
+// --- extern "C" entry points: <slug>_<stage>_v<N>_<f16|f32> ---
+#define DV_UP(NAME, FN, T)                                                   \
+  extern "C" __global__ void __launch_bounds__(256)                          \
+  NAME(const T* x, const T* w1, const T* b1, const int* idx, float* a,       \
+       int B, int C, int F, int K) { FN<T>(x, w1, b1, idx, a, B, C, F, K); }
+DV_UP(deja_vu_up_v1_f32, up_v1, float)
+DV_UP(deja_vu_up_v1_f16, up_v1, __half)
+DV_UP(deja_vu_up_v2_f32, up_v2, float)
+DV_UP(deja_vu_up_v2_f16, up_v2, __half)
+
+#define DV_DOWN1(NAME, T)                                                    \
+  extern "C" __global__ void __launch_bounds__(256)                          \
+  NAME(const float* a, const T* w2, const T* b2, const int* idx, T* out,     \
+       int B, int C, int F, int K) {                                         \
+    down_v1<T>(a, w2, b2, idx, out, B, C, F, K);                             \
+  }
+DV_DOWN1(deja_vu_down_v1_f32, float)
+DV_DOWN1(deja_vu_down_v1_f16, __half)
+
+#define DV_DOWN2(NAME, T)                                                    \
+  extern "C" __global__ void __launch_bounds__(256)                          \
+  NAME(const float* a, const T* w2, const int* idx, float* acc, int B,       \
+       int C, int F, int K, int atomic) {                                    \
+    down_v2<T>(a, w2, idx, acc, B, C, F, K, atomic);                         \
+  }
+DV_DOWN2(deja_vu_down_v2_f32, float)
+DV_DOWN2(deja_vu_down_v2_f16, __half)
+
+#define DV_FUSED(NAME, T)                                                    \
+  extern "C" __global__ void __launch_bounds__(R3 * 32)                      \
+  NAME(const T* x, const T* w1, const T* b1, const T* w2, const int* idx,    \
+       float* acc, int B, int C, int F, int K, int atomic) {                 \
+    fused_v3<T>(x, w1, b1, w2, idx, acc, B, C, F, K, atomic);                \
+  }
+DV_FUSED(deja_vu_fused_v3_f32, float)
+DV_FUSED(deja_vu_fused_v3_f16, __half)
+
+#define DV_FINISH(NAME, T)                                                   \
+  extern "C" __global__ void __launch_bounds__(256)                          \
+  NAME(const float* acc, int P, const T* b2, T* out, int B, int C) {         \
+    finish_v1<T>(acc, P, b2, out, B, C);                                     \
+  }
+DV_FINISH(deja_vu_finish_v1_f32, float)
+DV_FINISH(deja_vu_finish_v1_f16, __half)

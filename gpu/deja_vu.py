@@ -1,0 +1,207 @@
+"""Launchers for gpu/deja_vu.cu: the sparse ReLU MLP over an index set of neurons.
+
+The CuPy twin of ``reference.deja_vu.sparse_mlp`` (act "relu"). The launcher checks
+every precondition before the first launch (dtypes, contiguity, shapes, the index set:
+int32, in [0, F), no duplicates; the vector versions' divisibility and 16-byte
+alignment), casts scalars to int32, picks the grids and launches. No maths.
+
+One call is two to four launches (see the .cu header): v1 up + down; v2 [zero,] up,
+down, finish; v3 [zero,] fused, finish. Pass ``out`` and ``workspace`` to launch
+without allocating (CUDA graphs), and ``check_idx=False`` for an index set already
+checked (the check is a device reduction and a host sync).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from gpu import runtime as rt
+
+SLUG = "deja_vu"
+VERSIONS = (1, 2, 3)
+MODES = ("atomic", "deterministic")
+DTYPES = (np.float32, np.float16)
+_SUFFIX = {np.dtype(np.float32): "f32", np.dtype(np.float16): "f16"}
+THREADS = 256  # v1 and finish
+UP2_WARPS = 4  # warps (neurons) per block of up_v2
+DOWN2_THREADS = 128  # column vectors per block of down_v2
+RC2 = 32  # rows per chunk of down_v2 (RC2 in the .cu)
+R3 = 8  # neurons per block of v3 (R3 in the .cu)
+MAX_B = 1024  # v3 keeps a (R3, B) float32 tile in shared memory (32 KB)
+MAX_GRID_Y = 65535
+
+
+def vec(dtype) -> int:
+    """Values per 16-byte load: 8 halves or 4 floats."""
+    return 16 // np.dtype(dtype).itemsize
+
+
+def n_parts(version: int, k: int, mode: str) -> int:
+    """Partials (P, B, C) the finish sums: 1 for atomics, one per chunk of rows for
+    the deterministic mode (ceil(K / 32) for v2, ceil(K / 8) for v3), 0 for v1."""
+    if version == 1:
+        return 0
+    if mode == "atomic":
+        return 1
+    return math.ceil(k / (RC2 if version == 2 else R3))
+
+
+def workspace_elems(version: int, b: int, c: int, k: int, mode: str) -> int:
+    """float32 scratch of one call: a (B, K) for v1/v2, then P partials (P, B, C)."""
+    a = b * k if version in (1, 2) else 0
+    return a + n_parts(version, k, mode) * b * c
+
+
+def bytes_moved(b: int, c: int, k: int, itemsize: int) -> int:
+    """Fewest bytes one call must move: the K selected rows of w1 and w2 and their
+    biases, x and out once, the ids: 2 K C s + K (s + 4) + 2 B C s + C s."""
+    return 2 * k * c * itemsize + k * (itemsize + 4) + (2 * b + 1) * c * itemsize
+
+
+def dense_bytes(b: int, c: int, f: int, itemsize: int) -> int:
+    """The dense MLP's fewest bytes: both matrices, biases, x and out."""
+    return 2 * f * c * itemsize + f * itemsize + (2 * b + 1) * c * itemsize
+
+
+def flops(b: int, c: int, k: int) -> int:
+    """2 B K C for each of the two GEMVs: 4 B K C."""
+    return 4 * b * k * c
+
+
+def _check(x, w1, b1, w2, b2, idx, version, mode, check_idx):
+    if version not in VERSIONS:
+        raise ValueError(f"version must be one of {VERSIONS}, got {version!r}")
+    if mode not in MODES or (version == 1 and mode != "deterministic"):
+        ok = ("deterministic",) if version == 1 else MODES
+        raise ValueError(f"mode for v{version} must be one of {ok}, got {mode!r}")
+    rt.check_array("x", x, DTYPES, 2)
+    for name, arr, nd in (("w1", w1, 2), ("b1", b1, 1), ("w2", w2, 2), ("b2", b2, 1)):
+        rt.check_array(name, arr, (x.dtype,), nd)
+    rt.check_array("idx", idx, (np.int32,), 1)
+    (b, c), f, k = x.shape, w1.shape[0], idx.shape[0]
+    rt.check_positive(B=b, C=c, F=f)
+    rt.check_shape("w1", w1, (f, c), "FC")
+    rt.check_shape("b1", b1, (f,), "F")
+    rt.check_shape("w2", w2, (f, c), "FC")
+    rt.check_shape("b2", b2, (c,), "C")
+    if k > f:
+        raise ValueError(f"idx holds K = {k} > F = {f} ids: some must repeat")
+    rt.check_int32(FC=f * c, BC=b * c, BK=b * k, PBC=(k + 1) * b * c)
+    if b > MAX_GRID_Y or (version == 3 and b > MAX_B):
+        lim = MAX_B if version == 3 else MAX_GRID_Y
+        raise ValueError(f"B = {b} exceeds v{version}'s limit {lim}")
+    if k and check_idx:  # one sort, one reduction and a host sync
+        import cupy as cp
+
+        s = cp.sort(idx)
+        dups = (s[1:] == s[:-1]).sum(dtype=cp.int32)  # 0 when K = 1
+        lo, hi, dup = (int(v) for v in cp.asnumpy(cp.stack([s[0], s[-1], dups])))
+        if lo < 0 or hi >= f:
+            raise ValueError(f"idx must lie in [0, F={f}), got {lo}..{hi}")
+        if dup:
+            raise ValueError(f"idx holds {dup} duplicate id(s): a neuron counts once")
+    if version != 1:
+        if c % vec(x.dtype):
+            raise ValueError(
+                f"v{version} ({x.dtype.name}) needs C % {vec(x.dtype)} == 0; C = {c}"
+            )
+        for name, arr in (("x", x), ("w1", w1), ("w2", w2)):
+            if arr.data.ptr % 16:
+                raise ValueError(f"v{version} needs {name} 16-byte aligned")
+    return b, c, f, k
+
+
+def sparse_mlp(
+    x,
+    w1,
+    b1,
+    w2,
+    b2,
+    idx,
+    *,
+    version: int = 3,
+    mode: str | None = None,
+    out=None,
+    workspace=None,
+    check_idx: bool = True,
+):
+    """out = relu(x w1[idx]^T + b1[idx]) w2[idx] + b2 on the GPU.
+
+    Args:
+        x: (B, C) float32 or float16, C-contiguous CuPy array.
+        w1, w2: (F, C) of x's dtype: neuron-major (w1 = W_in^T, w2 = W_out).
+        b1: (F,); b2: (C,), x's dtype.
+        idx: (K,) int32, distinct ids in [0, F), any order; K = 0 gives b2.
+        version: 1..3 (gpu/deja_vu.cu).
+        mode: "atomic" (fast; the sum order varies from run to run) or
+            "deterministic" (bitwise reproducible); None: v1 "deterministic",
+            v2/v3 "atomic". v1 is deterministic only.
+        out: optional (B, C) output of x's dtype (no allocation: CUDA graphs).
+        workspace: optional float32 array of >= workspace_elems(...) elements.
+        check_idx: check idx on the device first (sort + reduction + sync);
+            pass False only for a set already checked. The kernels never read
+            out of bounds: a bad id drops its neuron.
+    Returns:
+        out (B, C), x's dtype; every sum in float32.
+    """
+    import cupy as cp
+
+    mode = mode or ("deterministic" if version == 1 else "atomic")
+    b, c, f, k = _check(x, w1, b1, w2, b2, idx, version, mode, check_idx)
+    if out is None:
+        out = cp.empty((b, c), dtype=x.dtype)
+    else:
+        rt.check_array("out", out, (x.dtype,), 2)
+        rt.check_shape("out", out, (b, c), "BC")
+    need = workspace_elems(version, b, c, k, mode)
+    if workspace is None:
+        workspace = cp.empty(max(need, 1), cp.float32)
+    else:
+        rt.check_array("workspace", workspace, (np.float32,), 1)
+        if workspace.size < need:
+            raise ValueError(f"workspace needs {need} float32, got {workspace.size}")
+    i32, sfx = np.int32, _SUFFIX[x.dtype]
+    a = workspace[: b * k]
+    acc = workspace[(b * k if version in (1, 2) else 0) :]
+    n_p = n_parts(version, k, mode)
+    dims = (i32(b), i32(c), i32(f), i32(k))
+    fn = rt.kernel
+    if version == 1:
+        if k:
+            fn(SLUG, f"deja_vu_up_v1_{sfx}")(
+                (math.ceil(k / THREADS), b), (THREADS,), (x, w1, b1, idx, a, *dims)
+            )
+        grid = (math.ceil(c / THREADS), b)
+        fn(SLUG, f"deja_vu_down_v1_{sfx}")(
+            grid, (THREADS,), (a, w2, b2, idx, out, *dims)
+        )
+        return out
+    if mode == "atomic":
+        acc[: b * c].fill(0)
+    if k and version == 2:
+        fn(SLUG, f"deja_vu_up_v2_{sfx}")(
+            (math.ceil(k / UP2_WARPS),), (32 * UP2_WARPS,), (x, w1, b1, idx, a, *dims)
+        )
+        nvec = c // vec(x.dtype)
+        grid = (math.ceil(k / RC2), math.ceil(nvec / DOWN2_THREADS))
+        at = i32(mode == "atomic")
+        fn(SLUG, f"deja_vu_down_v2_{sfx}")(
+            grid, (DOWN2_THREADS,), (a, w2, idx, acc, *dims, at)
+        )
+    elif k:
+        fn(SLUG, f"deja_vu_fused_v3_{sfx}")(
+            (math.ceil(k / R3),),
+            (32 * R3,),
+            (x, w1, b1, w2, idx, acc, *dims, i32(mode == "atomic")),
+            shared_mem=R3 * b * 4,
+        )
+    grid = (math.ceil(c / 128), b)
+    p = n_p if k else 0
+    if mode == "atomic":
+        p = 1  # the zeroed partial (b2 alone when K = 0)
+    fn(SLUG, f"deja_vu_finish_v1_{sfx}")(
+        grid, (THREADS,), (acc, i32(p), b2, out, i32(b), i32(c))
+    )
+    return out

@@ -1,0 +1,421 @@
+"""Deja Vu: reference properties (CPU) and the GPU sparse MLP (marked ``gpu``).
+
+CPU: the sparse MLP over any superset of the active set equals the dense MLP (bitwise
+with a fixed-order sum, within the derived worst-case dot-product bound with BLAS);
+only false negatives change the output, by at most the stated bound; for a batch the
+union of active sets is sufficient and each of its neurons is necessary; the sum of
+per-head outputs is MHA; head-sparse decode with K/V catch-up equals dense decode
+exactly whenever all heads are selected; the predictor and the index checks.
+GPU: gpu/deja_vu.cu against the float64 reference on Hypothesis-drawn shapes and
+index sets (empty, one, all, unsorted), outputs poisoned, bad input rejected before
+launch. Every comparison goes through reference.testing.assert_close; every checker
+has a known-wrong case it must reject.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from reference import deja_vu as dv
+from reference.common import AttnWeights, decode_attention
+from reference.testing import assert_close, describe, sparse_mlp_scale
+
+F64, F32, F16 = np.float64, np.float32, np.float16
+seeds = st.integers(0, 2**32 - 1)
+
+
+@st.composite
+def mlp_case(draw, dtype=F64):
+    """Weights, a batch and a superset T of the batch's active set, unsorted."""
+    c = draw(st.sampled_from([1, 3, 8, 17, 64]))
+    f = draw(st.sampled_from([1, 2, 7, 32, 100]))
+    b = draw(st.sampled_from([1, 1, 2, 5]))
+    active = draw(st.sampled_from([0.0, 0.05, 0.3, 1.0]))
+    amp = draw(st.sampled_from([1.0, 1e3]))  # large values too
+    rng = np.random.default_rng(draw(seeds))
+    w = dv.random_mlp(rng, c, f, active, F64)
+    w = dv.SparseMLPWeights(*(a.astype(dtype) for a in (w.w1, w.b1, w.w2, w.b2)))
+    x = (amp * rng.standard_normal((b, c))).astype(dtype)
+    s = dv.union_indices(dv.active_set(x, w))
+    extra = draw(st.sampled_from(["none", "some", "all"]))
+    rest = np.setdiff1d(np.arange(f), s)
+    if extra == "all":
+        t = np.arange(f)
+    elif extra == "some":
+        t = np.union1d(s, rest[rng.random(rest.size) < 0.5])
+    else:
+        t = s
+    return x, w, rng.permutation(t)
+
+
+# --- the MLP --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [F64, F32])
+@given(data=st.data())
+def test_superset_of_active_set_is_bitwise_dense_with_fixed_order(dtype, data):
+    x, w, t = data.draw(mlp_case(dtype))
+    got = dv.sparse_mlp_fixed(x, w, t)
+    assert got.dtype == dtype
+    assert_close(got, dv.dense_mlp_fixed(x, w), "exact", dtype)
+
+
+@pytest.mark.parametrize("dtype", [F64, F32])
+@given(data=st.data())
+def test_superset_of_active_set_within_dot_bound_with_blas(dtype, data):
+    x, w, t = data.draw(mlp_case(dtype))
+    got, want = dv.sparse_mlp(x, w, t), dv.dense_mlp(x, w)
+    assert got.dtype == want.dtype == dtype
+    scale = sparse_mlp_scale(x, w.w1, w.b1, w.w2, w.b2, worst_case=True)
+    assert_close(got, want, "dot", dtype, scale)
+
+
+def test_checker_rejects_a_missing_active_neuron():
+    """Known-wrong: T = S minus its largest activation fails both checks."""
+    rng = np.random.default_rng(1)
+    w = dv.random_mlp(rng, 64, 256, 0.1)
+    x = rng.standard_normal((1, 64))
+    z = dv.preactivations(x, w)[0]
+    s = np.flatnonzero(z > 0)
+    t = s[s != np.argmax(z)]
+    with pytest.raises(AssertionError):
+        assert_close(
+            dv.sparse_mlp_fixed(x, w, t), dv.dense_mlp_fixed(x, w), "exact", F64
+        )
+    scale = sparse_mlp_scale(x, w.w1, w.b1, w.w2, w.b2, worst_case=True)
+    with pytest.raises(AssertionError):
+        assert_close(dv.sparse_mlp(x, w, t), dv.dense_mlp(x, w), "dot", F64, scale)
+
+
+def test_mutation_wrong_bias_gather_is_caught():
+    """Mutation: b1[:K] instead of b1[T] (a plausible gather bug) must fail."""
+    rng = np.random.default_rng(2)
+    w = dv.random_mlp(rng, 32, 128, 0.3)
+    x = rng.standard_normal((2, 32))
+    t = np.arange(128)[::-1][:100]  # unsorted, not a prefix
+    a = np.maximum(x @ w.w1[t].T + w.b1[: t.size], 0)  # the bug
+    bad = a @ w.w2[t] + w.b2
+    scale = sparse_mlp_scale(x, w.w1, w.b1, w.w2, w.b2, worst_case=True)
+    with pytest.raises(AssertionError):
+        assert_close(
+            bad, dv.masked_mlp(x, w, np.isin(np.arange(128), t)), "dot", F64, scale
+        )
+
+
+@given(data=st.data(), seed=seeds)
+def test_only_false_negatives_change_the_output(data, seed):
+    """y_T depends on T only through T ∩ S (bitwise), and |y - y_T| obeys the bound."""
+    x, w, _ = data.draw(mlp_case(F64))
+    f = w.w1.shape[0]
+    rng = np.random.default_rng(seed)
+    t = np.flatnonzero(rng.random(f) < data.draw(st.sampled_from([0.0, 0.3, 0.9])))
+    s_mask = dv.active_set(x, w)
+    if x.shape[0] == 1:
+        t_and_s = np.intersect1d(t, np.flatnonzero(s_mask[0]))
+        assert_close(
+            dv.sparse_mlp_fixed(x, w, t),
+            dv.sparse_mlp_fixed(x, w, t_and_s),
+            "exact",
+            F64,
+        )
+    err = np.linalg.norm(dv.dense_mlp(x, w) - dv.sparse_mlp(x, w, t), axis=1)  # (B,)
+    bound = dv.dropped_error_bound(x, w, t)
+    scale = sparse_mlp_scale(x, w.w1, w.b1, w.w2, w.b2, worst_case=True)
+    slack = 2 * 1.01 * 2**-53 * scale * math.sqrt(x.shape[1])  # rounding, 2-norm
+    assert np.all(err <= bound * (1 + 1e-12) + slack), (err, bound)
+    missed = dv.recall(np.isin(np.arange(f), t)[None], s_mask) < 1
+    assert np.all(bound[~missed] == 0)  # recall 1: nothing dropped
+
+
+@given(data=st.data())
+def test_batch_union_is_sufficient_and_each_member_necessary(data):
+    x, w, _ = data.draw(mlp_case(F64))
+    mask = dv.active_set(x, w)  # (B, F)
+    u = dv.union_indices(mask)
+    dense = dv.dense_mlp_fixed(x, w)
+    assert_close(dv.sparse_mlp_fixed(x, w, u), dense, "exact", F64)
+    if u.size:
+        a = np.maximum(dv.preactivations(x, w), 0)  # (B, F)
+        b, i = np.unravel_index(np.argmax(a[:, u]), (x.shape[0], u.size))
+        if a[b, u[i]] * np.abs(w.w2[u[i]]).max() > 1e-6 * np.abs(dense[b]).max():
+            drop = dv.sparse_mlp_fixed(x, w, np.delete(u, i))
+            assert not np.array_equal(drop[b], dense[b])
+
+
+def test_union_growth_matches_independent_rows():
+    rng = np.random.default_rng(3)
+    p = 0.1
+    mask = rng.random((4000, 2000)) < p
+    got = dv.union_growth(mask, (1, 4, 16), rng, trials=10)
+    for b, fr in got.items():
+        want = 1 - (1 - p) ** b
+        assert abs(fr - want) < 0.02, (b, fr, want)
+
+
+def test_check_indices_rejects_bad_sets():
+    for bad in ([0, 0], [-1], [5], np.array([0.5]), np.zeros((1, 1), int)):
+        with pytest.raises(ValueError, match="idx"):
+            dv.sparse_mlp(
+                np.ones((1, 2)), dv.random_mlp(np.random.default_rng(0), 2, 5), bad
+            )
+    assert dv.check_indices([], 3).size == 0
+
+
+@pytest.mark.parametrize("dtype", [F32])
+@given(data=st.data())
+def test_float32_twin_within_the_gpu_tolerance(dtype, data):
+    """The float32 NumPy MLP against float64 stays inside the "gpu" row with the
+    probabilistic scale: the tolerance the kernels are held to is not too tight."""
+    x, w, t = data.draw(mlp_case(dtype))
+    w64 = dv.SparseMLPWeights(*(np.asarray(a, F64) for a in (w.w1, w.b1, w.w2, w.b2)))
+    x64 = x.astype(F64)
+    scale = sparse_mlp_scale(x64, w.w1, w.b1, w.w2, w.b2, idx=t)
+    assert_close(
+        dv.sparse_mlp(x, w, t), dv.sparse_mlp(x64, w64, t), "gpu", dtype, scale
+    )
+
+
+# --- heads ----------------------------------------------------------------------------
+
+
+def _attn(rng, h, d, amp=1.0):
+    c = h * d
+    m = [amp * rng.standard_normal((c, c)) / math.sqrt(c) for _ in range(4)]
+    bs = [0.1 * rng.standard_normal(c) for _ in range(4)]
+    return AttnWeights(*m, *bs)
+
+
+@given(
+    h=st.sampled_from([1, 2, 3, 8]),
+    d=st.sampled_from([1, 4, 16]),
+    s=st.integers(1, 40),
+    b=st.sampled_from([1, 3]),
+    seed=seeds,
+)
+def test_sum_of_head_outputs_is_mha(h, d, s, b, seed):
+    rng = np.random.default_rng(seed)
+    q = rng.standard_normal((b, h, d))
+    k, v = rng.standard_normal((2, b, h, s, d))
+    w_o, b_o = rng.standard_normal((h * d, h * d)), rng.standard_normal(h * d)
+    mha = decode_attention(q, k, v).reshape(b, h * d) @ w_o + b_o  # (B, C)
+    per_head = dv.head_outputs(q, k, v, w_o)  # (B, H, C)
+    assert_close(per_head.sum(axis=1) + b_o, mha, "rewrite", F64, np.abs(mha).max())
+    every = rng.permutation(h)
+    assert_close(
+        dv.head_sparse_attention(q, k, v, w_o, every, b_o), mha, "rewrite", F64,
+        np.abs(mha).max(),
+    )  # fmt: skip
+    if h > 1:  # known-wrong: one head short
+        with pytest.raises(AssertionError):
+            short = dv.head_sparse_attention(q, k, v, w_o, every[1:], b_o)
+            assert_close(short, mha, "rewrite", F64, np.abs(mha).max())
+
+
+def _dense_decode(xs, aw, h):
+    """Every head at every step: the baseline."""
+    cache, outs = dv.HeadSparseCache.empty(h, xs.shape[1] // h, xs.shape[1]), []
+    for x_t in xs:
+        y, cache = dv.head_sparse_decode(cache, x_t, aw, h, np.arange(h))
+        outs.append(y)
+    return np.array(outs)
+
+
+@given(
+    h=st.sampled_from([1, 2, 4]),
+    d=st.sampled_from([2, 8]),
+    steps=st.integers(1, 12),
+    seed=seeds,
+    p_keep=st.sampled_from([0.0, 0.3, 0.7]),
+)
+def test_all_heads_at_step_t_is_dense_whatever_was_skipped(h, d, steps, seed, p_keep):
+    rng = np.random.default_rng(seed)
+    aw = _attn(rng, h, d)
+    xs = rng.standard_normal((steps, h * d))
+    dense = _dense_decode(xs, aw, h)
+    cache = dv.HeadSparseCache.empty(h, d, h * d)
+    all_at = set(rng.choice(steps, size=max(1, steps // 3), replace=False).tolist())
+    for t, x_t in enumerate(xs):
+        heads = np.arange(h) if t in all_at else np.flatnonzero(rng.random(h) < p_keep)
+        y, cache = dv.head_sparse_decode(cache, x_t, aw, h, rng.permutation(heads))
+        if t in all_at:
+            assert_close(y, dense[t], "exact", F64)
+        assert cache.have[heads].all() and cache.x.shape == (t + 1, h * d)
+
+
+def test_checker_rejects_decode_without_catch_up():
+    """Known-wrong: a head that skipped steps and then attends without computing
+    the K/V it missed (zeros in its cache) differs from dense decode."""
+    rng = np.random.default_rng(5)
+    h, d = 2, 8
+    aw = _attn(rng, h, d)
+    xs = rng.standard_normal((4, h * d))
+    dense = _dense_decode(xs, aw, h)
+    cache = dv.HeadSparseCache.empty(h, d, h * d)
+    for x_t in xs[:3]:
+        _, cache = dv.head_sparse_decode(cache, x_t, aw, h, [0])  # head 1 skips
+    cache = dv.HeadSparseCache(cache.x, cache.k, cache.v, np.ones_like(cache.have))
+    y, _ = dv.head_sparse_decode(cache, xs[3], aw, h, [0, 1])
+    with pytest.raises(AssertionError):
+        assert_close(y, dense[3], "exact", F64)
+
+
+# --- the predictor ---------------------------------------------------------------
+
+
+@given(r=st.sampled_from([1, 3, 8]), seed=seeds)
+def test_predictor_recovers_an_exact_low_rank_map(r, seed):
+    """If z is exactly a rank-r affine map of x_prev, the fit finds it (ridge -> 0):
+    predicted scores equal z and the top-k set has recall 1."""
+    rng = np.random.default_rng(seed)
+    n, c, f = 300, 16, 40
+    x = rng.standard_normal((n, c))
+    z = (x @ rng.standard_normal((c, r))) @ rng.standard_normal((r, f)) + 0.5
+    p = dv.fit_predictor(x, z, r, ridge=0.0)
+    pred = dv.predict(p, x)
+    assert_close(pred, z, "rewrite", F64, np.abs(z).max() * c)
+    k = 10
+    assert np.all(dv.recall(dv.top_k_mask(pred, k), dv.top_k_mask(z, k)) == 1)
+
+
+def test_top_k_mask_and_recall_edges():
+    s = np.array([[3.0, 1.0, 2.0]])
+    assert dv.top_k_mask(s, 0).sum() == 0
+    assert dv.top_k_mask(s, 3).all()
+    assert dv.top_k_mask(s, 1)[0, 0]
+    assert dv.recall(np.zeros((1, 3), bool), np.zeros((1, 3), bool))[0] == 1.0
+    assert dv.recall(np.array([[1, 0, 0]], bool), np.array([[1, 1, 0]], bool))[0] == 0.5
+
+
+# --- GPU (gpu/deja_vu.cu) -------------------------------------------------------------
+
+GPU_VERSIONS = [(1, "deterministic"), (2, "atomic"), (2, "deterministic")]
+GPU_VERSIONS += [(3, "atomic"), (3, "deterministic")]
+
+
+@st.composite
+def gpu_case(draw, version: int, dtype):
+    """Shapes off every block size (C not a multiple of 128 or 256, K not of 8 or
+    32), B = 1 and past the 4-row tile; index sets empty, one, all, or a random
+    unsorted subset; large values too."""
+    v = 16 // np.dtype(dtype).itemsize
+    if version == 1:
+        c = draw(st.sampled_from([1, 5, 33, 130, 300]))
+    else:
+        c = v * draw(st.sampled_from([1, 3, 17, 33, 64, 129]))
+    f = draw(st.sampled_from([1, 9, 40, 257, 1000]))
+    b = draw(st.sampled_from([1, 1, 2, 4, 5, 9]))
+    kind = draw(st.sampled_from(["empty", "one", "all", "subset", "subset"]))
+    amp = draw(st.sampled_from([1.0, 8.0]))
+    seed = draw(seeds)
+    rng = np.random.default_rng(seed)
+    if kind == "empty":
+        idx = np.zeros(0, np.int32)
+    elif kind == "one":
+        idx = np.array([rng.integers(f)], np.int32)
+    elif kind == "all":
+        idx = rng.permutation(f).astype(np.int32)
+    else:
+        idx = rng.permutation(f)[: rng.integers(1, f + 1)].astype(np.int32)
+    w = dv.random_mlp(rng, c, f, draw(st.sampled_from([0.1, 0.5, 1.0])))
+    w = dv.SparseMLPWeights(*(a.astype(dtype) for a in (w.w1, w.b1, w.w2, w.b2)))
+    x = (amp * rng.standard_normal((b, c))).astype(dtype)
+    return x, w, idx
+
+
+def _run_gpu(x, w, idx, version, mode):
+    import cupy as cp
+
+    from gpu import deja_vu as gdv
+    from gpu import runtime as rt
+
+    out = rt.poisoned(x.shape, x.dtype)  # unwritten elements stay NaN and fail
+    args = [cp.asarray(a) for a in (x, w.w1, w.b1, w.w2, w.b2, idx)]
+    res = gdv.sparse_mlp(*args, version=version, mode=mode, out=out)
+    assert res is out
+    return cp.asnumpy(out)
+
+
+def _truth(x, w, idx):
+    w64 = dv.SparseMLPWeights(*(np.asarray(a, F64) for a in (w.w1, w.b1, w.w2, w.b2)))
+    x64 = x.astype(F64)
+    return dv.sparse_mlp(x64, w64, idx), sparse_mlp_scale(
+        x64, w64.w1, w64.b1, w64.w2, w64.b2, idx=idx
+    )
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [F32, F16])
+@pytest.mark.parametrize("version,mode", GPU_VERSIONS)
+@given(data=st.data())
+def test_gpu_matches_reference(version, mode, dtype, data):
+    x, w, idx = data.draw(gpu_case(version, dtype))
+    got = _run_gpu(x, w, idx, version, mode)
+    ref, scale = _truth(x, w, idx)
+    used = assert_close(got, ref, "gpu", dtype, scale)
+    print(f"v{version} {mode} {np.dtype(dtype).name}: {describe(used)}")
+    if mode == "deterministic":  # bitwise reproducible
+        assert np.array_equal(got, _run_gpu(x, w, idx, version, mode), equal_nan=True)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("version,mode", GPU_VERSIONS)
+def test_gpu_all_indices_is_dense_and_a_missing_neuron_fails(version, mode):
+    """All F ids reproduce the dense MLP; dropping the most active neuron (a known-
+    wrong set) must fail the same check."""
+    rng = np.random.default_rng(11)
+    c, f = 264, 600
+    w = dv.random_mlp(rng, c, f, 0.2)
+    w = dv.SparseMLPWeights(*(a.astype(F16) for a in (w.w1, w.b1, w.w2, w.b2)))
+    x = rng.standard_normal((3, c)).astype(F16)
+    w64 = dv.SparseMLPWeights(*(np.asarray(a, F64) for a in (w.w1, w.b1, w.w2, w.b2)))
+    dense = dv.dense_mlp(x.astype(F64), w64)
+    scale = sparse_mlp_scale(x.astype(F64), w64.w1, w64.b1, w64.w2, w64.b2)
+    every = rng.permutation(f).astype(np.int32)
+    assert_close(_run_gpu(x, w, every, version, mode), dense, "gpu", F16, scale)
+    z = dv.preactivations(x.astype(F64), w64)
+    top = np.argmax(z.max(axis=0))
+    wrong = every[every != top]
+    with pytest.raises(AssertionError):
+        assert_close(_run_gpu(x, w, wrong, version, mode), dense, "gpu", F16, scale)
+
+
+@pytest.mark.gpu
+def test_gpu_bad_inputs_rejected_before_launch():
+    import cupy as cp
+
+    from gpu.deja_vu import sparse_mlp
+
+    f16 = cp.float16
+    x, b2 = cp.zeros((2, 64), f16), cp.zeros(64, f16)
+    w1, w2, b1 = cp.zeros((100, 64), f16), cp.zeros((100, 64), f16), cp.zeros(100, f16)
+    ok = cp.arange(10, dtype=cp.int32)
+    for bad, msg in (
+        (cp.array([3, 5, 3], cp.int32), "duplicate"),
+        (cp.array([0, 100], cp.int32), r"\[0, F=100\)"),
+        (cp.array([-1, 2], cp.int32), r"\[0, F=100\)"),
+        (cp.arange(101, dtype=cp.int32), "K = 101"),
+    ):
+        with pytest.raises(ValueError, match=msg):
+            sparse_mlp(x, w1, b1, w2, b2, bad)
+    with pytest.raises(TypeError, match="idx"):
+        sparse_mlp(x, w1, b1, w2, b2, ok.astype(cp.int64))
+    with pytest.raises(TypeError, match="w1"):
+        sparse_mlp(x, w1.astype(cp.float32), b1, w2, b2, ok)
+    with pytest.raises(ValueError, match="w2"):
+        sparse_mlp(x, w1, b1, w2[:, :32], b2, ok)
+    with pytest.raises(ValueError, match="b2"):
+        sparse_mlp(x, w1, b1, w2, cp.zeros(63, f16), ok)
+    with pytest.raises(ValueError, match="C % 8"):
+        sparse_mlp(x[:, :60].copy(), w1[:, :60].copy(), b1, w2[:, :60].copy(),
+                   b2[:60].copy(), ok, version=3)  # fmt: skip
+    with pytest.raises(ValueError, match="version"):
+        sparse_mlp(x, w1, b1, w2, b2, ok, version=4)
+    with pytest.raises(ValueError, match="mode"):
+        sparse_mlp(x, w1, b1, w2, b2, ok, version=1, mode="atomic")
+    with pytest.raises(TypeError, match="x"):
+        sparse_mlp(np.zeros((2, 64), np.float16), w1, b1, w2, b2, ok)

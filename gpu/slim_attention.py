@@ -283,7 +283,7 @@ def slim_decode(
     w_kv,
     b_v=None,
     *,
-    version: int = 3,
+    version: int = 6,
     length: int | None = None,
     n_split: int | None = None,
     out=None,
@@ -298,7 +298,8 @@ def slim_decode(
         k_cache: (B, S, C) keys, C = H*D, the only cache; rows >= length unused.
         w_kv: (C, C) = W_K^-1 W_V (reference.slim_attention.fold_w_kv), q's dtype.
         b_v: (C,) value bias or None (the key bias is dropped: it cancels).
-        version: 1 (float32 or float16), 2-6 (float16, tensor cores).
+        version: 1 (float32 or float16), 2-6 (float16, tensor cores; the default,
+            v6, is the fastest measured).
         length: keys to attend (default S).
         n_split: v2-v6: chunks S is split into (default split_plan).
         out, workspace: optional preallocated (B, H, D) output of q's dtype and
@@ -325,7 +326,7 @@ def xcache_decode(
     w_v,
     b_v=None,
     *,
-    version: int = 3,
+    version: int = 5,
     length: int | None = None,
     n_split: int | None = None,
     out=None,
@@ -342,7 +343,7 @@ def xcache_decode(
         w_kt: (H, D, C), W_K re-laid out by xcache_wkt(w_k, H); q's dtype.
         w_v: (C, C) value projection; b_v: (C,) or None (the key bias cancels).
         version: 1 (float32 or float16), 3-5 (float16, tensor cores; q~ is
-            rounded to fp16 for them).
+            rounded to fp16 for them; the default, v5, is the fastest measured).
         length, n_split, out, workspace: as slim_decode, with
             workspace_elems(..., xcache=True).
     Returns:

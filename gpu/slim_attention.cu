@@ -1093,3 +1093,11 @@ ENTRY_V6(1, 256)
 ENTRY_V6(2, 256)
 ENTRY_V6(2, 384)
 ENTRY_V6(2, 512)
+
+// The largest tile layouts must fit the 227 KB of shared memory a block may
+// opt into on sm_90 (the launcher mirrors these sizes to request them).
+#define SMEM_MAX (227 * 1024)
+static_assert(fast_smem<2, 8, 4>() <= SMEM_MAX, "v3/xv3 tiles too large");
+static_assert(v4_smem<2, 512, false, 3>() <= SMEM_MAX, "v4/v5 too large");
+static_assert(v4_smem<2, 512, true, 2>() <= SMEM_MAX, "xv4/xv5 too large");
+static_assert(v6_smem<2, 512>() <= SMEM_MAX, "v6 tiles too large");

@@ -49,9 +49,14 @@ def n_parts(version: int, k: int, mode: str) -> int:
 
 
 def workspace_elems(version: int, b: int, c: int, k: int, mode: str) -> int:
-    """float32 scratch of one call: a (B, K) for v1/v2, then P partials (P, B, C)."""
-    a = b * k if version in (1, 2) else 0
-    return a + n_parts(version, k, mode) * b * c
+    """float32 scratch of one call: a (B, K) for v1/v2, padded to 16 bytes so that
+    the partials (P, B, C) after it take 16-byte float4 stores and atomics."""
+    return _a_elems(version, b, k) + n_parts(version, k, mode) * b * c
+
+
+def _a_elems(version: int, b: int, k: int) -> int:
+    """Floats reserved for a (B, K) at the start of the workspace: 4 | the count."""
+    return -(-b * k // 4) * 4 if version in (1, 2) else 0
 
 
 def bytes_moved(b: int, c: int, k: int, itemsize: int) -> int:
@@ -162,9 +167,11 @@ def sparse_mlp(
         rt.check_array("workspace", workspace, (np.float32,), 1)
         if workspace.size < need:
             raise ValueError(f"workspace needs {need} float32, got {workspace.size}")
+        if workspace.data.ptr % 16:
+            raise ValueError("workspace must be 16-byte aligned (float4 partials)")
     i32, sfx = np.int32, _SUFFIX[x.dtype]
     a = workspace[: b * k]
-    acc = workspace[(b * k if version in (1, 2) else 0) :]
+    acc = workspace[_a_elems(version, b, k) :]
     n_p = n_parts(version, k, mode)
     dims = (i32(b), i32(c), i32(f), i32(k))
     fn = rt.kernel

@@ -334,8 +334,12 @@ def _run_gpu(x, w, idx, version, mode):
     from gpu import runtime as rt
 
     out = rt.poisoned(x.shape, x.dtype)  # unwritten elements stay NaN and fail
+    # the scratch too: a partial that is read but never written poisons the sum
+    b, c, k = x.shape[0], x.shape[1], idx.size
+    n_ws = max(gdv.workspace_elems(version, b, c, k, mode), 1)
+    ws = rt.poisoned((n_ws,), np.float32)
     args = [cp.asarray(a) for a in (x, w.w1, w.b1, w.w2, w.b2, idx)]
-    res = gdv.sparse_mlp(*args, version=version, mode=mode, out=out)
+    res = gdv.sparse_mlp(*args, version=version, mode=mode, out=out, workspace=ws)
     assert res is out
     return cp.asnumpy(out)
 
@@ -419,3 +423,8 @@ def test_gpu_bad_inputs_rejected_before_launch():
         sparse_mlp(x, w1, b1, w2, b2, ok, version=1, mode="atomic")
     with pytest.raises(TypeError, match="x"):
         sparse_mlp(np.zeros((2, 64), np.float16), w1, b1, w2, b2, ok)
+    ws = cp.zeros(4096, cp.float32)
+    with pytest.raises(ValueError, match="workspace must be 16-byte"):
+        sparse_mlp(x, w1, b1, w2, b2, ok, version=2, workspace=ws[1:])
+    with pytest.raises(ValueError, match="workspace needs"):
+        sparse_mlp(x, w1, b1, w2, b2, ok, version=2, workspace=ws[:8])

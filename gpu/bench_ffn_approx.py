@@ -1,0 +1,280 @@
+"""Benchmark cases of the chapter "Approximating two-layer FFNs" (via gpu/bench.py).
+
+    python -m gpu.bench ffn_approx [--quick] [--out results]
+
+One sigma-MoE layer in prefill, fp16 (the paper's WT103-big layer, DESIGN.md §5):
+* "ffn_approx": T = 4096, C = 1024, E = 32, G = 128, K = 4. Our layer (router,
+  counting sort, up, down, combine; six launches) for v2, v3 and v4 (v1 is a
+  correctness anchor: naive, many ms), each stage of v3 and v4 alone, and two
+  cuBLAS baselines from the same run: the parameter-equal dense MLP (F = E G =
+  4096) and the compute-equal one (F = K G = 512), relu(x W1) W2 with cupy.matmul.
+* "ffn_approx_experts": E in {8, 16, 32, 64, 128} (quick: 8, 32, 128) at fixed
+  K = 4, G = 128: the FLOPs per token stay fixed while the parameter-equal dense MLP
+  grows with E (the paper's benchmark.py sweeps N_E the same way). v3, v4 and the
+  parameter-equal dense MLP at each E; the compute-equal one once (it does not
+  depend on E).
+
+Every row is validated first against the float64 reference (reference.ffn_approx)
+on 64 + 64 of the tokens (the first and the last), outputs poisoned with NaN; a row
+that fails is recorded as failed and not timed. Our kernels are timed in CUDA
+graphs (bench.time_cupy); cuBLAS cannot be captured by CuPy, so the baselines use
+CUDA events (bench.time_events). Input sets are rotated beyond 2x L2. Floors:
+flop_floor_us = FLOPs / the fp16 GEMM ceiling, floor_us = bytes / read ceiling;
+the larger is the floor of the row (of_floor = floor / time).
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+
+import numpy as np
+
+from gpu import bench
+from gpu import ffn_approx as gfa
+
+T, C, G, K = 4096, 1024, 128, 4
+E_MAIN = 32
+E_SWEEP = (8, 16, 32, 64, 128)
+E_QUICK = (8, 32, 128)
+F16 = np.float16
+N_CHECK = 64  # tokens validated at each end
+
+
+def _weights(rng, e):
+    """sigma-MoE init in fp16 (reference.ffn_approx.init_sigma_moe, on the GPU)."""
+    import cupy as cp
+
+    w1 = rng.standard_normal((e, C, G), dtype=cp.float32) / math.sqrt(C)
+    w2 = rng.standard_normal((e, G, C), dtype=cp.float32) / math.sqrt(e * G)
+    w3 = rng.standard_normal((C, e), dtype=cp.float32)
+    w3 /= cp.linalg.norm(w3, axis=0, keepdims=True) * math.sqrt(C)
+    return tuple(a.astype(F16) for a in (w1, w2, w3))
+
+
+def _rows(n: int) -> np.ndarray:
+    return np.unique(
+        np.r_[np.arange(min(N_CHECK, n)), np.arange(max(0, n - N_CHECK), n)]
+    )
+
+
+def _moe_truth(x, w, idx):
+    """float64 reference of the checked tokens for the routing idx the GPU chose,
+    and its scale (h and z stored in fp16; the float32 gate against float64)."""
+    import cupy as cp
+
+    from reference import ffn_approx as fa
+    from reference.testing import moe_scale
+
+    r = _rows(x.shape[0])
+    x64 = cp.asnumpy(x[cp.asarray(r)]).astype(np.float64)
+    w64 = fa.MoEWeights(*(cp.asnumpy(a).astype(np.float64) for a in w))
+    i = idx[r]
+    gate = fa.sigmoid(np.take_along_axis(x64 @ w64.w3, i.astype(np.int64), 1))
+    ref = fa.moe_loop(x64, w64, i, gate)
+    return r, ref, moe_scale(x64, w64.w1, w64.w2, i, gate, w64.w3, h16=True, z16=True)
+
+
+def _dense_truth(x, w1, w2):
+    import cupy as cp
+
+    from reference import ffn_approx as fa
+    from reference.testing import moe_scale
+
+    r = _rows(x.shape[0])
+    x64 = cp.asnumpy(x[cp.asarray(r)]).astype(np.float64)
+    a, b = (cp.asnumpy(m).astype(np.float64) for m in (w1, w2))
+    one = np.zeros((len(r), 1), np.int32)
+    sc = moe_scale(x64, a[None], b[None], one, np.ones((len(r), 1)), h16=True)
+    return r, fa.dense_mlp(x64, a, b), sc
+
+
+def _check(out, truth) -> float:
+    import cupy as cp
+
+    from reference.testing import assert_close
+
+    r, ref, sc = truth
+    return assert_close(cp.asnumpy(out[cp.asarray(r)]), ref, "gpu", F16, sc)
+
+
+def _base(e, ceil, name, f=None, **extra) -> dict:
+    if f is None:
+        fl, nb = gfa.flops(T, C, e, G, K), gfa.bytes_moved(T, C, e, G, K, 2)
+    else:
+        fl, nb = gfa.dense_flops(T, C, f), gfa.dense_bytes(T, C, f, 2)
+    row = dict(name=name, T=T, C=C, E=e, G=G, K=K, F=f, dtype="float16")
+    row.update(flops=fl, bytes=nb, **extra)
+    if ceil.get("gemm_fp16_flop_per_s"):
+        row["flop_floor_us"] = fl / ceil["gemm_fp16_flop_per_s"] * 1e6
+    if ceil.get("read_bytes_per_s"):
+        row["bytes_floor_us"] = nb / ceil["read_bytes_per_s"] * 1e6
+    fls = [row[k] for k in ("flop_floor_us", "bytes_floor_us") if k in row]
+    if fls:
+        row["floor_us"] = max(fls)
+    return row
+
+
+def _timed(row, check, calls, timer) -> dict:
+    try:
+        row["error_used"] = check()
+    except (AssertionError, ValueError, TypeError) as err:
+        row["status"] = f"FAILED validation: {err}"
+        print(f"  {row['name']} E={row['E']}: {row['status']}", file=sys.stderr)
+        return row
+    return bench._finish(row, timer(calls))
+
+
+def _moe_rows(rng, e, ceil, versions, stages: bool) -> list[dict]:
+    import cupy as cp
+
+    n = bench.n_copies(gfa.bytes_moved(T, C, e, G, K, 2))
+    sets = [_weights(rng, e) for _ in range(n)]
+    xs = [rng.standard_normal((T, C), dtype=cp.float32).astype(F16) for _ in sets]
+    rows = []
+    for v in versions:
+        wss = [gfa.workspace(T, C, e, G, K, F16) for _ in sets]
+        outs = [cp.full((T, C), np.nan, F16) for _ in sets]
+
+        def call(j, v=v, wss=wss, outs=outs):
+            w1, w2, w3 = sets[j]
+            return gfa.moe(xs[j], w1, w2, w3, K, version=v, out=outs[j], ws=wss[j])
+
+        def check(v=v, wss=wss, call=call):
+            out = call(0)
+            truth = _moe_truth(xs[0], sets[0], cp.asnumpy(wss[0].idx))
+            return _check(out, truth)
+
+        calls = [lambda j=j: call(j) for j in range(n)]
+        rows.append(_timed(_base(e, ceil, f"moe_v{v}"), check, calls, _graph))
+        if stages and rows[-1].get("status") == "ok":
+            rows += _stage_rows(e, v, sets, xs, wss, outs, ceil)
+    bench._free(sets)
+    return rows
+
+
+def _stage_rows(e, v, sets, xs, wss, outs, ceil) -> list[dict]:
+    """Each launch of the layer alone (inputs from the validated full run)."""
+    import cupy as cp
+
+    i32 = np.int32
+    bm, nt = gfa.TILE[v], gfa.THREADS[v]
+    rows = []
+    p = T * K
+
+    def gemm(stage, j):
+        w1, w2, _ = sets[j]
+        ws = wss[j]
+        a, w, dst, kd, n = (
+            (xs[j], w1, ws.h, C, G) if stage == "up" else (ws.h, w2, ws.z, G, C)
+        )
+        grid = (math.ceil(p / bm) + e, math.ceil(n / bm))
+        args = (a, w, ws.order, ws.gate, ws.offsets, ws.tiles, dst)
+        args += (i32(e), i32(K), i32(kd), i32(n))
+        gfa.rt.kernel("ffn_approx", f"ffn_approx_{stage}_v{v}_f16")(grid, (nt,), args)
+
+    def combine(j):
+        ws = wss[j]
+        gfa.rt.kernel("ffn_approx", "ffn_approx_combine_v2_f16")(
+            (math.ceil(C // 8 / 256), T),
+            (256,),
+            (ws.z, outs[j], i32(T), i32(C), i32(K)),
+        )
+
+    stages = {
+        "router": lambda j: gfa.route(
+            xs[j], sets[j][2], K, idx=wss[j].idx, gate=wss[j].gate
+        ),
+        "sort": lambda j: gfa.sort_pairs(wss[j].idx, e, bm, wss[j], check_idx=False),
+        "up": lambda j: gemm("up", j),
+        "down": lambda j: gemm("down", j),
+        "combine": combine,
+    }
+    fl = {"router": 2 * T * C * e, "up": 2 * p * C * G, "down": 2 * p * C * G}
+    for name, fn in stages.items():
+        row = dict(name=f"v{v}_{name}", T=T, C=C, E=e, G=G, K=K, F=None)
+        row.update(dtype="float16", flops=fl.get(name, 0), bytes=0)
+        if name in fl and ceil.get("gemm_fp16_flop_per_s"):
+            row["floor_us"] = fl[name] / ceil["gemm_fp16_flop_per_s"] * 1e6
+        calls = [lambda j=j, fn=fn: fn(j) for j in range(len(sets))]
+        rows.append(bench._finish(row, _graph(calls)))
+        cp.cuda.Device().synchronize()
+    return rows
+
+
+def _dense_row(rng, f, ceil, e, name) -> dict:
+    import cupy as cp
+
+    nb = gfa.dense_bytes(T, C, f, 2)
+    n = bench.n_copies(nb)
+    w = [
+        (
+            (rng.standard_normal((C, f), dtype=cp.float32) / math.sqrt(C)).astype(F16),
+            (rng.standard_normal((f, C), dtype=cp.float32) / math.sqrt(f)).astype(F16),
+        )
+        for _ in range(n)
+    ]
+    xs = [rng.standard_normal((T, C), dtype=cp.float32).astype(F16) for _ in w]
+    hs = [cp.empty((T, f), F16) for _ in w]
+    outs = [cp.full((T, C), np.nan, F16) for _ in w]
+
+    def call(j):
+        cp.matmul(xs[j], w[j][0], out=hs[j])
+        cp.maximum(hs[j], 0, out=hs[j])
+        return cp.matmul(hs[j], w[j][1], out=outs[j])
+
+    def check():
+        return _check(call(0), _dense_truth(xs[0], *w[0]))
+
+    calls = [lambda j=j: call(j) for j in range(n)]
+    row = _timed(_base(e, ceil, name, f=f), check, calls, bench.time_events)
+    bench._free(w)
+    return row
+
+
+def _graph(calls):
+    return bench.time_cupy(calls, samples=30)
+
+
+def main_case(rng, ceil) -> list[dict]:
+    rows = _moe_rows(rng, E_MAIN, ceil, (2, 3, 4), stages=True)
+    rows.append(_dense_row(rng, E_MAIN * G, ceil, E_MAIN, "cublas_param_equal"))
+    rows.append(_dense_row(rng, K * G, ceil, E_MAIN, "cublas_compute_equal"))
+    return rows
+
+
+def expert_sweep(rng, es, ceil) -> list[dict]:
+    rows = [_dense_row(rng, K * G, ceil, 0, "cublas_compute_equal")]
+    for e in es:
+        rows += _moe_rows(rng, e, ceil, (3, 4), stages=False)
+        rows.append(_dense_row(rng, e * G, ceil, e, "cublas_param_equal"))
+    return rows
+
+
+def run(quick: bool = False, ceil: dict | None = None) -> dict[str, list[dict]]:
+    import cupy as cp
+
+    ceil = ceil or {}
+    rng = cp.random.default_rng(2310)
+    return {
+        "ffn_approx": main_case(rng, ceil),
+        "ffn_approx_experts": expert_sweep(rng, E_QUICK if quick else E_SWEEP, ceil),
+    }
+
+
+def print_table(rows: list[dict]) -> None:
+    nan = float("nan")
+    print(
+        f"{'case':<22}{'E':>5}{'median us':>11}{'floor us':>10}{'of floor':>9}"
+        f"{'TFLOP/s':>9}{'err/tol':>9}"
+    )
+    for r in rows:
+        head = f"{r['name']:<22}{r['E']:>5}"
+        if r.get("status") != "ok":
+            print(f"{head}  {r.get('status')}")
+            continue
+        tf = r["flops"] / (r["median_us"] * 1e-6) / 1e12
+        print(
+            f"{head}{r['median_us']:>11.1f}{r.get('floor_us', nan):>10.1f}"
+            f"{r.get('of_floor', nan):>9.2f}{tf:>9.0f}{r.get('error_used', nan):>9.3f}"
+        )

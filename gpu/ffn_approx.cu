@@ -1,0 +1,472 @@
+// gpu/ffn_approx.cu — chapter 6, "Approximating two-layer FFNs": one
+// sigma-MoE layer (sigmoid router, top-K experts, CVMM). Twin of
+// reference/ffn_approx.py::route and ::moe_cvmm. Row-major, contiguous:
+//   x (T, C)  w3 (C, E)  w1 (E, C, G)  w2 (E, G, C)  out (T, C)
+//   idx (T, K) int32 in [0, E)   gate (T, K) float32   pairs p = t K + j
+//   counts (E,), offsets (E + 1,), tiles (E + 1,), order (P = T K,) int32
+//   h (P, G) and z (P, C) of the storage type: workspace
+// Storage T = float or __half; every sum in float32.
+//
+// The pipeline, one launch each, no host sync (CUDA-graph capturable):
+//   router   logits = x W3, top-K per token, gate = sigmoid(logit)
+//   count    histogram of idx (one block, shared atomics on integers: the
+//            counts do not depend on their order), exclusive scan to offsets,
+//            and the tile table tiles[e] = sum_{e' < e} ceil(counts[e'] / BM)
+//   scatter  block e ranks its pairs in ascending pair id (ballot + prefix
+//            sum): order[offsets[e] + rank] = p. A stable counting sort.
+//   up       h[q] = gate[p] relu(x[p / K] w1[e]) for sorted position q,
+//            p = order[q] (the grouped GEMM; ReLU and gate in its epilogue)
+//   down     z[p] = h[q] w2[e]  (stored back in pair order)
+//   combine  out[t] = sum_j z[t K + j], j = 0..K-1 in order: deterministic
+// A GEMM tile of BM sorted rows never straddles two experts (option (a) of
+// the notes: segments are padded to whole tiles in the tile table), so the
+// grid is an upper bound, ceil(P / BM) + E tiles, and surplus blocks exit.
+//
+// v1  naive: a thread per (sorted row, output column), scalar loads; finds
+//     its expert by binary search in offsets. Any shape.
+// v2  CUDA cores, shared-memory tiles BM = BN = 64, BK = 16, 256 threads
+//     with 4x4 outputs each; A rows gathered through order. Any shape.
+// v3  tensor cores (mma.sync m16n8k16 + ldmatrix, fp16 in, fp32
+//     accumulate): 64x64 tile, BK = 32, 4 warps of 32x32; 16-byte loads.
+//     fp16 only; C % 8 == 0 and G % 8 == 0. Epilogue from registers.
+// v4  v3's code with 128x128 tiles (8 warps of 64x32): each smem element
+//     feeds twice as many MMAs. Same needs as v3.
+// combine_v1 scalar; combine_v2 16-byte vectors (C % 8 == 0, fp16).
+//
+// Run the cases alone:  python -m gpu.bench ffn_approx [--quick]
+// Compile report (no GPU): python -m gpu.check_kernels gpu/ffn_approx.cu
+
+#include <cuda_fp16.h>
+
+#define MAX_E 256  // router: experts per token held in shared memory
+#define RT 16      // router: tokens per block
+#define RCK 32     // router: chunk of C staged in shared memory
+
+__device__ __forceinline__ float to_f(float x) { return x; }
+__device__ __forceinline__ float to_f(__half x) { return __half2float(x); }
+__device__ __forceinline__ void from_f(float& y, float x) { y = x; }
+__device__ __forceinline__ void from_f(__half& y, float x) {
+  y = __float2half_rn(x);
+}
+
+// The last s with starts[s] <= v, for nondecreasing starts[0..n] and
+// v < starts[n]; -1 when v >= starts[n]. Empty segments are skipped.
+__device__ __forceinline__ int segment_of(const int* starts, int n, int v) {
+  if (v >= starts[n]) return -1;
+  int lo = 0, hi = n - 1;
+  while (lo < hi) {
+    int mid = (lo + hi + 1) / 2;
+    if (starts[mid] <= v) lo = mid; else hi = mid - 1;
+  }
+  return lo;
+}
+
+// --- router ---
+// grid ceil(T / RT), block 128: thread -> expert e (and e + 128); RT logits
+// each in registers, x staged RCK columns at a time. Then warp w picks the
+// top K of tokens w, w + 4, ... by K rounds of a warp argmax (ties to the
+// lower expert id, as reference.ffn_approx.top_k_indices).
+template <typename T>
+__device__ void router_v1(const T* x, const T* w3, int* idx, float* gate,
+                          int Tn, int C, int E, int K) {
+  __shared__ float xs[RT][RCK];
+  __shared__ float logit[RT][MAX_E];
+  __shared__ unsigned char taken[RT][MAX_E];
+  int t0 = blockIdx.x * RT, tid = threadIdx.x;
+  for (int i = tid; i < RT * MAX_E; i += blockDim.x)
+    taken[i / MAX_E][i % MAX_E] = 0;
+  for (int e0 = 0; e0 < E; e0 += blockDim.x) {
+    int e = e0 + tid;
+    float acc[RT];
+#pragma unroll
+    for (int r = 0; r < RT; ++r) acc[r] = 0.f;
+    for (int c0 = 0; c0 < C; c0 += RCK) {
+      __syncthreads();
+      for (int i = tid; i < RT * RCK; i += blockDim.x) {
+        int r = i / RCK, c = c0 + i % RCK;
+        xs[r][i % RCK] =
+            (t0 + r < Tn && c < C) ? to_f(x[(size_t)(t0 + r) * C + c]) : 0.f;
+      }
+      __syncthreads();
+      if (e < E) {
+        int nc = min(RCK, C - c0);
+        for (int c = 0; c < nc; ++c) {
+          float wv = to_f(w3[(size_t)(c0 + c) * E + e]);
+#pragma unroll
+          for (int r = 0; r < RT; ++r) acc[r] = fmaf(xs[r][c], wv, acc[r]);
+        }
+      }
+    }
+    if (e < E) {
+#pragma unroll
+      for (int r = 0; r < RT; ++r) logit[r][e] = acc[r];
+    }
+  }
+  __syncthreads();
+  int lane = tid & 31;
+  for (int r = tid / 32; r < RT; r += blockDim.x / 32) {
+    int t = t0 + r;
+    if (t >= Tn) break;
+    for (int j = 0; j < K; ++j) {
+      float bv = 0.f;
+      int be = -1;
+      for (int e = lane; e < E; e += 32) {
+        float v = logit[r][e];
+        if (!taken[r][e] && (be < 0 || v > bv)) { bv = v; be = e; }
+      }
+#pragma unroll
+      for (int o = 16; o > 0; o >>= 1) {
+        float ov = __shfl_xor_sync(0xffffffffu, bv, o);
+        int oe = __shfl_xor_sync(0xffffffffu, be, o);
+        bool better = oe >= 0 && (be < 0 || ov > bv || (ov == bv && oe < be));
+        if (better) { bv = ov; be = oe; }
+      }
+      if (lane == 0) {
+        taken[r][be] = 1;
+        idx[(size_t)t * K + j] = be;
+        gate[(size_t)t * K + j] = 1.f / (1.f + expf(-bv));
+      }
+      __syncwarp();
+    }
+  }
+}
+
+// --- sort ---
+// One block: counts by shared atomics, then thread 0 scans (E <= MAX_E).
+// An id outside [0, E) is not counted (the launcher rejects it first).
+__device__ void count_v1(const int* idx, int P, int E, int bm, int* counts,
+                         int* offsets, int* tiles) {
+  __shared__ int cnt[MAX_E];
+  for (int e = threadIdx.x; e < E; e += blockDim.x) cnt[e] = 0;
+  __syncthreads();
+  for (int p = threadIdx.x; p < P; p += blockDim.x) {
+    int e = idx[p];
+    if (e >= 0 && e < E) atomicAdd(&cnt[e], 1);
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    int off = 0, til = 0;
+    for (int e = 0; e < E; ++e) {
+      counts[e] = cnt[e];
+      offsets[e] = off;
+      tiles[e] = til;
+      off += cnt[e];
+      til += (cnt[e] + bm - 1) / bm;
+    }
+    offsets[E] = off;
+    tiles[E] = til;
+  }
+}
+
+// grid E, block 256 (8 warps): block e walks the pairs in chunks of 256 and
+// gives each of its pairs the rank "pairs of e before it" (ballot, popc and
+// an 8-warp prefix), so order holds expert e's pairs in ascending p.
+__device__ void scatter_v1(const int* idx, int P, const int* offsets,
+                           int* order) {
+  __shared__ int warp_n[8];
+  int e = blockIdx.x, lane = threadIdx.x & 31, warp = threadIdx.x / 32;
+  int run = offsets[e];
+  for (int base = 0; base < P; base += 256) {
+    int p = base + threadIdx.x;
+    bool mine = p < P && idx[p] == e;
+    unsigned bal = __ballot_sync(0xffffffffu, mine);
+    if (lane == 0) warp_n[warp] = __popc(bal);
+    __syncthreads();
+    int before = 0, total = 0;
+#pragma unroll
+    for (int w = 0; w < 8; ++w) {
+      before += w < warp ? warp_n[w] : 0;
+      total += warp_n[w];
+    }
+    if (mine) order[run + before + __popc(bal & ((1u << lane) - 1u))] = p;
+    run += total;
+    __syncthreads();
+  }
+}
+
+// --- GEMM operands ---
+// UP:   A row of sorted position q is x[order[q] / K] (Kd = C, N = G);
+//       h[q, n] = gate[order[q]] * relu(acc).
+// DOWN: A row q is h[q] (Kd = G, N = C); z[order[q], n] = acc.
+template <typename T>
+struct Gemm {
+  const T* a;
+  const T* w;  // (E, Kd, N)
+  const int* order;
+  const float* gate;
+  const int* offsets;
+  const int* tiles;
+  T* out;
+  int E, K, Kd, N;
+};
+
+template <bool UP, typename T>
+__device__ __forceinline__ size_t a_row(const Gemm<T>& g, int q) {
+  return UP ? (size_t)(g.order[q] / g.K) : (size_t)q;
+}
+
+template <bool UP, typename T>
+__device__ __forceinline__ void put(const Gemm<T>& g, int q, int n, float v) {
+  int p = g.order[q];
+  if (UP) {
+    from_f(g.out[(size_t)q * g.N + n], g.gate[p] * fmaxf(v, 0.f));
+  } else {
+    from_f(g.out[(size_t)p * g.N + n], v);
+  }
+}
+
+// --- v1 ---
+// grid (rows = P, ceil(N / blockDim)): thread -> (q, n), a plain dot product.
+template <bool UP, typename T>
+__device__ void gemm_v1(Gemm<T> g) {
+  int q = blockIdx.x, n = blockIdx.y * blockDim.x + threadIdx.x;
+  int e = segment_of(g.offsets, g.E, q);
+  if (e < 0 || n >= g.N) return;
+  const T* a = g.a + a_row<UP>(g, q) * g.Kd;
+  const T* w = g.w + (size_t)e * g.Kd * g.N + n;
+  float acc = 0.f;
+  for (int k = 0; k < g.Kd; ++k)
+    acc = fmaf(to_f(a[k]), to_f(w[(size_t)k * g.N]), acc);
+  put<UP>(g, q, n, acc);
+}
+
+// --- v2 ---
+// grid (ceil(P / 64) + E, ceil(N / 64)), block 256: a 64x64 tile of one
+// expert's segment; thread (ty, tx) owns rows 4ty.. and columns 4tx..
+template <bool UP, typename T>
+__device__ void gemm_v2(Gemm<T> g) {
+  __shared__ float As[16][64 + 4];  // [k][m]
+  __shared__ float Bs[16][64 + 4];  // [k][n]
+  int tile = blockIdx.x, e = segment_of(g.tiles, g.E, tile);
+  if (e < 0) return;
+  int q0 = g.offsets[e] + (tile - g.tiles[e]) * 64, q1 = g.offsets[e + 1];
+  int n0 = blockIdx.y * 64, tid = threadIdx.x, tx = tid % 16, ty = tid / 16;
+  int am = tid / 4, ak = (tid % 4) * 4;   // this thread's A loads
+  int bk = tid / 16, bn = (tid % 16) * 4;  // and B loads
+  bool arow_ok = q0 + am < q1;
+  const T* arow = g.a + (arow_ok ? a_row<UP>(g, q0 + am) : 0) * g.Kd;
+  const T* we = g.w + (size_t)e * g.Kd * g.N;
+  float acc[4][4] = {};
+  for (int k0 = 0; k0 < g.Kd; k0 += 16) {
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      int k = k0 + ak + i, n = n0 + bn + i;
+      As[ak + i][am] = arow_ok && k < g.Kd ? to_f(arow[k]) : 0.f;
+      Bs[bk][bn + i] = k0 + bk < g.Kd && n < g.N
+                           ? to_f(we[(size_t)(k0 + bk) * g.N + n])
+                           : 0.f;
+    }
+    __syncthreads();
+#pragma unroll
+    for (int k = 0; k < 16; ++k) {
+      float av[4], bv[4];
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        av[i] = As[k][ty * 4 + i];
+        bv[i] = Bs[k][tx * 4 + i];
+      }
+#pragma unroll
+      for (int i = 0; i < 4; ++i)
+#pragma unroll
+        for (int j = 0; j < 4; ++j) acc[i][j] = fmaf(av[i], bv[j], acc[i][j]);
+    }
+    __syncthreads();
+  }
+#pragma unroll
+  for (int i = 0; i < 4; ++i)
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      int q = q0 + ty * 4 + i, n = n0 + tx * 4 + j;
+      if (q < q1 && n < g.N) put<UP>(g, q, n, acc[i][j]);
+    }
+}
+
+// --- v3 ---
+// grid (ceil(P / BM) + E, ceil(N / BN)), block NW warps, each a WM x WN
+// sub-tile of (WM/16) x (WN/8) mma.sync m16n8k16 accumulators (fp16 in,
+// fp32 accumulate; inline PTX, as gpu/slim_attention.cu). Tiles of A
+// (gathered rows) and B are staged in shared memory with 16-byte loads,
+// zero-filled past the segment, Kd and N (whole vectors: Kd, N % 8 == 0),
+// and read with ldmatrix (B transposed on the way). Row strides of BK + 8
+// and BN + 8 halves put the 8 rows of an ldmatrix in 8 different banks.
+__device__ __forceinline__ uint4 load16(const __half* p) {
+  return __ldg(reinterpret_cast<const uint4*>(p));
+}
+__device__ __forceinline__ unsigned smem_u32(const void* p) {
+  return static_cast<unsigned>(__cvta_generic_to_shared(p));
+}
+__device__ __forceinline__ void ldsm_x4(unsigned* r, const void* p) {
+  asm volatile(
+      "ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+      : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+      : "r"(smem_u32(p)));
+}
+__device__ __forceinline__ void ldsm_x4_t(unsigned* r, const void* p) {
+  asm volatile(
+      "ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+      : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+      : "r"(smem_u32(p)));
+}
+// c (16x8, f32) += a (16x16, f16, row) . b (16x8, f16, col)
+__device__ __forceinline__ void mma16816(float* c, const unsigned* a,
+                                         const unsigned* b) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, "
+      "{%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+
+template <bool UP, int BM, int BN, int WM, int WN>
+__device__ void gemm_v3(Gemm<__half> g) {
+  constexpr int BK = 32, NW = (BM / WM) * (BN / WN), NT = NW * 32;
+  constexpr int FM = WM / 16, FN = WN / 8, LDA = BK + 8, LDB = BN + 8;
+  __shared__ __align__(16) __half As[BM * LDA];
+  __shared__ __align__(16) __half Bs[BK * LDB];
+  int tile = blockIdx.x, e = segment_of(g.tiles, g.E, tile);
+  if (e < 0) return;
+  int q0 = g.offsets[e] + (tile - g.tiles[e]) * BM, q1 = g.offsets[e + 1];
+  int n0 = blockIdx.y * BN, tid = threadIdx.x;
+  int warp = tid / 32, lane = tid & 31;
+  int wm = warp / (BN / WN) * WM, wn = warp % (BN / WN) * WN;
+  const __half* we = g.w + (size_t)e * g.Kd * g.N;
+  float acc[FM][FN][4] = {};
+  const uint4 zero = make_uint4(0u, 0u, 0u, 0u);
+  for (int k0 = 0; k0 < g.Kd; k0 += BK) {
+    for (int v = tid; v < BM * BK / 8; v += NT) {
+      int m = v / (BK / 8), kv = (v % (BK / 8)) * 8, q = q0 + m;
+      uint4 val = zero;
+      if (q < q1 && k0 + kv < g.Kd)
+        val = load16(g.a + a_row<UP>(g, q) * g.Kd + k0 + kv);
+      *reinterpret_cast<uint4*>(As + m * LDA + kv) = val;
+    }
+    for (int v = tid; v < BK * BN / 8; v += NT) {
+      int kk = v / (BN / 8), nv = (v % (BN / 8)) * 8;
+      uint4 val = zero;
+      if (k0 + kk < g.Kd && n0 + nv < g.N)
+        val = load16(we + (size_t)(k0 + kk) * g.N + n0 + nv);
+      *reinterpret_cast<uint4*>(Bs + kk * LDB + nv) = val;
+    }
+    __syncthreads();
+#pragma unroll
+    for (int kk = 0; kk < BK; kk += 16) {
+      unsigned a[FM][4], b[FN][2];
+      int r = lane % 16, c8 = (lane / 16) * 8;
+#pragma unroll
+      for (int i = 0; i < FM; ++i)
+        ldsm_x4(a[i], As + (wm + i * 16 + r) * LDA + kk + c8);
+#pragma unroll
+      for (int j = 0; j < FN; j += 2) {  // two n8 tiles per ldmatrix
+        unsigned t4[4];
+        ldsm_x4_t(t4, Bs + (kk + r) * LDB + wn + j * 8 + c8);
+        b[j][0] = t4[0];
+        b[j][1] = t4[1];
+        b[j + 1][0] = t4[2];
+        b[j + 1][1] = t4[3];
+      }
+#pragma unroll
+      for (int i = 0; i < FM; ++i)
+#pragma unroll
+        for (int j = 0; j < FN; ++j) mma16816(acc[i][j], a[i], b[j]);
+    }
+    __syncthreads();
+  }
+  // accumulator (i, j): rows lane/4 and lane/4 + 8, columns 2 (lane%4) + 0, 1
+#pragma unroll
+  for (int i = 0; i < FM; ++i)
+#pragma unroll
+    for (int j = 0; j < FN; ++j)
+#pragma unroll
+      for (int c = 0; c < 4; ++c) {
+        int q = q0 + wm + i * 16 + lane / 4 + (c / 2) * 8;
+        int n = n0 + wn + j * 8 + 2 * (lane % 4) + c % 2;
+        if (q < q1 && n < g.N) put<UP>(g, q, n, acc[i][j][c]);
+      }
+}
+
+// --- combine ---
+// v1: grid (ceil(C / 256), T): thread -> out[t, c] = sum_j z[t K + j, c].
+template <typename T>
+__device__ void combine_v1(const T* z, T* out, int Tn, int C, int K) {
+  int c = blockIdx.x * blockDim.x + threadIdx.x, t = blockIdx.y;
+  if (c >= C) return;
+  float s = 0.f;
+  for (int j = 0; j < K; ++j) s += to_f(z[((size_t)t * K + j) * C + c]);
+  from_f(out[(size_t)t * C + c], s);
+}
+
+// v2: as v1, 8 halves per thread with 16-byte loads (C % 8 == 0).
+__device__ void combine_v2(const __half* z, __half* out, int Tn, int C,
+                           int K) {
+  int v = blockIdx.x * blockDim.x + threadIdx.x, t = blockIdx.y;
+  if (v >= C / 8) return;
+  float s[8] = {};
+  for (int j = 0; j < K; ++j) {
+    uint4 raw = load16(z + ((size_t)t * K + j) * C + (size_t)v * 8);
+    const __half* h = reinterpret_cast<const __half*>(&raw);
+#pragma unroll
+    for (int i = 0; i < 8; ++i) s[i] += __half2float(h[i]);
+  }
+  uint4 res;
+  __half* o = reinterpret_cast<__half*>(&res);
+#pragma unroll
+  for (int i = 0; i < 8; ++i) o[i] = __float2half_rn(s[i]);
+  *reinterpret_cast<uint4*>(out + (size_t)t * C + (size_t)v * 8) = res;
+}
+
+// --- extern "C" entry points: ffn_approx_<stage>_v<N>[_f16|_f32] ---
+#define FA_ROUTER(NAME, T)                                                  \
+  extern "C" __global__ void __launch_bounds__(128)                         \
+  NAME(const T* x, const T* w3, int* idx, float* gate, int Tn, int C,       \
+       int E, int K) { router_v1<T>(x, w3, idx, gate, Tn, C, E, K); }
+FA_ROUTER(ffn_approx_router_v1_f32, float)
+FA_ROUTER(ffn_approx_router_v1_f16, __half)
+
+extern "C" __global__ void __launch_bounds__(1024)
+ffn_approx_count_v1(const int* idx, int P, int E, int bm, int* counts,
+                    int* offsets, int* tiles) {
+  count_v1(idx, P, E, bm, counts, offsets, tiles);
+}
+
+extern "C" __global__ void __launch_bounds__(256)
+ffn_approx_scatter_v1(const int* idx, int P, const int* offsets, int* order) {
+  scatter_v1(idx, P, offsets, order);
+}
+
+#define FA_GEMM_ARGS(T)                                                     \
+  const T *a, const T *w, const int *order, const float *gate,              \
+      const int *offsets, const int *tiles, T *out, int E, int K, int Kd,   \
+      int N
+#define FA_GEMM_INIT {a, w, order, gate, offsets, tiles, out, E, K, Kd, N}
+#define FA_GEMM(NAME, THREADS, CALL, T)                                     \
+  extern "C" __global__ void __launch_bounds__(THREADS)                     \
+  NAME(FA_GEMM_ARGS(T)) { Gemm<T> g = FA_GEMM_INIT; CALL(g); }
+FA_GEMM(ffn_approx_up_v1_f32, 128, (gemm_v1<true, float>), float)
+FA_GEMM(ffn_approx_up_v1_f16, 128, (gemm_v1<true, __half>), __half)
+FA_GEMM(ffn_approx_down_v1_f32, 128, (gemm_v1<false, float>), float)
+FA_GEMM(ffn_approx_down_v1_f16, 128, (gemm_v1<false, __half>), __half)
+FA_GEMM(ffn_approx_up_v2_f32, 256, (gemm_v2<true, float>), float)
+FA_GEMM(ffn_approx_up_v2_f16, 256, (gemm_v2<true, __half>), __half)
+FA_GEMM(ffn_approx_down_v2_f32, 256, (gemm_v2<false, float>), float)
+FA_GEMM(ffn_approx_down_v2_f16, 256, (gemm_v2<false, __half>), __half)
+FA_GEMM(ffn_approx_up_v3_f16, 128, (gemm_v3<true, 64, 64, 32, 32>), __half)
+FA_GEMM(ffn_approx_down_v3_f16, 128, (gemm_v3<false, 64, 64, 32, 32>),
+        __half)
+FA_GEMM(ffn_approx_up_v4_f16, 256, (gemm_v3<true, 128, 128, 64, 32>),
+        __half)
+FA_GEMM(ffn_approx_down_v4_f16, 256, (gemm_v3<false, 128, 128, 64, 32>),
+        __half)
+
+#define FA_COMBINE(NAME, T)                                                 \
+  extern "C" __global__ void __launch_bounds__(256)                         \
+  NAME(const T* z, T* out, int Tn, int C, int K) {                          \
+    combine_v1<T>(z, out, Tn, C, K);                                        \
+  }
+FA_COMBINE(ffn_approx_combine_v1_f32, float)
+FA_COMBINE(ffn_approx_combine_v1_f16, __half)
+
+extern "C" __global__ void __launch_bounds__(256)
+ffn_approx_combine_v2_f16(const __half* z, __half* out, int Tn, int C,
+                          int K) {
+  combine_v2(z, out, Tn, C, K);
+}

@@ -1,0 +1,231 @@
+"""Launchers for gpu/ffn_approx.cu: one sigma-MoE layer (router, CVMM, combine).
+
+The CuPy twin of ``reference.ffn_approx.route`` and ``moe_cvmm``. The launchers
+check every precondition before the first launch (dtypes, contiguity, shapes, K <= E
+<= 256, idx in [0, E), the tensor-core versions' fp16 and divisibility needs), cast
+scalars to int32, pick the grids and launch. No maths, no host sync after the
+checks: pass ``ws`` (a ``Workspace``) and ``out`` to launch without allocating (CUDA
+graphs), and ``check_idx=False`` for routing that came from ``route`` itself.
+
+One layer is six launches: router, count, scatter, up, down, combine.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from gpu import runtime as rt
+
+SLUG = "ffn_approx"
+VERSIONS = (1, 2, 3, 4)
+DTYPES = (np.float32, np.float16)
+_SUFFIX = {np.dtype(np.float32): "f32", np.dtype(np.float16): "f16"}
+MAX_E = 256  # MAX_E in the .cu (router and count keep E values in shared memory)
+RT = 16  # tokens per router block
+TILE = {1: 64, 2: 64, 3: 64, 4: 128}  # BM = BN of each version's GEMM tile
+THREADS = {1: 128, 2: 256, 3: 128, 4: 256}
+MAX_GRID_Y = 65535
+
+
+def flops(t: int, c: int, e: int, g: int, k: int) -> int:
+    """Router 2 T C E, up and down 2 T K C G each: 2 T C (E + 2 K G)."""
+    return 2 * t * c * (e + 2 * k * g)
+
+
+def dense_flops(t: int, c: int, f: int) -> int:
+    """The dense MLP relu(x W1) W2 with F hidden units: 4 T C F."""
+    return 4 * t * c * f
+
+
+def bytes_moved(t: int, c: int, e: int, g: int, k: int, itemsize: int) -> int:
+    """Fewest bytes: x and out once, every expert's weights (all E are touched when
+    T K >> E), the router, and idx/gate (T K (4 + 4)). The h and z workspaces are
+    not counted: they are what a fused kernel would avoid (see workspace_bytes)."""
+    return (2 * t * c + 2 * e * c * g + c * e) * itemsize + 8 * t * k
+
+
+def workspace_bytes(t: int, c: int, g: int, k: int, itemsize: int) -> int:
+    """h written and read (T K G) plus z written and read (T K C), storage dtype."""
+    return 2 * t * k * (g + c) * itemsize
+
+
+def dense_bytes(t: int, c: int, f: int, itemsize: int) -> int:
+    """The dense MLP's fewest bytes: x, out, W1, W2 and the hidden activations
+    (written and read once by the two cuBLAS GEMMs)."""
+    return (2 * t * c + 2 * c * f + 2 * t * f) * itemsize
+
+
+@dataclass
+class Workspace:
+    """Scratch of one layer call (CuPy arrays)."""
+
+    idx: object  # (T, K) int32
+    gate: object  # (T, K) float32
+    counts: object  # (E,) int32
+    offsets: object  # (E + 1,) int32
+    tiles: object  # (E + 1,) int32
+    order: object  # (P,) int32
+    h: object  # (P, G) storage dtype
+    z: object  # (P, C) storage dtype
+
+
+def workspace(t: int, c: int, e: int, g: int, k: int, dtype) -> Workspace:
+    import cupy as cp
+
+    i32, p = cp.int32, t * k
+    return Workspace(
+        cp.empty((t, k), i32), cp.empty((t, k), cp.float32), cp.empty(e, i32),
+        cp.empty(e + 1, i32), cp.empty(e + 1, i32), cp.empty(p, i32),
+        cp.empty((p, g), dtype), cp.empty((p, c), dtype),
+    )  # fmt: skip
+
+
+def _check_weights(x, w1, w2, version):
+    if version not in VERSIONS:
+        raise ValueError(f"version must be one of {VERSIONS}, got {version!r}")
+    rt.check_array("x", x, DTYPES, 2)
+    rt.check_array("w1", w1, (x.dtype,), 3)
+    rt.check_array("w2", w2, (x.dtype,), 3)
+    (t, c), (e, _, g) = x.shape, w1.shape
+    rt.check_positive(T=t, C=c, E=e, G=g)
+    rt.check_shape("w1", w1, (e, c, g), "ECG")
+    rt.check_shape("w2", w2, (e, g, c), "EGC")
+    if e > MAX_E:
+        raise ValueError(f"E = {e} exceeds the kernels' limit {MAX_E}")
+    if version >= 3:
+        if x.dtype != np.float16:
+            raise TypeError(f"x: v{version} (tensor cores) needs float16")
+        if c % 8 or g % 8:
+            raise ValueError(f"v{version} needs C % 8 == 0 and G % 8 == 0; C={c} G={g}")
+    return t, c, e, g
+
+
+def _check_k(k, e):
+    if not isinstance(k, (int, np.integer)) or not 1 <= k <= e:
+        raise ValueError(f"k must be an integer in [1, E={e}], got {k!r}")
+
+
+def route(x, w3, k: int, *, idx=None, gate=None):
+    """idx (T, K) int32, gate (T, K) float32 = top-K of sigmoid(x w3) per token
+    (descending, ties to the lower expert id). x (T, C), w3 (C, E), x's dtype."""
+    import cupy as cp
+
+    rt.check_array("x", x, DTYPES, 2)
+    rt.check_array("w3", w3, (x.dtype,), 2)
+    (t, c), e = x.shape, w3.shape[1]
+    rt.check_positive(T=t, C=c, E=e)
+    rt.check_shape("w3", w3, (c, e), "CE")
+    if e > MAX_E:
+        raise ValueError(f"E = {e} exceeds the router's limit {MAX_E}")
+    _check_k(k, e)
+    rt.check_int32(TC=t * c, CE=c * e, TK=t * k)
+    idx = cp.empty((t, k), cp.int32) if idx is None else idx
+    gate = cp.empty((t, k), cp.float32) if gate is None else gate
+    rt.check_array("idx", idx, (np.int32,), 2)
+    rt.check_shape("idx", idx, (t, k), "TK")
+    rt.check_array("gate", gate, (np.float32,), 2)
+    rt.check_shape("gate", gate, (t, k), "TK")
+    i32 = np.int32
+    rt.kernel(SLUG, f"ffn_approx_router_v1_{_SUFFIX[x.dtype]}")(
+        (math.ceil(t / RT),), (128,),
+        (x, w3, idx, gate, i32(t), i32(c), i32(e), i32(k)),
+    )  # fmt: skip
+    return idx, gate
+
+
+def sort_pairs(idx, n_experts: int, bm: int, ws: Workspace, check_idx=True):
+    """The stable counting sort of the T K pairs by expert (count, then scatter):
+    fills ws.counts, ws.offsets (E + 1), ws.tiles (tiles of bm rows per expert) and
+    ws.order (P). idx (T, K) int32 in [0, E)."""
+    rt.check_array("idx", idx, (np.int32,), 2)
+    p, e = idx.size, n_experts
+    if check_idx:  # one reduction and a host sync
+        import cupy as cp
+
+        lo, hi = (int(v) for v in cp.asnumpy(cp.stack([idx.min(), idx.max()])))
+        if lo < 0 or hi >= e:
+            raise ValueError(f"idx must lie in [0, E={e}), got {lo}..{hi}")
+    i32 = np.int32
+    rt.kernel(SLUG, "ffn_approx_count_v1")(
+        (1,), (1024,),
+        (idx, i32(p), i32(e), i32(bm), ws.counts, ws.offsets, ws.tiles),
+    )  # fmt: skip
+    rt.kernel(SLUG, "ffn_approx_scatter_v1")(
+        (e,), (256,), (idx, i32(p), ws.offsets, ws.order)
+    )
+    return ws
+
+
+def experts(x, w1, w2, idx, gate, *, version=3, out=None, ws=None, check_idx=True):
+    """out[t] = sum_j gate[t, j] relu(x[t] w1[idx[t, j]]) w2[idx[t, j]] (CVMM).
+
+    Args:
+        x: (T, C) float32 or float16; w1 (E, C, G), w2 (E, G, C) of x's dtype.
+        idx: (T, K) int32 in [0, E) (repeats allowed); gate: (T, K) float32.
+        version: 1..4 (gpu/ffn_approx.cu); 3 and 4 need float16, C, G % 8 == 0.
+        out: optional (T, C) output of x's dtype; ws: optional Workspace.
+        check_idx: check idx's range on the device first (a host sync).
+    Returns:
+        out (T, C): the K slots of each token summed in order j = 0..K-1.
+    """
+    import cupy as cp
+
+    t, c, e, g = _check_weights(x, w1, w2, version)
+    rt.check_array("idx", idx, (np.int32,), 2)
+    k = idx.shape[1]
+    rt.check_shape("idx", idx, (t, k), "TK")
+    rt.check_positive(K=k)
+    rt.check_array("gate", gate, (np.float32,), 2)
+    rt.check_shape("gate", gate, (t, k), "TK")
+    p = t * k
+    rt.check_int32(PC=p * c, PG=p * g, ECG=e * c * g)
+    if t > MAX_GRID_Y:
+        raise ValueError(f"T = {t} exceeds the combine grid's limit {MAX_GRID_Y}")
+    ws = ws or workspace(t, c, e, g, k, x.dtype)
+    if ws.z.shape != (p, c) or ws.h.shape != (p, g) or ws.z.dtype != x.dtype:
+        raise ValueError("ws does not match (T K, C), (T K, G) and x's dtype")
+    if ws.counts.size != e:
+        raise ValueError(f"ws was made for E = {ws.counts.size}, not {e}")
+    if out is None:
+        out = cp.empty((t, c), x.dtype)
+    rt.check_array("out", out, (x.dtype,), 2)
+    rt.check_shape("out", out, (t, c), "TC")
+    bm, nt = TILE[version], THREADS[version]
+    sort_pairs(idx, e, bm, ws, check_idx)
+    i32, sfx = np.int32, _SUFFIX[x.dtype]
+    common = (ws.order, gate, ws.offsets, ws.tiles)
+    for stage, a, w, dst, kd, n in (
+        ("up", x, w1, ws.h, c, g),
+        ("down", ws.h, w2, ws.z, g, c),
+    ):
+        rows = p if version == 1 else math.ceil(p / bm) + e
+        cols = math.ceil(n / (nt if version == 1 else bm))
+        args = (a, w, *common, dst, i32(e), i32(k), i32(kd), i32(n))
+        rt.kernel(SLUG, f"ffn_approx_{stage}_v{version}_{sfx}")(
+            (rows, cols), (nt,), args
+        )
+    if version >= 3:
+        grid = (math.ceil(c // 8 / 256), t)
+        rt.kernel(SLUG, "ffn_approx_combine_v2_f16")(
+            grid, (256,), (ws.z, out, i32(t), i32(c), i32(k))
+        )
+    else:
+        rt.kernel(SLUG, f"ffn_approx_combine_v1_{sfx}")(
+            (math.ceil(c / 256), t), (256,), (ws.z, out, i32(t), i32(c), i32(k))
+        )
+    return out
+
+
+def moe(x, w1, w2, w3, k: int, *, version=3, out=None, ws=None):
+    """One sigma-MoE layer: route (top-K of sigmoid(x w3)), then ``experts``.
+    Shapes as ``experts`` plus w3 (C, E). No host sync: graph capturable."""
+    t, c, e, g = _check_weights(x, w1, w2, version)
+    _check_k(k, e)
+    ws = ws or workspace(t, c, e, g, k, x.dtype)
+    route(x, w3, k, idx=ws.idx, gate=ws.gate)
+    return experts(
+        x, w1, w2, ws.idx, ws.gate, version=version, out=out, ws=ws, check_idx=False
+    )

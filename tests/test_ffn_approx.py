@@ -1,0 +1,481 @@
+"""Approximating two-layer FFNs: reference properties (CPU) and the GPU sigma-MoE
+layer (marked ``gpu``).
+
+CPU: Top-K with K >= nnz equals the dense MLP and its error bound holds for smaller
+K; product-key top-k equals brute force; the MoE with all experts and gate 1 equals
+the concatenated dense MLP, with the sigmoid gate the gate-scaled dense one; CVMM
+equals the per-pair loop and commutes with token permutation; the counting sort
+equals bincount/cumsum/stable argsort; the entropy regulariser is -log E for
+uniform routing and >= -log E always; a dropped expert is never selected; after the
+init every router column has the same norm and the std is kept.
+GPU: gpu/ffn_approx.cu stage by stage and whole against the float64 reference on
+Hypothesis-drawn shapes and routings (T = 1, T off the tiles, experts with no
+tokens, all tokens to one expert, large values), outputs poisoned; bad input
+rejected before launch. Every checker has a known-wrong case it must reject.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from reference import ffn_approx as fa
+from reference.testing import assert_close, describe, moe_scale, sparse_mlp_scale
+
+F64, F32, F16 = np.float64, np.float32, np.float16
+seeds = st.integers(0, 2**32 - 1)
+
+
+def _mlp(rng, t, c, f, amp=1.0):
+    x = amp * rng.standard_normal((t, c))
+    w1 = rng.standard_normal((c, f)) / math.sqrt(c)
+    w2 = rng.standard_normal((f, c)) / math.sqrt(f)
+    return x, w1, w2
+
+
+def _dot_scale(x, w1, w2):
+    """sparse_mlp_scale (worst case) in the neuron-major layout it expects."""
+    f, c = w2.shape
+    return sparse_mlp_scale(x, w1.T, np.zeros(f), w2, np.zeros(c), worst_case=True)
+
+
+# --- Top-K activation -------------------------------------------------------------
+
+
+@given(
+    t=st.sampled_from([1, 2, 5]),
+    c=st.sampled_from([1, 4, 17]),
+    f=st.sampled_from([1, 8, 33]),
+    by_norm=st.booleans(),
+    amp=st.sampled_from([1.0, 1e3]),
+    seed=seeds,
+)
+def test_topk_with_k_at_least_nnz_is_dense(t, c, f, by_norm, amp, seed):
+    rng = np.random.default_rng(seed)
+    x, w1, w2 = _mlp(rng, t, c, f, amp)
+    nnz = int((x @ w1 > 0).sum(axis=1).max())
+    k = int(rng.integers(nnz, f + 1)) if nnz < f else f
+    got = fa.topk_mlp(x, w1, w2, max(k, 1), by_norm)
+    assert_close(got, fa.dense_mlp(x, w1, w2), "dot", F64, _dot_scale(x, w1, w2))
+
+
+@given(
+    k=st.integers(1, 40),
+    by_norm=st.booleans(),
+    seed=seeds,
+)
+def test_topk_error_bound_holds_and_norm_ranking_minimises_it(k, by_norm, seed):
+    rng = np.random.default_rng(seed)
+    x, w1, w2 = _mlp(rng, 4, 16, 40)
+    err = np.linalg.norm(
+        fa.dense_mlp(x, w1, w2) - fa.topk_mlp(x, w1, w2, k, by_norm), axis=1
+    )
+    bound = fa.topk_error_bound(x, w1, w2, k, by_norm)
+    slack = 4 * 2**-53 * _dot_scale(x, w1, w2) * math.sqrt(16)
+    assert np.all(err <= bound * (1 + 1e-12) + slack), (err, bound)
+    best = fa.topk_error_bound(x, w1, w2, k, by_norm=True)
+    assert np.all(best <= fa.topk_error_bound(x, w1, w2, k) * (1 + 1e-12))
+
+
+def test_checker_rejects_topk_below_nnz():
+    """Known-wrong: K = nnz - 1 drops an active unit and must fail."""
+    rng = np.random.default_rng(1)
+    x, w1, w2 = _mlp(rng, 1, 32, 64)
+    nnz = int((x @ w1 > 0).sum())
+    with pytest.raises(AssertionError):
+        assert_close(
+            fa.topk_mlp(x, w1, w2, nnz - 1), fa.dense_mlp(x, w1, w2), "dot", F64,
+            _dot_scale(x, w1, w2),
+        )  # fmt: skip
+
+
+# --- product keys -----------------------------------------------------------------
+
+
+@given(
+    n=st.sampled_from([1, 3, 8, 16]),
+    dk=st.sampled_from([1, 4]),
+    t=st.sampled_from([1, 3]),
+    k=st.integers(1, 16),
+    seed=seeds,
+)
+def test_product_key_topk_equals_brute_force(n, dk, t, k, seed):
+    rng = np.random.default_rng(seed)
+    k = min(k, n)
+    q = rng.standard_normal((t, 2 * dk))
+    ka, kb = rng.standard_normal((2, n, dk))
+    s, ids = fa.pkm_topk(q, ka, kb, k)
+    s_bf, ids_bf = fa.pkm_topk_bruteforce(q, ka, kb, k)
+    assert_close(s, s_bf, "exact", F64)  # the same sums, so bitwise
+    for r in range(t):  # the same sets (ties among equal scores aside)
+        if np.unique(s_bf[r]).size == k:
+            assert set(ids[r]) == set(ids_bf[r])
+
+
+def test_pkm_outputs_and_a_wrong_search_is_caught():
+    rng = np.random.default_rng(2)
+    n, dk, c, k = 8, 4, 6, 5
+    x, w_q = rng.standard_normal((3, c)), rng.standard_normal((c, 2 * dk))
+    ka, kb = rng.standard_normal((2, n, dk))
+    vals = rng.standard_normal((n * n, c))
+    for act in ("relu", "softmax"):
+        s, ids = fa.pkm_topk_bruteforce(x @ w_q, ka, kb, k)
+        a = (
+            np.maximum(s, 0)
+            if act == "relu"
+            else np.exp(s) / np.exp(s).sum(1, keepdims=True)
+        )
+        want = np.einsum("tk,tkc->tc", a, vals[ids])
+        got = fa.pkm(x, w_q, ka, kb, vals, k, act)
+        assert_close(got, want, "rewrite", F64, np.abs(vals).max() * k)
+    # known-wrong: searching only the top-1 of each half misses keys
+    s1, _ = fa.pkm_topk(x @ w_q, ka, kb, 1)
+    with pytest.raises(AssertionError):
+        assert_close(
+            np.repeat(s1, k, 1),
+            fa.pkm_topk_bruteforce(x @ w_q, ka, kb, k)[0],
+            "exact",
+            F64,
+        )
+    with pytest.raises(ValueError, match="act"):
+        fa.pkm(x, w_q, ka, kb, vals, k, "gelu")
+
+
+# --- sigma-MoE ----------------------------------------------------------------------
+
+
+@st.composite
+def moe_case(draw):
+    t = draw(st.sampled_from([1, 2, 7, 20]))
+    c = draw(st.sampled_from([2, 5, 16]))
+    e = draw(st.sampled_from([1, 2, 5, 8]))
+    g = draw(st.sampled_from([1, 3, 8]))
+    amp = draw(st.sampled_from([1.0, 1e3]))
+    rng = np.random.default_rng(draw(seeds))
+    w = fa.init_sigma_moe(rng, c, e, g)
+    return (amp * rng.standard_normal((t, c))), w, rng
+
+
+@given(data=st.data())
+def test_all_experts_gate_one_is_dense_and_sigmoid_gate_is_scaled_dense(data):
+    x, w, _ = data.draw(moe_case())
+    e = w.w1.shape[0]
+    idx, gate = fa.route(x, w.w3, e)
+    w1, w2 = fa.moe_as_dense(w)
+    ones = np.ones_like(gate)
+    sc = moe_scale(x, w.w1, w.w2, idx, ones, worst_case=True)
+    assert_close(fa.moe_cvmm(x, w, idx, ones), fa.dense_mlp(x, w1, w2), "dot", F64, sc)
+    s = fa.sigmoid(x @ w.w3)
+    sc = moe_scale(x, w.w1, w.w2, idx, gate, worst_case=True)
+    assert_close(
+        fa.moe_cvmm(x, w, idx, gate), fa.gate_scaled_dense(x, w, s), "dot", F64, sc
+    )
+
+
+@given(data=st.data(), k=st.integers(1, 8))
+def test_cvmm_equals_the_pair_loop_and_commutes_with_permutation(data, k):
+    x, w, rng = data.draw(moe_case())
+    k = min(k, w.w1.shape[0])
+    idx, gate = fa.route(x, w.w3, k)
+    want = fa.moe_loop(x, w, idx, gate)
+    sc = moe_scale(x, w.w1, w.w2, idx, gate, worst_case=True)
+    assert_close(fa.moe_cvmm(x, w, idx, gate), want, "dot", F64, sc)
+    perm = rng.permutation(x.shape[0])
+    got = fa.moe_cvmm(x[perm], w, idx[perm], gate[perm])
+    assert_close(got, want[perm], "dot", F64, sc)
+
+
+def test_checker_rejects_a_misrouted_pair_and_a_lost_slot():
+    """Known-wrong: one pair sent to the next expert, or a slot left out."""
+    rng = np.random.default_rng(3)
+    w = fa.init_sigma_moe(rng, 16, 8, 8)
+    x = rng.standard_normal((5, 16))
+    idx, gate = fa.route(x, w.w3, 2)
+    want = fa.moe_loop(x, w, idx, gate)
+    sc = moe_scale(x, w.w1, w.w2, idx, gate, worst_case=True)
+    bad = idx.copy()
+    bad[0, 0] = (bad[0, 0] + 3) % 8
+    assert bad[0, 0] != bad[0, 1]
+    with pytest.raises(AssertionError):
+        assert_close(fa.moe_cvmm(x, w, bad, gate), want, "dot", F64, sc)
+    lost = gate.copy()
+    lost[:, 1] = 0
+    with pytest.raises(AssertionError):
+        assert_close(fa.moe_cvmm(x, w, idx, lost), want, "dot", F64, sc)
+
+
+@given(
+    p=st.integers(0, 60),
+    e=st.sampled_from([1, 2, 7, 32]),
+    kind=st.sampled_from(["random", "one", "skewed"]),
+    seed=seeds,
+)
+def test_counting_sort_is_bincount_cumsum_and_stable(p, e, kind, seed):
+    rng = np.random.default_rng(seed)
+    if kind == "one":  # every pair to one expert; the others get none
+        ex = np.full(p, rng.integers(e))
+    elif kind == "skewed":
+        ex = np.minimum(rng.geometric(0.5, p) - 1, e - 1)
+    else:
+        ex = rng.integers(0, e, p)
+    order, counts, offsets = fa.counting_sort(ex, e)
+    assert np.array_equal(counts, np.bincount(ex, minlength=e))
+    assert np.array_equal(offsets, np.concatenate([[0], np.cumsum(counts)]))
+    assert np.array_equal(order, np.argsort(ex, kind="stable"))
+
+
+@given(
+    t=st.integers(1, 30),
+    e=st.sampled_from([1, 2, 8, 32]),
+    amp=st.sampled_from([0.1, 1.0, 30.0]),
+    seed=seeds,
+)
+def test_entropy_regulariser_bounds(t, e, amp, seed):
+    rng = np.random.default_rng(seed)
+    big = 1e-12 * math.log(e) + 1e-15
+    assert abs(fa.entropy_reg(np.full((t, e), amp)) + math.log(e)) <= big
+    reg = fa.entropy_reg(amp * rng.standard_normal((t, e)))
+    assert -math.log(e) - big <= reg <= big
+    collapsed = np.zeros((t, e))
+    collapsed[:, 0] = 1000.0
+    assert abs(fa.entropy_reg(collapsed)) <= 1e-12  # every token to one expert
+    perm = np.tile(np.eye(e) * 1000.0, (1, 1))  # token i to expert i: uniform mean
+    assert abs(fa.entropy_reg(perm) + math.log(e)) <= big
+
+
+@given(data=st.data(), drop=st.sampled_from([0.1, 0.5, 0.9]), k=st.integers(1, 4))
+def test_dropped_expert_is_never_selected(data, drop, k):
+    x, w, rng = data.draw(moe_case())
+    e = w.w1.shape[0]
+    k = min(k, e)
+    state = rng.bit_generator.state
+    idx, gate = fa.route(x, w.w3, k, drop, rng)
+    rng.bit_generator.state = state
+    dropped = rng.random((x.shape[0], e)) < drop  # the same draws
+    for t in range(x.shape[0]):
+        sel = idx[t][idx[t] >= 0]
+        assert not dropped[t, sel].any()
+        assert sel.size == min(k, int((~dropped[t]).sum()))
+    assert np.all(gate[idx < 0] == 0)
+
+
+@given(
+    c=st.sampled_from([2, 16, 412]),
+    e=st.sampled_from([2, 16, 32]),
+    s=st.sampled_from([1.0, math.sqrt(2 / 16)]),
+    seed=seeds,
+)
+def test_init_router_columns_equal_norm_std_kept(c, e, s, seed):
+    rng = np.random.default_rng(seed)
+    w = fa.init_sigma_moe(rng, c, e, 4, std_scale=s)
+    norms = np.linalg.norm(w.w3, axis=0)
+    assert np.allclose(norms, norms[0], rtol=1e-12)
+    raw = np.random.default_rng(seed).standard_normal((c, e)) * (s / math.sqrt(c))
+    assert abs(fa.renorm_keep_std(raw).std(ddof=1) / raw.std(ddof=1) - 1) < 1e-12
+
+
+def test_flops_ratio_of_the_paper_configs():
+    """Prefill FLOPs per token against the parameter-equal dense MLP: ~K/E."""
+    for c, e, g, k, want in ((412, 16, 128, 4, 0.25), (1024, 32, 128, 4, 0.125)):
+        r = fa.moe_flops(c, e, g, k) / fa.dense_flops(c, e * g)
+        assert want < r < want * 1.07, (c, r)
+
+
+@pytest.mark.parametrize("dtype", [F32])
+@given(data=st.data(), k=st.integers(1, 4))
+def test_float32_twin_within_the_gpu_tolerance(dtype, data, k):
+    """The float32 NumPy CVMM against float64 stays inside the "gpu" row with the
+    probabilistic scale: the tolerance the kernels are held to is not too tight."""
+    x, w, _ = data.draw(moe_case())
+    k = min(k, w.w1.shape[0])
+    idx, gate = fa.route(x, w.w3, k)
+    w32 = fa.MoEWeights(*(a.astype(dtype) for a in (w.w1, w.w2, w.w3)))
+    got = fa.moe_cvmm(x.astype(dtype), w32, idx, gate.astype(dtype))
+    x64 = x.astype(dtype).astype(F64)
+    w64 = fa.MoEWeights(*(a.astype(F64) for a in (w32.w1, w32.w2, w32.w3)))
+    g64 = gate.astype(dtype).astype(F64)
+    sc = moe_scale(x64, w64.w1, w64.w2, idx, g64)
+    assert_close(got, fa.moe_loop(x64, w64, idx, g64), "gpu", dtype, sc)
+
+
+# --- GPU (gpu/ffn_approx.cu) ----------------------------------------------------------
+
+GPU_VERSIONS = [(1, F32), (2, F32), (1, F16), (2, F16), (3, F16), (4, F16)]
+
+
+@st.composite
+def gpu_case(draw, version, dtype):
+    """Shapes off every tile (64, 128) with T = 1 and past a tile; routings that
+    leave experts empty, send every token to one expert, or are the router's."""
+    vec = 8 if version >= 3 else 1
+    t = draw(st.sampled_from([1, 3, 64, 65, 200]))
+    c = vec * draw(st.sampled_from([1, 3, 17, 40]))
+    g = vec * draw(st.sampled_from([1, 2, 9, 16]))
+    e = draw(st.sampled_from([1, 3, 8, 33]))
+    k = min(e, draw(st.sampled_from([1, 2, 4])))
+    amp = draw(st.sampled_from([1.0, 8.0]))
+    how = draw(st.sampled_from(["router", "one", "empty", "random"]))
+    rng = np.random.default_rng(draw(seeds))
+    w = fa.init_sigma_moe(rng, c, e, g, dtype=dtype)
+    x = (amp * rng.standard_normal((t, c))).astype(dtype)
+    if how == "one":
+        idx = np.full((t, k), rng.integers(e))
+    elif how == "empty":  # only the first half of the experts
+        idx = rng.integers(0, max(1, e // 2), (t, k))
+    elif how == "random":
+        idx = rng.integers(0, e, (t, k))
+    else:
+        idx = fa.route(x.astype(F64), w.w3.astype(F64), k)[0]
+    gate = rng.random((t, k)).astype(np.float32)
+    return x, w, idx.astype(np.int32), gate
+
+
+def _f64(w):
+    return fa.MoEWeights(*(np.asarray(a, F64) for a in (w.w1, w.w2, w.w3)))
+
+
+def _run_experts(x, w, idx, gate, version):
+    import cupy as cp
+
+    from gpu import ffn_approx as gfa
+    from gpu import runtime as rt
+
+    t, c = x.shape
+    e, _, g = w.w1.shape
+    ws = gfa.workspace(t, c, e, g, idx.shape[1], x.dtype)
+    ws.h.fill(np.nan)
+    ws.z.fill(np.nan)
+    out = rt.poisoned(x.shape, x.dtype)
+    dev = [cp.asarray(a) for a in (x, w.w1, w.w2, idx, gate)]
+    res = gfa.experts(*dev, version=version, out=out, ws=ws)
+    assert res is out
+    return cp.asnumpy(out), ws
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("version,dtype", GPU_VERSIONS)
+@given(data=st.data())
+def test_gpu_experts_match_reference(version, dtype, data):
+    import cupy as cp
+
+    x, w, idx, gate = data.draw(gpu_case(version, dtype))
+    got, ws = _run_experts(x, w, idx, gate, version)
+    order, counts, offsets = fa.counting_sort(idx.ravel(), w.w1.shape[0])
+    assert np.array_equal(cp.asnumpy(ws.counts), counts)
+    assert np.array_equal(cp.asnumpy(ws.offsets), offsets)
+    assert np.array_equal(cp.asnumpy(ws.order), order)  # stable, deterministic
+    x64, w64, g64 = x.astype(F64), _f64(w), gate.astype(F64)
+    half = dtype == F16
+    sc = moe_scale(x64, w64.w1, w64.w2, idx, g64, h16=half, z16=half)
+    used = assert_close(got, fa.moe_loop(x64, w64, idx, g64), "gpu", dtype, sc)
+    print(f"v{version} {np.dtype(dtype).name}: {describe(used)}")
+    again, _ = _run_experts(x, w, idx, gate, version)
+    assert np.array_equal(got, again)  # bitwise reproducible
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [F32, F16])
+@given(
+    t=st.sampled_from([1, 5, 16, 17, 100]),
+    c=st.sampled_from([1, 8, 40, 100]),
+    e=st.sampled_from([1, 4, 32, 129, 256]),
+    k=st.sampled_from([1, 2, 4, 8]),
+    seed=seeds,
+)
+def test_gpu_router_selects_a_valid_top_k(dtype, t, c, e, k, seed):
+    """The selected set is a top-K of the float64 logits up to the logits' own
+    rounding (near-ties may go either way), and the gates match sigmoid."""
+    import cupy as cp
+
+    from gpu import ffn_approx as gfa
+
+    k = min(k, e)
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((t, c)).astype(dtype)
+    w3 = (rng.standard_normal((c, e)) / math.sqrt(c)).astype(dtype)
+    idx, gate = (cp.asnumpy(a) for a in gfa.route(cp.asarray(x), cp.asarray(w3), k))
+    x64, w64 = x.astype(F64), w3.astype(F64)
+    logit = x64 @ w64  # (T, E)
+    err = 6 * math.sqrt(c) * 2**-24 * (np.abs(x64) @ np.abs(w64)) + 1e-30  # (T, E)
+    for r in range(t):
+        sel = idx[r]
+        assert np.unique(sel).size == k and sel.min() >= 0 and sel.max() < e
+        rest = np.setdiff1d(np.arange(e), sel)
+        if rest.size:
+            lo = (logit[r, sel] + err[r, sel]).min()
+            assert lo >= (logit[r, rest] - err[r, rest]).max(), r
+    s = 1 / (1 + np.exp(-np.take_along_axis(logit, idx.astype(np.int64), 1)))
+    r_sc = np.abs(x64) @ np.abs(w64)
+    sc = float(math.sqrt(c) * r_sc.max() / 4 + 2)
+    assert_close(gate, s, "gpu", F32, sc)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("version", [1, 2, 3, 4])
+def test_gpu_whole_layer_and_a_wrong_expert_fails(version):
+    """route + experts against the reference on the GPU's own routing; the same
+    output checked against a misrouted reference (a known-wrong case) fails."""
+    import cupy as cp
+
+    from gpu import ffn_approx as gfa
+
+    rng = np.random.default_rng(7)
+    t, c, e, g, k = 130, 64, 8, 24, 2
+    w = fa.init_sigma_moe(rng, c, e, g, dtype=F16)
+    x = rng.standard_normal((t, c)).astype(F16)
+    dev = [cp.asarray(a) for a in (x, w.w1, w.w2, w.w3)]
+    ws = gfa.workspace(t, c, e, g, k, F16)
+    out = cp.asnumpy(gfa.moe(*dev, k, version=version, ws=ws))
+    idx = cp.asnumpy(ws.idx)
+    x64, w64 = x.astype(F64), _f64(w)
+    gate = 1 / (1 + np.exp(-np.take_along_axis(x64 @ w64.w3, idx.astype(np.int64), 1)))
+    sc = moe_scale(x64, w64.w1, w64.w2, idx, gate, w64.w3, h16=True, z16=True)
+    assert_close(out, fa.moe_loop(x64, w64, idx, gate), "gpu", F16, sc)
+    bad = idx.copy()
+    bad[:, 0] = (bad[:, 0] + 1) % e
+    with pytest.raises(AssertionError):
+        assert_close(out, fa.moe_loop(x64, w64, bad, gate), "gpu", F16, sc)
+
+
+@pytest.mark.gpu
+def test_gpu_bad_inputs_rejected_before_launch():
+    import cupy as cp
+
+    from gpu import ffn_approx as gfa
+
+    f16 = cp.float16
+    x, w3 = cp.zeros((4, 16), f16), cp.zeros((16, 8), f16)
+    w1, w2 = cp.zeros((8, 16, 8), f16), cp.zeros((8, 8, 16), f16)
+    idx, gate = cp.zeros((4, 2), cp.int32), cp.zeros((4, 2), cp.float32)
+    with pytest.raises(ValueError, match=r"\[0, E=8\)"):
+        gfa.experts(x, w1, w2, idx + 8, gate)
+    with pytest.raises(ValueError, match=r"\[0, E=8\)"):
+        gfa.experts(x, w1, w2, idx - 1, gate)
+    with pytest.raises(TypeError, match="idx"):
+        gfa.experts(x, w1, w2, idx.astype(cp.int64), gate)
+    with pytest.raises(TypeError, match="gate"):
+        gfa.experts(x, w1, w2, idx, gate.astype(f16))
+    with pytest.raises(TypeError, match="w1"):
+        gfa.experts(x, w1.astype(cp.float32), w2, idx, gate)
+    with pytest.raises(ValueError, match="w2"):
+        gfa.experts(x, w1, w2[:, :, :8].copy(), idx, gate)
+    with pytest.raises(TypeError, match="float16"):
+        gfa.experts(x.astype(cp.float32), w1.astype(cp.float32),
+                    w2.astype(cp.float32), idx, gate, version=3)  # fmt: skip
+    with pytest.raises(ValueError, match="C % 8"):
+        gfa.experts(x[:, :12].copy(), w1[:, :12].copy(), w2[:, :, :12].copy(),
+                    idx, gate, version=4)  # fmt: skip
+    with pytest.raises(ValueError, match="version"):
+        gfa.experts(x, w1, w2, idx, gate, version=5)
+    with pytest.raises(ValueError, match="k must"):
+        gfa.route(x, w3, 9)
+    with pytest.raises(ValueError, match="E = 300"):
+        gfa.route(x, cp.zeros((16, 300), f16), 2)
+    with pytest.raises(ValueError, match="w3"):
+        gfa.route(x, cp.zeros((15, 8), f16), 2)
+    with pytest.raises(TypeError, match="x"):
+        gfa.route(np.zeros((4, 16), np.float16), w3, 2)

@@ -375,3 +375,108 @@ def sparse_mlp_scale(
     own = a @ w2a + b2a  # (B, C)
     prop = m @ w2a  # (B, C)
     return float((g(k + 1) * own + g(c + 1) * prop).max(initial=0.0))
+
+
+# --- Approximating two-layer FFNs (chapter 6): sigma-MoE, CVMM and its kernels -------
+#
+# The "dot" rows above (worst case, two float64 computations) and the "gpu" rows
+# (a float32 kernel against the float64 truth) with the scale of moe_scale.
+
+
+def moe_scale(
+    x: np.ndarray,
+    w1: np.ndarray,
+    w2: np.ndarray,
+    idx: np.ndarray,
+    gate: np.ndarray,
+    w3: np.ndarray | None = None,
+    worst_case: bool = False,
+    h16: bool = False,
+    z16: bool = False,
+) -> float:
+    """The ``scale`` of a mixture of ReLU experts y_t = sum_j s_tj relu(x_t w1[e])
+    w2[e], e = idx[t, j] (-1: an empty slot), as moe_cvmm and gpu/ffn_approx.cu
+    compute it.
+
+    Error analysis, with g(n) = n (worst case, rows "dot") or sqrt(n) (the
+    probabilistic lam*sqrt(n)*u of _sum_bound, rows "gpu"), per token t, column c,
+    and per slot with m_i = sum_c |x_c w1[e]_ci| and a_i = relu(x w1[e])_i:
+      * z_i = x . w1[e][:, i], C terms: |dz_i| <= g(C) u m_i; ReLU is 1-Lipschitz
+        and the gate multiplies: h_i = s a_i errs by |s| (g(C) + 1) u m_i;
+      * Z_c = sum_i h_i w2[e]_ic, G terms: g(G) u sum_i |h_i w2_ic| plus the
+        propagated sum_i |dh_i| |w2_ic|;
+      * y_c = sum over the K slots: g(K) u sum_slots |Z_c| <= g(K) u sum |h_i w2_ic|;
+      * h or Z stored in fp16 (h16, z16): u16 sum_i |h_i w2_ic| each, written in
+        units of the row's lam*u32 (the "gpu" rows);
+      * the router (w3 given: the kernel's float32 gate against the float64 gate of
+        the same expert): the logit x . w3[:, e] errs by g(C) u r, r = sum_c
+        |x_c w3_ce|, sigmoid' <= 1/4, and exp and the division add ~2 u: |ds| <=
+        (g(C) r / 4 + 2) u, times sum_i a_i |w2_ic|.
+    Returns the max over (t, c) of the sum over slots. Shapes: x (T, C); w1
+    (E, C, G); w2 (E, G, C); idx, gate (T, K); w3 (C, E) or None.
+    """
+    g = (lambda n: float(n)) if worst_case else math.sqrt
+    k16 = _U16 / (LAM * _U32)
+    x = np.asarray(x, np.float64)
+    w1, w2 = np.asarray(w1, np.float64), np.asarray(w2, np.float64)
+    t, k = np.shape(idx)
+    n_c, n_g = w1.shape[1], w1.shape[2]
+    tok = np.repeat(np.arange(t), k)  # (P,)
+    e_of = np.asarray(idx).ravel()  # (P,)
+    s_abs = np.abs(np.asarray(gate, np.float64)).ravel()  # (P,)
+    per = np.zeros((t * k, w2.shape[2]))  # (P, C)
+    for e in np.unique(e_of[e_of >= 0]):
+        p = np.flatnonzero(e_of == e)
+        xa = x[tok[p]]  # (n_e, C)
+        m = np.abs(xa) @ np.abs(w1[e])  # (n_e, G)
+        a = np.maximum(xa @ w1[e], 0.0)  # (n_e, G)
+        wa = np.abs(w2[e])  # (G, C)
+        own = (s_abs[p, None] * a) @ wa  # sum_i |h_i w2_ic|
+        c = (g(n_g) + g(k)) * own + (g(n_c) + 1) * (s_abs[p, None] * m) @ wa
+        if h16:
+            c += k16 * own
+        if z16:
+            c += k16 * own
+        if w3 is not None:
+            r = np.abs(xa) @ np.abs(np.asarray(w3, np.float64)[:, e])  # (n_e,)
+            c += (g(n_c) * r / 4 + 2)[:, None] * (a @ wa)
+        per[p] = c
+    return float(per.reshape(t, k, -1).sum(axis=1).max(initial=0.0))
+
+
+# --- StagFormer (chapter 5): GEMVs and a whole decode step --------------------------
+
+
+def linear_scale(x: np.ndarray, w: np.ndarray, r: np.ndarray | None = None) -> float:
+    """The ``scale`` (rows "gpu") of y = act(x @ w) (+ r), act 1-Lipschitz (ReLU).
+
+    Each y_nm is a sum of K products: it errs by lam sqrt(K) u sum_k |x_nk w_km|
+    (_sum_bound's probabilistic model); the residual add rounds once more, u |y|,
+    inside the rows' relative part. Returns sqrt(K) max_nm sum_k |x_nk w_km|.
+    Shapes: x (N, K); w (K, M); r (N, M) or None (it adds nothing to the scale).
+    """
+    x, w = np.abs(np.asarray(x, np.float64)), np.abs(np.asarray(w, np.float64))
+    return float(math.sqrt(x.shape[-1]) * (x @ w).max(initial=0.0))
+
+
+# A whole StagFormer decode step of L <= 2 layers a stack (the GPU tests' models)
+# against the float64 reference on the same stored weights and caches. The longest
+# chain is stack 2's: per layer 11 stages (norm, q|k|v GEMV, attention, o GEMV, norm,
+# cross q GEMV, cross attention, cross o GEMV, norm, up GEMV, down GEMV), then the
+# final norm and the memory projection: n_s = 11 L + 2 = 24 stages, each a float32
+# sum of <= 2^15 terms (lam sqrt(n) u32 relative to its operands, _sum_bound). With
+# float16 storage each layer also rounds q, k, v, the cross q and the cross k, v to
+# fp16: 6 L = 12 roundings of u16. The scale passed is max|out| of the normed outputs
+# (RMSNorm brings every stage's operands to that order: the bound assumes, as the
+# "rewrite" rows do, that no stage amplifies its input error by more than O(1)).
+_STAG_STAGES, _STAG_ROUNDINGS = 24, 12
+TOLERANCES[("stag_step", "float32")] = Tolerance(
+    rtol=_STAG_STAGES * _sum_bound(_U32),
+    atol=_STAG_STAGES * _sum_bound(_U32),
+    why="24 stages x 6*sqrt(n)*u32, n <= 2^15 (L <= 2 layers a stack)",
+)
+TOLERANCES[("stag_step", "float16")] = Tolerance(
+    rtol=_STAG_STAGES * _sum_bound(_U32) + _STAG_ROUNDINGS * _U16,
+    atol=_STAG_STAGES * _sum_bound(_U32) + _STAG_ROUNDINGS * _U16,
+    why="the float32 row + 12 fp16 roundings of stored q, k, v (L <= 2)",
+)

@@ -1,0 +1,341 @@
+"""Benchmark cases of the StagFormer chapter (run through gpu/bench.py).
+
+    python -m gpu.bench stagformer [--quick] [--out results]
+
+One decode step at cache length S = 1024 (position 1023), C = 2048, H = G = 16,
+D = 128, F = 4C = 8192, ReLU MLP, RMSNorm, fp16 weights and caches, float32
+activations; B in {1, 8, 64} (quick: 1). Every case is one CUDA graph of whole
+steps (bench.time_cupy), beside its floor (step_bytes / read ceiling):
+
+  plain_24          the sequential decoder of the same depth: 24 layers
+  sep_parallel      staggered, separate weights, 2 x 12 layers, both stacks'
+                    layer j in one launch
+  sep_sequential    the same model, stack 1 then stack 2
+  shared_parallel   staggered, shared weights: one pass over each weight serves
+                    both stacks (N = 2B right-hand rows)
+  shared_sequential the same model, stack 1 then stack 2: each weight read twice
+  torch_plain_24    plain_24 in PyTorch (fp16, matmul + SDPA) under CUDA graphs,
+                    when torch is importable ("unavailable" otherwise)
+
+Validation before timing (DESIGN §2): each schedule and weight kind is first run
+on a model of the same width with one layer a stack, B = 2, position 5, and
+compared with the float64 reference step (reference.stagformer) under the
+("stag_step", "float16") tolerance; the timed models differ only in depth, B and S
+(same kernels, same launch sequence per layer). Then the parallel schedule must
+equal the sequential one bit for bit on the timed model itself, and torch must
+agree with our plain step to 1 % in relative norm. A case that fails is recorded
+as failed and not timed.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from functools import partial
+
+import numpy as np
+
+from gpu import bench
+from gpu import stagformer as gs
+
+C, H, G, D, F, L = 2048, 16, 16, 128, 8192, 12
+S = 1024  # cache length after this step: position S - 1
+BATCHES, QUICK_BATCHES = (1, 8, 64), (1,)
+F16 = np.float16
+
+
+def _base_cfg(lz: int, shared: bool):
+    from reference.common import DecoderConfig
+    from reference.stagformer import StagConfig
+
+    base = DecoderConfig(
+        V=64, C=C, H=H, G=G, D=D, F=F, L=lz, norm="rmsnorm", act="relu", rot_dim=0
+    )
+    return StagConfig(base, p=2, shared=shared)
+
+
+def validate(shared: bool) -> dict[str, float]:
+    """Error used (fraction of the tolerance) of each schedule on a 1-layer model of
+    the benchmark's width against the float64 reference; raises on failure."""
+    import cupy as cp
+
+    from reference import stagformer as sf
+    from reference.testing import assert_close
+
+    cfg = _base_cfg(1, shared)
+    rng = np.random.default_rng(2025)
+    w = sf.init_stagformer(cfg, rng)
+    w = _round(w)
+    tokens = rng.integers(0, 64, (2, 6))
+    pos = 5
+    state = sf.prefill(w, cfg, tokens[:, :pos])[1]
+    state = _round_state(state)
+    _, after = sf.decode_step(w, cfg, tokens[:, pos], state)
+    m = gs.to_gpu(w, cfg, F16)
+    bf = gs.new_buffers(m, 2, pos)
+    for s in range(2):
+        bf.k[0, s, :, :, :pos] = cp.asarray(state.self_caches[s][0].k.astype(F16))
+        bf.v[0, s, :, :, :pos] = cp.asarray(state.self_caches[s][0].v.astype(F16))
+    c = state.cross_caches[0][0]
+    bf.xk[0, :, :, :pos] = cp.asarray(c.k.astype(F16))
+    bf.xv[0, :, :, :pos] = cp.asarray(c.v.astype(F16))
+    e = cp.asarray(w.embed[tokens[:, pos]].astype(np.float32))
+    h_prev = cp.asarray(state.outputs[0][:, pos - 1].astype(np.float32))
+    h_ref, o_ref = after.outputs[0][:, -1], after.outputs[1][:, -1]
+    sc = max(np.abs(h_ref).max(), np.abs(o_ref).max())
+    used = {}
+    for sched in gs.SCHEDULES:
+        bf.out.fill(np.nan)
+        gs.decode_step(m, bf, e, h_prev, pos, schedule=sched)
+        out = cp.asnumpy(bf.out)
+        used[sched] = max(
+            assert_close(out[0], h_ref, "stag_step", F16, sc),
+            assert_close(out[1], o_ref, "stag_step", F16, sc),
+        )
+    return used
+
+
+def _round(w):
+    import dataclasses
+
+    def go(o):
+        if isinstance(o, np.ndarray):
+            return o.astype(F16).astype(np.float64) if o.dtype.kind == "f" else o
+        if isinstance(o, tuple):
+            return tuple(go(x) for x in o)
+        if dataclasses.is_dataclass(o):
+            return dataclasses.replace(
+                o, **{f.name: go(getattr(o, f.name)) for f in dataclasses.fields(o)}
+            )
+        return o
+
+    return go(w)
+
+
+def _round_state(state):
+    import dataclasses
+
+    return dataclasses.replace(
+        state,
+        self_caches=_round(state.self_caches),
+        cross_caches=_round(state.cross_caches),
+        outputs=tuple(o.astype(np.float32).astype(np.float64) for o in state.outputs),
+    )
+
+
+def random_model(lz: int, shared: bool, rng) -> gs.Model:
+    """Random fp16 weights made on the GPU in the launcher's layout: N(0, 1/fan_in)
+    matrices, gains 1 + 0.1 N(0, 1)."""
+    import cupy as cp
+
+    def mat(k, m):
+        return (rng.standard_normal((k, m), dtype=cp.float32) / math.sqrt(k)).astype(
+            F16
+        )
+
+    def gain():
+        return (1 + 0.1 * rng.standard_normal(C, dtype=cp.float32)).astype(F16)
+
+    def layer():
+        return gs.Layer(
+            gain(), mat(C, 3 * H * D), mat(H * D, C), gain(), mat(C, F), mat(F, C)
+        )
+
+    s1 = [layer() for _ in range(lz)]
+    s2 = s1 if shared else [layer() for _ in range(lz)]
+    cross = [(gain(), mat(C, H * D), mat(H * D, C)) for _ in range(lz)]
+    return gs.Model(
+        H,
+        G,
+        D,
+        C,
+        F,
+        lz,
+        shared,
+        None,
+        np.dtype(F16),
+        [s1, s2],
+        cross,
+        mat(C, 2 * lz * G * D),
+        [gain(), gain()],
+    )
+
+
+def _fill(bf, rng):
+    """Caches and inputs with N(0, 1) values (never zeros: METHOD.md)."""
+    for a in (bf.k, bf.v, bf.xk, bf.xv):
+        for i in range(a.shape[0]):
+            a[i] = rng.standard_normal(a.shape[1:], dtype=np.float32).astype(a.dtype)
+    bf.xk[:, :, :, 0] = 0  # the null slot
+    bf.xv[:, :, :, 0] = 0
+
+
+def _row(name, kind, b, ceil, calls, **extra) -> dict:
+    nbytes = gs.step_bytes(kind, b, S, C, F, H, G, D, L, 2)
+    row = dict(
+        name=name,
+        kind=kind,
+        B=b,
+        S=S,
+        C=C,
+        F=F,
+        L_stack=L,
+        dtype="float16",
+        bytes=nbytes,
+        flops=gs.step_flops(kind, b, S, C, F, H, G, D, L),
+        **extra,
+    )
+    if ceil.get("read_bytes_per_s"):
+        row["floor_us"] = nbytes / ceil["read_bytes_per_s"] * 1e6
+    if ceil.get("gemm_fp32_flop_per_s"):
+        row["flop_floor_us"] = row["flops"] / ceil["gemm_fp32_flop_per_s"] * 1e6
+    if calls is None:
+        return row
+    return bench._finish(row, bench.time_cupy(calls, samples=20))
+
+
+def _stag_cases(b, shared, rng, ceil, checked) -> list[dict]:
+    import cupy as cp
+
+    tag = "shared" if shared else "sep"
+    m = random_model(L, shared, rng)
+    bf = gs.new_buffers(m, b, S - 1)
+    _fill(bf, rng)
+    e = rng.standard_normal((b, C), dtype=cp.float32)
+    h_prev = rng.standard_normal((b, C), dtype=cp.float32)
+    kind_seq = "shared_seq" if shared else "separate"
+    kind_par = "shared" if shared else "separate"
+    rows, outs = [], {}
+    for sched, name, kind in (
+        ("stack1_first", f"{tag}_sequential", kind_seq),
+        ("parallel", f"{tag}_parallel", kind_par),
+    ):
+        bf.out.fill(np.nan)
+        gs.decode_step(m, bf, e, h_prev, S - 1, schedule=sched)
+        outs[sched] = cp.asnumpy(bf.out)
+        ok = checked.get((shared, sched))
+        bad = not np.isfinite(outs[sched]).all() or ok is None
+        if sched == "parallel":
+            bad |= not np.array_equal(outs["parallel"], outs["stack1_first"])
+        if bad:
+            row = _row(name, kind, b, ceil, None)
+            row["status"] = "FAILED validation (reference or bitwise schedule check)"
+            print(f"  {name} B={b}: {row['status']}", file=sys.stderr)
+            rows.append(row)
+            continue
+        step = partial(gs.decode_step, m, bf, e, h_prev, S - 1, schedule=sched)
+        rows.append(_row(name, kind, b, ceil, [step], error_used=ok))
+    del m, bf
+    bench._free([])
+    return rows
+
+
+def _plain_case(b, rng, ceil, checked) -> tuple[list[dict], object]:
+    import cupy as cp
+
+    m = random_model(2 * L, False, rng)
+    bf = gs.new_buffers(m, b, S - 1, stacks=1)
+    for a in (bf.k, bf.v):
+        for i in range(a.shape[0]):
+            a[i] = rng.standard_normal(a.shape[1:], dtype=np.float32).astype(F16)
+    e = rng.standard_normal((b, C), dtype=cp.float32)
+    bf.out.fill(np.nan)
+    ours = cp.asnumpy(gs.plain_step(m, bf, e, S - 1)).copy()
+    ok = checked.get((False, "stack1_first"))
+    step = partial(gs.plain_step, m, bf, e, S - 1)
+    rows = [_row("plain_24", "plain", b, ceil, [step] if ok is not None else None)]
+    if ok is None:
+        rows[0]["status"] = "FAILED validation"
+    else:
+        rows[0]["error_used"] = ok
+    rows.append(_torch_plain(m, bf, e, ours, b, ceil))
+    return rows
+
+
+def _torch_plain(m, bf, e, ours, b, ceil) -> dict:
+    """The same 24-layer model in PyTorch fp16: RMSNorm by hand, torch.matmul, SDPA
+    over the same caches (the new K/V row written in place), under CUDA graphs."""
+    if not bench.torch_available():
+        row = _row("torch_plain_24", "plain", b, ceil, None)
+        row["status"] = "unavailable (torch not importable on this machine)"
+        return row
+    import torch
+    import torch.nn.functional as tf
+
+    t = torch.from_dlpack
+    pos = S - 1
+    lay = [
+        (t(ly.g1), t(ly.wqkv), t(ly.wo), t(ly.g2), t(ly.wup), t(ly.wdown))
+        for ly in m.stacks[0]
+    ]
+    kc, vc = t(bf.k), t(bf.v)  # (2L, 1, B, G, S, D)
+    gf, x0 = t(m.gf[0]), t(e).half()
+
+    def norm(x, g):
+        xf = x.float()
+        return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + 1e-6)).half() * g
+
+    def step():
+        x = x0
+        for j, (g1, wqkv, wo, g2, wup, wdown) in enumerate(lay):
+            y = norm(x, g1) @ wqkv  # (B, 3 H D)
+            q, k, v = y.view(b, 3, H, D).unbind(1)
+            kc[j, 0, :, :, pos] = k
+            vc[j, 0, :, :, pos] = v
+            o = tf.scaled_dot_product_attention(q[:, :, None], kc[j, 0], vc[j, 0])
+            x = x + o.reshape(b, H * D) @ wo
+            x = x + torch.relu(norm(x, g2) @ wup) @ wdown
+        return norm(x, gf)
+
+    got = step().float()
+    torch.cuda.synchronize()
+    import cupy as cp
+
+    ref = ours[0]
+    rel = float(
+        np.linalg.norm(cp.asnumpy(cp.from_dlpack(got)) - ref) / np.linalg.norm(ref)
+    )
+    row = _row("torch_plain_24", "plain", b, ceil, None, torch=torch.__version__)
+    row["rel_err_vs_plain_24"] = rel
+    if not rel <= 1e-2:
+        row["status"] = f"FAILED validation: rel. error {rel:.3g} vs plain_24"
+        return row
+    return bench._finish(row, bench.time_torch([step], samples=20))
+
+
+def run(quick: bool = False, ceil: dict | None = None) -> dict[str, list[dict]]:
+    import cupy as cp
+
+    ceil = ceil or {}
+    checked = {}
+    for shared in (False, True):
+        try:
+            for sched, used in validate(shared).items():
+                checked[(shared, sched)] = used
+        except AssertionError as e:
+            print(f"  validation failed (shared={shared}): {e}", file=sys.stderr)
+    rng = cp.random.default_rng(2025)
+    rows = []
+    for b in QUICK_BATCHES if quick else BATCHES:
+        rows += _plain_case(b, rng, ceil, checked)
+        bench._free([])
+        rows += _stag_cases(b, False, rng, ceil, checked)
+        rows += _stag_cases(b, True, rng, ceil, checked)
+    return {"stagformer": rows}
+
+
+def print_table(rows: list[dict]) -> None:
+    nan = float("nan")
+    print(
+        f"{'case':<20}{'B':>4}{'median us':>11}{'floor us':>10}{'of floor':>9}"
+        f"{'err/tol':>9}"
+    )
+    for r in rows:
+        head = f"{r['name']:<20}{r['B']:>4}"
+        if r.get("status") != "ok":
+            print(f"{head}  {r.get('status')}")
+            continue
+        print(
+            f"{head}{r['median_us']:>11.1f}{r.get('floor_us', nan):>10.1f}"
+            f"{r.get('of_floor', nan):>9.2f}{r.get('error_used', nan):>9.3f}"
+        )

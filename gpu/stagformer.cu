@@ -1,0 +1,281 @@
+// gpu/stagformer.cu — chapter 5, "StagFormer": one decode step of two
+// staggered stacks. Twin of reference/stagformer.py::decode_step for the
+// GPU's model family (RMSNorm, ReLU MLP, no biases, no RoPE; see the
+// launcher gpu/stagformer.py). Weights T = float or __half (row-major,
+// y = x @ W); activations and every sum float.
+//
+// Every kernel takes up to two "stacks" (Z = gridDim.z / row tiles = 1 or 2)
+// with a pointer per stack, so one launch computes layer j of both stacks
+// (separate weights: w0 != w1), or, with N = 2B rows and one weight, reads
+// each weight once for both stacks' vectors (shared weights).
+//
+// gemv: y[z][n, m] = act(sum_k x[z][n, k] W[z][k, m]) (+ r[z][n, m])
+//   x (N, K) TX, W (K, M) T, y, r (N, M) float; act 0 none, 1 relu.
+// v1  naive twin: a thread per (n, m), k ascending, one float accumulator.
+// v2  16-byte loads of W (VEC columns a lane, a block covers 32 VEC columns),
+//     8 warps share the block's K chunk (rows k0 + warp + 8 i), NR = 4 rows
+//     a thread in registers, blocks split K (gridDim.y = KB); the last block
+//     of a column tile sums the KB partials in order (bitwise reproducible,
+//     and independent of N and Z: a row's sum never depends on other rows).
+//     Needs M % VEC == 0 and 16-byte aligned W; KB from (K, M) only.
+// rmsnorm v1: y[z][n] = x[z][n] / sqrt(mean(x^2) + 1e-6) * gamma[z]; a block
+//     per row, fixed-order tree sum.
+// store_qkv v1: the fused q|k|v row (N, (H + 2G) D) float -> q (N, H, D) T,
+//     k, v cache (N, G, S, D) T at slot pos.
+// scatter v1: rows (N, Y) float, columns c0 + l ystride + [0, G D) -> dst
+//     (N, G, S, D) T at slot pos of layer l (dst + l lstride); l = blockIdx.z.
+//
+// Attention (self and cross) is the foundation's kernel (gpu/attention.cu):
+// the cross cache holds the null slot (zeros) at slot 0 and the window as a
+// ring buffer (softmax does not depend on the order of the slots).
+//
+// Run:  python -m gpu.bench stagformer [--quick]
+// Compile report (no GPU): python -m gpu.check_kernels gpu/stagformer.cu
+
+#include <cuda_fp16.h>
+
+__device__ __forceinline__ float to_f(float x) { return x; }
+__device__ __forceinline__ float to_f(__half x) { return __half2float(x); }
+__device__ __forceinline__ void from_f(float& y, float x) { y = x; }
+__device__ __forceinline__ void from_f(__half& y, float x) {
+  y = __float2half_rn(x);
+}
+
+// --- v1 ---
+template <typename T, typename TX>
+__device__ void gemv_v1(const TX* x0, const TX* x1, const T* w0, const T* w1,
+                        const float* r0, const float* r1, float* y0,
+                        float* y1, int N, int K, int M, int act) {
+  int m = blockIdx.x * blockDim.x + threadIdx.x, n = blockIdx.y;
+  int z = blockIdx.z;
+  const TX* x = z ? x1 : x0;
+  const T* w = z ? w1 : w0;
+  const float* r = z ? r1 : r0;
+  float* y = z ? y1 : y0;
+  if (m >= M || n >= N) return;
+  float acc = 0.f;
+  for (int k = 0; k < K; ++k)
+    acc += to_f(x[(size_t)n * K + k]) * to_f(w[(size_t)k * M + m]);
+  if (act == 1) acc = fmaxf(acc, 0.f);
+  if (r) acc += r[(size_t)n * M + m];
+  y[(size_t)n * M + m] = acc;
+}
+// --- v2 ---
+#define NR 4      // rows of x a thread keeps in registers
+#define NW 8      // warps a block
+#define KC 512    // most K rows a block covers (x tile in shared memory)
+
+template <typename T>
+struct Vec;  // 16 bytes of T
+template <>
+struct Vec<float> {
+  static constexpr int N = 4;
+  __device__ static void load(const float* p, float* o) {
+    float4 v = __ldg(reinterpret_cast<const float4*>(p));
+    o[0] = v.x, o[1] = v.y, o[2] = v.z, o[3] = v.w;
+  }
+};
+template <>
+struct Vec<__half> {
+  static constexpr int N = 8;
+  __device__ static void load(const __half* p, float* o) {
+    uint4 v = __ldg(reinterpret_cast<const uint4*>(p));
+    const __half2* h = reinterpret_cast<const __half2*>(&v);
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      float2 f = __half22float2(h[i]);
+      o[2 * i] = f.x, o[2 * i + 1] = f.y;
+    }
+  }
+};
+
+// grid (column tiles, KB, Z * RT); ws: (Z*RT, tiles, KB, NR, 32 VEC) float
+// partials; cnt: (Z*RT, column tiles) uint32 counters, zero on entry and
+// left zero.
+template <typename T, typename TX>
+__device__ void gemv_v2(const TX* x0, const TX* x1, const T* w0, const T* w1,
+                        const float* r0, const float* r1, float* y0,
+                        float* y1, int N, int K, int M, int act, int kc,
+                        float* ws, unsigned* cnt) {
+  constexpr int V = Vec<T>::N, TW = 32 * V;
+  __shared__ float xs[NR][KC];
+  __shared__ float red[NW][NR][TW];
+  __shared__ bool last;
+  int rt_n = (N + NR - 1) / NR, zr = blockIdx.z, z = zr / rt_n;
+  int n0 = (zr % rt_n) * NR, kb = blockIdx.y, KB = gridDim.y;
+  int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  int col = blockIdx.x * TW + lane * V;
+  int k0 = kb * kc, k1 = min(K, k0 + kc);
+  const TX* x = z ? x1 : x0;
+  const T* w = z ? w1 : w0;
+  // x rows n0..n0+NR-1, columns k0..k1-1, into shared memory (0 past N)
+  for (int i = threadIdx.x; i < NR * kc; i += blockDim.x) {
+    int r = i / kc, k = k0 + i % kc;
+    xs[r][i % kc] =
+        (n0 + r < N && k < k1) ? to_f(x[(size_t)(n0 + r) * K + k]) : 0.f;
+  }
+  __syncthreads();
+  float acc[NR][V];
+#pragma unroll
+  for (int r = 0; r < NR; ++r)
+#pragma unroll
+    for (int v = 0; v < V; ++v) acc[r][v] = 0.f;
+  if (col < M) {
+    int k = k0 + warp;
+    // 4 rows in flight per lane, then the tail
+    for (; k + 3 * NW < k1; k += 4 * NW) {
+      float wv[4][V];
+#pragma unroll
+      for (int u = 0; u < 4; ++u)
+        Vec<T>::load(w + (size_t)(k + u * NW) * M + col, wv[u]);
+#pragma unroll
+      for (int u = 0; u < 4; ++u)
+#pragma unroll
+        for (int r = 0; r < NR; ++r) {
+          float xv = xs[r][k + u * NW - k0];
+#pragma unroll
+          for (int v = 0; v < V; ++v) acc[r][v] += xv * wv[u][v];
+        }
+    }
+    for (; k < k1; k += NW) {
+      float wv[V];
+      Vec<T>::load(w + (size_t)k * M + col, wv);
+#pragma unroll
+      for (int r = 0; r < NR; ++r)
+#pragma unroll
+        for (int v = 0; v < V; ++v) acc[r][v] += xs[r][k - k0] * wv[v];
+    }
+  }
+#pragma unroll
+  for (int r = 0; r < NR; ++r)
+#pragma unroll
+    for (int v = 0; v < V; ++v) red[warp][r][lane * V + v] = acc[r][v];
+  __syncthreads();
+  // the block's partial: warps summed in order 0..NW-1
+  size_t tile = (size_t)zr * gridDim.x + blockIdx.x;  // this tile's partials
+  float* part = ws + ((tile * KB + kb) * NR) * TW;
+  for (int i = threadIdx.x; i < NR * TW; i += blockDim.x) {
+    int r = i / TW, c = i % TW;
+    float s = 0.f;
+    for (int q = 0; q < NW; ++q) s += red[q][r][c];
+    red[0][r][c] = s;  // each (r, c) read and written by one thread only
+    if (KB > 1) part[i] = s;
+  }
+  if (KB > 1) {
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0) {
+      unsigned* c = cnt + (size_t)zr * gridDim.x + blockIdx.x;
+      last = atomicAdd(c, 1u) == (unsigned)(KB - 1);
+      if (last) *c = 0u;  // leave the counter zero for the next launch
+    }
+    __syncthreads();
+    if (!last) return;
+    __threadfence();
+  } else {
+    __syncthreads();
+  }
+  const float* r = z ? r1 : r0;
+  float* y = z ? y1 : y0;
+  const float* p0 = ws + (tile * KB * NR) * TW;
+  for (int i = threadIdx.x; i < NR * TW; i += blockDim.x) {
+    int rr = i / TW, c = blockIdx.x * TW + i % TW, n = n0 + rr;
+    if (n >= N || c >= M) continue;
+    float s = red[0][rr][i % TW];
+    if (KB > 1) {  // partials in order kb = 0..KB-1 (volatile: other blocks')
+      s = 0.f;
+      for (int b = 0; b < KB; ++b)
+        s += ((volatile const float*)p0)[(size_t)b * NR * TW + i];
+    }
+    if (act == 1) s = fmaxf(s, 0.f);
+    if (r) s += r[(size_t)n * M + c];
+    y[(size_t)n * M + c] = s;
+  }
+}
+// --- rmsnorm ---
+template <typename T>
+__device__ void rmsnorm_v1(const float* x, const T* g0, const T* g1,
+                           float* y, int N, int C) {
+  __shared__ float red[256];
+  int n = blockIdx.x, z = blockIdx.y;
+  const float* xr = x + ((size_t)z * N + n) * C;
+  float* yr = y + ((size_t)z * N + n) * C;
+  const T* g = z ? g1 : g0;
+  float s = 0.f;
+  for (int c = threadIdx.x; c < C; c += blockDim.x) s += xr[c] * xr[c];
+  red[threadIdx.x] = s;
+  __syncthreads();
+  for (int o = blockDim.x / 2; o > 0; o >>= 1) {  // blockDim.x == 256
+    if (threadIdx.x < o) red[threadIdx.x] += red[threadIdx.x + o];
+    __syncthreads();
+  }
+  float inv = 1.f / sqrtf(red[0] / C + 1e-6f);
+  for (int c = threadIdx.x; c < C; c += blockDim.x)
+    yr[c] = xr[c] * inv * to_f(g[c]);
+}
+// --- stores ---
+// grid (ceil((H + 2G) D / 256), N): column j of the fused row goes to q, k
+// or v.
+template <typename T>
+__device__ void store_qkv_v1(const float* y, T* q, T* k, T* v, int N, int H,
+                             int G, int D, int S, int pos) {
+  int j = blockIdx.x * blockDim.x + threadIdx.x, n = blockIdx.y;
+  int hd = H * D, gd = G * D;
+  if (j >= hd + 2 * gd || n >= N) return;
+  float val = y[(size_t)n * (hd + 2 * gd) + j];
+  if (j < hd) {
+    from_f(q[(size_t)n * hd + j], val);
+    return;
+  }
+  T* dst = j < hd + gd ? k : v;
+  int c = (j - hd) % gd, g = c / D, d = c % D;
+  from_f(dst[(((size_t)n * G + g) * S + pos) * D + d], val);
+}
+
+template <typename T>
+__device__ void scatter_v1(const float* y, T* dst, int N, int Y, int c0,
+                           int ystride, long long lstride, int G, int D,
+                           int S, int pos) {
+  int j = blockIdx.x * blockDim.x + threadIdx.x, n = blockIdx.y;
+  int l = blockIdx.z;
+  if (j >= G * D || n >= N) return;
+  float val = y[(size_t)n * Y + c0 + (size_t)l * ystride + j];
+  int g = j / D, d = j % D;
+  from_f(dst[l * lstride + (((size_t)n * G + g) * S + pos) * D + d], val);
+}
+// --- entry points ---
+#define GEMV(SUF, T, TX)                                                      \
+  extern "C" __global__ void stag_gemv_v1_##SUF(                             \
+      const TX* x0, const TX* x1, const T* w0, const T* w1, const float* r0, \
+      const float* r1, float* y0, float* y1, int N, int K, int M, int act) { \
+    gemv_v1<T, TX>(x0, x1, w0, w1, r0, r1, y0, y1, N, K, M, act);            \
+  }                                                                          \
+  extern "C" __global__ void __launch_bounds__(32 * NW)                     \
+      stag_gemv_v2_##SUF(const TX* x0, const TX* x1, const T* w0,           \
+                         const T* w1, const float* r0, const float* r1,     \
+                         float* y0, float* y1, int N, int K, int M, int act, \
+                         int kc, float* ws, unsigned* cnt) {                 \
+    gemv_v2<T, TX>(x0, x1, w0, w1, r0, r1, y0, y1, N, K, M, act, kc, ws,    \
+                   cnt);                                                     \
+  }
+GEMV(f32, float, float)
+GEMV(f16, __half, float)
+GEMV(f16x16, __half, __half)
+
+#define SMALL(SUF, T)                                                         \
+  extern "C" __global__ void __launch_bounds__(256) stag_rmsnorm_v1_##SUF(  \
+      const float* x, const T* g0, const T* g1, float* y, int N, int C) {    \
+    rmsnorm_v1<T>(x, g0, g1, y, N, C);                                       \
+  }                                                                          \
+  extern "C" __global__ void stag_store_qkv_v1_##SUF(                        \
+      const float* y, T* q, T* k, T* v, int N, int H, int G, int D, int S,   \
+      int pos) {                                                             \
+    store_qkv_v1<T>(y, q, k, v, N, H, G, D, S, pos);                         \
+  }                                                                          \
+  extern "C" __global__ void stag_scatter_v1_##SUF(                          \
+      const float* y, T* dst, int N, int Y, int c0, int ystride,            \
+      long long lstride, int G, int D, int S, int pos) {                     \
+    scatter_v1<T>(y, dst, N, Y, c0, ystride, lstride, G, D, S, pos);         \
+  }
+SMALL(f32, float)
+SMALL(f16, __half)

@@ -1,0 +1,572 @@
+"""Launchers for gpu/stagformer.cu and one StagFormer decode step on the GPU.
+
+The GPU twin of ``reference.stagformer.decode_step`` for p = 2 stacks of the model
+family the kernels cover: RMSNorm, ReLU MLP, no biases, no RoPE (rot_dim = 0),
+serial blocks. Weights (and KV caches, q) in float32 or float16; the residual stream
+and every sum in float32. Self- and cross-attention use the foundation's decode
+kernel (gpu/attention.py) with a fixed number of S-chunks (so a stack's result does
+not depend on the batch the launch carries); the cross cache holds the null slot
+(zeros) at slot 0 and the window W as a ring buffer, slot 1 + j % W for memory row j.
+
+Schedules of ``decode_step``: "parallel" computes layer j of both stacks in one
+launch (separate weights: gridDim.z = 2; shared weights: one weight, N = 2B rows);
+"stack1_first" / "stack2_first" run one stack after the other. All three give
+bitwise identical results (the GPU tests check it). ``plain_step`` is the ordinary
+decoder of the same kernels (the sequential baseline). Launchers validate every
+argument before the first launch; pass preallocated buffers for CUDA graphs.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from gpu import attention as att
+from gpu import runtime as rt
+
+SLUG = "stagformer"
+VERSIONS = (1, 2)
+DTYPES = (np.float32, np.float16)
+_SFX = {np.dtype(np.float32): "f32", np.dtype(np.float16): "f16"}
+NR, NW, KC = 4, 8, 512  # as in the .cu
+TARGET_BLOCKS = 264  # 2 per SM on an H100 (132 SMs): sizes KB from (K, M) only
+SCHEDULES = ("parallel", "stack1_first", "stack2_first")
+
+
+def vec(dtype) -> int:
+    """Columns a lane of gemv v2 covers: one 16-byte load."""
+    return 16 // np.dtype(dtype).itemsize
+
+
+def k_split(k: int, m: int, dtype) -> tuple[int, int]:
+    """(KB, kc) of gemv v2: K split over KB blocks of kc rows (a multiple of 32,
+    <= KC), from K and M only, so every launch of a weight sums in the same order."""
+    tiles = math.ceil(m / (32 * vec(dtype)))
+    kb = max(1, math.ceil(TARGET_BLOCKS / tiles))
+    kc = min(KC, max(32, 32 * math.ceil(math.ceil(k / kb) / 32)))
+    return math.ceil(k / kc), kc
+
+
+def gemv_workspace(n: int, k: int, m: int, dtype, z: int = 2) -> tuple[int, int]:
+    """(float32 partials, uint32 counters) gemv v2 needs for N rows, Z stacks."""
+    kb, _ = k_split(k, m, dtype)
+    tiles, rt_n = math.ceil(m / (32 * vec(dtype))), math.ceil(n / NR)
+    return z * rt_n * tiles * kb * NR * 32 * vec(dtype), z * rt_n * tiles
+
+
+@dataclass
+class Scratch:
+    """gemv v2's partials and counters (counters zero, and left zero), and the
+    attention workspace (zero, left zero by v7). One per stream."""
+
+    ws: object
+    cnt: object
+    attn: object
+
+
+def new_scratch(gemv_elems: int, counters: int, attn_elems: int) -> Scratch:
+    import cupy as cp
+
+    return Scratch(
+        cp.zeros(max(gemv_elems, 1), cp.float32),
+        cp.zeros(max(counters, 1), cp.uint32),
+        cp.zeros(max(attn_elems, 1), cp.float32),
+    )
+
+
+def gemv(xs, ws, ys, *, res=None, act: int = 0, version: int = 2, scratch=None):
+    """ys[z] = act(xs[z] @ ws[z]) (+ res[z]) for z < len(xs) (1 or 2), one launch.
+
+    xs[z]: (N, K) float32, or the weights' dtype (float16 only); ws[z]: (K, M)
+    float32/float16; ys[z], res[z]: (N, M) float32 (res may be ys: in place).
+    version 2 needs M % VEC == 0, 16-byte aligned weights and ``scratch``.
+    """
+    if version not in VERSIONS:
+        raise ValueError(f"version must be one of {VERSIONS}, got {version!r}")
+    if act not in (0, 1):
+        raise ValueError(f"act must be 0 (none) or 1 (relu), got {act!r}")
+    z = len(xs)
+    if z not in (1, 2) or len(ws) != z or len(ys) != z or (res and len(res) != z):
+        raise ValueError("xs, ws, ys (and res) must be lists of 1 or 2 arrays")
+    rt.check_array("ws[0]", ws[0], DTYPES, 2)
+    wdt = ws[0].dtype
+    k, m = ws[0].shape
+    n = xs[0].shape[0]
+    xdts = (np.float32, np.float16) if wdt == np.float16 else (np.float32,)
+    rt.check_array("xs[0]", xs[0], xdts, 2)
+    for i in range(z):
+        rt.check_array(f"ws[{i}]", ws[i], (wdt,), 2)
+        rt.check_array(f"xs[{i}]", xs[i], (xs[0].dtype,), 2)
+        rt.check_array(f"ys[{i}]", ys[i], (np.float32,), 2)
+        rt.check_shape(f"ws[{i}]", ws[i], (k, m), "KM")
+        rt.check_shape(f"xs[{i}]", xs[i], (n, k), "NK")
+        rt.check_shape(f"ys[{i}]", ys[i], (n, m), "NM")
+        if res:
+            rt.check_array(f"res[{i}]", res[i], (np.float32,), 2)
+            rt.check_shape(f"res[{i}]", res[i], (n, m), "NM")
+    rt.check_positive(N=n, K=k, M=m)
+    rt.check_int32(KM=k * m, NM=n * m, NK=n * k)
+    sfx = _SFX[wdt] + ("x16" if xs[0].dtype == np.float16 else "")
+    i32 = np.int32
+    r = (res[0], res[-1]) if res else (0, 0)
+    args = (xs[0], xs[-1], ws[0], ws[-1], *r, ys[0], ys[-1], i32(n), i32(k), i32(m))
+    if version == 1:
+        fn = rt.kernel(SLUG, f"stag_gemv_v1_{sfx}")
+        fn((math.ceil(m / 128), n, z), (128,), args + (i32(act),))
+        return ys
+    if m % vec(wdt):
+        raise ValueError(f"v2 ({wdt.name}) needs M % {vec(wdt)} == 0; M = {m}")
+    for i in range(z):
+        if ws[i].data.ptr % 16:
+            raise ValueError(f"v2 needs ws[{i}] 16-byte aligned")
+    if scratch is None:
+        raise ValueError("v2 needs scratch (new_scratch with gemv_workspace sizes)")
+    need, cnt = gemv_workspace(n, k, m, wdt, z)
+    if scratch.ws.size < need or scratch.cnt.size < cnt:
+        raise ValueError(f"scratch too small: needs {need} floats, {cnt} counters")
+    kb, kc = k_split(k, m, wdt)
+    grid = (math.ceil(m / (32 * vec(wdt))), kb, z * math.ceil(n / NR))
+    fn = rt.kernel(SLUG, f"stag_gemv_v2_{sfx}")
+    fn(grid, (32 * NW,), args + (i32(act), i32(kc), scratch.ws, scratch.cnt))
+    return ys
+
+
+def rmsnorm(x, gammas, y):
+    """y[z] = x[z] / sqrt(mean(x[z]^2) + 1e-6) * gammas[z]: x, y (Z, N, C) float32,
+    gammas Z arrays (C,) of the weights' dtype, Z in {1, 2}."""
+    rt.check_array("x", x, (np.float32,), 3)
+    rt.check_array("y", y, (np.float32,), 3)
+    z, n, c = x.shape
+    rt.check_shape("y", y, (z, n, c), "ZNC")
+    if len(gammas) != z or z not in (1, 2):
+        raise ValueError(f"need one gamma per stack: Z = {z}, got {len(gammas)}")
+    for i, g in enumerate(gammas):
+        rt.check_array(f"gammas[{i}]", g, DTYPES, 1)
+        rt.check_shape(f"gammas[{i}]", g, (c,), "C")
+    rt.check_positive(N=n, C=c)
+    fn = rt.kernel(SLUG, f"stag_rmsnorm_v1_{_SFX[gammas[0].dtype]}")
+    fn((n, z), (256,), (x, gammas[0], gammas[-1], y, np.int32(n), np.int32(c)))
+    return y
+
+
+def store_qkv(y, q, k_cache, v_cache, pos: int):
+    """Split the fused row y (N, (H + 2G) D) float32 into q (N, H, D) and slot pos of
+    the caches (N, G, S, D), all of the weights' dtype."""
+    rt.check_array("y", y, (np.float32,), 2)
+    rt.check_array("q", q, DTYPES, 3)
+    rt.check_array("k_cache", k_cache, (q.dtype,), 4)
+    rt.check_array("v_cache", v_cache, (q.dtype,), 4)
+    n, h, d = q.shape
+    g, s = k_cache.shape[1], k_cache.shape[2]
+    rt.check_shape("k_cache", k_cache, (n, g, s, d), "NGSD")
+    rt.check_shape("v_cache", v_cache, (n, g, s, d), "NGSD")
+    rt.check_shape("y", y, (n, (h + 2 * g) * d), "N(H+2G)D")
+    if not 0 <= pos < s:
+        raise ValueError(f"pos must be in [0, S={s}), got {pos}")
+    i32 = np.int32
+    fn = rt.kernel(SLUG, f"stag_store_qkv_v1_{_SFX[q.dtype]}")
+    grid = (math.ceil((h + 2 * g) * d / 256), n)
+    fn(
+        grid,
+        (256,),
+        (y, q, k_cache, v_cache, i32(n), i32(h), i32(g), i32(d), i32(s), i32(pos)),
+    )
+    return q
+
+
+def scatter(y, dst, c0: int, ystride: int, pos: int):
+    """dst[l, n, g, pos, :] = y[n, c0 + l ystride + g D : ... + D] for every layer l:
+    y (N, Y) float32; dst (L, N, G, S, D) of the weights' dtype."""
+    rt.check_array("y", y, (np.float32,), 2)
+    rt.check_array("dst", dst, DTYPES, 5)
+    lz, n, g, s, d = dst.shape
+    if y.shape[0] != n or c0 < 0 or c0 + (lz - 1) * ystride + g * d > y.shape[1]:
+        raise ValueError(f"y {y.shape} does not hold the columns dst {dst.shape} needs")
+    if not 0 <= pos < s:
+        raise ValueError(f"pos must be in [0, S={s}), got {pos}")
+    i32 = np.int32
+    fn = rt.kernel(SLUG, f"stag_scatter_v1_{_SFX[dst.dtype]}")
+    fn(
+        (math.ceil(g * d / 256), n, lz),
+        (256,),
+        (
+            y,
+            dst,
+            i32(n),
+            i32(y.shape[1]),
+            i32(c0),
+            i32(ystride),
+            np.int64(n * g * s * d),
+            i32(g),
+            i32(d),
+            i32(s),
+            i32(pos),
+        ),
+    )
+    return dst
+
+
+# --- the model on the GPU -----------------------------------------------------------
+
+
+@dataclass
+class Layer:
+    """One layer of one stack on the GPU: fused q|k|v, o, MLP, norms."""
+
+    g1: object  # (C,)
+    wqkv: object  # (C, (H + 2G) D)
+    wo: object  # (H D, C)
+    g2: object  # (C,)
+    wup: object  # (C, F)
+    wdown: object  # (F, C)
+
+
+@dataclass
+class Model:
+    """stacks[s][j]: Layer; cross[j]: (gc, wcq, wco) of stack 2; wckv (C, L 2 G D):
+    every layer's cross W_K | W_V side by side (one GEMV projects a memory row
+    for all layers); gf: the final norms. Shapes from the reference config."""
+
+    H: int
+    G: int
+    D: int
+    C: int
+    F: int
+    L: int
+    shared: bool
+    window: int | None
+    dtype: object
+    stacks: list
+    cross: list
+    wckv: object
+    gf: list
+
+
+def check_config(cfg) -> None:
+    """ValueError unless the kernels cover this reference.stagformer.StagConfig."""
+    b = cfg.base
+    ok = b.norm == "rmsnorm" and b.act == "relu" and b.rot_dim == 0
+    if not ok or cfg.p != 2 or b.parallel:
+        raise ValueError(
+            "the GPU step covers p = 2, serial blocks, norm='rmsnorm', act='relu', "
+            f"rot_dim=0 (no RoPE), no biases; got {cfg}"
+        )
+
+
+def to_gpu(w, cfg, dtype) -> Model:
+    """The reference weights (reference.stagformer.StagWeights) in the GPU layout."""
+    import cupy as cp
+
+    check_config(cfg)
+    b = cfg.base
+
+    def dev(a):
+        return cp.asarray(np.ascontiguousarray(a, dtype=dtype))
+
+    def layer(lw):
+        a = lw.attn
+        if any(v is not None for v in (a.b_q, a.b_k, a.b_v, a.b_o, lw.mlp.b_in)):
+            raise ValueError("the GPU step has no biases")
+        wqkv = np.concatenate([a.w_q, a.w_k, a.w_v], axis=1)
+        return Layer(
+            dev(lw.norm1.gamma),
+            dev(wqkv),
+            dev(a.w_o),
+            dev(lw.norm2.gamma),
+            dev(lw.mlp.w_in),
+            dev(lw.mlp.w_out),
+        )
+
+    s1 = [layer(lw) for lw in w.layers[0]]
+    s2 = s1 if cfg.shared else [layer(lw) for lw in w.layers[1]]
+    cross = [(dev(c.norm.gamma), dev(c.attn.w_q), dev(c.attn.w_o)) for c in w.cross[0]]
+    ckv = np.concatenate(
+        [np.concatenate([c.attn.w_k, c.attn.w_v], axis=1) for c in w.cross[0]], axis=1
+    )
+    gf = [dev(n.gamma) for n in w.norm_f]
+    return Model(
+        b.H,
+        b.G,
+        b.D,
+        b.C,
+        b.F,
+        b.L,
+        cfg.shared,
+        cfg.window,
+        np.dtype(dtype),
+        [s1, s2],
+        cross,
+        dev(ckv),
+        gf,
+    )
+
+
+@dataclass
+class Buffers:
+    """Everything one step reads and writes, preallocated (CUDA graphs).
+
+    x (2, B, C): the residual streams, set to the embeddings before a step; out
+    (2, B, C): h (stack 1's output, the next step's memory row) and o; k, v (L, 2,
+    B, G, S, D): self caches, S = pos + 1; xk, xv (L, B, G, Sx, D): cross caches,
+    Sx = 1 + min(pos, W); the rest is scratch."""
+
+    x: object
+    out: object
+    k: object
+    v: object
+    xk: object
+    xv: object
+    xn: object
+    yq: object
+    q: object
+    o: object
+    u: object
+    cq: object
+    cqt: object
+    co: object
+    ckv: object
+    scratch: Scratch
+
+
+def cross_len(pos: int, window: int | None) -> int:
+    """Slots of the cross cache at step pos: the null slot and min(pos, W) rows."""
+    return 1 + (pos if window is None else min(pos, window))
+
+
+def n_split(s: int) -> int:
+    """S-chunks of the attention kernel: from S alone (not B), up to 16."""
+    return max(1, min(16, math.ceil(s / 128)))
+
+
+def attn_version(d: int, dtype) -> int:
+    return 7 if d in att.V4_HEAD_DIMS[np.dtype(dtype)] else 3
+
+
+def new_buffers(m: Model, b: int, pos: int, stacks: int = 2) -> Buffers:
+    """Buffers for one step at position pos with batch b (stacks = 1: plain)."""
+    import cupy as cp
+
+    dt, f32 = m.dtype, cp.float32
+    h, g, d, c, f, lz = m.H, m.G, m.D, m.C, m.F, m.L
+    s, sx = pos + 1, cross_len(pos, m.window)
+    lx = lz if stacks == 2 else 0  # plain: no cross caches
+    dims = ((c, (h + 2 * g) * d), (h * d, c), (c, f), (f, c), (c, 2 * lz * g * d))
+    sizes = [gemv_workspace(stacks * b, kk, mm, dt, 2) for kk, mm in dims]
+    gw = (max(x[0] for x in sizes), max(x[1] for x in sizes))
+    av = attn_version(d, dt)
+    ae = max(att.workspace_elems(av, stacks * b, h, n, d, n_split(n)) for n in (s, sx))
+    return Buffers(
+        x=cp.zeros((stacks, b, c), f32),
+        out=cp.zeros((stacks, b, c), f32),
+        k=cp.zeros((lz, stacks, b, g, s, d), dt),
+        v=cp.zeros((lz, stacks, b, g, s, d), dt),
+        xk=cp.zeros((lx, b, g, sx, d), dt),
+        xv=cp.zeros((lx, b, g, sx, d), dt),
+        xn=cp.zeros((stacks, b, c), f32),
+        yq=cp.zeros((stacks, b, (h + 2 * g) * d), f32),
+        q=cp.zeros((stacks, b, h, d), dt),
+        o=cp.zeros((stacks, b, h, d), dt),
+        u=cp.zeros((stacks, b, f), f32),
+        cq=cp.zeros((b, h * d), f32),
+        cqt=cp.zeros((b, h, d), dt),
+        co=cp.zeros((b, h, d), dt),
+        ckv=cp.zeros((b, 2 * lz * g * d), f32),
+        scratch=new_scratch(gw[0], gw[1], ae),
+    )
+
+
+def _attend(q, k, v, out, scratch):
+    s = k.shape[2]
+    return att.decode_attention(
+        q,
+        k,
+        v,
+        version=attn_version(q.shape[-1], q.dtype),
+        n_split=n_split(s),
+        out=out,
+        workspace=scratch.attn,
+    )
+
+
+def _layers(m: Model, bf: Buffers, sel: list[int], pos: int, version: int):
+    """All L layers of the stacks in sel ([0], [1] or [0, 1]: one launch for both)."""
+    b = bf.x.shape[1]
+    sl = slice(sel[0], sel[-1] + 1)
+    both = len(sel) == 2
+    one = m.shared and both  # shared weights: one weight, N = 2B rows
+
+    def rows(a):  # (Z, B, ...) slice of the stacks in sel, as (Z*B, ...)
+        return a[sl].reshape((len(sel) * b,) + a.shape[2:])
+
+    def flat(a):  # the same as (Z*B, row)
+        return a[sl].reshape(len(sel) * b, -1)
+
+    def mm(xs, wname, ys, j, **kw):
+        wl = [getattr(m.stacks[s][j], wname) for s in sel]
+        res = kw.pop("res", None)  # (Z, B, ...) residual, added in place
+        if one:
+            xs_, ys_ = [flat(xs)], [flat(ys)]
+            r = None if res is None else [flat(res)]
+            return gemv(
+                xs_, wl[:1], ys_, res=r, version=version, scratch=bf.scratch, **kw
+            )
+        xl = [xs[s].reshape(b, -1) for s in sel]
+        yl = [ys[s].reshape(b, -1) for s in sel]
+        r = None if res is None else [res[s].reshape(b, -1) for s in sel]
+        return gemv(xl, wl, yl, res=r, version=version, scratch=bf.scratch, **kw)
+
+    for j in range(m.L):
+        lay = [m.stacks[s][j] for s in sel]
+        rmsnorm(bf.x[sl], [ly.g1 for ly in lay], bf.xn[sl])
+        mm(bf.xn, "wqkv", bf.yq, j)
+        store_qkv(rows(bf.yq), rows(bf.q), rows(bf.k[j]), rows(bf.v[j]), pos)
+        _attend(rows(bf.q), rows(bf.k[j]), rows(bf.v[j]), rows(bf.o), bf.scratch)
+        mm(bf.o, "wo", bf.x, j, res=bf.x)
+        if 1 in sel:  # stack 2's cross-attention over [null, h_<pos]
+            gc, wcq, wco = m.cross[j]
+            rmsnorm(bf.x[1:2], [gc], bf.xn[1:2])
+            gemv([bf.xn[1]], [wcq], [bf.cq], version=version, scratch=bf.scratch)
+            scatter(bf.cq, bf.cqt.reshape(1, b, m.H, 1, m.D), 0, 0, 0)
+            _attend(bf.cqt, bf.xk[j], bf.xv[j], bf.co, bf.scratch)
+            gemv(
+                [bf.co.reshape(b, -1)],
+                [wco],
+                [bf.x[1]],
+                res=[bf.x[1]],
+                version=version,
+                scratch=bf.scratch,
+            )
+        rmsnorm(bf.x[sl], [ly.g2 for ly in lay], bf.xn[sl])
+        mm(bf.xn, "wup", bf.u, j, act=1)
+        mm(bf.u, "wdown", bf.x, j, res=bf.x)
+    rmsnorm(bf.x[sl], [m.gf[s] for s in sel], bf.out[sl])
+
+
+def project_memory(m: Model, bf: Buffers, h_prev, pos: int, version: int = 2):
+    """Stack 2's cross caches take memory row pos - 1 (h_prev (B, C) float32, stack
+    1's output of the previous step) at ring slot 1 + (pos - 1) % W."""
+    gd = m.G * m.D
+    gemv([h_prev], [m.wckv], [bf.ckv], version=version, scratch=bf.scratch)
+    slot = 1 + (pos - 1) % (m.window or pos)
+    scatter(bf.ckv, bf.xk, 0, 2 * gd, slot)
+    scatter(bf.ckv, bf.xv, gd, 2 * gd, slot)
+
+
+def decode_step(
+    m: Model,
+    bf: Buffers,
+    e,
+    h_prev,
+    pos: int,
+    *,
+    schedule: str = "parallel",
+    version: int = 2,
+):
+    """Step pos of both stacks. e (B, C) float32: the embeddings of the tokens;
+    h_prev (B, C) float32: stack 1's output at pos - 1 (None at pos 0). Caches in
+    bf hold positions < pos (self) and the memory rows < pos - 1 (cross). Writes
+    h_pos = bf.out[0] and o_pos = bf.out[1]."""
+    if schedule not in SCHEDULES:
+        raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
+    b = bf.x.shape[1]
+    rt.check_array("e", e, (np.float32,), 2)
+    rt.check_shape("e", e, (b, m.C), "BC")
+    if bf.k.shape[4] != pos + 1 or bf.xk.shape[3] != cross_len(pos, m.window):
+        raise ValueError(f"buffers were made for another position than pos = {pos}")
+    if (h_prev is None) != (pos == 0):
+        raise ValueError("h_prev must be given exactly when pos > 0")
+    if h_prev is not None:
+        rt.check_array("h_prev", h_prev, (np.float32,), 2)
+        rt.check_shape("h_prev", h_prev, (b, m.C), "BC")
+    bf.x[...] = e[None]
+    if schedule == "parallel":
+        if h_prev is not None:
+            project_memory(m, bf, h_prev, pos, version)
+        _layers(m, bf, [0, 1], pos, version)
+        return bf.out
+    order = [0, 1] if schedule == "stack1_first" else [1, 0]
+    for s in order:
+        if s == 1 and h_prev is not None:
+            project_memory(m, bf, h_prev, pos, version)
+        _layers(m, bf, [s], pos, version)
+    return bf.out
+
+
+def plain_step(m: Model, bf: Buffers, e, pos: int, version: int = 2):
+    """The ordinary decoder made of stack 1's layers (no cross-attention), with the
+    same kernels: the sequential baseline. bf from new_buffers(..., stacks=1)."""
+    bf.x[...] = e[None]
+    _layers(m, bf, [0], pos, version)
+    return bf.out[0]
+
+
+# --- napkin maths ---------------------------------------------------------------
+
+
+def weight_bytes(c: int, f: int, hd: int, gd: int, item: int) -> dict[str, int]:
+    """Bytes of one layer's weights: self-attention + MLP ("layer"), cross ("cross"),
+    and one memory row's cross K/V projection ("ckv")."""
+    layer = (c * (hd + 2 * gd) + hd * c + 2 * c * f + 2 * c) * item
+    cross = (c * hd + hd * c + c) * item
+    return {"layer": layer, "cross": cross, "ckv": 2 * c * gd * item}
+
+
+def step_bytes(
+    kind: str,
+    b: int,
+    s: int,
+    c: int,
+    f: int,
+    h: int,
+    g: int,
+    d: int,
+    l_stack: int,
+    item: int,
+    sx: int | None = None,
+) -> int:
+    """Fewest bytes of one decode step at cache length s (each weight and cache row
+    read once; activations are a few B C floats, counted too):
+      plain:     2L layers, self caches of 2L layers
+      separate:  2 stacks x L layers + L cross sublayers and projections, self
+                 caches of 2L layers and cross caches (sx slots) of L layers
+      shared:    L layers (read once for both stacks) + the cross weights
+      shared_seq: as shared, but the layers read twice (one pass per stack)."""
+    wb = weight_bytes(c, f, h * d, g * d, item)
+    sx = s if sx is None else sx
+    kv_self = 2 * b * g * s * d * item * 2 * l_stack  # K and V, 2L layers
+    kv_cross = 2 * b * g * sx * d * item * l_stack
+    act = 16 * b * c * 4 * 2 * l_stack  # residual/normed rows, both ways (small)
+    cross = l_stack * (wb["cross"] + wb["ckv"]) + kv_cross
+    if kind == "plain":
+        return 2 * l_stack * wb["layer"] + kv_self + act
+    if kind == "separate":
+        return 2 * l_stack * wb["layer"] + cross + kv_self + act
+    if kind == "shared":
+        return l_stack * wb["layer"] + cross + kv_self + act
+    if kind == "shared_seq":
+        return 2 * l_stack * wb["layer"] + cross + kv_self + act
+    raise ValueError(f"kind must be plain, separate, shared or shared_seq: {kind!r}")
+
+
+def step_flops(
+    kind: str,
+    b: int,
+    s: int,
+    c: int,
+    f: int,
+    h: int,
+    g: int,
+    d: int,
+    l_stack: int,
+    sx: int | None = None,
+) -> int:
+    """2 per multiply-add of every GEMV row and attention score/value."""
+    sx = s if sx is None else sx
+    hd, gd = h * d, g * d
+    layer = 2 * b * (c * (hd + 2 * gd) + hd * c + 2 * c * f) + 4 * b * h * s * d
+    cross = 2 * b * (2 * c * hd + 2 * c * gd) + 4 * b * h * sx * d
+    if kind == "plain":
+        return 2 * l_stack * layer
+    return 2 * l_stack * layer + l_stack * cross

@@ -1,0 +1,442 @@
+"""StagFormer: reference properties (CPU) and the GPU decode step (marked ``gpu``).
+
+CPU: the stacks of a step commute (any order, or all from the snapshot of step i-1:
+bitwise identical logits, outputs and caches, p = 2 and 3); decode equals the masked
+prefill; the stack-1 caches equal its prefill projections; perturbing memory rows
+h_j, j >= i, leaves outputs <= i unchanged and changes output i + 1; causality;
+W >= T is full cross-attention; the shift form equals the strict mask; a zero cross
+output projection makes stack 2 an ordinary decoder; recurrent mode is a fixed
+point of stack 2 on its own outputs. Known-wrong variants (an off-by-one stagger, a
+too-short window) must be rejected by the same checks.
+GPU: gpu/stagformer.cu's GEMV, norm and stores against float64; a whole step against
+the reference step; the parallel schedule bitwise equal to both sequential ones;
+outputs poisoned with NaN; bad input rejected before launch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from reference import stagformer as sf
+from reference.common import DecoderConfig, DecoderWeights, prefill, rms_norm
+from reference.testing import assert_close, describe, linear_scale
+
+F64, F32, F16 = np.float64, np.float32, np.float16
+seeds = st.integers(0, 2**32 - 1)
+
+
+@st.composite
+def model_case(draw, p=None, gpu=False):
+    """A small StagFormer (shapes 1, primes), its weights and tokens (B, T)."""
+    h = draw(st.sampled_from([1, 2, 3]))
+    g = draw(st.sampled_from([x for x in (1, h) if h % x == 0]))
+    d = draw(st.sampled_from([8, 16] if gpu else [1, 2, 4]))
+    f = draw(st.sampled_from([8, 40] if gpu else [1, 5, 8]))
+    lz = draw(st.sampled_from([1, 2]))
+    p = p or draw(st.sampled_from([2, 3]))
+    t = draw(st.integers(1, 6))
+    win = draw(st.sampled_from([None, None, 1, 2, 5]))
+    base = DecoderConfig(
+        V=13, C=h * d, H=h, G=g, D=d, F=f, L=lz, norm="rmsnorm", act="relu",
+        rot_dim=0 if gpu or d % 2 else draw(st.sampled_from([None, 0])),
+    )  # fmt: skip
+    cfg = sf.StagConfig(base, p=p, shared=draw(st.booleans()), window=win)
+    rng = np.random.default_rng(draw(seeds))
+    w = sf.init_stagformer(cfg, rng)
+    if draw(st.booleans()):  # large values too
+        w = dataclasses.replace(w, embed=1e3 * w.embed)
+    tokens = rng.integers(0, 13, (draw(st.sampled_from([1, 2])), t))
+    return cfg, w, tokens
+
+
+def _decode_all(w, cfg, tokens, order="snapshot"):
+    state = sf.empty_state(cfg, tokens.shape[0])
+    logits = []
+    for i in range(tokens.shape[1]):
+        lg, state = sf.decode_step(w, cfg, tokens[:, i], state, order)
+        logits.append(lg)
+    return np.stack(logits, axis=1), state  # (B, T, V)
+
+
+def _arrays(state):
+    """Every array of a StagState, in a fixed order."""
+    out = list(state.outputs)
+    for cs in (*state.self_caches, *state.cross_caches):
+        for c in cs:
+            out += [c.k, c.v]
+    return out
+
+
+# --- schedule invariance, decode = prefill ------------------------------------------
+
+
+@given(data=st.data())
+def test_any_schedule_is_bitwise_identical(data):
+    cfg, w, tokens = data.draw(model_case())
+    pre = tokens.shape[1] - 1
+    state = sf.prefill(w, cfg, tokens[:, :pre])[1] if pre else None
+    state = state or sf.empty_state(cfg, tokens.shape[0])
+    want, ref = sf.decode_step(w, cfg, tokens[:, pre], state, "snapshot")
+    for order in itertools.permutations(range(cfg.p)):
+        got, s2 = sf.decode_step(w, cfg, tokens[:, pre], state, list(order))
+        assert_close(got, want, "exact", F64)
+        for a, b in zip(_arrays(s2), _arrays(ref), strict=True):
+            assert_close(a, b, "exact", F64)
+
+
+@given(data=st.data())
+def test_decode_equals_masked_prefill(data):
+    cfg, w, tokens = data.draw(model_case())
+    want, pst = sf.prefill(w, cfg, tokens)
+    got, dst = _decode_all(w, cfg, tokens)
+    used = assert_close(got, want, "rewrite", F64, np.abs(want).max())
+    for a, b in zip(dst.outputs, pst.outputs, strict=True):
+        assert_close(a, b, "rewrite", F64, np.abs(b).max())
+    # the self caches (stack 1's too) equal the prefill projections
+    for cs, ps in zip(dst.self_caches, pst.self_caches, strict=True):
+        for c, p in zip(cs, ps, strict=True):
+            assert_close(c.k, p.k, "rewrite", F64, np.abs(p.k).max(initial=1))
+            assert_close(c.v, p.v, "rewrite", F64, np.abs(p.v).max(initial=1))
+    print(describe(used))
+
+
+def test_checker_rejects_an_off_by_one_stagger():
+    """Known-wrong: cross-attention that sees h_i at position i (the mask j <= i,
+    i.e. t0 shifted by one) differs from the staggered prefill."""
+    base = DecoderConfig(V=13, C=8, H=2, G=2, D=4, F=8, L=1, norm="rmsnorm",
+                         act="relu")  # fmt: skip
+    cfg = sf.StagConfig(base)
+    rng = np.random.default_rng(3)
+    w = sf.init_stagformer(cfg, rng)
+    x = rng.standard_normal((1, 5, 8))
+    mem = rng.standard_normal((1, 5, 8))
+    aw = w.cross[0][0].attn
+    good = sf.cross_attention(x, aw, base, mem, 0)
+    leaky = sf.cross_attention(x, aw, base, mem, 1)  # query t sees h_t
+    with pytest.raises(AssertionError):
+        assert_close(leaky, good, "rewrite", F64, np.abs(good).max())
+
+
+def test_decode_step_rejects_bad_orders():
+    cfg = sf.StagConfig(DecoderConfig(V=5, C=4, H=1, G=1, D=4, F=4, L=1), p=3)
+    w = sf.init_stagformer(cfg, np.random.default_rng(0))
+    state = sf.empty_state(cfg, 1)
+    for bad in ([0, 1], [0, 0, 1], "parallel"):
+        with pytest.raises(ValueError, match="order"):
+            sf.decode_step(w, cfg, np.array([1]), state, bad)
+
+
+# --- staggering, causality, window, shift form ---------------------------------------
+
+
+@given(data=st.data(), seed=seeds)
+def test_perturbing_memory_at_or_after_i_changes_only_later_outputs(data, seed):
+    cfg, w, tokens = data.draw(model_case(p=2))
+    t = tokens.shape[1]
+    if t < 2:
+        return
+    cfg = dataclasses.replace(cfg, window=None)
+    x = w.embed[tokens]
+    h, _ = sf.stack_forward(w, cfg, 0, x, None)
+    o, _ = sf.stack_forward(w, cfg, 1, x, h)
+    i = data.draw(st.integers(0, t - 2))
+    bumped = h.copy()
+    bumped[:, i:] += np.random.default_rng(seed).standard_normal(h[:, i:].shape)
+    o2, _ = sf.stack_forward(w, cfg, 1, x, bumped)
+    assert_close(o2[:, : i + 1], o[:, : i + 1], "exact", F64)
+    if cfg.base.C > 1:  # C = 1: RMSNorm outputs sign(x) gamma, blind to a nudge
+        assert not np.array_equal(o2[:, i + 1], o[:, i + 1])
+
+
+@given(data=st.data())
+def test_causality(data):
+    cfg, w, tokens = data.draw(model_case())
+    t = tokens.shape[1]
+    m = data.draw(st.integers(0, t - 1))
+    other = tokens.copy()
+    other[:, m:] = (other[:, m:] + 1) % 13
+    a, _ = sf.prefill(w, cfg, tokens)
+    b, _ = sf.prefill(w, cfg, other)
+    assert_close(b[:, :m], a[:, :m], "exact", F64)
+
+
+@given(data=st.data())
+def test_window_at_least_t_is_full_cross_attention(data):
+    cfg, w, tokens = data.draw(model_case())
+    t = tokens.shape[1]
+    full, _ = sf.prefill(w, dataclasses.replace(cfg, window=None), tokens)
+    for wnd in (t, t + 3):
+        got, _ = sf.prefill(w, dataclasses.replace(cfg, window=wnd), tokens)
+        assert_close(got, full, "exact", F64)
+
+
+def test_checker_rejects_a_window_too_short():
+    """Known-wrong: W = T - 2 hides h_0 from the last position."""
+    base = DecoderConfig(V=13, C=8, H=2, G=1, D=4, F=8, L=1, norm="rmsnorm",
+                         act="relu")  # fmt: skip
+    cfg = sf.StagConfig(base)
+    w = sf.init_stagformer(cfg, np.random.default_rng(4))
+    tokens = np.random.default_rng(5).integers(0, 13, (1, 6))
+    full, _ = sf.prefill(w, cfg, tokens)
+    short, _ = sf.prefill(w, dataclasses.replace(cfg, window=4), tokens)
+    with pytest.raises(AssertionError):
+        assert_close(short, full, "rewrite", F64, np.abs(full).max())
+
+
+@given(data=st.data())
+def test_shift_form_equals_strict_mask(data):
+    cfg, w, tokens = data.draw(model_case())
+    rng = np.random.default_rng(tokens.sum())
+    b, t = tokens.shape
+    x = rng.standard_normal((b, t, cfg.base.C))
+    mem = rng.standard_normal((b, t, cfg.base.C))
+    aw = w.cross[0][0].attn
+    want = sf.cross_attention(x, aw, cfg.base, mem, 0)
+    got = sf.cross_attention_shift(x, aw, cfg.base, mem)
+    assert_close(got, want, "rewrite", F64, np.abs(want).max())
+    assert_close(want[:, 0], np.zeros_like(want[:, 0]), "exact", F64)  # null slot
+
+
+@given(data=st.data())
+def test_zero_cross_output_makes_stack_2_an_ordinary_decoder(data):
+    cfg, w, tokens = data.draw(model_case(p=2))
+    cross = tuple(
+        tuple(dataclasses.replace(c, attn=dataclasses.replace(
+            c.attn, w_o=np.zeros_like(c.attn.w_o))) for c in cs)
+        for cs in w.cross
+    )  # fmt: skip
+    w0 = dataclasses.replace(w, cross=cross)
+    got, _ = sf.prefill(w0, cfg, tokens)
+    plain = DecoderWeights(w.embed, w.layers[1], w.norm_f[1], w.unembed)
+    want, _ = prefill(plain, cfg.base, tokens)
+    assert_close(got, want, "exact", F64)
+
+
+@given(data=st.data())
+def test_recurrent_mode_is_a_fixed_point_of_stack_2(data):
+    """o = S_2(e; memory o_{<i}): stack 2's masked forward with its own recurrent
+    outputs as memory reproduces them."""
+    cfg, w, tokens = data.draw(model_case(p=2))
+    cfg = dataclasses.replace(cfg, shared=True)
+    w = dataclasses.replace(w, layers=(w.layers[0], w.layers[0]))
+    o = sf.recurrent_decode(w, cfg, tokens)
+    again, _ = sf.stack_forward(w, cfg, 1, w.embed[tokens], o)
+    assert_close(again, o, "rewrite", F64, np.abs(o).max())
+
+
+def test_recurrent_mode_needs_shared_weights():
+    cfg = sf.StagConfig(DecoderConfig(V=5, C=4, H=1, G=1, D=4, F=4, L=1))
+    w = sf.init_stagformer(cfg, np.random.default_rng(0))
+    with pytest.raises(ValueError, match="shared"):
+        sf.recurrent_decode(w, cfg, np.zeros((1, 2), int))
+
+
+# --- GPU (gpu/stagformer.cu) ---------------------------------------------------------
+
+
+def _cast(obj, dtype):
+    """Every float array of a (nested) weights dataclass rounded to dtype, float64."""
+    if isinstance(obj, np.ndarray):
+        return obj.astype(dtype).astype(F64) if obj.dtype.kind == "f" else obj
+    if isinstance(obj, tuple):
+        return tuple(_cast(o, dtype) for o in obj)
+    if dataclasses.is_dataclass(obj):
+        kw = {
+            f.name: _cast(getattr(obj, f.name), dtype) for f in dataclasses.fields(obj)
+        }
+        return dataclasses.replace(obj, **kw)
+    return obj
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [F32, F16])
+@pytest.mark.parametrize("version", [1, 2])
+@given(
+    n=st.sampled_from([1, 2, 5, 9]),
+    k=st.sampled_from([1, 7, 33, 600]),
+    mv=st.sampled_from([1, 3, 33, 40]),
+    z=st.sampled_from([1, 2]),
+    act=st.sampled_from([0, 1]),
+    res=st.booleans(),
+    x16=st.booleans(),
+    seed=seeds,
+)
+def test_gpu_gemv_matches_reference(dtype, version, n, k, mv, z, act, res, x16, seed):
+    import cupy as cp
+
+    from gpu import stagformer as gs
+
+    x16 = x16 and dtype == F16
+    m = mv * gs.vec(dtype)
+    rng = np.random.default_rng(seed)
+    xs = [rng.standard_normal((n, k)).astype(F16 if x16 else F32) for _ in range(z)]
+    ws = [(rng.standard_normal((k, m)) / np.sqrt(k)).astype(dtype) for _ in range(z)]
+    rs = [rng.standard_normal((n, m)).astype(F32) for _ in range(z)]
+    ys = [cp.full((n, m), np.nan, F32) for _ in range(z)]
+    need, cnt = gs.gemv_workspace(n, k, m, dtype, z)
+    scratch = gs.new_scratch(need, cnt, 1)
+    gs.gemv([cp.asarray(a) for a in xs], [cp.asarray(a) for a in ws], ys,
+            res=[cp.asarray(a) for a in rs] if res else None, act=act,
+            version=version, scratch=scratch)  # fmt: skip
+    for i in range(z):
+        x64, w64 = xs[i].astype(F64), ws[i].astype(F64)
+        want = x64 @ w64
+        want = np.maximum(want, 0) if act else want
+        want = want + rs[i] if res else want
+        used = assert_close(cp.asnumpy(ys[i]), want, "gpu", F32, linear_scale(x64, w64))
+        print(f"gemv v{version} {np.dtype(dtype).name}: {describe(used)}")
+    assert int(scratch.cnt.sum()) == 0  # counters left zero for the next launch
+    if version == 2 and n > 1:  # a row's sum does not depend on the other rows
+        one = cp.full((1, m), np.nan, F32)
+        gs.gemv([cp.asarray(xs[0][1:2])], [cp.asarray(ws[0])], [one],
+                res=[cp.asarray(rs[0][1:2])] if res else None, act=act,
+                version=2, scratch=scratch)  # fmt: skip
+        assert np.array_equal(cp.asnumpy(one)[0], cp.asnumpy(ys[0])[1])
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [F32, F16])
+@given(n=st.sampled_from([1, 3]), c=st.sampled_from([1, 24, 300, 2048]), seed=seeds)
+def test_gpu_rmsnorm_matches_reference(dtype, n, c, seed):
+    import cupy as cp
+
+    from gpu import stagformer as gs
+
+    rng = np.random.default_rng(seed)
+    x = (rng.standard_normal((2, n, c)) * 10).astype(F32)
+    g = [(1 + 0.1 * rng.standard_normal(c)).astype(dtype) for _ in range(2)]
+    y = cp.full((2, n, c), np.nan, F32)
+    gs.rmsnorm(cp.asarray(x), [cp.asarray(a) for a in g], y)
+    for z in range(2):
+        want = rms_norm(x[z].astype(F64), g[z].astype(F64))
+        assert_close(
+            cp.asnumpy(y[z]), want, "gpu", F32, np.sqrt(c) * np.abs(want).max()
+        )
+
+
+def _gpu_case(cfg, w, tokens, dtype):
+    """Reference step at pos = T - 1 from a state whose caches hold the dtype's
+    values, and the GPU model and buffers loaded with the same state."""
+    import cupy as cp
+
+    from gpu import stagformer as gs
+
+    w = _cast(w, dtype)
+    b, pos = tokens.shape[0], tokens.shape[1] - 1
+    state = sf.prefill(w, cfg, tokens[:, :pos])[1] if pos else sf.empty_state(cfg, b)
+    state = dataclasses.replace(
+        state,
+        self_caches=_cast(state.self_caches, dtype),
+        cross_caches=_cast(state.cross_caches, dtype),
+        outputs=tuple(o.astype(F32).astype(F64) for o in state.outputs),
+    )
+    _, after = sf.decode_step(w, cfg, tokens[:, pos], state)
+    m = gs.to_gpu(w, cfg, dtype)
+    bf = gs.new_buffers(m, b, pos)
+    for j in range(cfg.base.L):
+        for s in range(2):
+            bf.k[j, s, :, :, :pos] = cp.asarray(state.self_caches[s][j].k.astype(dtype))
+            bf.v[j, s, :, :, :pos] = cp.asarray(state.self_caches[s][j].v.astype(dtype))
+        ring = cfg.window or max(pos, 1)
+        for r in range(pos - 1):  # memory rows < pos - 1, in ring order
+            c = state.cross_caches[0][j]
+            bf.xk[j, :, :, 1 + r % ring] = cp.asarray(c.k[:, :, 1 + r].astype(dtype))
+            bf.xv[j, :, :, 1 + r % ring] = cp.asarray(c.v[:, :, 1 + r].astype(dtype))
+    e = cp.asarray(w.embed[tokens[:, pos]].astype(F32))
+    h_prev = cp.asarray(state.outputs[0][:, pos - 1].astype(F32)) if pos else None
+    return m, bf, e, h_prev, pos, after
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [F32, F16])
+@pytest.mark.parametrize("version", [1, 2])
+@given(data=st.data())
+def test_gpu_step_matches_reference_and_schedules_agree(dtype, version, data):
+    import cupy as cp
+
+    from gpu import stagformer as gs
+
+    cfg, w, tokens = data.draw(model_case(p=2, gpu=True))
+    m, bf, e, h_prev, pos, after = _gpu_case(cfg, w, tokens, dtype)
+    results = []
+    for sched in gs.SCHEDULES:
+        bf.out.fill(np.nan)
+        gs.decode_step(m, bf, e, h_prev, pos, schedule=sched, version=version)
+        results.append([cp.asnumpy(a).copy() for a in (bf.out, bf.k, bf.v, bf.xk)])
+    h_ref, o_ref = after.outputs[0][:, -1], after.outputs[1][:, -1]
+    sc = max(np.abs(h_ref).max(), np.abs(o_ref).max())
+    used = assert_close(results[0][0][0], h_ref, "stag_step", dtype, sc)
+    used = max(used, assert_close(results[0][0][1], o_ref, "stag_step", dtype, sc))
+    for j in range(cfg.base.L):  # the K/V rows this step wrote
+        for s in range(2):
+            want = after.self_caches[s][j].k[:, :, pos]
+            got = results[0][1][j, s, :, :, pos]
+            assert_close(got, want, "stag_step", dtype, np.abs(want).max(initial=1))
+    print(f"step v{version} {np.dtype(dtype).name}: {describe(used)}")
+    for other in results[1:]:  # parallel == stack 1 first == stack 2 first
+        for a, b in zip(other, results[0], strict=True):
+            assert np.array_equal(a, b, equal_nan=True)
+
+
+@pytest.mark.gpu
+def test_gpu_step_rejects_a_wrong_memory_row():
+    """Known-wrong: feeding h_pos (this step's stack-1 output) instead of h_{pos-1}
+    must fail the same check."""
+    import cupy as cp
+
+    from gpu import stagformer as gs
+
+    base = DecoderConfig(V=13, C=32, H=2, G=2, D=16, F=40, L=1, norm="rmsnorm",
+                         act="relu", rot_dim=0)  # fmt: skip
+    cfg = sf.StagConfig(base)
+    w = sf.init_stagformer(cfg, np.random.default_rng(8))
+    tokens = np.random.default_rng(9).integers(0, 13, (2, 4))
+    m, bf, e, h_prev, pos, after = _gpu_case(cfg, w, tokens, F32)
+    wrong = cp.asarray(after.outputs[0][:, pos].astype(F32))
+    gs.decode_step(m, bf, e, wrong, pos)
+    o_ref = after.outputs[1][:, -1]
+    with pytest.raises(AssertionError):
+        assert_close(
+            cp.asnumpy(bf.out[1]), o_ref, "stag_step", F32, np.abs(o_ref).max()
+        )
+
+
+@pytest.mark.gpu
+def test_gpu_bad_inputs_rejected_before_launch():
+    import cupy as cp
+
+    from gpu import stagformer as gs
+
+    x, w, y = cp.zeros((2, 64), F32), cp.zeros((64, 48), F16), cp.zeros((2, 48), F32)
+    sc = gs.new_scratch(*gs.gemv_workspace(2, 64, 48, F16), 1)
+    with pytest.raises(TypeError, match="ws"):
+        gs.gemv([x], [w.astype(cp.float64)], [y], scratch=sc)
+    with pytest.raises(TypeError, match="ys"):
+        gs.gemv([x], [w], [y.astype(F16)], scratch=sc)
+    with pytest.raises(ValueError, match="xs"):
+        gs.gemv([x[:, :60].copy()], [w], [y], scratch=sc)
+    with pytest.raises(ValueError, match="M % 8"):
+        gs.gemv([x], [w[:, :44].copy()], [y[:, :44].copy()], scratch=sc)
+    with pytest.raises(ValueError, match="scratch"):
+        gs.gemv([x], [w], [y])
+    with pytest.raises(ValueError, match="version"):
+        gs.gemv([x], [w], [y], version=3, scratch=sc)
+    with pytest.raises(ValueError, match="act"):
+        gs.gemv([x], [w], [y], act=2, scratch=sc)
+    with pytest.raises(ValueError, match="pos"):
+        gs.store_qkv(
+            cp.zeros((1, 48), F32),
+            cp.zeros((1, 1, 16), F16),
+            cp.zeros((1, 1, 3, 16), F16),
+            cp.zeros((1, 1, 3, 16), F16),
+            3,
+        )
+    bad = sf.StagConfig(DecoderConfig(V=5, C=4, H=1, G=1, D=4, F=4, L=1))
+    with pytest.raises(ValueError, match="rmsnorm"):
+        gs.check_config(bad)  # swiglu, RoPE: not what the kernels cover

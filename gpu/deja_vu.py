@@ -93,7 +93,7 @@ def _check(x, w1, b1, w2, b2, idx, version, mode, check_idx):
     rt.check_shape("b2", b2, (c,), "C")
     if k > f:
         raise ValueError(f"idx holds K = {k} > F = {f} ids: some must repeat")
-    rt.check_int32(FC=f * c, BC=b * c, BK=b * k, PBC=(k + 1) * b * c)
+    rt.check_int32(FC=f * c, BC=b * c, BK=b * k)  # partials index in size_t
     if b > MAX_GRID_Y or (version == 3 and b > MAX_B):
         lim = MAX_B if version == 3 else MAX_GRID_Y
         raise ValueError(f"B = {b} exceeds v{version}'s limit {lim}")

@@ -59,20 +59,24 @@ def gemv_workspace(n: int, k: int, m: int, dtype, z: int = 2) -> tuple[int, int]
 @dataclass
 class Scratch:
     """gemv v2's partials and counters (counters zero, and left zero), and the
-    attention workspace (zero, left zero by v7). One per stream."""
+    attention workspaces (zero, left zero by v7), one per attention shape
+    (rows, cache length): v7 keeps its counters after the partials, at an offset
+    that depends on the shape, so one shared buffer would let one call's partials
+    overwrite another's counters. One Scratch per stream."""
 
     ws: object
     cnt: object
-    attn: object
+    attn: dict
 
 
-def new_scratch(gemv_elems: int, counters: int, attn_elems: int) -> Scratch:
+def new_scratch(gemv_elems: int, counters: int, attn: dict | None = None) -> Scratch:
+    """attn: {(rows, cache length): float32 elements} of the attention calls."""
     import cupy as cp
 
     return Scratch(
         cp.zeros(max(gemv_elems, 1), cp.float32),
         cp.zeros(max(counters, 1), cp.uint32),
-        cp.zeros(max(attn_elems, 1), cp.float32),
+        {key: cp.zeros(max(n, 1), cp.float32) for key, n in (attn or {}).items()},
     )
 
 
@@ -356,7 +360,8 @@ def new_buffers(m: Model, b: int, pos: int, stacks: int = 2) -> Buffers:
     sizes = [gemv_workspace(stacks * b, kk, mm, dt, 2) for kk, mm in dims]
     gw = (max(x[0] for x in sizes), max(x[1] for x in sizes))
     av = attn_version(d, dt)
-    ae = max(att.workspace_elems(av, stacks * b, h, n, d, n_split(n)) for n in (s, sx))
+    shapes = {(z * b, s) for z in range(1, stacks + 1)} | {(b, sx)}
+    ae = {(r, n): att.workspace_elems(av, r, h, n, d, n_split(n)) for r, n in shapes}
     return Buffers(
         x=cp.zeros((stacks, b, c), f32),
         out=cp.zeros((stacks, b, c), f32),
@@ -386,7 +391,7 @@ def _attend(q, k, v, out, scratch):
         version=attn_version(q.shape[-1], q.dtype),
         n_split=n_split(s),
         out=out,
-        workspace=scratch.attn,
+        workspace=scratch.attn[q.shape[0], s],
     )
 
 

@@ -5,7 +5,8 @@
 One sigma-MoE layer in prefill, fp16 (the paper's WT103-big layer, DESIGN.md §5):
 * "ffn_approx": T = 4096, C = 1024, E = 32, G = 128, K = 4. Our layer (router,
   counting sort, up, down, combine; six launches) for v2, v3 and v4 (v1 is a
-  correctness anchor: naive, many ms), each stage of v3 and v4 alone, and two
+  correctness anchor: naive, many ms), each stage of v2, v3 and v4 alone (the
+  v2 layer uses router and sort v1, v3 and v4 their v2: field "router"), and two
   cuBLAS baselines from the same run: the parameter-equal dense MLP (F = E G =
   4096) and the compute-equal one (F = K G = 512), relu(x W1) W2 with cupy.matmul.
 * "ffn_approx_experts": E in {8, 16, 32, 64, 128} (quick: 8, 32, 128) at fixed
@@ -146,7 +147,8 @@ def _moe_rows(rng, e, ceil, versions, stages: bool) -> list[dict]:
             return _check(out, truth)
 
         calls = [lambda j=j: call(j) for j in range(n)]
-        rows.append(_timed(_base(e, ceil, f"moe_v{v}"), check, calls, _graph))
+        base = _base(e, ceil, f"moe_v{v}", router=gfa.router_for(v))
+        rows.append(_timed(base, check, calls, _graph))
         if stages and rows[-1].get("status") == "ok":
             rows += _stage_rows(e, v, sets, xs, wss, outs, ceil)
     bench._free(sets)
@@ -181,11 +183,14 @@ def _stage_rows(e, v, sets, xs, wss, outs, ceil) -> list[dict]:
             (ws.z, outs[j], i32(T), i32(C), i32(K)),
         )
 
+    rv = gfa.router_for(v)
     stages = {
         "router": lambda j: gfa.route(
-            xs[j], sets[j][2], K, idx=wss[j].idx, gate=wss[j].gate
+            xs[j], sets[j][2], K, idx=wss[j].idx, gate=wss[j].gate, version=rv
         ),
-        "sort": lambda j: gfa.sort_pairs(wss[j].idx, e, bm, wss[j], check_idx=False),
+        "sort": lambda j: gfa.sort_pairs(
+            wss[j].idx, e, bm, wss[j], check_idx=False, version=rv
+        ),
         "up": lambda j: gemm("up", j),
         "down": lambda j: gemm("down", j),
         "combine": combine,
@@ -193,7 +198,7 @@ def _stage_rows(e, v, sets, xs, wss, outs, ceil) -> list[dict]:
     fl = {"router": 2 * T * C * e, "up": 2 * p * C * G, "down": 2 * p * C * G}
     for name, fn in stages.items():
         row = dict(name=f"v{v}_{name}", T=T, C=C, E=e, G=G, K=K, F=None)
-        row.update(dtype="float16", flops=fl.get(name, 0), bytes=0)
+        row.update(dtype="float16", flops=fl.get(name, 0), bytes=0, router=rv)
         if name in fl and ceil.get("gemm_fp16_flop_per_s"):
             row["floor_us"] = fl[name] / ceil["gemm_fp16_flop_per_s"] * 1e6
         calls = [lambda j=j, fn=fn: fn(j) for j in range(len(sets))]

@@ -32,6 +32,10 @@
 // v4  v3's code with 128x128 tiles (8 warps of 64x32): each smem element
 //     feeds twice as many MMAs. Same needs as v3.
 // combine_v1 scalar; combine_v2 16-byte vectors (C % 8 == 0, fp16).
+// router_v2 (a warp per 4 tokens, lanes over C, fixed-order warp reduction)
+// and sort_v2 (count + scatter in one block, per-warp histograms) are what
+// the launchers use for v3 and v4; v1 and v2 keep router_v1 and count_v1 +
+// scatter_v1. Same results up to the router's rounding; the same order.
 //
 // Run the cases alone:  python -m gpu.bench ffn_approx [--quick]
 // Compile report (no GPU): python -m gpu.check_kernels gpu/ffn_approx.cu
@@ -40,7 +44,12 @@
 
 #define MAX_E 256  // router: experts per token held in shared memory
 #define RT 16      // router: tokens per block
-#define RCK 32     // router: chunk of C staged in shared memory
+#define RCK 32     // router v1: chunk of C staged in shared memory
+#define R2W 4      // router v2: warps per block
+#define R2TPW 4    // router v2: tokens per warp (R2W * R2TPW == RT)
+#define R2LG 4     // router v2: log2 of R2EC
+#define R2EC 16    // router v2: experts per chunk (2^R2LG <= 16)
+#define R2CK 128   // router v2: rows of w3 staged per chunk (% 32 == 0)
 
 __device__ __forceinline__ float to_f(float x) { return x; }
 __device__ __forceinline__ float to_f(__half x) { return __half2float(x); }
@@ -62,19 +71,52 @@ __device__ __forceinline__ int segment_of(const int* starts, int n, int v) {
 }
 
 // --- router ---
-// grid ceil(T / RT), block 128: thread -> expert e (and e + 128); RT logits
-// each in registers, x staged RCK columns at a time. Then warp w picks the
-// top K of tokens w, w + 4, ... by K rounds of a warp argmax (ties to the
-// lower expert id, as reference.ffn_approx.top_k_indices).
+// Warp w picks the top K of block tokens w, w + nw, ... (nw warps) from
+// logit[r][0..E): K rounds of a warp argmax, ties to the lower expert id
+// (as reference.ffn_approx.top_k_indices); gate = sigmoid(logit). Lane l
+// owns experts l + 32 i and marks the ones taken in a register bit mask
+// (E <= MAX_E = 256: 8 bits), so no thread writes what another reads.
+__device__ void router_topk(float (*logit)[MAX_E], int t0, int Tn, int E,
+                            int K, int* idx, float* gate) {
+  int lane = threadIdx.x & 31;
+  for (int r = threadIdx.x / 32; r < RT; r += blockDim.x / 32) {
+    int t = t0 + r;
+    if (t >= Tn) break;
+    unsigned taken = 0u;  // bit i: expert lane + 32 i already chosen
+    for (int j = 0; j < K; ++j) {
+      float bv = 0.f;
+      int be = -1;
+      for (int e = lane; e < E; e += 32) {
+        float v = logit[r][e];
+        bool used = (taken >> (e / 32)) & 1u;
+        if (!used && (be < 0 || v > bv)) { bv = v; be = e; }
+      }
+#pragma unroll
+      for (int o = 16; o > 0; o >>= 1) {
+        float ov = __shfl_xor_sync(0xffffffffu, bv, o);
+        int oe = __shfl_xor_sync(0xffffffffu, be, o);
+        bool better = oe >= 0 && (be < 0 || ov > bv || (ov == bv && oe < be));
+        if (better) { bv = ov; be = oe; }
+      }
+      if (be % 32 == lane) taken |= 1u << (be / 32);
+      if (lane == 0) {
+        idx[(size_t)t * K + j] = be;
+        gate[(size_t)t * K + j] = 1.f / (1.f + expf(-bv));
+      }
+    }
+  }
+}
+
+// v1: grid ceil(T / RT), block 128: thread -> expert e (and e + 128); RT
+// logits each in registers, x staged RCK columns at a time, then
+// router_topk. With E = 32 only 32 of the 128 threads work, each a serial
+// C-long chain with a barrier every RCK columns: latency-bound.
 template <typename T>
 __device__ void router_v1(const T* x, const T* w3, int* idx, float* gate,
                           int Tn, int C, int E, int K) {
   __shared__ float xs[RT][RCK];
   __shared__ float logit[RT][MAX_E];
-  __shared__ unsigned char taken[RT][MAX_E];
   int t0 = blockIdx.x * RT, tid = threadIdx.x;
-  for (int i = tid; i < RT * MAX_E; i += blockDim.x)
-    taken[i / MAX_E][i % MAX_E] = 0;
   for (int e0 = 0; e0 < E; e0 += blockDim.x) {
     int e = e0 + tid;
     float acc[RT];
@@ -103,32 +145,83 @@ __device__ void router_v1(const T* x, const T* w3, int* idx, float* gate,
     }
   }
   __syncthreads();
-  int lane = tid & 31;
-  for (int r = tid / 32; r < RT; r += blockDim.x / 32) {
-    int t = t0 + r;
-    if (t >= Tn) break;
-    for (int j = 0; j < K; ++j) {
-      float bv = 0.f;
-      int be = -1;
-      for (int e = lane; e < E; e += 32) {
-        float v = logit[r][e];
-        if (!taken[r][e] && (be < 0 || v > bv)) { bv = v; be = e; }
-      }
+  router_topk(logit, t0, Tn, E, K, idx, gate);
+}
+
+// v2: grid ceil(T / RT), block R2W warps of R2TPW tokens each (RT in all).
+// A chunk of R2EC experts at a time: the block stages R2CK rows of that
+// w3 chunk in shared memory as float (row stride R2EC + 1: lane l reads row
+// l, banks 17 l + e, no conflict); lane l owns columns c = l mod 32 and
+// keeps R2TPW x R2EC partial sums, each w3 value read once for R2TPW
+// tokens. Then a fixed-order warp reduction (recursive halving, 15 + 1
+// shuffles per token: lane l ends with expert l mod 16), deterministic;
+// the logits go to shared memory and router_topk as v1.
+template <typename T>
+__device__ void router_v2(const T* x, const T* w3, int* idx, float* gate,
+                          int Tn, int C, int E, int K) {
+  __shared__ float ws[R2CK][R2EC + 1];
+  __shared__ float logit[RT][MAX_E];
+  int t0 = blockIdx.x * RT, tid = threadIdx.x;
+  int lane = tid & 31, tw = (tid / 32) * R2TPW;  // warp's first token
+  const T* xr[R2TPW];
+  bool ok[R2TPW];
 #pragma unroll
-      for (int o = 16; o > 0; o >>= 1) {
-        float ov = __shfl_xor_sync(0xffffffffu, bv, o);
-        int oe = __shfl_xor_sync(0xffffffffu, be, o);
-        bool better = oe >= 0 && (be < 0 || ov > bv || (ov == bv && oe < be));
-        if (better) { bv = ov; be = oe; }
+  for (int r = 0; r < R2TPW; ++r) {
+    ok[r] = t0 + tw + r < Tn;
+    xr[r] = x + (size_t)(ok[r] ? t0 + tw + r : 0) * C;
+  }
+  for (int e0 = 0; e0 < E; e0 += R2EC) {
+    float acc[R2TPW][R2EC];
+#pragma unroll
+    for (int r = 0; r < R2TPW; ++r)
+#pragma unroll
+      for (int e = 0; e < R2EC; ++e) acc[r][e] = 0.f;
+    for (int c0 = 0; c0 < C; c0 += R2CK) {
+      __syncthreads();
+      for (int i = tid; i < R2CK * R2EC; i += blockDim.x) {
+        int c = c0 + i / R2EC, e = e0 + i % R2EC;
+        ws[i / R2EC][i % R2EC] =
+            c < C && e < E ? to_f(w3[(size_t)c * E + e]) : 0.f;
       }
-      if (lane == 0) {
-        taken[r][be] = 1;
-        idx[(size_t)t * K + j] = be;
-        gate[(size_t)t * K + j] = 1.f / (1.f + expf(-bv));
+      __syncthreads();
+#pragma unroll
+      for (int j = 0; j < R2CK / 32; ++j) {
+        int cl = j * 32 + lane, c = c0 + cl;
+        float xv[R2TPW];
+#pragma unroll
+        for (int r = 0; r < R2TPW; ++r)
+          xv[r] = ok[r] && c < C ? to_f(xr[r][c]) : 0.f;
+#pragma unroll
+        for (int e = 0; e < R2EC; ++e) {
+          float wv = ws[cl][e];
+#pragma unroll
+          for (int r = 0; r < R2TPW; ++r)
+            acc[r][e] = fmaf(xv[r], wv, acc[r][e]);
+        }
       }
-      __syncwarp();
+    }
+    // lane l keeps the upper half (of the values left) when bit h is set
+#pragma unroll
+    for (int r = 0; r < R2TPW; ++r) {
+#pragma unroll
+      for (int lg = R2LG - 1; lg >= 0; --lg) {
+        const int h = 1 << lg;
+        bool up = lane & h;
+#pragma unroll
+        for (int i = 0; i < R2EC / 2; ++i) {  // i < h once unrolled
+          if (i >= h) break;
+          float keep = up ? acc[r][i + h] : acc[r][i];
+          float send = up ? acc[r][i] : acc[r][i + h];
+          acc[r][i] = keep + __shfl_xor_sync(0xffffffffu, send, h);
+        }
+      }
+      float v = acc[r][0] + __shfl_xor_sync(0xffffffffu, acc[r][0], 16);
+      int e = e0 + (lane & (R2EC - 1));
+      if (lane < R2EC && e < E) logit[tw + r][e] = v;
     }
   }
+  __syncthreads();
+  router_topk(logit, t0, Tn, E, K, idx, gate);
 }
 
 // --- sort ---
@@ -181,6 +274,85 @@ __device__ void scatter_v1(const int* idx, int P, const int* offsets,
     if (mine) order[run + before + __popc(bal & ((1u << lane) - 1u))] = p;
     run += total;
     __syncthreads();
+  }
+}
+
+// v2, one kernel in place of count + scatter: one block of SW warps; warp
+// w owns the pairs [w per, (w + 1) per), per = ceil(P / SW), walked 32 at
+// a time. Pass 1: __match_any_sync groups a chunk's lanes by expert and the
+// group's lowest lane adds its size to the warp's histogram hist[w][e].
+// Then thread e turns hist[.][e] into an exclusive prefix over the warps,
+// warp 0 scans the experts' totals to offsets and tiles. Pass 2 walks the
+// same pairs again: rank = offsets[e] + hist[w][e] + lanes of the group
+// below this lane, and the group's size is added to hist[w][e]. Ranks
+// follow pair order (warps in order, chunks in order, lanes in order): the
+// same stable order as v1, with no atomics, O(P + SW E) work.
+#define SW 32  // sort v2: warps of its one block (1024 threads)
+__device__ void sort_v2(const int* idx, int P, int E, int bm, int* counts,
+                        int* offsets, int* tiles, int* order) {
+  __shared__ int hist[SW][MAX_E];
+  __shared__ int start[MAX_E];
+  const unsigned all = 0xffffffffu;
+  int lane = threadIdx.x & 31, warp = threadIdx.x / 32;
+  for (int i = threadIdx.x; i < SW * MAX_E; i += blockDim.x)
+    hist[i / MAX_E][i % MAX_E] = 0;
+  __syncthreads();
+  int per = (P + SW - 1) / SW, p0 = warp * per, p1 = min(P, p0 + per);
+  for (int b = p0; b < p1; b += 32) {
+    int p = b + lane, e = p < p1 ? idx[p] : -1;
+    bool v = e >= 0 && e < E;
+    unsigned peers = __match_any_sync(all, v ? e : -1);
+    if (v && lane == __ffs(peers) - 1) hist[warp][e] += __popc(peers);
+    __syncwarp();
+  }
+  __syncthreads();
+  for (int e = threadIdx.x; e < E; e += blockDim.x) {
+    int run = 0;
+    for (int w = 0; w < SW; ++w) {
+      int h = hist[w][e];
+      hist[w][e] = run;
+      run += h;
+    }
+    start[e] = run;  // the total, for now
+  }
+  __syncthreads();
+  if (warp == 0) {  // lane l scans experts [e0, e1), then a warp scan
+    int n = (E + 31) / 32, e0 = min(E, lane * n), e1 = min(E, e0 + n);
+    int sc = 0, st = 0;
+    for (int e = e0; e < e1; ++e) {
+      sc += start[e];
+      st += (start[e] + bm - 1) / bm;
+    }
+    int ic = sc, it = st;
+#pragma unroll
+    for (int o = 1; o < 32; o <<= 1) {
+      int a = __shfl_up_sync(all, ic, o), b = __shfl_up_sync(all, it, o);
+      if (lane >= o) { ic += a; it += b; }
+    }
+    int off = ic - sc, til = it - st;
+    for (int e = e0; e < e1; ++e) {
+      int c = start[e];
+      counts[e] = c;
+      offsets[e] = off;
+      tiles[e] = til;
+      start[e] = off;
+      off += c;
+      til += (c + bm - 1) / bm;
+    }
+    if (lane == 31) { offsets[E] = ic; tiles[E] = it; }
+  }
+  __syncthreads();
+  for (int b = p0; b < p1; b += 32) {
+    int p = b + lane, e = p < p1 ? idx[p] : -1;
+    bool v = e >= 0 && e < E;
+    unsigned peers = __match_any_sync(all, v ? e : -1);
+    if (v) {
+      int below = __popc(peers & ((1u << lane) - 1u));
+      order[start[e] + hist[warp][e] + below] = p;
+    }
+    __syncwarp();
+    if (v && lane == __ffs(peers) - 1) hist[warp][e] += __popc(peers);
+    __syncwarp();
   }
 }
 
@@ -422,6 +594,13 @@ __device__ void combine_v2(const __half* z, __half* out, int Tn, int C,
 FA_ROUTER(ffn_approx_router_v1_f32, float)
 FA_ROUTER(ffn_approx_router_v1_f16, __half)
 
+#define FA_ROUTER2(NAME, T)                                                 \
+  extern "C" __global__ void __launch_bounds__(R2W * 32)                    \
+  NAME(const T* x, const T* w3, int* idx, float* gate, int Tn, int C,       \
+       int E, int K) { router_v2<T>(x, w3, idx, gate, Tn, C, E, K); }
+FA_ROUTER2(ffn_approx_router_v2_f32, float)
+FA_ROUTER2(ffn_approx_router_v2_f16, __half)
+
 extern "C" __global__ void __launch_bounds__(1024)
 ffn_approx_count_v1(const int* idx, int P, int E, int bm, int* counts,
                     int* offsets, int* tiles) {
@@ -431,6 +610,12 @@ ffn_approx_count_v1(const int* idx, int P, int E, int bm, int* counts,
 extern "C" __global__ void __launch_bounds__(256)
 ffn_approx_scatter_v1(const int* idx, int P, const int* offsets, int* order) {
   scatter_v1(idx, P, offsets, order);
+}
+
+extern "C" __global__ void __launch_bounds__(SW * 32)
+ffn_approx_sort_v2(const int* idx, int P, int E, int bm, int* counts,
+                   int* offsets, int* tiles, int* order) {
+  sort_v2(idx, P, E, bm, counts, offsets, tiles, order);
 }
 
 #define FA_GEMM_ARGS(T)                                                     \

@@ -7,7 +7,12 @@ scalars to int32, pick the grids and launch. No maths, no host sync after the
 checks: pass ``ws`` (a ``Workspace``) and ``out`` to launch without allocating (CUDA
 graphs), and ``check_idx=False`` for routing that came from ``route`` itself.
 
-One layer is six launches: router, count, scatter, up, down, combine.
+One layer is six launches for v1 and v2 (router, count, scatter, up, down, combine)
+and five for v3 and v4, which use the second versions of the router and the sort
+(``router_for``): router v1 is a thread per expert, router v2 a warp per four tokens
+with lanes over C and a fixed-order warp reduction; sort v1 is count then scatter (a
+block per expert), sort v2 one block with per-warp histograms. ``moe`` takes
+``router_version`` to override the router.
 """
 
 from __future__ import annotations
@@ -21,6 +26,8 @@ from gpu import runtime as rt
 
 SLUG = "ffn_approx"
 VERSIONS = (1, 2, 3, 4)
+ROUTER_VERSIONS = (1, 2)
+SORT_VERSIONS = (1, 2)
 DTYPES = (np.float32, np.float16)
 _SUFFIX = {np.dtype(np.float32): "f32", np.dtype(np.float16): "f16"}
 MAX_E = 256  # MAX_E in the .cu (router and count keep E values in shared memory)
@@ -83,6 +90,12 @@ def workspace(t: int, c: int, e: int, g: int, k: int, dtype) -> Workspace:
     )  # fmt: skip
 
 
+def router_for(version: int) -> int:
+    """The router (and sort) version a layer of this version uses by default: 2
+    for the tensor-core layers, 1 for v1 and v2 (which keep their first timings)."""
+    return 2 if version >= 3 else 1
+
+
 def _check_weights(x, w1, w2, version):
     if version not in VERSIONS:
         raise ValueError(f"version must be one of {VERSIONS}, got {version!r}")
@@ -108,10 +121,16 @@ def _check_k(k, e):
         raise ValueError(f"k must be an integer in [1, E={e}], got {k!r}")
 
 
-def route(x, w3, k: int, *, idx=None, gate=None):
+def route(x, w3, k: int, *, idx=None, gate=None, version=2):
     """idx (T, K) int32, gate (T, K) float32 = top-K of sigmoid(x w3) per token
-    (descending, ties to the lower expert id). x (T, C), w3 (C, E), x's dtype."""
+    (descending, ties to the lower expert id). x (T, C), w3 (C, E), x's dtype.
+    version: 1 or 2, the router kernel (both: any C, E <= 256)."""
     import cupy as cp
+
+    if version not in ROUTER_VERSIONS:
+        raise ValueError(
+            f"router version must be one of {ROUTER_VERSIONS}, got {version!r}"
+        )
 
     rt.check_array("x", x, DTYPES, 2)
     rt.check_array("w3", w3, (x.dtype,), 2)
@@ -129,17 +148,21 @@ def route(x, w3, k: int, *, idx=None, gate=None):
     rt.check_array("gate", gate, (np.float32,), 2)
     rt.check_shape("gate", gate, (t, k), "TK")
     i32 = np.int32
-    rt.kernel(SLUG, f"ffn_approx_router_v1_{_SUFFIX[x.dtype]}")(
+    rt.kernel(SLUG, f"ffn_approx_router_v{version}_{_SUFFIX[x.dtype]}")(
         (math.ceil(t / RT),), (128,),
         (x, w3, idx, gate, i32(t), i32(c), i32(e), i32(k)),
     )  # fmt: skip
     return idx, gate
 
 
-def sort_pairs(idx, n_experts: int, bm: int, ws: Workspace, check_idx=True):
-    """The stable counting sort of the T K pairs by expert (count, then scatter):
-    fills ws.counts, ws.offsets (E + 1), ws.tiles (tiles of bm rows per expert) and
-    ws.order (P). idx (T, K) int32 in [0, E)."""
+def sort_pairs(idx, n_experts: int, bm: int, ws: Workspace, check_idx=True, version=2):
+    """The stable counting sort of the T K pairs by expert: fills ws.counts,
+    ws.offsets (E + 1), ws.tiles (tiles of bm rows per expert) and ws.order (P).
+    idx (T, K) int32 in [0, E). version 1: count (one block) then scatter (a block
+    per expert, each walking all P pairs); version 2: one block, per-warp histograms
+    and ranks (the same order)."""
+    if version not in SORT_VERSIONS:
+        raise ValueError(f"sort version must be one of {SORT_VERSIONS}: {version!r}")
     rt.check_array("idx", idx, (np.int32,), 2)
     p, e = idx.size, n_experts
     if check_idx:  # one reduction and a host sync
@@ -149,6 +172,13 @@ def sort_pairs(idx, n_experts: int, bm: int, ws: Workspace, check_idx=True):
         if lo < 0 or hi >= e:
             raise ValueError(f"idx must lie in [0, E={e}), got {lo}..{hi}")
     i32 = np.int32
+    if version == 2:
+        rt.kernel(SLUG, "ffn_approx_sort_v2")(
+            (1,), (1024,),
+            (idx, i32(p), i32(e), i32(bm), ws.counts, ws.offsets, ws.tiles,
+             ws.order),
+        )  # fmt: skip
+        return ws
     rt.kernel(SLUG, "ffn_approx_count_v1")(
         (1,), (1024,),
         (idx, i32(p), i32(e), i32(bm), ws.counts, ws.offsets, ws.tiles),
@@ -194,7 +224,7 @@ def experts(x, w1, w2, idx, gate, *, version=3, out=None, ws=None, check_idx=Tru
     rt.check_array("out", out, (x.dtype,), 2)
     rt.check_shape("out", out, (t, c), "TC")
     bm, nt = TILE[version], THREADS[version]
-    sort_pairs(idx, e, bm, ws, check_idx)
+    sort_pairs(idx, e, bm, ws, check_idx, version=router_for(version))
     i32, sfx = np.int32, _SUFFIX[x.dtype]
     common = (ws.order, gate, ws.offsets, ws.tiles)
     for stage, a, w, dst, kd, n in (
@@ -219,13 +249,15 @@ def experts(x, w1, w2, idx, gate, *, version=3, out=None, ws=None, check_idx=Tru
     return out
 
 
-def moe(x, w1, w2, w3, k: int, *, version=3, out=None, ws=None):
+def moe(x, w1, w2, w3, k: int, *, version=3, out=None, ws=None, router_version=None):
     """One sigma-MoE layer: route (top-K of sigmoid(x w3)), then ``experts``.
-    Shapes as ``experts`` plus w3 (C, E). No host sync: graph capturable."""
+    Shapes as ``experts`` plus w3 (C, E). No host sync: graph capturable.
+    router_version: None for ``router_for(version)``, else 1 or 2."""
     t, c, e, g = _check_weights(x, w1, w2, version)
     _check_k(k, e)
+    rv = router_for(version) if router_version is None else router_version
     ws = ws or workspace(t, c, e, g, k, x.dtype)
-    route(x, w3, k, idx=ws.idx, gate=ws.gate)
+    route(x, w3, k, idx=ws.idx, gate=ws.gate, version=rv)
     return experts(
         x, w1, w2, ws.idx, ws.gate, version=version, out=out, ws=ws, check_idx=False
     )

@@ -378,17 +378,20 @@ def test_gpu_experts_match_reference(version, dtype, data):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("version", [1, 2])
 @pytest.mark.parametrize("dtype", [F32, F16])
 @given(
     t=st.sampled_from([1, 5, 16, 17, 100]),
-    c=st.sampled_from([1, 8, 40, 100]),
-    e=st.sampled_from([1, 4, 32, 129, 256]),
+    c=st.sampled_from([1, 8, 40, 100, 129, 300]),
+    e=st.sampled_from([1, 4, 17, 32, 129, 256]),
     k=st.sampled_from([1, 2, 4, 8]),
     seed=seeds,
 )
-def test_gpu_router_selects_a_valid_top_k(dtype, t, c, e, k, seed):
+def test_gpu_router_selects_a_valid_top_k(version, dtype, t, c, e, k, seed):
     """The selected set is a top-K of the float64 logits up to the logits' own
-    rounding (near-ties may go either way), and the gates match sigmoid."""
+    rounding (near-ties may go either way), and the gates match sigmoid. C past
+    router v2's staged chunk (128) and E off its expert chunk (16); run twice and
+    compared bitwise (v2's warp reduction has a fixed order)."""
     import cupy as cp
 
     from gpu import ffn_approx as gfa
@@ -397,7 +400,10 @@ def test_gpu_router_selects_a_valid_top_k(dtype, t, c, e, k, seed):
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((t, c)).astype(dtype)
     w3 = (rng.standard_normal((c, e)) / math.sqrt(c)).astype(dtype)
-    idx, gate = (cp.asnumpy(a) for a in gfa.route(cp.asarray(x), cp.asarray(w3), k))
+    xd, wd = cp.asarray(x), cp.asarray(w3)
+    idx, gate = (cp.asnumpy(a) for a in gfa.route(xd, wd, k, version=version))
+    again = [cp.asnumpy(a) for a in gfa.route(xd, wd, k, version=version)]
+    assert np.array_equal(idx, again[0]) and np.array_equal(gate, again[1])
     x64, w64 = x.astype(F64), w3.astype(F64)
     logit = x64 @ w64  # (T, E)
     err = 6 * math.sqrt(c) * 2**-24 * (np.abs(x64) @ np.abs(w64)) + 1e-30  # (T, E)
@@ -412,6 +418,43 @@ def test_gpu_router_selects_a_valid_top_k(dtype, t, c, e, k, seed):
     r_sc = np.abs(x64) @ np.abs(w64)
     sc = float(math.sqrt(c) * r_sc.max() / 4 + 2)
     assert_close(gate, s, "gpu", F32, sc)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("version", [1, 2])
+@given(
+    t=st.sampled_from([1, 7, 33, 257, 2000]),
+    k=st.sampled_from([1, 2, 4, 8]),
+    e=st.sampled_from([1, 3, 33, 256]),
+    kind=st.sampled_from(["random", "one", "skewed"]),
+    seed=seeds,
+)
+def test_gpu_sort_is_the_stable_counting_sort(version, t, k, e, kind, seed):
+    """Both sort versions give counting_sort's counts, offsets and order exactly,
+    and the tile table, for P from 1 to past many 32-pair chunks per warp (sort v2
+    gives each of its 32 warps ceil(P / 32) pairs)."""
+    import cupy as cp
+
+    from gpu import ffn_approx as gfa
+
+    rng = np.random.default_rng(seed)
+    if kind == "one":
+        idx = np.full((t, k), rng.integers(e))
+    elif kind == "skewed":  # most pairs on expert 0, a few elsewhere
+        idx = np.where(rng.random((t, k)) < 0.9, 0, rng.integers(0, e, (t, k)))
+    else:
+        idx = rng.integers(0, e, (t, k))
+    idx = idx.astype(np.int32)
+    ws = gfa.workspace(t, 8, e, 8, k, np.float16)
+    for a in (ws.counts, ws.offsets, ws.tiles, ws.order):
+        a.fill(-7)
+    gfa.sort_pairs(cp.asarray(idx), e, 64, ws, version=version)
+    order, counts, offsets = fa.counting_sort(idx.ravel(), e)
+    assert np.array_equal(cp.asnumpy(ws.counts), counts)
+    assert np.array_equal(cp.asnumpy(ws.offsets), offsets)
+    assert np.array_equal(cp.asnumpy(ws.order), order)
+    tiles = np.r_[0, np.cumsum((counts + 63) // 64)]
+    assert np.array_equal(cp.asnumpy(ws.tiles), tiles)
 
 
 @pytest.mark.gpu
@@ -473,6 +516,11 @@ def test_gpu_bad_inputs_rejected_before_launch():
         gfa.experts(x, w1, w2, idx, gate, version=5)
     with pytest.raises(ValueError, match="k must"):
         gfa.route(x, w3, 9)
+    with pytest.raises(ValueError, match="router version"):
+        gfa.route(x, w3, 2, version=3)
+    ws = gfa.workspace(4, 16, 8, 8, 2, f16)
+    with pytest.raises(ValueError, match="sort version"):
+        gfa.sort_pairs(idx, 8, 64, ws, version=3)
     with pytest.raises(ValueError, match="E = 300"):
         gfa.route(x, cp.zeros((16, 300), f16), 2)
     with pytest.raises(ValueError, match="w3"):

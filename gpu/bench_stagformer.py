@@ -17,6 +17,9 @@ steps (bench.time_cupy), beside its floor (step_bytes / read ceiling):
   torch_plain_24    plain_24 in PyTorch (fp16, matmul + SDPA) under CUDA graphs,
                     when torch is importable ("unavailable" otherwise)
 
+Every case but torch is timed with GEMV v3 (fused RMSNorm, field "version": 3) at
+every B, and with v2 at B = 1 too (the ladder: same model, same buffers).
+
 Validation before timing (DESIGN §2): each schedule and weight kind is first run
 on a model of the same width with one layer a stack, B = 2, position 5, and
 compared with the float64 reference step (reference.stagformer) under the
@@ -29,6 +32,7 @@ as failed and not timed.
 
 from __future__ import annotations
 
+import itertools
 import math
 import sys
 from functools import partial
@@ -41,6 +45,7 @@ from gpu import stagformer as gs
 C, H, G, D, F, L = 2048, 16, 16, 128, 8192, 12
 S = 1024  # cache length after this step: position S - 1
 BATCHES, QUICK_BATCHES = (1, 8, 64), (1,)
+VERSIONS = {1: (2, 3), 8: (3,), 64: (3,)}  # GEMV versions timed at each B
 F16 = np.float16
 
 
@@ -54,7 +59,7 @@ def _base_cfg(lz: int, shared: bool):
     return StagConfig(base, p=2, shared=shared)
 
 
-def validate(shared: bool) -> dict[str, float]:
+def validate(shared: bool, version: int = 2) -> dict[str, float]:
     """Error used (fraction of the tolerance) of each schedule on a 1-layer model of
     the benchmark's width against the float64 reference; raises on failure."""
     import cupy as cp
@@ -86,7 +91,7 @@ def validate(shared: bool) -> dict[str, float]:
     used = {}
     for sched in gs.SCHEDULES:
         bf.out.fill(np.nan)
-        gs.decode_step(m, bf, e, h_prev, pos, schedule=sched)
+        gs.decode_step(m, bf, e, h_prev, pos, schedule=sched, version=version)
         out = cp.asnumpy(bf.out)
         used[sched] = max(
             assert_close(out[0], h_ref, "stag_step", F16, sc),
@@ -194,7 +199,7 @@ def _row(name, kind, b, ceil, calls, **extra) -> dict:
     return bench._finish(row, bench.time_cupy(calls, samples=20))
 
 
-def _stag_cases(b, shared, rng, ceil, checked) -> list[dict]:
+def _stag_cases(b, shared, rng, ceil, checked, versions=(3,)) -> list[dict]:
     import cupy as cp
 
     tag = "shared" if shared else "sep"
@@ -205,32 +210,39 @@ def _stag_cases(b, shared, rng, ceil, checked) -> list[dict]:
     h_prev = rng.standard_normal((b, C), dtype=cp.float32)
     kind_seq = "shared_seq" if shared else "separate"
     kind_par = "shared" if shared else "separate"
-    rows, outs = [], {}
-    for sched, name, kind in (
-        ("stack1_first", f"{tag}_sequential", kind_seq),
-        ("parallel", f"{tag}_parallel", kind_par),
+    rows = []
+    for ver, (sched, name, kind) in itertools.product(
+        versions,
+        (
+            ("stack1_first", f"{tag}_sequential", kind_seq),
+            ("parallel", f"{tag}_parallel", kind_par),
+        ),
     ):
+        if sched == "stack1_first":
+            outs = {}
         bf.out.fill(np.nan)
-        gs.decode_step(m, bf, e, h_prev, S - 1, schedule=sched)
+        gs.decode_step(m, bf, e, h_prev, S - 1, schedule=sched, version=ver)
         outs[sched] = cp.asnumpy(bf.out)
-        ok = checked.get((shared, sched))
+        ok = checked.get((shared, sched, ver))
         bad = not np.isfinite(outs[sched]).all() or ok is None
         if sched == "parallel":
             bad |= not np.array_equal(outs["parallel"], outs["stack1_first"])
         if bad:
-            row = _row(name, kind, b, ceil, None)
+            row = _row(name, kind, b, ceil, None, version=ver)
             row["status"] = "FAILED validation (reference or bitwise schedule check)"
-            print(f"  {name} B={b}: {row['status']}", file=sys.stderr)
+            print(f"  {name} v{ver} B={b}: {row['status']}", file=sys.stderr)
             rows.append(row)
             continue
-        step = partial(gs.decode_step, m, bf, e, h_prev, S - 1, schedule=sched)
-        rows.append(_row(name, kind, b, ceil, [step], error_used=ok))
+        step = partial(
+            gs.decode_step, m, bf, e, h_prev, S - 1, schedule=sched, version=ver
+        )
+        rows.append(_row(name, kind, b, ceil, [step], version=ver, error_used=ok))
     del m, bf
     bench._free([])
     return rows
 
 
-def _plain_case(b, rng, ceil, checked) -> tuple[list[dict], object]:
+def _plain_case(b, rng, ceil, checked, versions=(3,)) -> list[dict]:
     import cupy as cp
 
     m = random_model(2 * L, False, rng)
@@ -239,17 +251,33 @@ def _plain_case(b, rng, ceil, checked) -> tuple[list[dict], object]:
         for i in range(a.shape[0]):
             a[i] = rng.standard_normal(a.shape[1:], dtype=np.float32).astype(F16)
     e = rng.standard_normal((b, C), dtype=cp.float32)
-    bf.out.fill(np.nan)
-    ours = cp.asnumpy(gs.plain_step(m, bf, e, S - 1)).copy()
-    ok = checked.get((False, "stack1_first"))
-    step = partial(gs.plain_step, m, bf, e, S - 1)
-    rows = [_row("plain_24", "plain", b, ceil, [step] if ok is not None else None)]
-    if ok is None:
-        rows[0]["status"] = "FAILED validation"
-    else:
-        rows[0]["error_used"] = ok
-    rows.append(_torch_plain(m, bf, e, ours, b, ceil))
+    rows = []
+    for ver in versions:
+        bf.out.fill(np.nan)
+        ours = cp.asnumpy(gs.plain_step(m, bf, e, S - 1, ver)).copy()
+        ok = checked.get((False, "stack1_first", ver))
+        if not np.isfinite(ours).all():
+            ok = None
+        step = partial(gs.plain_step, m, bf, e, S - 1, ver)
+        calls = [step] if ok is not None else None
+        rows.append(_row("plain_24", "plain", b, ceil, calls, version=ver))
+        if ok is None:
+            rows[-1]["status"] = "FAILED validation"
+        else:
+            rows[-1]["error_used"] = ok
+    rows.append(_torch_plain(m, bf, e, ours, b, ceil))  # vs the last version
     return rows
+
+
+def rel_err(got, ref) -> float:
+    """||got - ref|| / ||ref|| over whole arrays of one shape. (The first run compared
+    torch's (B, C) output with our row 0 only, ``ours[0]``: numpy broadcast it over
+    the B rows, so the check passed at B = 1 and "failed" at B = 8 and 64 with
+    sqrt(B - 1) times the distance between two rows, 2.68 and 8.02.)"""
+    got, ref = np.asarray(got, np.float64), np.asarray(ref, np.float64)
+    if got.shape != ref.shape:
+        raise ValueError(f"shapes differ: {got.shape} vs {ref.shape}")
+    return float(np.linalg.norm(got - ref) / np.linalg.norm(ref))
 
 
 def _torch_plain(m, bf, e, ours, b, ceil) -> dict:
@@ -262,6 +290,8 @@ def _torch_plain(m, bf, e, ours, b, ceil) -> dict:
     import torch
     import torch.nn.functional as tf
 
+    if G != H:  # y.view(b, 3, H, D) below splits q | k | v in three equal parts
+        raise ValueError("the torch baseline assumes G == H")
     t = torch.from_dlpack
     pos = S - 1
     lay = [
@@ -291,10 +321,7 @@ def _torch_plain(m, bf, e, ours, b, ceil) -> dict:
     torch.cuda.synchronize()
     import cupy as cp
 
-    ref = ours[0]
-    rel = float(
-        np.linalg.norm(cp.asnumpy(cp.from_dlpack(got)) - ref) / np.linalg.norm(ref)
-    )
+    rel = rel_err(cp.asnumpy(cp.from_dlpack(got)), ours)
     row = _row("torch_plain_24", "plain", b, ceil, None, torch=torch.__version__)
     row["rel_err_vs_plain_24"] = rel
     if not rel <= 1e-2:
@@ -308,30 +335,33 @@ def run(quick: bool = False, ceil: dict | None = None) -> dict[str, list[dict]]:
 
     ceil = ceil or {}
     checked = {}
-    for shared in (False, True):
+    for shared, ver in itertools.product((False, True), (2, 3)):
         try:
-            for sched, used in validate(shared).items():
-                checked[(shared, sched)] = used
+            for sched, used in validate(shared, ver).items():
+                checked[(shared, sched, ver)] = used
         except AssertionError as e:
-            print(f"  validation failed (shared={shared}): {e}", file=sys.stderr)
+            print(
+                f"  validation failed (shared={shared}, v{ver}): {e}", file=sys.stderr
+            )
     rng = cp.random.default_rng(2025)
     rows = []
     for b in QUICK_BATCHES if quick else BATCHES:
-        rows += _plain_case(b, rng, ceil, checked)
+        vs = VERSIONS[b]
+        rows += _plain_case(b, rng, ceil, checked, vs)
         bench._free([])
-        rows += _stag_cases(b, False, rng, ceil, checked)
-        rows += _stag_cases(b, True, rng, ceil, checked)
+        rows += _stag_cases(b, False, rng, ceil, checked, vs)
+        rows += _stag_cases(b, True, rng, ceil, checked, vs)
     return {"stagformer": rows}
 
 
 def print_table(rows: list[dict]) -> None:
     nan = float("nan")
     print(
-        f"{'case':<20}{'B':>4}{'median us':>11}{'floor us':>10}{'of floor':>9}"
-        f"{'err/tol':>9}"
+        f"{'case':<20}{'v':>3}{'B':>4}{'median us':>11}{'floor us':>10}"
+        f"{'of floor':>9}{'err/tol':>9}"
     )
     for r in rows:
-        head = f"{r['name']:<20}{r['B']:>4}"
+        head = f"{r['name']:<20}{r.get('version', '-'):>3}{r['B']:>4}"
         if r.get("status") != "ok":
             print(f"{head}  {r.get('status')}")
             continue

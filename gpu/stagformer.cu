@@ -18,6 +18,20 @@
 //     of a column tile sums the KB partials in order (bitwise reproducible,
 //     and independent of N and Z: a row's sum never depends on other rows).
 //     Needs M % VEC == 0 and 16-byte aligned W; KB from (K, M) only.
+// v3  v2's sums in v2's order (so without a norm v3 equals v2 bit for bit),
+//     read faster and fused with the RMSNorm before it:
+//     - R = 1, 2, 4 or 8 rows a thread (template; the launcher takes the
+//       smallest power of two >= N, up to 8), so B = 8 reads W once, not twice,
+//       and B = 1 does no FMAs on padding rows; a row's sum never depends on R;
+//     - U3 = 8 16-byte loads of W in flight per lane (v2: 4), the first 8
+//       issued before the x tile and the norm's row sums, so the DRAM reads of
+//       a block start at its first instruction;
+//     - optional g (gamma): y = act(rmsnorm(x) W) with the row's 1/rms summed
+//       by each block over the whole row (fixed order, the same in every block
+//       and launch), which removes the rmsnorm launch before the q|k|v, up and
+//       cross-q GEMVs (3 of 13 launches of a parallel layer);
+//     - the last block reads the partials with ld.global.cg (L2), unrolled.
+//     Needs what v2 needs, and x float32 when g is given.
 // rmsnorm v1: y[z][n] = x[z][n] / sqrt(mean(x^2) + 1e-6) * gamma[z]; a block
 //     per row, fixed-order tree sum.
 // store_qkv v1: the fused q|k|v row (N, (H + 2G) D) float -> q (N, H, D) T,
@@ -192,6 +206,169 @@ __device__ void gemv_v2(const TX* x0, const TX* x1, const T* w0, const T* w1,
     y[(size_t)n * M + c] = s;
   }
 }
+// --- v3 ---
+#define U3 8  // 16-byte loads of W in flight per lane
+
+template <typename T>
+__device__ __forceinline__ void unpack(uint4 v, float* o);
+template <>
+__device__ __forceinline__ void unpack<float>(uint4 v, float* o) {
+  o[0] = __uint_as_float(v.x), o[1] = __uint_as_float(v.y);
+  o[2] = __uint_as_float(v.z), o[3] = __uint_as_float(v.w);
+}
+template <>
+__device__ __forceinline__ void unpack<__half>(uint4 v, float* o) {
+  const __half2* h = reinterpret_cast<const __half2*>(&v);
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    float2 f = __half22float2(h[i]);
+    o[2 * i] = f.x, o[2 * i + 1] = f.y;
+  }
+}
+
+// grid (column tiles, KB, Z * RT), RT = ceil(N / R); ws: (Z*RT, tiles, KB, R,
+// 32 VEC) float partials; cnt: (Z*RT, tiles) counters, zero on entry, left zero.
+template <typename T, typename TX, int R>
+__device__ void gemv_v3(const TX* x0, const TX* x1, const T* w0, const T* w1,
+                        const T* g0, const T* g1, const float* r0,
+                        const float* r1, float* y0, float* y1, int N, int K,
+                        int M, int act, int kc, float* ws, unsigned* cnt) {
+  constexpr int V = Vec<T>::N, TW = 32 * V;
+  __shared__ float xs[R][KC];
+  __shared__ float red[NW][TW];
+  __shared__ float fin[R][TW];
+  __shared__ float sq[R][NW];
+  __shared__ float inv[R];
+  __shared__ bool last;
+  int rt_n = (N + R - 1) / R, zr = blockIdx.z, z = zr / rt_n;
+  int n0 = (zr % rt_n) * R, kb = blockIdx.y, KB = gridDim.y;
+  int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  int col = blockIdx.x * TW + lane * V;
+  int k0 = kb * kc, k1 = min(K, k0 + kc);
+  const TX* x = z ? x1 : x0;
+  const T* w = z ? w1 : w0;
+  const T* g = z ? g1 : g0;
+  bool on = col < M;
+  // the first U3 rows of W of this lane, before anything waits on x
+  uint4 wr[U3];
+#pragma unroll
+  for (int u = 0; u < U3; ++u) {
+    int k = k0 + warp + u * NW;
+    wr[u] = (on && k < k1)
+                ? __ldg(reinterpret_cast<const uint4*>(w + (size_t)k * M + col))
+                : make_uint4(0u, 0u, 0u, 0u);
+  }
+  if (g) {  // 1/rms of rows n0..n0+R-1: every block sums the whole row alike
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+      float s = 0.f;
+      if (n0 + r < N) {
+        const TX* xr = x + (size_t)(n0 + r) * K;
+#pragma unroll 4
+        for (int c = threadIdx.x; c < K; c += blockDim.x) {
+          float v = to_f(xr[c]);
+          s += v * v;
+        }
+      }
+#pragma unroll
+      for (int o = 16; o > 0; o >>= 1) s += __shfl_down_sync(0xffffffffu, s, o);
+      if (lane == 0) sq[r][warp] = s;  // lane 0's tree: a fixed order
+    }
+    __syncthreads();
+    if (threadIdx.x < R) {
+      float s = 0.f;
+      for (int q = 0; q < NW; ++q) s += sq[threadIdx.x][q];
+      inv[threadIdx.x] = 1.f / sqrtf(s / K + 1e-6f);
+    }
+    __syncthreads();
+  }
+  // x rows n0..n0+R-1 (normed if g), columns k0..k1-1 (0 past N and k1)
+  for (int i = threadIdx.x; i < R * kc; i += blockDim.x) {
+    int r = i / kc, k = k0 + i % kc;
+    float v = 0.f;
+    if (n0 + r < N && k < k1) {
+      v = to_f(x[(size_t)(n0 + r) * K + k]);
+      if (g) v = v * inv[r] * to_f(g[k]);
+    }
+    xs[r][i % kc] = v;
+  }
+  __syncthreads();
+  float acc[R][V];
+#pragma unroll
+  for (int r = 0; r < R; ++r)
+#pragma unroll
+    for (int v = 0; v < V; ++v) acc[r][v] = 0.f;
+  // rows k0 + warp + NW i, ascending (as v2): U3 of them a round
+  for (int kr = k0 + warp; kr < k1; kr += U3 * NW) {
+    if (kr != k0 + warp) {
+#pragma unroll
+      for (int u = 0; u < U3; ++u) {
+        int k = kr + u * NW;
+        wr[u] = (on && k < k1) ? __ldg(reinterpret_cast<const uint4*>(
+                                     w + (size_t)k * M + col))
+                               : make_uint4(0u, 0u, 0u, 0u);
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < U3; ++u) {
+      int k = kr + u * NW;
+      if (k < k1) {  // warp-uniform
+        float wv[V];
+        unpack<T>(wr[u], wv);
+#pragma unroll
+        for (int r = 0; r < R; ++r) {
+          float xv = xs[r][k - k0];
+#pragma unroll
+          for (int v = 0; v < V; ++v) acc[r][v] += xv * wv[v];
+        }
+      }
+    }
+  }
+  // the block's partial, row by row: warps summed in order 0..NW-1 (as v2)
+  size_t tile = (size_t)zr * gridDim.x + blockIdx.x;
+  float* part = ws + ((tile * KB + kb) * R) * TW;
+#pragma unroll
+  for (int r = 0; r < R; ++r) {
+#pragma unroll
+    for (int v = 0; v < V; ++v) red[warp][lane * V + v] = acc[r][v];
+    __syncthreads();
+    for (int c = threadIdx.x; c < TW; c += blockDim.x) {
+      float s = 0.f;
+      for (int q = 0; q < NW; ++q) s += red[q][c];
+      fin[r][c] = s;
+      if (KB > 1) part[r * TW + c] = s;
+    }
+    __syncthreads();
+  }
+  if (KB > 1) {
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0) {
+      unsigned* c = cnt + (size_t)zr * gridDim.x + blockIdx.x;
+      last = atomicAdd(c, 1u) == (unsigned)(KB - 1);
+      if (last) *c = 0u;  // leave the counter zero for the next launch
+    }
+    __syncthreads();
+    if (!last) return;
+    __threadfence();
+  }
+  const float* r = z ? r1 : r0;
+  float* y = z ? y1 : y0;
+  const float* p0 = ws + (tile * KB * R) * TW;
+  for (int i = threadIdx.x; i < R * TW; i += blockDim.x) {
+    int rr = i / TW, c = blockIdx.x * TW + i % TW, n = n0 + rr;
+    if (n >= N || c >= M) continue;
+    float s = fin[rr][i % TW];
+    if (KB > 1) {  // partials in order kb = 0..KB-1, from L2 (other blocks')
+      s = 0.f;
+#pragma unroll 8
+      for (int b = 0; b < KB; ++b) s += __ldcg(p0 + (size_t)b * R * TW + i);
+    }
+    if (act == 1) s = fmaxf(s, 0.f);
+    if (r) s += r[(size_t)n * M + c];
+    y[(size_t)n * M + c] = s;
+  }
+}
 // --- rmsnorm ---
 template <typename T>
 __device__ void rmsnorm_v1(const float* x, const T* g0, const T* g1,
@@ -261,6 +438,25 @@ __device__ void scatter_v1(const float* y, T* dst, int N, int Y, int c0,
 GEMV(f32, float, float)
 GEMV(f16, __half, float)
 GEMV(f16x16, __half, __half)
+
+#define GEMV3(SUF, T, TX, R)                                                  \
+  extern "C" __global__ void __launch_bounds__(32 * NW, 2)                  \
+      stag_gemv_v3_##SUF##_r##R(                                            \
+          const TX* x0, const TX* x1, const T* w0, const T* w1, const T* g0, \
+          const T* g1, const float* r0, const float* r1, float* y0,         \
+          float* y1, int N, int K, int M, int act, int kc, float* ws,       \
+          unsigned* cnt) {                                                  \
+    gemv_v3<T, TX, R>(x0, x1, w0, w1, g0, g1, r0, r1, y0, y1, N, K, M, act, \
+                      kc, ws, cnt);                                         \
+  }
+#define GEMV3_R(SUF, T, TX) \
+  GEMV3(SUF, T, TX, 1)      \
+  GEMV3(SUF, T, TX, 2)      \
+  GEMV3(SUF, T, TX, 4)      \
+  GEMV3(SUF, T, TX, 8)
+GEMV3_R(f32, float, float)
+GEMV3_R(f16, __half, float)
+GEMV3_R(f16x16, __half, __half)
 
 #define SMALL(SUF, T)                                                         \
   extern "C" __global__ void __launch_bounds__(256) stag_rmsnorm_v1_##SUF(  \

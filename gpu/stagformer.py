@@ -27,7 +27,7 @@ from gpu import attention as att
 from gpu import runtime as rt
 
 SLUG = "stagformer"
-VERSIONS = (1, 2)
+VERSIONS = (1, 2, 3)
 DTYPES = (np.float32, np.float16)
 _SFX = {np.dtype(np.float32): "f32", np.dtype(np.float16): "f16"}
 NR, NW, KC = 4, 8, 512  # as in the .cu
@@ -49,11 +49,21 @@ def k_split(k: int, m: int, dtype) -> tuple[int, int]:
     return math.ceil(k / kc), kc
 
 
+def rows_v3(n: int) -> int:
+    """Rows a thread of gemv v3 keeps (R): the smallest power of two >= N, <= 8.
+    A row's sum does not depend on R (the same k order, the same sums)."""
+    return min(8, 1 << max(0, n - 1).bit_length())
+
+
 def gemv_workspace(n: int, k: int, m: int, dtype, z: int = 2) -> tuple[int, int]:
-    """(float32 partials, uint32 counters) gemv v2 needs for N rows, Z stacks."""
+    """(float32 partials, uint32 counters) gemv v2 or v3 needs for N rows, Z stacks
+    (the larger of the two: v2 pads N to NR = 4 rows, v3 to R = rows_v3(N))."""
     kb, _ = k_split(k, m, dtype)
-    tiles, rt_n = math.ceil(m / (32 * vec(dtype))), math.ceil(n / NR)
-    return z * rt_n * tiles * kb * NR * 32 * vec(dtype), z * rt_n * tiles
+    tiles = math.ceil(m / (32 * vec(dtype)))
+    nr3 = rows_v3(n)
+    padded = max(math.ceil(n / NR) * NR, math.ceil(n / nr3) * nr3)
+    rts = max(math.ceil(n / NR), math.ceil(n / nr3))
+    return z * padded * tiles * kb * 32 * vec(dtype), z * rts * tiles
 
 
 @dataclass
@@ -80,12 +90,16 @@ def new_scratch(gemv_elems: int, counters: int, attn: dict | None = None) -> Scr
     )
 
 
-def gemv(xs, ws, ys, *, res=None, act: int = 0, version: int = 2, scratch=None):
+def gemv(
+    xs, ws, ys, *, res=None, act: int = 0, version: int = 2, scratch=None, norm=None
+):
     """ys[z] = act(xs[z] @ ws[z]) (+ res[z]) for z < len(xs) (1 or 2), one launch.
 
     xs[z]: (N, K) float32, or the weights' dtype (float16 only); ws[z]: (K, M)
     float32/float16; ys[z], res[z]: (N, M) float32 (res may be ys: in place).
-    version 2 needs M % VEC == 0, 16-byte aligned weights and ``scratch``.
+    versions 2 and 3 need M % VEC == 0, 16-byte aligned weights and ``scratch``.
+    norm (v3 only): gammas[z] (K,) of the weights' dtype: xs[z] (float32) is
+    RMS-normed with them inside the GEMV, ys[z] = act(rmsnorm(xs[z]) @ ws[z]) ...
     """
     if version not in VERSIONS:
         raise ValueError(f"version must be one of {VERSIONS}, got {version!r}")
@@ -110,6 +124,16 @@ def gemv(xs, ws, ys, *, res=None, act: int = 0, version: int = 2, scratch=None):
         if res:
             rt.check_array(f"res[{i}]", res[i], (np.float32,), 2)
             rt.check_shape(f"res[{i}]", res[i], (n, m), "NM")
+    if norm is not None:
+        if version != 3:
+            raise ValueError(f"norm (a fused RMSNorm) needs version 3, not {version}")
+        if len(norm) != z:
+            raise ValueError(f"norm needs one gamma per stack: {z}, got {len(norm)}")
+        if xs[0].dtype != np.float32:
+            raise ValueError("norm needs float32 xs (the residual stream)")
+        for i, g in enumerate(norm):
+            rt.check_array(f"norm[{i}]", g, (wdt,), 1)
+            rt.check_shape(f"norm[{i}]", g, (k,), "K")
     rt.check_positive(N=n, K=k, M=m)
     rt.check_int32(KM=k * m, NM=n * m, NK=n * k)
     sfx = _SFX[wdt] + ("x16" if xs[0].dtype == np.float16 else "")
@@ -120,20 +144,29 @@ def gemv(xs, ws, ys, *, res=None, act: int = 0, version: int = 2, scratch=None):
         fn = rt.kernel(SLUG, f"stag_gemv_v1_{sfx}")
         fn((math.ceil(m / 128), n, z), (128,), args + (i32(act),))
         return ys
+    v = f"v{version}"
     if m % vec(wdt):
-        raise ValueError(f"v2 ({wdt.name}) needs M % {vec(wdt)} == 0; M = {m}")
+        raise ValueError(f"{v} ({wdt.name}) needs M % {vec(wdt)} == 0; M = {m}")
     for i in range(z):
         if ws[i].data.ptr % 16:
-            raise ValueError(f"v2 needs ws[{i}] 16-byte aligned")
+            raise ValueError(f"{v} needs ws[{i}] 16-byte aligned")
     if scratch is None:
-        raise ValueError("v2 needs scratch (new_scratch with gemv_workspace sizes)")
+        raise ValueError(f"{v} needs scratch (new_scratch with gemv_workspace sizes)")
     need, cnt = gemv_workspace(n, k, m, wdt, z)
     if scratch.ws.size < need or scratch.cnt.size < cnt:
         raise ValueError(f"scratch too small: needs {need} floats, {cnt} counters")
     kb, kc = k_split(k, m, wdt)
-    grid = (math.ceil(m / (32 * vec(wdt))), kb, z * math.ceil(n / NR))
-    fn = rt.kernel(SLUG, f"stag_gemv_v2_{sfx}")
-    fn(grid, (32 * NW,), args + (i32(act), i32(kc), scratch.ws, scratch.cnt))
+    tiles = math.ceil(m / (32 * vec(wdt)))
+    tail = (i32(act), i32(kc), scratch.ws, scratch.cnt)
+    if version == 2:
+        fn = rt.kernel(SLUG, f"stag_gemv_v2_{sfx}")
+        fn((tiles, kb, z * math.ceil(n / NR)), (32 * NW,), args + tail)
+        return ys
+    nr = rows_v3(n)
+    g = (norm[0], norm[-1]) if norm is not None else (0, 0)
+    args = (xs[0], xs[-1], ws[0], ws[-1], *g, *r, ys[0], ys[-1], i32(n), i32(k))
+    fn = rt.kernel(SLUG, f"stag_gemv_v3_{sfx}_r{nr}")
+    fn((tiles, kb, z * math.ceil(n / nr)), (32 * NW,), args + (i32(m),) + tail)
     return ys
 
 
@@ -411,28 +444,42 @@ def _layers(m: Model, bf: Buffers, sel: list[int], pos: int, version: int):
     def mm(xs, wname, ys, j, **kw):
         wl = [getattr(m.stacks[s][j], wname) for s in sel]
         res = kw.pop("res", None)  # (Z, B, ...) residual, added in place
-        if one:
+        norm = kw.pop("norm", None)  # gammas of the stacks in sel (v3: fused)
+        if one:  # shared weights: one weight and one gamma (the same layer)
             xs_, ys_ = [flat(xs)], [flat(ys)]
             r = None if res is None else [flat(res)]
+            g = None if norm is None else norm[:1]
             return gemv(
-                xs_, wl[:1], ys_, res=r, version=version, scratch=bf.scratch, **kw
-            )
+                xs_, wl[:1], ys_, res=r, version=version, scratch=bf.scratch,
+                norm=g, **kw,
+            )  # fmt: skip
         xl = [xs[s].reshape(b, -1) for s in sel]
         yl = [ys[s].reshape(b, -1) for s in sel]
         r = None if res is None else [res[s].reshape(b, -1) for s in sel]
-        return gemv(xl, wl, yl, res=r, version=version, scratch=bf.scratch, **kw)
+        return gemv(
+            xl, wl, yl, res=r, version=version, scratch=bf.scratch, norm=norm, **kw
+        )
+
+    fused = version == 3  # v3 RMS-norms inside the GEMV: no rmsnorm launch
+
+    def normed(gammas, rng=sl):
+        """(GEMV input, its norm argument): x itself (v3) or the normed xn."""
+        if fused:
+            return bf.x, gammas
+        rmsnorm(bf.x[rng], gammas, bf.xn[rng])
+        return bf.xn, None
 
     for j in range(m.L):
         lay = [m.stacks[s][j] for s in sel]
-        rmsnorm(bf.x[sl], [ly.g1 for ly in lay], bf.xn[sl])
-        mm(bf.xn, "wqkv", bf.yq, j)
+        xin, g = normed([ly.g1 for ly in lay])
+        mm(xin, "wqkv", bf.yq, j, norm=g)
         store_qkv(rows(bf.yq), rows(bf.q), rows(bf.k[j]), rows(bf.v[j]), pos)
         _attend(rows(bf.q), rows(bf.k[j]), rows(bf.v[j]), rows(bf.o), bf.scratch)
         mm(bf.o, "wo", bf.x, j, res=bf.x)
         if 1 in sel:  # stack 2's cross-attention over [null, h_<pos]
             gc, wcq, wco = m.cross[j]
-            rmsnorm(bf.x[1:2], [gc], bf.xn[1:2])
-            gemv([bf.xn[1]], [wcq], [bf.cq], version=version, scratch=bf.scratch)
+            xin, g = normed([gc], slice(1, 2))
+            gemv([xin[1]], [wcq], [bf.cq], version=version, scratch=bf.scratch, norm=g)
             scatter(bf.cq, bf.cqt.reshape(1, b, m.H, 1, m.D), 0, 0, 0)
             _attend(bf.cqt, bf.xk[j], bf.xv[j], bf.co, bf.scratch)
             gemv(
@@ -443,8 +490,8 @@ def _layers(m: Model, bf: Buffers, sel: list[int], pos: int, version: int):
                 version=version,
                 scratch=bf.scratch,
             )
-        rmsnorm(bf.x[sl], [ly.g2 for ly in lay], bf.xn[sl])
-        mm(bf.xn, "wup", bf.u, j, act=1)
+        xin, g = normed([ly.g2 for ly in lay])
+        mm(xin, "wup", bf.u, j, act=1, norm=g)
         mm(bf.u, "wdown", bf.x, j, res=bf.x)
     rmsnorm(bf.x[sl], [m.gf[s] for s in sel], bf.out[sl])
 

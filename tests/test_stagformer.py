@@ -238,6 +238,39 @@ def test_recurrent_mode_needs_shared_weights():
         sf.recurrent_decode(w, cfg, np.zeros((1, 2), int))
 
 
+def test_bench_rel_err_compares_every_row():
+    """The torch baseline's check (gpu/bench_stagformer.rel_err) compares whole
+    (B, C) arrays. Known-wrong: the first run compared them with row 0 only, which
+    numpy broadcast over the batch (passing at B = 1, "failing" at B > 1)."""
+    from gpu.bench_stagformer import rel_err
+
+    rng = np.random.default_rng(1)
+    ref = rng.standard_normal((8, 64))
+    assert rel_err(ref, ref) == 0
+    assert rel_err(ref[::-1], ref) > 0.5  # rows swapped: caught
+    with pytest.raises(ValueError, match="shapes"):
+        rel_err(ref, ref[0])
+    # what the broadcast did: sqrt(B - 1) times a row distance, as measured
+    wrong = [np.linalg.norm(ref[:b] - ref[0]) / np.linalg.norm(ref[0]) for b in (1, 8)]
+    assert wrong[0] == 0 and wrong[1] > 2
+
+
+def test_gemv_v3_rows_and_workspace_cover_both_versions():
+    from gpu import stagformer as gs
+
+    assert [gs.rows_v3(n) for n in (1, 2, 3, 4, 5, 8, 9, 64)] == [
+        1, 2, 4, 4, 8, 8, 8, 8,
+    ]  # fmt: skip
+    for n, k, m in itertools.product((1, 2, 5, 9, 16), (7, 2048), (48, 2048)):
+        ws, cnt = gs.gemv_workspace(n, k, m, F16, 2)
+        kb, _ = gs.k_split(k, m, F16)
+        tiles = -(-m // (32 * gs.vec(F16)))
+        for r in (gs.NR, gs.rows_v3(n)):  # v2's and v3's row tiles
+            rt_n = -(-n // r)
+            assert ws >= 2 * rt_n * tiles * kb * r * 32 * gs.vec(F16)
+            assert cnt >= 2 * rt_n * tiles
+
+
 # --- GPU (gpu/stagformer.cu) ---------------------------------------------------------
 
 
@@ -257,7 +290,7 @@ def _cast(obj, dtype):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [F32, F16])
-@pytest.mark.parametrize("version", [1, 2])
+@pytest.mark.parametrize("version", [1, 2, 3])
 @given(
     n=st.sampled_from([1, 2, 5, 9]),
     k=st.sampled_from([1, 7, 33, 600]),
@@ -266,39 +299,57 @@ def _cast(obj, dtype):
     act=st.sampled_from([0, 1]),
     res=st.booleans(),
     x16=st.booleans(),
+    norm=st.booleans(),
     seed=seeds,
 )
-def test_gpu_gemv_matches_reference(dtype, version, n, k, mv, z, act, res, x16, seed):
+def test_gpu_gemv_matches_reference(
+    dtype, version, n, k, mv, z, act, res, x16, norm, seed
+):
     import cupy as cp
 
     from gpu import stagformer as gs
 
-    x16 = x16 and dtype == F16
+    norm = norm and version == 3  # v3 only: the RMSNorm fused into the GEMV
+    x16 = x16 and dtype == F16 and not norm
     m = mv * gs.vec(dtype)
     rng = np.random.default_rng(seed)
     xs = [rng.standard_normal((n, k)).astype(F16 if x16 else F32) for _ in range(z)]
     ws = [(rng.standard_normal((k, m)) / np.sqrt(k)).astype(dtype) for _ in range(z)]
     rs = [rng.standard_normal((n, m)).astype(F32) for _ in range(z)]
+    gs_ = [(1 + 0.1 * rng.standard_normal(k)).astype(dtype) for _ in range(z)]
     ys = [cp.full((n, m), np.nan, F32) for _ in range(z)]
     need, cnt = gs.gemv_workspace(n, k, m, dtype, z)
     scratch = gs.new_scratch(need, cnt)
-    gs.gemv([cp.asarray(a) for a in xs], [cp.asarray(a) for a in ws], ys,
-            res=[cp.asarray(a) for a in rs] if res else None, act=act,
-            version=version, scratch=scratch)  # fmt: skip
+    scratch.ws.fill(np.nan)  # partials are written before they are read
+
+    def run(xl, wl, yl, rl, ver, gl):
+        return gs.gemv(
+            [cp.asarray(a) for a in xl], [cp.asarray(a) for a in wl], yl,
+            res=[cp.asarray(a) for a in rl] if res else None, act=act,
+            version=ver, scratch=scratch,
+            norm=[cp.asarray(a) for a in gl] if norm else None,
+        )  # fmt: skip
+
+    run(xs, ws, ys, rs, version, gs_)
     for i in range(z):
         x64, w64 = xs[i].astype(F64), ws[i].astype(F64)
+        if norm:
+            x64 = rms_norm(x64, gs_[i].astype(F64))
         want = x64 @ w64
         want = np.maximum(want, 0) if act else want
         want = want + rs[i] if res else want
         used = assert_close(cp.asnumpy(ys[i]), want, "gpu", F32, linear_scale(x64, w64))
-        print(f"gemv v{version} {np.dtype(dtype).name}: {describe(used)}")
+        print(f"gemv v{version} {np.dtype(dtype).name} norm={norm}: {describe(used)}")
     assert int(scratch.cnt.sum()) == 0  # counters left zero for the next launch
-    if version == 2 and n > 1:  # a row's sum does not depend on the other rows
+    if version >= 2 and n > 1:  # a row's sum does not depend on the other rows
         one = cp.full((1, m), np.nan, F32)
-        gs.gemv([cp.asarray(xs[0][1:2])], [cp.asarray(ws[0])], [one],
-                res=[cp.asarray(rs[0][1:2])] if res else None, act=act,
-                version=2, scratch=scratch)  # fmt: skip
+        run([xs[0][1:2]], ws[:1], [one], [rs[0][1:2]], version, gs_[:1])
         assert np.array_equal(cp.asnumpy(one)[0], cp.asnumpy(ys[0])[1])
+    if version == 3 and not norm:  # v3 sums in v2's order: the same bits
+        two = [cp.full((n, m), np.nan, F32) for _ in range(z)]
+        run(xs, ws, two, rs, 2, gs_)
+        for a, b in zip(two, ys, strict=True):
+            assert np.array_equal(cp.asnumpy(a), cp.asnumpy(b))
 
 
 @pytest.mark.gpu
@@ -356,7 +407,7 @@ def _gpu_case(cfg, w, tokens, dtype):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [F32, F16])
-@pytest.mark.parametrize("version", [1, 2])
+@pytest.mark.parametrize("version", [1, 2, 3])
 @given(data=st.data())
 def test_gpu_step_matches_reference_and_schedules_agree(dtype, version, data):
     import cupy as cp
@@ -427,7 +478,14 @@ def test_gpu_bad_inputs_rejected_before_launch():
     with pytest.raises(ValueError, match="scratch"):
         gs.gemv([x], [w], [y])
     with pytest.raises(ValueError, match="version"):
-        gs.gemv([x], [w], [y], version=3, scratch=sc)
+        gs.gemv([x], [w], [y], version=4, scratch=sc)
+    g = cp.ones(64, F16)
+    with pytest.raises(ValueError, match="version 3"):
+        gs.gemv([x], [w], [y], version=2, scratch=sc, norm=[g])
+    with pytest.raises(TypeError, match="norm"):
+        gs.gemv([x], [w], [y], version=3, scratch=sc, norm=[g.astype(F32)])
+    with pytest.raises(ValueError, match="float32 xs"):
+        gs.gemv([x.astype(F16)], [w], [y], version=3, scratch=sc, norm=[g])
     with pytest.raises(ValueError, match="act"):
         gs.gemv([x], [w], [y], act=2, scratch=sc)
     with pytest.raises(ValueError, match="pos"):

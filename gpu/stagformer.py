@@ -55,6 +55,18 @@ def rows_v3(n: int) -> int:
     return min(8, 1 << max(0, n - 1).bit_length())
 
 
+def best_version(b: int) -> int:
+    """GEMV version of the fastest measured decode step at batch b.
+
+    Measured at B = 1, 8 and 64 only (results/stagformer.json, H100, commit
+    0e9ecee1a6ea): v3 was the faster at B = 1 in all five cases, v2 at B = 8 and
+    64 in all five. B = 2..7 is unmeasured: v2 there, until a run says otherwise.
+    (decode_step and plain_step keep version=2 as their default.)"""
+    if b < 1:
+        raise ValueError(f"b must be >= 1, got {b!r}")
+    return 3 if b == 1 else 2
+
+
 def gemv_workspace(n: int, k: int, m: int, dtype, z: int = 2) -> tuple[int, int]:
     """(float32 partials, uint32 counters) gemv v2 or v3 needs for N rows, Z stacks
     (the larger of the two: v2 pads N to NR = 4 rows, v3 to R = rows_v3(N))."""
@@ -519,7 +531,8 @@ def decode_step(
     """Step pos of both stacks. e (B, C) float32: the embeddings of the tokens;
     h_prev (B, C) float32: stack 1's output at pos - 1 (None at pos 0). Caches in
     bf hold positions < pos (self) and the memory rows < pos - 1 (cross). Writes
-    h_pos = bf.out[0] and o_pos = bf.out[1]."""
+    h_pos = bf.out[0] and o_pos = bf.out[1]. version: the GEMV's; the default 2 is
+    not the fastest at every B (v3 was faster at B = 1): see best_version."""
     if schedule not in SCHEDULES:
         raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
     b = bf.x.shape[1]

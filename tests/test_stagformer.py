@@ -271,6 +271,16 @@ def test_gemv_v3_rows_and_workspace_cover_both_versions():
             assert cnt >= 2 * rt_n * tiles
 
 
+def test_best_version_follows_the_measured_batches():
+    """v3 won every case at B = 1, v2 every case at B = 8 and 64 (H100 run of
+    results/stagformer.json); unmeasured B between them get v2."""
+    from gpu import stagformer as gs
+
+    assert [gs.best_version(b) for b in (1, 2, 7, 8, 64, 512)] == [3, 2, 2, 2, 2, 2]
+    with pytest.raises(ValueError, match="b must be"):
+        gs.best_version(0)
+
+
 # --- GPU (gpu/stagformer.cu) ---------------------------------------------------------
 
 

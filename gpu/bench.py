@@ -536,7 +536,8 @@ TRICKS = tuple(
 
 def run_trick(slug: str, quick: bool, ceil: dict | None, out: Path | None) -> int:
     """Run gpu/bench_<slug>.py's cases, print them, record each table; 1 if any row
-    failed validation."""
+    failed validation. Rows marked skipped (``is_skipped``) are no failure, and a
+    table of skipped rows only is not recorded."""
     import importlib
 
     mod = importlib.import_module(f"gpu.bench_{slug}")
@@ -545,10 +546,20 @@ def run_trick(slug: str, quick: bool, ceil: dict | None, out: Path | None) -> in
     for name, rows in mod.run(quick=quick, ceil=ceil).items():
         print(f"--- {name}")
         getattr(mod, "print_table", print_table)(rows)
-        if out:
+        skipped = [is_skipped(r) for r in rows]
+        if out and not all(skipped):  # a table of skipped rows measured nothing
             record(name, rows, out, ceilings=ceil)
-        status |= any(r.get("status") != "ok" for r in rows)
+        status |= any(
+            r.get("status") != "ok" and not s
+            for r, s in zip(rows, skipped, strict=True)
+        )
     return int(status)
+
+
+def is_skipped(row: dict) -> bool:
+    """A case this machine cannot run (e.g. "skipped: needs >= 2 GPUs"): neither a
+    failure nor a figure."""
+    return str(row.get("status", "")).startswith("skipped")
 
 
 def main(argv=None) -> int:

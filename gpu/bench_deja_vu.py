@@ -38,7 +38,7 @@ QUICK_KEPT = (0.02, 0.1, 1.0)
 BATCHES = (1, 4, 16, 64)
 QUICK_BATCHES = (1, 16)
 VARIANTS = ((1, "deterministic"), (2, "atomic"), (2, "deterministic"))
-VARIANTS += ((3, "atomic"), (3, "deterministic"))
+VARIANTS += ((3, "atomic"), (3, "deterministic"), (4, "atomic"))
 ACTIVE_SHIFT = -1.2816  # b1 mean: P(N(0, 1) > 1.2816) = 10 % active per row
 K16 = 2.0**-11 / (6 * 2.0**-24)  # one fp16 rounding in units of the gpu row's atol
 
@@ -249,7 +249,7 @@ def batch_sweep(rng, batches, ceil) -> list[dict]:
         per_row = float(np.mean([cp.asnumpy((z > 0).mean())]))  # last set's rows
         extra = dict(union=k / F, active_per_row=per_row)
         rows.append(_dense(sets, xs, ceil, **extra))
-        variants = ((3, "atomic"), (3, "deterministic"), (2, "atomic"))
+        variants = ((3, "atomic"), (3, "deterministic"), (2, "atomic"), (4, "atomic"))
         rows += _case(sets[:n], xs[:n], idxs[:n], ceil, variants, **extra)
     bench._free(sets)
     return rows

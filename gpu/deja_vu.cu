@@ -25,6 +25,12 @@
 //     each row vector loaded once and used for every batch row. Each
 //     selected row of W1 and W2 is read once; a never leaves the SM. Same
 //     needs as v2; atomic or deterministic, then finish_v1.
+// v4  v3 in one launch, atomic mode only: each thread issues its first W2
+//     row vectors before phase 1 (they do not depend on a), and the last
+//     block to finish (a counter) writes out = acc + b2 and re-zeroes acc
+//     and the counter, so no memset and no finish kernel. acc and the
+//     counter must be zero on entry (they are left zero). The last block
+//     converts B*C values alone: meant for small B.
 // finish_v1  out = b2 + sum_p acc[p] in order p = 0..P-1 (P = 0 gives b2).
 //
 // Run the cases alone:  python -m gpu.bench deja_vu [--quick]
@@ -193,15 +199,13 @@ __device__ void down_v2(const float* a, const T* w2, const int* idx,
 }
 
 // --- v3 ---
-// grid (ceil(K / R3)), block R3 warps, dynamic shared a_s[R3][B] floats.
+// Phase 1 of v3 and v4: warp w -> neuron m = p R3 + w of block p, its a for
+// every batch row into a_s[w][0..B) (0 for m >= K or a bad id).
 template <typename T>
-__device__ void fused_v3(const T* x, const T* w1, const T* b1, const T* w2,
-                         const int* idx, float* acc, int B, int C, int F,
-                         int K, int atomic) {
-  constexpr int VEC = Vec<T>::N;
-  extern __shared__ float a_s[];  // [R3][B]
-  int p = blockIdx.x, warp = threadIdx.x / 32, m = p * R3 + warp;
-  // phase 1: warp -> neuron m, a for every batch row
+__device__ void block_acts(const T* x, const T* w1, const T* b1,
+                           const int* idx, float* a_s, int B, int C, int F,
+                           int K) {
+  int warp = threadIdx.x / 32, m = blockIdx.x * R3 + warp;
   int i = m < K ? idx[m] : -1;
   bool ok = i >= 0 && i < F;
   const T* row = w1 + (size_t)(ok ? i : 0) * C;
@@ -215,46 +219,127 @@ __device__ void fused_v3(const T* x, const T* w1, const T* b1, const T* w2,
           a_s[warp * B + b0 + t] = ok ? fmaxf(z[t] + to_f(b1[i]), 0.f) : 0.f;
     }
   }
+}
+
+// Phase 2 of v3 and v4 for one column vector v: s[t] += sum_r a_s[r][b0+t]
+// raw[r] over the block's R3 rows, for every batch tile, added at dst.
+template <typename T>
+__device__ __forceinline__ void rows_times_a(const uint4 (&raw)[R3],
+                                             const float* a_s, float* dst,
+                                             int B, int C, int atomic) {
+  constexpr int VEC = Vec<T>::N;
+  for (int b0 = 0; b0 < B; b0 += BT) {
+    float s[BT][VEC];
+#pragma unroll
+    for (int t = 0; t < BT; ++t)
+#pragma unroll
+      for (int e = 0; e < VEC; ++e) s[t][e] = 0.f;
+#pragma unroll
+    for (int r = 0; r < R3; ++r) {
+      float w[VEC];
+      unpack<T>(w, raw[r]);
+#pragma unroll
+      for (int t = 0; t < BT; ++t) {
+        float av = b0 + t < B ? a_s[r * B + b0 + t] : 0.f;
+#pragma unroll
+        for (int e = 0; e < VEC; ++e) s[t][e] = fmaf(av, w[e], s[t][e]);
+      }
+    }
+#pragma unroll
+    for (int t = 0; t < BT; ++t)
+      if (b0 + t < B) put<VEC>(dst + (size_t)(b0 + t) * C, s[t], atomic);
+  }
+}
+
+// The block's R3 ids (-1 past K or out of range) and their W2 vectors at v.
+template <typename T>
+__device__ __forceinline__ void block_rows(const int* idx, int F, int K,
+                                           int (&rows)[R3]) {
+#pragma unroll
+  for (int r = 0; r < R3; ++r) {
+    int mm = blockIdx.x * R3 + r, ii = mm < K ? idx[mm] : -1;
+    rows[r] = ii >= 0 && ii < F ? ii : -1;
+  }
+}
+template <typename T>
+__device__ __forceinline__ void load_rows(const T* w2, const int (&rows)[R3],
+                                          int v, int C, uint4 (&raw)[R3]) {
+  constexpr int VEC = Vec<T>::N;
+#pragma unroll
+  for (int r = 0; r < R3; ++r) {
+    const T* src = w2 + (size_t)rows[r] * C + (size_t)v * VEC;
+    raw[r] = rows[r] >= 0 ? load16(src) : make_uint4(0u, 0u, 0u, 0u);
+  }
+}
+
+// grid (ceil(K / R3)), block R3 warps, dynamic shared a_s[R3][B] floats.
+template <typename T>
+__device__ void fused_v3(const T* x, const T* w1, const T* b1, const T* w2,
+                         const int* idx, float* acc, int B, int C, int F,
+                         int K, int atomic) {
+  constexpr int VEC = Vec<T>::N;
+  extern __shared__ float a_s[];  // [R3][B]
+  int p = blockIdx.x;
+  // phase 1: warp -> neuron, a for every batch row
+  block_acts<T>(x, w1, b1, idx, a_s, B, C, F, K);
   __syncthreads();
   // phase 2: thread -> column vectors v; the R3 row vectors load once each
   int rows[R3];
-#pragma unroll
-  for (int r = 0; r < R3; ++r) {
-    int mm = p * R3 + r, ii = mm < K ? idx[mm] : -1;
-    rows[r] = ii >= 0 && ii < F ? ii : -1;
-  }
+  block_rows<T>(idx, F, K, rows);
   float* dst0 = acc + (atomic ? 0 : (size_t)p * B * C);
   for (int v = threadIdx.x; v < C / VEC; v += blockDim.x) {
-    float* dst = dst0 + (size_t)v * VEC;
     uint4 raw[R3];
-#pragma unroll
-    for (int r = 0; r < R3; ++r) {
-      const T* src = w2 + (size_t)rows[r] * C + (size_t)v * VEC;
-      raw[r] = rows[r] >= 0 ? load16(src) : make_uint4(0u, 0u, 0u, 0u);
-    }
-    for (int b0 = 0; b0 < B; b0 += BT) {
-      float s[BT][VEC];
-#pragma unroll
-      for (int t = 0; t < BT; ++t)
-#pragma unroll
-        for (int e = 0; e < VEC; ++e) s[t][e] = 0.f;
-#pragma unroll
-      for (int r = 0; r < R3; ++r) {
-        float w[VEC];
-        unpack<T>(w, raw[r]);
-#pragma unroll
-        for (int t = 0; t < BT; ++t) {
-          float av = b0 + t < B ? a_s[r * B + b0 + t] : 0.f;
-#pragma unroll
-          for (int e = 0; e < VEC; ++e) s[t][e] = fmaf(av, w[e], s[t][e]);
-        }
-      }
-#pragma unroll
-      for (int t = 0; t < BT; ++t)
-        if (b0 + t < B)
-          put<VEC>(dst + (size_t)(b0 + t) * C, s[t], atomic);
-    }
+    load_rows<T>(w2, rows, v, C, raw);
+    rows_times_a<T>(raw, a_s, dst0 + (size_t)v * VEC, B, C, atomic);
   }
+}
+
+// --- v4 ---
+// grid (max(1, ceil(K / R3))), block R3 warps, dynamic shared a_s[R3][B].
+// acc (B, C) float32 and *cnt zero on entry; left zero.
+template <typename T>
+__device__ void fused_v4(const T* x, const T* w1, const T* b1, const T* w2,
+                         const T* b2, const int* idx, float* acc,
+                         unsigned* cnt, T* out, int B, int C, int F, int K) {
+  constexpr int VEC = Vec<T>::N;
+  extern __shared__ float a_s[];  // [R3][B]
+  __shared__ bool last;
+  int rows[R3];
+  block_rows<T>(idx, F, K, rows);
+  // the first W2 vectors do not depend on a: in flight during phase 1
+  // (half of the R3 rows: all of them would spill at 2 blocks an SM)
+  int v0 = threadIdx.x, vv = min(v0, C / VEC - 1);  // C >= VEC
+  uint4 raw[R3];
+#pragma unroll
+  for (int r = 0; r < R3 / 2; ++r)
+    raw[r] = rows[r] >= 0 ? load16(w2 + (size_t)rows[r] * C + (size_t)vv * VEC)
+                          : make_uint4(0u, 0u, 0u, 0u);
+  block_acts<T>(x, w1, b1, idx, a_s, B, C, F, K);
+  __syncthreads();
+  for (int v = v0; v < C / VEC; v += blockDim.x) {
+    if (v != v0) {
+      load_rows<T>(w2, rows, v, C, raw);
+    } else {
+#pragma unroll
+      for (int r = R3 / 2; r < R3; ++r)
+        raw[r] = rows[r] >= 0
+                     ? load16(w2 + (size_t)rows[r] * C + (size_t)v * VEC)
+                     : make_uint4(0u, 0u, 0u, 0u);
+    }
+    rows_times_a<T>(raw, a_s, acc + (size_t)v * VEC, B, C, 1);
+  }
+  // the last block to arrive: out = acc + b2, then acc and cnt back to 0
+  __threadfence();
+  __syncthreads();
+  if (threadIdx.x == 0) last = atomicAdd(cnt, 1u) == gridDim.x - 1;
+  __syncthreads();
+  if (!last) return;
+  __threadfence();
+  for (int i = threadIdx.x; i < B * C; i += blockDim.x) {
+    from_f(out[i], __ldcg(acc + i) + to_f(b2[i % C]));
+    acc[i] = 0.f;
+  }
+  if (threadIdx.x == 0) *cnt = 0u;
 }
 
 // --- finish ---
@@ -325,6 +410,16 @@ DV_DOWN2(deja_vu_down_v2_f16, __half)
   }
 DV_FUSED(deja_vu_fused_v3_f32, float)
 DV_FUSED(deja_vu_fused_v3_f16, __half)
+
+#define DV_FUSED4(NAME, T)                                                   \
+  extern "C" __global__ void __launch_bounds__(R3 * 32, 2)                   \
+  NAME(const T* x, const T* w1, const T* b1, const T* w2, const T* b2,       \
+       const int* idx, float* acc, unsigned* cnt, T* out, int B, int C,      \
+       int F, int K) {                                                       \
+    fused_v4<T>(x, w1, b1, w2, b2, idx, acc, cnt, out, B, C, F, K);          \
+  }
+DV_FUSED4(deja_vu_fused_v4_f32, float)
+DV_FUSED4(deja_vu_fused_v4_f16, __half)
 
 #define DV_FINISH(NAME, T)                                                   \
   extern "C" __global__ void __launch_bounds__(256)                          \

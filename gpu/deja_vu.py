@@ -5,10 +5,11 @@ every precondition before the first launch (dtypes, contiguity, shapes, the inde
 int32, in [0, F), no duplicates; the vector versions' divisibility and 16-byte
 alignment), casts scalars to int32, picks the grids and launches. No maths.
 
-One call is two to four launches (see the .cu header): v1 up + down; v2 [zero,] up,
-down, finish; v3 [zero,] fused, finish. Pass ``out`` and ``workspace`` to launch
-without allocating (CUDA graphs), and ``check_idx=False`` for an index set already
-checked (the check is a device reduction and a host sync).
+One call is one to four launches (see the .cu header): v1 up + down; v2 [zero,] up,
+down, finish; v3 [zero,] fused, finish; v4 fused alone (atomic mode only; its
+workspace must come zeroed, new_workspace, and is left zeroed). Pass ``out`` and
+``workspace`` to launch without allocating (CUDA graphs), and ``check_idx=False`` for
+an index set already checked (the check is a device reduction and a host sync).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import numpy as np
 from gpu import runtime as rt
 
 SLUG = "deja_vu"
-VERSIONS = (1, 2, 3)
+VERSIONS = (1, 2, 3, 4)
 MODES = ("atomic", "deterministic")
 DTYPES = (np.float32, np.float16)
 _SUFFIX = {np.dtype(np.float32): "f32", np.dtype(np.float16): "f16"}
@@ -29,7 +30,7 @@ UP2_WARPS = 4  # warps (neurons) per block of up_v2
 DOWN2_THREADS = 128  # column vectors per block of down_v2
 RC2 = 32  # rows per chunk of down_v2 (RC2 in the .cu)
 R3 = 8  # neurons per block of v3 (R3 in the .cu)
-MAX_B = 1024  # v3 keeps a (R3, B) float32 tile in shared memory (32 KB)
+MAX_B = 1024  # v3, v4 keep a (R3, B) float32 tile in shared memory (32 KB)
 MAX_GRID_Y = 65535
 
 
@@ -48,9 +49,18 @@ def n_parts(version: int, k: int, mode: str) -> int:
     return math.ceil(k / (RC2 if version == 2 else R3))
 
 
+def new_workspace(version: int, b: int, c: int, k: int, mode: str):
+    """A zeroed float32 workspace (v4 needs it zeroed, and leaves it zeroed)."""
+    import cupy as cp
+
+    return cp.zeros(max(workspace_elems(version, b, c, k, mode), 1), cp.float32)
+
+
 def workspace_elems(version: int, b: int, c: int, k: int, mode: str) -> int:
     """float32 scratch of one call: a (B, K) for v1/v2, padded to 16 bytes so that
     the partials (P, B, C) after it take 16-byte float4 stores and atomics."""
+    if version == 4:  # acc (B, C), then the arrival counter (one 16-byte slot)
+        return b * c + 4
     return _a_elems(version, b, k) + n_parts(version, k, mode) * b * c
 
 
@@ -78,8 +88,9 @@ def flops(b: int, c: int, k: int) -> int:
 def _check(x, w1, b1, w2, b2, idx, version, mode, check_idx):
     if version not in VERSIONS:
         raise ValueError(f"version must be one of {VERSIONS}, got {version!r}")
-    if mode not in MODES or (version == 1 and mode != "deterministic"):
-        ok = ("deterministic",) if version == 1 else MODES
+    only = {1: ("deterministic",), 4: ("atomic",)}
+    if mode not in only.get(version, MODES):
+        ok = only.get(version, MODES)
         raise ValueError(f"mode for v{version} must be one of {ok}, got {mode!r}")
     rt.check_array("x", x, DTYPES, 2)
     for name, arr, nd in (("w1", w1, 2), ("b1", b1, 1), ("w2", w2, 2), ("b2", b2, 1)):
@@ -94,8 +105,8 @@ def _check(x, w1, b1, w2, b2, idx, version, mode, check_idx):
     if k > f:
         raise ValueError(f"idx holds K = {k} > F = {f} ids: some must repeat")
     rt.check_int32(FC=f * c, BC=b * c, BK=b * k)  # partials index in size_t
-    if b > MAX_GRID_Y or (version == 3 and b > MAX_B):
-        lim = MAX_B if version == 3 else MAX_GRID_Y
+    if b > MAX_GRID_Y or (version in (3, 4) and b > MAX_B):
+        lim = MAX_B if version in (3, 4) else MAX_GRID_Y
         raise ValueError(f"B = {b} exceeds v{version}'s limit {lim}")
     if k and check_idx:  # one sort, one reduction and a host sync
         import cupy as cp
@@ -139,12 +150,13 @@ def sparse_mlp(
         w1, w2: (F, C) of x's dtype: neuron-major (w1 = W_in^T, w2 = W_out).
         b1: (F,); b2: (C,), x's dtype.
         idx: (K,) int32, distinct ids in [0, F), any order; K = 0 gives b2.
-        version: 1..3 (gpu/deja_vu.cu).
+        version: 1..4 (gpu/deja_vu.cu).
         mode: "atomic" (fast; the sum order varies from run to run) or
             "deterministic" (bitwise reproducible); None: v1 "deterministic",
-            v2/v3 "atomic". v1 is deterministic only.
+            v2-v4 "atomic". v1 is deterministic only, v4 atomic only.
         out: optional (B, C) output of x's dtype (no allocation: CUDA graphs).
-        workspace: optional float32 array of >= workspace_elems(...) elements.
+        workspace: optional float32 array of >= workspace_elems(...) elements;
+            for v4 zeroed (new_workspace), and v4 leaves it zeroed.
         check_idx: check idx on the device first (sort + reduction + sync);
             pass False only for a set already checked. The kernels never read
             out of bounds: a bad id drops its neuron.
@@ -170,10 +182,20 @@ def sparse_mlp(
         if workspace.data.ptr % 16:
             raise ValueError("workspace must be 16-byte aligned (float4 partials)")
     i32, sfx = np.int32, _SUFFIX[x.dtype]
+    dims = (i32(b), i32(c), i32(f), i32(k))
+    if version == 4:
+        cnt = workspace[b * c : b * c + 1].view(cp.uint32)
+        fn = rt.kernel(SLUG, f"deja_vu_fused_v4_{sfx}")
+        fn(
+            (max(1, math.ceil(k / R3)),),
+            (32 * R3,),
+            (x, w1, b1, w2, b2, idx, workspace, cnt, out, *dims),
+            shared_mem=R3 * b * 4,
+        )
+        return out
     a = workspace[: b * k]
     acc = workspace[_a_elems(version, b, k) :]
     n_p = n_parts(version, k, mode)
-    dims = (i32(b), i32(c), i32(f), i32(k))
     fn = rt.kernel
     if version == 1:
         if k:

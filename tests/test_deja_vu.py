@@ -294,7 +294,7 @@ def test_top_k_mask_and_recall_edges():
 # --- GPU (gpu/deja_vu.cu) -------------------------------------------------------------
 
 GPU_VERSIONS = [(1, "deterministic"), (2, "atomic"), (2, "deterministic")]
-GPU_VERSIONS += [(3, "atomic"), (3, "deterministic")]
+GPU_VERSIONS += [(3, "atomic"), (3, "deterministic"), (4, "atomic")]
 
 
 @st.composite
@@ -335,12 +335,18 @@ def _run_gpu(x, w, idx, version, mode):
 
     out = rt.poisoned(x.shape, x.dtype)  # unwritten elements stay NaN and fail
     # the scratch too: a partial that is read but never written poisons the sum
+    # (v4's contract is a zeroed workspace, which it must leave zeroed)
     b, c, k = x.shape[0], x.shape[1], idx.size
     n_ws = max(gdv.workspace_elems(version, b, c, k, mode), 1)
-    ws = rt.poisoned((n_ws,), np.float32)
+    if version == 4:
+        ws = gdv.new_workspace(version, b, c, k, mode)
+    else:
+        ws = rt.poisoned((n_ws,), np.float32)
     args = [cp.asarray(a) for a in (x, w.w1, w.b1, w.w2, w.b2, idx)]
     res = gdv.sparse_mlp(*args, version=version, mode=mode, out=out, workspace=ws)
     assert res is out
+    if version == 4:
+        assert not cp.asnumpy(ws).any(), "v4 must leave its workspace zeroed"
     return cp.asnumpy(out)
 
 
@@ -418,7 +424,9 @@ def test_gpu_bad_inputs_rejected_before_launch():
         sparse_mlp(x[:, :60].copy(), w1[:, :60].copy(), b1, w2[:, :60].copy(),
                    b2[:60].copy(), ok, version=3)  # fmt: skip
     with pytest.raises(ValueError, match="version"):
-        sparse_mlp(x, w1, b1, w2, b2, ok, version=4)
+        sparse_mlp(x, w1, b1, w2, b2, ok, version=5)
+    with pytest.raises(ValueError, match="mode"):
+        sparse_mlp(x, w1, b1, w2, b2, ok, version=4, mode="deterministic")
     with pytest.raises(ValueError, match="mode"):
         sparse_mlp(x, w1, b1, w2, b2, ok, version=1, mode="atomic")
     with pytest.raises(TypeError, match="x"):

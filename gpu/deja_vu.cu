@@ -261,12 +261,13 @@ __device__ __forceinline__ void block_rows(const int* idx, int F, int K,
     rows[r] = ii >= 0 && ii < F ? ii : -1;
   }
 }
-template <typename T>
+// Rows R0 <= r < R1 of them (all by default).
+template <typename T, int R0 = 0, int R1 = R3>
 __device__ __forceinline__ void load_rows(const T* w2, const int (&rows)[R3],
                                           int v, int C, uint4 (&raw)[R3]) {
   constexpr int VEC = Vec<T>::N;
 #pragma unroll
-  for (int r = 0; r < R3; ++r) {
+  for (int r = R0; r < R1; ++r) {
     const T* src = w2 + (size_t)rows[r] * C + (size_t)v * VEC;
     raw[r] = rows[r] >= 0 ? load16(src) : make_uint4(0u, 0u, 0u, 0u);
   }
@@ -308,23 +309,16 @@ __device__ void fused_v4(const T* x, const T* w1, const T* b1, const T* w2,
   block_rows<T>(idx, F, K, rows);
   // the first W2 vectors do not depend on a: in flight during phase 1
   // (half of the R3 rows: all of them would spill at 2 blocks an SM)
-  int v0 = threadIdx.x, vv = min(v0, C / VEC - 1);  // C >= VEC
+  int v0 = threadIdx.x;
   uint4 raw[R3];
-#pragma unroll
-  for (int r = 0; r < R3 / 2; ++r)
-    raw[r] = rows[r] >= 0 ? load16(w2 + (size_t)rows[r] * C + (size_t)vv * VEC)
-                          : make_uint4(0u, 0u, 0u, 0u);
+  load_rows<T, 0, R3 / 2>(w2, rows, min(v0, C / VEC - 1), C, raw);  // C >= VEC
   block_acts<T>(x, w1, b1, idx, a_s, B, C, F, K);
   __syncthreads();
   for (int v = v0; v < C / VEC; v += blockDim.x) {
     if (v != v0) {
       load_rows<T>(w2, rows, v, C, raw);
     } else {
-#pragma unroll
-      for (int r = R3 / 2; r < R3; ++r)
-        raw[r] = rows[r] >= 0
-                     ? load16(w2 + (size_t)rows[r] * C + (size_t)v * VEC)
-                     : make_uint4(0u, 0u, 0u, 0u);
+      load_rows<T, R3 / 2, R3>(w2, rows, v, C, raw);
     }
     rows_times_a<T>(raw, a_s, acc + (size_t)v * VEC, B, C, 1);
   }

@@ -28,9 +28,10 @@ from pathlib import Path
 
 import numpy as np
 
+from gpu import results
 from gpu import runtime as rt
 
-RESULTS = Path(__file__).resolve().parent.parent / "results"
+RESULTS = results.RESULTS
 
 
 @dataclass(frozen=True)
@@ -164,19 +165,22 @@ def torch_available() -> bool:
 
 
 def record(slug: str, rows: list[dict], out_dir: Path = RESULTS, **extra) -> Path:
-    """Write results/<slug>.json: provenance (card, driver, CUDA, CuPy, commit, date)
-    and the rows. The book plots these files when it is built without a GPU."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / f"{slug}.json"
-    doc = {"benchmark": slug, "provenance": rt.provenance(), **extra, "rows": rows}
+    """Write <out_dir>/<card>/<slug>.json (card: ``results.card_slug`` of this GPU):
+    provenance (card, driver, CUDA, CuPy, commit, date) and the rows. The book plots
+    these files when it is built without a GPU."""
+    prov = rt.provenance()
+    card_dir = Path(out_dir) / results.card_slug(prov.get("card", "unknown"))
+    card_dir.mkdir(parents=True, exist_ok=True)
+    path = card_dir / f"{slug}.json"
+    doc = {"benchmark": slug, "provenance": prov, **extra, "rows": rows}
     path.write_text(json.dumps(doc, indent=1) + "\n")
     return path
 
 
-def load(slug: str, out_dir: Path = RESULTS) -> dict | None:
-    """The recorded results/<slug>.json, or None when it has not been measured."""
-    path = out_dir / f"{slug}.json"
-    return json.loads(path.read_text()) if path.exists() else None
+def load(slug: str, card: str | None = None) -> dict | None:
+    """The recorded results/<card>/<slug>.json (default: ``results.default_card``),
+    or None when it has not been measured."""
+    return results.load(slug, card)
 
 
 # --- ceilings --------------------------------------------------------------------

@@ -35,40 +35,7 @@
 // Run one version alone:  python -m gpu.bench attention --version 4
 // Compile report (no GPU): python -m gpu.check_kernels gpu/attention.cu
 
-#include <cuda_fp16.h>
-
-#define NEG_INF (-__int_as_float(0x7f800000))
-
-__device__ __forceinline__ float to_f(float x) { return x; }
-__device__ __forceinline__ float to_f(__half x) { return __half2float(x); }
-__device__ __forceinline__ void from_f(float& y, float x) { y = x; }
-__device__ __forceinline__ void from_f(__half& y, float x) {
-  y = __float2half_rn(x);
-}
-
-__device__ __forceinline__ float warp_sum(float x) {
-  for (int o = 16; o > 0; o >>= 1) x += __shfl_xor_sync(0xffffffffu, x, o);
-  return x;
-}
-__device__ __forceinline__ float warp_max(float x) {
-  for (int o = 16; o > 0; o >>= 1)
-    x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, o));
-  return x;
-}
-
-// Block-wide reduction through shared memory `red` (>= 32 floats); all
-// threads get it.
-template <bool MAX>
-__device__ float block_reduce(float x, float* red) {
-  int lane = threadIdx.x % 32, warp = threadIdx.x / 32,
-      nw = (blockDim.x + 31) / 32;
-  x = MAX ? warp_max(x) : warp_sum(x);
-  __syncthreads();  // red may still be read by a previous call
-  if (lane == 0) red[warp] = x;
-  __syncthreads();
-  x = lane < nw ? red[lane] : (MAX ? NEG_INF : 0.0f);
-  return MAX ? warp_max(x) : warp_sum(x);
-}
+#include "common.cuh"
 
 // --- v1 ---
 // Naive: scores (B, H, S) float scratch in global memory.
@@ -241,21 +208,6 @@ __device__ void combine_v3(const float* part_acc, const float* part_ml,
 // Groups are merged through shared memory.
 constexpr int NW4 = 4;
 
-template <typename T> struct Vec;
-template <> struct Vec<float> { static constexpr int N = 4; };
-template <> struct Vec<__half> { static constexpr int N = 8; };
-
-// 16 bytes as raw bits (issued early), converted to float only when used.
-__device__ __forceinline__ uint4 load16(const void* p) {
-  return __ldg(reinterpret_cast<const uint4*>(p));
-}
-template <typename T>
-__device__ __forceinline__ void unpack(float (&x)[Vec<T>::N], uint4 raw) {
-  const T* e = reinterpret_cast<const T*>(&raw);
-#pragma unroll
-  for (int i = 0; i < Vec<T>::N; ++i) x[i] = to_f(e[i]);
-}
-
 // Merge the NG lane groups of a block, whose (m, l, acc[D]) are in shared
 // memory, into the block's partial number p (after a __syncthreads).
 template <int D, int NG>
@@ -286,16 +238,8 @@ template <typename T>
 __device__ void combine_if_last(const float* part_acc, const float* part_ml,
                                 T* out, unsigned int* counters, size_t bh,
                                 int n, int D) {
-  __shared__ bool last;
-  __threadfence();
-  __syncthreads();
-  if (threadIdx.x == 0)
-    last = atomicAdd(&counters[bh], 1u) == (unsigned)n - 1;
-  __syncthreads();
-  if (!last) return;
-  __threadfence();
-  merge_partials<T>(part_acc, part_ml, out, bh, n, D);
-  if (threadIdx.x == 0) counters[bh] = 0;
+  if (last_block_done(&counters[bh], (unsigned)n))
+    merge_partials<T>(part_acc, part_ml, out, bh, n, D);
 }
 
 template <typename T, int D, int UNROLL>
@@ -509,21 +453,6 @@ __device__ void decode_v6(const T* q, const T* k, const T* v, T* out,
 // tile that has not arrived. Same lane groups, tile softmax and fused combine.
 // Dynamic shared memory: ST8 * 2 * TR * D * sizeof(T) bytes (TR rows a tile).
 constexpr int ST8 = 4;
-
-__device__ __forceinline__ void cp_async16(void* smem, const void* gmem,
-                                           bool valid) {
-  unsigned dst = (unsigned)__cvta_generic_to_shared(smem);
-  int n = valid ? 16 : 0;  // 0 bytes read: the 16 shared bytes become zeros
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst),
-               "l"(gmem), "r"(n));
-}
-__device__ __forceinline__ void cp_async_commit() {
-  asm volatile("cp.async.commit_group;\n" ::);
-}
-template <int N>
-__device__ __forceinline__ void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
-}
 
 template <typename T, int D>
 __device__ void decode_v8(const T* q, const T* k, const T* v, T* out,

@@ -36,21 +36,12 @@
 // Run the cases alone:  python -m gpu.bench deja_vu [--quick]
 // Compile report (no GPU): python -m gpu.check_kernels gpu/deja_vu.cu
 
-#include <cuda_fp16.h>
+#include "common.cuh"
 
 #define BT 4     // batch rows per register tile (v2, v3)
 #define RC2 32   // rows per chunk of down_v2
 #define R3 8     // neurons per block of v3 (= its warps)
 
-__device__ __forceinline__ float to_f(float x) { return x; }
-__device__ __forceinline__ float to_f(__half x) { return __half2float(x); }
-__device__ __forceinline__ void from_f(float& y, float x) { y = x; }
-__device__ __forceinline__ void from_f(__half& y, float x) {
-  y = __float2half_rn(x);
-}
-
-// --- v1 ---
-// grid (ceil(K / blockDim), B): thread (m, b) writes a[b, m].
 template <typename T>
 __device__ void up_v1(const T* x, const T* w1, const T* b1, const int* idx,
                       float* a, int B, int C, int F, int K) {
@@ -82,23 +73,6 @@ __device__ void down_v1(const float* a, const T* w2, const T* b2,
 }
 
 // --- v2 ---
-template <typename T> struct Vec { static constexpr int N = 16 / sizeof(T); };
-
-__device__ __forceinline__ uint4 load16(const void* p) {
-  return __ldg(reinterpret_cast<const uint4*>(p));
-}
-template <typename T>
-__device__ __forceinline__ void unpack(float (&v)[Vec<T>::N], uint4 raw) {
-  const T* e = reinterpret_cast<const T*>(&raw);
-#pragma unroll
-  for (int i = 0; i < Vec<T>::N; ++i) v[i] = to_f(e[i]);
-}
-__device__ __forceinline__ float warp_sum(float v) {
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  return v;
-}
-
 // Warp: z[b] = x[b] . row for the batch tile b0..b0+BT-1 (lane-strided 16-byte
 // vectors, 4 in flight), summed over the warp; every lane gets the sums.
 template <typename T>
@@ -304,7 +278,6 @@ __device__ void fused_v4(const T* x, const T* w1, const T* b1, const T* w2,
                          unsigned* cnt, T* out, int B, int C, int F, int K) {
   constexpr int VEC = Vec<T>::N;
   extern __shared__ float a_s[];  // [R3][B]
-  __shared__ bool last;
   int rows[R3];
   block_rows<T>(idx, F, K, rows);
   // the first W2 vectors do not depend on a: in flight during phase 1
@@ -323,17 +296,11 @@ __device__ void fused_v4(const T* x, const T* w1, const T* b1, const T* w2,
     rows_times_a<T>(raw, a_s, acc + (size_t)v * VEC, B, C, 1);
   }
   // the last block to arrive: out = acc + b2, then acc and cnt back to 0
-  __threadfence();
-  __syncthreads();
-  if (threadIdx.x == 0) last = atomicAdd(cnt, 1u) == gridDim.x - 1;
-  __syncthreads();
-  if (!last) return;
-  __threadfence();
+  if (!last_block_done(cnt, gridDim.x)) return;
   for (int i = threadIdx.x; i < B * C; i += blockDim.x) {
     from_f(out[i], __ldcg(acc + i) + to_f(b2[i % C]));
     acc[i] = 0.f;
   }
-  if (threadIdx.x == 0) *cnt = 0u;
 }
 
 // --- finish ---

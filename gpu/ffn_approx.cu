@@ -40,7 +40,7 @@
 // Run the cases alone:  python -m gpu.bench ffn_approx [--quick]
 // Compile report (no GPU): python -m gpu.check_kernels gpu/ffn_approx.cu
 
-#include <cuda_fp16.h>
+#include "common.cuh"
 
 #define MAX_E 256  // router: experts per token held in shared memory
 #define RT 16      // router: tokens per block
@@ -51,15 +51,6 @@
 #define R2EC 16    // router v2: experts per chunk (2^R2LG <= 16)
 #define R2CK 128   // router v2: rows of w3 staged per chunk (% 32 == 0)
 
-__device__ __forceinline__ float to_f(float x) { return x; }
-__device__ __forceinline__ float to_f(__half x) { return __half2float(x); }
-__device__ __forceinline__ void from_f(float& y, float x) { y = x; }
-__device__ __forceinline__ void from_f(__half& y, float x) {
-  y = __float2half_rn(x);
-}
-
-// The last s with starts[s] <= v, for nondecreasing starts[0..n] and
-// v < starts[n]; -1 when v >= starts[n]. Empty segments are skipped.
 __device__ __forceinline__ int segment_of(const int* starts, int n, int v) {
   if (v >= starts[n]) return -1;
   int lo = 0, hi = n - 1;
@@ -461,34 +452,6 @@ __device__ void gemm_v2(Gemm<T> g) {
 // zero-filled past the segment, Kd and N (whole vectors: Kd, N % 8 == 0),
 // and read with ldmatrix (B transposed on the way). Row strides of BK + 8
 // and BN + 8 halves put the 8 rows of an ldmatrix in 8 different banks.
-__device__ __forceinline__ uint4 load16(const __half* p) {
-  return __ldg(reinterpret_cast<const uint4*>(p));
-}
-__device__ __forceinline__ unsigned smem_u32(const void* p) {
-  return static_cast<unsigned>(__cvta_generic_to_shared(p));
-}
-__device__ __forceinline__ void ldsm_x4(unsigned* r, const void* p) {
-  asm volatile(
-      "ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-      : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-      : "r"(smem_u32(p)));
-}
-__device__ __forceinline__ void ldsm_x4_t(unsigned* r, const void* p) {
-  asm volatile(
-      "ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-      : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-      : "r"(smem_u32(p)));
-}
-// c (16x8, f32) += a (16x16, f16, row) . b (16x8, f16, col)
-__device__ __forceinline__ void mma16816(float* c, const unsigned* a,
-                                         const unsigned* b) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, "
-      "{%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
-      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
-}
-
 template <bool UP, int BM, int BN, int WM, int WN>
 __device__ void gemm_v3(Gemm<__half> g) {
   constexpr int BK = 32, NW = (BM / WM) * (BN / WN), NT = NW * 32;

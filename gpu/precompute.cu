@@ -29,15 +29,7 @@
 // Run the cases alone:  python -m gpu.bench precompute [--quick]
 // Compile report (no GPU): python -m gpu.check_kernels gpu/precompute.cu
 
-#include <cuda_fp16.h>
-
-__device__ __forceinline__ float to_f(float x) { return x; }
-__device__ __forceinline__ float to_f(__half x) { return __half2float(x); }
-__device__ __forceinline__ void from_f(float& y, float x) { y = x; }
-__device__ __forceinline__ void from_f(__half& y, float x) {
-  y = __float2half_rn(x);
-}
-__device__ __forceinline__ float qnan() { return __int_as_float(0x7fffffff); }
+#include "common.cuh"
 
 // --- v1 ---
 // grid (ceil(W / blockDim), N): thread (e, n) writes out[n, e].
@@ -69,29 +61,7 @@ __device__ void gather_v1(const T* table, const int* tokens,
 }
 
 // --- v2 ---
-// 16 bytes = VEC values of T; unpack to float, pack back with one rounding.
-template <typename T> struct Vec { static constexpr int N = 16 / sizeof(T); };
-
-__device__ __forceinline__ uint4 load16(const void* p) {
-  return __ldg(reinterpret_cast<const uint4*>(p));
-}
-template <typename T>
-__device__ __forceinline__ void unpack(float (&x)[Vec<T>::N], uint4 raw) {
-  const T* e = reinterpret_cast<const T*>(&raw);
-#pragma unroll
-  for (int i = 0; i < Vec<T>::N; ++i) x[i] = to_f(e[i]);
-}
-template <typename T>
-__device__ __forceinline__ uint4 pack(const float (&x)[Vec<T>::N]) {
-  uint4 raw;
-  T* e = reinterpret_cast<T*>(&raw);
-#pragma unroll
-  for (int i = 0; i < Vec<T>::N; ++i) from_f(e[i], x[i]);
-  return raw;
-}
-__device__ __forceinline__ uint4 nan16() {
-  return make_uint4(0x7fffffffu, 0x7fffffffu, 0x7fffffffu, 0x7fffffffu);
-}
+// 16 bytes = VEC values of T (common.cuh: load16, unpack, pack, nan16).
 
 // Rotate the vector pair a (dims j..j+VEC-1 < R/2) and b (dims + R/2) with
 // cos/sin row entries i0..i0+VEC-1; writes them back rotated.
@@ -213,16 +183,6 @@ __device__ void gather_v3(const T* table, const int* tokens,
 // y = (x - mu) / sqrt(var + eps) * g + b (LayerNorm, layer = 1) or
 // y = x / sqrt(mean(x^2) + eps) * g (RMSNorm, layer = 0; b unused).
 // A block per row of C; blockDim a multiple of 32, <= 1024.
-__device__ float block_sum(float x, float* red) {
-  int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-  for (int o = 16; o > 0; o >>= 1) x += __shfl_xor_sync(0xffffffffu, x, o);
-  __syncthreads();  // red may still be read by a previous call
-  if (lane == 0) red[warp] = x;
-  __syncthreads();
-  x = lane < blockDim.x / 32 ? red[lane] : 0.0f;
-  for (int o = 16; o > 0; o >>= 1) x += __shfl_xor_sync(0xffffffffu, x, o);
-  return x;
-}
 
 extern "C" __global__ void precompute_norm_v1_f16(
     const __half* x, const __half* g, const __half* b, __half* y, int C,
@@ -233,13 +193,13 @@ extern "C" __global__ void precompute_norm_v1_f16(
   float s = 0.0f;
   if (layer)
     for (int i = threadIdx.x; i < C; i += blockDim.x) s += __half2float(xr[i]);
-  float mu = layer ? block_sum(s, red) / C : 0.0f;
+  float mu = layer ? block_reduce<false>(s, red) / C : 0.0f;
   float q = 0.0f;
   for (int i = threadIdx.x; i < C; i += blockDim.x) {
     float d = __half2float(xr[i]) - mu;
     q += d * d;
   }
-  float inv = rsqrtf(block_sum(q, red) / C + eps);
+  float inv = rsqrtf(block_reduce<false>(q, red) / C + eps);
   for (int i = threadIdx.x; i < C; i += blockDim.x) {
     float v = (__half2float(xr[i]) - mu) * inv * __half2float(g[i]);
     yr[i] = __float2half_rn(layer ? v + __half2float(b[i]) : v);

@@ -14,9 +14,24 @@ from pathlib import Path
 import numpy as np
 
 GPU_DIR = Path(__file__).resolve().parent
+COMMON_HEADER = GPU_DIR / "common.cuh"
+
+
+def _header_hash() -> str:
+    import hashlib
+
+    return hashlib.sha256(COMMON_HEADER.read_bytes()).hexdigest()[:16]
+
+
 # Options CuPy passes through NVRTC; the compile gate (gpu/check_kernels.py) uses the
-# same ones so that what compiles in CI is what runs on the card.
-NVRTC_OPTIONS = ("-std=c++17",)
+# same ones so that what compiles in CI is what runs on the card. Every .cu includes
+# gpu/common.cuh through -I; CuPy's kernel cache keys on the source and the options
+# only, so the header's hash rides along as a define: a changed header is a new key.
+NVRTC_OPTIONS = (
+    "-std=c++17",
+    f"-I{GPU_DIR}",
+    f"-DTT_COMMON_CUH_SHA={_header_hash()}",
+)
 
 
 @functools.cache

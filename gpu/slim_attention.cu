@@ -58,41 +58,9 @@
 // Compile report (no GPU): python -m gpu.check_kernels gpu/slim_attention.cu
 
 #include <cooperative_groups.h>
-#include <cuda_fp16.h>
+#include "common.cuh"
 
 namespace cg = cooperative_groups;
-
-#define NEG_INF (-__int_as_float(0x7f800000))
-#define LOG2E 1.4426950408889634f
-
-__device__ __forceinline__ float to_f(float x) { return x; }
-__device__ __forceinline__ float to_f(__half x) { return __half2float(x); }
-__device__ __forceinline__ void from_f(float& y, float x) { y = x; }
-__device__ __forceinline__ void from_f(__half& y, float x) {
-  y = __float2half_rn(x);
-}
-
-__device__ __forceinline__ float warp_sum(float x) {
-  for (int o = 16; o > 0; o >>= 1) x += __shfl_xor_sync(0xffffffffu, x, o);
-  return x;
-}
-__device__ __forceinline__ float warp_max(float x) {
-  for (int o = 16; o > 0; o >>= 1)
-    x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, o));
-  return x;
-}
-
-template <bool MAX>
-__device__ float block_reduce(float x, float* red) {
-  int lane = threadIdx.x % 32, warp = threadIdx.x / 32,
-      nw = (blockDim.x + 31) / 32;
-  x = MAX ? warp_max(x) : warp_sum(x);
-  __syncthreads();
-  if (lane == 0) red[warp] = x;
-  __syncthreads();
-  x = lane < nw ? red[lane] : (MAX ? NEG_INF : 0.0f);
-  return MAX ? warp_max(x) : warp_sum(x);
-}
 
 // --- v1: attend ---
 // grid (H, B), 128 threads. qt (B, H, QL): q (T, QL = D, scores over
@@ -232,58 +200,6 @@ __device__ void xq(const T* q, const T* wkt, TO* qt, int B, int H, int D,
 #define NWF 8   // warps per block
 #define NK 32   // keys per tile
 #define PST 40  // row stride (halves) of the P tile: conflict-free ldmatrix
-
-__device__ __forceinline__ unsigned smem_u32(const void* p) {
-  return (unsigned)__cvta_generic_to_shared(p);
-}
-__device__ __forceinline__ void cp_async16(void* dst, const void* src,
-                                           bool valid) {
-  // src-size 0 fills the 16 bytes with zeros and reads nothing
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(
-                   smem_u32(dst)),
-               "l"(src), "r"(valid ? 16 : 0));
-}
-__device__ __forceinline__ void cp_async_commit() {
-  asm volatile("cp.async.commit_group;\n" ::);
-}
-template <int N>
-__device__ __forceinline__ void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
-}
-__device__ __forceinline__ void ldsm_x4(unsigned* r, const void* p) {
-  asm volatile(
-      "ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-      : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-      : "r"(smem_u32(p)));
-}
-__device__ __forceinline__ void ldsm_x4_t(unsigned* r, const void* p) {
-  asm volatile(
-      "ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-      : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-      : "r"(smem_u32(p)));
-}
-__device__ __forceinline__ void ldsm_x2(unsigned* r, const void* p) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0,%1}, [%2];\n"
-               : "=r"(r[0]), "=r"(r[1])
-               : "r"(smem_u32(p)));
-}
-// c (16x8, f32) += a (16x16, f16, row) . b (16x8, f16, col)
-__device__ __forceinline__ void mma16816(float* c, const unsigned* a,
-                                         const unsigned* b) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, "
-      "{%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
-      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
-}
-
-// Element (row, col) of a row-major tile CS halves wide, its 16-byte chunks
-// XOR-swizzled by row % 8: the 8 rows an ldmatrix reads hit 8 chunk slots.
-template <int CS>
-__device__ __forceinline__ int swz(int row, int col) {
-  return row * CS + ((((col >> 3) ^ row) & 7) | ((col >> 3) & ~7)) * 8 +
-         (col & 7);
-}
 
 // Dynamic shared memory of the cluster kernel, bytes (mirrored by
 // gpu/slim_attention.py::fast_smem_bytes).
@@ -790,13 +706,6 @@ __device__ void attend_v4(const __half* q, const __half* cache, float* acc,
 // so the barrier's latency hides behind the tensor-core work. The P tile and
 // alpha are double-buffered (a fast warp may start tile t+1's softmax while
 // a slow one still reads tile t's P).
-__device__ __forceinline__ void cluster_arrive() {
-  asm volatile("barrier.cluster.arrive.release.aligned;\n" ::: "memory");
-}
-__device__ __forceinline__ void cluster_wait() {
-  asm volatile("barrier.cluster.wait.acquire.aligned;\n" ::: "memory");
-}
-
 template <int MT, int CS>
 constexpr int v6_smem() {
   return 3 * NK4 * CS * 2 + 2 * 16 * MT * PST4 * 2 + 2 * 16 * MT * NK4 * 4 +

@@ -46,16 +46,8 @@
 // Run:  python -m gpu.bench stagformer [--quick]
 // Compile report (no GPU): python -m gpu.check_kernels gpu/stagformer.cu
 
-#include <cuda_fp16.h>
+#include "common.cuh"
 
-__device__ __forceinline__ float to_f(float x) { return x; }
-__device__ __forceinline__ float to_f(__half x) { return __half2float(x); }
-__device__ __forceinline__ void from_f(float& y, float x) { y = x; }
-__device__ __forceinline__ void from_f(__half& y, float x) {
-  y = __float2half_rn(x);
-}
-
-// --- v1 ---
 template <typename T, typename TX>
 __device__ void gemv_v1(const TX* x0, const TX* x1, const T* w0, const T* w1,
                         const float* r0, const float* r1, float* y0,
@@ -79,30 +71,6 @@ __device__ void gemv_v1(const TX* x0, const TX* x1, const T* w0, const T* w1,
 #define NW 8      // warps a block
 #define KC 512    // most K rows a block covers (x tile in shared memory)
 
-template <typename T>
-struct Vec;  // 16 bytes of T
-template <>
-struct Vec<float> {
-  static constexpr int N = 4;
-  __device__ static void load(const float* p, float* o) {
-    float4 v = __ldg(reinterpret_cast<const float4*>(p));
-    o[0] = v.x, o[1] = v.y, o[2] = v.z, o[3] = v.w;
-  }
-};
-template <>
-struct Vec<__half> {
-  static constexpr int N = 8;
-  __device__ static void load(const __half* p, float* o) {
-    uint4 v = __ldg(reinterpret_cast<const uint4*>(p));
-    const __half2* h = reinterpret_cast<const __half2*>(&v);
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      float2 f = __half22float2(h[i]);
-      o[2 * i] = f.x, o[2 * i + 1] = f.y;
-    }
-  }
-};
-
 // grid (column tiles, KB, Z * RT); ws: (Z*RT, tiles, KB, NR, 32 VEC) float
 // partials; cnt: (Z*RT, column tiles) uint32 counters, zero on entry and
 // left zero.
@@ -114,7 +82,6 @@ __device__ void gemv_v2(const TX* x0, const TX* x1, const T* w0, const T* w1,
   constexpr int V = Vec<T>::N, TW = 32 * V;
   __shared__ float xs[NR][KC];
   __shared__ float red[NW][NR][TW];
-  __shared__ bool last;
   int rt_n = (N + NR - 1) / NR, zr = blockIdx.z, z = zr / rt_n;
   int n0 = (zr % rt_n) * NR, kb = blockIdx.y, KB = gridDim.y;
   int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
@@ -141,7 +108,7 @@ __device__ void gemv_v2(const TX* x0, const TX* x1, const T* w0, const T* w1,
       float wv[4][V];
 #pragma unroll
       for (int u = 0; u < 4; ++u)
-        Vec<T>::load(w + (size_t)(k + u * NW) * M + col, wv[u]);
+        unpack<T>(wv[u], load16(w + (size_t)(k + u * NW) * M + col));
 #pragma unroll
       for (int u = 0; u < 4; ++u)
 #pragma unroll
@@ -153,7 +120,7 @@ __device__ void gemv_v2(const TX* x0, const TX* x1, const T* w0, const T* w1,
     }
     for (; k < k1; k += NW) {
       float wv[V];
-      Vec<T>::load(w + (size_t)k * M + col, wv);
+      unpack<T>(wv, load16(w + (size_t)k * M + col));
 #pragma unroll
       for (int r = 0; r < NR; ++r)
 #pragma unroll
@@ -176,16 +143,8 @@ __device__ void gemv_v2(const TX* x0, const TX* x1, const T* w0, const T* w1,
     if (KB > 1) part[i] = s;
   }
   if (KB > 1) {
-    __threadfence();
-    __syncthreads();
-    if (threadIdx.x == 0) {
-      unsigned* c = cnt + (size_t)zr * gridDim.x + blockIdx.x;
-      last = atomicAdd(c, 1u) == (unsigned)(KB - 1);
-      if (last) *c = 0u;  // leave the counter zero for the next launch
-    }
-    __syncthreads();
-    if (!last) return;
-    __threadfence();
+    unsigned* c = cnt + (size_t)zr * gridDim.x + blockIdx.x;
+    if (!last_block_done(c, (unsigned)KB)) return;
   } else {
     __syncthreads();
   }
@@ -209,23 +168,6 @@ __device__ void gemv_v2(const TX* x0, const TX* x1, const T* w0, const T* w1,
 // --- v3 ---
 #define U3 8  // 16-byte loads of W in flight per lane
 
-template <typename T>
-__device__ __forceinline__ void unpack(uint4 v, float* o);
-template <>
-__device__ __forceinline__ void unpack<float>(uint4 v, float* o) {
-  o[0] = __uint_as_float(v.x), o[1] = __uint_as_float(v.y);
-  o[2] = __uint_as_float(v.z), o[3] = __uint_as_float(v.w);
-}
-template <>
-__device__ __forceinline__ void unpack<__half>(uint4 v, float* o) {
-  const __half2* h = reinterpret_cast<const __half2*>(&v);
-#pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    float2 f = __half22float2(h[i]);
-    o[2 * i] = f.x, o[2 * i + 1] = f.y;
-  }
-}
-
 // grid (column tiles, KB, Z * RT), RT = ceil(N / R); ws: (Z*RT, tiles, KB, R,
 // 32 VEC) float partials; cnt: (Z*RT, tiles) counters, zero on entry, left zero.
 template <typename T, typename TX, int R>
@@ -239,7 +181,6 @@ __device__ void gemv_v3(const TX* x0, const TX* x1, const T* w0, const T* w1,
   __shared__ float fin[R][TW];
   __shared__ float sq[R][NW];
   __shared__ float inv[R];
-  __shared__ bool last;
   int rt_n = (N + R - 1) / R, zr = blockIdx.z, z = zr / rt_n;
   int n0 = (zr % rt_n) * R, kb = blockIdx.y, KB = gridDim.y;
   int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
@@ -314,7 +255,7 @@ __device__ void gemv_v3(const TX* x0, const TX* x1, const T* w0, const T* w1,
       int k = kr + u * NW;
       if (k < k1) {  // warp-uniform
         float wv[V];
-        unpack<T>(wr[u], wv);
+        unpack<T>(wv, wr[u]);
 #pragma unroll
         for (int r = 0; r < R; ++r) {
           float xv = xs[r][k - k0];
@@ -341,16 +282,8 @@ __device__ void gemv_v3(const TX* x0, const TX* x1, const T* w0, const T* w1,
     __syncthreads();
   }
   if (KB > 1) {
-    __threadfence();
-    __syncthreads();
-    if (threadIdx.x == 0) {
-      unsigned* c = cnt + (size_t)zr * gridDim.x + blockIdx.x;
-      last = atomicAdd(c, 1u) == (unsigned)(KB - 1);
-      if (last) *c = 0u;  // leave the counter zero for the next launch
-    }
-    __syncthreads();
-    if (!last) return;
-    __threadfence();
+    unsigned* c = cnt + (size_t)zr * gridDim.x + blockIdx.x;
+    if (!last_block_done(c, (unsigned)KB)) return;
   }
   const float* r = z ? r1 : r0;
   float* y = z ? y1 : y0;

@@ -1,0 +1,178 @@
+// gpu/common.cuh — the helpers every kernel file shares (llm.c's common.h).
+// Included by each gpu/<slug>.cu as  #include "common.cuh"  through NVRTC's
+// include path (gpu/runtime.py::NVRTC_OPTIONS adds -I gpu/, and a hash of
+// this file, so that CuPy's kernel cache never serves a binary built from an
+// older header). The compile gate (gpu/check_kernels.py) uses the same options.
+//
+//   conversions   to_f, from_f (float, __half), qnan, NEG_INF, LOG2E
+//   reductions    warp_sum, warp_max, block_reduce<MAX> (all threads get it)
+//   16-byte I/O   Vec<T>::N, load16, unpack, pack, nan16
+//   async copies  smem_u32, cp_async16, cp_async_commit, cp_async_wait<N>
+//   tensor cores  ldsm_x4, ldsm_x4_t, ldsm_x2, mma16816, swz<CS>
+//   clusters      cluster_arrive, cluster_wait (barrier.cluster, sm_90)
+//   grid          last_block_done: the last-block-done counter
+#pragma once
+
+#include <cuda_fp16.h>
+
+#define NEG_INF (-__int_as_float(0x7f800000))
+#define LOG2E 1.4426950408889634f  // exp(x) = exp2(x * LOG2E)
+
+// --- conversions: every kernel computes in float, stores float or __half ---
+__device__ __forceinline__ float to_f(float x) { return x; }
+__device__ __forceinline__ float to_f(__half x) { return __half2float(x); }
+__device__ __forceinline__ void from_f(float& y, float x) { y = x; }
+__device__ __forceinline__ void from_f(__half& y, float x) {
+  y = __float2half_rn(x);
+}
+__device__ __forceinline__ float qnan() { return __int_as_float(0x7fffffff); }
+
+// --- reductions ---
+// Butterfly over the 32 lanes: every lane gets the same sum (or max), in the
+// same order, so results are bitwise repeatable.
+__device__ __forceinline__ float warp_sum(float x) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) x += __shfl_xor_sync(0xffffffffu, x, o);
+  return x;
+}
+__device__ __forceinline__ float warp_max(float x) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1)
+    x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, o));
+  return x;
+}
+
+// Block-wide sum (MAX = false) or max (MAX = true) through shared memory
+// `red` (>= 32 floats); every thread gets it. blockDim.x <= 1024.
+template <bool MAX>
+__device__ float block_reduce(float x, float* red) {
+  int lane = threadIdx.x % 32, warp = threadIdx.x / 32,
+      nw = (blockDim.x + 31) / 32;
+  x = MAX ? warp_max(x) : warp_sum(x);
+  __syncthreads();  // red may still be read by a previous call
+  if (lane == 0) red[warp] = x;
+  __syncthreads();
+  x = lane < nw ? red[lane] : (MAX ? NEG_INF : 0.0f);
+  return MAX ? warp_max(x) : warp_sum(x);
+}
+
+// --- 16-byte vectors: VEC values of T, loaded as raw bits (issued early),
+// converted to float only when used ---
+template <typename T> struct Vec { static constexpr int N = 16 / sizeof(T); };
+
+__device__ __forceinline__ uint4 load16(const void* p) {
+  return __ldg(reinterpret_cast<const uint4*>(p));
+}
+template <typename T>
+__device__ __forceinline__ void unpack(float (&x)[Vec<T>::N], uint4 raw) {
+  if constexpr (sizeof(T) == 2) {  // __half: two at a time
+    const __half2* h = reinterpret_cast<const __half2*>(&raw);
+#pragma unroll
+    for (int i = 0; i < Vec<T>::N / 2; ++i) {
+      float2 f = __half22float2(h[i]);
+      x[2 * i] = f.x, x[2 * i + 1] = f.y;
+    }
+  } else {
+    const T* e = reinterpret_cast<const T*>(&raw);
+#pragma unroll
+    for (int i = 0; i < Vec<T>::N; ++i) x[i] = to_f(e[i]);
+  }
+}
+// Pack back with one rounding per value.
+template <typename T>
+__device__ __forceinline__ uint4 pack(const float (&x)[Vec<T>::N]) {
+  uint4 raw;
+  T* e = reinterpret_cast<T*>(&raw);
+#pragma unroll
+  for (int i = 0; i < Vec<T>::N; ++i) from_f(e[i], x[i]);
+  return raw;
+}
+// 16 bytes of NaN in either storage type (0x7fff halves, 0x7fffffff floats).
+__device__ __forceinline__ uint4 nan16() {
+  return make_uint4(0x7fffffffu, 0x7fffffffu, 0x7fffffffu, 0x7fffffffu);
+}
+
+// --- asynchronous copies (cp.async, sm_80+) ---
+__device__ __forceinline__ unsigned smem_u32(const void* p) {
+  return static_cast<unsigned>(__cvta_generic_to_shared(p));
+}
+// 16 bytes global -> shared; valid == false reads nothing and writes zeros
+// (src-size 0), so a tile past the end of the data is zero-filled.
+__device__ __forceinline__ void cp_async16(void* dst, const void* src,
+                                           bool valid) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(
+                   smem_u32(dst)),
+               "l"(src), "r"(valid ? 16 : 0));
+}
+__device__ __forceinline__ void cp_async_commit() {
+  asm volatile("cp.async.commit_group;\n" ::);
+}
+// Wait until at most N committed groups are still in flight.
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+
+// --- tensor cores (mma.sync m16n8k16, fp16 in, fp32 accumulate) ---
+__device__ __forceinline__ void ldsm_x4(unsigned* r, const void* p) {
+  asm volatile(
+      "ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+      : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+      : "r"(smem_u32(p)));
+}
+__device__ __forceinline__ void ldsm_x4_t(unsigned* r, const void* p) {
+  asm volatile(
+      "ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+      : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+      : "r"(smem_u32(p)));
+}
+__device__ __forceinline__ void ldsm_x2(unsigned* r, const void* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0,%1}, [%2];\n"
+               : "=r"(r[0]), "=r"(r[1])
+               : "r"(smem_u32(p)));
+}
+// c (16x8, f32) += a (16x16, f16, row) . b (16x8, f16, col)
+__device__ __forceinline__ void mma16816(float* c, const unsigned* a,
+                                         const unsigned* b) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, "
+      "{%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+// Element (row, col) of a row-major tile CS halves wide, its 16-byte chunks
+// XOR-swizzled by row % 8: the 8 rows an ldmatrix reads hit 8 chunk slots.
+template <int CS>
+__device__ __forceinline__ int swz(int row, int col) {
+  return row * CS + ((((col >> 3) ^ row) & 7) | ((col >> 3) & ~7)) * 8 +
+         (col & 7);
+}
+
+// --- thread-block clusters (sm_90): the two halves of cluster.sync(), so
+// independent work can run between them ---
+__device__ __forceinline__ void cluster_arrive() {
+  asm volatile("barrier.cluster.arrive.release.aligned;\n" ::: "memory");
+}
+__device__ __forceinline__ void cluster_wait() {
+  asm volatile("barrier.cluster.wait.acquire.aligned;\n" ::: "memory");
+}
+
+// --- the last-block-done counter ---
+// Each of the n blocks of a group calls this (all its threads) after writing
+// its partial result. It returns true, in every thread, in the one block that
+// arrived last: that block then sees every partial (fences on both sides) and
+// finishes the group. The counter is zero on entry and is left zero for the
+// next launch (reset by the last block, once all n have arrived).
+__device__ __forceinline__ bool last_block_done(unsigned* counter,
+                                                unsigned n) {
+  __shared__ bool last;
+  __threadfence();  // this block's partial is visible before its ticket
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    last = atomicAdd(counter, 1u) == n - 1;
+    if (last) *counter = 0u;
+  }
+  __syncthreads();
+  if (last) __threadfence();  // ...and the others' before we read them
+  return last;
+}

@@ -75,9 +75,10 @@ def split_plan(
     """(n_split, chunk) for v3-v9: one wave of PER_SM blocks per SM (at least one
     chunk), none shorter than MIN_CHUNK keys.
 
-    Chosen from the n_split sweep on the H100 (gpu/NOTES.md, results/attention_split):
-    v7 is flat from 2 to 8 blocks per SM and loses beyond. (Two blocks per SM, rounded
-    up, won at B = 1, S = 4K and lost at S >= 16K: results/attention_v7_plan_trial.)
+    Chosen from the n_split sweep on the H100 (gpu/NOTES_attention.md,
+    results/attention_split): v7 is flat from 2 to 8 blocks per SM and loses beyond.
+    (Two blocks per SM, rounded up, won at B = 1, S = 4K and lost at S >= 16K:
+    results/attention_v7_plan_trial.)
     The last chunk may be shorter; none is empty (n_split = ceil(S / chunk)).
     """
     if n_split is None:

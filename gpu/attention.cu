@@ -345,6 +345,87 @@ __device__ __forceinline__ float pair_sum(const float* p) {
   else return pair_sum<N / 2>(p) + pair_sum<N - N / 2>(p + N / 2);
 }
 
+// The stages v6 and v8 share; each version writes only how its tiles arrive.
+// The query row of (b, h) in this lane's VEC columns, scaled by 1/sqrt(D) (0
+// in idle lanes), and a zeroed accumulator.
+template <typename T, int D>
+__device__ __forceinline__ void load_q_scaled(const T* qrow, bool active,
+                                              float (&qr)[Vec<T>::N],
+                                              float (&acc)[Vec<T>::N]) {
+  float scale = rsqrtf((float)D);
+  if (active) unpack<T>(qr, load16(qrow));
+#pragma unroll
+  for (int i = 0; i < Vec<T>::N; ++i) {
+    qr[i] = active ? qr[i] * scale : 0.0f;
+    acc[i] = 0.0f;
+  }
+}
+
+// One tile: U rows per lane group (row base + u * NG + grp), sc[u] this
+// lane's part of each score. Sums the scores over the group's LG lanes, then
+// updates the online softmax once for the tile (one max, one rescale):
+// m_new = max(m, max_u sc), acc = acc * e^(m - m_new) + sum_u p_u V_u,
+// l likewise. vrow(u) returns the 16 raw bytes of this lane's part of V_u.
+template <typename T, int LG, int U, int NG, typename VRow>
+__device__ __forceinline__ void tile_softmax_pv(float (&sc)[U], int base,
+                                                int grp, int s1, bool active,
+                                                float& m, float& l,
+                                                float (&acc)[Vec<T>::N],
+                                                VRow vrow) {
+  constexpr int VEC = Vec<T>::N;
+  float mt = NEG_INF;
+#pragma unroll
+  for (int o = LG / 2; o > 0; o >>= 1)
+#pragma unroll
+    for (int u = 0; u < U; ++u)
+      sc[u] += __shfl_xor_sync(0xffffffffu, sc[u], o);
+#pragma unroll
+  for (int u = 0; u < U; ++u)
+    if (base + u * NG + grp < s1) mt = fmaxf(mt, sc[u]);
+  // this group has rows in the tile (uniform in the group)
+  if (mt != NEG_INF) {
+    float m_new = fmaxf(m, mt), alpha = expf(m - m_new), p[U];
+#pragma unroll
+    for (int u = 0; u < U; ++u)
+      p[u] = base + u * NG + grp < s1 ? expf(sc[u] - m_new) : 0.0f;
+#pragma unroll
+    for (int i = 0; i < VEC; ++i) acc[i] *= alpha;
+    if (active) {
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        float vr[VEC];
+        unpack<T>(vr, vrow(u));
+#pragma unroll
+        for (int i = 0; i < VEC; ++i) acc[i] += p[u] * vr[i];
+      }
+    }
+    if constexpr (U == 4) l = l * alpha + (p[0] + p[1]) + (p[2] + p[3]);
+    else l = l * alpha + pair_sum<U>(p);
+    m = m_new;
+  }
+}
+
+// Merge the block's NG lane groups into its partial number bh * n + sp (as
+// v4), then, when FUSED, the fused combine (v7, v8).
+template <typename T, int D, int NG, bool FUSED>
+__device__ __forceinline__ void finish_block(float m, float l,
+                                             const float (&acc)[Vec<T>::N],
+                                             int sub, int grp, bool active,
+                                             float* part_acc, float* part_ml,
+                                             unsigned int* counters,
+                                             int bhi, int n, int sp, T* out) {
+  __shared__ float gm[NG], gl[NG], gacc[NG][D];
+  if (sub == 0) { gm[grp] = m; gl[grp] = l; }
+  if (active) {
+#pragma unroll
+    for (int i = 0; i < Vec<T>::N; ++i) gacc[grp][sub * Vec<T>::N + i] = acc[i];
+  }
+  __syncthreads();
+  size_t bh = bhi;
+  write_partial<D, NG>(gm, gl, gacc, part_acc, part_ml, bh * n + sp);
+  if (FUSED) combine_if_last<T>(part_acc, part_ml, out, counters, bh, n, D);
+}
+
 template <typename T, int D, bool FUSED, int U = 4, int NW = NW4>
 __device__ void decode_v6(const T* q, const T* k, const T* v, T* out,
                           float* part_acc, float* part_ml,
@@ -354,7 +435,6 @@ __device__ void decode_v6(const T* q, const T* k, const T* v, T* out,
   constexpr int LG = NV <= 4 ? 4 : NV <= 8 ? 8 : NV <= 16 ? 16 : 32;
   constexpr int GPW = 32 / LG, NG = NW * GPW;
   static_assert(D % VEC == 0 && NV <= 32, "unsupported head dim");
-  __shared__ float gm[NG], gl[NG], gacc[NG][D];
   int h = blockIdx.x, sp = blockIdx.y, b = blockIdx.z, g = h / (H / G),
       n = gridDim.y;
   int sub = threadIdx.x % LG, grp = threadIdx.x / LG;
@@ -362,13 +442,8 @@ __device__ void decode_v6(const T* q, const T* k, const T* v, T* out,
   int s0 = sp * chunk, s1 = min(S, s0 + chunk);
   const T* kg = k + ((size_t)b * G + g) * S * D + sub * VEC;
   const T* vg = v + ((size_t)b * G + g) * S * D + sub * VEC;
-  float qr[VEC], acc[VEC], m = NEG_INF, l = 0.0f, scale = rsqrtf((float)D);
-  if (active) unpack<T>(qr, load16(q + ((size_t)b * H + h) * D + sub * VEC));
-#pragma unroll
-  for (int i = 0; i < VEC; ++i) {
-    qr[i] = active ? qr[i] * scale : 0.0f;
-    acc[i] = 0.0f;
-  }
+  float qr[VEC], acc[VEC], m = NEG_INF, l = 0.0f;
+  load_q_scaled<T, D>(q + ((size_t)b * H + h) * D + sub * VEC, active, qr, acc);
   uint4 kc[U], vc[U], kn[U], vn[U];
 #pragma unroll
   for (int u = 0; u < U; ++u) {  // first tile
@@ -391,7 +466,7 @@ __device__ void decode_v6(const T* q, const T* k, const T* v, T* out,
         vn[u] = load16(vg + (size_t)j * D);
       }
     }
-    float sc[U], mt = NEG_INF;
+    float sc[U];
 #pragma unroll
     for (int u = 0; u < U; ++u) {
       float kr[VEC];
@@ -402,48 +477,14 @@ __device__ void decode_v6(const T* q, const T* k, const T* v, T* out,
         for (int i = 0; i < VEC; ++i) sc[u] += qr[i] * kr[i];
       }
     }
-#pragma unroll
-    for (int o = LG / 2; o > 0; o >>= 1)
-#pragma unroll
-      for (int u = 0; u < U; ++u)
-        sc[u] += __shfl_xor_sync(0xffffffffu, sc[u], o);
-#pragma unroll
-    for (int u = 0; u < U; ++u)
-      if (base + u * NG + grp < s1) mt = fmaxf(mt, sc[u]);
-    // this group has rows in the tile (uniform in the group)
-    if (mt != NEG_INF) {
-      float m_new = fmaxf(m, mt), alpha = expf(m - m_new), p[U];
-#pragma unroll
-      for (int u = 0; u < U; ++u)
-        p[u] = base + u * NG + grp < s1 ? expf(sc[u] - m_new) : 0.0f;
-#pragma unroll
-      for (int i = 0; i < VEC; ++i) acc[i] *= alpha;
-      if (active) {
-#pragma unroll
-        for (int u = 0; u < U; ++u) {
-          float vr[VEC];
-          unpack<T>(vr, vc[u]);
-#pragma unroll
-          for (int i = 0; i < VEC; ++i) acc[i] += p[u] * vr[i];
-        }
-      }
-      if constexpr (U == 4) l = l * alpha + (p[0] + p[1]) + (p[2] + p[3]);
-      else l = l * alpha + pair_sum<U>(p);
-      m = m_new;
-    }
+    tile_softmax_pv<T, LG, U, NG>(sc, base, grp, s1, active, m, l, acc,
+                                  [&](int u) { return vc[u]; });
 #pragma unroll
     for (int u = 0; u < U; ++u) { kc[u] = kn[u]; vc[u] = vn[u]; }
   }
-  // merge the groups of this block (as v4), then the fused combine (v7)
-  if (sub == 0) { gm[grp] = m; gl[grp] = l; }
-  if (active) {
-#pragma unroll
-    for (int i = 0; i < VEC; ++i) gacc[grp][sub * VEC + i] = acc[i];
-  }
-  __syncthreads();
-  size_t bh = (size_t)b * H + h;
-  write_partial<D, NG>(gm, gl, gacc, part_acc, part_ml, bh * n + sp);
-  if (FUSED) combine_if_last<T>(part_acc, part_ml, out, counters, bh, n, D);
+  finish_block<T, D, NG, FUSED>(m, l, acc, sub, grp, active, part_acc,
+                                part_ml, counters, b * H + h, n, sp,
+                                out);
 }
 
 // --- v8 ---
@@ -464,7 +505,6 @@ __device__ void decode_v8(const T* q, const T* k, const T* v, T* out,
   constexpr int GPW = 32 / LG, NG = NW4 * GPW, TR = NG * U;
   static_assert(D % VEC == 0 && NV <= 32, "unsupported head dim");
   extern __shared__ uint4 ring[];  // [ST8][2 (K, V)][TR][NV]
-  __shared__ float gm[NG], gl[NG], gacc[NG][D];
   int h = blockIdx.x, sp = blockIdx.y, b = blockIdx.z, g = h / (H / G),
       n = gridDim.y;
   int sub = threadIdx.x % LG, grp = threadIdx.x / LG;
@@ -488,13 +528,8 @@ __device__ void decode_v8(const T* q, const T* k, const T* v, T* out,
     if (t < ntiles) issue(t, t);
     else cp_async_commit();  // empty group: the wait count stays uniform
   }
-  float qr[VEC], acc[VEC], m = NEG_INF, l = 0.0f, scale = rsqrtf((float)D);
-  if (active) unpack<T>(qr, load16(q + ((size_t)b * H + h) * D + sub * VEC));
-#pragma unroll
-  for (int i = 0; i < VEC; ++i) {
-    qr[i] = active ? qr[i] * scale : 0.0f;
-    acc[i] = 0.0f;
-  }
+  float qr[VEC], acc[VEC], m = NEG_INF, l = 0.0f;
+  load_q_scaled<T, D>(q + ((size_t)b * H + h) * D + sub * VEC, active, qr, acc);
   for (int t = 0; t < ntiles; ++t) {
     cp_async_wait<ST8 - 2>();  // tile t has landed (this thread's copies)
     __syncthreads();  // ... everyone's; and stage (t-1) % ST8 is free again
@@ -503,7 +538,7 @@ __device__ void decode_v8(const T* q, const T* k, const T* v, T* out,
     const uint4* kt = ring + (t % ST8) * 2 * TR * NV;
     const uint4* vt = kt + TR * NV;
     int base = s0 + t * TR;
-    float sc[U], mt = NEG_INF;
+    float sc[U];
 #pragma unroll
     for (int u = 0; u < U; ++u) {
       float kr[VEC];
@@ -512,44 +547,14 @@ __device__ void decode_v8(const T* q, const T* k, const T* v, T* out,
 #pragma unroll
       for (int i = 0; i < VEC; ++i) sc[u] += qr[i] * kr[i];
     }
-#pragma unroll
-    for (int o = LG / 2; o > 0; o >>= 1)
-#pragma unroll
-      for (int u = 0; u < U; ++u)
-        sc[u] += __shfl_xor_sync(0xffffffffu, sc[u], o);
-#pragma unroll
-    for (int u = 0; u < U; ++u)
-      if (base + u * NG + grp < s1) mt = fmaxf(mt, sc[u]);
-    if (mt != NEG_INF) {
-      float m_new = fmaxf(m, mt), alpha = expf(m - m_new), p[U];
-#pragma unroll
-      for (int u = 0; u < U; ++u)
-        p[u] = base + u * NG + grp < s1 ? expf(sc[u] - m_new) : 0.0f;
-#pragma unroll
-      for (int i = 0; i < VEC; ++i) acc[i] *= alpha;
-      if (active) {
-#pragma unroll
-        for (int u = 0; u < U; ++u) {
-          float vr[VEC];
-          unpack<T>(vr, vt[(u * NG + grp) * NV + sub]);
-#pragma unroll
-          for (int i = 0; i < VEC; ++i) acc[i] += p[u] * vr[i];
-        }
-      }
-      l = l * alpha + (p[0] + p[1]) + (p[2] + p[3]);
-      m = m_new;
-    }
+    tile_softmax_pv<T, LG, U, NG>(
+        sc, base, grp, s1, active, m, l, acc,
+        [&](int u) { return vt[(u * NG + grp) * NV + sub]; });
   }
   cp_async_wait<0>();
-  if (sub == 0) { gm[grp] = m; gl[grp] = l; }
-  if (active) {
-#pragma unroll
-    for (int i = 0; i < VEC; ++i) gacc[grp][sub * VEC + i] = acc[i];
-  }
-  __syncthreads();
-  size_t bh = (size_t)b * H + h;
-  write_partial<D, NG>(gm, gl, gacc, part_acc, part_ml, bh * n + sp);
-  combine_if_last<T>(part_acc, part_ml, out, counters, bh, n, D);
+  finish_block<T, D, NG, true>(m, l, acc, sub, grp, active, part_acc,
+                               part_ml, counters, b * H + h, n, sp,
+                               out);
 }
 
 // --- entry points ---

@@ -209,6 +209,44 @@ constexpr int fast_smem() {
          16 * MT * PST * 2 + 2 * 16 * MT * NK * 4 + 16 * MT * 4;
 }
 
+// The block's partial of split `split`: (m, l) of every head from rank 0,
+// u[h] (unnormalised) over this block's columns from every block.
+template <int MT, int NT, int RPW, int NW>
+__device__ __forceinline__ void write_split(const float (&acc_r)[MT][NT][4],
+                                            const float (&m_r)[RPW],
+                                            const float (&l_r)[RPW],
+                                            float* acc, float* ml, int b,
+                                            int n, int split, int H, int C,
+                                            int col0, int rank, int warp,
+                                            int lane) {
+  if (rank == 0) {
+#pragma unroll
+    for (int i = 0; i < RPW; ++i) {
+      int r = warp + NW * i;
+      if (r < H && lane == 0) {
+        float* o = ml + (((size_t)b * n + split) * H + r) * 2;
+        o[0] = m_r[i];
+        o[1] = l_r[i];
+      }
+    }
+  }
+  float* ab = acc + ((size_t)b * n + split) * H * C + col0 + warp * NT * 8;
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt) {
+    int r = 16 * mt + lane / 4;
+#pragma unroll
+    for (int c = 0; c < NT; ++c) {
+      int k = c * 8 + 2 * (lane % 4);
+      if (r < H)
+        *(float2*)(ab + (size_t)r * C + k) =
+            make_float2(acc_r[mt][c][0], acc_r[mt][c][1]);
+      if (r + 8 < H)
+        *(float2*)(ab + (size_t)(r + 8) * C + k) =
+            make_float2(acc_r[mt][c][2], acc_r[mt][c][3]);
+    }
+  }
+}
+
 // q:   K-only: (B, H, D) fp16 query; X cache: q~ (B, H, C) fp16.
 // cache (B, SA, C) fp16, the first S rows attended. acc (B, n, H, C),
 // ml (B, n, H, 2) float32, m in log2 units.
@@ -386,32 +424,8 @@ __device__ void attend_fast(const __half* q, const __half* cache, float* acc,
   }
 
   // Partials of this split: (m, l) once per cluster, u on this slice.
-  if (rank == 0) {
-#pragma unroll
-    for (int i = 0; i < M / 8; ++i) {
-      int r = warp + 8 * i;
-      if (r < H && lane == 0) {
-        float* o = ml + (((size_t)b * n + split) * H + r) * 2;
-        o[0] = m_r[i];
-        o[1] = l_r[i];
-      }
-    }
-  }
-  float* ab = acc + ((size_t)b * n + split) * H * C + col0 + warp * NT * 8;
-#pragma unroll
-  for (int mt = 0; mt < MT; ++mt) {
-    int r = 16 * mt + lane / 4;
-#pragma unroll
-    for (int c = 0; c < NT; ++c) {
-      int k = c * 8 + 2 * (lane % 4);
-      if (r < H)
-        *(float2*)(ab + (size_t)r * C + k) =
-            make_float2(acc_r[mt][c][0], acc_r[mt][c][1]);
-      if (r + 8 < H)
-        *(float2*)(ab + (size_t)(r + 8) * C + k) =
-            make_float2(acc_r[mt][c][2], acc_r[mt][c][3]);
-    }
-  }
+  write_split<MT, NT, M / 8, NWF>(acc_r, m_r, l_r, acc, ml, b, n, split, H,
+                                  C, col0, rank, warp, lane);
   cluster.sync();  // no block leaves while another may read its scores
 }
 
@@ -428,6 +442,134 @@ template <int MT, int CS, bool XC, int ST>
 constexpr int v4_smem() {
   return ST * NK4 * CS * 2 + (XC ? 16 * MT * CS * 2 : 0) +
          16 * MT * PST4 * 2 + 2 * 16 * MT * NK4 * 4 + 16 * MT * 4;
+}
+
+// The stages v4/v5 and v6 share; each version writes only how it orders
+// them around the cluster barrier.
+//
+// Tile t's rows (keys s0 + t NK4 ...) of this block's CS columns into the
+// swizzled stage dst, zero-filled past s1. CS threads, CH = CS / 8 per row:
+// a pass covers 8 rows, each thread the same chunk ch0 of rows r0 + 8 k, so
+// its swizzled slot dst0 is fixed (v5).
+template <int CS>
+__device__ __forceinline__ void load_tile_rows(__half* dst, const __half* kb,
+                                               int j0, int s1, int C,
+                                               int dst0, int ch0) {
+  const __half* src = kb + (size_t)j0 * C + ch0 * 8;
+#pragma unroll
+  for (int k = 0; k < NK4 / 8; ++k) {
+    bool ok = j0 + 8 * k < s1;
+    cp_async16(dst + dst0 + 8 * k * CS, ok ? src + (size_t)8 * k * C : kb,
+               ok);
+  }
+}
+
+// K-only scores of this block's own heads (hb = CS / D of them) for one tile,
+// on tensor cores: S^T = tile . Q_bd. Warp (mt, hl): keys 16 mt.., head hl's
+// D / 16 k-steps. B = the block-diagonal q: column n = hl holds q[hl], the
+// others are zero, so the accumulator's column hl is the whole score.
+template <int CS, int NW>
+__device__ __forceinline__ void own_head_scores(const __half* kt_s,
+                                                float* sbt, const __half* q,
+                                                int b, int H, int D, int hb,
+                                                int rank, int warp,
+                                                int lane) {
+  const int mi = lane >> 3;
+  for (int pr = warp; pr < (NK4 / 16) * hb; pr += NW) {
+    const int mt = pr % (NK4 / 16), hl = pr / (NK4 / 16);
+    const int hh = rank * hb + hl;
+    const __half* qh = q + ((size_t)b * H + hh) * D;
+    const bool mine = lane / 4 == hl;  // B's column n = lane / 4
+    float c4[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    for (int ks = 0; ks < D / 16; ++ks) {
+      unsigned a[4], bf[2];
+      ldsm_x4(a, kt_s + swz<CS>(16 * mt + (mi & 1) * 8 + (lane & 7),
+                                hl * D + ks * 16 + (mi >> 1) * 8));
+      const int k = ks * 16 + (lane % 4) * 2;
+      bf[0] = mine ? *(const unsigned*)(qh + k) : 0u;
+      bf[1] = mine ? *(const unsigned*)(qh + k + 8) : 0u;
+      mma16816(c4, a, bf);
+    }
+    // c4: rows = keys 16 mt + lane / 4 (+ 8), columns (lane % 4) * 2 + e
+    if ((lane % 4) == hl / 2) {
+      const bool odd = hl % 2;
+      const int key = 16 * mt + lane / 4;
+      sbt[hh * NK4 + key] = odd ? c4[1] : c4[0];
+      sbt[hh * NK4 + key + 8] = odd ? c4[3] : c4[2];
+    }
+  }
+}
+
+// Online softmax of one tile for the rows this warp owns (w + NW i); lane
+// owns keys lane and lane + 32 (j = the key of lane). sv: the rows' raw
+// scores. Writes P (fp16) into pst and the rescale alpha into alt; rows in
+// [H, M) get P = 0 and alpha = 1 (padding of the m16 tiles).
+template <int RPW, int NW, int M>
+__device__ __forceinline__ void softmax_tile(const float (&sv)[RPW][2],
+                                             int j, int s1, float qscale,
+                                             int H, int warp, int lane,
+                                             float (&m_r)[RPW],
+                                             float (&l_r)[RPW], __half* pst,
+                                             float* alt) {
+#pragma unroll
+  for (int i = 0; i < RPW; ++i) {
+    const int r = warp + NW * i;
+    if (r >= M) continue;
+    if (r >= H) {
+      pst[r * PST4 + lane] = pst[r * PST4 + lane + 32] = __float2half_rn(0.0f);
+      if (lane == 0) alt[r] = 1.0f;
+      continue;
+    }
+    float x0 = j < s1 ? sv[i][0] * qscale : NEG_INF;
+    float x1 = j + 32 < s1 ? sv[i][1] * qscale : NEG_INF;
+    float mnew = fmaxf(m_r[i], warp_max(fmaxf(x0, x1)));
+    float p0 = exp2f(x0 - mnew), p1 = exp2f(x1 - mnew);
+    float a = exp2f(m_r[i] - mnew);
+    l_r[i] = l_r[i] * a + warp_sum(p0 + p1);
+    m_r[i] = mnew;
+    pst[r * PST4 + lane] = __float2half_rn(p0);
+    pst[r * PST4 + lane + 32] = __float2half_rn(p1);
+    if (lane == 0) alt[r] = a;
+  }
+}
+
+// acc = alpha * acc + P (M x NK4) . tile (NK4 x this warp's 32 columns), on
+// tensor cores (fp16 P, fp32 accumulators).
+template <int MT, int NT, int CS>
+__device__ __forceinline__ void pk_accumulate(float (&acc_r)[MT][NT][4],
+                                              const float* alt,
+                                              const __half* pst,
+                                              const __half* kt_s, int warp,
+                                              int lane) {
+  const int cw = warp * NT * 8, mi = lane >> 3;
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt) {
+    float a0 = alt[16 * mt + lane / 4], a1 = alt[16 * mt + lane / 4 + 8];
+#pragma unroll
+    for (int c = 0; c < NT; ++c) {
+      acc_r[mt][c][0] *= a0, acc_r[mt][c][1] *= a0;
+      acc_r[mt][c][2] *= a1, acc_r[mt][c][3] *= a1;
+    }
+  }
+#pragma unroll
+  for (int kk = 0; kk < NK4 / 16; ++kk) {
+    unsigned a[MT][4];
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt)
+      ldsm_x4(a[mt], pst + (16 * mt + (mi & 1) * 8 + (lane & 7)) * PST4 +
+                         kk * 16 + (mi >> 1) * 8);
+#pragma unroll
+    for (int np = 0; np < NT / 2; ++np) {
+      unsigned bf[4];
+      ldsm_x4_t(bf, kt_s + swz<CS>(kk * 16 + (mi & 1) * 8 + (lane & 7),
+                                   cw + np * 16 + (mi >> 1) * 8));
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt) {
+        mma16816(acc_r[mt][2 * np], a[mt], bf);
+        mma16816(acc_r[mt][2 * np + 1], a[mt], bf + 2);
+      }
+    }
+  }
 }
 
 template <int MT, int CS, bool XC, int ST, bool V5>
@@ -472,14 +614,7 @@ __device__ void attend_v4(const __half* q, const __half* cache, float* acc,
   auto load_tile = [&](int t, int st) {
     __half* dst = kt + st * NK4 * CS;
     if (V5) {
-      const int j0 = s0 + t * NK4 + r0;
-      const __half* src = kb + (size_t)j0 * C + ch0 * 8;
-#pragma unroll
-      for (int k = 0; k < NK4 / 8; ++k) {
-        bool ok = j0 + 8 * k < s1;
-        cp_async16(dst + dst0 + 8 * k * CS, ok ? src + (size_t)8 * k * C : kb,
-                   ok);
-      }
+      load_tile_rows<CS>(dst, kb, s0 + t * NK4 + r0, s1, C, dst0, ch0);
       return;
     }
     for (int i = tid; i < NK4 * CH; i += NW * 32) {
@@ -542,33 +677,8 @@ __device__ void attend_v4(const __half* q, const __half* cache, float* acc,
         *(float2*)(sbt + r * NK4 + k) = make_float2(c4[0], c4[1]);
         *(float2*)(sbt + (r + 8) * NK4 + k) = make_float2(c4[2], c4[3]);
       }
-    } else if (V5) {  // own heads only, tensor cores: S^T = tile . Q_bd
-      // Warp (mt, hl): keys 16 mt.., head hl's D / 16 k-steps. B = the
-      // block-diagonal q: column n = hl holds q[hl], the others are zero,
-      // so the accumulator's column hl is the whole score.
-      for (int pr = warp; pr < (NK4 / 16) * hb; pr += NW) {
-        const int mt = pr % (NK4 / 16), hl = pr / (NK4 / 16);
-        const int hh = rank * hb + hl, mi = lane >> 3;
-        const __half* qh = q + ((size_t)b * H + hh) * D;
-        const bool mine = lane / 4 == hl;  // B's column n = lane / 4
-        float c4[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-        for (int ks = 0; ks < D / 16; ++ks) {
-          unsigned a[4], bf[2];
-          ldsm_x4(a, kt_s + swz<CS>(16 * mt + (mi & 1) * 8 + (lane & 7),
-                                    hl * D + ks * 16 + (mi >> 1) * 8));
-          const int k = ks * 16 + (lane % 4) * 2;
-          bf[0] = mine ? *(const unsigned*)(qh + k) : 0u;
-          bf[1] = mine ? *(const unsigned*)(qh + k + 8) : 0u;
-          mma16816(c4, a, bf);
-        }
-        // c4: rows = keys 16 mt + lane / 4 (+ 8), columns (lane % 4) * 2 + e
-        if ((lane % 4) == hl / 2) {
-          const bool odd = hl % 2;
-          const int key = 16 * mt + lane / 4;
-          sbt[hh * NK4 + key] = odd ? c4[1] : c4[0];
-          sbt[hh * NK4 + key + 8] = odd ? c4[3] : c4[2];
-        }
-      }
+    } else if (V5) {  // own heads only, tensor cores
+      own_head_scores<CS, NW>(kt_s, sbt, q, b, H, D, hb, rank, warp, lane);
     } else {  // own heads only: warp per (head, key), lanes split D
       for (int pr = warp; pr < hb * NK4; pr += NW) {
         const int hl = pr / NK4, key = pr % NK4, hh = rank * hb + hl;
@@ -611,90 +721,17 @@ __device__ void attend_v4(const __half* q, const __half* cache, float* acc,
           }
         }
       }
-      const int j = s0 + t * NK4 + lane;
-#pragma unroll
-      for (int i = 0; i < RPW; ++i) {
-        const int r = warp + NW * i;
-        if (r >= M) continue;
-        if (r >= H) {
-          ps[r * PST4 + lane] = ps[r * PST4 + lane + 32] =
-              __float2half_rn(0.0f);
-          if (lane == 0) alpha[r] = 1.0f;
-          continue;
-        }
-        float x0 = j < s1 ? sv[i][0] * qscale : NEG_INF;
-        float x1 = j + 32 < s1 ? sv[i][1] * qscale : NEG_INF;
-        float mnew = fmaxf(m_r[i], warp_max(fmaxf(x0, x1)));
-        float p0 = exp2f(x0 - mnew), p1 = exp2f(x1 - mnew);
-        float a = exp2f(m_r[i] - mnew);
-        l_r[i] = l_r[i] * a + warp_sum(p0 + p1);
-        m_r[i] = mnew;
-        ps[r * PST4 + lane] = __float2half_rn(p0);
-        ps[r * PST4 + lane + 32] = __float2half_rn(p1);
-        if (lane == 0) alpha[r] = a;
-      }
+      softmax_tile<RPW, NW, M>(sv, s0 + t * NK4 + lane, s1, qscale, H, warp,
+                               lane, m_r, l_r, ps, alpha);
     }
     __syncthreads();
 
     // 3. acc = alpha * acc + P (M x NK4) . tile (NK4 x 32 columns).
-    const int cw = warp * NT * 8;
-#pragma unroll
-    for (int mt = 0; mt < MT; ++mt) {
-      float a0 = alpha[16 * mt + lane / 4], a1 = alpha[16 * mt + lane / 4 + 8];
-#pragma unroll
-      for (int c = 0; c < NT; ++c) {
-        acc_r[mt][c][0] *= a0, acc_r[mt][c][1] *= a0;
-        acc_r[mt][c][2] *= a1, acc_r[mt][c][3] *= a1;
-      }
-    }
-    const int mi = lane >> 3;
-#pragma unroll
-    for (int kk = 0; kk < NK4 / 16; ++kk) {
-      unsigned a[MT][4];
-#pragma unroll
-      for (int mt = 0; mt < MT; ++mt)
-        ldsm_x4(a[mt], ps + (16 * mt + (mi & 1) * 8 + (lane & 7)) * PST4 +
-                           kk * 16 + (mi >> 1) * 8);
-#pragma unroll
-      for (int np = 0; np < NT / 2; ++np) {
-        unsigned bf[4];
-        ldsm_x4_t(bf, kt_s + swz<CS>(kk * 16 + (mi & 1) * 8 + (lane & 7),
-                                     cw + np * 16 + (mi >> 1) * 8));
-#pragma unroll
-        for (int mt = 0; mt < MT; ++mt) {
-          mma16816(acc_r[mt][2 * np], a[mt], bf);
-          mma16816(acc_r[mt][2 * np + 1], a[mt], bf + 2);
-        }
-      }
-    }
+    pk_accumulate<MT, NT, CS>(acc_r, alpha, ps, kt_s, warp, lane);
   }
 
-  if (rank == 0) {
-#pragma unroll
-    for (int i = 0; i < RPW; ++i) {
-      int r = warp + NW * i;
-      if (r < H && lane == 0) {
-        float* o = ml + (((size_t)b * n + split) * H + r) * 2;
-        o[0] = m_r[i];
-        o[1] = l_r[i];
-      }
-    }
-  }
-  float* ab = acc + ((size_t)b * n + split) * H * C + col0 + warp * NT * 8;
-#pragma unroll
-  for (int mt = 0; mt < MT; ++mt) {
-    int r = 16 * mt + lane / 4;
-#pragma unroll
-    for (int c = 0; c < NT; ++c) {
-      int k = c * 8 + 2 * (lane % 4);
-      if (r < H)
-        *(float2*)(ab + (size_t)r * C + k) =
-            make_float2(acc_r[mt][c][0], acc_r[mt][c][1]);
-      if (r + 8 < H)
-        *(float2*)(ab + (size_t)(r + 8) * C + k) =
-            make_float2(acc_r[mt][c][2], acc_r[mt][c][3]);
-    }
-  }
+  write_split<MT, NT, RPW, NW>(acc_r, m_r, l_r, acc, ml, b, n, split, H, C,
+                               col0, rank, warp, lane);
   cluster.sync();
 }
 
@@ -739,41 +776,12 @@ __device__ void attend_v6(const __half* q, const __half* cache, float* acc,
   const int r0 = tid / CH, ch0 = tid % CH;
   const int dst0 = r0 * CS + ((ch0 ^ r0) & 7 | (ch0 & ~7)) * 8;
   auto load_tile = [&](int t) {
-    __half* dst = kt + (t % ST) * NK4 * CS;
-    const int j0 = s0 + t * NK4 + r0;
-    const __half* src = kb + (size_t)j0 * C + ch0 * 8;
-#pragma unroll
-    for (int k = 0; k < NK4 / 8; ++k) {
-      bool ok = j0 + 8 * k < s1;
-      cp_async16(dst + dst0 + 8 * k * CS, ok ? src + (size_t)8 * k * C : kb,
-                 ok);
-    }
+    load_tile_rows<CS>(kt + (t % ST) * NK4 * CS, kb, s0 + t * NK4 + r0, s1, C,
+                       dst0, ch0);
   };
   auto scores = [&](int t) {  // own heads of tile t -> sb[t & 1]
-    const __half* kt_s = kt + (t % ST) * NK4 * CS;
-    float* sbt = sb + (t & 1) * M * NK4;
-    for (int pr = warp; pr < (NK4 / 16) * hb; pr += NW) {
-      const int mt = pr % (NK4 / 16), hl = pr / (NK4 / 16);
-      const int hh = rank * hb + hl;
-      const __half* qh = q + ((size_t)b * H + hh) * D;
-      const bool mine = lane / 4 == hl;
-      float c4[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-      for (int ks = 0; ks < D / 16; ++ks) {
-        unsigned a[4], bf[2];
-        ldsm_x4(a, kt_s + swz<CS>(16 * mt + (mi & 1) * 8 + (lane & 7),
-                                  hl * D + ks * 16 + (mi >> 1) * 8));
-        const int k = ks * 16 + (lane % 4) * 2;
-        bf[0] = mine ? *(const unsigned*)(qh + k) : 0u;
-        bf[1] = mine ? *(const unsigned*)(qh + k + 8) : 0u;
-        mma16816(c4, a, bf);
-      }
-      if ((lane % 4) == hl / 2) {
-        const bool odd = hl % 2;
-        const int key = 16 * mt + lane / 4;
-        sbt[hh * NK4 + key] = odd ? c4[1] : c4[0];
-        sbt[hh * NK4 + key + 8] = odd ? c4[3] : c4[2];
-      }
-    }
+    own_head_scores<CS, NW>(kt + (t % ST) * NK4 * CS, sb + (t & 1) * M * NK4,
+                            q, b, H, D, hb, rank, warp, lane);
   };
 
   float acc_r[MT][NT][4];
@@ -817,28 +825,8 @@ __device__ void attend_v6(const __half* q, const __half* cache, float* acc,
           sv[i][1] = src[lane + 32];
         }
       }
-      const int j = s0 + t * NK4 + lane;
-#pragma unroll
-      for (int i = 0; i < RPW; ++i) {
-        const int r = warp + NW * i;
-        if (r >= M) continue;
-        if (r >= H) {
-          pst[r * PST4 + lane] = pst[r * PST4 + lane + 32] =
-              __float2half_rn(0.0f);
-          if (lane == 0) alt[r] = 1.0f;
-          continue;
-        }
-        float x0 = j < s1 ? sv[i][0] * qscale : NEG_INF;
-        float x1 = j + 32 < s1 ? sv[i][1] * qscale : NEG_INF;
-        float mnew = fmaxf(m_r[i], warp_max(fmaxf(x0, x1)));
-        float p0 = exp2f(x0 - mnew), p1 = exp2f(x1 - mnew);
-        float a = exp2f(m_r[i] - mnew);
-        l_r[i] = l_r[i] * a + warp_sum(p0 + p1);
-        m_r[i] = mnew;
-        pst[r * PST4 + lane] = __float2half_rn(p0);
-        pst[r * PST4 + lane + 32] = __float2half_rn(p1);
-        if (lane == 0) alt[r] = a;
-      }
+      softmax_tile<RPW, NW, M>(sv, s0 + t * NK4 + lane, s1, qscale, H, warp,
+                               lane, m_r, l_r, pst, alt);
     }
     // 2. P(t) visible; tile t-1's stage free; tile t+1 landed.
     cp_async_wait<0>();
@@ -849,66 +837,14 @@ __device__ void attend_v6(const __half* q, const __half* cache, float* acc,
     if (t + 1 < ntiles) scores(t + 1);
     cluster_arrive();
     // 4. acc = alpha * acc + P(t) . tile t, while the barrier completes.
-    const __half* kt_s = kt + (t % ST) * NK4 * CS;
-    const int cw = warp * NT * 8;
-#pragma unroll
-    for (int mt = 0; mt < MT; ++mt) {
-      float a0 = alt[16 * mt + lane / 4], a1 = alt[16 * mt + lane / 4 + 8];
-#pragma unroll
-      for (int c = 0; c < NT; ++c) {
-        acc_r[mt][c][0] *= a0, acc_r[mt][c][1] *= a0;
-        acc_r[mt][c][2] *= a1, acc_r[mt][c][3] *= a1;
-      }
-    }
-#pragma unroll
-    for (int kk = 0; kk < NK4 / 16; ++kk) {
-      unsigned a[MT][4];
-#pragma unroll
-      for (int mt = 0; mt < MT; ++mt)
-        ldsm_x4(a[mt], pst + (16 * mt + (mi & 1) * 8 + (lane & 7)) * PST4 +
-                           kk * 16 + (mi >> 1) * 8);
-#pragma unroll
-      for (int np = 0; np < NT / 2; ++np) {
-        unsigned bf[4];
-        ldsm_x4_t(bf, kt_s + swz<CS>(kk * 16 + (mi & 1) * 8 + (lane & 7),
-                                     cw + np * 16 + (mi >> 1) * 8));
-#pragma unroll
-        for (int mt = 0; mt < MT; ++mt) {
-          mma16816(acc_r[mt][2 * np], a[mt], bf);
-          mma16816(acc_r[mt][2 * np + 1], a[mt], bf + 2);
-        }
-      }
-    }
+    pk_accumulate<MT, NT, CS>(acc_r, alt, pst, kt + (t % ST) * NK4 * CS, warp,
+                              lane);
     cluster_wait();  // tile t+1's scores from every block are visible
   }
   // [v6 loop end]
 
-  if (rank == 0) {
-#pragma unroll
-    for (int i = 0; i < RPW; ++i) {
-      int r = warp + NW * i;
-      if (r < H && lane == 0) {
-        float* o = ml + (((size_t)b * n + split) * H + r) * 2;
-        o[0] = m_r[i];
-        o[1] = l_r[i];
-      }
-    }
-  }
-  float* ab = acc + ((size_t)b * n + split) * H * C + col0 + warp * NT * 8;
-#pragma unroll
-  for (int mt = 0; mt < MT; ++mt) {
-    int r = 16 * mt + lane / 4;
-#pragma unroll
-    for (int c = 0; c < NT; ++c) {
-      int k = c * 8 + 2 * (lane % 4);
-      if (r < H)
-        *(float2*)(ab + (size_t)r * C + k) =
-            make_float2(acc_r[mt][c][0], acc_r[mt][c][1]);
-      if (r + 8 < H)
-        *(float2*)(ab + (size_t)(r + 8) * C + k) =
-            make_float2(acc_r[mt][c][2], acc_r[mt][c][3]);
-    }
-  }
+  write_split<MT, NT, RPW, NW>(acc_r, m_r, l_r, acc, ml, b, n, split, H, C,
+                               col0, rank, warp, lane);
   cluster.sync();
 }
 

@@ -169,7 +169,8 @@ __device__ void gemv_v2(const TX* x0, const TX* x1, const T* w0, const T* w1,
 #define U3 8  // 16-byte loads of W in flight per lane
 
 // grid (column tiles, KB, Z * RT), RT = ceil(N / R); ws: (Z*RT, tiles, KB, R,
-// 32 VEC) float partials; cnt: (Z*RT, tiles) counters, zero on entry, left zero.
+// 32 VEC) float partials; cnt: (Z*RT, tiles) counters, zero on entry, left
+// zero.
 template <typename T, typename TX, int R>
 __device__ void gemv_v3(const TX* x0, const TX* x1, const T* w0, const T* w1,
                         const T* g0, const T* g1, const float* r0,

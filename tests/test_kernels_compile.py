@@ -115,3 +115,99 @@ def test_gate_rejects_a_file_whose_template_is_never_instantiated(tmp_path):
     assert compile_report(path, ARCH) == []
     run = _cli(path)
     assert run.returncode == 1 and "no kernel" in run.stdout, run.stdout
+
+
+# --- one source for kernel geometry (STYLE.md R19) ---------------------------------
+# Each launcher mirrors some of its .cu's constants (tile sizes, stages, cluster size,
+# shared-memory layouts). NVRTC checks every pair: a static_assert per constant,
+# compiled with the .cu itself, so a constant changed on one side only fails here.
+
+
+def _geometry():
+    """(cu file, [(C++ expression, Python value)]) for every mirrored constant."""
+    from gpu import attention as att
+    from gpu import deja_vu as dv
+    from gpu import ffn_approx as fa
+    from gpu import precompute as pc
+    from gpu import slim_attention as sa
+
+    slim = [("CL", sa.CL), ("NK", sa.NK), ("PST", sa.PST), ("NK4", sa.NK4)]
+    slim += [("PST4", sa.PST4), ("GT", sa.GT), ("BG", sa.BG)]
+    slim += [("NWF * 32", sa.THREADS_FAST)]
+    for mt, nt in sa.FAST_SHAPES:
+        for ver, st in ((2, sa.STAGES[2]), (3, sa.STAGES[3])):
+            expr = f"fast_smem<{mt}, {nt}, {st}>()"
+            slim.append((expr, sa.fast_smem_bytes(mt, nt, st)))
+    for mt, cs in ((1, 128), (1, 256), (2, 256), (2, 384), (2, 512)):
+        for xc in (False, True):
+            st = sa.STAGES_V4[xc]
+            expr = f"v4_smem<{mt}, {cs}, {str(xc).lower()}, {st}>()"
+            slim.append((expr, sa.v4_smem_bytes(mt, cs, xc)))
+        slim.append((f"v6_smem<{mt}, {cs}>()", sa.v4_smem_bytes(mt, cs, False, 6)))
+    return {
+        "attention.cu": [("ST8", att.ST8), ("NW4 * 32", att.THREADS)],
+        "deja_vu.cu": [("RC2", dv.RC2), ("R3", dv.R3)],
+        "ffn_approx.cu": [("MAX_E", fa.MAX_E), ("RT", fa.RT)],
+        "precompute.cu": [("UNITS", pc.UNITS)],
+        "slim_attention.cu": slim,
+    }
+
+
+def _asserts(pairs) -> str:
+    return "".join(
+        f'static_assert(({e}) == {v}, "{e} != {v} (the Python side)");\n'
+        for e, v in pairs
+    )
+
+
+@pytest.mark.parametrize("cu", sorted(_geometry()))
+def test_python_and_cuda_geometry_agree(tmp_path, cu):
+    src = f'#include "{cu}"\n' + _asserts(_geometry()[cu])
+    assert compile_report(_write(tmp_path, src, f"geometry_{cu}"), ARCH)
+
+
+def test_geometry_check_bites(tmp_path):
+    src = '#include "deja_vu.cu"\n' + _asserts([("R3", 7)])
+    with pytest.raises(CompileError, match="R3 != 7"):
+        compile_report(_write(tmp_path, src), ARCH)
+
+
+# --- one header of helpers (gpu/common.cuh) ----------------------------------------
+
+_DEF_RE = r"__device__[^;{(]*?\b(\w+)\s*\("
+
+
+def _helpers(text: str) -> set[str]:
+    import re
+
+    names = set(re.findall(_DEF_RE, text))
+    names |= set(re.findall(r"^#define (\w+)", text, flags=re.M))
+    names |= set(re.findall(r"struct (\w+) \{", text))
+    return names
+
+
+def test_no_kernel_file_redefines_a_common_helper():
+    common = _helpers((REPO / "gpu" / "common.cuh").read_text())
+    assert {"to_f", "warp_sum", "cp_async16", "mma16816", "last_block_done"} <= common
+    for path in CU_FILES:
+        again = common & _helpers(path.read_text())
+        assert not again, f"{path.name} redefines {sorted(again)} (gpu/common.cuh)"
+
+
+def test_every_kernel_file_with_helpers_includes_the_header():
+    for path in CU_FILES:
+        text = path.read_text()
+        if path.name != "ceilings.cu":  # plain loads and stores only
+            assert '#include "common.cuh"' in text, path.name
+
+
+def test_header_changes_change_the_compile_options(tmp_path, monkeypatch):
+    # CuPy's kernel cache keys on source + options: the header's hash must be in
+    # the options, or an edited header would be served from an old binary.
+    from gpu import runtime
+
+    monkeypatch.setattr(runtime, "COMMON_HEADER", _write(tmp_path, "// a\n", "h"))
+    a = runtime._header_hash()
+    runtime.COMMON_HEADER.write_text("// b\n")
+    assert a != runtime._header_hash()
+    assert any(o.startswith("-DTT_COMMON_CUH_SHA=") for o in runtime.NVRTC_OPTIONS)

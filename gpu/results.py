@@ -47,7 +47,9 @@ def cards(root: Path = RESULTS) -> list[str]:
     """Card folders that hold at least one recorded benchmark, sorted by name."""
     if not root.is_dir():
         return []
-    return sorted(p.name for p in root.iterdir() if p.is_dir() and any(p.glob("*.json")))
+    return sorted(
+        p.name for p in root.iterdir() if p.is_dir() and any(p.glob("*.json"))
+    )
 
 
 def path(name: str, card: str, root: Path = RESULTS) -> Path:

@@ -135,7 +135,7 @@ def _geometry():
     slim += [("PST4", sa.PST4), ("GT", sa.GT), ("BG", sa.BG)]
     slim += [("NWF * 32", sa.THREADS_FAST)]
     for mt, nt in sa.FAST_SHAPES:
-        for ver, st in ((2, sa.STAGES[2]), (3, sa.STAGES[3])):
+        for st in sorted(set(sa.STAGES.values())):
             expr = f"fast_smem<{mt}, {nt}, {st}>()"
             slim.append((expr, sa.fast_smem_bytes(mt, nt, st)))
     for mt, cs in ((1, 128), (1, 256), (2, 256), (2, 384), (2, 512)):

@@ -3,6 +3,7 @@
 #   make test    lint, CPU tests, kernel compile gate, book build, browser check
 # On a GPU machine (uses the Python that is there; nothing is installed):
 #   make gpu-test   GPU tests, then the same tests under compute-sanitizer
+#                   (SLUG=<slug> for one chapter)
 #   make bench      measure ceilings and kernels, write results/
 #   make notebooks  MyST chapters -> notebooks/*.ipynb (jupytext)
 
@@ -53,11 +54,13 @@ browser-test: $(STAMP)
 test: lint unit check-cu book browser-test
 	$(PY) tools/count_tests.py _build/junit-unit.xml _build/junit-browser.xml
 
+# One chapter alone (each fits a 10-minute GPU session): make gpu-test SLUG=deja_vu
+GPU_TESTS = $(if $(SLUG),tests/test_$(SLUG).py,tests)
 gpu-test:
-	$(GPU_PYTHON) -m pytest -m gpu --hypothesis-profile=$(HYPOTHESIS_PROFILE) -p no:randomly
+	$(GPU_PYTHON) -m pytest $(GPU_TESTS) -m gpu --hypothesis-profile=$(HYPOTHESIS_PROFILE) -p no:randomly
 	for tool in $(SANITIZER_TOOLS); do \
 	  $(SANITIZER) --tool $$tool --error-exitcode 99 --target-processes all \
-	    $(GPU_PYTHON) -m pytest -q -m gpu --hypothesis-profile=sanitizer -x || exit 1; \
+	    $(GPU_PYTHON) -m pytest $(GPU_TESTS) -q -m gpu --hypothesis-profile=sanitizer -x || exit 1; \
 	done
 
 bench:

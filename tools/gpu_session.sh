@@ -1,6 +1,10 @@
 #!/usr/bin/env bash
-# One device call: run the named stages, logs into OUTDIR (at most a few files).
-#   tools/gpu_session.sh OUTDIR info test sanitize bench-quick bench
+# One device call: run the named stages; logs go to OUTDIR as a few files
+# (summary.txt, logs.tgz, results.tgz), since a lent machine returns few files.
+#   tools/gpu_session.sh OUTDIR info test:SLUGS sanitize:TOOL:SLUGS bench:SLUGS
+# SLUGS is a comma list (attention,precompute,...) or "all". test and sanitize
+# run one pytest process per slug in parallel (they check, they do not time);
+# bench runs its slugs one after another (timings must not share the card).
 # Uses the GPU machine's python3 as it is (CuPy, NumPy, pytest, Hypothesis, torch).
 # Set TT_COMMIT to the hash of the tree you ship, computed on YOUR machine
 # (TT_COMMIT=<hash> tools/gpu_session.sh ...): the GPU machine's copy of .git can be
@@ -8,32 +12,47 @@
 set -u
 out=${1:?usage: tools/gpu_session.sh OUTDIR STAGE...}
 shift
-mkdir -p "$out"
+mkdir -p "$out/logs"
 py=${GPU_PYTHON:-python3}
+ALL="attention precompute slim_attention deja_vu stagformer stagformer_multi ffn_approx"
+[ -f tests/test_fuzz_launchers.py ] && ALL="$ALL fuzz_launchers"
+summary="$out/summary.txt"
+slugs() { [ "$1" = all ] && echo "$ALL" || echo "${1//,/ }"; }
+say() { echo "$*" | tee -a "$summary"; }
+pack() {
+  tar -czf "$out/logs.tgz" -C "$out" logs 2>/dev/null
+  [ -d results ] && tar -czf "$out/results.tgz" results 2>/dev/null
+}
+trap pack EXIT
 for stage in "$@"; do
-  echo "=== $stage $(date -u +%H:%M:%S)"
-  case $stage in
+  IFS=: read -r kind a b <<<"$stage"
+  say "=== $stage $(date -u +%H:%M:%S)"
+  case $kind in
     info)
-      { nvidia-smi; $py -c 'import gpu, cupy, numpy, sys; print(gpu.device_summary()); print(gpu.device_info()); print(sys.version)';
-        $py -m pip list 2>/dev/null | grep -iE "^(cupy|numpy|pytest|hypothesis|torch) "; } > "$out/info.txt" 2>&1
-      tail -4 "$out/info.txt" ;;
+      { nvidia-smi; $py -c 'import gpu, sys; print(gpu.device_summary()); print(gpu.device_info()); print(sys.version)';
+        $py -m pip list 2>/dev/null | grep -iE "^(cupy|numpy|pytest|hypothesis|torch) "; } > "$out/logs/info.txt" 2>&1
+      tail -6 "$out/logs/info.txt" | tee -a "$summary" ;;
     test)
-      $py -m pytest -m gpu --hypothesis-profile=ci -q -rs 2>&1 | tee "$out/gpu-test.log" | tail -15 ;;
+      for s in $(slugs "${a:-all}"); do
+        ( timeout "${TEST_TIMEOUT:-560}" $py -m pytest "tests/test_$s.py" -m gpu \
+            --hypothesis-profile=ci -q -rs -p no:cacheprovider > "$out/logs/test_$s.log" 2>&1
+          echo "test $s rc=$? $(tail -1 "$out/logs/test_$s.log")" >> "$summary" ) &
+      done
+      wait; grep "^test " "$summary" | tail -20 ;;
     sanitize)
-      for tool in ${SANITIZER_TOOLS:-memcheck racecheck initcheck synccheck}; do
-        echo "--- $tool" >> "$out/sanitizer.log"
-        compute-sanitizer --tool "$tool" --error-exitcode 99 \
-          $py -m pytest -q -m gpu --hypothesis-profile=sanitizer -x -p no:randomly >> "$out/sanitizer.log" 2>&1
-        echo "$tool rc=$?" | tee -a "$out/sanitizer.log"
-        grep -E "ERROR SUMMARY|passed|failed" "$out/sanitizer.log" | tail -2
-      done ;;
-    bench-quick)
-      $py -m gpu.bench all --quick 2>&1 | tee "$out/bench-quick.log" | tail -30 ;;
-    split)
-      $py -m gpu.bench split 2>&1 | tee "$out/split.log" | tail -40 ;;
+      tool=${a:?sanitize:TOOL:SLUGS}
+      for s in $(slugs "${b:-all}"); do
+        ( timeout "${TEST_TIMEOUT:-560}" compute-sanitizer --tool "$tool" --error-exitcode 99 \
+            $py -m pytest "tests/test_$s.py" -q -m gpu --hypothesis-profile=sanitizer -x \
+            -p no:randomly -p no:cacheprovider > "$out/logs/${tool}_$s.log" 2>&1
+          echo "$tool $s rc=$? $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$out/logs/${tool}_$s.log" | tail -1) $(tail -1 "$out/logs/${tool}_$s.log")" >> "$summary" ) &
+      done
+      wait; grep "^$tool " "$summary" | tail -20 ;;
     bench)
-      $py -m gpu.bench all --out results 2>&1 | tee "$out/bench.log" | tail -40
-      cp results/*.json "$out/" ;;
+      for s in $(slugs "${a:-all}"); do
+        timeout "${BENCH_TIMEOUT:-590}" $py -m gpu.bench "$s" --out results > "$out/logs/bench_$s.log" 2>&1
+        say "bench $s rc=$?"; tail -25 "$out/logs/bench_$s.log"
+      done ;;
     *) echo "unknown stage $stage"; exit 2 ;;
   esac
 done

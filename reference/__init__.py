@@ -1,5 +1,10 @@
 """Pure-NumPy references: the specification every kernel and chapter is checked against.
 
-Each module imports only NumPy and the standard library (plus reference.common), so a
-reader can copy one file into their own project.
+Every module imports NumPy and the standard library, and no module outside this
+package. Within it: common, models, testing and ffn_approx import nothing else;
+deja_vu, stagformer and minilm import reference.common; precompute and
+slim_attention import reference.common and reference.models (their paper tables
+count with the model configurations). The one module that needs more than NumPy to
+run is minilm: load_minilm imports safetensors and load_minilm_tokenizer imports
+tokenizers, inside the functions, so that importing it needs only NumPy.
 """

@@ -3,6 +3,7 @@
 Every function keeps the floating dtype it is given (pass float64 to get the truth).
 Shapes: B batch, T query length (1 in decode), S cache length, H query heads, G KV
 heads, D head dim, C width (= H*D), F FFN width, V vocab, L layers.
+Imports: NumPy and the standard library only.
 """
 
 from __future__ import annotations

@@ -20,6 +20,7 @@ W_in (C, F), W_out (F, C): we store w1 = W_in^T (F, C) and w2 = W_out (F, C). (I
 paper's column convention W_2 is (C, F), and it is W_2 that is stored transposed.)
 Functions keep the dtype they are given; pass float64 for the truth.
 Shapes: B batch, C width, F FFN width, K = |T| selected neurons, H heads, D head dim.
+Imports: NumPy, the standard library and reference.common.
 """
 
 from __future__ import annotations

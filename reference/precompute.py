@@ -21,7 +21,13 @@ Bitwise equality needs the same operations in the same order on both paths, and 
 BLAS matrix product is not that: OpenBLAS sums in an order that depends on the
 number of rows (it even switches to a matrix-vector kernel for one row). So every
 projection here goes through ``linear``, whose sum order per output row does not
-depend on the other rows. Imports: NumPy and reference.common only.
+depend on the other rows.
+
+The paper's tables (its "Examples" and savings tables; e = G·D, d = C) are computed
+from a reference.models.ModelConfig at the end: ``precompute_row_width``,
+``precompute_eliminated_weights``, ``precompute_reads``, ``precompute_reduction``,
+``precompute_memory``, ``precompute_read_saving`` and ``precompute_tradeoff``.
+Imports: NumPy, reference.common and reference.models (itself NumPy only).
 Shapes: B batch, T new tokens, S cache, H query heads, G KV heads, D head dim,
 C width, F FFN width, V vocab, W row width, N gathered rows, R rotary dims.
 """
@@ -31,6 +37,14 @@ from __future__ import annotations
 import numpy as np
 
 from reference import common as cm
+from reference.models import (
+    ModelConfig,
+    expected_experts,
+    ffn_params_per_layer,
+    need,
+    total_params,
+    weights_read_per_token,
+)
 
 Array = np.ndarray
 
@@ -282,3 +296,137 @@ def gather_rope(
     rotated = cm.apply_rope(heads, positions, cfg.rot_dim, cfg.rope_base)
     out[:, rot] = rotated.transpose(1, 0, 2).reshape(n, -1)  # (N, (H+G)*D)
     return out
+
+
+# --- the paper's tables: sizes and the trade-off, from a model's config -------------
+#
+# Graef, arXiv 2402.13388, tables "Examples" and savings; e = G·D, d = C. Values, not
+# bytes, unless a name says bytes.
+
+
+def _parallel(cfg: ModelConfig, parallel: bool | None) -> bool:
+    return bool(cfg.parallel_block) if parallel is None else parallel
+
+
+def precompute_row_width(cfg: ModelConfig) -> int:
+    """Width of a table row: C + H·D + 2·G·D (= 2(d + e) when H·D = C).
+
+    Serial blocks store [x | Q | K | V], parallel blocks [Q | K | V | x + FFN(x)].
+    """
+    return cfg.d_model + cfg.q_width + 2 * cfg.kv_width
+
+
+def precompute_eliminated_weights(
+    cfg: ModelConfig, parallel: bool | None = None, n_experts: int | None = None
+) -> int:
+    """Weights a token no longer reads: W_Q, W_K, W_V (C·(H·D + 2·G·D)), and for a
+    parallel block the FFN of ``n_experts`` experts (default all E, as the paper
+    counts; pass top_k for what one token reads). ``parallel`` overrides the
+    config (the paper's hypothetical parallel Mixtral)."""
+    qkv = cfg.d_model * (cfg.q_width + 2 * cfg.kv_width)
+    if not _parallel(cfg, parallel):
+        return qkv
+    return qkv + ffn_params_per_layer(cfg, n_experts=n_experts)
+
+
+def precompute_reads(
+    cfg: ModelConfig,
+    batch: int,
+    table: bool,
+    parallel: bool | None = None,
+    n_experts: int | None = None,
+) -> int:
+    """Values the precomputable part of layer 1 reads for B tokens (paper's table):
+    without the table B·d + eliminated weights; with it B·2(d + e)."""
+    if table:
+        return batch * precompute_row_width(cfg)
+    return batch * cfg.d_model + precompute_eliminated_weights(cfg, parallel, n_experts)
+
+
+def precompute_reduction(
+    cfg: ModelConfig,
+    batch: int,
+    parallel: bool | None = None,
+    n_experts: int | None = None,
+) -> float:
+    """The paper's first-layer reduction factor: reads without / reads with table."""
+    without = precompute_reads(cfg, batch, False, parallel, n_experts)
+    return without / precompute_reads(cfg, batch, True, parallel, n_experts)
+
+
+def precompute_memory(cfg: ModelConfig, parallel: bool | None = None) -> dict:
+    """Weights stored with the table minus without it (values, not bytes).
+
+    increase: the table replaces the input embedding, (W − C)·V = (2e + d)·V. With
+    tied embeddings and a parallel block the rows hold no x, so E stays for the LM
+    head and the whole W·V is new (research/papers_graef.md B.3.5); a serial row
+    holds x and can serve the LM head. net = increase − eliminated weights;
+    relative = net / total_params(cfg).
+    """
+    par = _parallel(cfg, parallel)
+    keeps_embedding = bool(cfg.tied_embeddings) and par
+    width = precompute_row_width(cfg) - (0 if keeps_embedding else cfg.d_model)
+    increase = width * need(cfg, "vocab")
+    eliminated = precompute_eliminated_weights(cfg, par)
+    net = increase - eliminated
+    return dict(
+        increase=increase,
+        eliminated=eliminated,
+        net=net,
+        relative=net / total_params(cfg),
+    )
+
+
+def precompute_read_saving(
+    cfg: ModelConfig, batch: int = 1, parallel: bool | None = None
+) -> float:
+    """Share of *all* weight values read per decoded token that the table saves.
+
+    Per token: (reads without − reads with) / B, over weights_read_per_token (the
+    FFN of a parallel MoE counts the expected_experts the batch touches). This is
+    what the paper's "up to 1/L" becomes: 0.35 % for Mistral-7B at B = 1.
+    """
+    par = _parallel(cfg, parallel)
+    experts = None
+    if par and cfg.is_moe:
+        experts = expected_experts(cfg.n_experts, cfg.top_k, batch)
+    saved = precompute_reads(cfg, batch, False, par, experts) - precompute_reads(
+        cfg, batch, True, par, experts
+    )
+    return saved / batch / weights_read_per_token(cfg, batch)
+
+
+def precompute_tradeoff(
+    cfg: ModelConfig,
+    batches: tuple[int, ...] = (1, 16, 256, 1024),
+    bytes_per_value: float = 2,
+) -> dict:
+    """Everything a reader needs to decide for their own model, from its config.
+
+    applies: only with RoPE (absolute positions enter before the norm). memory: the
+    table's size and the net change of stored weights (precompute_memory), in
+    bytes. flops_saved_per_token: 2 per eliminated weight (one multiply-add each;
+    with a parallel MoE, only the top_k experts a token runs). Per batch size: the
+    paper's first-layer reduction factor and the share of all weight reads saved.
+    """
+    mem = precompute_memory(cfg)
+    par = _parallel(cfg, None)
+    run = precompute_eliminated_weights(cfg, par, cfg.top_k if cfg.is_moe else None)
+    return dict(
+        name=cfg.name,
+        applies=cfg.positional == "rope",
+        positional=cfg.positional,
+        parallel=par,
+        row_width=precompute_row_width(cfg),
+        table_bytes=precompute_row_width(cfg) * need(cfg, "vocab") * bytes_per_value,
+        extra_bytes=mem["net"] * bytes_per_value,
+        extra_relative=mem["relative"],
+        flops_saved_per_token=2 * run,
+        per_batch={
+            b: dict(
+                reduction=precompute_reduction(cfg, b),
+                read_saving=precompute_read_saving(cfg, b),
+            )
+            for b in batches
+        },
+    )

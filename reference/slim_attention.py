@@ -15,12 +15,14 @@ by side (STYLE R2):
   fold_w_kv, fold_b_v       the folded matrix (solve in float64) and bias
   kv_lstsq_residual         GQA (e < C): no exact map K -> V; the best one's residual
   decode_costs              the paper's Table 2 (OPs and reads per token)
+  slim_step_reads, whisper_slim_table: the paper's step reads, Table 7 (Whisper)
   matrix_with_cond, round_bf16, stored, cache_errors: the numerics studies
 
 Row vectors (y = x @ W, W of shape (in, out)). Caches are token-major, (B, S, H*D):
 row s holds every head of token s, head h in columns h*D:(h+1)*D (the layout the GPU
 kernel reads). Functions keep the dtype they are given; pass float64 for the truth.
 Shapes: B batch, T queries, S cache length, H heads, D head dim, C width (= H*D).
+Imports: NumPy, reference.common and reference.models (itself NumPy only).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from reference.common import (
     decode_attention,
     softmax,
 )
+from reference.models import ModelConfig, kv_cache_values, need
 
 Array = np.ndarray
 ORDERS = ("rebuild_v", "accumulate_k")
@@ -263,6 +266,49 @@ def decode_costs(c: int, h: int, s: int) -> dict[str, tuple[int, int, int, int]]
         "rebuild_v": ((2 * s + 6) * c * c, 4 * c * c, 4 * s * c, s * c),
         "accumulate_k": (*proj, 2 * s * c * (h + 1), s * c),
     }
+
+
+def slim_step_reads(params: float, cache: float, batch: int) -> float:
+    """Values a memory-bound decode step reads per token: (params + B·cache) / B.
+
+    Weights are read once per step and shared by the batch; each sequence reads
+    its own cache. The paper's speedups are ratios of this quantity.
+    """
+    return (params + batch * cache) / batch
+
+
+def whisper_slim_table(cfg: ModelConfig, batches: tuple[int, ...] = (1, 64)) -> dict:
+    """Slim attention Table 7 for a Whisper config (values, not bytes).
+
+    Decoder caches: cross KV 2·p·C·L over the p encoder frames, self KV 2·S·C·L over
+    S decoder tokens; E-cache p·C (the encoder output). baseline = cross + self;
+    option1 = K-only caches (half); option2 = self K-only, cross attention
+    recomputed from the E-cache, which the paper keeps in SRAM and does NOT count
+    ("savings" = baseline / option2; "savings_with_e" counts it). Parameters (as
+    the paper counts them): C·V + L·(6·C² + 2·C·F), option1 + C²·L (cross W_KV),
+    option2 + 2·C²·L (cross W_K and W_V, read every step). reads/speedup per batch
+    size B from slim_step_reads.
+    """
+    c, n = cfg.d_model, cfg.n_layers
+    p, s = need(cfg, "enc_context"), need(cfg, "context")
+    cross, self_kv = kv_cache_values(cfg, p), kv_cache_values(cfg, s)
+    base_params = c * need(cfg, "vocab") + n * (6 * c * c + 2 * c * need(cfg, "d_ff"))
+    caches = {"baseline": cross + self_kv, "option1": (cross + self_kv) / 2,
+              "option2": self_kv / 2}  # fmt: skip
+    params = {"baseline": base_params, "option1": base_params + c * c * n,
+              "option2": base_params + 2 * c * c * n}  # fmt: skip
+    out = dict(
+        e_cache=p * c, cross_kv=cross, self_kv=self_kv, decoder_tokens=s,
+        cache=caches, params=params,
+        savings=caches["baseline"] / caches["option2"],
+        savings_with_e=caches["baseline"] / (caches["option2"] + p * c),
+        reads={}, speedup={},
+    )  # fmt: skip
+    for b in batches:
+        r = {k: slim_step_reads(params[k], caches[k], b) for k in caches}
+        out["reads"][b] = r
+        out["speedup"][b] = {k: r["baseline"] / r[k] for k in ("option1", "option2")}
+    return out
 
 
 def matrix_with_cond(

@@ -25,6 +25,7 @@ serial (GPT-2, Llama); cross-attention uses no RoPE (memory has no own position)
 Row vectors (y = x @ W); functions keep the dtype they are given (pass float64 for
 the truth). Shapes: B batch, T tokens, C width, H/G heads, D head dim, L layers per
 stack, V vocab, W window, p stacks.
+Imports: NumPy, the standard library and reference.common.
 """
 
 from __future__ import annotations

@@ -385,12 +385,12 @@ PAPER_NET_PCT = {"pythia-6.9b": 6, "mistral-7b": 2, "mixtral-8x7b": -3}
 def test_paper_savings_table_reproduced(name):
     cfg = md.as_in_paper(md.MODELS[name])
     par, elim, reads1, factors, net = PAPER[name]
-    assert md.precompute_eliminated_weights(cfg, par) == elim
-    assert md.precompute_reads(cfg, 1, False, par) == reads1
-    assert md.precompute_reads(cfg, 1, True, par) == 2 * (cfg.d_model + cfg.kv_width)
-    got = tuple(round(md.precompute_reduction(cfg, b, par)) for b in (1, 16, 256, 1024))
+    assert pc.precompute_eliminated_weights(cfg, par) == elim
+    assert pc.precompute_reads(cfg, 1, False, par) == reads1
+    assert pc.precompute_reads(cfg, 1, True, par) == 2 * (cfg.d_model + cfg.kv_width)
+    got = tuple(round(pc.precompute_reduction(cfg, b, par)) for b in (1, 16, 256, 1024))
     assert got == factors
-    mem = md.precompute_memory(cfg, par)
+    mem = pc.precompute_memory(cfg, par)
     assert mem["increase"] == (2 * cfg.kv_width + cfg.d_model) * cfg.vocab
     assert mem["net"] == net
     assert round(100 * mem["relative"]) == PAPER_NET_PCT[name]
@@ -399,20 +399,20 @@ def test_paper_savings_table_reproduced(name):
 def test_honest_numbers():
     """What the paper's headline hides (research/papers_graef.md B.3)."""
     mistral, pythia = md.MODELS["mistral-7b"], md.MODELS["pythia-6.9b"]
-    assert 0.0034 < md.precompute_read_saving(mistral) < 0.0036  # ~0.35 %
-    assert 0.026 < md.precompute_read_saving(pythia) < 0.029  # ~2.7 %
-    assert md.precompute_memory(pythia)["increase"] == 619_708_416  # V = 50,432
+    assert 0.0034 < pc.precompute_read_saving(mistral) < 0.0036  # ~0.35 %
+    assert 0.026 < pc.precompute_read_saving(pythia) < 0.029  # ~2.7 %
+    assert pc.precompute_memory(pythia)["increase"] == 619_708_416  # V = 50,432
     mixtral = md.MODELS["mixtral-8x7b"]
-    assert round(md.precompute_reduction(mixtral, 1, True, n_experts=2)) == 36_864
+    assert round(pc.precompute_reduction(mixtral, 1, True, n_experts=2)) == 36_864
     tied = dataclasses.replace(pythia, tied_embeddings=True)  # E kept for the head
-    assert md.precompute_memory(tied)["increase"] == 16_384 * 50_432
+    assert pc.precompute_memory(tied)["increase"] == 16_384 * 50_432
     serial_tied = dataclasses.replace(mistral, tied_embeddings=True)
     assert (
-        md.precompute_memory(serial_tied)["increase"]
-        == md.precompute_memory(mistral)["increase"]
+        pc.precompute_memory(serial_tied)["increase"]
+        == pc.precompute_memory(mistral)["increase"]
     )
-    assert not md.precompute_tradeoff(md.MODELS["whisper-tiny"])["applies"]
-    assert md.precompute_tradeoff(mistral)["applies"]
+    assert not pc.precompute_tradeoff(md.MODELS["whisper-tiny"])["applies"]
+    assert pc.precompute_tradeoff(mistral)["applies"]
 
 
 # --- 7. GPU: gather+RoPE kernel against the float64 reference ----------------------

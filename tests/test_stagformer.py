@@ -20,7 +20,7 @@ import itertools
 
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from reference import stagformer as sf
@@ -140,8 +140,7 @@ def test_decode_step_rejects_bad_orders():
 def test_perturbing_memory_at_or_after_i_changes_only_later_outputs(data, seed):
     cfg, w, tokens = data.draw(model_case(p=2))
     t = tokens.shape[1]
-    if t < 2:
-        return
+    assume(t >= 2)  # a draw with T = 1 has no later output to check: draw again
     cfg = dataclasses.replace(cfg, window=None)
     x = w.embed[tokens]
     h, _ = sf.stack_forward(w, cfg, 0, x, None)

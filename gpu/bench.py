@@ -1,9 +1,14 @@
 """The one benchmark harness: validate, then time; every figure beside its floor.
 
-    python -m gpu.bench ceilings            copy/read bandwidth and GEMM peaks
-    python -m gpu.bench attention [--quick] [--version N]
-    python -m gpu.bench <slug> [--quick]    one trick's cases (gpu/bench_<slug>.py)
-    python -m gpu.bench all --out results   everything, recorded with provenance
+    python -m gpu.bench ceilings [--out results]   copy/read bandwidth, GEMM peaks
+    python -m gpu.bench <slug> [--quick] [--out results]
+                                 one chapter's cases (gpu/bench_<slug>.py)
+    python -m gpu.bench attention --version 7      some attention versions only
+    python -m gpu.bench split | tiles              attention's n_split sweep; the v9
+                                                   tile experiment (not in "all")
+    python -m gpu.bench all [--quick] [--out results]
+                                 ceilings, then every slug, each in a fresh process
+    python -m gpu.bench list                       the slugs, one a line
 
 Method (see the chapter "Measuring a kernel"):
   * each case is checked against the float64 NumPy reference before it is timed;
@@ -13,7 +18,12 @@ Method (see the chapter "Measuring a kernel"):
     every call reads from HBM, as it would in a model;
   * one sample = one graph replay (CUDA events) / calls in it; we report the median
     and the 10th-90th percentile spread of many samples, after warm-up replays;
-  * floors use the ceilings measured on the same card in the same run.
+  * floors use the ceilings of this card (``ceilings_or_recorded``): the maximum
+    over several methods, each recorded; a row faster than its floor is an error.
+
+A chapter's module gpu/bench_<slug>.py declares its grid as data (``GRID``, a
+``Grid``), its table columns (``COLUMNS``, for ``print_table``) and
+``run(quick, ceil) -> {results name: rows}``; ``run_trick`` prints and records it.
 """
 
 from __future__ import annotations
@@ -21,9 +31,12 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
+import subprocess
 import sys
-from dataclasses import asdict, dataclass
-from functools import partial
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +45,9 @@ from gpu import results
 from gpu import runtime as rt
 
 RESULTS = results.RESULTS
+
+
+# --- timing ----------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -43,7 +59,8 @@ class Timing:
     calls_per_sample: int
 
 
-def _summarise(per_call_us: list[float], calls: int) -> Timing:
+def summarise(per_call_us: list[float], calls: int) -> Timing:
+    """Median and 10th/90th percentiles of per-call times (us) of many samples."""
     a = np.asarray(per_call_us)
     return Timing(
         float(np.median(a)),
@@ -87,8 +104,15 @@ def time_cupy(calls, samples: int = 30, warmup: int = 3) -> Timing:
     stream = cp.cuda.Stream(non_blocking=True)
     with stream:
         stream.begin_capture()
-        for c in calls:
-            c()
+        try:
+            for c in calls:
+                c()
+        except BaseException:
+            try:  # leave the stream out of capture mode, then report the error
+                stream.end_capture()
+            except Exception:  # noqa: BLE001 - the first error is the one to see
+                pass
+            raise
         graph = stream.end_capture()
     graph.upload(stream)
     start, end = cp.cuda.Event(), cp.cuda.Event()
@@ -100,7 +124,7 @@ def time_cupy(calls, samples: int = 30, warmup: int = 3) -> Timing:
         end.synchronize()
         if i >= warmup:
             per_call.append(cp.cuda.get_elapsed_time(start, end) * 1e3 / len(calls))
-    return _summarise(per_call, len(calls))
+    return summarise(per_call, len(calls))
 
 
 def time_events(calls, samples: int = 10, warmup: int = 2) -> Timing:
@@ -119,7 +143,7 @@ def time_events(calls, samples: int = 10, warmup: int = 2) -> Timing:
         end.synchronize()
         if i >= warmup:
             per_call.append(cp.cuda.get_elapsed_time(start, end) * 1e3 / len(calls))
-    return _summarise(per_call, len(calls))
+    return summarise(per_call, len(calls))
 
 
 def time_torch(calls, samples: int = 30, warmup: int = 3) -> Timing:
@@ -150,7 +174,17 @@ def time_torch(calls, samples: int = 30, warmup: int = 3) -> Timing:
         end.synchronize()
         if i >= warmup:
             per_call.append(start.elapsed_time(end) * 1e3 / len(calls))
-    return _summarise(per_call, len(calls))
+    return summarise(per_call, len(calls))
+
+
+def seconds(t: Timing) -> float:
+    """The median of a Timing in seconds (for bytes/s and FLOP/s)."""
+    return t.median_us * 1e-6
+
+
+# --- torch, the baseline -----------------------------------------------------------
+
+TORCH_SKIP = "skipped: torch not importable"
 
 
 def torch_available() -> bool:
@@ -159,6 +193,233 @@ def torch_available() -> bool:
     except ImportError:
         return False
     return bool(torch.cuda.is_available())
+
+
+def torch_for_baselines():
+    """torch, set so that its fp16 GEMMs accumulate as the tolerances assume: no
+    TF32, and no reduced-precision (fp16/bf16) reductions inside cuBLAS (torch's
+    default allows them; the float64 checks would then need a wider tolerance
+    than the kernels get). Every torch row is validated against the same float64
+    truth and scale as the kernel rows of its case."""
+    import torch
+
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_fp16_reduced_precision_reduction = False
+    torch.backends.cuda.matmul.allow_bf16_reduced_precision_reduction = False
+    return torch
+
+
+def torch_skipped(name: str, base: dict) -> dict:
+    """The row of a torch baseline on a machine without torch: recorded, never
+    dropped; ``is_skipped`` treats it as neither failure nor figure."""
+    row = {"name": name, **base}  # name first, whether or not base has one
+    row.update(name=name, status=TORCH_SKIP)
+    return row
+
+
+# --- a chapter's grid, declared as data -----------------------------------------------
+
+
+@dataclass(frozen=True)
+class Grid:
+    """What a chapter times, as data (in the spirit of Triton's perf_report and
+    gpu-mode's task.yml); its run() reads it.
+
+    axes: shape axis (or "version") -> the values of the full run; quick: the axes
+    that --quick replaces; fixed: the shape constants every case shares; versions:
+    the kernel versions or variants timed (a tuple, or family -> tuple); baselines:
+    row name of each baseline -> the fields a row must share with it to be its
+    case (``mark_baselines``); kernels: name prefixes of the rows compared with
+    the baselines (empty: every row that is not a baseline); sweeps: the grids of
+    the chapter's secondary tables, by results name."""
+
+    axes: Mapping[str, tuple]
+    quick: Mapping[str, tuple] = field(default_factory=dict)
+    fixed: Mapping[str, object] = field(default_factory=dict)
+    versions: object = ()
+    baselines: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    kernels: tuple[str, ...] = ()
+    sweeps: Mapping[str, Mapping[str, object]] = field(default_factory=dict)
+
+    def values(self, axis: str, quick: bool = False) -> tuple:
+        """The values of ``axis`` timed in this run (quick: the quick ones)."""
+        src = self.quick if quick and axis in self.quick else self.axes
+        return tuple(src[axis])
+
+
+# --- one row: finish, the floor check, the baselines ----------------------------
+
+# The floors a row can carry (us); each is a lower bound on its time. floor_us is
+# the row's floor (of_floor = floor_us / median); flop_floor_us and bytes_floor_us
+# are its parts, where a row gives them.
+FLOORS = ("floor_us", "flop_floor_us", "bytes_floor_us")
+
+
+def is_ok(row: dict) -> bool:
+    """Validated and timed, within its floors."""
+    return row.get("status") == "ok"
+
+
+def is_skipped(row: dict) -> bool:
+    """A case this machine cannot run (e.g. "skipped: needs >= 2 GPUs", or
+    TORCH_SKIP): neither a failure nor a figure."""
+    return str(row.get("status", "")).startswith("skipped")
+
+
+def floor_beaten(row: dict, p90_us: float) -> list[str]:
+    """The floors of ``row`` that its 90th-percentile time is below: each says
+    that floor is wrong (bytes or FLOPs undercounted, or a ceiling too low). p90,
+    not the median, so that a kernel at 0.99 of its floor does not trip on noise."""
+    return [
+        f"p90 {p90_us:.4g} us < {k} {row[k]:.4g} us"
+        for k in FLOORS
+        if row.get(k) and p90_us < row[k]
+    ]
+
+
+def finish(row: dict, t: Timing) -> dict:
+    """Add the timing, GB/s and of_floor to a validated row; a row faster than any
+    of its floors gets the status "FLOOR BEATEN: ..." (the run then fails)."""
+    row.update(status="ok", **asdict(t))
+    row["gb_per_s"] = row.get("bytes", 0) / (t.median_us * 1e-6) / 1e9
+    if row.get("floor_us"):
+        row["of_floor"] = row["floor_us"] / t.median_us  # 1.0 = at the floor
+    beaten = floor_beaten(row, t.p90_us)
+    if beaten:
+        row["status"] = (
+            "FLOOR BEATEN: " + "; ".join(beaten) + " (the floor is wrong: check the "
+            "row's bytes and FLOPs and the ceilings it was computed from)"
+        )
+        print(f"  {row.get('name')}: {row['status']}", file=sys.stderr)
+    return row
+
+
+def mark_baselines(
+    rows: list[dict],
+    baselines: Mapping[str, tuple[str, ...]],
+    kernels: tuple[str, ...] = (),
+) -> list[dict]:
+    """Give every ok kernel row ``best_baseline`` (the name of the fastest ok
+    baseline row of its case) and ``vs_best_baseline`` (that row's median / this
+    row's median: 2.0 = twice as fast as the strongest baseline). A baseline row
+    is of a kernel row's case when they agree on the fields ``baselines`` lists
+    for it. Failed, skipped and floor-beaten rows are neither compared nor used."""
+    base = [r for r in rows if r.get("name") in baselines and is_ok(r)]
+    for r in rows:
+        if r.get("name") in baselines or not is_ok(r):
+            continue
+        if kernels and not str(r.get("name", "")).startswith(tuple(kernels)):
+            continue
+        same = [
+            b for b in base if all(b.get(k) == r.get(k) for k in baselines[b["name"]])
+        ]
+        if same:
+            best = min(same, key=lambda b: b["median_us"])
+            r["best_baseline"] = best["name"]
+            r["vs_best_baseline"] = best["median_us"] / r["median_us"]
+    return rows
+
+
+def free(sets) -> None:
+    """Drop a list of input sets and return their memory (CuPy's pool, torch's)."""
+    import cupy as cp
+
+    sets.clear()
+    cp.get_default_memory_pool().free_all_blocks()
+    if torch_available():
+        import torch
+
+        torch.cuda.empty_cache()
+
+
+def random_normal(rng, shape: tuple, dtype):
+    """N(0, 1) values of ``dtype`` drawn in float32 one leading-axis row at a time, so
+    a 17 GB fp16 cache never needs a 34 GB float32 temporary."""
+    import cupy as cp
+
+    out = cp.empty(shape, dtype=dtype)
+    for i in range(shape[0]):
+        out[i] = rng.standard_normal(shape[1:], dtype=cp.float32)
+    return out
+
+
+# --- the one table printer -------------------------------------------------------
+
+
+def spread(r: dict) -> str:
+    """p10-p90 of a row, for a column."""
+    return f"{r['p10_us']:.1f}-{r['p90_us']:.1f}"
+
+
+# Columns: (header, row field or callable(row), format spec; its width and
+# alignment also place the header). Chapters compose theirs from these.
+NAME = ("case", "name", "<16")
+MEDIAN = ("median us", "median_us", ">11.2f")
+SPREAD = ("p10-p90", spread, ">16")
+GBPS = ("GB/s", "gb_per_s", ">8.0f")
+FLOOR = ("floor us", "floor_us", ">10.2f")
+OF_FLOOR = ("of floor", "of_floor", ">9.2f")
+ERR = ("err/tol", "error_used", ">9.3f")
+VS_BEST = ("vs best", "vs_best_baseline", ">8.2f")
+BEST = ("best baseline", "best_baseline", ">20")
+DEFAULT_COLUMNS = (
+    NAME,
+    ("B", "B", ">5"),
+    ("S", "S", ">7"),
+    MEDIAN,
+    SPREAD,
+    GBPS,
+    FLOOR,
+    OF_FLOOR,
+    ERR,
+)
+
+_SPEC = re.compile(r"^(?:.?[<>^=])?[+\- ]?#?0?(\d*)")
+
+
+def _align_width(fmt: str) -> str:
+    """The alignment and width of a format spec, for text in its place."""
+    m = _SPEC.match(fmt)
+    align = next((c for c in fmt[:2] if c in "<>^"), ">")
+    return align + (m.group(1) if m else "")
+
+
+def _cell(row: dict, what) -> object:
+    try:
+        v = what(row) if callable(what) else row[what]
+    except (KeyError, TypeError, ValueError, ZeroDivisionError):
+        return None
+    return v
+
+
+def format_row(row: dict, columns) -> str:
+    """One line of the table. An ok row shows every column ("-" where a value is
+    missing); any other row shows its columns up to the first missing value (a
+    failed row has no timing), then its status."""
+    out = []
+    for _, what, fmt in columns:
+        v = _cell(row, what)
+        if v is None:
+            if not is_ok(row):
+                break
+            out.append(format("-", _align_width(fmt)))
+            continue
+        try:
+            out.append(format(v, fmt))
+        except (TypeError, ValueError):
+            out.append(format(str(v), _align_width(fmt)))
+    line = "".join(out)
+    return line if is_ok(row) else f"{line}  {row.get('status', 'no status')}"
+
+
+def print_table(rows: list[dict], columns=None, file=None) -> None:
+    """Print rows under the columns a chapter declares (its module's COLUMNS:
+    (header, field or callable, format) triples; default DEFAULT_COLUMNS)."""
+    columns = columns or DEFAULT_COLUMNS
+    head = "".join(format(h, _align_width(f)) for h, _, f in columns)
+    print(head, file=file)
+    for r in rows:
+        print(format_row(r, columns), file=file)
 
 
 # --- recording -------------------------------------------------------------------
@@ -185,385 +446,269 @@ def load(slug: str, card: str | None = None) -> dict | None:
 
 # --- ceilings --------------------------------------------------------------------
 
-
-def ceilings(quick: bool = False) -> dict:
-    """Measured ceilings of the card at hand: copy and read bandwidth (bytes/s), GEMM
-    throughput (FLOP/s) for fp16 (cuBLAS via cupy), fp32 without TF32, and bf16/tf32
-    through torch when it is importable."""
-    import cupy as cp
-
-    n = 1 << 30  # 1 GiB a buffer: ramp-up and tail are < 1 % of a pass
-    src = cp.random.default_rng(0).integers(0, 2**31, n // 4, dtype=cp.int32)
-    dst = cp.empty_like(src)
-    d2d = cp.cuda.runtime.memcpyDeviceToDevice
-
-    def copy():
-        ptr = cp.cuda.get_current_stream().ptr
-        cp.cuda.runtime.memcpyAsync(dst.data.ptr, src.data.ptr, n, d2d, ptr)
-
-    t = time_cupy([copy], samples=20)
-    res = {"copy_bytes_per_s": 2 * n / (t.median_us * 1e-6)}  # read + write
-    copy_k = rt.kernel("ceilings", "ceilings_copy_v1")
-    for per_sm in (4, 8, 16):  # our copy kernel; the faster of the two is the ceiling
-        grid = rt.device_info()["sm_count"] * per_sm
-        t = time_cupy(
-            [lambda g=grid: copy_k((g,), (256,), (src, dst, np.int64(n // 16)))]
-        )
-        bw = 2 * n / (t.median_us * 1e-6)
-        res["copy_bytes_per_s"] = max(res["copy_bytes_per_s"], bw)
-    flag = cp.zeros(1, dtype=cp.uint32)
-    n16 = np.int64(n // 16)
-    for ver in (1, 2, 3):  # the fastest read kernel is the ceiling
-        read = rt.kernel("ceilings", f"ceilings_read_v{ver}")
-        for per_sm in (4, 8, 16):
-            grid = rt.device_info()["sm_count"] * per_sm
-            t = time_cupy([lambda r=read, g=grid: r((g,), (256,), (src, n16, flag))])
-            bw = n / (t.median_us * 1e-6)
-            res["read_bytes_per_s"] = max(res.get("read_bytes_per_s", 0.0), bw)
-    m = 4096 if quick else 8192
-    for name, dt in (("fp16", cp.float16), ("fp32", cp.float32)):
-        a = (
-            cp.random.default_rng(1)
-            .standard_normal((m, m), dtype=cp.float32)
-            .astype(dt)
-        )
-        c = cp.empty_like(a)
-        t = time_events([lambda a=a, c=c: cp.matmul(a, a, out=c)])
-        res[f"gemm_{name}_flop_per_s"] = 2 * m**3 / (t.median_us * 1e-6)
-    if torch_available():
-        import torch
-
-        for name, dt, tf32 in (
-            ("bf16", torch.bfloat16, False),
-            ("tf32", torch.float32, True),
-        ):
-            torch.backends.cuda.matmul.allow_tf32 = tf32
-            a = torch.randn(m, m, device="cuda", dtype=dt)
-            c = torch.empty_like(a)
-            t = time_torch([lambda a=a, c=c: torch.matmul(a, a, out=c)], samples=10)
-            res[f"gemm_{name}_flop_per_s"] = 2 * m**3 / (t.median_us * 1e-6)
-        torch.backends.cuda.matmul.allow_tf32 = False
-    return res
+# A method's name is "<kind>/<how>"; a ceiling is the maximum over its kind's methods.
+CEILING_KEYS = {
+    "copy": "copy_bytes_per_s",  # bytes read + bytes written, per second
+    "read": "read_bytes_per_s",
+    "gemm_fp16": "gemm_fp16_flop_per_s",
+    "gemm_bf16": "gemm_bf16_flop_per_s",
+    "gemm_tf32": "gemm_tf32_flop_per_s",
+    "gemm_fp32": "gemm_fp32_flop_per_s",
+}
+CEILING_BYTES = 2 << 30  # 2 GiB a buffer: ramp-up and tail are well under 1 % a pass
+PER_SM = (2, 4, 8, 16)  # blocks per SM of our copy and read kernels
+QUICK_PER_SM = (4, 8)
+GEMM_SIZES = (4096, 8192, 16384)  # square; fp16 and bf16
+QUICK_GEMM_SIZES = (4096, 8192)
+GEMM32_SIZES = (4096, 8192)  # fp32 and tf32 (16384 at fp32 takes ~0.2 s a call)
 
 
-def ceilings_or_recorded(measure: bool = True) -> dict:
-    """Ceilings measured now (GPU present) or the recorded ones."""
-    if measure and rt.available():
-        return ceilings(quick=True)
-    doc = load("ceilings")
-    return doc["ceilings"] if doc else {}
-
-
-# --- decode attention --------------------------------------------------------------
-
-
-def random_normal(rng, shape: tuple, dtype):
-    """N(0, 1) values of ``dtype`` drawn in float32 one leading-axis row at a time, so
-    a 17 GB fp16 cache never needs a 34 GB float32 temporary."""
-    import cupy as cp
-
-    out = cp.empty(shape, dtype=dtype)
-    for i in range(shape[0]):
-        out[i] = rng.standard_normal(shape[1:], dtype=cp.float32)
+def ceiling_maxima(methods: Mapping[str, float]) -> dict:
+    """The ceilings from the figures of each method: for each kind (the part of a
+    method's name before "/"), the maximum over its methods, under the kind's key
+    (CEILING_KEYS), and ``best``: key -> the method that gave it. Methods that
+    were not measured (None, NaN, <= 0) are left out."""
+    out: dict = {}
+    best: dict[str, str] = {}
+    for name, v in methods.items():
+        kind = name.split("/", 1)[0]
+        if kind not in CEILING_KEYS:
+            raise ValueError(
+                f"method {name!r}: kind must be one of {list(CEILING_KEYS)}"
+            )
+        if v is None or not math.isfinite(v) or v <= 0:
+            continue
+        key = CEILING_KEYS[kind]
+        if v > out.get(key, 0.0):
+            out[key], best[key] = float(v), name
+    out["best"] = best
     return out
 
 
-def attention_truth(q, k, v) -> list[tuple[int, np.ndarray, float]]:
-    """The float64 NumPy reference for batch rows {0, B-1} of one input set, with
-    each row's error scale: [(b, ref (1, H, D), scale)]. Computed once per case."""
+def _attempt(methods: dict, name: str, measure: Callable[[], float]) -> None:
+    """methods[name] = measure(), or a line on stderr if it cannot be measured here
+    (the ceiling is then the maximum over the others)."""
+    try:
+        methods[name] = float(measure())
+    except Exception as e:  # noqa: BLE001 - one method must not stop the others
+        print(f"  {name}: not measured ({type(e).__name__}: {e})", file=sys.stderr)
+        return
+    unit = "FLOP/s" if name.startswith("gemm") else "B/s"
+    print(f"  {name:<28}{methods[name] / 1e12:9.3f} T{unit}")
+
+
+def _rate(amount: float, timer, calls, **kw) -> Callable[[], float]:
+    """A measurement: amount (bytes or FLOPs) per second of one call of ``calls``."""
+    return lambda: amount / seconds(timer(calls, **kw))
+
+
+def measure_ceilings(quick: bool = False) -> dict[str, float]:
+    """Each method's figure on the card at hand: {"<kind>/<method>": per second}.
+
+    copy: cudaMemcpyAsync device to device, our copy kernels at several grids,
+    cupy.copyto, a CuPy elementwise copy, torch's copy_ (bytes read + written).
+    read: our read kernels v1-v4 at several grids, a CuPy sum and a torch sum
+    (bytes read). gemm: fp16 (CuPy's cuBLAS and torch) and bf16 (torch) at several
+    square sizes, fp32 without TF32 (both) and tf32 (torch). Random data, never
+    zeros (a GEMM of zeros draws less power and runs faster than a real one)."""
     import cupy as cp
 
-    from reference.common import decode_attention
-    from reference.testing import attention_scale
-
-    truth = []
-    for b in sorted({0, q.shape[0] - 1}):
-        qb, kb, vb = (cp.asnumpy(x[b : b + 1]).astype(np.float64) for x in (q, k, v))
-        truth.append((b, decode_attention(qb, kb, vb), attention_scale(qb, kb, vb)))
-    return truth
-
-
-def _validate_attention(fn, truth, dtype) -> float:
-    """Compare fn()'s output (B, H, D) with the reference rows in ``truth``.
-
-    Returns the fraction of the tolerance used; raises AssertionError on failure."""
-    import cupy as cp
-
-    from reference.testing import assert_close
-
-    out = cp.asnumpy(fn())
-    return max(
-        assert_close(out[b : b + 1], ref, "gpu", dtype, sc) for b, ref, sc in truth
-    )
-
-
-def _attention_case(rng, b: int, s: int, read_bw, h: int = 32, d: int = 128):
-    """One benchmark case of fp16 decode attention (H = G = h): the input sets to
-    rotate (together > 2x L2), the float64 truth for the first set, and the fields
-    every row of this case carries (shape, bytes, FLOPs, floor)."""
-    from gpu import attention as att
-
-    nbytes = att.bytes_moved(b, h, h, s, d, 2)
-    shapes = ((b, h, d), (b, h, s, d), (b, h, s, d))  # q, K, V
-    sets = [
-        tuple(random_normal(rng, sh, np.float16) for sh in shapes)
-        for _ in range(n_copies(nbytes))
-    ]
-    base = dict(
-        B=b,
-        H=h,
-        G=h,
-        S=s,
-        D=d,
-        dtype="float16",
-        bytes=nbytes,
-        flops=att.flops(b, h, s, d),
-        copies=len(sets),
-    )
-    if read_bw:
-        base["floor_us"] = nbytes / read_bw * 1e6
-    return sets, attention_truth(*sets[0]), base
-
-
-def _run_launcher(name, launch, ws_elems: int, sets, truth, base, **extra) -> dict:
-    """Validate, then time ``launch(qkv, out, workspace) -> out`` over every input
-    set, each with its own NaN-poisoned output and zeroed workspace."""
-    import cupy as cp
-
-    b, h, d = base["B"], base["H"], base["D"]
-    outs = [cp.full((b, h, d), np.nan, dtype=np.float16) for _ in sets]
-    wss = [cp.zeros(max(ws_elems, 1), dtype=cp.float32) for _ in sets]
-    calls = [
-        partial(launch, st, o, w) for st, o, w in zip(sets, outs, wss, strict=True)
-    ]
-    return _run_case(name, base, calls, truth, np.float16, **extra)
-
-
-def _launch_version(version, n_split, qkv, out, ws):
-    from gpu import attention as att
-
-    return att.decode_attention(
-        *qkv, version=version, n_split=n_split, out=out, workspace=ws
-    )
-
-
-def _launch_tile(u, nw, n_split, qkv, out, ws):
-    from gpu import attention as att
-
-    if (u, nw) == (4, 4):  # v7 itself, through its own launcher
-        return _launch_version(7, n_split, qkv, out, ws)
-    return att.decode_attention_v9(
-        *qkv, u=u, nw=nw, n_split=n_split, out=out, workspace=ws
-    )
-
-
-def _free(sets) -> None:
-    import cupy as cp
-
-    sets.clear()
+    methods: dict[str, float] = {}
+    _bandwidth(methods, quick)
     cp.get_default_memory_pool().free_all_blocks()
-    if torch_available():
-        import torch
-
-        torch.cuda.empty_cache()
+    _gemm(methods, quick)
+    return methods
 
 
-def attention(
-    quick: bool = False, versions=(1, 2, 3, 4, 5, 6, 7, 8), ceil: dict | None = None
-) -> list[dict]:
-    """Decode attention, H = G = 32, D = 128, fp16: our versions and torch SDPA.
-
-    Grid: B in {1, 8, 64} x S in {1K, 4K, 16K, 32K}
-    (quick: B in {1, 8}, S in {1K, 16K}).
-    """
+def _bandwidth(methods: dict, quick: bool) -> None:
     import cupy as cp
 
-    from gpu import attention as att
+    n = CEILING_BYTES
+    src = cp.random.default_rng(0).integers(0, 2**31 - 1, n // 4, dtype=cp.int32)
+    dst = cp.empty_like(src)
+    sms = rt.device_info()["sm_count"]
+    per_sm = QUICK_PER_SM if quick else PER_SM
+    n16 = np.int64(n // 16)  # 16-byte vectors
 
-    read_bw = (ceil or ceilings_or_recorded()).get("read_bytes_per_s")
-    bs, ss = (
-        ((1, 8), (1024, 16384)) if quick else ((1, 8, 64), (1024, 4096, 16384, 32768))
-    )
-    rows = []
-    rng = cp.random.default_rng(2026)
-    for b in bs:
-        for s in ss:
-            sets, truth, base = _attention_case(rng, b, s, read_bw)
-            h, d = base["H"], base["D"]
-            for ver in versions:
-                if ver == 1 and b * s > 8 * 16384 and not quick:
-                    continue  # v1 is ~10x slower; its trend is clear from smaller sizes
-                n = att.split_plan(b, h, s, None, ver)[0] if ver >= 3 else 1
-                launch = partial(_launch_version, ver, None)
-                ws_elems = att.workspace_elems(ver, b, h, s, d)
-                rows.append(
-                    _run_launcher(
-                        f"v{ver}", launch, ws_elems, sets, truth, base, n_split=n
-                    )
-                )
-            if torch_available():
-                rows.append(_run_torch_sdpa(base, sets, truth, np.float16))
-            _free(sets)
-    return rows
+    def memcpy():
+        s = cp.cuda.get_current_stream().ptr
+        d2d = cp.cuda.runtime.memcpyDeviceToDevice
+        cp.cuda.runtime.memcpyAsync(dst.data.ptr, src.data.ptr, n, d2d, s)
 
-
-def split_sweep(versions=(4, 6, 7, 8), ceil: dict | None = None) -> list[dict]:
-    """How the number of S-chunks (blocks per (b, h)) moves time: B in {1, 8},
-    S in {1K, 16K}, H = G = 32, D = 128, fp16, n_split from 1 to 128."""
-    import cupy as cp
-
-    from gpu import attention as att
-
-    read_bw = (ceil or ceilings_or_recorded()).get("read_bytes_per_s")
-    rng = cp.random.default_rng(7)
-    rows = []
-    for b, s in ((1, 1024), (8, 1024), (1, 16384), (8, 16384)):
-        sets, truth, base = _attention_case(rng, b, s, read_bw)
-        h, d = base["H"], base["D"]
-        for ver in versions:
-            for n in (n for n in (1, 2, 4, 8, 16, 32, 64, 128) if n * 32 <= s):
-                launch = partial(_launch_version, ver, n)
-                ws_elems = att.workspace_elems(ver, b, h, s, d, n)
-                rows.append(
-                    _run_launcher(
-                        f"v{ver}", launch, ws_elems, sets, truth, base, n_split=n
-                    )
-                )
-        _free(sets)
-    return rows
-
-
-def tile_sweep(ceil: dict | None = None) -> list[dict]:
-    """v9 (v7 with U rows per group and NW warps per block) against v7 and SDPA where
-    v7 trails SDPA: B = 1 at S = 4K and 16K, B = 8 and B = 64 at S = 1K; fp16, D = 128;
-    n_split in {1, 2, 4, 8, 16}."""
-    import cupy as cp
-
-    from gpu import attention as att
-
-    read_bw = (ceil or ceilings_or_recorded()).get("read_bytes_per_s")
-    rng = cp.random.default_rng(9)
-    rows = []
-    for b, s in ((1, 4096), (1, 16384), (8, 1024), (64, 1024)):
-        sets, truth, base = _attention_case(rng, b, s, read_bw)
-        h, d = base["H"], base["D"]
-        for u, nw in ((4, 4),) + att.V9_TILES:
-            for n in (n for n in (1, 2, 4, 8, 16) if n * 128 <= s):
-                name = "v7" if (u, nw) == (4, 4) else f"v9_u{u}w{nw}"
-                launch = partial(_launch_tile, u, nw, n)
-                ws_elems = att.workspace_elems(7, b, h, s, d, n)
-                rows.append(
-                    _run_launcher(name, launch, ws_elems, sets, truth, base, n_split=n)
-                )
-        if torch_available():
-            rows.append(_run_torch_sdpa(base, sets, truth, np.float16))
-        _free(sets)
-    return rows
-
-
-def _run_case(name: str, base: dict, calls, truth, dtype, **extra) -> dict:
-    row = dict(name=name, **base, **extra)
-    try:
-        row["error_used"] = _validate_attention(calls[0], truth, dtype)
-    except AssertionError as e:
-        row["status"] = f"FAILED validation: {e}"
-        print(f"  {name}: {row['status']}", file=sys.stderr)
-        return row
-    t = time_cupy(calls, samples=20 if base["bytes"] > 1 << 30 else 40)
-    return _finish(row, t)
-
-
-def _finish(row: dict, t: Timing) -> dict:
-    row.update(status="ok", **asdict(t))
-    row["gb_per_s"] = row["bytes"] / (t.median_us * 1e-6) / 1e9
-    if "floor_us" in row:
-        row["of_floor"] = row["floor_us"] / t.median_us  # 1.0 = at the floor
-    return row
-
-
-def _run_torch_sdpa(base: dict, sets, truth, dtype) -> dict:
+    _attempt(methods, "copy/cudaMemcpy", _rate(2 * n, time_cupy, [memcpy], samples=20))
+    for ver in (1, 2):
+        fn = rt.kernel("ceilings", f"ceilings_copy_v{ver}")
+        for k in per_sm:
+            call = [lambda fn=fn, g=sms * k: fn((g,), (256,), (src, dst, n16))]
+            name = f"copy/kernel_v{ver}_g{k}"
+            _attempt(methods, name, _rate(2 * n, time_cupy, call, samples=20))
+    copyto = [lambda: cp.copyto(dst, src)] * 4
+    _attempt(methods, "copy/cupy_copyto", _rate(2 * n, time_events, copyto))
+    ew = cp.ElementwiseKernel("T x", "T y", "y = x", "tt_ceiling_copy")
+    s64, d64 = src.view(cp.int64), dst.view(cp.int64)
+    elementwise = [lambda: ew(s64, d64)] * 4
+    _attempt(methods, "copy/cupy_elementwise", _rate(2 * n, time_events, elementwise))
+    flag = cp.zeros(1, dtype=cp.uint32)
+    for ver in (1, 2, 3, 4):
+        fn = rt.kernel("ceilings", f"ceilings_read_v{ver}")
+        for k in per_sm:
+            call = [lambda fn=fn, g=sms * k: fn((g,), (256,), (src, n16, flag))]
+            name = f"read/kernel_v{ver}_g{k}"
+            _attempt(methods, name, _rate(n, time_cupy, call, samples=20))
+    total = cp.zeros((), dtype=cp.int64)  # preallocated: the sum allocates nothing
+    summed = [lambda: cp.sum(src, dtype=cp.int64, out=total)] * 4
+    _attempt(methods, "read/cupy_sum", _rate(n, time_events, summed))
+    if not torch_available():
+        return
     import torch
-    import torch.nn.functional as F
 
-    tq = [
-        (torch.from_dlpack(q)[:, :, None], torch.from_dlpack(k), torch.from_dlpack(v))
-        for q, k, v in sets
-    ]
-    gqa = base["H"] != base["G"]
-    calls = [
-        (lambda q=q, k=k, v=v: F.scaled_dot_product_attention(q, k, v, enable_gqa=gqa))
-        for q, k, v in tq
-    ]
-    row = dict(name="torch_sdpa", torch=torch.__version__, **base)
+    ts, td = torch.from_dlpack(src), torch.from_dlpack(dst)
+    t_total = torch.zeros((), dtype=torch.int64, device=ts.device)
+    copy_ = [lambda: td.copy_(ts)]
+    _attempt(methods, "copy/torch_copy_", _rate(2 * n, time_torch, copy_, samples=20))
+    t_sum = [lambda: torch.sum(ts, dim=0, dtype=torch.int64, out=t_total)]
+    _attempt(methods, "read/torch_sum", _rate(n, time_torch, t_sum, samples=20))
+    torch.cuda.empty_cache()
+
+
+def _gemm(methods: dict, quick: bool) -> None:
+    """Square GEMMs C = A B of random N(0, 1) matrices. torch runs with its
+    defaults (fp16/bf16 reduced-precision reductions allowed: the fastest it
+    goes, so that the ceiling stays an upper bound)."""
     import cupy as cp
 
-    def first():
-        out = calls[0]()[:, :, 0].contiguous()
-        torch.cuda.synchronize()
-        return cp.from_dlpack(out)
+    sizes = QUICK_GEMM_SIZES if quick else GEMM_SIZES
+    sizes32 = GEMM32_SIZES[:1] if quick else GEMM32_SIZES
+    rng = cp.random.default_rng(1)
+    for kind, dt, ms in (("fp16", cp.float16, sizes), ("fp32", cp.float32, sizes32)):
+        for m in ms:  # CuPy: cuBLAS; fp32 without TF32 (CuPy's default)
+            a, b = (
+                rng.standard_normal((m, m), dtype=cp.float32).astype(dt) for _ in "ab"
+            )
+            c = cp.empty_like(a)
+            mm = [lambda a=a, b=b, c=c: cp.matmul(a, b, out=c)]
+            _attempt(methods, f"gemm_{kind}/cupy_{m}", _rate(2 * m**3, time_events, mm))
+            del a, b, c, mm
+            cp.get_default_memory_pool().free_all_blocks()
+    if not torch_available():
+        return
+    import torch
 
-    try:
-        row["error_used"] = _validate_attention(first, truth, dtype)
-    except AssertionError as e:
-        row["status"] = f"FAILED validation: {e}"
-        return row
-    t = time_torch(calls, samples=20 if base["bytes"] > 1 << 30 else 40)
-    return _finish(row, t)
-
-
-def print_table(rows: list[dict], extra: str | None = None) -> None:
-    nan = float("nan")
-    print(
-        f"{'case':<10}{'B':>4}{'S':>7}{'median us':>12}{'p10-p90':>16}"
-        f"{'GB/s':>8}{'floor us':>10}{'of floor':>9}{'err/tol':>9}"
-        + (f"{extra:>9}" if extra else "")
+    mm_flags = torch.backends.cuda.matmul
+    saved = (
+        mm_flags.allow_fp16_reduced_precision_reduction,
+        mm_flags.allow_bf16_reduced_precision_reduction,
     )
-    for r in rows:
-        if r.get("status") != "ok":
-            print(f"{r['name']:<10}{r['B']:>4}{r['S']:>7}  {r.get('status')}")
-            continue
-        print(
-            f"{r['name']:<10}{r['B']:>4}{r['S']:>7}{r['median_us']:>12.1f}"
-            f"{r['p10_us']:>8.1f}-{r['p90_us']:<7.1f}{r['gb_per_s']:>8.0f}"
-            f"{r.get('floor_us', nan):>10.1f}{r.get('of_floor', nan):>9.2f}"
-            f"{r['error_used']:>9.3f}" + (f"{r.get(extra, ''):>9}" if extra else "")
-        )
+    mm_flags.allow_fp16_reduced_precision_reduction = True  # torch's defaults
+    mm_flags.allow_bf16_reduced_precision_reduction = True
+    for kind, dt, tf32, ms in (
+        ("fp16", torch.float16, False, sizes),
+        ("bf16", torch.bfloat16, False, sizes),
+        ("tf32", torch.float32, True, sizes32),
+        ("fp32", torch.float32, False, sizes32),
+    ):
+        mm_flags.allow_tf32 = tf32
+        for m in ms:
+            a, b = (torch.randn(m, m, device="cuda", dtype=dt) for _ in "ab")
+            c = torch.empty_like(a)
+            mm = [lambda a=a, b=b, c=c: torch.matmul(a, b, out=c)]
+            reps = 10 if m <= 8192 else 5  # 16384: 16 calls of ~12 ms a replay
+            rate = _rate(2 * m**3, time_torch, mm, samples=reps)
+            _attempt(methods, f"gemm_{kind}/torch_{m}", rate)
+            del a, b, c, mm
+            torch.cuda.empty_cache()
+    mm_flags.allow_tf32 = False
+    (
+        mm_flags.allow_fp16_reduced_precision_reduction,
+        mm_flags.allow_bf16_reduced_precision_reduction,
+    ) = saved
 
 
-# --- the tricks' benchmarks ----------------------------------------------------------
-# Each trick's cases live in gpu/bench_<slug>.py and use this module's harness (time_*,
-# n_copies, _finish, record). Its run(quick, ceil) returns {results name: rows}.
+def ceilings(quick: bool = False) -> dict:
+    """Measured ceilings of the card at hand: the maxima over the methods of
+    ``measure_ceilings`` (copy and read in bytes/s, GEMMs in FLOP/s, keys of
+    CEILING_KEYS), ``best`` (which method gave each) and ``methods`` (every
+    method's figure)."""
+    methods = measure_ceilings(quick)
+    return {**ceiling_maxima(methods), "methods": methods, "quick": quick}
+
+
+def ceilings_or_recorded(measure: bool = True, root: Path = RESULTS) -> dict:
+    """The ceilings a run's floors use: those recorded for THIS card under root
+    (root/<card_slug>/ceilings.json, written by ``python -m gpu.bench ceilings
+    --out root``) when present and made by this harness (they carry ``methods``),
+    else, when ``measure``, measured now (quick), else {} (no floors). Never
+    another card's. Without a GPU: the recorded ones of ``results.default_card``
+    (what the book plots; no run uses them)."""
+    if not rt.available():
+        doc = results.load("ceilings", root=Path(root))
+        return doc["ceilings"] if doc else {}
+    card = results.card_slug(rt.device_info()["card"])
+    doc = results.load("ceilings", card, Path(root))
+    if doc and "methods" in doc.get("ceilings", {}):
+        print(f"ceilings: recorded {results.path('ceilings', card, Path(root))}")
+        return doc["ceilings"]
+    if not measure:
+        return {}
+    print(f"ceilings: none recorded for {card} under {root}: measuring (quick)")
+    return ceilings(quick=True)
+
+
+def print_ceilings(ceil: dict) -> None:
+    for key in CEILING_KEYS.values():
+        if key in ceil:
+            best = ceil.get("best", {}).get(key, "")
+            print(f"  {key:<26}{ceil[key] / 1e12:10.3f} T   {best}")
+
+
+# --- the chapters' benchmarks ---------------------------------------------------
+# Each chapter's cases live in gpu/bench_<slug>.py and use this module's harness.
 TRICKS = tuple(
     sorted(p.stem.removeprefix("bench_") for p in rt.GPU_DIR.glob("bench_*.py"))
 )
 
 
-def run_trick(slug: str, quick: bool, ceil: dict | None, out: Path | None) -> int:
-    """Run gpu/bench_<slug>.py's cases, print them, record each table; 1 if any row
-    failed validation. Rows marked skipped (``is_skipped``) are no failure, and a
-    table of skipped rows only is not recorded."""
+def run_trick(slug: str, quick: bool, ceil: dict | None, out: Path | None, **kw) -> int:
+    """Run gpu/bench_<slug>.py's cases (``run(quick, ceil, **kw)``), mark each
+    kernel row's best baseline (its GRID), print each table under its COLUMNS and
+    record it; 1 if any row failed (validation, or a floor beaten). Rows marked
+    skipped (``is_skipped``) are no failure, and a table of skipped rows only is
+    not recorded."""
     import importlib
 
     mod = importlib.import_module(f"gpu.bench_{slug}")
-    ceil = ceil or ceilings_or_recorded()
+    ceil = ceil or ceilings_or_recorded(root=out or RESULTS)
+    grid = getattr(mod, "GRID", None)
     status = 0
-    for name, rows in mod.run(quick=quick, ceil=ceil).items():
+    for name, rows in mod.run(quick=quick, ceil=ceil, **kw).items():
+        if grid is not None:
+            mark_baselines(rows, grid.baselines, grid.kernels)
         print(f"--- {name}")
-        getattr(mod, "print_table", print_table)(rows)
+        print_table(rows, getattr(mod, "COLUMNS", None))
         skipped = [is_skipped(r) for r in rows]
         if out and not all(skipped):  # a table of skipped rows measured nothing
-            record(name, rows, out, ceilings=ceil)
-        status |= any(
-            r.get("status") != "ok" and not s
-            for r, s in zip(rows, skipped, strict=True)
-        )
+            print(f"recorded {record(name, rows, out, ceilings=ceil)}")
+        bad = [r for r, s in zip(rows, skipped, strict=True) if not is_ok(r) and not s]
+        for r in bad:
+            print(f"{name}: {r.get('name')}: {r.get('status')}", file=sys.stderr)
+        status |= bool(bad)
     return int(status)
 
 
-def is_skipped(row: dict) -> bool:
-    """A case this machine cannot run (e.g. "skipped: needs >= 2 GPUs"): neither a
-    failure nor a figure."""
-    return str(row.get("status", "")).startswith("skipped")
+def run_all(quick: bool, out: Path | None) -> int:
+    """Ceilings, then every slug, each in a fresh Python process (one chapter's
+    memory and failures do not reach another); non-zero if any failed."""
+    flags = (["--quick"] if quick else []) + (["--out", str(out)] if out else [])
+    status, report = 0, []
+    for what in ("ceilings", *TRICKS):
+        t0 = time.time()
+        rc = subprocess.run(
+            [sys.executable, "-m", "gpu.bench", what, *flags]
+        ).returncode
+        report.append(f"  {what:<20} rc {rc}  {time.time() - t0:7.1f} s")
+        status |= rc != 0
+    print("\n".join(["=== gpu.bench all", *report]))
+    return int(status)
 
 
 def main(argv=None) -> int:
@@ -573,56 +718,40 @@ def main(argv=None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     ap.add_argument(
-        "what", choices=("ceilings", "attention", "split", "tiles", *TRICKS, "all")
+        "what", choices=("ceilings", *TRICKS, "split", "tiles", "all", "list")
     )
     ap.add_argument(
         "--quick", action="store_true", help="smaller grid, for trying things"
     )
-    ap.add_argument("--version", type=int, action="append", help="kernel version(s)")
+    ap.add_argument(
+        "--version", type=int, action="append", help="attention version(s) to time"
+    )
     ap.add_argument("--out", type=Path, default=None, help="record into this folder")
     args = ap.parse_args(argv)
+    if args.what == "list":
+        print("\n".join(TRICKS))
+        return 0
+    if args.what == "all":
+        return run_all(args.quick, args.out)
     if not rt.available():
         print(f"no GPU here: {rt.why_unavailable()}", file=sys.stderr)
         return 2
     print(rt.device_summary())
-    ceil = None
-    if args.what in ("ceilings", "all"):
+    if args.what == "ceilings":
         ceil = ceilings(quick=args.quick)
-        for k, v in ceil.items():
-            print(f"  {k:<26}{v / 1e12:10.3f} T")
+        print_ceilings(ceil)
         if args.out:
-            record("ceilings", [], args.out, ceilings=ceil)
-    if args.what in ("attention", "all"):
-        rows = attention(
-            quick=args.quick,
-            versions=tuple(args.version or (1, 2, 3, 4, 5, 6, 7, 8)),
-            ceil=ceil,
-        )
-        print_table(rows)
-        if args.out:
-            record(
-                "attention",
-                rows,
-                args.out,
-                ceilings=ceil or ceilings_or_recorded(False),
-            )
-        if any(r.get("status") != "ok" for r in rows):
-            return 1
-    if args.what == "tiles":  # an experiment, not part of "all"
-        rows = tile_sweep(ceil=ceil)
-        print_table(rows, extra="n_split")
-        if args.out:
-            record("attention_tiles", rows, args.out)
-    if args.what in ("split", "all"):
-        rows = split_sweep(ceil=ceil)
-        print_table(rows, extra="n_split")
-        if args.out:
-            record("attention_split", rows, args.out)
-    status = 0
-    for slug in TRICKS:
-        if args.what in (slug, "all"):
-            status |= run_trick(slug, args.quick, ceil, args.out)
-    return status
+            print(f"recorded {record('ceilings', [], args.out, ceilings=ceil)}")
+        return 0
+    kw = {}
+    if args.what == "split":  # attention's n_split sweep alone
+        kw["tables"] = ("attention_split",)
+    elif args.what == "tiles":  # the v9 tile experiment: never part of "all"
+        kw["tables"] = ("attention_tiles",)
+    elif args.what == "attention" and args.version:
+        kw["versions"] = tuple(args.version)
+    slug = "attention" if args.what in ("split", "tiles") else args.what
+    return run_trick(slug, args.quick, None, args.out, **kw)
 
 
 if __name__ == "__main__":

@@ -7,18 +7,28 @@ The sparse ReLU MLP of one decode step, C = 4096, F = 16384, fp16 (OPT-6.7B's ML
   kernel version and reduction mode of gpu/deja_vu.cu (v1 only up to 10 %: it is
   slow), beside two baselines from the same run: the dense MLP through cuBLAS
   (cupy.matmul, two GEMVs and fused epilogues) and gather-then-GEMV (cupy.take of
-  the K rows of both matrices, then the same GEMVs on the gathered copies).
+  the K rows of both matrices, then the same GEMVs on the gathered copies), and
+  the same two in PyTorch under CUDA graphs: torch_dense (F.linear's addmm with
+  b1, relu in place, addmm with b2) and torch_gather_gemv (index_select of the K
+  rows of W1, b1 and W2, then the same GEMVs), into NaN-poisoned outputs.
 * "deja_vu_batch": B in {1, 4, 16, 64} (quick: 1, 16) with T = the union of the B
   rows' active sets, measured on the weights (b1 set for ~10 % active per row;
-  independent random rows, the worst case for the union), v3 and v2 against dense.
+  independent random rows, the worst case for the union), v2-v4 against the same
+  four baselines.
 
 Every row is validated against the float64 NumPy reference (reference.deja_vu) on
 its first input set, outputs poisoned with NaN; a row that fails is recorded as
 failed and not timed. Our kernels are timed in CUDA graphs (bench.time_cupy); cuBLAS
-cannot be captured by CuPy, so the baselines use CUDA events (bench.time_events).
-Each input set carries its own weights, rotated so that together they exceed 2x L2.
-Floors: bytes_moved / read ceiling (floor_us, the issue's 2 |S| C bytes + small
-terms) and, for our CUDA-core kernels, FLOPs / fp32 GEMM ceiling (flop_floor_us).
+cannot be captured by CuPy, so the CuPy baselines use CUDA events
+(bench.time_events); torch's are captured (bench.time_torch). Each input set carries
+its own weights, rotated so that together they exceed 2x L2; the torch rows rotate
+over the same sets. Floors: bytes_moved / read ceiling (floor_us, the issue's
+2 |S| C bytes + small terms) and FLOPs over the GEMM ceiling of the units that do
+the work (flop_floor_us): the fp32 ceiling for our CUDA-core kernels, the fp16 one
+for cuBLAS and torch, which use tensor cores (the fp32 ceiling does not bound them:
+cuBLAS's dense MLP at B = 64 ran at 2.5x it on the H100). Every kernel row gets
+vs_best_baseline against the fastest ok baseline of its case (dense: same B;
+gather: same B and K; gpu.bench.mark_baselines).
 """
 
 from __future__ import annotations
@@ -39,8 +49,34 @@ BATCHES = (1, 4, 16, 64)
 QUICK_BATCHES = (1, 16)
 VARIANTS = ((1, "deterministic"), (2, "atomic"), (2, "deterministic"))
 VARIANTS += ((3, "atomic"), (3, "deterministic"), (4, "atomic"))
+BATCH_VARIANTS = ((3, "atomic"), (3, "deterministic"), (2, "atomic"), (4, "atomic"))
 ACTIVE_SHIFT = -1.2816  # b1 mean: P(N(0, 1) > 1.2816) = 10 % active per row
 K16 = 2.0**-11 / (6 * 2.0**-24)  # one fp16 rounding in units of the gpu row's atol
+GRID = bench.Grid(
+    axes=dict(kept=KEPT, B=BATCHES),  # kept: "deja_vu" (B = 1); B: "deja_vu_batch"
+    quick=dict(kept=QUICK_KEPT, B=QUICK_BATCHES),
+    fixed=dict(
+        C=C, F=F, dtype="float16", active_shift=ACTIVE_SHIFT,
+        v1_max_kept=0.1, v1_max_b=4,  # v1 reads rows with 2-byte loads, serially
+    ),
+    versions=dict(deja_vu=VARIANTS, deja_vu_batch=BATCH_VARIANTS),
+    baselines={
+        "torch_dense": ("B",), "cublas_dense": ("B",),
+        "torch_gather_gemv": ("B", "K"), "gather_gemv": ("B", "K"),
+    },
+    kernels=("v",),
+)  # fmt: skip
+COLUMNS = (
+    ("case", "name", "<18"),
+    ("B", "B", ">4"),
+    ("kept", "kept", ">7.3f"),
+    bench.MEDIAN,
+    bench.FLOOR,
+    bench.OF_FLOOR,
+    bench.ERR,
+    bench.VS_BEST,
+    bench.BEST,
+)
 
 
 def _weights(rng, n: int, shift: float):
@@ -102,7 +138,7 @@ def _row(name, base, check, calls, ref, scale, timer) -> dict:
         row["status"] = f"FAILED validation: {e}"
         print(f"  {name} B={base['B']} K={base['K']}: {row['status']}", file=sys.stderr)
         return row
-    return bench._finish(row, timer(calls))
+    return bench.finish(row, timer(calls))
 
 
 def _graph(calls):
@@ -165,7 +201,9 @@ def _cublas(sets, xs, idxs, gather: bool):
     return calls
 
 
-def _base(b, k, ceil, copies, **extra) -> dict:
+def _base(b, k, ceil, copies, tensor_cores=False, **extra) -> dict:
+    """The fields of a case's rows; tensor_cores: the FLOP floor over the fp16 GEMM
+    ceiling (cuBLAS, torch), else over the fp32 one (our CUDA-core kernels)."""
     nbytes = gdv.bytes_moved(b, C, k, 2)
     base = dict(B=b, C=C, F=F, K=k, kept=k / F, dtype="float16", bytes=nbytes)
     base.update(flops=gdv.flops(b, C, k), copies=copies, **extra)
@@ -174,9 +212,72 @@ def _base(b, k, ceil, copies, **extra) -> dict:
         base["dense_floor_us"] = (
             gdv.dense_bytes(b, C, F, 2) / ceil["read_bytes_per_s"] * 1e6
         )
-    if ceil.get("gemm_fp32_flop_per_s"):
-        base["flop_floor_us"] = base["flops"] / ceil["gemm_fp32_flop_per_s"] * 1e6
+    peak = ceil.get("gemm_fp16_flop_per_s" if tensor_cores else "gemm_fp32_flop_per_s")
+    if peak:
+        base["flop_floor_us"] = base["flops"] / peak * 1e6
     return base
+
+
+def _tensor_cores(base: dict, ceil: dict) -> dict:
+    """base with the FLOP floor of the tensor-core baselines (see _base)."""
+    out = dict(base)
+    out.pop("flop_floor_us", None)
+    if ceil.get("gemm_fp16_flop_per_s"):
+        out["flop_floor_us"] = out["flops"] / ceil["gemm_fp16_flop_per_s"] * 1e6
+    return out
+
+
+def _torch_mlp(sets, xs, idxs, gather: bool):
+    """The baselines in PyTorch: [index_select the K rows of W1, b1, W2,]
+    z = F.linear(x, W1, b1) (its addmm, out=), relu in place, y = addmm(b2, a, W2),
+    into NaN-poisoned preallocated outputs. Returns (check, calls): check runs
+    set 0 and returns its output (CuPy), calls launch without a sync."""
+    import cupy as cp
+
+    torch = bench.torch_for_baselines()
+    t = torch.from_dlpack
+    calls, outs = [], []
+    for (w1, b1, w2, b2), x, idx in zip(sets, xs, idxs, strict=True):
+        b, k = x.shape[0], len(idx) if gather else F
+        o = cp.full((b, C), np.nan, F16)
+        args = [t(a) for a in (w1, b1, w2, b2, x, cp.empty((b, k), F16), o)]
+        if gather:
+            di = t(cp.asarray(idx, cp.int32))
+            bufs = [t(cp.empty(sh, F16)) for sh in ((k, C), (k,), (k, C))]
+        else:
+            di, bufs = None, None
+
+        def call(args=args, di=di, bufs=bufs, o=o):
+            w1, b1, w2, b2, x, z, y = args
+            if di is not None:
+                for src, dst in zip((w1, b1, w2), bufs, strict=True):
+                    torch.index_select(src, 0, di, out=dst)
+                w1, b1, w2 = bufs
+            torch.addmm(b1, x, w1.t(), out=z)
+            torch.relu_(z)
+            torch.addmm(b2, z, w2, out=y)
+            return o
+
+        calls.append(call)
+        outs.append(o)
+
+    def check():
+        out = calls[0]()
+        torch.cuda.synchronize()
+        return out
+
+    return check, calls
+
+
+def _torch_timer(calls):
+    return bench.time_torch(calls, samples=40)
+
+
+def _torch_row(name, base, sets, xs, idxs, gather, truth) -> dict:
+    if not bench.torch_available():
+        return bench.torch_skipped(name, base)
+    check, calls = _torch_mlp(sets, xs, idxs, gather)
+    return _row(name, base, check, calls, *truth, _torch_timer)
 
 
 def _case(sets, xs, idxs, ceil, variants, with_gather=True, **extra) -> list[dict]:
@@ -186,29 +287,34 @@ def _case(sets, xs, idxs, ceil, variants, with_gather=True, **extra) -> list[dic
     ref, scale = _truth(xs[0], sets[0], idxs[0], cublas=False)
     rows = []
     for version, mode in variants:
-        if version == 1 and (k > 0.1 * F or b > 4):
+        fixed = GRID.fixed
+        if version == 1 and (k > fixed["v1_max_kept"] * F or b > fixed["v1_max_b"]):
             continue  # v1 reads rows with 2-byte loads, serially: its trend is clear
         check, calls = _ours(sets, xs, idxs, version, mode)
         name = f"v{version}_{mode[:3]}"
         rows.append(_row(name, base, check, calls, ref, scale, _graph))
     if with_gather:
-        ref_c, scale_c = _truth(xs[0], sets[0], idxs[0], cublas=True)
+        truth_c = _truth(xs[0], sets[0], idxs[0], cublas=True)
         calls = _cublas(sets, xs, idxs, gather=True)
+        tc = _tensor_cores(base, ceil)
         rows.append(
-            _row(
-                "gather_gemv", base, calls[0], calls, ref_c, scale_c, bench.time_events
-            )
+            _row("gather_gemv", tc, calls[0], calls, *truth_c, bench.time_events)
         )
+        rows.append(_torch_row("torch_gather_gemv", tc, sets, xs, idxs, True, truth_c))
     return rows
 
 
-def _dense(sets, xs, ceil, **extra) -> dict:
+def _dense(sets, xs, ceil, **extra) -> list[dict]:
+    """The dense MLP through cuBLAS and in PyTorch (one weight set: > 2x L2)."""
     b = xs[0].shape[0]
     every = np.arange(F)
-    base = _base(b, F, ceil, 1, **extra)
-    ref, scale = _truth(xs[0], sets[0], every, cublas=True)
+    base = _base(b, F, ceil, 1, tensor_cores=True, **extra)
+    truth = _truth(xs[0], sets[0], every, cublas=True)
     calls = _cublas(sets[:1], xs[:1], [every], gather=False)
-    return _row("cublas_dense", base, calls[0], calls, ref, scale, bench.time_events)
+    return [
+        _row("cublas_dense", base, calls[0], calls, *truth, bench.time_events),
+        _torch_row("torch_dense", base, sets[:1], xs[:1], [every], False, truth),
+    ]
 
 
 def kept_sweep(rng, rng_np, kept, ceil) -> list[dict]:
@@ -219,13 +325,13 @@ def kept_sweep(rng, rng_np, kept, ceil) -> list[dict]:
     n_max = bench.n_copies(gdv.bytes_moved(1, C, int(min(kept) * F), 2))
     sets = _weights(rng, n_max, 0.0)
     xs = [rng.standard_normal((1, C), dtype=cp.float32).astype(F16) for _ in sets]
-    rows = [_dense(sets, xs, ceil)]
+    rows = _dense(sets, xs, ceil)
     for fr in kept:
         k = round(fr * F)
         n = bench.n_copies(gdv.bytes_moved(1, C, k, 2))
         idxs = [np.sort(rng_np.permutation(F)[:k]).astype(np.int32) for _ in range(n)]
         rows += _case(sets[:n], xs[:n], idxs, ceil, VARIANTS)
-    bench._free(sets)
+    bench.free(sets)
     return rows
 
 
@@ -248,10 +354,9 @@ def batch_sweep(rng, batches, ceil) -> list[dict]:
         n = max(1, min(len(sets), bench.n_copies(gdv.bytes_moved(b, C, k, 2))))
         per_row = float(np.mean([cp.asnumpy((z > 0).mean())]))  # last set's rows
         extra = dict(union=k / F, active_per_row=per_row)
-        rows.append(_dense(sets, xs, ceil, **extra))
-        variants = ((3, "atomic"), (3, "deterministic"), (2, "atomic"), (4, "atomic"))
-        rows += _case(sets[:n], xs[:n], idxs[:n], ceil, variants, **extra)
-    bench._free(sets)
+        rows += _dense(sets, xs, ceil, **extra)
+        rows += _case(sets[:n], xs[:n], idxs[:n], ceil, BATCH_VARIANTS, **extra)
+    bench.free(sets)
     return rows
 
 
@@ -261,26 +366,6 @@ def run(quick: bool = False, ceil: dict | None = None) -> dict[str, list[dict]]:
     ceil = ceil or {}
     rng, rng_np = cp.random.default_rng(2023), np.random.default_rng(2023)
     return {
-        "deja_vu": kept_sweep(rng, rng_np, QUICK_KEPT if quick else KEPT, ceil),
-        "deja_vu_batch": batch_sweep(rng, QUICK_BATCHES if quick else BATCHES, ceil),
+        "deja_vu": kept_sweep(rng, rng_np, GRID.values("kept", quick), ceil),
+        "deja_vu_batch": batch_sweep(rng, GRID.values("B", quick), ceil),
     }
-
-
-def print_table(rows: list[dict]) -> None:
-    nan = float("nan")
-    dense = {r["B"]: r["median_us"] for r in rows if r["name"] == "cublas_dense"
-             and r.get("status") == "ok"}  # fmt: skip
-    print(
-        f"{'case':<14}{'B':>4}{'kept':>7}{'median us':>11}{'floor us':>10}"
-        f"{'of floor':>9}{'vs dense':>9}{'err/tol':>9}"
-    )
-    for r in rows:
-        head = f"{r['name']:<14}{r['B']:>4}{r['kept']:>7.3f}"
-        if r.get("status") != "ok":
-            print(f"{head}  {r.get('status')}")
-            continue
-        vs = dense.get(r["B"], nan) / r["median_us"]
-        print(
-            f"{head}{r['median_us']:>11.2f}{r.get('floor_us', nan):>10.2f}"
-            f"{r.get('of_floor', nan):>9.2f}{vs:>9.2f}{r['error_used']:>9.3f}"
-        )

@@ -8,20 +8,28 @@ One sigma-MoE layer in prefill, fp16 (the paper's WT103-big layer, DESIGN.md §5
   correctness anchor: naive, many ms), each stage of v2, v3 and v4 alone (the
   v2 layer uses router and sort v1, v3 and v4 their v2: field "router"), and two
   cuBLAS baselines from the same run: the parameter-equal dense MLP (F = E G =
-  4096) and the compute-equal one (F = K G = 512), relu(x W1) W2 with cupy.matmul.
+  4096) and the compute-equal one (F = K G = 512), relu(x W1) W2 with cupy.matmul
+  (cublas_param_equal, cublas_compute_equal), and the same two in PyTorch under
+  CUDA graphs, torch.relu(x @ W1) @ W2 in fp16 with out= into the same buffers
+  (torch_param_equal, torch_compute_equal; no biases, as the cuBLAS rows).
 * "ffn_approx_experts": E in {8, 16, 32, 64, 128} (quick: 8, 32, 128) at fixed
   K = 4, G = 128: the FLOPs per token stay fixed while the parameter-equal dense MLP
   grows with E (the paper's benchmark.py sweeps N_E the same way). v3, v4 and the
-  parameter-equal dense MLP at each E; the compute-equal one once (it does not
-  depend on E).
+  parameter-equal dense MLPs at each E; the compute-equal ones once (they do not
+  depend on E; their rows carry E = 0).
 
 Every row is validated first against the float64 reference (reference.ffn_approx)
 on 64 + 64 of the tokens (the first and the last), outputs poisoned with NaN; a row
 that fails is recorded as failed and not timed. Our kernels are timed in CUDA
 graphs (bench.time_cupy); cuBLAS cannot be captured by CuPy, so the baselines use
-CUDA events (bench.time_events). Input sets are rotated beyond 2x L2. Floors:
-flop_floor_us = FLOPs / the fp16 GEMM ceiling, floor_us = bytes / read ceiling;
-the larger is the floor of the row (of_floor = floor / time).
+CUDA events (bench.time_events); torch's are captured (bench.time_torch). Input sets
+are rotated beyond 2x L2. Floors: flop_floor_us = FLOPs / the fp16 GEMM ceiling,
+bytes_floor_us = bytes / read ceiling; the larger is the floor of the row
+(floor_us; of_floor = floor / time). Each moe_v* row gets vs_best_baseline against
+the faster parameter-equal dense MLP at its E (torch or cuBLAS): the layer the MoE
+replaces at the same parameter count. The compute-equal rows are the reference for
+"FLOPs alone", not an alternative of the same capacity: no row is compared with
+them (the book reads them from the rows).
 """
 
 from __future__ import annotations
@@ -40,6 +48,25 @@ E_SWEEP = (8, 16, 32, 64, 128)
 E_QUICK = (8, 32, 128)
 F16 = np.float16
 N_CHECK = 64  # tokens validated at each end
+GRID = bench.Grid(
+    axes=dict(E=E_SWEEP),  # "ffn_approx_experts"; "ffn_approx" is E = E_MAIN
+    quick=dict(E=E_QUICK),
+    fixed=dict(T=T, C=C, G=G, K=K, E_main=E_MAIN, dtype="float16", n_check=N_CHECK),
+    versions=dict(ffn_approx=(2, 3, 4), ffn_approx_experts=(3, 4)),
+    baselines={"torch_param_equal": ("E",), "cublas_param_equal": ("E",)},
+    kernels=("moe_",),  # whole layers; the v*_<stage> rows are parts of one
+)
+COLUMNS = (
+    ("case", "name", "<22"),
+    ("E", "E", ">5"),
+    ("median us", "median_us", ">11.1f"),
+    ("floor us", "floor_us", ">10.1f"),
+    bench.OF_FLOOR,
+    ("TFLOP/s", lambda r: r["flops"] / (r["median_us"] * 1e-6) / 1e12, ">9.0f"),
+    bench.ERR,
+    bench.VS_BEST,
+    bench.BEST,
+)
 
 
 def _weights(rng, e):
@@ -123,7 +150,7 @@ def _timed(row, check, calls, timer) -> dict:
         row["status"] = f"FAILED validation: {err}"
         print(f"  {row['name']} E={row['E']}: {row['status']}", file=sys.stderr)
         return row
-    return bench._finish(row, timer(calls))
+    return bench.finish(row, timer(calls))
 
 
 def _moe_rows(rng, e, ceil, versions, stages: bool) -> list[dict]:
@@ -151,7 +178,7 @@ def _moe_rows(rng, e, ceil, versions, stages: bool) -> list[dict]:
         rows.append(_timed(base, check, calls, _graph))
         if stages and rows[-1].get("status") == "ok":
             rows += _stage_rows(e, v, sets, xs, wss, outs, ceil)
-    bench._free(sets)
+    bench.free(sets)
     return rows
 
 
@@ -202,12 +229,15 @@ def _stage_rows(e, v, sets, xs, wss, outs, ceil) -> list[dict]:
         if name in fl and ceil.get("gemm_fp16_flop_per_s"):
             row["floor_us"] = fl[name] / ceil["gemm_fp16_flop_per_s"] * 1e6
         calls = [lambda j=j, fn=fn: fn(j) for j in range(len(sets))]
-        rows.append(bench._finish(row, _graph(calls)))
+        rows.append(bench.finish(row, _graph(calls)))
         cp.cuda.Device().synchronize()
     return rows
 
 
-def _dense_row(rng, f, ceil, e, name) -> dict:
+def _dense_rows(rng, f, ceil, e, kind) -> list[dict]:
+    """relu(x W1) W2, F = f, fp16: through cuBLAS (cublas_<kind>) and in PyTorch
+    (torch_<kind>), the same weights, inputs and outputs (poisoned before each
+    row's validation)."""
     import cupy as cp
 
     nb = gfa.dense_bytes(T, C, f, 2)
@@ -228,13 +258,47 @@ def _dense_row(rng, f, ceil, e, name) -> dict:
         cp.maximum(hs[j], 0, out=hs[j])
         return cp.matmul(hs[j], w[j][1], out=outs[j])
 
+    truth = _dense_truth(xs[0], *w[0])
+
     def check():
-        return _check(call(0), _dense_truth(xs[0], *w[0]))
+        return _check(call(0), truth)
 
     calls = [lambda j=j: call(j) for j in range(n)]
-    row = _timed(_base(e, ceil, name, f=f), check, calls, bench.time_events)
-    bench._free(w)
-    return row
+    rows = [
+        _timed(_base(e, ceil, f"cublas_{kind}", f=f), check, calls, bench.time_events)
+    ]
+    name = f"torch_{kind}"
+    if not bench.torch_available():
+        rows.append(bench.torch_skipped(name, _base(e, ceil, name, f=f)))
+    else:
+        torch = bench.torch_for_baselines()
+        t = torch.from_dlpack
+        tsets = [
+            (t(xs[j]), t(w[j][0]), t(w[j][1]), t(hs[j]), t(outs[j])) for j in range(n)
+        ]
+
+        def tcall(j):
+            x, a, b, h, out = tsets[j]
+            torch.matmul(x, a, out=h)
+            torch.relu_(h)
+            torch.matmul(h, b, out=out)
+            return outs[j]
+
+        def tcheck():
+            outs[0].fill(np.nan)
+            got = tcall(0)
+            torch.cuda.synchronize()
+            return _check(got, truth)
+
+        tcalls = [lambda j=j: tcall(j) for j in range(n)]
+        base = dict(_base(e, ceil, name, f=f), torch=torch.__version__)
+        rows.append(_timed(base, tcheck, tcalls, _torch_timer))
+    bench.free(w)
+    return rows
+
+
+def _torch_timer(calls):
+    return bench.time_torch(calls, samples=30)
 
 
 def _graph(calls):
@@ -242,17 +306,17 @@ def _graph(calls):
 
 
 def main_case(rng, ceil) -> list[dict]:
-    rows = _moe_rows(rng, E_MAIN, ceil, (2, 3, 4), stages=True)
-    rows.append(_dense_row(rng, E_MAIN * G, ceil, E_MAIN, "cublas_param_equal"))
-    rows.append(_dense_row(rng, K * G, ceil, E_MAIN, "cublas_compute_equal"))
+    rows = _moe_rows(rng, E_MAIN, ceil, GRID.versions["ffn_approx"], stages=True)
+    rows += _dense_rows(rng, E_MAIN * G, ceil, E_MAIN, "param_equal")
+    rows += _dense_rows(rng, K * G, ceil, E_MAIN, "compute_equal")
     return rows
 
 
 def expert_sweep(rng, es, ceil) -> list[dict]:
-    rows = [_dense_row(rng, K * G, ceil, 0, "cublas_compute_equal")]
+    rows = _dense_rows(rng, K * G, ceil, 0, "compute_equal")
     for e in es:
-        rows += _moe_rows(rng, e, ceil, (3, 4), stages=False)
-        rows.append(_dense_row(rng, e * G, ceil, e, "cublas_param_equal"))
+        rows += _moe_rows(rng, e, ceil, GRID.versions["ffn_approx_experts"], False)
+        rows += _dense_rows(rng, e * G, ceil, e, "param_equal")
     return rows
 
 
@@ -263,23 +327,5 @@ def run(quick: bool = False, ceil: dict | None = None) -> dict[str, list[dict]]:
     rng = cp.random.default_rng(2310)
     return {
         "ffn_approx": main_case(rng, ceil),
-        "ffn_approx_experts": expert_sweep(rng, E_QUICK if quick else E_SWEEP, ceil),
+        "ffn_approx_experts": expert_sweep(rng, GRID.values("E", quick), ceil),
     }
-
-
-def print_table(rows: list[dict]) -> None:
-    nan = float("nan")
-    print(
-        f"{'case':<22}{'E':>5}{'median us':>11}{'floor us':>10}{'of floor':>9}"
-        f"{'TFLOP/s':>9}{'err/tol':>9}"
-    )
-    for r in rows:
-        head = f"{r['name']:<22}{r['E']:>5}"
-        if r.get("status") != "ok":
-            print(f"{head}  {r.get('status')}")
-            continue
-        tf = r["flops"] / (r["median_us"] * 1e-6) / 1e12
-        print(
-            f"{head}{r['median_us']:>11.1f}{r.get('floor_us', nan):>10.1f}"
-            f"{r.get('of_floor', nan):>9.2f}{tf:>9.0f}{r.get('error_used', nan):>9.3f}"
-        )

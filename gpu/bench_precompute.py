@@ -20,11 +20,24 @@ sequence's new token: B distinct ids from the full vocabulary, random positions.
   timed with CUDA events (gpu.bench.time_events: CuPy cannot capture cuBLAS in a
   graph, so Python issues each launch; at small B that overhead is in the figure).
   Floor: max(weights + rows read once / read ceiling, FLOPs / fp16 GEMM ceiling).
-* cublas_gemm: the projections' matmuls alone, the least cuBLAS must do.
+* cublas_gemm: the projections' matmuls alone, the least cuBLAS must do (not an
+  alternative to the trick: a bound on the baseline; no row is compared with it).
+* torch_index_select_rope: what the kernel does, in PyTorch: torch.index_select of
+  the table rows into the same preallocated (NaN-poisoned) outputs, then RoPE
+  (rotate-half in float32, partial for Pythia) on the q and k heads in place;
+  validated as the gather rows are, timed under CUDA graphs (bench.time_torch)
+  over the same rotated id sets.
+* torch_layer1: what the table replaces, in PyTorch under CUDA graphs: E[ids]
+  (index_select), the norm (F.layer_norm; Mistral's RMSNorm with F.rms_norm in
+  float32), Q/K/V with torch.matmul (Pythia: torch.addmm, bias in the GEMM's
+  epilogue), for Pythia also LN2, addmm + F.gelu, addmm + residual. Validated
+  stage by stage as cublas_layer1 is (the biases inside the GEMMs).
 
 Every gather row carries paper_factor (the paper's read-reduction factor for this
-model and B) and vs_cublas (cublas_layer1 time / this time, same run).
-Results: results/precompute.json (gpu.bench.record adds provenance).
+model and B), vs_cublas (cublas_layer1 time / this time, same run) and, from
+gpu.bench.mark_baselines, vs_best_baseline against the fastest of the torch rows
+and cublas_layer1 of its (model, B).
+Results: results/<card>/precompute.json (gpu.bench.record adds provenance).
 """
 
 from __future__ import annotations
@@ -45,6 +58,28 @@ N_POS = 4096  # positions drawn from [0, N_POS): Mistral's sliding window
 MODEL_NAMES = ("mistral-7b", "pythia-6.9b")
 F16 = np.float16
 LN_EPS, RMS_EPS = 1e-5, 1e-5  # GPT-NeoX LayerNorm, Mistral RMSNorm
+BASELINES = ("torch_index_select_rope", "torch_layer1", "cublas_layer1")
+GRID = bench.Grid(
+    axes=dict(model=MODEL_NAMES, B=BATCHES, version=gp.VERSIONS),
+    quick=dict(B=QUICK_BATCHES, version=(1, 3)),
+    fixed=dict(dtype="float16", n_pos=N_POS, ln_eps=LN_EPS, rms_eps=RMS_EPS),
+    baselines={name: ("model", "B") for name in BASELINES},
+    kernels=("v",),  # the gather versions; cublas_gemm is a bound, not compared
+)
+COLUMNS = (
+    ("model", "model", "<12"),
+    ("case", "name", "<24"),
+    ("B", "B", ">5"),
+    bench.MEDIAN,
+    bench.SPREAD,
+    ("GB/s", "gb_per_s", ">7.0f"),
+    ("floor us", "floor_us", ">9.2f"),
+    bench.OF_FLOOR,
+    ("err/tol", "error_used", ">8.3f"),
+    ("vs cuBLAS", "vs_cublas", ">10.1f"),
+    ("paper x", "paper_factor", ">9.0f"),
+    bench.VS_BEST,
+)
 
 
 @dataclass(frozen=True)
@@ -165,8 +200,54 @@ def gather_cases(s: Shape, table, cos, sin, b, versions, ceil, rng_np) -> list[d
             rows.append(row)
             continue
         calls = [lambda i=i, c=call: c(i) for i in range(len(sets))]
-        rows.append(bench._finish(row, bench.time_cupy(calls, samples=30)))
+        rows.append(bench.finish(row, bench.time_cupy(calls, samples=30)))
+    rows.append(_torch_gather(s, table, cos, sin, lay, sets, outs, truth, scale, base))
     return rows
+
+
+def _torch_gather(s: Shape, table, cos, sin, lay, sets, outs, truth, scale, base):
+    """torch.index_select + RoPE into the gather rows' outputs, same id sets."""
+    name = "torch_index_select_rope"
+    if not bench.torch_available():
+        return bench.torch_skipped(name, base)
+    import cupy as cp
+
+    from reference.testing import assert_close
+
+    torch = bench.torch_for_baselines()
+    t = torch.from_dlpack
+    b, nh, d, r = base["B"], lay["n_heads"], lay["head_dim"], lay["rot_dim"]
+    lo = lay["rot_off"]
+    tab, cos_t = t(table), t(cos)  # cos, sin: (P, R/2) float32
+    sin2 = torch.stack((-t(sin), t(sin)), dim=1)  # (P, 2, R/2)
+    tsets = [
+        (t(tok), t(pos), t(out)) for (tok, pos), out in zip(sets, outs, strict=True)
+    ]
+
+    def call(i):
+        """y1 = x1 cos - x2 sin, y2 = x2 cos + x1 sin on each q and k head's first
+        R dims (x = (x1, x2), reference.common.apply_rope), in float32."""
+        tok, pos, out = tsets[i]
+        torch.index_select(tab, 0, tok, out=out)
+        heads = out[:, lo : lo + nh * d].view(b, nh, d)[..., :r]  # (B, H + G, R)
+        x = heads.float().view(b, nh, 2, r // 2)
+        c = torch.index_select(cos_t, 0, pos)[:, None, None, :]  # (B, 1, 1, R/2)
+        sn = torch.index_select(sin2, 0, pos)[:, None]  # (B, 1, 2, R/2)
+        heads.copy_(torch.addcmul(x * c, x.flip(2), sn).view(b, nh, r))
+        return out
+
+    row = dict(name=name, **base, torch=torch.__version__)
+    try:
+        outs[0].fill(np.nan)  # poisoned: an unwritten element fails
+        call(0)
+        torch.cuda.synchronize()
+        row["error_used"] = assert_close(cp.asnumpy(outs[0]), truth, "gpu", F16, scale)
+    except AssertionError as e:
+        row["status"] = f"FAILED validation: {e}"
+        print(f"  {s.name} B={b} {name}: {row['status']}", file=sys.stderr)
+        return row
+    calls = [lambda i=i: call(i) for i in range(len(sets))]
+    return bench.finish(row, bench.time_torch(calls, samples=30))
 
 
 # --- the baseline: what the table replaces, through cuBLAS -----------------------
@@ -261,15 +342,21 @@ def _buffers(s: Shape, b: int) -> dict:
     return {k: cp.full((b, n), np.nan, F16) for k, n in shapes.items()}
 
 
-def _validate_layer1(s: Shape, w: dict, w64: dict, buf: dict, tok) -> float:
+def _validate_layer1(
+    s: Shape, w: dict, w64: dict, buf: dict, tok, fused=False
+) -> float:
     """Each stage against float64 on its own fp16 input, rows 0 and B-1; the
-    tolerance is the 'gpu' fp16 row with a derived scale (see each comment)."""
+    tolerance is the 'gpu' fp16 row with a derived scale (see each comment).
+    buf: stage name -> (B, n) array (CuPy, or torch through DLPack). fused: the
+    biases were added inside the GEMMs (torch.addmm: qkv, h0 and y2 include them,
+    no y0), else by the fp32 epilogues after them."""
     import cupy as cp
 
+    from reference.common import gelu
     from reference.testing import assert_close
 
     rows = sorted({0, buf["x"].shape[0] - 1})
-    h = {k: cp.asnumpy(v[rows]).astype(np.float64) for k, v in buf.items()}
+    h = {k: cp.asnumpy(cp.asarray(v)[rows]).astype(np.float64) for k, v in buf.items()}
     e_rows = cp.asnumpy(w["E"][tok[cp.asarray(rows)]]).astype(np.float64)
     used = [assert_close(h["x"], e_rows, "exact", F16)]
 
@@ -286,30 +373,43 @@ def _validate_layer1(s: Shape, w: dict, w64: dict, buf: dict, tok) -> float:
         )
         return assert_close(xn, want, "gpu", F16, sc)
 
-    def gemm_check(x, wm, y):
+    def gemm_check(x, wm, y, bias=None):
         # K-term fp32 sum: lam*sqrt(K)*u * sum_i |x_i w_ij|; output rounding in rtol
+        # (a bias added in fp32 before it rounds once more: u32 |y|, in rtol too)
         sc = math.sqrt(wm.shape[0]) * float((np.abs(x) @ np.abs(wm)).max())
-        return assert_close(y, x @ wm, "gpu", F16, sc)
+        want = x @ wm + (0.0 if bias is None else bias)
+        return assert_close(y, want, "gpu", F16, sc)
 
     used.append(norm_check(h["xn1"], w64["g1"], w64["b1"], s.parallel))
-    used.append(gemm_check(h["xn1"], w64["qkv"], h["y0"]))
-    if s.parallel:
+    if not s.parallel:
+        used.append(gemm_check(h["xn1"], w64["qkv"], h["y0"]))
+        return max(used)
+    if fused:
+        used.append(gemm_check(h["xn1"], w64["qkv"], h["qkv"], w64["b_qkv"]))
+    else:
+        used.append(gemm_check(h["xn1"], w64["qkv"], h["y0"]))
         # fp32 epilogues: one u32 rounding of |terms|, then one fp16 rounding (rtol)
         y0, yb = h["y0"], w64["b_qkv"]
         sc = float((np.abs(y0) + np.abs(yb)).max())
         used.append(assert_close(h["qkv"], y0 + yb, "gpu", F16, sc))
-        used.append(norm_check(h["xn2"], w64["g2"], w64["b2"], True))
+    used.append(norm_check(h["xn2"], w64["g2"], w64["b2"], True))
+    if fused:
+        used.append(gemm_check(h["xn2"], w64["w_in"], h["h0"], w64["b_in"]))
+        pre = h["h0"]
+    else:
         used.append(gemm_check(h["xn2"], w64["w_in"], h["h0"]))
-        from reference.common import gelu
-
-        # the add, erff (<= 2 ulp) and two products: a few u32 of |pre|
         pre = h["h0"] + w64["b_in"]
-        sc = 4 * float(np.abs(pre).max())
-        used.append(assert_close(h["h"], gelu(pre), "gpu", F16, sc))
+    # the add, erff (<= 2 ulp) and two products: a few u32 of |pre|
+    sc = 4 * float(np.abs(pre).max())
+    used.append(assert_close(h["h"], gelu(pre), "gpu", F16, sc))
+    if fused:
+        used.append(gemm_check(h["h"], w64["w_out"], h["y2"], w64["b_out"]))
+        want, terms = h["y2"] + h["x"], np.abs(h["y2"]) + np.abs(h["x"])
+    else:
         used.append(gemm_check(h["h"], w64["w_out"], h["y2"]))
         want = h["y2"] + w64["b_out"] + h["x"]
-        sc = float((np.abs(h["y2"]) + np.abs(w64["b_out"]) + np.abs(h["x"])).max())
-        used.append(assert_close(h["r"], want, "gpu", F16, sc))
+        terms = np.abs(h["y2"]) + np.abs(w64["b_out"]) + np.abs(h["x"])
+    used.append(assert_close(h["r"], want, "gpu", F16, float(terms.max())))
     return max(used)
 
 
@@ -360,13 +460,67 @@ def baseline_cases(s: Shape, b: int, w: dict, w64: dict, ceil, rng_np) -> list[d
                 print(f"  {s.name} B={b} {name}: {row['status']}", file=sys.stderr)
                 rows.append(row)
                 continue
-        elif rows[0].get("status", "ok") != "ok":  # same matmuls: not timed either
+        elif "error_used" not in rows[0]:  # same matmuls: not timed either
             rows.append(dict(row, status="FAILED validation: see cublas_layer1"))
             continue
         else:
             row["error_used"] = rows[0]["error_used"]
-        rows.append(bench._finish(row, bench.time_events(calls * 4, samples=10)))
+        rows.append(bench.finish(row, bench.time_events(calls * 4, samples=10)))
+    rows.append(_torch_layer1(s, dict(base, copies=n), w, w64, wsets, toks, bufs))
     return rows
+
+
+def _torch_layer1(s: Shape, base: dict, w, w64, wsets, toks, bufs) -> dict:
+    """cublas_layer1's computation in PyTorch (F.linear's addmm with the biases in
+    the GEMM epilogue), writing into the same buffers over the same rotated sets;
+    intermediates torch allocates itself are returned for the validation."""
+    name = "torch_layer1"
+    if not bench.torch_available():
+        return bench.torch_skipped(name, base)
+    import cupy as cp
+
+    torch = bench.torch_for_baselines()
+    import torch.nn.functional as tf
+
+    t = torch.from_dlpack
+    sets = [
+        ({k: t(v) for k, v in wi.items()}, t(tok), {k: t(v) for k, v in buf.items()})
+        for wi, tok, buf in zip(wsets, toks, bufs, strict=True)
+    ]
+    g1f = sets[0][0]["g1"].float()  # RMSNorm's gain in float32 (Mistral)
+
+    def call(i):
+        tw, tok, tb = sets[i]
+        x = torch.index_select(tw["E"], 0, tok, out=tb["x"])
+        if not s.parallel:  # RMSNorm in float32, one fp16 rounding; Q|K|V
+            xn1 = tf.rms_norm(x.float(), (s.C,), g1f, RMS_EPS).half()
+            torch.matmul(xn1, tw["qkv"], out=tb["y0"])
+            return dict(xn1=xn1)
+        xn1 = tf.layer_norm(x, (s.C,), tw["g1"], tw["b1"], LN_EPS)
+        torch.addmm(tw["b_qkv"], xn1, tw["qkv"], out=tb["qkv"])
+        xn2 = tf.layer_norm(x, (s.C,), tw["g2"], tw["b2"], LN_EPS)
+        torch.addmm(tw["b_in"], xn2, tw["w_in"], out=tb["h0"])
+        h = tf.gelu(tb["h0"])
+        torch.addmm(tw["b_out"], h, tw["w_out"], out=tb["y2"])
+        torch.add(tb["y2"], x, out=tb["r"])
+        return dict(xn1=xn1, xn2=xn2, h=h)
+
+    row = dict(name=name, **base, torch=torch.__version__)
+    written = ("x", "qkv", "h0", "y2", "r") if s.parallel else ("x", "y0")
+    try:
+        for a in bufs[0].values():
+            a.fill(np.nan)  # poisoned: an unwritten element fails
+        inter = call(0)
+        torch.cuda.synchronize()
+        got = {k: bufs[0][k] for k in written}
+        got.update({k: cp.from_dlpack(v.contiguous()) for k, v in inter.items()})
+        row["error_used"] = _validate_layer1(s, w, w64, got, toks[0], fused=True)
+    except AssertionError as e:
+        row["status"] = f"FAILED validation: {e}"
+        print(f"  {s.name} B={base['B']} {name}: {row['status']}", file=sys.stderr)
+        return row
+    calls = [lambda i=i: call(i) for i in range(len(sets))]
+    return bench.finish(row, bench.time_torch(calls, samples=20))
 
 
 # --- driver ------------------------------------------------------------------------
@@ -377,12 +531,12 @@ def run(quick: bool = False, ceil: dict | None = None) -> dict[str, list[dict]]:
     import cupy as cp
 
     ceil = ceil or {}
-    batches = QUICK_BATCHES if quick else BATCHES
-    versions = (1, 3) if quick else gp.VERSIONS
+    batches = GRID.values("B", quick)
+    versions = GRID.values("version", quick)
     rows = []
     rng = cp.random.default_rng(2402)
     rng_np = np.random.default_rng(13388)
-    for name in MODEL_NAMES:
+    for name in GRID.values("model", quick):
         s = shape_of(name)
         table = _normal(rng, (s.V, s.W))  # the enlarged embedding table, fp16
         cos, sin = gp.rope_tables(N_POS, s.R)
@@ -393,6 +547,8 @@ def run(quick: bool = False, ceil: dict | None = None) -> dict[str, list[dict]]:
             base = baseline_cases(s, b, w, w64, ceil, rng_np)
             ref = next((r for r in base if r["name"] == "cublas_layer1"), {})
             for r in gathered:
+                if not r["name"].startswith("v"):  # the torch row: vs_best_baseline
+                    continue
                 if r.get("status") == "ok" and ref.get("status") == "ok":
                     r["vs_cublas"] = ref["median_us"] / r["median_us"]
             rows += gathered + base
@@ -402,20 +558,5 @@ def run(quick: bool = False, ceil: dict | None = None) -> dict[str, list[dict]]:
 
 
 def print_table(rows: list[dict]) -> None:
-    nan = float("nan")
-    print(
-        f"{'model':<12}{'case':<14}{'B':>5}{'median us':>11}{'p10-p90':>16}"
-        f"{'GB/s':>7}{'floor us':>9}{'of floor':>9}{'err/tol':>8}"
-        f"{'vs cuBLAS':>10}{'paper x':>10}"
-    )
-    for r in rows:
-        head = f"{r['model']:<12}{r['name']:<14}{r['B']:>5}"
-        if r.get("status") != "ok":
-            print(f"{head}  {r.get('status')}")
-            continue
-        print(
-            f"{head}{r['median_us']:>11.2f}{r['p10_us']:>8.2f}-{r['p90_us']:<7.2f}"
-            f"{r['gb_per_s']:>7.0f}{r.get('floor_us', nan):>9.2f}"
-            f"{r.get('of_floor', nan):>9.2f}{r['error_used']:>8.3f}"
-            f"{r.get('vs_cublas', nan):>10.1f}{r['paper_factor']:>10.0f}"
-        )
+    """The table under COLUMNS (gpu.bench.print_table)."""
+    bench.print_table(rows, COLUMNS)

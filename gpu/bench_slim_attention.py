@@ -2,17 +2,18 @@
 
     python -m gpu.bench slim_attention [--quick] [--out results]
 
-Decode, fp16, H = 32, D = 128 (C = 4096), B in {1, 8, 64}, S from 1K to 64K (where
-the K+V baseline fits): the K-only kernels (v1-v3) and the X-cache kernel (xv3)
-against our K+V decode kernel (attention v7) and torch SDPA over K and V, measured in
-the same run on the same card. Every row is validated against the float64 truth
-first. Each K-only/X-cache input set carries its own weights (W_KV, or W_K and W_V),
-rotated with the cache, so the weights are read from HBM as in a model whose layers
-each have their own.
+Decode, fp16, H = 32, D = 128 (C = 4096), GRID's B x S (B in {1, 8, 64}, S from 1K
+to 64K, where the K+V baseline fits): the K-only kernels (slim_v1-v6) and the
+X-cache kernels (x_v3-v5) against our K+V decode kernel (kv_v7, attention v7) and
+torch SDPA over K and V (torch_sdpa, under CUDA graphs), measured in the same run
+on the same card. Every row is validated against the float64 truth first. Each
+K-only/X-cache input set carries its own weights (W_KV, or W_K and W_V), rotated
+with the cache, so the weights are read from HBM as in a model whose layers each
+have their own. Every kernel row gets vs_best_baseline against the faster of kv_v7
+and torch_sdpa at its (B, S) (gpu.bench.mark_baselines).
 
 Floors: K-only = (K cache + W_KV) bytes; X cache = (X cache + W_K + W_V) bytes; K+V =
-(K + V) bytes; each over the measured read bandwidth.
-"""
+(K + V) bytes; each over the measured read bandwidth."""
 
 from __future__ import annotations
 
@@ -22,10 +23,28 @@ from functools import partial
 import numpy as np
 
 from gpu import bench
+from gpu import bench_attention as ba
 from gpu import slim_attention as sa
 
 H, D = 32, 128
 C = H * D
+GRID = bench.Grid(
+    axes=dict(B=(1, 8, 64), S=(1024, 4096, 16384, 65536)),
+    quick=dict(B=(1, 8), S=(1024, 16384)),
+    fixed=dict(
+        H=H, D=D, C=C, dtype="float16",
+        kv_max_bytes=40e9,  # cases whose K + V baseline exceeds this are left out
+        v1_max_bs=16384,  # v1 reads the cache H times: only up to this B S
+    ),
+    versions=dict(slim=(1, 2, 3, 4, 5, 6), x=(3, 4, 5)),
+    baselines={"torch_sdpa": ("B", "S"), "kv_v7": ("B", "S")},
+    sweeps=dict(
+        slim_attention_split=dict(
+            B=(1, 8), S=16384, versions=(3, 6), n_split=(1, 2, 4, 8, 15, 16, 30, 32, 64)
+        ),
+    ),
+)  # fmt: skip
+COLUMNS = ba.COLUMNS
 
 
 def _truth(q, cache, w, b_v, w_kt=None, fp16_qt=False):
@@ -123,7 +142,7 @@ def _run(name, version, xcache, sets, truth, base, n_split=None):
         ws = cp.zeros(ws_n, cp.float32)
         calls.append(partial(_launch, version, xcache, n_split, st, out, ws))
     n = 1 if version == 1 else sa.plan(version, b, H, s, D, n_split)[0]
-    return bench._run_case(name, base, calls, truth, np.float16, n_split=n)
+    return ba.run_case(name, base, calls, truth, np.float16, n_split=n)
 
 
 def decode(quick: bool, read_bw) -> list[dict]:
@@ -131,22 +150,20 @@ def decode(quick: bool, read_bw) -> list[dict]:
 
     from gpu import attention as att
 
-    bs, ss = (
-        ((1, 8), (1024, 16384)) if quick else ((1, 8, 64), (1024, 4096, 16384, 65536))
-    )
+    fixed, versions = GRID.fixed, GRID.versions
     rows = []
     rng = cp.random.default_rng(2025)
-    for b in bs:
-        for s in ss:
-            if 4 * b * s * C > 40e9:  # K + V of the baseline: at most 40 GB
+    for b in GRID.values("B", quick):
+        for s in GRID.values("S", quick):
+            if 4 * b * s * C > fixed["kv_max_bytes"]:  # K + V of the baseline
                 continue
             # baselines: K+V, our v7 and torch SDPA
-            kv_sets, kv_truth, kv_base = bench._attention_case(rng, b, s, read_bw)
+            kv_sets, kv_truth, kv_base = ba.attention_case(rng, b, s, read_bw)
             n7 = att.split_plan(b, H, s, None, 7)[0]
             rows.append(
-                bench._run_launcher(
+                ba.run_launcher(
                     "kv_v7",
-                    partial(bench._launch_version, 7, None),
+                    partial(ba.launch_version, 7, None),
                     att.workspace_elems(7, b, H, s, D),
                     kv_sets,
                     kv_truth,
@@ -154,43 +171,41 @@ def decode(quick: bool, read_bw) -> list[dict]:
                     n_split=n7,
                 )
             )
-            if bench.torch_available():
-                rows.append(
-                    bench._run_torch_sdpa(kv_base, kv_sets, kv_truth, np.float16)
-                )
-            bench._free(kv_sets)
+            rows.append(ba.run_torch_sdpa(kv_base, kv_sets, kv_truth, np.float16))
+            bench.free(kv_sets)
             # K-only
             sets, base = _sets(rng, b, s, False, read_bw)
             truth = _truth(*sets[0][:4])
-            for ver in (1, 2, 3, 4, 5, 6):
-                if ver == 1 and b * s > 16384:
+            for ver in versions["slim"]:
+                if ver == 1 and b * s > fixed["v1_max_bs"]:
                     continue  # v1 reads the cache H times; its trend is clear below
                 rows.append(_run(f"slim_v{ver}", ver, False, sets, truth, base))
-            bench._free(sets)
+            bench.free(sets)
             # X cache
             sets, base = _sets(rng, b, s, True, read_bw)
             q, cache, w, b_v, wkt = sets[0]
             truth = _truth(q, cache, w, b_v, wkt, fp16_qt=True)
-            for ver in (3, 4, 5):
+            for ver in versions["x"]:
                 rows.append(_run(f"x_v{ver}", ver, True, sets, truth, base))
-            bench._free(sets)
+            bench.free(sets)
     return rows
 
 
 def split_sweep(read_bw) -> list[dict]:
-    """v3's and v4's time against n_split at B = 1 and 8, S = 16K (split_plan's
-    byte model picks one of these)."""
+    """v3's and v6's time against n_split at B = 1 and 8, S = 16K (split_plan's
+    byte model picks one of these): GRID's slim_attention_split."""
     import cupy as cp
 
+    sweep = GRID.sweeps["slim_attention_split"]
     rows = []
     rng = cp.random.default_rng(5)
-    for b in (1, 8):
-        sets, base = _sets(rng, b, 16384, False, read_bw)
+    for b in sweep["B"]:
+        sets, base = _sets(rng, b, sweep["S"], False, read_bw)
         truth = _truth(*sets[0][:4])
-        for ver in (3, 6):
-            for n in (1, 2, 4, 8, 15, 16, 30, 32, 64):
+        for ver in sweep["versions"]:
+            for n in sweep["n_split"]:
                 rows.append(_run(f"slim_v{ver}", ver, False, sets, truth, base, n))
-        bench._free(sets)
+        bench.free(sets)
     return rows
 
 
@@ -200,7 +215,3 @@ def run(quick: bool = False, ceil: dict | None = None) -> dict[str, list[dict]]:
     if not quick:
         out["slim_attention_split"] = split_sweep(read_bw)
     return out
-
-
-def print_table(rows: list[dict]) -> None:
-    bench.print_table(rows, extra="n_split")

@@ -15,7 +15,8 @@ steps (bench.time_cupy), beside its floor (step_bytes / read ceiling):
                     both stacks (N = 2B right-hand rows)
   shared_sequential the same model, stack 1 then stack 2: each weight read twice
   torch_plain_24    plain_24 in PyTorch (fp16, matmul + SDPA) under CUDA graphs,
-                    when torch is importable ("unavailable" otherwise)
+                    when torch is importable (else the row says "skipped: torch
+                    not importable")
 
 Every case but torch is timed with GEMV v2 and v3 (fused RMSNorm; field
 "version") at every B: the ladder, same model, same buffers.
@@ -25,9 +26,14 @@ on a model of the same width with one layer a stack, B = 2, position 5, and
 compared with the float64 reference step (reference.stagformer) under the
 ("stag_step", "float16") tolerance; the timed models differ only in depth, B and S
 (same kernels, same launch sequence per layer). Then the parallel schedule must
-equal the sequential one bit for bit on the timed model itself, and torch must
-agree with our plain step to 1 % in relative norm. A case that fails is recorded
-as failed and not timed.
+equal the sequential one bit for bit on the timed model itself. The torch step is
+validated the same way: on the 1-layer model, its output is stack 1's (a plain
+decoder's) h, checked against the float64 reference under the same tolerance and
+scale (field error_used); on the timed model it must also agree with our plain
+step to 1 % in relative norm (rel_err_vs_plain_24). A case that fails is recorded
+as failed and not timed. Every kernel row gets vs_best_baseline against
+torch_plain_24 at its B (gpu.bench.mark_baselines): the plain decoder of the same
+depth in PyTorch is what the staggered model would replace.
 """
 
 from __future__ import annotations
@@ -47,6 +53,23 @@ S = 1024  # cache length after this step: position S - 1
 BATCHES, QUICK_BATCHES = (1, 8, 64), (1,)
 VERSIONS = {1: (2, 3), 8: (2, 3), 64: (2, 3)}  # GEMV versions timed at each B
 F16 = np.float16
+GRID = bench.Grid(
+    axes=dict(B=BATCHES),
+    quick=dict(B=QUICK_BATCHES),
+    fixed=dict(C=C, H=H, G=G, D=D, F=F, L_stack=L, S=S, dtype="float16"),
+    versions=VERSIONS,
+    baselines={"torch_plain_24": ("B",)},
+)
+COLUMNS = (
+    ("case", "name", "<20"),
+    ("v", "version", ">3"),
+    ("B", "B", ">4"),
+    bench.MEDIAN,
+    bench.FLOOR,
+    bench.OF_FLOOR,
+    bench.ERR,
+    bench.VS_BEST,
+)
 
 
 def _base_cfg(lz: int, shared: bool):
@@ -59,13 +82,12 @@ def _base_cfg(lz: int, shared: bool):
     return StagConfig(base, p=2, shared=shared)
 
 
-def validate(shared: bool, version: int = 2) -> dict[str, float]:
-    """Error used (fraction of the tolerance) of each schedule on a 1-layer model of
-    the benchmark's width against the float64 reference; raises on failure."""
+def _validation_case(shared: bool):
+    """The 1-layer model of the benchmark's width (B = 2, position 5) on the GPU,
+    its buffers and inputs, and the float64 reference's h and o with their scale."""
     import cupy as cp
 
     from reference import stagformer as sf
-    from reference.testing import assert_close
 
     cfg = _base_cfg(1, shared)
     rng = np.random.default_rng(2025)
@@ -88,6 +110,17 @@ def validate(shared: bool, version: int = 2) -> dict[str, float]:
     h_prev = cp.asarray(state.outputs[0][:, pos - 1].astype(np.float32))
     h_ref, o_ref = after.outputs[0][:, -1], after.outputs[1][:, -1]
     sc = max(np.abs(h_ref).max(), np.abs(o_ref).max())
+    return m, bf, e, h_prev, pos, h_ref, o_ref, sc
+
+
+def validate(shared: bool, version: int = 2) -> dict[str, float]:
+    """Error used (fraction of the tolerance) of each schedule on a 1-layer model of
+    the benchmark's width against the float64 reference; raises on failure."""
+    import cupy as cp
+
+    from reference.testing import assert_close
+
+    m, bf, e, h_prev, pos, h_ref, o_ref, sc = _validation_case(shared)
     used = {}
     for sched in gs.SCHEDULES:
         bf.out.fill(np.nan)
@@ -166,7 +199,7 @@ def random_model(lz: int, shared: bool, rng) -> gs.Model:
     )
 
 
-def _fill(bf, rng):
+def fill_caches(bf, rng):
     """Caches and inputs with N(0, 1) values (never zeros: METHOD.md)."""
     for a in (bf.k, bf.v, bf.xk, bf.xv):
         for i in range(a.shape[0]):
@@ -196,7 +229,7 @@ def _row(name, kind, b, ceil, calls, **extra) -> dict:
         row["flop_floor_us"] = row["flops"] / ceil["gemm_fp32_flop_per_s"] * 1e6
     if calls is None:
         return row
-    return bench._finish(row, bench.time_cupy(calls, samples=20))
+    return bench.finish(row, bench.time_cupy(calls, samples=20))
 
 
 def _stag_cases(b, shared, rng, ceil, checked, versions=(3,)) -> list[dict]:
@@ -205,7 +238,7 @@ def _stag_cases(b, shared, rng, ceil, checked, versions=(3,)) -> list[dict]:
     tag = "shared" if shared else "sep"
     m = random_model(L, shared, rng)
     bf = gs.new_buffers(m, b, S - 1)
-    _fill(bf, rng)
+    fill_caches(bf, rng)
     e = rng.standard_normal((b, C), dtype=cp.float32)
     h_prev = rng.standard_normal((b, C), dtype=cp.float32)
     kind_seq = "shared_seq" if shared else "separate"
@@ -238,11 +271,11 @@ def _stag_cases(b, shared, rng, ceil, checked, versions=(3,)) -> list[dict]:
         )
         rows.append(_row(name, kind, b, ceil, [step], version=ver, error_used=ok))
     del m, bf
-    bench._free([])
+    bench.free([])
     return rows
 
 
-def _plain_case(b, rng, ceil, checked, versions=(3,)) -> list[dict]:
+def _plain_case(b, rng, ceil, checked, versions=(3,), torch_used=None) -> list[dict]:
     import cupy as cp
 
     m = random_model(2 * L, False, rng)
@@ -265,7 +298,7 @@ def _plain_case(b, rng, ceil, checked, versions=(3,)) -> list[dict]:
             rows[-1]["status"] = "FAILED validation"
         else:
             rows[-1]["error_used"] = ok
-    rows.append(_torch_plain(m, bf, e, ours, b, ceil))  # vs the last version
+    rows.append(_torch_plain(m, bf, e, ours, b, ceil, torch_used))  # vs the last
     return rows
 
 
@@ -280,26 +313,23 @@ def rel_err(got, ref) -> float:
     return float(np.linalg.norm(got - ref) / np.linalg.norm(ref))
 
 
-def _torch_plain(m, bf, e, ours, b, ceil) -> dict:
-    """The same 24-layer model in PyTorch fp16: RMSNorm by hand, torch.matmul, SDPA
-    over the same caches (the new K/V row written in place), under CUDA graphs."""
-    if not bench.torch_available():
-        row = _row("torch_plain_24", "plain", b, ceil, None)
-        row["status"] = "unavailable (torch not importable on this machine)"
-        return row
-    import torch
+def torch_plain_step(layers, gf, kc, vc, e, pos: int):
+    """A plain decoder's step in PyTorch fp16 over gs.Layer weights (stack 1 of a
+    gs.Model): RMSNorm by hand (float32 statistics), torch.matmul, SDPA over the
+    caches kc, vc (L, B, G, S, D) torch tensors, the new K/V row written in place
+    at pos. e (B, C) float32 CuPy embeddings. Returns step() -> (B, C) fp16."""
+    torch = bench.torch_for_baselines()
     import torch.nn.functional as tf
 
     if G != H:  # y.view(b, 3, H, D) below splits q | k | v in three equal parts
         raise ValueError("the torch baseline assumes G == H")
     t = torch.from_dlpack
-    pos = S - 1
     lay = [
         (t(ly.g1), t(ly.wqkv), t(ly.wo), t(ly.g2), t(ly.wup), t(ly.wdown))
-        for ly in m.stacks[0]
+        for ly in layers
     ]
-    kc, vc = t(bf.k), t(bf.v)  # (2L, 1, B, G, S, D)
-    gf, x0 = t(m.gf[0]), t(e).half()
+    gft, x0 = t(gf), t(e).half()
+    b = x0.shape[0]
 
     def norm(x, g):
         xf = x.float()
@@ -310,24 +340,58 @@ def _torch_plain(m, bf, e, ours, b, ceil) -> dict:
         for j, (g1, wqkv, wo, g2, wup, wdown) in enumerate(lay):
             y = norm(x, g1) @ wqkv  # (B, 3 H D)
             q, k, v = y.view(b, 3, H, D).unbind(1)
-            kc[j, 0, :, :, pos] = k
-            vc[j, 0, :, :, pos] = v
-            o = tf.scaled_dot_product_attention(q[:, :, None], kc[j, 0], vc[j, 0])
+            kc[j, :, :, pos] = k
+            vc[j, :, :, pos] = v
+            o = tf.scaled_dot_product_attention(q[:, :, None], kc[j], vc[j])
             x = x + o.reshape(b, H * D) @ wo
             x = x + torch.relu(norm(x, g2) @ wup) @ wdown
-        return norm(x, gf)
+        return norm(x, gft)
 
+    return step
+
+
+def validate_torch() -> float:
+    """Error used of torch_plain_step on the validation model (stack 1 of the
+    1-layer model with separate weights is a plain decoder: its output is h)
+    against the float64 reference, under the kernels' tolerance and scale."""
+    import cupy as cp
+    import torch
+
+    from reference.testing import assert_close
+
+    m, bf, e, _, pos, h_ref, _, sc = _validation_case(False)
+    kc, vc = (torch.from_dlpack(a.copy())[:, 0] for a in (bf.k, bf.v))
+    h = torch_plain_step(m.stacks[0], m.gf[0], kc, vc, e, pos)().float()
+    torch.cuda.synchronize()
+    return assert_close(cp.asnumpy(cp.from_dlpack(h)), h_ref, "stag_step", F16, sc)
+
+
+def _torch_plain(m, bf, e, ours, b, ceil, torch_used) -> dict:
+    """The same 24-layer model in PyTorch fp16 (torch_plain_step) over the same
+    caches, under CUDA graphs. torch_used: validate_torch's result (a float), or
+    the failure's status (a str)."""
+    row = _row("torch_plain_24", "plain", b, ceil, None)
+    if not bench.torch_available():
+        return dict(row, status=bench.TORCH_SKIP)
+    import cupy as cp
+    import torch
+
+    row["torch"] = torch.__version__
+    if isinstance(torch_used, str) or torch_used is None:
+        row["status"] = torch_used or "FAILED validation: not validated"
+        return row
+    t = torch.from_dlpack
+    step = torch_plain_step(
+        m.stacks[0], m.gf[0], t(bf.k)[:, 0], t(bf.v)[:, 0], e, S - 1
+    )
     got = step().float()
     torch.cuda.synchronize()
-    import cupy as cp
-
     rel = rel_err(cp.asnumpy(cp.from_dlpack(got)), ours)
-    row = _row("torch_plain_24", "plain", b, ceil, None, torch=torch.__version__)
-    row["rel_err_vs_plain_24"] = rel
+    row.update(error_used=torch_used, rel_err_vs_plain_24=rel)
     if not rel <= 1e-2:
         row["status"] = f"FAILED validation: rel. error {rel:.3g} vs plain_24"
         return row
-    return bench._finish(row, bench.time_torch([step], samples=20))
+    return bench.finish(row, bench.time_torch([step], samples=20))
 
 
 def run(quick: bool = False, ceil: dict | None = None) -> dict[str, list[dict]]:
@@ -343,29 +407,19 @@ def run(quick: bool = False, ceil: dict | None = None) -> dict[str, list[dict]]:
             print(
                 f"  validation failed (shared={shared}, v{ver}): {e}", file=sys.stderr
             )
+    torch_used = None
+    if bench.torch_available():
+        try:
+            torch_used = validate_torch()
+        except AssertionError as e:
+            torch_used = f"FAILED validation: {e}"
+            print(f"  torch_plain_24: {torch_used}", file=sys.stderr)
     rng = cp.random.default_rng(2025)
     rows = []
-    for b in QUICK_BATCHES if quick else BATCHES:
+    for b in GRID.values("B", quick):
         vs = VERSIONS[b]
-        rows += _plain_case(b, rng, ceil, checked, vs)
-        bench._free([])
+        rows += _plain_case(b, rng, ceil, checked, vs, torch_used)
+        bench.free([])
         rows += _stag_cases(b, False, rng, ceil, checked, vs)
         rows += _stag_cases(b, True, rng, ceil, checked, vs)
     return {"stagformer": rows}
-
-
-def print_table(rows: list[dict]) -> None:
-    nan = float("nan")
-    print(
-        f"{'case':<20}{'v':>3}{'B':>4}{'median us':>11}{'floor us':>10}"
-        f"{'of floor':>9}{'err/tol':>9}"
-    )
-    for r in rows:
-        head = f"{r['name']:<20}{r.get('version', '-'):>3}{r['B']:>4}"
-        if r.get("status") != "ok":
-            print(f"{head}  {r.get('status')}")
-            continue
-        print(
-            f"{head}{r['median_us']:>11.1f}{r.get('floor_us', nan):>10.1f}"
-            f"{r.get('of_floor', nan):>9.2f}{r.get('error_used', nan):>9.3f}"
-        )

@@ -32,6 +32,7 @@ from functools import partial
 import numpy as np
 
 from gpu import bench
+from gpu import bench_stagformer as bs
 from gpu import runtime as rt
 from gpu import stagformer as gs
 from gpu import stagformer_multi as sm
@@ -46,12 +47,30 @@ from gpu.bench_stagformer import (
     H,
     L,
     S,
-    _fill,
+    fill_caches,
     random_model,
 )
 
 SKIP = "skipped: needs >= 2 GPUs"
 KINDS = (("sep", False), ("shared", True))
+# bench_stagformer's model and B; no baseline rows: each two_gpu row carries
+# speedup_vs_one_gpu against the one-GPU sequential step of the same model.
+GRID = bench.Grid(
+    axes=dict(B=BATCHES, kind=tuple(t for t, _ in KINDS)),
+    quick=dict(B=QUICK_BATCHES),
+    fixed=dict(bs.GRID.fixed, devices=2),
+    versions=VERSIONS,
+)
+COLUMNS = (
+    bench.NAME,
+    ("v", "version", ">3"),
+    ("B", "B", ">4"),
+    bench.MEDIAN,
+    bench.FLOOR,
+    bench.OF_FLOOR,
+    ("x 1 GPU", "speedup_vs_one_gpu", ">9.2f"),
+    ("timing", "timing", ">8"),
+)
 
 
 def n_devices() -> int:
@@ -171,7 +190,7 @@ def time_multi(ms, es, pos, version, samples: int = 20, warmup: int = 3):
             if i >= warmup:
                 per.append(cp.cuda.get_elapsed_time(start, end) * 1e3 / calls)
     ms.reset_events()  # the events' records were inside the graph
-    return bench._summarise(per, calls), method
+    return bench.summarise(per, calls), method
 
 
 def _cases(b, tag, shared, devices, rng, ceil, peer_bw) -> list[dict]:
@@ -183,7 +202,7 @@ def _cases(b, tag, shared, devices, rng, ceil, peer_bw) -> list[dict]:
     with cp.cuda.Device(d0):
         m = random_model(L, shared, rng)
         bf = gs.new_buffers(m, b, pos)
-        _fill(bf, rng)
+        fill_caches(bf, rng)
         e = rng.standard_normal((b, C), dtype=cp.float32)
         h_prev = rng.standard_normal((b, C), dtype=cp.float32)
     ms = sm.place(m, devices, b, pos)
@@ -238,16 +257,16 @@ def _cases(b, tag, shared, devices, rng, ceil, peer_bw) -> list[dict]:
                 gs.decode_step, m, bf, e, h_prev, pos, schedule="stack1_first",
                 version=ver,
             )  # fmt: skip
-            one = bench._finish(one, bench.time_cupy([step], samples=20))
+            one = bench.finish(one, bench.time_cupy([step], samples=20))
         t, method = time_multi(ms, [e, e1], pos, ver)
-        two = bench._finish(two, t)
+        two = bench.finish(two, t)
         two["timing"] = method
         two["speedup_vs_one_gpu"] = one["median_us"] / two["median_us"]
         rows += [one, two]
     del m, bf, ms
     for d in devices:
         with cp.cuda.Device(d):
-            bench._free([])
+            bench.free([])
     return rows
 
 
@@ -272,17 +291,5 @@ def run(quick: bool = False, ceil: dict | None = None) -> dict[str, list[dict]]:
 
 
 def print_table(rows: list[dict]) -> None:
-    nan = float("nan")
-    print(
-        f"{'case':<26}{'v':>3}{'B':>4}{'median us':>11}{'floor us':>10}"
-        f"{'of floor':>9}{'x 1 GPU':>9}"
-    )
-    for r in rows:
-        head = f"{r['name']:<26}{r.get('version', '-'):>3}{r['B']:>4}"
-        if r.get("status") != "ok":
-            print(f"{head}  {r.get('status')}")
-            continue
-        print(
-            f"{head}{r['median_us']:>11.1f}{r.get('floor_us', nan):>10.1f}"
-            f"{r.get('of_floor', nan):>9.2f}{r.get('speedup_vs_one_gpu', nan):>9.2f}"
-        )
+    """The table under COLUMNS (gpu.bench.print_table)."""
+    bench.print_table(rows, COLUMNS)

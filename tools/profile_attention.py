@@ -1,6 +1,7 @@
 """One decode-attention case for a profiler to attach to (ncu), v7 then torch SDPA.
 
-ncu --section SpeedOfLight ... python3 tools/profile_attention.py B S
+PYTHONPATH=$PWD ncu --section SpeedOfLight ...
+    python3 tools/profile_attention.py B S [VERSION ...]
 """
 
 import sys
@@ -9,14 +10,15 @@ import cupy as cp
 import numpy as np
 
 from gpu.attention import decode_attention
+from gpu.bench import random_normal
 
 b, s = (int(a) for a in sys.argv[1:3])
 versions = [int(a) for a in sys.argv[3:]] or [7]
 h = g = 32
 d = 128
 rng = cp.random.default_rng(0)
-q, k, v = (
-    rng.standard_normal(shape, dtype=cp.float32).astype(cp.float16)
+q, k, v = (  # drawn a batch row at a time: no float32 temporary of a whole cache
+    random_normal(rng, shape, cp.float16)
     for shape in ((b, h, d), (b, g, s, d), (b, g, s, d))
 )
 for ver in versions:

@@ -64,7 +64,12 @@ gpu-test:
 	done
 
 bench:
-	$(GPU_PYTHON) -m gpu.bench all --out results
+	# the card's ceilings first (every floor uses them), then each chapter in its own
+	# process; a chapter that fails does not stop the others, but fails the target
+	$(GPU_PYTHON) -m gpu.bench ceilings --out results
+	status=0; for slug in $$($(GPU_PYTHON) -m gpu.bench list); do \
+	  $(GPU_PYTHON) -m gpu.bench $$slug --out results || status=1; \
+	done; exit $$status
 
 notebooks: $(STAMP)
 	mkdir -p notebooks

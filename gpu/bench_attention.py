@@ -193,8 +193,8 @@ def run_torch_sdpa(base: dict, sets, truth, dtype) -> dict:
 
     try:
         row["error_used"] = validate_attention(first, truth, dtype)
-    except AssertionError as e:
-        row["status"] = f"FAILED validation: {e}"
+    except (AssertionError, RuntimeError) as e:  # RuntimeError: torch's own
+        row["status"] = f"FAILED validation: {type(e).__name__}: {e}"
         print(f"  torch_sdpa: {row['status']}", file=sys.stderr)
         return row
     return bench.finish(row, bench.time_torch(calls, samples=_samples(base)))

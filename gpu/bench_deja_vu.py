@@ -134,8 +134,8 @@ def _row(name, base, check, calls, ref, scale, timer) -> dict:
     row = dict(name=name, **base)
     try:
         row["error_used"] = _validate(check, ref, scale)
-    except (AssertionError, ValueError) as e:
-        row["status"] = f"FAILED validation: {e}"
+    except (AssertionError, ValueError, RuntimeError) as e:  # RuntimeError: torch's
+        row["status"] = f"FAILED validation: {type(e).__name__}: {e}"
         print(f"  {name} B={base['B']} K={base['K']}: {row['status']}", file=sys.stderr)
         return row
     return bench.finish(row, timer(calls))

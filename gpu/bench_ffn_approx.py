@@ -146,8 +146,8 @@ def _base(e, ceil, name, f=None, **extra) -> dict:
 def _timed(row, check, calls, timer) -> dict:
     try:
         row["error_used"] = check()
-    except (AssertionError, ValueError, TypeError) as err:
-        row["status"] = f"FAILED validation: {err}"
+    except (AssertionError, ValueError, TypeError, RuntimeError) as err:
+        row["status"] = f"FAILED validation: {type(err).__name__}: {err}"
         print(f"  {row['name']} E={row['E']}: {row['status']}", file=sys.stderr)
         return row
     return bench.finish(row, timer(calls))

@@ -242,8 +242,8 @@ def _torch_gather(s: Shape, table, cos, sin, lay, sets, outs, truth, scale, base
         call(0)
         torch.cuda.synchronize()
         row["error_used"] = assert_close(cp.asnumpy(outs[0]), truth, "gpu", F16, scale)
-    except AssertionError as e:
-        row["status"] = f"FAILED validation: {e}"
+    except (AssertionError, RuntimeError) as e:  # RuntimeError: torch's own
+        row["status"] = f"FAILED validation: {type(e).__name__}: {e}"
         print(f"  {s.name} B={b} {name}: {row['status']}", file=sys.stderr)
         return row
     calls = [lambda i=i: call(i) for i in range(len(sets))]
@@ -515,8 +515,8 @@ def _torch_layer1(s: Shape, base: dict, w, w64, wsets, toks, bufs) -> dict:
         got = {k: bufs[0][k] for k in written}
         got.update({k: cp.from_dlpack(v.contiguous()) for k, v in inter.items()})
         row["error_used"] = _validate_layer1(s, w, w64, got, toks[0], fused=True)
-    except AssertionError as e:
-        row["status"] = f"FAILED validation: {e}"
+    except (AssertionError, RuntimeError) as e:  # RuntimeError: torch's own
+        row["status"] = f"FAILED validation: {type(e).__name__}: {e}"
         print(f"  {s.name} B={base['B']} {name}: {row['status']}", file=sys.stderr)
         return row
     calls = [lambda i=i: call(i) for i in range(len(sets))]

@@ -411,8 +411,8 @@ def run(quick: bool = False, ceil: dict | None = None) -> dict[str, list[dict]]:
     if bench.torch_available():
         try:
             torch_used = validate_torch()
-        except AssertionError as e:
-            torch_used = f"FAILED validation: {e}"
+        except (AssertionError, RuntimeError) as e:  # RuntimeError: torch's own
+            torch_used = f"FAILED validation: {type(e).__name__}: {e}"
             print(f"  torch_plain_24: {torch_used}", file=sys.stderr)
     rng = cp.random.default_rng(2025)
     rows = []

@@ -455,7 +455,7 @@ CEILING_KEYS = {
     "gemm_tf32": "gemm_tf32_flop_per_s",
     "gemm_fp32": "gemm_fp32_flop_per_s",
 }
-CEILING_BYTES = 2 << 30  # 2 GiB a buffer: ramp-up and tail are well under 1 % a pass
+CEILING_BYTES = 2 << 30  # 2 GiB a copy's source and destination; reads read both
 PER_SM = (2, 4, 8, 16)  # blocks per SM of our copy and read kernels
 QUICK_PER_SM = (4, 8)
 GEMM_SIZES = (4096, 8192, 16384)  # square; fp16 and bf16
@@ -524,11 +524,14 @@ def _bandwidth(methods: dict, quick: bool) -> None:
     import cupy as cp
 
     n = CEILING_BYTES
-    src = cp.random.default_rng(0).integers(0, 2**31 - 1, n // 4, dtype=cp.int32)
-    dst = cp.empty_like(src)
+    # one buffer of 2n bytes: the copies go from its first half to its second, the
+    # reads read all of it (the longer a pass, the less its ramp-up and tail weigh:
+    # a 2 GiB read takes ~0.5 ms on an H200, a few us of which are the grid's tail)
+    whole = cp.random.default_rng(0).integers(0, 2**31 - 1, n // 2, dtype=cp.int32)
+    src, dst = whole[: n // 4], whole[n // 4 :]
     sms = rt.device_info()["sm_count"]
     per_sm = QUICK_PER_SM if quick else PER_SM
-    n16 = np.int64(n // 16)  # 16-byte vectors
+    n16 = np.int64(n // 16)  # 16-byte vectors in a half
 
     def memcpy():
         s = cp.cuda.get_current_stream().ptr
@@ -549,25 +552,26 @@ def _bandwidth(methods: dict, quick: bool) -> None:
     elementwise = [lambda: ew(s64, d64)] * 4
     _attempt(methods, "copy/cupy_elementwise", _rate(2 * n, time_events, elementwise))
     flag = cp.zeros(1, dtype=cp.uint32)
+    n16_all = np.int64(2 * n16)
     for ver in (1, 2, 3, 4):
         fn = rt.kernel("ceilings", f"ceilings_read_v{ver}")
         for k in per_sm:
-            call = [lambda fn=fn, g=sms * k: fn((g,), (256,), (src, n16, flag))]
+            call = [lambda fn=fn, g=sms * k: fn((g,), (256,), (whole, n16_all, flag))]
             name = f"read/kernel_v{ver}_g{k}"
-            _attempt(methods, name, _rate(n, time_cupy, call, samples=20))
+            _attempt(methods, name, _rate(2 * n, time_cupy, call, samples=20))
     total = cp.zeros((), dtype=cp.int64)  # preallocated: the sum allocates nothing
-    summed = [lambda: cp.sum(src, dtype=cp.int64, out=total)] * 4
-    _attempt(methods, "read/cupy_sum", _rate(n, time_events, summed))
+    summed = [lambda: cp.sum(whole, dtype=cp.int64, out=total)] * 4
+    _attempt(methods, "read/cupy_sum", _rate(2 * n, time_events, summed))
     if not torch_available():
         return
     import torch
 
-    ts, td = torch.from_dlpack(src), torch.from_dlpack(dst)
-    t_total = torch.zeros((), dtype=torch.int64, device=ts.device)
+    ts, td, tw = (torch.from_dlpack(a) for a in (src, dst, whole))
+    t_total = torch.zeros((), dtype=torch.int64, device=tw.device)
     copy_ = [lambda: td.copy_(ts)]
     _attempt(methods, "copy/torch_copy_", _rate(2 * n, time_torch, copy_, samples=20))
-    t_sum = [lambda: torch.sum(ts, dim=0, dtype=torch.int64, out=t_total)]
-    _attempt(methods, "read/torch_sum", _rate(n, time_torch, t_sum, samples=20))
+    t_sum = [lambda: torch.sum(tw, dim=0, dtype=torch.int64, out=t_total)]
+    _attempt(methods, "read/torch_sum", _rate(2 * n, time_torch, t_sum, samples=20))
     torch.cuda.empty_cache()
 
 

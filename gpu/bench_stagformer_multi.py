@@ -62,7 +62,7 @@ GRID = bench.Grid(
     versions=VERSIONS,
 )
 COLUMNS = (
-    bench.NAME,
+    ("case", "name", "<27"),
     ("v", "version", ">3"),
     ("B", "B", ">4"),
     bench.MEDIAN,

@@ -276,7 +276,10 @@ def _torch_timer(calls):
 def _torch_row(name, base, sets, xs, idxs, gather, truth) -> dict:
     if not bench.torch_available():
         return bench.torch_skipped(name, base)
+    import torch
+
     check, calls = _torch_mlp(sets, xs, idxs, gather)
+    base = dict(base, torch=torch.__version__)
     return _row(name, base, check, calls, *truth, _torch_timer)
 
 

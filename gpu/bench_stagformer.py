@@ -208,7 +208,10 @@ def fill_caches(bf, rng):
     bf.xv[:, :, :, 0] = 0
 
 
-def _row(name, kind, b, ceil, calls, **extra) -> dict:
+def _row(name, kind, b, ceil, calls, tensor_cores=False, **extra) -> dict:
+    """A case's row, timed when calls are given. flop_floor_us: FLOPs over the fp32
+    GEMM ceiling for our GEMVs (CUDA-core FMAs), over the fp16 one for torch
+    (tensor cores: the fp32 ceiling does not bound it)."""
     nbytes = gs.step_bytes(kind, b, S, C, F, H, G, D, L, 2)
     row = dict(
         name=name,
@@ -225,8 +228,9 @@ def _row(name, kind, b, ceil, calls, **extra) -> dict:
     )
     if ceil.get("read_bytes_per_s"):
         row["floor_us"] = nbytes / ceil["read_bytes_per_s"] * 1e6
-    if ceil.get("gemm_fp32_flop_per_s"):
-        row["flop_floor_us"] = row["flops"] / ceil["gemm_fp32_flop_per_s"] * 1e6
+    peak = ceil.get("gemm_fp16_flop_per_s" if tensor_cores else "gemm_fp32_flop_per_s")
+    if peak:
+        row["flop_floor_us"] = row["flops"] / peak * 1e6
     if calls is None:
         return row
     return bench.finish(row, bench.time_cupy(calls, samples=20))
@@ -370,7 +374,7 @@ def _torch_plain(m, bf, e, ours, b, ceil, torch_used) -> dict:
     """The same 24-layer model in PyTorch fp16 (torch_plain_step) over the same
     caches, under CUDA graphs. torch_used: validate_torch's result (a float), or
     the failure's status (a str)."""
-    row = _row("torch_plain_24", "plain", b, ceil, None)
+    row = _row("torch_plain_24", "plain", b, ceil, None, tensor_cores=True)
     if not bench.torch_available():
         return dict(row, status=bench.TORCH_SKIP)
     import cupy as cp

@@ -414,7 +414,11 @@ def _validate_layer1(
 
 
 def _floor_us(nbytes: int, flops: int, ceil: dict) -> float:
-    """max(bytes / read ceiling, FLOPs / fp16 GEMM ceiling), in us."""
+    """max(bytes / read ceiling, FLOPs / fp16 GEMM ceiling), in us. The GEMM
+    ceiling is the maximum over square sizes 4096-16384 through CuPy and torch
+    (gpu.bench.ceilings): taken at one size through CuPy alone it was below what
+    cuBLAS reached here at B = 1024 (1.04x and 1.10x their floor on the H100). A
+    row under this floor fails the run (gpu.bench.finish)."""
     t = nbytes / ceil["read_bytes_per_s"]
     if "gemm_fp16_flop_per_s" in ceil:
         t = max(t, flops / ceil["gemm_fp16_flop_per_s"])

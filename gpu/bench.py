@@ -217,6 +217,23 @@ def torch_skipped(name: str, base: dict) -> dict:
     return row
 
 
+def guarded(name: str, base: dict, make_row, *args) -> dict:
+    """``make_row(*args)`` (a baseline's whole row: set-up, validation, timing), or, if
+    it raises, a failed row that names the exception, with the traceback on stderr.
+    A baseline that breaks must not take the chapter's other rows with it; the
+    failed row still makes the run exit non-zero."""
+    import traceback
+
+    try:
+        return make_row(*args)
+    except Exception as e:  # noqa: BLE001 - recorded as a failure, never hidden
+        traceback.print_exc(file=sys.stderr)
+        row = {"name": name, **base}
+        row.update(name=name, status=f"FAILED: {type(e).__name__}: {e}")
+        print(f"  {name}: {row['status']}", file=sys.stderr)
+        return row
+
+
 # --- a chapter's grid, declared as data -----------------------------------------------
 
 

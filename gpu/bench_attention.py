@@ -227,7 +227,17 @@ def attention(
                         f"v{ver}", launch, ws_elems, sets, truth, base, n_split=n
                     )
                 )
-            rows.append(run_torch_sdpa(base, sets, truth, np.float16))
+            rows.append(
+                bench.guarded(
+                    "torch_sdpa",
+                    base,
+                    run_torch_sdpa,
+                    base,
+                    sets,
+                    truth,
+                    np.float16,
+                )
+            )
             bench.free(sets)
     return rows
 
@@ -281,7 +291,17 @@ def tile_sweep(ceil: dict | None = None) -> list[dict]:
                 rows.append(
                     run_launcher(name, launch, ws_elems, sets, truth, base, n_split=n)
                 )
-        rows.append(run_torch_sdpa(base, sets, truth, np.float16))
+        rows.append(
+            bench.guarded(
+                "torch_sdpa",
+                base,
+                run_torch_sdpa,
+                base,
+                sets,
+                truth,
+                np.float16,
+            )
+        )
         bench.free(sets)
     return rows
 

@@ -303,7 +303,20 @@ def _case(sets, xs, idxs, ceil, variants, with_gather=True, **extra) -> list[dic
         rows.append(
             _row("gather_gemv", tc, calls[0], calls, *truth_c, bench.time_events)
         )
-        rows.append(_torch_row("torch_gather_gemv", tc, sets, xs, idxs, True, truth_c))
+        rows.append(
+            bench.guarded(
+                "torch_gather_gemv",
+                tc,
+                _torch_row,
+                "torch_gather_gemv",
+                tc,
+                sets,
+                xs,
+                idxs,
+                True,
+                truth_c,
+            )  # fmt: skip
+        )
     return rows
 
 
@@ -316,7 +329,18 @@ def _dense(sets, xs, ceil, **extra) -> list[dict]:
     calls = _cublas(sets[:1], xs[:1], [every], gather=False)
     return [
         _row("cublas_dense", base, calls[0], calls, *truth, bench.time_events),
-        _torch_row("torch_dense", base, sets[:1], xs[:1], [every], False, truth),
+        bench.guarded(
+            "torch_dense",
+            base,
+            _torch_row,
+            "torch_dense",
+            base,
+            sets[:1],
+            xs[:1],
+            [every],
+            False,
+            truth,
+        ),  # fmt: skip
     ]
 
 

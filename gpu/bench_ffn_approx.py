@@ -268,9 +268,11 @@ def _dense_rows(rng, f, ceil, e, kind) -> list[dict]:
         _timed(_base(e, ceil, f"cublas_{kind}", f=f), check, calls, bench.time_events)
     ]
     name = f"torch_{kind}"
-    if not bench.torch_available():
-        rows.append(bench.torch_skipped(name, _base(e, ceil, name, f=f)))
-    else:
+    row0 = _base(e, ceil, name, f=f)
+
+    def torch_row():
+        if not bench.torch_available():
+            return bench.torch_skipped(name, row0)
         torch = bench.torch_for_baselines()
         t = torch.from_dlpack
         tsets = [
@@ -291,8 +293,10 @@ def _dense_rows(rng, f, ceil, e, kind) -> list[dict]:
             return _check(got, truth)
 
         tcalls = [lambda j=j: tcall(j) for j in range(n)]
-        base = dict(_base(e, ceil, name, f=f), torch=torch.__version__)
-        rows.append(_timed(base, tcheck, tcalls, _torch_timer))
+        base = dict(row0, torch=torch.__version__)
+        return _timed(base, tcheck, tcalls, _torch_timer)
+
+    rows.append(bench.guarded(name, row0, torch_row))
     bench.free(w)
     return rows
 

@@ -201,7 +201,23 @@ def gather_cases(s: Shape, table, cos, sin, b, versions, ceil, rng_np) -> list[d
             continue
         calls = [lambda i=i, c=call: c(i) for i in range(len(sets))]
         rows.append(bench.finish(row, bench.time_cupy(calls, samples=30)))
-    rows.append(_torch_gather(s, table, cos, sin, lay, sets, outs, truth, scale, base))
+    rows.append(
+        bench.guarded(
+            "torch_index_select_rope",
+            base,
+            _torch_gather,
+            s,
+            table,
+            cos,
+            sin,
+            lay,
+            sets,
+            outs,
+            truth,
+            scale,
+            base,
+        )
+    )
     return rows
 
 
@@ -470,7 +486,21 @@ def baseline_cases(s: Shape, b: int, w: dict, w64: dict, ceil, rng_np) -> list[d
         else:
             row["error_used"] = rows[0]["error_used"]
         rows.append(bench.finish(row, bench.time_events(calls * 4, samples=10)))
-    rows.append(_torch_layer1(s, dict(base, copies=n), w, w64, wsets, toks, bufs))
+    base1 = dict(base, copies=n)
+    rows.append(
+        bench.guarded(
+            "torch_layer1",
+            base1,
+            _torch_layer1,
+            s,
+            base1,
+            w,
+            w64,
+            wsets,
+            toks,
+            bufs,
+        )
+    )
     return rows
 
 

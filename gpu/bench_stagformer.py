@@ -302,7 +302,20 @@ def _plain_case(b, rng, ceil, checked, versions=(3,), torch_used=None) -> list[d
             rows[-1]["status"] = "FAILED validation"
         else:
             rows[-1]["error_used"] = ok
-    rows.append(_torch_plain(m, bf, e, ours, b, ceil, torch_used))  # vs the last
+    rows.append(  # vs the last
+        bench.guarded(
+            "torch_plain_24",
+            dict(B=b),
+            _torch_plain,
+            m,
+            bf,
+            e,
+            ours,
+            b,
+            ceil,
+            torch_used,
+        )
+    )
     return rows
 
 

@@ -360,3 +360,15 @@ def test_recorded_ceilings_keys_are_the_floors_keys():
         "gemm_fp32_flop_per_s",
     }
     assert math.isclose(bench.CEILING_BYTES, 2 * 2**30)
+
+
+def test_guarded_turns_a_broken_baseline_into_a_failed_row():
+    def broken(x):
+        raise AttributeError(f"no attribute {x}")
+
+    row = bench.guarded("torch_x", {"B": 1}, broken, "y")
+    assert row["name"] == "torch_x" and row["B"] == 1
+    assert row["status"].startswith("FAILED: AttributeError: no attribute y")
+    assert not bench.is_ok(row) and not bench.is_skipped(row)
+    ok = bench.guarded("torch_x", {"B": 1}, lambda: {"name": "torch_x", "status": "ok"})
+    assert ok == {"name": "torch_x", "status": "ok"}

@@ -31,11 +31,13 @@ from reference import minilm, models
 from reference import slim_attention as sa
 from reference.common import AttnWeights, apply_rope, decode_attention
 from reference.testing import (
+    TypicalError,
     assert_close,
     attention_scale,
     describe,
     kv_fold_scale,
     slim_kernel_scale,
+    slim_typical,
     xcache_scale,
 )
 
@@ -74,11 +76,11 @@ def scale_k_only(q, k, v, x, w_k, w_kv):
 # --- 1. the K-only cache equals the K+V cache, both orders, any cond(W_K) ----------
 
 
-@pytest.mark.parametrize("order", sa.ORDERS)
-@pytest.mark.parametrize("dtype", [F64, F32], ids=["f64", "f32"])
-@given(b=batches, h=heads, d=head_dims, s=lengths, lk=log_kappa, lm=log_mag,
-       bias=st.booleans(), seed=seeds)  # fmt: skip
-def test_k_only_decode_equals_kv_decode(order, dtype, b, h, d, s, lk, lm, bias, seed):
+def k_only_case(order, b, h, d, s, lk, lm, bias, seed, dtype, mistake=None):
+    """(got, want, worst-case scale, typical sigma) of the K-only property: the
+    trick run in ``dtype`` on rounded inputs against the K+V baseline in float64.
+    mistake (known-wrong, tests/known_wrong.py style): "rel_1e-3" scales the result
+    by 1 + 1e-3; "w_kv_fp16" stores W_KV in fp16 on the float32 path."""
     rng = np.random.default_rng(seed)
     c, mag = h * d, 10.0**lm
     kappa = 10.0 ** (lk if dtype == F64 else lk / 2)  # fp32: cond <= 1e3
@@ -88,11 +90,71 @@ def test_k_only_decode_equals_kv_decode(order, dtype, b, h, d, s, lk, lm, bias, 
     v = x @ w_v + (0 if b_v is None else b_v)  # (B, S, C)
     want = sa.kv_decode(q, k, v)
     w_kv = sa.fold_w_kv(w_k, w_v)
+    stored_w = w_kv.astype(np.float16) if mistake == "w_kv_fp16" else w_kv
     # trick: cache raw keys (b_K dropped: it cancels in the softmax), keep b_V
-    got = sa.slim_decode(*(a.astype(dtype) for a in (q, x @ w_k, w_kv)),
+    got = sa.slim_decode(*(a.astype(dtype) for a in (q, x @ w_k, stored_w)),
                          None if b_v is None else b_v.astype(dtype), order)  # fmt: skip
-    assert got.dtype == dtype
-    assert_close(got, want, ROW[dtype], dtype, scale_k_only(q, k, v, x, w_k, w_kv))
+    if mistake == "rel_1e-3":
+        got = got * dtype(1 + 1e-3)
+    sigma = slim_typical(q, x @ w_k, w_kv, b_v, order, dtype)
+    return got, want, scale_k_only(q, k, v, x, w_k, w_kv), sigma
+
+
+@pytest.mark.parametrize("order", sa.ORDERS)
+@pytest.mark.parametrize("dtype", [F64, F32], ids=["f64", "f32"])
+def test_k_only_decode_equals_kv_decode(order, dtype):
+    """Every draw within the worst-case row; in float32 also the typical error over
+    all draws within LAM_TYPICAL sigma (slim_typical): the worst case alone accepts
+    a 1e-3 relative error or an fp16 W_KV in about a third of the draws."""
+    typical = TypicalError(f"slim_decode {order} float32 vs float64")
+
+    @given(b=batches, h=heads, d=head_dims, s=lengths, lk=log_kappa, lm=log_mag,
+           bias=st.booleans(), seed=seeds)  # fmt: skip
+    def prop(b, h, d, s, lk, lm, bias, seed):
+        case = (order, b, h, d, s, lk, lm, bias, seed, dtype)
+        got, want, sc, sigma = k_only_case(*case)
+        assert got.dtype == dtype
+        assert_close(got, want, ROW[dtype], dtype, sc)
+        if dtype == F32:
+            typical.add(got, want, sigma)
+
+    prop()
+    if dtype == F32:
+        print(
+            f"{order}: typical error {typical.check():.3g} sigma, {typical.draws} draws"
+        )
+
+
+@pytest.mark.parametrize("mistake", ["rel_1e-3", "w_kv_fp16"])
+@pytest.mark.parametrize("order", sa.ORDERS)
+def test_typical_check_rejects_small_systematic_errors(order, mistake):
+    """Known-wrong: a 1e-3 relative error, or W_KV stored in fp16 on the float32
+    path, over 60 draws of the property's distribution: the worst-case row accepts
+    a good share of the draws, the typical check rejects the set (and the right
+    computation on the same draws passes it)."""
+    rng = np.random.default_rng(0)
+    good, bad = TypicalError("right"), TypicalError(mistake)
+    accepted = 0
+    for _ in range(60):
+        case = (order, *(int(rng.choice(a)) for a in ([1, 2, 3], [1, 2, 3, 5],
+                [1, 2, 4, 7, 8])), int(rng.integers(1, 41)), rng.uniform(0, 6),
+                rng.uniform(-1, 2), bool(rng.integers(2)), int(rng.integers(2**32)),
+                F32)  # fmt: skip
+        got, want, sc, sigma = k_only_case(*case)
+        good.add(got, want, sigma)
+        wrong, _, _, _ = k_only_case(*case, mistake=mistake)
+        bad.add(wrong, want, sigma)
+        try:
+            assert_close(wrong, want, "gpu", F32, sc)
+            accepted += 1
+        except AssertionError:
+            pass
+    print(f"{order} {mistake}: worst case accepts {accepted}/60 draws; typical "
+          f"{good.rms:.3g} sigma right, {bad.rms:.3g} sigma wrong")  # fmt: skip
+    good.check()
+    assert accepted > 0  # the gap this check closes
+    with pytest.raises(AssertionError, match="systematic"):
+        bad.check()
 
 
 @given(b=batches, h=heads, d=head_dims, s=lengths, lk=log_kappa, seed=seeds)

@@ -11,11 +11,16 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from reference.testing import (
+    LAM_TYPICAL,
     TOLERANCES,
+    TypicalError,
     assert_close,
+    assert_typical,
     attention_scale,
+    attention_typical,
     describe,
     tolerance,
+    typical_sum,
 )
 
 ROWS = sorted(TOLERANCES)
@@ -99,3 +104,87 @@ def test_attention_scale_bounds_the_observed_fp32_error():
         assert got.dtype == np.float32
         used = assert_close(got, want, "gpu", np.float32, attention_scale(*f64))
         assert used > 1e-4, f"budget barely touched ({describe(used)}): too loose?"
+
+
+# --- the typical error (a statistical check beside the worst-case rows) ------------
+
+
+def _f32_attention(q, k, v, chunk):
+    """Decode attention in float32 as a kernel does it: an online softmax over
+    chunks of keys, each chunk summed sequentially (np.cumsum), then combined."""
+    f = np.float32
+    q, k, v = (a.astype(f) for a in (q, k, v))
+    b, h, d = q.shape
+    kk, vv = (np.repeat(a, h // k.shape[1], axis=1) for a in (k, v))
+    sc = np.einsum("bhd,bhsd->bhs", q, kk) * f(1 / np.sqrt(d))  # (B, H, S)
+    ms, ls, accs = [], [], []
+    for c0 in range(0, sc.shape[-1], chunk):
+        part = sc[..., c0 : c0 + chunk]
+        m = part.max(-1)
+        e = np.exp(part - m[..., None])
+        ms.append(m)
+        ls.append(np.cumsum(e, axis=-1, dtype=f)[..., -1])
+        ev = e[..., None] * vv[:, :, c0 : c0 + chunk]
+        accs.append(np.cumsum(ev, axis=2, dtype=f)[:, :, -1])
+    m, l_, acc = np.stack(ms, -1), np.stack(ls, -1), np.stack(accs, -2)
+    a = np.exp(m - m.max(-1, keepdims=True))  # (B, H, n_chunks)
+    return (a[..., None] * acc).sum(-2, dtype=f) / (a * l_).sum(-1, dtype=f)[..., None]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16], ids=["f32", "f16"])
+def test_typical_check_catches_a_dropped_key_the_worst_case_accepts(dtype):
+    """tests/test_attention.py's long cache (S = 20000) in float32 on the CPU, summed
+    sequentially and split in chunks of 512: the right computation sits far inside
+    the typical bound; the one that drops the last key passes the worst-case row (a
+    quarter of its budget) and fails this one."""
+    from reference.common import decode_attention
+
+    rng = np.random.default_rng(7)
+    q = rng.standard_normal((1, 4, 128)).astype(dtype)
+    k = rng.standard_normal((1, 2, 20000, 128)).astype(dtype)
+    v = rng.standard_normal((1, 2, 20000, 128)).astype(dtype)
+    q64, k64, v64 = (x.astype(np.float64) for x in (q, k, v))
+    want = decode_attention(q64, k64, v64)
+    sigma = attention_typical(q64, k64, v64, dtype)
+    scale = attention_scale(q64, k64, v64)
+    for chunk in (20000, 512) if dtype == np.float32 else (20000,):
+        got = _f32_attention(q, k, v, chunk).astype(dtype)
+        assert_close(got, want, "gpu", dtype, scale)
+        z = assert_typical(got, want, sigma)
+        drop = _f32_attention(q, k[:, :, :-1], v[:, :, :-1], chunk).astype(dtype)
+        used = assert_close(drop, want, "gpu", dtype, scale)  # the gap: accepted
+        print(f"chunk {chunk}: right {z:.3g} sigma; dropped key: {describe(used)}")
+        assert used < 0.5
+        with pytest.raises(AssertionError, match="systematic"):
+            assert_typical(drop, want, sigma)
+
+
+def test_typical_sum_is_the_exchangeable_bound():
+    """sqrt(n (|t|^2 + y^2)) and, on i.i.d. terms, the observed float32 error of a
+    sequential sum sits at a fraction of u times it (and not at 1e-3 of it)."""
+    t = np.array([3.0, -4.0])
+    assert typical_sum(t) == np.sqrt(2 * (25 + 1))
+    rng = np.random.default_rng(0)
+    terms = rng.standard_normal((2000, 1000))
+    exact = terms.sum(axis=1)
+    f32 = np.cumsum(terms.astype(np.float32), axis=1, dtype=np.float32)[:, -1]
+    err = f32.astype(np.float64) - terms.astype(np.float32).astype(np.float64).sum(1)
+    z = err / (2.0**-24 * typical_sum(terms))
+    rms = float(np.sqrt(np.mean(z**2)))
+    assert 0.05 < rms < 1, rms
+    del exact
+
+
+def test_typical_error_accumulates_and_names_the_draw():
+    t = TypicalError("demo")
+    assert t.add(np.ones(4), np.ones(4), 1.0) == 0
+    t.add(np.ones(4) + 3 * LAM_TYPICAL, np.ones(4), 1.0)
+    assert (t.n, t.draws) == (8, 2)
+    with pytest.raises(AssertionError, match="demo: typical error"):
+        t.check()
+    with pytest.raises(AssertionError, match="no draws"):
+        TypicalError("empty").check()
+    nan = TypicalError("nan")
+    nan.add(np.array([np.nan, 1.0]), np.ones(2), 1.0)
+    with pytest.raises(AssertionError):
+        nan.check()

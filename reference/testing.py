@@ -33,6 +33,7 @@ UNIT_ROUNDOFF = {
 # holds for independent rounding errors with probability >= 1 - 2 exp(-lam^2 / 2)
 # per sum (lam = 6: 3e-8).
 N_MAX = 2**15
+N_REWRITE32 = 2**8  # the longest float32 sum of the ("rewrite", "float32") users
 LAM = 6.0
 
 
@@ -64,10 +65,17 @@ TOLERANCES: dict[tuple[str, str], Tolerance] = {
         why="2 sides x 10 stages x worst-case n*u, n <= 2^15, fp64",
     ),
     ("rewrite", "float32"): Tolerance(
-        # The same chain in fp32, with the probabilistic sum bound per stage.
-        rtol=2 * 10 * _sum_bound(_U32),
-        atol=2 * 10 * _sum_bound(_U32),
-        why="2 sides x 10 stages x 6*sqrt(n)*u, n <= 2^15, fp32",
+        # A chain in fp32, with the probabilistic sum bound per stage. float32
+        # rewrites are compared on the tests' tiny models only: a decoder of L <= 2
+        # layers is <= 20 stages deep (per layer norm, q|k|v, scores, softmax, p.v,
+        # W_O, norm, two MLP products; then the final norm and the unembedding) and
+        # no float32 sum there has more than n = 2^8 terms. 2 x 20 x 6 sqrt(2^8) u =
+        # 2.3e-4 < u16: a float32 rewrite that passes could not have been computed
+        # in fp16. (It was 2 x 10 x 6 sqrt(2^15) u = 1.3e-3, looser than fp16
+        # rounding.) Larger float32 computations are compared with the "gpu" rows.
+        rtol=2 * 20 * _sum_bound(_U32, N_REWRITE32),
+        atol=2 * 20 * _sum_bound(_U32, N_REWRITE32),
+        why="2 sides x 20 stages x 6*sqrt(n)*u, n <= 2^8, fp32",
     ),
     ("gpu", "float32"): Tolerance(
         # A kernel with float32 arithmetic against the float64 truth on the same

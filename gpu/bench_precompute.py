@@ -126,8 +126,9 @@ def decoder_config(s: Shape, v: int):
 
 
 def paper_factor(name: str, b: int) -> float:
-    """The paper's predicted first-layer read reduction (reference/models.py)."""
-    from reference.models import MODELS, precompute_reduction
+    """The paper's predicted first-layer read reduction (reference/precompute.py)."""
+    from reference.models import MODELS
+    from reference.precompute import precompute_reduction
 
     return precompute_reduction(MODELS[name], b)
 

@@ -8,8 +8,14 @@ magnitude the absolute error is proportional to (for attention: max|V| times
 Kinds:
   exact    same operations in the same order and dtype: bitwise equality.
   rewrite  two algebraically equal computations, both in the given dtype.
-  gpu      a GPU kernel (float32 arithmetic, storage in the given dtype) against
-           the float64 reference on the same inputs.
+  gpu      float32 arithmetic (a GPU kernel, or a reference run in float32; storage
+           in the given dtype) against the float64 reference on the same inputs.
+  (and the chapter-specific rows below: slim, dot, stag_step.)
+
+Beside the worst-case rows, a statistical check (TypicalError, assert_typical, with
+attention_typical and slim_typical): over many elements and draws the observed error
+must sit within the typical error the probabilistic model derives, which catches
+small systematic errors a worst-case bound accepts (see "The typical error" below).
 
 Nothing here imports anything but NumPy and the standard library: copy it freely.
 """

@@ -223,6 +223,8 @@ def experts(x, w1, w2, idx, gate, *, version=3, out=None, ws=None, check_idx=Tru
         out = cp.empty((t, c), x.dtype)
     rt.check_array("out", out, (x.dtype,), 2)
     rt.check_shape("out", out, (t, c), "TC")
+    if version >= 3:  # 16-byte loads of x, w1, w2, the workspace; stores of out
+        rt.check_aligned(16, x=x, w1=w1, w2=w2, out=out, ws_z=ws.z, ws_h=ws.h)
     bm, nt = TILE[version], THREADS[version]
     sort_pairs(idx, e, bm, ws, check_idx, version=router_for(version))
     i32, sfx = np.int32, _SUFFIX[x.dtype]

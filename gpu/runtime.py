@@ -185,6 +185,19 @@ def check_array(name: str, a, dtypes, ndim: int) -> None:
         )
 
 
+def check_aligned(nbytes: int, **arrays) -> None:
+    """ValueError naming each non-empty array whose data does not start on an
+    ``nbytes`` boundary (a view that starts mid-vector): kernels that load or store
+    16-byte vectors would fault on it."""
+    for name, a in arrays.items():
+        if a.size and a.data.ptr % nbytes:
+            raise ValueError(
+                f"{name} must be {nbytes}-byte aligned ({nbytes}-byte vector "
+                f"loads); its data starts {a.data.ptr % nbytes} bytes past a "
+                f"boundary (a view into the middle of an array?)"
+            )
+
+
 def check_shape(name: str, a, expected: tuple, letters: str) -> None:
     """ValueError naming each mismatching dimension by its shape letter."""
     if tuple(a.shape) != tuple(expected):

@@ -543,6 +543,13 @@ def test_gpu_bad_inputs_rejected_before_launch():
                     idx, gate, version=4)  # fmt: skip
     with pytest.raises(ValueError, match="version"):
         gfa.experts(x, w1, w2, idx, gate, version=5)
+    # a view that starts one element in: v3/v4's 16-byte loads would fault
+    xs = cp.zeros(4 * 16 + 1, f16)[1:].reshape(4, 16)
+    with pytest.raises(ValueError, match="x must be 16-byte aligned"):
+        gfa.experts(xs, w1, w2, idx, gate, version=3)
+    w2s = cp.zeros(w2.size + 1, f16)[1:].reshape(w2.shape)
+    with pytest.raises(ValueError, match="w2 must be 16-byte aligned"):
+        gfa.experts(x, w1, w2s, idx, gate, version=4)
     with pytest.raises(ValueError, match="k must"):
         gfa.route(x, w3, 9)
     with pytest.raises(ValueError, match="router version"):

@@ -440,7 +440,7 @@ def _attend(q, k, v, out, scratch):
     )
 
 
-def _layers(m: Model, bf: Buffers, sel: list[int], pos: int, version: int):
+def run_layers(m: Model, bf: Buffers, sel: list[int], pos: int, version: int):
     """All L layers of the stacks in sel ([0], [1] or [0, 1]: one launch for both)."""
     b = bf.x.shape[1]
     sl = slice(sel[0], sel[-1] + 1)
@@ -549,13 +549,13 @@ def decode_step(
     if schedule == "parallel":
         if h_prev is not None:
             project_memory(m, bf, h_prev, pos, version)
-        _layers(m, bf, [0, 1], pos, version)
+        run_layers(m, bf, [0, 1], pos, version)
         return bf.out
     order = [0, 1] if schedule == "stack1_first" else [1, 0]
     for s in order:
         if s == 1 and h_prev is not None:
             project_memory(m, bf, h_prev, pos, version)
-        _layers(m, bf, [s], pos, version)
+        run_layers(m, bf, [s], pos, version)
     return bf.out
 
 
@@ -563,7 +563,7 @@ def plain_step(m: Model, bf: Buffers, e, pos: int, version: int = 2):
     """The ordinary decoder made of stack 1's layers (no cross-attention), with the
     same kernels: the sequential baseline. bf from new_buffers(..., stacks=1)."""
     bf.x[...] = e[None]
-    _layers(m, bf, [0], pos, version)
+    run_layers(m, bf, [0], pos, version)
     return bf.out[0]
 
 

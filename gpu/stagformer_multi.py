@@ -23,7 +23,7 @@ single-GPU kernels and launch sequence of gpu/stagformer.py:
                          single-GPU kernels read whole caches of length pos + 1)
 
 Each stack runs exactly the launches of ``gs.decode_step``'s sequential schedules
-(``gs._layers`` with sel = [s], ``gs.project_memory`` before stack 2), with the same
+(``gs.run_layers``, sel = [s], ``gs.project_memory`` before stack 2), with the same
 shapes, splits and versions, so the result equals the single-GPU step bit for bit
 (tests/test_stagformer_multi.py checks outputs and caches after every step, on one
 GPU with devices = [0, 0] and on two where there are two).
@@ -41,12 +41,12 @@ fork/join but make the stages correct without it; ``reset_events`` drops them af
 a full synchronize (CUDA-graph capture must not wait on events recorded outside it).
 
 p > 2: ``plan`` and the stage loop (receive, project, layers, send) are written for
-p stages, but only p = 2 is implemented: gs.Model and gs._layers hold exactly one
+p stages, but only p = 2 is implemented: gs.Model and gs.run_layers hold exactly one
 cross-attending stack (stack 2: ``Model.cross``, ``Model.wckv``, Buffers.xk/xv), so
 a stage for stack s >= 3 has no GPU model to run. ``place``/``from_reference``
 raise NotImplementedError for p != 2 after validating the device list.
 
-Memory: stage 1 uses gs.new_buffers(..., stacks=2) (the layout gs._layers indexes
+Memory: stage 1 uses gs.new_buffers(..., stacks=2) (the layout gs.run_layers indexes
 as stack 2), whose stack-1 slot of the self caches and activations is unused: one
 stack's self caches of waste on stage 1's device. Stage 0 uses stacks=1 buffers.
 """
@@ -112,7 +112,7 @@ def _check_p(p: int) -> None:
     if p != 2:
         raise NotImplementedError(
             f"p = {p}: only p = 2 runs on GPUs. gpu/stagformer.py's Model and "
-            "_layers hold one cross-attending stack (stack 2); a stage for stack "
+            "run_layers holds one cross-attending stack (stack 2); a stage for stack "
             ">= 3 needs its own cross weights and caches there. plan() already "
             "places p stages."
         )
@@ -396,7 +396,7 @@ class MultiStag:
                     st.bufs.x[...] = st.e[None]
                 if st.plan.source is not None and pos > 0:
                     self._receive(st, pos, t, version)
-                gs._layers(st.model, st.bufs, [st.plan.stack], pos, version)
+                gs.run_layers(st.model, st.bufs, [st.plan.stack], pos, version)
                 if st.plan.sink is not None:
                     self._send(st, self.stages[st.plan.sink], t)
                 st.done.record(st.stream)

@@ -6,6 +6,10 @@
 # run one pytest process per slug in parallel (they check, they do not time);
 # bench runs its slugs one after another (timings must not share the card).
 # Uses the GPU machine's python3 as it is (CuPy, NumPy, pytest, Hypothesis, torch).
+# Each call re-sends the working tree, which replaces what an earlier call wrote under
+# results/ on the machine: copy results/<card>/ceilings.json from the first call's
+# results.tgz into your tree before the next, or its chapters measure their own (quick)
+# ceilings and their floors differ by the ceilings' run-to-run spread (~2 %).
 # Set TT_COMMIT to the hash of the tree you ship, computed on YOUR machine
 # (TT_COMMIT=<hash> tools/gpu_session.sh ...): the GPU machine's copy of .git can be
 # stale, and results/ would record the wrong commit (it happened on 2026-11-25).

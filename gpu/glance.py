@@ -1,0 +1,330 @@
+"""Results at a glance: one row per trick, computed from ``results/<card>/``.
+
+The book's first page shows this table (``book/intro.md``). For each trick it takes
+the headline case its chapter takes for its verdict, the fastest kernel of the
+trick's family there, that kernel's fraction of its floor, its ratio to the
+strongest baseline of the same run (the row's ``best_baseline`` where the harness
+recorded one, else the fastest ok baseline of the same case, by the baselines its
+``gpu/bench_<slug>.py`` grid declares), and where it pays over the chapter's sweep.
+Nothing here needs CuPy or a GPU; a figure that is not recorded is ``DASH``.
+
+    from gpu import glance
+    rows = glance.rows("h200")        # list of dicts, one per trick
+    print(glance.markdown(rows))      # a Markdown table
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from gpu import results
+
+DASH = "—"  # what a missing figure shows
+BENCH = {  # results name -> its grid module (the baselines each declares)
+    "attention": "bench_attention",
+    "slim_attention": "bench_slim_attention",
+    "precompute": "bench_precompute",
+    "deja_vu": "bench_deja_vu",
+    "stagformer": "bench_stagformer",
+    "ffn_approx": "bench_ffn_approx",
+    "ffn_approx_experts": "bench_ffn_approx",
+}
+
+
+@dataclass(frozen=True)
+class Trick:
+    """One row of the table.
+
+    head: the results file and a test on a row's shape for the headline case;
+    family: a test on a kernel row's name (the fastest of the family there is the
+    headline kernel); sweep: the results file over which "where it pays" counts
+    the headline kernel's cases, ``unit`` naming them; risk: the chapter's finding
+    on accuracy, as fixed text."""
+
+    key: str
+    label: str
+    chapter: str  # the chapter's label, for {ref}
+    head: str
+    at: Callable[[dict], bool]
+    family: Callable[[str], bool]
+    case: str  # the headline case, in words
+    sweep: str
+    unit: str
+    risk: str
+
+
+def _starts(prefix: str) -> Callable[[str], bool]:
+    return lambda n: n.startswith(prefix)
+
+
+def _at(**shape) -> Callable[[dict], bool]:
+    return lambda r: all(r.get(k) == v for k, v in shape.items())
+
+
+TRICKS = (
+    Trick(
+        key="attention",
+        label="Decode attention (the baseline)",
+        chapter="ch-measuring",
+        head="attention",
+        at=_at(B=8, S=16384),
+        family=_starts("v"),
+        case="B = 8, S = 16K",
+        sweep="attention",
+        unit="sizes",
+        risk="none added: the standard computation, float32 sums over a float16 "
+        "cache, checked against float64",
+    ),
+    Trick(
+        key="precompute",
+        label="Precomputing the first layer",
+        chapter="ch-precompute",
+        head="precompute",
+        at=_at(model="mistral-7b", B=1024),
+        family=_starts("v"),
+        case="Mistral-7B, B = 1024 tokens",
+        sweep="precompute",
+        unit="cases",
+        risk="exact: a table lookup of what layer 1 computes (RoPE models only; "
+        "the table must be rebuilt after any weight update)",
+    ),
+    Trick(
+        key="slim_k",
+        label="Slim attention, K-only cache",
+        chapter="ch-slim-attention",
+        head="slim_attention",
+        at=_at(B=8, S=16384),
+        family=_starts("slim_"),
+        case="B = 8, S = 16K",
+        sweep="slim_attention",
+        unit="sizes",
+        risk="exact rewrite (MHA only), but a float16 K-only cache is unsafe on an "
+        "ill-conditioned W_K: its error grows as u·κ(W_K)",
+    ),
+    Trick(
+        key="slim_x",
+        label="Slim attention, X cache",
+        chapter="ch-slim-attention",
+        head="slim_attention",
+        at=_at(B=8, S=16384),
+        family=_starts("x_"),
+        case="B = 8, S = 16K",
+        sweep="slim_attention",
+        unit="sizes",
+        risk="exact rewrite, stable in float16 (it matches the K+V cache); "
+        "cannot carry RoPE",
+    ),
+    Trick(
+        key="deja_vu",
+        label="Deja Vu",
+        chapter="ch-deja-vu",
+        head="deja_vu",
+        at=lambda r: r.get("B") == 1 and abs(r.get("kept", 0) - 0.1) < 2e-3,
+        family=_starts("v"),
+        case="B = 1, 10 % of neurons kept",
+        sweep="deja_vu",
+        unit="kept fractions",
+        risk="approximation: exact only for ReLU with a perfect predictor; every "
+        "missed neuron drops a term, and a batch needs the union of its sets",
+    ),
+    Trick(
+        key="stagformer",
+        label="StagFormer",
+        chapter="ch-stagformer",
+        head="stagformer",
+        at=_at(B=1),
+        family=lambda n: n == "plain_24",
+        case="B = 1, 24 layers, C = 2048",
+        sweep="stagformer",
+        unit="batches",
+        risk="a different model, which needs training; its staggered decode is "
+        "exact for that model",
+    ),
+    Trick(
+        key="ffn_approx",
+        label="σ-MoE",
+        chapter="ch-ffn-approx",
+        head="ffn_approx",
+        at=_at(E=32),
+        family=_starts("moe_"),
+        case="E = 32, K = 4, T = 4096",
+        sweep="ffn_approx_experts",
+        unit="expert counts",
+        risk="a different model, which needs training; routing is discontinuous "
+        "(a near-tie can flip under rounding)",
+    ),
+)
+
+
+def ok_rows(doc: dict | None) -> list[dict]:
+    return [r for r in (doc or {}).get("rows", []) if r.get("status") == "ok"]
+
+
+def baselines_of(name: str) -> dict[str, tuple[str, ...]]:
+    """The baselines the grid of results ``name`` declares: row name -> the shape
+    fields a baseline row shares with a kernel row of its case."""
+    import importlib
+
+    mod = importlib.import_module(f"gpu.{BENCH[name]}")
+    return dict(mod.GRID.baselines)
+
+
+def strongest(rows: list[dict], r: dict, baselines: dict) -> tuple[str, float] | None:
+    """(name, median us) of the strongest baseline of row r's case: the row's
+    recorded ``best_baseline``, else the fastest ok baseline row of its case."""
+    if r.get("best_baseline") and r.get("vs_best_baseline"):
+        return r["best_baseline"], r["median_us"] * r["vs_best_baseline"]
+    same = [
+        b
+        for b in rows
+        if b["name"] in baselines
+        and all(b.get(k) == r.get(k) for k in baselines[b["name"]])
+    ]
+    if not same:
+        return None
+    b = min(same, key=lambda b: b["median_us"])
+    return b["name"], b["median_us"]
+
+
+def versus(t: float, t_base: float, name: str) -> str:
+    """'1.92× faster than name', '1.01× slower than name', or 'level with name'
+    where the ratio rounds to 1.00 either way."""
+    q = t_base / t
+    if q >= 1.005:
+        return f"{q:.2f}× faster than {name}"
+    if 1 / q >= 1.005:
+        return f"{1 / q:.2f}× slower than {name}"
+    return f"level with {name} ({t / t_base:.3f}× its time)"
+
+
+def _fmt_case(r: dict) -> str:
+    return r["name"] + (f" v{r['version']}" if "version" in r else "")
+
+
+def _pays(trick: Trick, best: dict, sweep: list[dict], base: dict) -> str:
+    """Over the sweep: at how many cases the headline kernel beats its case's
+    strongest baseline (for StagFormer: its fastest version at each batch)."""
+    mine = [r for r in sweep if r["name"] == best["name"]]
+    if trick.key == "stagformer":  # the fastest GEMV version at each B
+        by_b: dict = {}
+        for r in mine:
+            if r["B"] not in by_b or r["median_us"] < by_b[r["B"]]["median_us"]:
+                by_b[r["B"]] = r
+        mine = list(by_b.values())
+    pairs = [(r, strongest(sweep, r, base)) for r in mine]
+    pairs = [(r, s) for r, s in pairs if s]
+    if not pairs:
+        return DASH
+    won = sum(s[1] > r["median_us"] for r, s in pairs)
+    names = sorted({s[0] for _, s in pairs})
+    what = names[0] if len(names) == 1 else "the strongest baseline"
+    out = f"faster than {what} at {won} of {len(pairs)} {trick.unit}"
+    if trick.key == "stagformer":
+        par = [r for r in sweep if r["name"] == "shared_parallel" and r["B"] == 1]
+        seq = [r for r in sweep if r["name"] == "shared_sequential" and r["B"] == 1]
+        if par and seq:
+            p = min(par, key=lambda r: r["median_us"])["median_us"]
+            s = min(seq, key=lambda r: r["median_us"])["median_us"]
+            out += (
+                f"; at B = 1 the shared-weight parallel step is "
+                f"{s / p:.2f}× the speed of the sequential one"
+            )
+    return out
+
+
+def row(trick: Trick, card: str | None = None, root=results.RESULTS) -> dict:
+    """One trick's figures on ``card`` (default: ``results.default_card()``), as
+    display strings; DASH for each that is not recorded."""
+    out = dict(
+        key=trick.key, trick=trick.label, chapter=trick.chapter, risk=trick.risk,
+        kernel=DASH, of_floor=DASH, vs_baseline=DASH, pays=DASH,
+    )  # fmt: skip
+    head = ok_rows(results.load(trick.head, card, root))
+    base = baselines_of(trick.head)
+    cands = [
+        r
+        for r in head
+        if trick.at(r) and r["name"] not in base and trick.family(r["name"])
+    ]
+    if not cands:
+        return out
+    best = min(cands, key=lambda r: r["median_us"])
+    out["kernel"] = f"{_fmt_case(best)} at {trick.case}"
+    if best.get("of_floor"):
+        out["of_floor"] = f"{best['of_floor']:.2f}"
+    s = strongest(head, best, base)
+    if s:
+        out["vs_baseline"] = versus(best["median_us"], s[1], s[0])
+    sweep = ok_rows(results.load(trick.sweep, card, root))
+    out["pays"] = _pays(trick, best, sweep, baselines_of(trick.sweep))
+    return out
+
+
+def rows(card: str | None = None, root=results.RESULTS) -> list[dict]:
+    """Every trick's row on ``card``."""
+    return [row(t, card, root) for t in TRICKS]
+
+
+def files() -> list[str]:
+    """The results names the table reads, in the order of ``TRICKS``."""
+    return list(dict.fromkeys(n for t in TRICKS for n in (t.head, t.sweep)))
+
+
+def sources(card: str | None = None, root=results.RESULTS) -> str:
+    """Where the table's figures come from: the files read, grouped by the card,
+    driver, CuPy and commit of their runs, with the dates of each group."""
+    groups: dict[tuple, list] = {}
+    for n in files():
+        doc = results.load(n, card, root)
+        if not doc:
+            groups.setdefault(("not recorded",), []).append((n, ""))
+            continue
+        p = doc.get("provenance", {})
+        key = tuple(p.get(k, "?") for k in ("card", "driver", "cupy", "commit"))
+        groups.setdefault(key, []).append((n, p.get("date", "?")))
+    out = []
+    for key, named in groups.items():
+        names = ", ".join(n for n, _ in named)
+        if key == ("not recorded",):
+            out.append(f"{names}: not recorded")
+            continue
+        dates = sorted(d for _, d in named)
+        when = dates[0] if dates[0] == dates[-1] else f"{dates[0]} to {dates[-1]}"
+        out.append(
+            f"{names}: {key[0]}, driver {key[1]}, CuPy {key[2]}, commit {key[3]}, "
+            f"{when}"
+        )
+    return "; ".join(out)
+
+
+COLUMNS = (
+    ("trick", "trick"),
+    ("best kernel and headline case", "kernel"),
+    ("of floor", "of_floor"),
+    ("against the strongest baseline of the run", "vs_baseline"),
+    ("where it pays", "pays"),
+    ("accuracy risk", "risk"),
+    ("chapter", "chapter"),
+)
+
+
+def _cell(text: str) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ") or DASH
+
+
+def markdown(table: list[dict], ref: bool = True) -> str:
+    """A Markdown (MyST) table of ``rows``; the chapter column is a {ref} role
+    (ref=False: the bare label)."""
+    head = "| " + " | ".join(h for h, _ in COLUMNS) + " |"
+    rule = "|" + "|".join(":--" for _ in COLUMNS) + "|"
+    lines = [head, rule]
+    for r in table:
+        cells = []
+        for _, k in COLUMNS:
+            v = r.get(k) or DASH
+            if k == "chapter" and ref and v != DASH:
+                v = f"{{ref}}`{v}`"
+            cells.append(_cell(v))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)

@@ -4,14 +4,21 @@ For each page: no request fails and none leaves the machine (every URL is file:/
 math is typeset by the local MathJax with no raw TeX left on screen, every image
 decodes, local links point at files that exist, and no script throws.
 
-Needs `make book` first, Debian's `chromium` and the `playwright` package (no
-`playwright install`: it would download a browser). Skips with the reason otherwise.
+The pages this book's readers start from (the intro's table at a glance, "Running it
+on your GPU", the glossary) get a closer look: the table has a row per trick, no cell
+reads "nan", each row links to its chapter, and no "$" is left on screen.
+
+Needs `make book` first (or ``TT_BOOK_HTML`` naming another build's ``html``
+folder, e.g. one made with ``--path-output``), Debian's `chromium` and the
+`playwright` package (no `playwright install`: it would download a browser). Skips
+with the reason otherwise.
 Only the standard library and pytest are imported at collection time, so this module
 also collects on the GPU machine, where none of them is installed.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 from dataclasses import dataclass, field
@@ -21,9 +28,9 @@ from urllib.parse import unquote, urlsplit
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-HTML = ROOT / "_build" / "html"
+HTML = Path(os.environ.get("TT_BOOK_HTML") or ROOT / "_build" / "html")
 TOC = ROOT / "_toc.yml"
-SHOTS = ROOT / "_build" / "screenshots"
+SHOTS = HTML.parent / "screenshots"
 
 CHROMIUM_ARGS = [
     "--no-sandbox",
@@ -205,3 +212,60 @@ def test_index_redirects_to_root(tab):
     page.wait_for_url(f"**/{root}.html")
     assert page.locator("h1").count() >= 1
     assert not tab.problems, "\n".join(tab.problems)
+
+
+# --- the pages readers start from -------------------------------------------------
+
+READER_PAGES = ["book/intro", "book/running", "book/glossary"]
+NAN = re.compile(r"\bnan\b", re.I)
+
+_TABLES_JS = """() => [...document.querySelectorAll('main table')].map(t => ({
+  head: [...t.querySelectorAll('thead th')].map(c => c.innerText.trim()),
+  rows: [...t.querySelectorAll('tbody tr')].map(tr =>
+    [...tr.querySelectorAll('td')].map(td => ({
+      text: td.innerText.trim(),
+      links: [...td.querySelectorAll('a[href]')].map(a => a.href),
+    }))),
+}))"""
+
+
+def _open(tab: Tab, doc: str) -> None:
+    html = _html_of(doc)
+    assert html.is_file(), f"{doc} is missing from {HTML}: make book"
+    tab.page.goto(html.as_uri(), wait_until="load")
+    if tab.page.locator(".math").count():
+        assert not _typeset(tab)
+
+
+@pytest.mark.parametrize("doc", READER_PAGES, ids=[Path(d).name for d in READER_PAGES])
+def test_reader_page_has_no_nan_and_no_raw_dollar(tab, doc):
+    _open(tab, doc)
+    for t in tab.page.evaluate(_TABLES_JS):
+        cells = [c["text"] for r in t["rows"] for c in r] + t["head"]
+        bad = [c for c in cells if NAN.search(c)]
+        assert not bad, f"{doc}: a table shows nan: {bad[:5]}"
+    text = tab.page.evaluate(_VISIBLE_TEXT_JS)
+    dollars = re.findall(r".{0,30}\$.{0,30}", text)
+    assert not dollars, f"{doc}: raw $ math left on screen: {dollars[:5]}"
+    assert not tab.problems, "\n".join(tab.problems)
+
+
+def test_intro_table_at_a_glance(tab):
+    _open(tab, "book/intro")
+    tables = [
+        t
+        for t in tab.page.evaluate(_TABLES_JS)
+        if any("where it pays" in h for h in t["head"])
+    ]
+    assert len(tables) == 1, "the intro has no table at a glance"
+    t = tables[0]
+    assert len(t["rows"]) == 7, f"{len(t['rows'])} rows, want one per trick (7)"
+    chapters = [p for p in PAGES if Path(p).name[:2].isdigit()]
+    for r in t["rows"]:
+        assert len(r) == len(t["head"]), r
+        assert all(c["text"] for c in r), f"an empty cell (a dash is due): {r}"
+        links = r[-1]["links"]
+        assert links, f"no link to the chapter in row {r[0]['text']!r}"
+        target = Path(unquote(urlsplit(links[0]).path))
+        assert target.is_file(), f"{r[0]['text']}: link to {target}, missing"
+        assert any(target.stem == Path(c).name for c in chapters), target

@@ -31,16 +31,23 @@ COMPLETE = (
 
 
 def card_slug(card: str) -> str:
-    """Folder name for a card name: the first model token, lower case.
+    """Folder name for a card name: its model word, lower case; a family word
+    with no digit (RTX, Quadro) takes the next word with it, so that two cards of
+    one family get two folders.
 
     >>> card_slug("NVIDIA H100 80GB HBM3"), card_slug("NVIDIA H200")
     ('h100', 'h200')
+    >>> card_slug("NVIDIA GeForce RTX 4090"), card_slug("NVIDIA RTX A6000")
+    ('rtx4090', 'rtxa6000')
     """
     words = [w for w in re.split(r"[^0-9A-Za-z]+", card) if w]
     words = [w for w in words if w.lower() not in ("nvidia", "tesla", "geforce")]
     if not words:
         raise ValueError(f"cannot name a results folder after card {card!r}")
-    return words[0].lower()
+    head = words[0]
+    if not any(ch.isdigit() for ch in head) and len(words) > 1:
+        head += words[1]
+    return head.lower()
 
 
 def cards(root: Path = RESULTS) -> list[str]:

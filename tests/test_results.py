@@ -124,3 +124,15 @@ def test_versus_wording():
     assert glance.versus(1.0, 2.0, "x") == "2.00× faster than x"
     assert glance.versus(2.0, 1.0, "x") == "2.00× slower than x"
     assert glance.versus(1.0, 1.001, "x").startswith("level with x")
+
+
+def test_card_slug_names_one_folder_per_card_model():
+    from gpu.results import card_slug
+
+    assert card_slug("NVIDIA H100 80GB HBM3") == "h100"
+    assert card_slug("NVIDIA H200") == "h200"
+    assert card_slug("NVIDIA A100-SXM4-80GB") == "a100"
+    assert card_slug("NVIDIA GeForce RTX 4090") == "rtx4090"
+    assert card_slug("NVIDIA RTX A6000") != card_slug("NVIDIA GeForce RTX 4090")
+    with pytest.raises(ValueError, match="card"):
+        card_slug("NVIDIA")

@@ -304,13 +304,18 @@ COLUMNS = (
     ("of floor", "of_floor"),
     ("against the strongest baseline of the run", "vs_baseline"),
     ("where it pays", "pays"),
-    ("accuracy risk", "risk"),
     ("chapter", "chapter"),
 )
 
 
 def _cell(text: str) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ") or DASH
+
+
+def risks(table: list[dict]) -> str:
+    """The accuracy risk of each trick, as a Markdown list under the table (a
+    column of sentences made the table wider than the page)."""
+    return "\n".join(f"- **{r['trick']}**: {r.get('risk') or DASH}." for r in table)
 
 
 def markdown(table: list[dict], ref: bool = True) -> str:

@@ -136,3 +136,11 @@ def test_card_slug_names_one_folder_per_card_model():
     assert card_slug("NVIDIA RTX A6000") != card_slug("NVIDIA GeForce RTX 4090")
     with pytest.raises(ValueError, match="card"):
         card_slug("NVIDIA")
+
+
+def test_risks_list_one_line_per_trick():
+    table = glance.rows("h200")
+    lines = glance.risks(table).splitlines()
+    assert len(lines) == len(table) == len(glance.TRICKS)
+    assert all(line.startswith("- **") and line.endswith(".") for line in lines)
+    assert "u·κ(W_K)" in glance.risks(table)  # the K-only cache's caveat

@@ -300,9 +300,9 @@ def sources(card: str | None = None, root=results.RESULTS) -> str:
 
 COLUMNS = (
     ("trick", "trick"),
-    ("best kernel and headline case", "kernel"),
+    ("kernel, case", "kernel"),
     ("of floor", "of_floor"),
-    ("against the strongest baseline of the run", "vs_baseline"),
+    ("vs the strongest baseline", "vs_baseline"),
     ("where it pays", "pays"),
     ("chapter", "chapter"),
 )

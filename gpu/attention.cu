@@ -660,6 +660,10 @@ ENTRY_V67(f16, __half, 80)
 ENTRY_V67(f16, __half, 96)
 ENTRY_V67(f16, __half, 128)
 ENTRY_V67(f16, __half, 256)
+// v8 stages its tiles with cp.async (sm_80). Below sm_80 (CuPy compiles for
+// the card in use) it is left out, so that v1-v7 still load there; the
+// launcher falls back to v7 (gpu/capability.py).
+#if __CUDA_ARCH__ >= 800
 ENTRY_V8(f32, float, 64)
 ENTRY_V8(f32, float, 80)
 ENTRY_V8(f32, float, 96)
@@ -669,6 +673,7 @@ ENTRY_V8(f16, __half, 80)
 ENTRY_V8(f16, __half, 96)
 ENTRY_V8(f16, __half, 128)
 ENTRY_V8(f16, __half, 256)
+#endif  // __CUDA_ARCH__ >= 800
 ENTRY_V9(2, 4)
 ENTRY_V9(8, 4)
 ENTRY_V9(2, 8)

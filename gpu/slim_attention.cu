@@ -902,6 +902,11 @@ extern "C" __global__ void slim_attention_xq_f16(const __half* q,
   ENTRY_FAST(NAME, 2, 6, XC, ST)                                            \
   ENTRY_FAST(NAME, 2, 8, XC, ST)
 
+// v2-v6 and xv3-xv5 run as clusters and exchange scores through distributed
+// shared memory (sm_90). On an older card (CuPy compiles for the card in use)
+// they are left out, so that the file still loads there with v1 and xv1; the
+// launchers fall back to those (gpu/capability.py).
+#if __CUDA_ARCH__ >= 900
 ENTRY_SHAPES(v2, false, 1)
 ENTRY_SHAPES(v3, false, 4)
 ENTRY_SHAPES(xv3, true, 4)
@@ -938,6 +943,7 @@ ENTRY_V6(1, 256)
 ENTRY_V6(2, 256)
 ENTRY_V6(2, 384)
 ENTRY_V6(2, 512)
+#endif  // __CUDA_ARCH__ >= 900
 
 // The largest tile layouts must fit the 227 KB of shared memory a block may
 // opt into on sm_90 (the launcher mirrors these sizes to request them).

@@ -14,9 +14,12 @@ One sigma-MoE layer in prefill, fp16 (the paper's WT103-big layer, DESIGN.md §5
   (torch_param_equal, torch_compute_equal; no biases, as the cuBLAS rows).
 * "ffn_approx_experts": E in {8, 16, 32, 64, 128} (quick: 8, 32, 128) at fixed
   K = 4, G = 128: the FLOPs per token stay fixed while the parameter-equal dense MLP
-  grows with E (the paper's benchmark.py sweeps N_E the same way). v3, v4 and the
+  grows with E (the paper's benchmark.py sweeps N_E the same way). v3, v4, v5 and the
   parameter-equal dense MLPs at each E; the compute-equal ones once (they do not
   depend on E; their rows carry E = 0).
+* "ffn_approx_tokens": T in {1, 16, 256, 4096} (quick: 1, 16, 4096) at E = 32: decode
+  sizes, where every expert's weights are read for a handful of tokens. v3, v5 and
+  both dense MLPs (torch and cuBLAS) at each T.
 
 Every row is validated first against the float64 reference (reference.ffn_approx)
 on 64 + 64 of the tokens (the first and the last), outputs poisoned with NaN; a row
@@ -46,14 +49,19 @@ T, C, G, K = 4096, 1024, 128, 4
 E_MAIN = 32
 E_SWEEP = (8, 16, 32, 64, 128)
 E_QUICK = (8, 32, 128)
+T_SWEEP = (1, 16, 256, 4096)
+T_QUICK = (1, 16, 4096)
 F16 = np.float16
 N_CHECK = 64  # tokens validated at each end
 GRID = bench.Grid(
-    axes=dict(E=E_SWEEP),  # "ffn_approx_experts"; "ffn_approx" is E = E_MAIN
-    quick=dict(E=E_QUICK),
+    # "ffn_approx_experts" sweeps E, "ffn_approx_tokens" T; "ffn_approx" is E_MAIN, T
+    axes=dict(E=E_SWEEP, T=T_SWEEP),
+    quick=dict(E=E_QUICK, T=T_QUICK),
     fixed=dict(T=T, C=C, G=G, K=K, E_main=E_MAIN, dtype="float16", n_check=N_CHECK),
-    versions=dict(ffn_approx=(2, 3, 4), ffn_approx_experts=(3, 4)),
-    baselines={"torch_param_equal": ("E",), "cublas_param_equal": ("E",)},
+    versions=dict(
+        ffn_approx=(2, 3, 4, 5), ffn_approx_experts=(3, 4, 5), ffn_approx_tokens=(3, 5)
+    ),
+    baselines={"torch_param_equal": ("E", "T"), "cublas_param_equal": ("E", "T")},
     kernels=("moe_",),  # whole layers; the v*_<stage> rows are parts of one
 )
 COLUMNS = (
@@ -126,12 +134,12 @@ def _check(out, truth) -> float:
     return assert_close(cp.asnumpy(out[cp.asarray(r)]), ref, "gpu", F16, sc)
 
 
-def _base(e, ceil, name, f=None, **extra) -> dict:
+def _base(e, ceil, name, f=None, t=T, **extra) -> dict:
     if f is None:
-        fl, nb = gfa.flops(T, C, e, G, K), gfa.bytes_moved(T, C, e, G, K, 2)
+        fl, nb = gfa.flops(t, C, e, G, K), gfa.bytes_moved(t, C, e, G, K, 2)
     else:
-        fl, nb = gfa.dense_flops(T, C, f), gfa.dense_bytes(T, C, f, 2)
-    row = dict(name=name, T=T, C=C, E=e, G=G, K=K, F=f, dtype="float16")
+        fl, nb = gfa.dense_flops(t, C, f), gfa.dense_bytes(t, C, f, 2)
+    row = dict(name=name, T=t, C=C, E=e, G=G, K=K, F=f, dtype="float16")
     row.update(flops=fl, bytes=nb, **extra)
     if ceil.get("gemm_fp16_flop_per_s"):
         row["flop_floor_us"] = fl / ceil["gemm_fp16_flop_per_s"] * 1e6
@@ -153,16 +161,16 @@ def _timed(row, check, calls, timer) -> dict:
     return bench.finish(row, timer(calls))
 
 
-def _moe_rows(rng, e, ceil, versions, stages: bool) -> list[dict]:
+def _moe_rows(rng, e, ceil, versions, stages: bool, t=T) -> list[dict]:
     import cupy as cp
 
-    n = bench.n_copies(gfa.bytes_moved(T, C, e, G, K, 2))
+    n = bench.n_copies(gfa.bytes_moved(t, C, e, G, K, 2))
     sets = [_weights(rng, e) for _ in range(n)]
-    xs = [rng.standard_normal((T, C), dtype=cp.float32).astype(F16) for _ in sets]
+    xs = [rng.standard_normal((t, C), dtype=cp.float32).astype(F16) for _ in sets]
     rows = []
     for v in versions:
-        wss = [gfa.workspace(T, C, e, G, K, F16) for _ in sets]
-        outs = [cp.full((T, C), np.nan, F16) for _ in sets]
+        wss = [gfa.workspace(t, C, e, G, K, F16) for _ in sets]
+        outs = [cp.full((t, C), np.nan, F16) for _ in sets]
 
         def call(j, v=v, wss=wss, outs=outs):
             w1, w2, w3 = sets[j]
@@ -174,7 +182,8 @@ def _moe_rows(rng, e, ceil, versions, stages: bool) -> list[dict]:
             return _check(out, truth)
 
         calls = [lambda j=j: call(j) for j in range(n)]
-        base = _base(e, ceil, f"moe_v{v}", router=gfa.router_for(v))
+        base = _base(e, ceil, f"moe_v{v}", t=t, router=gfa.router_for(v, e))
+        base["sort"] = gfa.sort_for(v)
         rows.append(_timed(base, check, calls, _graph))
         if stages and rows[-1].get("status") == "ok":
             rows += _stage_rows(e, v, sets, xs, wss, outs, ceil)
@@ -187,7 +196,7 @@ def _stage_rows(e, v, sets, xs, wss, outs, ceil) -> list[dict]:
     import cupy as cp
 
     i32 = np.int32
-    bm, nt = gfa.TILE[v], gfa.THREADS[v]
+    bm, bn, nt = gfa.TILE[v], gfa.TILE_N[v], gfa.THREADS[v]
     rows = []
     p = T * K
 
@@ -197,7 +206,7 @@ def _stage_rows(e, v, sets, xs, wss, outs, ceil) -> list[dict]:
         a, w, dst, kd, n = (
             (xs[j], w1, ws.h, C, G) if stage == "up" else (ws.h, w2, ws.z, G, C)
         )
-        grid = (math.ceil(p / bm) + e, math.ceil(n / bm))
+        grid = (math.ceil(p / bm) + e, math.ceil(n / bn))
         args = (a, w, ws.order, ws.gate, ws.offsets, ws.tiles, dst)
         args += (i32(e), i32(K), i32(kd), i32(n))
         gfa.rt.kernel("ffn_approx", f"ffn_approx_{stage}_v{v}_f16")(grid, (nt,), args)
@@ -210,14 +219,26 @@ def _stage_rows(e, v, sets, xs, wss, outs, ceil) -> list[dict]:
             (ws.z, outs[j], i32(T), i32(C), i32(K)),
         )
 
-    rv = gfa.router_for(v)
+    rv, sv = gfa.router_for(v, e), gfa.sort_for(v)
     stages = {
         "router": lambda j: gfa.route(
-            xs[j], sets[j][2], K, idx=wss[j].idx, gate=wss[j].gate, version=rv
-        ),
+            xs[j],
+            sets[j][2],
+            K,
+            idx=wss[j].idx,
+            gate=wss[j].gate,
+            version=rv,
+            bhist=wss[j].bhist,
+        ),  # fmt: skip
         "sort": lambda j: gfa.sort_pairs(
-            wss[j].idx, e, bm, wss[j], check_idx=False, version=rv
-        ),
+            wss[j].idx,
+            e,
+            bm,
+            wss[j],
+            check_idx=False,
+            version=sv,
+            hist_ready=rv == 3 and sv == 3,
+        ),  # fmt: skip
         "up": lambda j: gemm("up", j),
         "down": lambda j: gemm("down", j),
         "combine": combine,
@@ -225,7 +246,7 @@ def _stage_rows(e, v, sets, xs, wss, outs, ceil) -> list[dict]:
     fl = {"router": 2 * T * C * e, "up": 2 * p * C * G, "down": 2 * p * C * G}
     for name, fn in stages.items():
         row = dict(name=f"v{v}_{name}", T=T, C=C, E=e, G=G, K=K, F=None)
-        row.update(dtype="float16", flops=fl.get(name, 0), bytes=0, router=rv)
+        row.update(dtype="float16", flops=fl.get(name, 0), bytes=0, router=rv, sort=sv)
         if name in fl and ceil.get("gemm_fp16_flop_per_s"):
             row["floor_us"] = fl[name] / ceil["gemm_fp16_flop_per_s"] * 1e6
         calls = [lambda j=j, fn=fn: fn(j) for j in range(len(sets))]
@@ -234,13 +255,13 @@ def _stage_rows(e, v, sets, xs, wss, outs, ceil) -> list[dict]:
     return rows
 
 
-def _dense_rows(rng, f, ceil, e, kind) -> list[dict]:
+def _dense_rows(rng, f, ceil, e, kind, t=T) -> list[dict]:
     """relu(x W1) W2, F = f, fp16: through cuBLAS (cublas_<kind>) and in PyTorch
     (torch_<kind>), the same weights, inputs and outputs (poisoned before each
     row's validation)."""
     import cupy as cp
 
-    nb = gfa.dense_bytes(T, C, f, 2)
+    nb = gfa.dense_bytes(t, C, f, 2)
     n = bench.n_copies(nb)
     w = [
         (
@@ -249,9 +270,9 @@ def _dense_rows(rng, f, ceil, e, kind) -> list[dict]:
         )
         for _ in range(n)
     ]
-    xs = [rng.standard_normal((T, C), dtype=cp.float32).astype(F16) for _ in w]
-    hs = [cp.empty((T, f), F16) for _ in w]
-    outs = [cp.full((T, C), np.nan, F16) for _ in w]
+    xs = [rng.standard_normal((t, C), dtype=cp.float32).astype(F16) for _ in w]
+    hs = [cp.empty((t, f), F16) for _ in w]
+    outs = [cp.full((t, C), np.nan, F16) for _ in w]
 
     def call(j):
         cp.matmul(xs[j], w[j][0], out=hs[j])
@@ -265,10 +286,12 @@ def _dense_rows(rng, f, ceil, e, kind) -> list[dict]:
 
     calls = [lambda j=j: call(j) for j in range(n)]
     rows = [
-        _timed(_base(e, ceil, f"cublas_{kind}", f=f), check, calls, bench.time_events)
+        _timed(
+            _base(e, ceil, f"cublas_{kind}", f=f, t=t), check, calls, bench.time_events
+        )
     ]
     name = f"torch_{kind}"
-    row0 = _base(e, ceil, name, f=f)
+    row0 = _base(e, ceil, name, f=f, t=t)
 
     def torch_row():
         if not bench.torch_available():
@@ -324,6 +347,17 @@ def expert_sweep(rng, es, ceil) -> list[dict]:
     return rows
 
 
+def token_sweep(rng, ts, ceil) -> list[dict]:
+    rows = []
+    for t in ts:
+        rows += _moe_rows(
+            rng, E_MAIN, ceil, GRID.versions["ffn_approx_tokens"], False, t
+        )
+        rows += _dense_rows(rng, E_MAIN * G, ceil, E_MAIN, "param_equal", t)
+        rows += _dense_rows(rng, K * G, ceil, E_MAIN, "compute_equal", t)
+    return rows
+
+
 def run(quick: bool = False, ceil: dict | None = None) -> dict[str, list[dict]]:
     import cupy as cp
 
@@ -332,4 +366,5 @@ def run(quick: bool = False, ceil: dict | None = None) -> dict[str, list[dict]]:
     return {
         "ffn_approx": main_case(rng, ceil),
         "ffn_approx_experts": expert_sweep(rng, GRID.values("E", quick), ceil),
+        "ffn_approx_tokens": token_sweep(rng, GRID.values("T", quick), ceil),
     }

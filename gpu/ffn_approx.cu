@@ -549,6 +549,334 @@ __device__ void combine_v2(const __half* z, __half* out, int Tn, int C,
   *reinterpret_cast<uint4*>(out + (size_t)t * C + (size_t)v * 8) = res;
 }
 
+// ======================================================================
+// v5: the layer rebuilt around one pipelined tensor-core tile (Tile5).
+//   router_v3  x W3 on tensor cores (16 tokens a block, 64 experts a pass),
+//              logits kept in shared memory, top-K as router_topk, and the
+//              block's expert histogram bhist[b][e] written on the way out
+//              (the sort's first half, so no separate count launch)
+//   hist_v3    the same histogram from a given idx (experts() called with
+//              its own routing, or E % 8 != 0 where router v3 does not run)
+//   scatter_v3 grid nb (one block per 16 tokens): each block sums bhist over
+//              the blocks before it (its ranks' base per expert), scans the
+//              totals to offsets and tiles (block 0 stores them), ranks its
+//              own RT K pairs stably and writes order. Spread over nb SMs,
+//              no atomics, no single-block chain: the same order as v1/v2.
+//   up/down_v5 BM x BN = 64 x 128 tile, BK = 32, a 3-stage cp.async ring
+//              (one wait + one barrier per k-slab, the next slabs in
+//              flight), 4 warps of 32 x 64; gathered A rows by pointer per
+//              thread; epilogue through shared memory: 16-byte stores of
+//              whole rows (h rows in sorted order, z rows at order[q]).
+// Needs: fp16, C % 8 == 0 and G % 8 == 0 (16-byte cp.async), E % 8 == 0
+// for router v3 (16-byte rows of w3); sm_80 (cp.async, ldmatrix, mma).
+// ======================================================================
+
+// One BM x BN tile of C = A B, A rows given by pointer (nullptr: a zero
+// row), B (Kd x N) row-major with row stride ldb, fp32 accumulators in
+// registers. ST-deep ring of [A BM x (BK + 8) | B BK x (BN + 8)] halves.
+template <int BM_, int BN_, int BK_, int WM_, int WN_, int ST_>
+struct Tile5 {
+  static constexpr int BM = BM_, BN = BN_, BK = BK_, WM = WM_, WN = WN_;
+  static constexpr int ST = ST_, NW = (BM / WM) * (BN / WN), NT = NW * 32;
+  static constexpr int FM = WM / 16, FN = WN / 8, LDA = BK + 8, LDB = BN + 8;
+  static constexpr int STAGE = BM * LDA + BK * LDB;  // halves per stage
+  static constexpr int SMEM = ST * STAGE * 2;        // bytes
+  static constexpr int ACH = BM * BK / 8, BCH = BK * BN / 8;  // 16-B chunks
+  static constexpr int AT = (ACH + NT - 1) / NT, BT = (BCH + NT - 1) / NT;
+  static_assert(FN % 2 == 0, "B fragments are loaded two n8 tiles at a time");
+};
+
+template <class L>
+__device__ __forceinline__ void tile5_load(__half* stage, const __half* const* ap,
+                                           const bool* aok, const __half* b,
+                                           int ldb, int n0, int N, int Kd,
+                                           int k0, const __half* safe) {
+  __half* As = stage;
+  __half* Bs = stage + L::BM * L::LDA;
+#pragma unroll
+  for (int i = 0; i < L::AT; ++i) {
+    int v = threadIdx.x + i * L::NT;
+    if (L::ACH % L::NT == 0 || v < L::ACH) {
+      int m = v / (L::BK / 8), kv = (v % (L::BK / 8)) * 8;
+      bool ok = aok[i] && k0 + kv < Kd;
+      cp_async16(As + m * L::LDA + kv, ok ? ap[i] + k0 + kv : safe, ok);
+    }
+  }
+#pragma unroll
+  for (int i = 0; i < L::BT; ++i) {
+    int v = threadIdx.x + i * L::NT;
+    if (L::BCH % L::NT == 0 || v < L::BCH) {
+      int kk = v / (L::BN / 8), nv = (v % (L::BN / 8)) * 8;
+      bool ok = k0 + kk < Kd && n0 + nv < N;
+      cp_async16(Bs + kk * L::LDB + nv,
+                 ok ? b + (size_t)(k0 + kk) * ldb + n0 + nv : safe, ok);
+    }
+  }
+}
+
+// acc = A[rows] . B[:, n0:n0+BN] over Kd. arow(m) gives row m's pointer
+// (nullptr past the data); every thread calls it for the rows it loads.
+// Leaves the ring drained and the block synchronised (smem reusable).
+template <class L, class RowFn>
+__device__ void tile5_mainloop(float (&acc)[L::FM][L::FN][4], __half* sm,
+                               RowFn arow, const __half* b, int ldb, int n0,
+                               int N, int Kd) {
+  const __half* ap[L::AT];
+  bool aok[L::AT];
+#pragma unroll
+  for (int i = 0; i < L::AT; ++i) {
+    int v = threadIdx.x + i * L::NT;
+    const __half* p = v < L::ACH ? arow(v / (L::BK / 8)) : nullptr;
+    aok[i] = p != nullptr;
+    ap[i] = p;
+  }
+  const __half* safe = b;  // a valid address for the zero-filling copies
+#pragma unroll
+  for (int i = 0; i < L::FM; ++i)
+#pragma unroll
+    for (int j = 0; j < L::FN; ++j)
+#pragma unroll
+      for (int c = 0; c < 4; ++c) acc[i][j][c] = 0.f;
+  int warp = threadIdx.x / 32, lane = threadIdx.x & 31;
+  int wm = warp / (L::BN / L::WN) * L::WM, wn = warp % (L::BN / L::WN) * L::WN;
+  int nk = (Kd + L::BK - 1) / L::BK;
+#pragma unroll
+  for (int s = 0; s < L::ST - 1; ++s) {
+    if (s < nk)
+      tile5_load<L>(sm + s * L::STAGE, ap, aok, b, ldb, n0, N, Kd, s * L::BK,
+                    safe);
+    cp_async_commit();  // empty groups keep the count uniform
+  }
+  for (int kt = 0; kt < nk; ++kt) {
+    cp_async_wait<L::ST - 2>();  // slab kt has landed (this thread's part)
+    __syncthreads();             // ...everyone's; slot kt-1 is free again
+    int nxt = kt + L::ST - 1;
+    if (nxt < nk)
+      tile5_load<L>(sm + (nxt % L::ST) * L::STAGE, ap, aok, b, ldb, n0, N, Kd,
+                    nxt * L::BK, safe);
+    cp_async_commit();
+    const __half* As = sm + (kt % L::ST) * L::STAGE;
+    const __half* Bs = As + L::BM * L::LDA;
+#pragma unroll
+    for (int kk = 0; kk < L::BK; kk += 16) {
+      unsigned a[L::FM][4], bf[L::FN][2];
+      int r = lane % 16, c8 = (lane / 16) * 8;
+#pragma unroll
+      for (int i = 0; i < L::FM; ++i)
+        ldsm_x4(a[i], As + (wm + i * 16 + r) * L::LDA + kk + c8);
+#pragma unroll
+      for (int j = 0; j < L::FN; j += 2) {
+        unsigned t4[4];
+        ldsm_x4_t(t4, Bs + (kk + r) * L::LDB + wn + j * 8 + c8);
+        bf[j][0] = t4[0];
+        bf[j][1] = t4[1];
+        bf[j + 1][0] = t4[2];
+        bf[j + 1][1] = t4[3];
+      }
+#pragma unroll
+      for (int i = 0; i < L::FM; ++i)
+#pragma unroll
+        for (int j = 0; j < L::FN; ++j) mma16816(acc[i][j], a[i], bf[j]);
+    }
+  }
+  cp_async_wait<0>();
+  __syncthreads();
+}
+
+// Accumulator element c of fragment (i, j): tile row and column.
+template <class L>
+__device__ __forceinline__ int frag_row(int i, int c) {
+  int warp = threadIdx.x / 32, lane = threadIdx.x & 31;
+  return warp / (L::BN / L::WN) * L::WM + i * 16 + lane / 4 + (c / 2) * 8;
+}
+template <class L>
+__device__ __forceinline__ int frag_col(int j, int c) {
+  int warp = threadIdx.x / 32, lane = threadIdx.x & 31;
+  return warp % (L::BN / L::WN) * L::WN + j * 8 + 2 * (lane % 4) + c % 2;
+}
+
+// --- router v3 ---
+#define R3T 16   // tokens per block (one m16 tile): the histogram's chunk
+#define R3E 64   // experts per pass (4 warps x 16)
+typedef Tile5<R3T, R3E, 32, 16, 16, 4> RouterTile;
+
+__device__ void router_v3(const __half* x, const __half* w3, int* idx,
+                          float* gate, int* bhist, int Tn, int C, int E,
+                          int K) {
+  __shared__ __align__(16) __half sm[RouterTile::SMEM / 2];
+  __shared__ float logit[RT][MAX_E];  // RT == R3T rows
+  __shared__ int hist[MAX_E];
+  int t0 = blockIdx.x * R3T;
+  for (int e = threadIdx.x; e < E; e += blockDim.x) hist[e] = 0;
+  auto arow = [&](int m) -> const __half* {
+    return t0 + m < Tn ? x + (size_t)(t0 + m) * C : nullptr;
+  };
+  for (int e0 = 0; e0 < E; e0 += R3E) {
+    float acc[RouterTile::FM][RouterTile::FN][4];
+    tile5_mainloop<RouterTile>(acc, sm, arow, w3, E, e0, E, C);
+#pragma unroll
+    for (int j = 0; j < RouterTile::FN; ++j)
+#pragma unroll
+      for (int c = 0; c < 4; ++c) {
+        int e = e0 + frag_col<RouterTile>(j, c);
+        if (e < E) logit[frag_row<RouterTile>(0, c)][e] = acc[0][j][c];
+      }
+  }
+  __syncthreads();
+  router_topk(logit, t0, Tn, E, K, idx, gate);
+  __syncthreads();  // idx of this block written (global, same block)
+  int n = min(R3T, Tn - t0) * K;
+  for (int i = threadIdx.x; i < n; i += blockDim.x)
+    atomicAdd(&hist[idx[(size_t)t0 * K + i]], 1);  // integers: order-free
+  __syncthreads();
+  for (int e = threadIdx.x; e < E; e += blockDim.x)
+    bhist[(size_t)blockIdx.x * E + e] = hist[e];
+}
+
+// --- sort v3: hist (or router v3) + scatter ---
+// Block b owns pairs [b R3T K, (b + 1) R3T K): tokens b R3T ...
+__device__ void hist_v3(const int* idx, int P, int E, int K, int* bhist) {
+  __shared__ int hist[MAX_E];
+  int ch = R3T * K, p0 = blockIdx.x * ch, p1 = min(P, p0 + ch);
+  for (int e = threadIdx.x; e < E; e += blockDim.x) hist[e] = 0;
+  __syncthreads();
+  for (int p = p0 + threadIdx.x; p < p1; p += blockDim.x) {
+    int e = idx[p];
+    if (e >= 0 && e < E) atomicAdd(&hist[e], 1);
+  }
+  __syncthreads();
+  for (int e = threadIdx.x; e < E; e += blockDim.x)
+    bhist[(size_t)blockIdx.x * E + e] = hist[e];
+}
+
+#define S3P 8  // scatter v3: partial sums per expert (blockDim / S3P lanes)
+__device__ void scatter_v3(const int* idx, const int* bhist, int P, int E,
+                           int K, int nb, int bm, int* counts, int* offsets,
+                           int* tiles, int* order) {
+  __shared__ int before_p[S3P][MAX_E], total_p[S3P][MAX_E];
+  __shared__ int base[MAX_E];
+  __shared__ int eid[R3T * MAX_E];  // this block's pairs' experts (K <= E)
+  const unsigned all = 0xffffffffu;
+  int b = blockIdx.x, tid = threadIdx.x, lane = tid & 31;
+  int ch = R3T * K, p0 = b * ch, p1 = min(P, p0 + ch);
+  for (int p = p0 + tid; p < p1; p += blockDim.x) eid[p - p0] = idx[p];
+  for (int i = tid; i < E * S3P; i += blockDim.x) {
+    int e = i % E, part = i / E, bef = 0, tot = 0;
+    for (int r = part; r < nb; r += S3P) {
+      int h = bhist[(size_t)r * E + e];
+      tot += h;
+      bef += r < b ? h : 0;
+    }
+    before_p[part][e] = bef;
+    total_p[part][e] = tot;
+  }
+  __syncthreads();
+  for (int e = tid; e < E; e += blockDim.x) {
+    int bef = 0, tot = 0;
+#pragma unroll
+    for (int s = 0; s < S3P; ++s) {
+      bef += before_p[s][e];
+      tot += total_p[s][e];
+    }
+    before_p[0][e] = bef;
+    total_p[0][e] = tot;
+  }
+  __syncthreads();
+  if (tid < 32) {  // lane l scans experts [e0, e1), then a warp scan
+    int n = (E + 31) / 32, e0 = min(E, lane * n), e1 = min(E, e0 + n);
+    int sc = 0, st = 0;
+    for (int e = e0; e < e1; ++e) {
+      sc += total_p[0][e];
+      st += (total_p[0][e] + bm - 1) / bm;
+    }
+    int ic = sc, it = st;
+#pragma unroll
+    for (int o = 1; o < 32; o <<= 1) {
+      int x = __shfl_up_sync(all, ic, o), y = __shfl_up_sync(all, it, o);
+      if (lane >= o) { ic += x; it += y; }
+    }
+    int off = ic - sc, til = it - st;
+    for (int e = e0; e < e1; ++e) {
+      int c = total_p[0][e];
+      if (b == 0) {
+        counts[e] = c;
+        offsets[e] = off;
+        tiles[e] = til;
+      }
+      base[e] = off + before_p[0][e];
+      off += c;
+      til += (c + bm - 1) / bm;
+    }
+    if (b == 0 && lane == 31) { offsets[E] = ic; tiles[E] = it; }
+  }
+  __syncthreads();
+  for (int i = tid; i < p1 - p0; i += blockDim.x) {
+    int e = eid[i];
+    if (e < 0 || e >= E) continue;  // not counted either: never stored
+    int rank = 0;
+    for (int j = 0; j < i; ++j) rank += eid[j] == e;
+    order[base[e] + rank] = p0 + i;
+  }
+}
+
+// --- up / down v5 ---
+typedef Tile5<64, 128, 32, 32, 64, 3> GemmTile5;
+
+template <bool UP>
+__device__ void gemm_v5(Gemm<__half> g) {
+  typedef GemmTile5 L;
+  __shared__ __align__(16) __half sm[L::SMEM / 2];
+  __shared__ int rowp[L::BM];     // pair id p = order[q] of tile row m
+  __shared__ float rowg[L::BM];   // its gate (up)
+  int tile = blockIdx.x, e = segment_of(g.tiles, g.E, tile);
+  if (e < 0) return;
+  int q0 = g.offsets[e] + (tile - g.tiles[e]) * L::BM, q1 = g.offsets[e + 1];
+  int n0 = blockIdx.y * L::BN;
+  for (int m = threadIdx.x; m < L::BM; m += L::NT) {
+    int q = q0 + m;
+    int p = q < q1 ? g.order[q] : -1;
+    rowp[m] = p;
+    if (UP) rowg[m] = p >= 0 ? g.gate[p] : 0.f;
+  }
+  __syncthreads();
+  auto arow = [&](int m) -> const __half* {
+    int p = rowp[m];
+    if (p < 0) return nullptr;
+    return g.a + (UP ? (size_t)(p / g.K) : (size_t)(q0 + m)) * g.Kd;
+  };
+  float acc[L::FM][L::FN][4];
+  tile5_mainloop<L>(acc, sm, arow, g.w + (size_t)e * g.Kd * g.N, g.N, n0, g.N,
+                    g.Kd);
+  // epilogue: the tile in shared memory (BM x (BN + 8) halves), then rows
+  __half* cs = sm;
+  constexpr int LDC = L::BN + 8;
+#pragma unroll
+  for (int i = 0; i < L::FM; ++i)
+#pragma unroll
+    for (int j = 0; j < L::FN; ++j)
+#pragma unroll
+      for (int c = 0; c < 4; c += 2) {
+        int m = frag_row<L>(i, c), n = frag_col<L>(j, c);
+        float v0 = acc[i][j][c], v1 = acc[i][j][c + 1];
+        if (UP) {
+          v0 = rowg[m] * fmaxf(v0, 0.f);
+          v1 = rowg[m] * fmaxf(v1, 0.f);
+        }
+        __half2 h2;
+        h2.x = __float2half_rn(v0);
+        h2.y = __float2half_rn(v1);
+        *reinterpret_cast<__half2*>(cs + m * LDC + n) = h2;
+      }
+  __syncthreads();
+  for (int v = threadIdx.x; v < L::BM * L::BN / 8; v += L::NT) {
+    int m = v / (L::BN / 8), nv = (v % (L::BN / 8)) * 8, p = rowp[m];
+    if (p < 0 || n0 + nv >= g.N) continue;
+    size_t row = UP ? (size_t)(q0 + m) : (size_t)p;
+    *reinterpret_cast<uint4*>(g.out + row * g.N + n0 + nv) =
+        *reinterpret_cast<const uint4*>(cs + m * LDC + nv);
+  }
+}
+
 // --- extern "C" entry points: ffn_approx_<stage>_v<N>[_f16|_f32] ---
 #define FA_ROUTER(NAME, T)                                                  \
   extern "C" __global__ void __launch_bounds__(128)                         \
@@ -617,4 +945,35 @@ extern "C" __global__ void __launch_bounds__(256)
 ffn_approx_combine_v2_f16(const __half* z, __half* out, int Tn, int C,
                           int K) {
   combine_v2(z, out, Tn, C, K);
+}
+
+// --- v5 (router v3, sort v3 = hist_v3 / router v3 + scatter_v3) ---
+extern "C" __global__ void __launch_bounds__(128)
+ffn_approx_router_v3_f16(const __half* x, const __half* w3, int* idx,
+                         float* gate, int* bhist, int Tn, int C, int E,
+                         int K) {
+  router_v3(x, w3, idx, gate, bhist, Tn, C, E, K);
+}
+
+extern "C" __global__ void __launch_bounds__(256)
+ffn_approx_hist_v3(const int* idx, int P, int E, int K, int* bhist) {
+  hist_v3(idx, P, E, K, bhist);
+}
+
+extern "C" __global__ void __launch_bounds__(256)
+ffn_approx_scatter_v3(const int* idx, const int* bhist, int P, int E, int K,
+                      int nb, int bm, int* counts, int* offsets, int* tiles,
+                      int* order) {
+  scatter_v3(idx, bhist, P, E, K, nb, bm, counts, offsets, tiles, order);
+}
+
+extern "C" __global__ void __launch_bounds__(128, 4)
+ffn_approx_up_v5_f16(FA_GEMM_ARGS(__half)) {
+  Gemm<__half> g = FA_GEMM_INIT;
+  gemm_v5<true>(g);
+}
+extern "C" __global__ void __launch_bounds__(128, 4)
+ffn_approx_down_v5_f16(FA_GEMM_ARGS(__half)) {
+  Gemm<__half> g = FA_GEMM_INIT;
+  gemm_v5<false>(g);
 }

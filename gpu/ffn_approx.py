@@ -8,11 +8,15 @@ checks: pass ``ws`` (a ``Workspace``) and ``out`` to launch without allocating (
 graphs), and ``check_idx=False`` for routing that came from ``route`` itself.
 
 One layer is six launches for v1 and v2 (router, count, scatter, up, down, combine)
-and five for v3 and v4, which use the second versions of the router and the sort
-(``router_for``): router v1 is a thread per expert, router v2 a warp per four tokens
-with lanes over C and a fixed-order warp reduction; sort v1 is count then scatter (a
-block per expert), sort v2 one block with per-warp histograms. ``moe`` takes
-``router_version`` to override the router.
+and five for v3, v4 and v5, which use later versions of the router and the sort
+(``router_for``, ``sort_for``): router v1 is a thread per expert, router v2 a warp per
+four tokens with lanes over C and a fixed-order warp reduction, router v3 a tensor-core
+GEMM with the top-K and the sort's per-block histogram in its epilogue (fp16, C and E
+multiples of 8); sort v1 is count then scatter (a block per expert), sort v2 one block
+with per-warp histograms, sort v3 per-block histograms (written by router v3, or by
+``hist_v3``) and a scatter spread over one block per 16 tokens. v5's GEMMs are a
+3-stage ``cp.async`` ring of 64 x 128 tensor-core tiles with 16-byte epilogue stores.
+``moe`` takes ``router_version`` to override the router.
 """
 
 from __future__ import annotations
@@ -25,15 +29,16 @@ import numpy as np
 from gpu import runtime as rt
 
 SLUG = "ffn_approx"
-VERSIONS = (1, 2, 3, 4)
-ROUTER_VERSIONS = (1, 2)
-SORT_VERSIONS = (1, 2)
+VERSIONS = (1, 2, 3, 4, 5)
+ROUTER_VERSIONS = (1, 2, 3)
+SORT_VERSIONS = (1, 2, 3)
 DTYPES = (np.float32, np.float16)
 _SUFFIX = {np.dtype(np.float32): "f32", np.dtype(np.float16): "f16"}
 MAX_E = 256  # MAX_E in the .cu (router and count keep E values in shared memory)
-RT = 16  # tokens per router block
-TILE = {1: 64, 2: 64, 3: 64, 4: 128}  # BM = BN of each version's GEMM tile
-THREADS = {1: 128, 2: 256, 3: 128, 4: 256}
+RT = 16  # tokens per router block (and per block of sort v3's histogram)
+TILE = {1: 64, 2: 64, 3: 64, 4: 128, 5: 64}  # BM (rows) of each version's GEMM tile
+TILE_N = {1: 64, 2: 64, 3: 64, 4: 128, 5: 128}  # BN (columns)
+THREADS = {1: 128, 2: 256, 3: 128, 4: 256, 5: 128}
 MAX_GRID_Y = 65535
 
 
@@ -77,6 +82,7 @@ class Workspace:
     order: object  # (P,) int32
     h: object  # (P, G) storage dtype
     z: object  # (P, C) storage dtype
+    bhist: object = None  # (ceil(T / RT), E) int32: sort v3's per-block histograms
 
 
 def workspace(t: int, c: int, e: int, g: int, k: int, dtype) -> Workspace:
@@ -87,13 +93,22 @@ def workspace(t: int, c: int, e: int, g: int, k: int, dtype) -> Workspace:
         cp.empty((t, k), i32), cp.empty((t, k), cp.float32), cp.empty(e, i32),
         cp.empty(e + 1, i32), cp.empty(e + 1, i32), cp.empty(p, i32),
         cp.empty((p, g), dtype), cp.empty((p, c), dtype),
+        cp.empty((math.ceil(t / RT), e), i32),
     )  # fmt: skip
 
 
-def router_for(version: int) -> int:
-    """The router (and sort) version a layer of this version uses by default: 2
-    for the tensor-core layers, 1 for v1 and v2 (which keep their first timings)."""
+def router_for(version: int, n_experts: int | None = None) -> int:
+    """The router version a layer of this version uses by default: 1 for v1 and v2
+    (which keep their first timings), 2 for v3 and v4, 3 for v5 when E % 8 == 0
+    (router v3 loads 16-byte rows of w3; v5 falls back to router v2 otherwise)."""
+    if version >= 5 and (n_experts is None or n_experts % 8 == 0):
+        return 3
     return 2 if version >= 3 else 1
+
+
+def sort_for(version: int) -> int:
+    """The sort version a layer of this version uses: 1 (v1, v2), 2 (v3, v4), 3 (v5)."""
+    return 3 if version >= 5 else (2 if version >= 3 else 1)
 
 
 def _check_weights(x, w1, w2, version):
@@ -121,10 +136,12 @@ def _check_k(k, e):
         raise ValueError(f"k must be an integer in [1, E={e}], got {k!r}")
 
 
-def route(x, w3, k: int, *, idx=None, gate=None, version=2):
+def route(x, w3, k: int, *, idx=None, gate=None, version=2, bhist=None):
     """idx (T, K) int32, gate (T, K) float32 = top-K of sigmoid(x w3) per token
     (descending, ties to the lower expert id). x (T, C), w3 (C, E), x's dtype.
-    version: 1 or 2, the router kernel (both: any C, E <= 256)."""
+    version: 1 or 2 (any C, E <= 256), or 3 (tensor cores: float16, C % 8 == 0,
+    E % 8 == 0, 16-byte aligned x and w3), which also writes bhist (ceil(T / 16), E)
+    int32, each block of 16 tokens' expert histogram (sort v3's first half)."""
     import cupy as cp
 
     if version not in ROUTER_VERSIONS:
@@ -141,6 +158,16 @@ def route(x, w3, k: int, *, idx=None, gate=None, version=2):
         raise ValueError(f"E = {e} exceeds the router's limit {MAX_E}")
     _check_k(k, e)
     rt.check_int32(TC=t * c, CE=c * e, TK=t * k)
+    if version == 3:
+        if x.dtype != np.float16:
+            raise TypeError("x: router v3 (tensor cores) needs float16")
+        if c % 8 or e % 8:
+            raise ValueError(f"router v3 needs C % 8 == 0 and E % 8 == 0; C={c} E={e}")
+        rt.check_aligned(16, x=x, w3=w3)
+        nb = math.ceil(t / RT)
+        bhist = cp.empty((nb, e), cp.int32) if bhist is None else bhist
+        rt.check_array("bhist", bhist, (np.int32,), 2)
+        rt.check_shape("bhist", bhist, (nb, e), "BE")
     idx = cp.empty((t, k), cp.int32) if idx is None else idx
     gate = cp.empty((t, k), cp.float32) if gate is None else gate
     rt.check_array("idx", idx, (np.int32,), 2)
@@ -148,19 +175,30 @@ def route(x, w3, k: int, *, idx=None, gate=None, version=2):
     rt.check_array("gate", gate, (np.float32,), 2)
     rt.check_shape("gate", gate, (t, k), "TK")
     i32 = np.int32
+    extra = (bhist,) if version == 3 else ()
     rt.kernel(SLUG, f"ffn_approx_router_v{version}_{_SUFFIX[x.dtype]}")(
         (math.ceil(t / RT),), (128,),
-        (x, w3, idx, gate, i32(t), i32(c), i32(e), i32(k)),
+        (x, w3, idx, gate, *extra, i32(t), i32(c), i32(e), i32(k)),
     )  # fmt: skip
     return idx, gate
 
 
-def sort_pairs(idx, n_experts: int, bm: int, ws: Workspace, check_idx=True, version=2):
+def sort_pairs(
+    idx,
+    n_experts: int,
+    bm: int,
+    ws: Workspace,
+    check_idx=True,
+    version=2,
+    hist_ready=False,
+):
     """The stable counting sort of the T K pairs by expert: fills ws.counts,
     ws.offsets (E + 1), ws.tiles (tiles of bm rows per expert) and ws.order (P).
     idx (T, K) int32 in [0, E). version 1: count (one block) then scatter (a block
     per expert, each walking all P pairs); version 2: one block, per-warp histograms
-    and ranks (the same order)."""
+    and ranks (the same order); version 3: ws.bhist, each 16-token block's histogram
+    (hist_v3, or router v3 already: hist_ready=True), then a scatter of one block per
+    16 tokens (the same order)."""
     if version not in SORT_VERSIONS:
         raise ValueError(f"sort version must be one of {SORT_VERSIONS}: {version!r}")
     rt.check_array("idx", idx, (np.int32,), 2)
@@ -172,6 +210,21 @@ def sort_pairs(idx, n_experts: int, bm: int, ws: Workspace, check_idx=True, vers
         if lo < 0 or hi >= e:
             raise ValueError(f"idx must lie in [0, E={e}), got {lo}..{hi}")
     i32 = np.int32
+    if version == 3:
+        t, k = idx.shape
+        nb = math.ceil(t / RT)
+        if ws.bhist is None or ws.bhist.shape != (nb, e):
+            raise ValueError(f"ws.bhist must be ({nb}, {e}) int32 for sort v3")
+        if not hist_ready:
+            rt.kernel(SLUG, "ffn_approx_hist_v3")(
+                (nb,), (256,), (idx, i32(p), i32(e), i32(k), ws.bhist)
+            )
+        rt.kernel(SLUG, "ffn_approx_scatter_v3")(
+            (nb,), (256,),
+            (idx, ws.bhist, i32(p), i32(e), i32(k), i32(nb), i32(bm), ws.counts,
+             ws.offsets, ws.tiles, ws.order),
+        )  # fmt: skip
+        return ws
     if version == 2:
         rt.kernel(SLUG, "ffn_approx_sort_v2")(
             (1,), (1024,),
@@ -189,15 +242,19 @@ def sort_pairs(idx, n_experts: int, bm: int, ws: Workspace, check_idx=True, vers
     return ws
 
 
-def experts(x, w1, w2, idx, gate, *, version=3, out=None, ws=None, check_idx=True):
+def experts(
+    x, w1, w2, idx, gate, *, version=3, out=None, ws=None, check_idx=True,
+    hist_ready=False,
+):  # fmt: skip
     """out[t] = sum_j gate[t, j] relu(x[t] w1[idx[t, j]]) w2[idx[t, j]] (CVMM).
 
     Args:
         x: (T, C) float32 or float16; w1 (E, C, G), w2 (E, G, C) of x's dtype.
         idx: (T, K) int32 in [0, E) (repeats allowed); gate: (T, K) float32.
-        version: 1..4 (gpu/ffn_approx.cu); 3 and 4 need float16, C, G % 8 == 0.
+        version: 1..5 (gpu/ffn_approx.cu); 3, 4, 5 need float16, C, G % 8 == 0.
         out: optional (T, C) output of x's dtype; ws: optional Workspace.
         check_idx: check idx's range on the device first (a host sync).
+        hist_ready: (v5) ws.bhist already holds idx's block histograms (router v3).
     Returns:
         out (T, C): the K slots of each token summed in order j = 0..K-1.
     """
@@ -225,8 +282,10 @@ def experts(x, w1, w2, idx, gate, *, version=3, out=None, ws=None, check_idx=Tru
     rt.check_shape("out", out, (t, c), "TC")
     if version >= 3:  # 16-byte loads of x, w1, w2, the workspace; stores of out
         rt.check_aligned(16, x=x, w1=w1, w2=w2, out=out, ws_z=ws.z, ws_h=ws.h)
-    bm, nt = TILE[version], THREADS[version]
-    sort_pairs(idx, e, bm, ws, check_idx, version=router_for(version))
+    bm, bn, nt = TILE[version], TILE_N[version], THREADS[version]
+    sort_pairs(
+        idx, e, bm, ws, check_idx, version=sort_for(version), hist_ready=hist_ready
+    )
     i32, sfx = np.int32, _SUFFIX[x.dtype]
     common = (ws.order, gate, ws.offsets, ws.tiles)
     for stage, a, w, dst, kd, n in (
@@ -234,7 +293,7 @@ def experts(x, w1, w2, idx, gate, *, version=3, out=None, ws=None, check_idx=Tru
         ("down", ws.h, w2, ws.z, g, c),
     ):
         rows = p if version == 1 else math.ceil(p / bm) + e
-        cols = math.ceil(n / (nt if version == 1 else bm))
+        cols = math.ceil(n / (nt if version == 1 else bn))
         args = (a, w, *common, dst, i32(e), i32(k), i32(kd), i32(n))
         rt.kernel(SLUG, f"ffn_approx_{stage}_v{version}_{sfx}")(
             (rows, cols), (nt,), args
@@ -257,9 +316,11 @@ def moe(x, w1, w2, w3, k: int, *, version=3, out=None, ws=None, router_version=N
     router_version: None for ``router_for(version)``, else 1 or 2."""
     t, c, e, g = _check_weights(x, w1, w2, version)
     _check_k(k, e)
-    rv = router_for(version) if router_version is None else router_version
+    rv = router_for(version, e) if router_version is None else router_version
     ws = ws or workspace(t, c, e, g, k, x.dtype)
-    route(x, w3, k, idx=ws.idx, gate=ws.gate, version=rv)
+    route(x, w3, k, idx=ws.idx, gate=ws.gate, version=rv, bhist=ws.bhist)
+    ready = rv == 3 and sort_for(version) == 3  # router v3 wrote ws.bhist
     return experts(
-        x, w1, w2, ws.idx, ws.gate, version=version, out=out, ws=ws, check_idx=False
-    )
+        x, w1, w2, ws.idx, ws.gate, version=version, out=out, ws=ws,
+        check_idx=False, hist_ready=ready,
+    )  # fmt: skip

@@ -304,17 +304,18 @@ def test_float32_twin_within_the_gpu_tolerance(dtype, data, k):
 
 # --- GPU (gpu/ffn_approx.cu) ----------------------------------------------------------
 
-GPU_VERSIONS = [(1, F32), (2, F32), (1, F16), (2, F16), (3, F16), (4, F16)]
+GPU_VERSIONS = [(1, F32), (2, F32), (1, F16), (2, F16), (3, F16), (4, F16), (5, F16)]
 
 
 @st.composite
 def gpu_case(draw, version, dtype):
-    """Shapes off every tile (64, 128) with T = 1 and past a tile; routings that
-    leave experts empty, send every token to one expert, or are the router's."""
+    """Shapes off every tile (64, 128; v5's 64 x 128 and 32-deep slabs) with T = 1
+    and past a tile; routings that leave experts empty, send every token to one
+    expert, or are the router's. E = 33 takes v5 through hist_v3 (no router v3)."""
     vec = 8 if version >= 3 else 1
     t = draw(st.sampled_from([1, 3, 64, 65, 200]))
     c = vec * draw(st.sampled_from([1, 3, 17, 40]))
-    g = vec * draw(st.sampled_from([1, 2, 9, 16]))
+    g = vec * draw(st.sampled_from([1, 2, 9, 16, 17]))
     e = draw(st.sampled_from([1, 3, 8, 33]))
     k = min(e, draw(st.sampled_from([1, 2, 4])))
     amp = draw(st.sampled_from([1.0, 8.0]))
@@ -349,7 +350,7 @@ def _poisoned_workspace(t, c, e, g, k, dtype):
     ws.idx.fill(-1)
     for a in (ws.gate, ws.h, ws.z):
         a.fill(np.nan)
-    for a in (ws.counts, ws.offsets, ws.tiles, ws.order):
+    for a in (ws.counts, ws.offsets, ws.tiles, ws.order, ws.bhist):
         a.fill(-7)
     return ws
 
@@ -406,6 +407,27 @@ def test_gpu_router_selects_a_valid_top_k(version, dtype, t, c, e, k, seed):
     rounding (near-ties may go either way), and the gates match sigmoid. C past
     router v2's staged chunk (128) and E off its expert chunk (16); run twice and
     compared bitwise (v2's warp reduction has a fixed order)."""
+    _check_router(version, dtype, t, c, e, k, seed)
+
+
+@pytest.mark.gpu
+@given(
+    t=st.sampled_from([1, 5, 16, 17, 100]),
+    c=st.sampled_from([8, 40, 136, 1032]),
+    e=st.sampled_from([8, 16, 32, 72, 256]),
+    k=st.sampled_from([1, 2, 4, 8]),
+    amp=st.sampled_from([1.0, 300.0]),
+    seed=seeds,
+)
+def test_gpu_router_v3_selects_a_valid_top_k(t, c, e, k, amp, seed):
+    """Router v3 (tensor cores, fp16, C and E multiples of 8) as the test above:
+    C off its 32-deep slab and past many slabs, E off its 64-expert pass and past
+    several, T off its 16-token block; large x too. Its block histograms equal
+    bincount over each block's 16 tokens."""
+    _check_router(3, F16, t, c, e, k, seed, amp)
+
+
+def _check_router(version, dtype, t, c, e, k, seed, amp=1.0):
     import cupy as cp
 
     from gpu import ffn_approx as gfa
@@ -413,19 +435,27 @@ def test_gpu_router_selects_a_valid_top_k(version, dtype, t, c, e, k, seed):
 
     k = min(k, e)
     rng = np.random.default_rng(seed)
-    x = rng.standard_normal((t, c)).astype(dtype)
+    x = (amp * rng.standard_normal((t, c))).astype(dtype)
     w3 = (rng.standard_normal((c, e)) / math.sqrt(c)).astype(dtype)
     xd, wd = cp.asarray(x), cp.asarray(w3)
+    nb = math.ceil(t / gfa.RT)
 
     def run():  # into poisoned outputs: an unwritten slot is -1, a gate NaN
         out = (cp.full((t, k), -1, cp.int32), rt.poisoned((t, k), np.float32))
-        res = gfa.route(xd, wd, k, idx=out[0], gate=out[1], version=version)
+        bh = cp.full((nb, e), -7, cp.int32)
+        kw = dict(bhist=bh) if version == 3 else {}
+        res = gfa.route(xd, wd, k, idx=out[0], gate=out[1], version=version, **kw)
         assert res[0] is out[0] and res[1] is out[1]
-        return [cp.asnumpy(a) for a in out]
+        return [cp.asnumpy(a) for a in (*out, bh)]
 
-    idx, gate = run()
+    idx, gate, bh = run()
     again = run()
     assert np.array_equal(idx, again[0]) and np.array_equal(gate, again[1])
+    if version == 3:
+        blocks = np.arange(t) // gfa.RT  # the block of each token
+        want = np.zeros((nb, e), np.int64)
+        np.add.at(want, (np.repeat(blocks, k), idx.ravel()), 1)
+        assert np.array_equal(bh, want)
     x64, w64 = x.astype(F64), w3.astype(F64)
     logit = x64 @ w64  # (T, E)
     err = 6 * math.sqrt(c) * 2**-24 * (np.abs(x64) @ np.abs(w64)) + 1e-30  # (T, E)
@@ -443,7 +473,7 @@ def test_gpu_router_selects_a_valid_top_k(version, dtype, t, c, e, k, seed):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("version", [1, 2])
+@pytest.mark.parametrize("version", [1, 2, 3])
 @given(
     t=st.sampled_from([1, 7, 33, 257, 2000]),
     k=st.sampled_from([1, 2, 4, 8]),
@@ -452,9 +482,10 @@ def test_gpu_router_selects_a_valid_top_k(version, dtype, t, c, e, k, seed):
     seed=seeds,
 )
 def test_gpu_sort_is_the_stable_counting_sort(version, t, k, e, kind, seed):
-    """Both sort versions give counting_sort's counts, offsets and order exactly,
+    """Every sort version gives counting_sort's counts, offsets and order exactly,
     and the tile table, for P from 1 to past many 32-pair chunks per warp (sort v2
-    gives each of its 32 warps ceil(P / 32) pairs)."""
+    gives each of its 32 warps ceil(P / 32) pairs) and T off sort v3's 16-token
+    blocks (its histograms come from hist_v3 here)."""
     import cupy as cp
 
     from gpu import ffn_approx as gfa
@@ -468,7 +499,7 @@ def test_gpu_sort_is_the_stable_counting_sort(version, t, k, e, kind, seed):
         idx = rng.integers(0, e, (t, k))
     idx = idx.astype(np.int32)
     ws = gfa.workspace(t, 8, e, 8, k, np.float16)
-    for a in (ws.counts, ws.offsets, ws.tiles, ws.order):
+    for a in (ws.counts, ws.offsets, ws.tiles, ws.order, ws.bhist):
         a.fill(-7)
     gfa.sort_pairs(cp.asarray(idx), e, 64, ws, version=version)
     order, counts, offsets = fa.counting_sort(idx.ravel(), e)
@@ -480,8 +511,8 @@ def test_gpu_sort_is_the_stable_counting_sort(version, t, k, e, kind, seed):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("version", [1, 2, 3, 4])
-def test_gpu_whole_layer_and_a_wrong_expert_fails(version):
+@pytest.mark.parametrize("version,e", [(1, 8), (2, 8), (3, 8), (4, 8), (5, 8), (5, 9)])
+def test_gpu_whole_layer_and_a_wrong_expert_fails(version, e):
     """route + experts against the reference on the GPU's own routing; the same
     output checked against a misrouted reference (a known-wrong case) fails."""
     import cupy as cp
@@ -490,7 +521,7 @@ def test_gpu_whole_layer_and_a_wrong_expert_fails(version):
     from gpu import runtime as rt
 
     rng = np.random.default_rng(7)
-    t, c, e, g, k = 130, 64, 8, 24, 2
+    t, c, g, k = 130, 64, 24, 2  # v5 with E = 9: router v2, then hist_v3
     w = fa.init_sigma_moe(rng, c, e, g, dtype=F16)
     x = rng.standard_normal((t, c)).astype(F16)
     dev = [cp.asarray(a) for a in (x, w.w1, w.w2, w.w3)]
@@ -542,7 +573,7 @@ def test_gpu_bad_inputs_rejected_before_launch():
         gfa.experts(x[:, :12].copy(), w1[:, :12].copy(), w2[:, :, :12].copy(),
                     idx, gate, version=4)  # fmt: skip
     with pytest.raises(ValueError, match="version"):
-        gfa.experts(x, w1, w2, idx, gate, version=5)
+        gfa.experts(x, w1, w2, idx, gate, version=6)
     # a view that starts one element in: v3/v4's 16-byte loads would fault
     xs = cp.zeros(4 * 16 + 1, f16)[1:].reshape(4, 16)
     with pytest.raises(ValueError, match="x must be 16-byte aligned"):
@@ -553,9 +584,18 @@ def test_gpu_bad_inputs_rejected_before_launch():
     with pytest.raises(ValueError, match="k must"):
         gfa.route(x, w3, 9)
     with pytest.raises(ValueError, match="router version"):
-        gfa.route(x, w3, 2, version=3)
+        gfa.route(x, w3, 2, version=4)
+    with pytest.raises(TypeError, match="router v3"):
+        gfa.route(x.astype(cp.float32), w3.astype(cp.float32), 2, version=3)
+    with pytest.raises(ValueError, match="E % 8"):
+        gfa.route(x, cp.zeros((16, 12), f16), 2, version=3)
+    with pytest.raises(ValueError, match="bhist"):
+        gfa.route(x, w3, 2, version=3, bhist=cp.zeros((2, 8), cp.int32))
     ws = gfa.workspace(4, 16, 8, 8, 2, f16)
     with pytest.raises(ValueError, match="sort version"):
+        gfa.sort_pairs(idx, 8, 64, ws, version=4)
+    ws.bhist = cp.zeros((1, 9), cp.int32)
+    with pytest.raises(ValueError, match="bhist"):
         gfa.sort_pairs(idx, 8, 64, ws, version=3)
     with pytest.raises(ValueError, match="E = 300"):
         gfa.route(x, cp.zeros((16, 300), f16), 2)

@@ -583,7 +583,7 @@ def test_fuzz_deja_vu_sparse_mlp(case):
 
 @st.composite
 def experts_calls(draw):
-    version = draw(st.sampled_from([1, 2, 3, 4]))
+    version = draw(st.sampled_from([1, 2, 3, 4, 5]))
     dtype = F16 if version >= 3 else draw(st.sampled_from([F32, F16]))
     vec = 8 if version >= 3 else 1
     t = draw(st.sampled_from([1, 3, 65]))
@@ -641,10 +641,17 @@ def test_fuzz_ffn_experts(case):
 
 @st.composite
 def route_calls(draw):
-    version = draw(st.sampled_from([1, 2]))
-    dtype = draw(st.sampled_from([F32, F16]))
-    t, c = draw(st.sampled_from([1, 5, 17])), draw(st.sampled_from([1, 8, 129]))
-    e = draw(st.sampled_from([1, 4, 17, 256]))
+    version = draw(st.sampled_from([1, 2, 3]))
+    t = draw(st.sampled_from([1, 5, 17]))
+    if version == 3:  # tensor cores: float16, C and E multiples of 8
+        dtype = F16
+        c, e = draw(st.sampled_from([8, 136])), draw(st.sampled_from([8, 256]))
+    else:
+        dtype = draw(st.sampled_from([F32, F16]))
+        c, e = (
+            draw(st.sampled_from([1, 8, 129])),
+            draw(st.sampled_from([1, 4, 17, 256])),
+        )
     k = min(e, draw(st.sampled_from([1, 2, 4])))
     rng = np.random.default_rng(draw(seeds))
     arrays = {

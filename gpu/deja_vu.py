@@ -173,8 +173,8 @@ def sparse_mlp(
         rt.check_array("out", out, (x.dtype,), 2)
         rt.check_shape("out", out, (b, c), "BC")
     need = workspace_elems(version, b, c, k, mode)
-    if workspace is None:
-        workspace = cp.empty(max(need, 1), cp.float32)
+    if workspace is None:  # v4 reads its accumulator and counter as zero
+        workspace = (cp.zeros if version == 4 else cp.empty)(max(need, 1), cp.float32)
     else:
         rt.check_array("workspace", workspace, (np.float32,), 1)
         if workspace.size < need:

@@ -436,3 +436,31 @@ def test_gpu_bad_inputs_rejected_before_launch():
         sparse_mlp(x, w1, b1, w2, b2, ok, version=2, workspace=ws[1:])
     with pytest.raises(ValueError, match="workspace needs"):
         sparse_mlp(x, w1, b1, w2, b2, ok, version=2, workspace=ws[:8])
+
+
+@pytest.mark.gpu
+def test_gpu_v4_without_a_workspace_allocates_a_zeroed_one():
+    """v4 reads its accumulator and arrival counter as zero. Called without a
+    workspace, the launcher must allocate a zeroed one: CuPy's pool hands back a
+    freed block with its old contents (dirtied here first), and an uncleared
+    counter means no block ever finishes (the launcher fuzz found it: NaN out)."""
+    import cupy as cp
+
+    from gpu import deja_vu as gdv
+    from gpu import runtime as rt
+
+    rng = np.random.default_rng(5)
+    b, c, f, k = 1, 64, 300, 40
+    w = dv.random_mlp(rng, c, f, 0.5)
+    w = dv.SparseMLPWeights(*(a.astype(F32) for a in (w.w1, w.b1, w.w2, w.b2)))
+    x = rng.standard_normal((b, c)).astype(F32)
+    idx = rng.permutation(f)[:k].astype(np.int32)
+    args = [cp.asarray(a) for a in (x, w.w1, w.b1, w.w2, w.b2, idx)]
+    ref, scale = _truth(x, w, idx)
+    for _ in range(3):  # dirty the pool's block of the workspace's size, then call
+        n = max(gdv.workspace_elems(4, b, c, k, "atomic"), 1)
+        junk = cp.full(n, 7.0, cp.float32)
+        del junk
+        out = rt.poisoned(x.shape, x.dtype)
+        gdv.sparse_mlp(*args, version=4, out=out)
+        assert_close(cp.asnumpy(out), ref, "gpu", F32, scale)

@@ -4,10 +4,16 @@ Checks what CI can know without a card: each file compiles with the options CuPy
 on the card, and what ptxas reports per kernel (registers, static shared memory, stack
 frame, spill bytes). ``make check-cu`` runs it on every ``gpu/*.cu``::
 
-    python -m gpu.check_kernels --arch sm_90 [--fail-on-spill] [paths...]
+    python -m gpu.check_kernels --arch sm_80 --arch sm_89 --arch sm_90 [paths...]
 
 Exit 1 on a compile error (the NVRTC log is printed), on a file with no kernel, and with
-``--fail-on-spill`` on any spill. Options: ``gpu.runtime.NVRTC_OPTIONS`` (what the
+``--fail-on-spill`` on any spill. For a ``gpu/*.cu`` of the repository the gate also
+holds each architecture to ``gpu/capability.json`` (the minimum compute capability of
+each file and launcher version, written by ``python -m gpu.capability --write``): a
+file the table says does not compile for that architecture is skipped with its
+minimum, and a file that compiles must have exactly the versions the table says run
+there (a version guarded by ``__CUDA_ARCH__`` that went missing, or a table gone
+stale, fails). Options: ``gpu.runtime.NVRTC_OPTIONS`` (what the
 launchers give ``cp.RawModule``), what CuPy >= 12 appends to them (``-ftz=true
 --device-as-default-execution-space -arch=sm_XX``), ``-Xptxas=-v`` for the report, and
 ``-I`` for ``cuda_fp16.h``/``cuda_bf16.h``/CCCL, found in the pip wheels (or $CUDA_HOME)
@@ -30,7 +36,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from gpu.runtime import GPU_DIR, NVRTC_OPTIONS
+from gpu.runtime import COMMON_HEADER, GPU_DIR, NVRTC_OPTIONS
 
 # cupy/cuda/compiler.py appends these to the caller's options (NVRTC >= 12).
 CUPY_ADDS = ("-ftz=true", "--device-as-default-execution-space")
@@ -113,12 +119,28 @@ def _parse(log: str, file: str, names: dict[str, str]) -> list[KernelReport]:
     return [KernelReport(file, names.get(k, k), **v) for k, v in kernels.items()]
 
 
+# compile_report's results for the repository's own files, per process: the tests and
+# gpu.capability compile the same file for the same arch more than once. The key holds
+# the source and the shared header, so an edited file is compiled again.
+_CACHE: dict[tuple, list[KernelReport]] = {}
+
+
 def compile_report(path, arch: str = "sm_90") -> list[KernelReport]:
     """Compile one .cu file with NVRTC for ``arch``; one KernelReport per kernel."""
+    path = Path(path)
+    source = path.read_text()
+    if path.resolve().parent != GPU_DIR:
+        return _compile(path, source, arch)
+    key = (path.resolve(), source, COMMON_HEADER.read_text(), NVRTC_OPTIONS, arch)
+    if key not in _CACHE:
+        _CACHE[key] = _compile(path, source, arch)
+    return list(_CACHE[key])
+
+
+def _compile(path: Path, source: str, arch: str) -> list[KernelReport]:
     from cuda.bindings import nvrtc as nv
 
-    path = Path(path)
-    source, file = path.read_text(), _display(path)
+    file = _display(path)
     exprs = name_expressions(source)
     opts = [*NVRTC_OPTIONS, *CUPY_ADDS, f"-arch={arch}", "-Xptxas=-v"]
     opts += [f"-I{d}" for d in include_dirs()]
@@ -151,15 +173,33 @@ def _display(path: Path) -> str:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("paths", nargs="*", type=Path, help="default: gpu/*.cu")
-    ap.add_argument("--arch", default="sm_90")
+    ap.add_argument(
+        "--arch", action="append", help="repeat for several (default: sm_90)"
+    )
     ap.add_argument("--fail-on-spill", action="store_true", help="spills are errors")
     args = ap.parse_args(argv)
     paths = args.paths or sorted(GPU_DIR.glob("*.cu"))
-    print(f"NVRTC {nvrtc_version()}, arch {args.arch}, {len(paths)} file(s)")
-    kernels = errors = spills = 0
+    status = 0
+    for arch in args.arch or ["sm_90"]:
+        status |= _gate(paths, arch, args.fail_on_spill)
+    return status
+
+
+def _gate(paths, arch: str, fail_on_spill: bool) -> int:
+    from gpu import capability
+
+    print(f"NVRTC {nvrtc_version()}, arch {arch}, {len(paths)} file(s)")
+    kernels = errors = spills = skipped = 0
     for path in paths:
+        ours = Path(path).resolve().parent == GPU_DIR
+        need = capability.load()["files"].get(path.stem, 0) if ours else 0
+        if need is None or need > capability.cc_of(arch):
+            why = f"needs sm_{need} or newer" if need else "compiles for no arch"
+            print(f"skip {_display(path)}: {why} ({capability.TABLE_PATH.name})")
+            skipped += 1
+            continue
         try:
-            reports = compile_report(path, args.arch)
+            reports = compile_report(path, arch)
         except (CompileError, OSError) as e:
             print(f"FAIL {e}")
             reports, errors = [], errors + 1
@@ -167,13 +207,21 @@ def main(argv=None) -> int:
             if not reports:
                 print(f"FAIL {_display(path)}: no kernel (templates: name_expressions)")
                 errors += 1
+            elif ours:
+                names = [r.name for r in reports]
+                for problem in capability.expected_kernels(path.stem, arch, names):
+                    print(f"FAIL {problem}")
+                    errors += 1
         for r in reports:
             print(r.line())
             spills += bool(r.spill_stores or r.spill_loads)
         kernels += len(reports)
-    fatal = " (fatal: --fail-on-spill)" if spills and args.fail_on_spill else ""
-    print(f"{len(paths)} file(s), {kernels} kernel(s), {errors} error(s), ", end="")
-    print(f"{spills} kernel(s) spilling{fatal}")
+    fatal = " (fatal: --fail-on-spill)" if spills and fail_on_spill else ""
+    print(
+        f"{arch}: {len(paths)} file(s), {skipped} skipped, {kernels} kernel(s), ",
+        end="",
+    )
+    print(f"{errors} error(s), {spills} kernel(s) spilling{fatal}")
     return 1 if errors or fatal else 0
 
 

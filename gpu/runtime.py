@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as _dt
 import functools
 import subprocess
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -147,9 +148,111 @@ def provenance() -> dict:
     return info
 
 
+# --- which versions this card runs (the table: gpu/capability.json) ----------------
+
+
+class CapabilityFallback(UserWarning):
+    """A launcher runs another version than asked: this card cannot run that one."""
+
+
+def compute_capability() -> int:
+    """The current device's compute capability as major * 10 + minor (80 for 8.0)."""
+    import cupy as cp
+
+    return _cc_of(cp.cuda.Device().id)
+
+
+@functools.cache
+def _cc_of(dev: int) -> int:
+    import cupy as cp
+
+    return int(cp.cuda.Device(dev).compute_capability)
+
+
+def device_name() -> str:
+    """The current device's name, as the driver reports it."""
+    import cupy as cp
+
+    name = cp.cuda.runtime.getDeviceProperties(cp.cuda.Device().id)["name"]
+    return name.decode() if isinstance(name, bytes) else str(name)
+
+
+_NOTICED: set[tuple] = set()  # (family, requested, chosen) already announced
+
+
+def pick_version(slug: str, requested, supported_order):
+    """``requested`` when this card can run it, else the first of
+    ``supported_order`` (best first) that it can, with one CapabilityFallback
+    warning per (slug, requested, chosen) in a process.
+
+    ``slug`` is a launcher family of gpu/capability.py (``attention``,
+    ``slim_attention_x``, ...); the minimum compute capability of each version is
+    the table's (gpu/capability.json, found by compiling with NVRTC). Without a
+    device (CuPy missing, no GPU) there is nothing to check: ``requested`` is
+    returned. RuntimeError, naming the card and the minimum, when no version of
+    ``supported_order`` runs on it.
+    """
+    from gpu import capability as cap
+
+    if not available():
+        return requested
+    cc = compute_capability()
+    need = cap.min_cc(slug, requested)
+    if need is not None and need <= cc:
+        return requested
+    mins = {v: cap.min_cc(slug, v) for v in supported_order}
+    for v in supported_order:
+        if mins[v] is not None and mins[v] <= cc:
+            if (slug, requested, v) not in _NOTICED:
+                _NOTICED.add((slug, requested, v))
+                warnings.warn(
+                    f"{slug} v{requested} needs compute capability "
+                    f"{_need_text(need)}; {device_name()} is {cap.cc_text(cc)}: "
+                    f"running v{v} instead (gpu/capability.json)",
+                    CapabilityFallback,
+                    stacklevel=3,
+                )
+            return v
+    known = [m for m in mins.values() if m is not None]
+    least = f"at least {cap.cc_text(min(known))}" if known else "a newer NVRTC"
+    raise RuntimeError(
+        f"{device_name()} (compute capability {cap.cc_text(cc)}) cannot run any "
+        f"{slug} kernel: v{requested} needs {_need_text(need)}, and every version "
+        f"needs {least} (gpu/capability.json)"
+    )
+
+
+def _need_text(need) -> str:
+    from gpu import capability as cap
+
+    return "none in the table" if need is None else cap.cc_text(need)
+
+
+def check_file_supported(slug: str) -> None:
+    """RuntimeError naming the card and the minimum when gpu/<slug>.cu does not
+    compile for this card (gpu/capability.json); nothing without a device."""
+    from gpu import capability as cap
+
+    if not available():
+        return
+    try:
+        need = cap.file_min_cc(slug)
+    except KeyError:  # a file the table does not list: let NVRTC say
+        return
+    cc = compute_capability()
+    if need is None or need > cc:
+        raise RuntimeError(
+            f"gpu/{slug}.cu does not compile for {device_name()} (compute "
+            f"capability {cap.cc_text(cc)}): it needs {_need_text(need)} "
+            f"(gpu/capability.json)"
+        )
+
+
 @functools.cache
 def module(slug: str):
-    """``gpu/<slug>.cu`` compiled once into a ``cupy.RawModule``."""
+    """``gpu/<slug>.cu`` compiled once into a ``cupy.RawModule`` (RuntimeError first
+    when the table says the file does not compile for this card)."""
+    check_file_supported(slug)
     import cupy as cp
 
     src = (GPU_DIR / f"{slug}.cu").read_text()
@@ -157,8 +260,19 @@ def module(slug: str):
 
 
 def kernel(slug: str, name: str):
-    """The kernel ``name`` from ``gpu/<slug>.cu``."""
-    return module(slug).get_function(name)
+    """The kernel ``name`` from ``gpu/<slug>.cu``. A kernel left out for this card
+    (a version guarded by ``__CUDA_ARCH__``) raises RuntimeError saying so."""
+    mod = module(slug)
+    try:
+        return mod.get_function(name)
+    except Exception as e:  # CuPy's CUDADriverError: named symbol not found
+        if "NOT_FOUND" not in str(e) and "not found" not in str(e):
+            raise
+        raise RuntimeError(
+            f"{name} is not in gpu/{slug}.cu as compiled for {device_name()} "
+            f"(compute capability {compute_capability()}): a version this card "
+            f"cannot run (gpu/capability.json; launchers call pick_version)"
+        ) from e
 
 
 # --- argument checks shared by the launchers (run before any launch) ---------------

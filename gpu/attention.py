@@ -33,6 +33,20 @@ THREADS = 128  # 4 warps: NW and NW4 in the .cu
 MAX_GRID_YZ = 65535  # CUDA's limit on gridDim.y and gridDim.z
 ST8 = 4  # v8's shared-memory stages (ST8 in the .cu)
 MIN_CHUNK = 128  # fewest keys worth a block (v4-v7 cover 32 rows per tile); sweep: S=1K
+# The ladder, best first. On a card that cannot run the version asked for (v8 needs
+# cp.async, sm_80), the launchers run the first of these it can, with a notice
+# (gpu.runtime.pick_version; the minimum of each version: gpu/capability.json).
+# v4-v8 take the same head dims, so v8 -> v7 needs nothing else of the caller.
+FALLBACK = (8, 7, 6, 5, 4, 3, 2, 1)
+
+
+def runnable_version(version: int) -> int:
+    """The version this card runs when ``version`` is asked for: itself, or the
+    best of FALLBACK it supports (one CapabilityFallback warning). ``version``
+    itself without a device."""
+    if version not in VERSIONS:
+        raise ValueError(f"version must be one of {VERSIONS}, got {version!r}")
+    return rt.pick_version(SLUG, version, FALLBACK)
 
 
 def _check(q, k_cache, v_cache, version: int) -> tuple[int, int, int, int, int]:
@@ -95,7 +109,9 @@ def split_plan(
 
 def workspace_elems(version: int, b: int, h: int, s: int, d: int, n_split=None) -> int:
     """float32 elements of scratch a version needs (v1: scores; v3-v5: partials;
-    v5 also B*H uint32 counters at the end, which must be zero before first use)."""
+    v5 also B*H uint32 counters at the end, which must be zero before first use).
+    On a card that cannot run ``version``: what its fallback needs."""
+    version = runnable_version(version)
     if version == 1:
         return b * h * s
     if version == 2:
@@ -135,7 +151,8 @@ def decode_attention(
     Args:
         q: (B, H, D) float32 or float16, C-contiguous CuPy array.
         k_cache, v_cache: (B, G, S, D), same dtype, H % G == 0.
-        version: 1..8, the kernel ladder of gpu/attention.cu.
+        version: 1..8, the kernel ladder of gpu/attention.cu; on a card that
+            cannot run it, the best of FALLBACK it can (runnable_version).
         n_split: v3-v8 only: number of chunks S is split into (default: split_plan).
         out: optional (B, H, D) array of q's dtype to write into.
         workspace: optional float32 scratch of >= workspace_elems(...) elements.
@@ -147,6 +164,7 @@ def decode_attention(
     import cupy as cp
 
     b, h, g, s, d = _check(q, k_cache, v_cache, version)
+    version = runnable_version(version)
     if out is None:
         out = cp.empty_like(q)
     else:
@@ -234,6 +252,7 @@ def decode_attention_v9(
     import cupy as cp
 
     b, h, g, s, d = _check(q, k_cache, v_cache, 7)
+    rt.pick_version(SLUG, 9, (9,))  # RuntimeError on a card that cannot run it
     if (u, nw) not in V9_TILES or q.dtype != np.float16 or d != 128:
         raise ValueError(f"v9 is built for fp16, D = 128, (U, NW) in {V9_TILES}")
     rt.check_array("out", out, (q.dtype,), 3)

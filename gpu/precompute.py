@@ -22,6 +22,18 @@ _SUFFIX = {np.dtype(np.float32): "f32", np.dtype(np.float16): "f16"}
 THREADS = 256  # __launch_bounds__(256) in the .cu
 UNITS = 2  # v3: units per thread (UNITS in the .cu)
 MAX_GRID_Y = 65535  # N is gridDim.y
+# Best first: on a card that cannot run the version asked for, the launcher runs the
+# first of these it can, with a notice (gpu.runtime.pick_version, gpu/capability.json;
+# NVRTC 13.0 compiles all three for every card it supports, sm_75 and up).
+FALLBACK = (3, 2, 1)
+
+
+def runnable_version(version: int) -> int:
+    """The version this card runs when ``version`` is asked for (itself, or the
+    best of FALLBACK it supports, with one CapabilityFallback warning)."""
+    if version not in VERSIONS:
+        raise ValueError(f"version must be one of {VERSIONS}, got {version!r}")
+    return rt.pick_version(SLUG, version, FALLBACK)
 
 
 def layout_of(cfg) -> dict[str, int]:
@@ -76,7 +88,9 @@ def _check(table, tokens, positions, cos, sin, lay, version, check_ids):
     rt.check_array("sin", sin, (np.float32,), 2)
     (v, w), n, p = table.shape, tokens.shape[0], cos.shape[0]
     r, d, nh, off = lay["rot_dim"], lay["head_dim"], lay["n_heads"], lay["rot_off"]
-    version = _pick(table, cos, sin, lay) if version is None else version
+    version = runnable_version(
+        _pick(table, cos, sin, lay) if version is None else version
+    )
     rt.check_positive(V=v, W=w, N=n, P=p, head_dim=d, n_heads=nh)
     rt.check_shape("positions", positions, (n,), "N")
     if r % 2 or not 0 <= r <= d:

@@ -41,6 +41,23 @@ GT = 128  # gemv threads (GT in the .cu)
 BG = 8  # batch rows per gemv pass (BG in the .cu)
 MAX_SPLIT = 512  # gemv keeps BG x n_split weights in shared memory
 MAX_GRID_YZ = 65535
+# Best first. v2-v6 and xv3-xv5 run as thread-block clusters (sm_90): on an older card
+# the launchers run the first of these it can (v1 or xv1, which take float16 and
+# float32 and any H, D), with a notice (gpu.runtime.pick_version, gpu/capability.json).
+FALLBACK = (6, 5, 4, 3, 2, 1)
+XFALLBACK = (5, 4, 3, 1)
+FAMILY, XFAMILY = SLUG, SLUG + "_x"  # the K-only and the X-cache ladders in the table
+
+
+def runnable_version(version: int, xcache: bool = False) -> int:
+    """The version this card runs when ``version`` is asked for (itself, or the best
+    of FALLBACK / XFALLBACK it supports, with one CapabilityFallback warning)."""
+    versions = XVERSIONS if xcache else VERSIONS
+    if version not in versions:
+        raise ValueError(f"version must be one of {versions}, got {version!r}")
+    if xcache:
+        return rt.pick_version(XFAMILY, version, XFALLBACK)
+    return rt.pick_version(FAMILY, version, FALLBACK)
 
 
 def fast_shape(h: int, d: int) -> tuple[int, int]:
@@ -150,7 +167,9 @@ def workspace_elems(
 ) -> int:
     """float32 elements of scratch one step needs: u partials (B, n, H, C), (m, l)
     (B, n, H, 2), gemv partials (B, H, KC, D); v1 also its (B, H, S) scores; the X
-    cache also q~ (B, H, C) (float32 for xv1, fp16 for xv3)."""
+    cache also q~ (B, H, C) (float32 for xv1, fp16 for xv3). On a card that cannot
+    run ``version``: what its fallback needs (runnable_version)."""
+    version = runnable_version(version, xcache)
     lay = _layout(version, b, h, s, d, n_split)
     o, n = lay["qt"] if xcache else lay["scores"]
     return o + n
@@ -306,7 +325,9 @@ def slim_decode(
             float32 scratch of >= workspace_elems(version, B, H, length, D) elements.
     Returns:
         out (B, H, D), q's dtype; float32 accumulation throughout.
+    On a card without clusters (below sm_90) v2-v6 run as v1 (runnable_version).
     """
+    version = runnable_version(version)
     b, h, d, c, s, sa = _check(
         q, k_cache, w_kv, b_v, version, VERSIONS, length, "k_cache"
     )
@@ -348,7 +369,9 @@ def xcache_decode(
             workspace_elems(..., xcache=True).
     Returns:
         out (B, H, D), q's dtype.
+    On a card without clusters (below sm_90) xv3-xv5 run as xv1 (runnable_version).
     """
+    version = runnable_version(version, xcache=True)
     b, h, d, c, s, sa = _check(
         q, x_cache, w_v, b_v, version, XVERSIONS, length, "x_cache"
     )

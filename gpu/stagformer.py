@@ -33,6 +33,19 @@ _SFX = {np.dtype(np.float32): "f32", np.dtype(np.float16): "f16"}
 NR, NW, KC = 4, 8, 512  # as in the .cu
 TARGET_BLOCKS = 264  # 2 per SM on an H100 (132 SMs): sizes KB from (K, M) only
 SCHEDULES = ("parallel", "stack1_first", "stack2_first")
+# GEMV versions, best first: on a card that cannot run the one asked for, the best of
+# these it can runs, with a notice (gpu.runtime.pick_version, gpu/capability.json;
+# NVRTC 13.0 compiles all three for sm_75 and up). The attention of a step falls back
+# on its own (gpu.attention.runnable_version).
+FALLBACK = (3, 2, 1)
+
+
+def runnable_version(version: int) -> int:
+    """The GEMV version this card runs when ``version`` is asked for (itself, or the
+    best of FALLBACK it supports, with one CapabilityFallback warning)."""
+    if version not in VERSIONS:
+        raise ValueError(f"version must be one of {VERSIONS}, got {version!r}")
+    return rt.pick_version(SLUG, version, FALLBACK)
 
 
 def vec(dtype) -> int:
@@ -113,8 +126,7 @@ def gemv(
     norm (v3 only): gammas[z] (K,) of the weights' dtype: xs[z] (float32) is
     RMS-normed with them inside the GEMV, ys[z] = act(rmsnorm(xs[z]) @ ws[z]) ...
     """
-    if version not in VERSIONS:
-        raise ValueError(f"version must be one of {VERSIONS}, got {version!r}")
+    version = runnable_version(version)
     if act not in (0, 1):
         raise ValueError(f"act must be 0 (none) or 1 (relu), got {act!r}")
     z = len(xs)
@@ -442,6 +454,7 @@ def _attend(q, k, v, out, scratch):
 
 def run_layers(m: Model, bf: Buffers, sel: list[int], pos: int, version: int):
     """All L layers of the stacks in sel ([0], [1] or [0, 1]: one launch for both)."""
+    version = runnable_version(version)  # before `fused` is decided from it
     b = bf.x.shape[1]
     sl = slice(sel[0], sel[-1] + 1)
     both = len(sel) == 2
@@ -535,6 +548,7 @@ def decode_step(
     not the fastest at every B (v3 was faster at B = 1): see best_version."""
     if schedule not in SCHEDULES:
         raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
+    version = runnable_version(version)
     b = bf.x.shape[1]
     rt.check_array("e", e, (np.float32,), 2)
     rt.check_shape("e", e, (b, m.C), "BC")

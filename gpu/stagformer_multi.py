@@ -370,8 +370,7 @@ class MultiStag:
         import cupy as cp
 
         es = list(e) if isinstance(e, (list, tuple)) else [e]
-        if version not in gs.VERSIONS:
-            raise ValueError(f"version must be one of {gs.VERSIONS}, got {version!r}")
+        version = gs.runnable_version(version)  # ValueError, or this card's fallback
         if len(es) not in (1, len(self.stages)):
             raise ValueError(f"e: one array, or one a stage ({len(self.stages)})")
         for i, a in enumerate(es):

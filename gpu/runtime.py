@@ -216,7 +216,7 @@ def pick_version(slug: str, requested, supported_order):
     known = [m for m in mins.values() if m is not None]
     least = f"at least {cap.cc_text(min(known))}" if known else "a newer NVRTC"
     raise RuntimeError(
-        f"{device_name()} (compute capability {cap.cc_text(cc)}) cannot run any "
+        f"{device_name()}, compute capability {cap.cc_text(cc)}, cannot run any "
         f"{slug} kernel: v{requested} needs {_need_text(need)}, and every version "
         f"needs {least} (gpu/capability.json)"
     )
@@ -242,8 +242,8 @@ def check_file_supported(slug: str) -> None:
     cc = compute_capability()
     if need is None or need > cc:
         raise RuntimeError(
-            f"gpu/{slug}.cu does not compile for {device_name()} (compute "
-            f"capability {cap.cc_text(cc)}): it needs {_need_text(need)} "
+            f"gpu/{slug}.cu does not compile for {device_name()}, compute "
+            f"capability {cap.cc_text(cc)}: it needs {_need_text(need)} "
             f"(gpu/capability.json)"
         )
 
@@ -270,7 +270,7 @@ def kernel(slug: str, name: str):
             raise
         raise RuntimeError(
             f"{name} is not in gpu/{slug}.cu as compiled for {device_name()} "
-            f"(compute capability {compute_capability()}): a version this card "
+            f"(sm_{compute_capability()}): a version this card "
             f"cannot run (gpu/capability.json; launchers call pick_version)"
         ) from e
 

@@ -59,7 +59,9 @@ GRID = bench.Grid(
     quick=dict(E=E_QUICK, T=T_QUICK),
     fixed=dict(T=T, C=C, G=G, K=K, E_main=E_MAIN, dtype="float16", n_check=N_CHECK),
     versions=dict(
-        ffn_approx=(2, 3, 4, 5), ffn_approx_experts=(3, 4, 5), ffn_approx_tokens=(3, 5)
+        ffn_approx=(2, 3, 4, 5, 6),
+        ffn_approx_experts=(3, 4, 5, 6),
+        ffn_approx_tokens=(3, 5, 6),
     ),
     baselines={"torch_param_equal": ("E", "T"), "cublas_param_equal": ("E", "T")},
     kernels=("moe_",),  # whole layers; the v*_<stage> rows are parts of one
@@ -196,20 +198,13 @@ def _stage_rows(e, v, sets, xs, wss, outs, ceil) -> list[dict]:
     import cupy as cp
 
     i32 = np.int32
-    bm, bn, nt = gfa.TILE[v], gfa.TILE_N[v], gfa.THREADS[v]
+    bm = gfa.TILE[v]
     rows = []
     p = T * K
 
     def gemm(stage, j):
         w1, w2, _ = sets[j]
-        ws = wss[j]
-        a, w, dst, kd, n = (
-            (xs[j], w1, ws.h, C, G) if stage == "up" else (ws.h, w2, ws.z, G, C)
-        )
-        grid = (math.ceil(p / bm) + e, math.ceil(n / bn))
-        args = (a, w, ws.order, ws.gate, ws.offsets, ws.tiles, dst)
-        args += (i32(e), i32(K), i32(kd), i32(n))
-        gfa.rt.kernel("ffn_approx", f"ffn_approx_{stage}_v{v}_f16")(grid, (nt,), args)
+        gfa.gemm_stage(stage, xs[j], w1, w2, wss[j].gate, wss[j], v)
 
     def combine(j):
         ws = wss[j]
@@ -237,7 +232,7 @@ def _stage_rows(e, v, sets, xs, wss, outs, ceil) -> list[dict]:
             wss[j],
             check_idx=False,
             version=sv,
-            hist_ready=rv == 3 and sv == 3,
+            hist_ready=rv >= 3 and sv == 3,
         ),  # fmt: skip
         "up": lambda j: gemm("up", j),
         "down": lambda j: gemm("down", j),

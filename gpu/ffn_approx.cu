@@ -752,7 +752,7 @@ __device__ void hist_v3(const int* idx, int P, int E, int K, int* bhist) {
 #define S3P 8  // scatter v3: partial sums per expert (blockDim / S3P lanes)
 __device__ void scatter_v3(const int* idx, const int* bhist, int P, int E,
                            int K, int nb, int bm, int* counts, int* offsets,
-                           int* tiles, int* order) {
+                           int* tiles, int* order, int bm2, int* tiles2) {
   __shared__ int before_p[S3P][MAX_E], total_p[S3P][MAX_E];
   __shared__ int base[MAX_E];
   __shared__ int eid[R3T * MAX_E];  // this block's pairs' experts (K <= E)
@@ -784,30 +784,34 @@ __device__ void scatter_v3(const int* idx, const int* bhist, int P, int E,
   __syncthreads();
   if (tid < 32) {  // lane l scans experts [e0, e1), then a warp scan
     int n = (E + 31) / 32, e0 = min(E, lane * n), e1 = min(E, e0 + n);
-    int sc = 0, st = 0;
+    int sc = 0, st = 0, s2 = 0;
     for (int e = e0; e < e1; ++e) {
       sc += total_p[0][e];
       st += (total_p[0][e] + bm - 1) / bm;
+      s2 += (total_p[0][e] + bm2 - 1) / bm2;
     }
-    int ic = sc, it = st;
+    int ic = sc, it = st, i2 = s2;
 #pragma unroll
     for (int o = 1; o < 32; o <<= 1) {
       int x = __shfl_up_sync(all, ic, o), y = __shfl_up_sync(all, it, o);
-      if (lane >= o) { ic += x; it += y; }
+      int z = __shfl_up_sync(all, i2, o);
+      if (lane >= o) { ic += x; it += y; i2 += z; }
     }
-    int off = ic - sc, til = it - st;
+    int off = ic - sc, til = it - st, ti2 = i2 - s2;
     for (int e = e0; e < e1; ++e) {
       int c = total_p[0][e];
       if (b == 0) {
         counts[e] = c;
         offsets[e] = off;
         tiles[e] = til;
+        tiles2[e] = ti2;
       }
       base[e] = off + before_p[0][e];
       off += c;
       til += (c + bm - 1) / bm;
+      ti2 += (c + bm2 - 1) / bm2;
     }
-    if (b == 0 && lane == 31) { offsets[E] = ic; tiles[E] = it; }
+    if (b == 0 && lane == 31) { offsets[E] = ic; tiles[E] = it; tiles2[E] = i2; }
   }
   __syncthreads();
   for (int i = tid; i < p1 - p0; i += blockDim.x) {
@@ -875,6 +879,323 @@ __device__ void gemm_v5(Gemm<__half> g) {
     *reinterpret_cast<uint4*>(g.out + row * g.N + n0 + nv) =
         *reinterpret_cast<const uint4*>(cs + m * LDC + nv);
   }
+}
+
+// ======================================================================
+// v6: what the v5 profile asked for (notes, "v5 measured").
+//   Tile6      Tile5's ring with a per-thread copy plan computed once (the
+//              row pointers, k offsets and shared-memory offsets of the
+//              chunks each thread copies), so a slab costs its cp.async and
+//              one compare each instead of ~20 index instructions per chunk;
+//              the ring in dynamic shared memory (deeper rings past 48 KB).
+//   router_v4  router v3 with 128-deep slabs (8 barrier rounds at C = 1024
+//              instead of 32): the per-slab chain was its time.
+//   up_v6      64 x 128 x 32 tiles, a 4-deep ring (3 slabs in flight).
+//   down_v6    B-resident: a block owns one 128-column slice of w2[e]
+//              (G x 128, loaded once) and walks up to 4 row tiles of 64 of
+//              expert e's rows (a chunk of 256), streaming the h tiles
+//              through a 3-deep ring and storing each z tile while the next
+//              loads. w2 is read from L2 once per chunk, not once per tile.
+//              Needs G <= 256 (B and the ring in shared memory).
+// ======================================================================
+
+template <int BM_, int BN_, int BK_, int WM_, int WN_, int ST_>
+struct Tile6 : Tile5<BM_, BN_, BK_, WM_, WN_, ST_> {};
+
+template <class L>
+struct Plan6 {
+  const __half* a[L::AT];  // row + kv; nullptr: a zero row (or no chunk)
+  int akv[L::AT];
+  unsigned as[L::AT];  // byte offset in a stage
+  const __half* b[L::BT];  // b + kk ldb + n0 + nv; nullptr: past N
+  int bkk[L::BT];
+  unsigned bs[L::BT];
+};
+
+template <class L, class RowFn>
+__device__ __forceinline__ void plan6(Plan6<L>& pl, RowFn arow,
+                                      const __half* b, int ldb, int n0,
+                                      int N) {
+#pragma unroll
+  for (int i = 0; i < L::AT; ++i) {
+    int v = threadIdx.x + i * L::NT;
+    int m = v / (L::BK / 8), kv = (v % (L::BK / 8)) * 8;
+    const __half* p = v < L::ACH ? arow(m) : nullptr;
+    pl.a[i] = p ? p + kv : nullptr;
+    pl.akv[i] = v < L::ACH ? kv : 1 << 30;
+    pl.as[i] = (m * L::LDA + kv) * 2;
+  }
+#pragma unroll
+  for (int i = 0; i < L::BT; ++i) {
+    int v = threadIdx.x + i * L::NT;
+    int kk = v / (L::BN / 8), nv = (v % (L::BN / 8)) * 8;
+    bool ok = v < L::BCH && n0 + nv < N;
+    pl.b[i] = ok ? b + (size_t)kk * ldb + n0 + nv : nullptr;
+    pl.bkk[i] = ok ? kk : 1 << 30;
+    pl.bs[i] = (L::BM * L::LDA + kk * L::LDB + nv) * 2;
+  }
+}
+
+template <class L>
+__device__ __forceinline__ void load6(const Plan6<L>& pl, unsigned stage,
+                                      int k0, int Kd, size_t kstep,
+                                      const __half* safe) {
+#pragma unroll
+  for (int i = 0; i < L::AT; ++i) {
+    if (L::ACH % L::NT == 0 || threadIdx.x + i * L::NT < L::ACH) {
+      bool ok = pl.a[i] != nullptr && k0 + pl.akv[i] < Kd;
+      asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(
+                       stage + pl.as[i]),
+                   "l"(ok ? pl.a[i] + k0 : safe), "r"(ok ? 16 : 0));
+    }
+  }
+#pragma unroll
+  for (int i = 0; i < L::BT; ++i) {
+    if (L::BCH % L::NT == 0 || threadIdx.x + i * L::NT < L::BCH) {
+      bool ok = pl.b[i] != nullptr && k0 + pl.bkk[i] < Kd;
+      asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(
+                       stage + pl.bs[i]),
+                   "l"(ok ? pl.b[i] + kstep : safe), "r"(ok ? 16 : 0));
+    }
+  }
+}
+
+// One BK slab of MMAs from a stage (A at As, B at Bs, halves).
+template <class L>
+__device__ __forceinline__ void slab_mma(float (&acc)[L::FM][L::FN][4],
+                                         const __half* As, int lda,
+                                         const __half* Bs, int ldb, int kb,
+                                         int ke) {
+  int warp = threadIdx.x / 32, lane = threadIdx.x & 31;
+  int wm = warp / (L::BN / L::WN) * L::WM, wn = warp % (L::BN / L::WN) * L::WN;
+  int r = lane % 16, c8 = (lane / 16) * 8;
+#pragma unroll 4
+  for (int kk = kb; kk < ke; kk += 16) {
+    unsigned a[L::FM][4], bf[L::FN][2];
+#pragma unroll
+    for (int i = 0; i < L::FM; ++i)
+      ldsm_x4(a[i], As + (wm + i * 16 + r) * lda + kk + c8);
+#pragma unroll
+    for (int j = 0; j < L::FN; j += 2) {
+      unsigned t4[4];
+      ldsm_x4_t(t4, Bs + (kk + r) * ldb + wn + j * 8 + c8);
+      bf[j][0] = t4[0];
+      bf[j][1] = t4[1];
+      bf[j + 1][0] = t4[2];
+      bf[j + 1][1] = t4[3];
+    }
+#pragma unroll
+    for (int i = 0; i < L::FM; ++i)
+#pragma unroll
+      for (int j = 0; j < L::FN; ++j) mma16816(acc[i][j], a[i], bf[j]);
+  }
+}
+
+// Tile5's mainloop with the plan; sm: the ring (ST stages), 16-byte aligned.
+template <class L, class RowFn>
+__device__ void tile6_mainloop(float (&acc)[L::FM][L::FN][4], __half* sm,
+                               RowFn arow, const __half* b, int ldb, int n0,
+                               int N, int Kd) {
+  Plan6<L> pl;
+  plan6<L>(pl, arow, b, ldb, n0, N);
+#pragma unroll
+  for (int i = 0; i < L::FM; ++i)
+#pragma unroll
+    for (int j = 0; j < L::FN; ++j)
+#pragma unroll
+      for (int c = 0; c < 4; ++c) acc[i][j][c] = 0.f;
+  unsigned base = smem_u32(sm);
+  int nk = (Kd + L::BK - 1) / L::BK;
+#pragma unroll
+  for (int s = 0; s < L::ST - 1; ++s) {
+    if (s < nk)
+      load6<L>(pl, base + s * L::STAGE * 2, s * L::BK, Kd,
+               (size_t)s * L::BK * ldb, b);
+    cp_async_commit();
+  }
+  for (int kt = 0; kt < nk; ++kt) {
+    cp_async_wait<L::ST - 2>();
+    __syncthreads();
+    int nxt = kt + L::ST - 1;
+    if (nxt < nk)
+      load6<L>(pl, base + (nxt % L::ST) * L::STAGE * 2, nxt * L::BK, Kd,
+               (size_t)nxt * L::BK * ldb, b);
+    cp_async_commit();
+    const __half* As = sm + (kt % L::ST) * L::STAGE;
+    slab_mma<L>(acc, As, L::LDA, As + L::BM * L::LDA, L::LDB, 0, L::BK);
+  }
+  cp_async_wait<0>();
+  __syncthreads();
+}
+
+// --- router v4 ---
+typedef Tile6<R3T, R3E, 128, 16, 16, 3> RouterTile6;
+
+__device__ void router_v4(const __half* x, const __half* w3, int* idx,
+                          float* gate, int* bhist, int Tn, int C, int E,
+                          int K) {
+  extern __shared__ __align__(16) __half dyn[];  // RouterTile6::SMEM bytes
+  __shared__ float logit[RT][MAX_E];
+  __shared__ int hist[MAX_E];
+  int t0 = blockIdx.x * R3T;
+  for (int e = threadIdx.x; e < E; e += blockDim.x) hist[e] = 0;
+  auto arow = [&](int m) -> const __half* {
+    return t0 + m < Tn ? x + (size_t)(t0 + m) * C : nullptr;
+  };
+  for (int e0 = 0; e0 < E; e0 += R3E) {
+    float acc[RouterTile6::FM][RouterTile6::FN][4];
+    tile6_mainloop<RouterTile6>(acc, dyn, arow, w3, E, e0, E, C);
+#pragma unroll
+    for (int j = 0; j < RouterTile6::FN; ++j)
+#pragma unroll
+      for (int c = 0; c < 4; ++c) {
+        int e = e0 + frag_col<RouterTile6>(j, c);
+        if (e < E) logit[frag_row<RouterTile6>(0, c)][e] = acc[0][j][c];
+      }
+  }
+  __syncthreads();
+  router_topk(logit, t0, Tn, E, K, idx, gate);
+  __syncthreads();
+  int n = min(R3T, Tn - t0) * K;
+  for (int i = threadIdx.x; i < n; i += blockDim.x)
+    atomicAdd(&hist[idx[(size_t)t0 * K + i]], 1);
+  __syncthreads();
+  for (int e = threadIdx.x; e < E; e += blockDim.x)
+    bhist[(size_t)blockIdx.x * E + e] = hist[e];
+}
+
+// --- up v6 ---
+typedef Tile6<64, 128, 32, 32, 64, 4> UpTile6;
+
+__device__ void up_v6(Gemm<__half> g) {
+  typedef UpTile6 L;
+  extern __shared__ __align__(16) __half dyn[];  // L::SMEM bytes
+  __shared__ int rowp[L::BM];
+  __shared__ float rowg[L::BM];
+  int tile = blockIdx.x, e = segment_of(g.tiles, g.E, tile);
+  if (e < 0) return;
+  int q0 = g.offsets[e] + (tile - g.tiles[e]) * L::BM, q1 = g.offsets[e + 1];
+  int n0 = blockIdx.y * L::BN;
+  for (int m = threadIdx.x; m < L::BM; m += L::NT) {
+    int q = q0 + m, p = q < q1 ? g.order[q] : -1;
+    rowp[m] = p;
+    rowg[m] = p >= 0 ? g.gate[p] : 0.f;
+  }
+  __syncthreads();
+  auto arow = [&](int m) -> const __half* {
+    int p = rowp[m];
+    return p < 0 ? nullptr : g.a + (size_t)(p / g.K) * g.Kd;
+  };
+  float acc[L::FM][L::FN][4];
+  tile6_mainloop<L>(acc, dyn, arow, g.w + (size_t)e * g.Kd * g.N, g.N, n0,
+                    g.N, g.Kd);
+  __half* cs = dyn;
+  constexpr int LDC = L::BN + 8;
+#pragma unroll
+  for (int i = 0; i < L::FM; ++i)
+#pragma unroll
+    for (int j = 0; j < L::FN; ++j)
+#pragma unroll
+      for (int c = 0; c < 4; c += 2) {
+        int m = frag_row<L>(i, c), n = frag_col<L>(j, c);
+        __half2 h2;
+        h2.x = __float2half_rn(rowg[m] * fmaxf(acc[i][j][c], 0.f));
+        h2.y = __float2half_rn(rowg[m] * fmaxf(acc[i][j][c + 1], 0.f));
+        *reinterpret_cast<__half2*>(cs + m * LDC + n) = h2;
+      }
+  __syncthreads();
+  for (int v = threadIdx.x; v < L::BM * L::BN / 8; v += L::NT) {
+    int m = v / (L::BN / 8), nv = (v % (L::BN / 8)) * 8;
+    if (rowp[m] < 0 || n0 + nv >= g.N) continue;
+    *reinterpret_cast<uint4*>(g.out + (size_t)(q0 + m) * g.N + n0 + nv) =
+        *reinterpret_cast<const uint4*>(cs + m * LDC + nv);
+  }
+}
+
+// --- down v6 ---
+#define D6R 4    // row tiles per chunk (a chunk: D6R * 64 rows of one expert)
+#define D6ST 3   // ring depth (h tiles)
+#define D6GMAX 256
+typedef Tile5<64, 128, 16, 32, 64, 1> DownTile6;  // warp layout only
+
+// dynamic shared memory: Bs [G][BN + 8] | ring D6ST x [64][G + 8] | Cs [64][BN + 8]
+__device__ void down_v6(Gemm<__half> g, const int* ctiles) {
+  typedef DownTile6 L;
+  extern __shared__ __align__(16) __half dyn[];
+  const int G = g.Kd, LDA = G + 8;
+  constexpr int LDB = L::BN + 8, LDC = L::BN + 8;
+  __half* Bs = dyn;
+  __half* ring = Bs + G * LDB;
+  __half* Cs = ring + D6ST * L::BM * LDA;
+  int chunk = blockIdx.x, e = segment_of(ctiles, g.E, chunk);
+  if (e < 0) return;
+  int c0 = g.offsets[e] + (chunk - ctiles[e]) * (D6R * L::BM);
+  int q1 = min(g.offsets[e + 1], c0 + D6R * L::BM);
+  int nt = (q1 - c0 + L::BM - 1) / L::BM;  // row tiles in this chunk (>= 1)
+  int n0 = blockIdx.y * L::BN;
+  const __half* w = g.w + (size_t)e * G * g.N;
+  unsigned bbase = smem_u32(Bs), rbase = smem_u32(ring);
+  // B: the G x 128 slice, once (joins the first group)
+  for (int v = threadIdx.x; v < G * (L::BN / 8); v += L::NT) {
+    int k = v / (L::BN / 8), nv = (v % (L::BN / 8)) * 8;
+    bool ok = n0 + nv < g.N;
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(
+                     bbase + (k * LDB + nv) * 2),
+                 "l"(ok ? w + (size_t)k * g.N + n0 + nv : w), "r"(ok ? 16 : 0));
+  }
+  auto load_a = [&](int t) {  // h rows of row tile t into ring slot t % D6ST
+    unsigned st = rbase + (t % D6ST) * L::BM * LDA * 2;
+    int qa = c0 + t * L::BM;
+    for (int v = threadIdx.x; v < L::BM * (G / 8); v += L::NT) {
+      int m = v / (G / 8), kv = (v % (G / 8)) * 8;
+      bool ok = qa + m < q1;
+      asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(
+                       st + (m * LDA + kv) * 2),
+                   "l"(ok ? g.a + (size_t)(qa + m) * G + kv : g.a),
+                   "r"(ok ? 16 : 0));
+    }
+  };
+#pragma unroll
+  for (int s = 0; s < D6ST - 1; ++s) {
+    if (s < nt) load_a(s);
+    cp_async_commit();
+  }
+  for (int t = 0; t < nt; ++t) {
+    cp_async_wait<D6ST - 2>();  // tile t (and B) landed
+    __syncthreads();            // ...for all; slot t-1 and Cs are free
+    if (t + D6ST - 1 < nt) load_a(t + D6ST - 1);
+    cp_async_commit();
+    float acc[L::FM][L::FN][4];
+#pragma unroll
+    for (int i = 0; i < L::FM; ++i)
+#pragma unroll
+      for (int j = 0; j < L::FN; ++j)
+#pragma unroll
+        for (int c = 0; c < 4; ++c) acc[i][j][c] = 0.f;
+    slab_mma<L>(acc, ring + (t % D6ST) * L::BM * LDA, LDA, Bs, LDB, 0, G);
+#pragma unroll
+    for (int i = 0; i < L::FM; ++i)
+#pragma unroll
+      for (int j = 0; j < L::FN; ++j)
+#pragma unroll
+        for (int c = 0; c < 4; c += 2) {
+          int m = frag_row<L>(i, c), n = frag_col<L>(j, c);
+          __half2 h2;
+          h2.x = __float2half_rn(acc[i][j][c]);
+          h2.y = __float2half_rn(acc[i][j][c + 1]);
+          *reinterpret_cast<__half2*>(Cs + m * LDC + n) = h2;
+        }
+    __syncthreads();
+    int qa = c0 + t * L::BM;
+    for (int v = threadIdx.x; v < L::BM * L::BN / 8; v += L::NT) {
+      int m = v / (L::BN / 8), nv = (v % (L::BN / 8)) * 8;
+      if (qa + m >= q1 || n0 + nv >= g.N) continue;
+      int p = g.order[qa + m];
+      *reinterpret_cast<uint4*>(g.out + (size_t)p * g.N + n0 + nv) =
+          *reinterpret_cast<const uint4*>(Cs + m * LDC + nv);
+    }
+  }
+  cp_async_wait<0>();
 }
 
 // --- extern "C" entry points: ffn_approx_<stage>_v<N>[_f16|_f32] ---
@@ -963,8 +1284,9 @@ ffn_approx_hist_v3(const int* idx, int P, int E, int K, int* bhist) {
 extern "C" __global__ void __launch_bounds__(256)
 ffn_approx_scatter_v3(const int* idx, const int* bhist, int P, int E, int K,
                       int nb, int bm, int* counts, int* offsets, int* tiles,
-                      int* order) {
-  scatter_v3(idx, bhist, P, E, K, nb, bm, counts, offsets, tiles, order);
+                      int* order, int bm2, int* tiles2) {
+  scatter_v3(idx, bhist, P, E, K, nb, bm, counts, offsets, tiles, order, bm2,
+             tiles2);
 }
 
 extern "C" __global__ void __launch_bounds__(128, 4)
@@ -976,4 +1298,22 @@ extern "C" __global__ void __launch_bounds__(128, 4)
 ffn_approx_down_v5_f16(FA_GEMM_ARGS(__half)) {
   Gemm<__half> g = FA_GEMM_INIT;
   gemm_v5<false>(g);
+}
+
+// --- v6 (router v4; up v6, down v6; sort v3) ---
+extern "C" __global__ void __launch_bounds__(128)
+ffn_approx_router_v4_f16(const __half* x, const __half* w3, int* idx,
+                         float* gate, int* bhist, int Tn, int C, int E,
+                         int K) {
+  router_v4(x, w3, idx, gate, bhist, Tn, C, E, K);
+}
+extern "C" __global__ void __launch_bounds__(128, 4)
+ffn_approx_up_v6_f16(FA_GEMM_ARGS(__half)) {
+  Gemm<__half> g = FA_GEMM_INIT;
+  up_v6(g);
+}
+extern "C" __global__ void __launch_bounds__(128, 2)
+ffn_approx_down_v6_f16(FA_GEMM_ARGS(__half), const int* ctiles) {
+  Gemm<__half> g = FA_GEMM_INIT;
+  down_v6(g, ctiles);
 }

@@ -15,7 +15,10 @@ GEMM with the top-K and the sort's per-block histogram in its epilogue (fp16, C 
 multiples of 8); sort v1 is count then scatter (a block per expert), sort v2 one block
 with per-warp histograms, sort v3 per-block histograms (written by router v3, or by
 ``hist_v3``) and a scatter spread over one block per 16 tokens. v5's GEMMs are a
-3-stage ``cp.async`` ring of 64 x 128 tensor-core tiles with 16-byte epilogue stores.
+3-stage ``cp.async`` ring of 64 x 128 tensor-core tiles with 16-byte epilogue stores;
+v6 computes each thread's copy plan once (router v4 with 128-deep slabs, up v6 with
+a 4-deep ring) and its down GEMM keeps a 128-column slice of w2[e] in shared memory
+while it walks up to four 64-row tiles of the expert (G <= 256; larger G uses v5's).
 ``moe`` takes ``router_version`` to override the router.
 """
 
@@ -29,16 +32,28 @@ import numpy as np
 from gpu import runtime as rt
 
 SLUG = "ffn_approx"
-VERSIONS = (1, 2, 3, 4, 5)
-ROUTER_VERSIONS = (1, 2, 3)
+VERSIONS = (1, 2, 3, 4, 5, 6)
+ROUTER_VERSIONS = (1, 2, 3, 4)
 SORT_VERSIONS = (1, 2, 3)
 DTYPES = (np.float32, np.float16)
 _SUFFIX = {np.dtype(np.float32): "f32", np.dtype(np.float16): "f16"}
 MAX_E = 256  # MAX_E in the .cu (router and count keep E values in shared memory)
 RT = 16  # tokens per router block (and per block of sort v3's histogram)
-TILE = {1: 64, 2: 64, 3: 64, 4: 128, 5: 64}  # BM (rows) of each version's GEMM tile
-TILE_N = {1: 64, 2: 64, 3: 64, 4: 128, 5: 128}  # BN (columns)
-THREADS = {1: 128, 2: 256, 3: 128, 4: 256, 5: 128}
+TILE = {1: 64, 2: 64, 3: 64, 4: 128, 5: 64, 6: 64}  # BM (rows) of the GEMM tiles
+TILE_N = {1: 64, 2: 64, 3: 64, 4: 128, 5: 128, 6: 128}  # BN (columns)
+THREADS = {1: 128, 2: 256, 3: 128, 4: 256, 5: 128, 6: 128}
+CHUNK = 256  # down v6: rows of one expert per block (D6R row tiles of 64)
+D6_GMAX = 256  # down v6 keeps G x 128 of w2 and three 64 x G tiles of h in smem
+ROUTER4_SMEM = 3 * (16 * 136 + 128 * 72) * 2  # RouterTile6::SMEM (bytes)
+UP6_SMEM = 4 * (64 * 40 + 32 * 136) * 2  # UpTile6::SMEM
+
+
+def down6_smem(g: int) -> int:
+    """down v6's dynamic shared memory: w2 slice G x 136, ring 3 x 64 x (G + 8),
+    the output tile 64 x 136, halves."""
+    return (g * 136 + 3 * 64 * (g + 8) + 64 * 136) * 2
+
+
 MAX_GRID_Y = 65535
 
 
@@ -83,6 +98,7 @@ class Workspace:
     h: object  # (P, G) storage dtype
     z: object  # (P, C) storage dtype
     bhist: object = None  # (ceil(T / RT), E) int32: sort v3's per-block histograms
+    tiles2: object = None  # (E + 1,) int32: chunks of CHUNK rows per expert (down v6)
 
 
 def workspace(t: int, c: int, e: int, g: int, k: int, dtype) -> Workspace:
@@ -93,7 +109,7 @@ def workspace(t: int, c: int, e: int, g: int, k: int, dtype) -> Workspace:
         cp.empty((t, k), i32), cp.empty((t, k), cp.float32), cp.empty(e, i32),
         cp.empty(e + 1, i32), cp.empty(e + 1, i32), cp.empty(p, i32),
         cp.empty((p, g), dtype), cp.empty((p, c), dtype),
-        cp.empty((math.ceil(t / RT), e), i32),
+        cp.empty((math.ceil(t / RT), e), i32), cp.empty(e + 1, i32),
     )  # fmt: skip
 
 
@@ -102,7 +118,7 @@ def router_for(version: int, n_experts: int | None = None) -> int:
     (which keep their first timings), 2 for v3 and v4, 3 for v5 when E % 8 == 0
     (router v3 loads 16-byte rows of w3; v5 falls back to router v2 otherwise)."""
     if version >= 5 and (n_experts is None or n_experts % 8 == 0):
-        return 3
+        return 4 if version >= 6 else 3
     return 2 if version >= 3 else 1
 
 
@@ -112,8 +128,11 @@ def sort_for(version: int) -> int:
 
 
 def _check_weights(x, w1, w2, version):
+    """The checks of experts() and moe(); returns (T, C, E, G, version), the version
+    being the one this card runs (runtime.pick_version: the best it supports)."""
     if version not in VERSIONS:
         raise ValueError(f"version must be one of {VERSIONS}, got {version!r}")
+    version = rt.pick_version(SLUG, version, tuple(reversed(VERSIONS)))
     rt.check_array("x", x, DTYPES, 2)
     rt.check_array("w1", w1, (x.dtype,), 3)
     rt.check_array("w2", w2, (x.dtype,), 3)
@@ -128,7 +147,7 @@ def _check_weights(x, w1, w2, version):
             raise TypeError(f"x: v{version} (tensor cores) needs float16")
         if c % 8 or g % 8:
             raise ValueError(f"v{version} needs C % 8 == 0 and G % 8 == 0; C={c} G={g}")
-    return t, c, e, g
+    return t, c, e, g, version
 
 
 def _check_k(k, e):
@@ -139,15 +158,19 @@ def _check_k(k, e):
 def route(x, w3, k: int, *, idx=None, gate=None, version=2, bhist=None):
     """idx (T, K) int32, gate (T, K) float32 = top-K of sigmoid(x w3) per token
     (descending, ties to the lower expert id). x (T, C), w3 (C, E), x's dtype.
-    version: 1 or 2 (any C, E <= 256), or 3 (tensor cores: float16, C % 8 == 0,
-    E % 8 == 0, 16-byte aligned x and w3), which also writes bhist (ceil(T / 16), E)
-    int32, each block of 16 tokens' expert histogram (sort v3's first half)."""
+    version: 1 or 2 (any C, E <= 256), or 3 and 4 (tensor cores: float16,
+    C % 8 == 0, E % 8 == 0, 16-byte aligned x and w3), which also write bhist
+    (ceil(T / 16), E) int32, each block of 16 tokens' expert histogram (sort v3's
+    first half)."""
     import cupy as cp
 
     if version not in ROUTER_VERSIONS:
         raise ValueError(
             f"router version must be one of {ROUTER_VERSIONS}, got {version!r}"
         )
+    version = rt.pick_version(
+        "ffn_approx_router", version, tuple(reversed(ROUTER_VERSIONS))
+    )
 
     rt.check_array("x", x, DTYPES, 2)
     rt.check_array("w3", w3, (x.dtype,), 2)
@@ -158,11 +181,13 @@ def route(x, w3, k: int, *, idx=None, gate=None, version=2, bhist=None):
         raise ValueError(f"E = {e} exceeds the router's limit {MAX_E}")
     _check_k(k, e)
     rt.check_int32(TC=t * c, CE=c * e, TK=t * k)
-    if version == 3:
+    if version >= 3:
         if x.dtype != np.float16:
-            raise TypeError("x: router v3 (tensor cores) needs float16")
+            raise TypeError(f"x: router v{version} (tensor cores) needs float16")
         if c % 8 or e % 8:
-            raise ValueError(f"router v3 needs C % 8 == 0 and E % 8 == 0; C={c} E={e}")
+            raise ValueError(
+                f"router v{version} needs C % 8 == 0 and E % 8 == 0; C={c} E={e}"
+            )
         rt.check_aligned(16, x=x, w3=w3)
         nb = math.ceil(t / RT)
         bhist = cp.empty((nb, e), cp.int32) if bhist is None else bhist
@@ -175,10 +200,15 @@ def route(x, w3, k: int, *, idx=None, gate=None, version=2, bhist=None):
     rt.check_array("gate", gate, (np.float32,), 2)
     rt.check_shape("gate", gate, (t, k), "TK")
     i32 = np.int32
-    extra = (bhist,) if version == 3 else ()
-    rt.kernel(SLUG, f"ffn_approx_router_v{version}_{_SUFFIX[x.dtype]}")(
+    extra = (bhist,) if version >= 3 else ()
+    fn = rt.kernel(SLUG, f"ffn_approx_router_v{version}_{_SUFFIX[x.dtype]}")
+    smem = ROUTER4_SMEM if version == 4 else 0
+    if smem:
+        fn.max_dynamic_shared_size_bytes = smem  # beyond 48 KB needs the opt-in
+    fn(
         (math.ceil(t / RT),), (128,),
         (x, w3, idx, gate, *extra, i32(t), i32(c), i32(e), i32(k)),
+        shared_mem=smem,
     )  # fmt: skip
     return idx, gate
 
@@ -215,6 +245,8 @@ def sort_pairs(
         nb = math.ceil(t / RT)
         if ws.bhist is None or ws.bhist.shape != (nb, e):
             raise ValueError(f"ws.bhist must be ({nb}, {e}) int32 for sort v3")
+        if ws.tiles2 is None or ws.tiles2.shape != (e + 1,):
+            raise ValueError(f"ws.tiles2 must be ({e + 1},) int32 for sort v3")
         if not hist_ready:
             rt.kernel(SLUG, "ffn_approx_hist_v3")(
                 (nb,), (256,), (idx, i32(p), i32(e), i32(k), ws.bhist)
@@ -222,7 +254,7 @@ def sort_pairs(
         rt.kernel(SLUG, "ffn_approx_scatter_v3")(
             (nb,), (256,),
             (idx, ws.bhist, i32(p), i32(e), i32(k), i32(nb), i32(bm), ws.counts,
-             ws.offsets, ws.tiles, ws.order),
+             ws.offsets, ws.tiles, ws.order, i32(CHUNK), ws.tiles2),
         )  # fmt: skip
         return ws
     if version == 2:
@@ -251,7 +283,7 @@ def experts(
     Args:
         x: (T, C) float32 or float16; w1 (E, C, G), w2 (E, G, C) of x's dtype.
         idx: (T, K) int32 in [0, E) (repeats allowed); gate: (T, K) float32.
-        version: 1..5 (gpu/ffn_approx.cu); 3, 4, 5 need float16, C, G % 8 == 0.
+        version: 1..6 (gpu/ffn_approx.cu); 3 to 6 need float16, C, G % 8 == 0.
         out: optional (T, C) output of x's dtype; ws: optional Workspace.
         check_idx: check idx's range on the device first (a host sync).
         hist_ready: (v5) ws.bhist already holds idx's block histograms (router v3).
@@ -260,7 +292,7 @@ def experts(
     """
     import cupy as cp
 
-    t, c, e, g = _check_weights(x, w1, w2, version)
+    t, c, e, g, version = _check_weights(x, w1, w2, version)
     rt.check_array("idx", idx, (np.int32,), 2)
     k = idx.shape[1]
     rt.check_shape("idx", idx, (t, k), "TK")
@@ -282,22 +314,13 @@ def experts(
     rt.check_shape("out", out, (t, c), "TC")
     if version >= 3:  # 16-byte loads of x, w1, w2, the workspace; stores of out
         rt.check_aligned(16, x=x, w1=w1, w2=w2, out=out, ws_z=ws.z, ws_h=ws.h)
-    bm, bn, nt = TILE[version], TILE_N[version], THREADS[version]
+    bm = TILE[version]
     sort_pairs(
         idx, e, bm, ws, check_idx, version=sort_for(version), hist_ready=hist_ready
     )
     i32, sfx = np.int32, _SUFFIX[x.dtype]
-    common = (ws.order, gate, ws.offsets, ws.tiles)
-    for stage, a, w, dst, kd, n in (
-        ("up", x, w1, ws.h, c, g),
-        ("down", ws.h, w2, ws.z, g, c),
-    ):
-        rows = p if version == 1 else math.ceil(p / bm) + e
-        cols = math.ceil(n / (nt if version == 1 else bn))
-        args = (a, w, *common, dst, i32(e), i32(k), i32(kd), i32(n))
-        rt.kernel(SLUG, f"ffn_approx_{stage}_v{version}_{sfx}")(
-            (rows, cols), (nt,), args
-        )
+    for stage in ("up", "down"):
+        gemm_stage(stage, x, w1, w2, gate, ws, version)
     if version >= 3:
         grid = (math.ceil(c // 8 / 256), t)
         rt.kernel(SLUG, "ffn_approx_combine_v2_f16")(
@@ -310,16 +333,45 @@ def experts(
     return out
 
 
+def gemm_stage(stage: str, x, w1, w2, gate, ws: Workspace, version: int) -> None:
+    """One grouped GEMM of the layer, on a workspace the sort has filled (no
+    checks: ``experts`` makes them; the benchmark times the stages alone with it).
+    stage "up": ws.h = gate relu(x[order / K] w1[e]); "down": ws.z[order] = ws.h
+    w2[e]."""
+    t, c = x.shape
+    e, _, g = w1.shape
+    k, p = gate.shape[1], ws.order.size
+    bm, bn, nt = TILE[version], TILE_N[version], THREADS[version]
+    a, w, dst, kd, n = (x, w1, ws.h, c, g) if stage == "up" else (ws.h, w2, ws.z, g, c)
+    rows = p if version == 1 else math.ceil(p / bm) + e
+    cols = math.ceil(n / (nt if version == 1 else bn))
+    i32 = np.int32
+    args = (a, w, ws.order, gate, ws.offsets, ws.tiles, dst)
+    args += (i32(e), i32(k), i32(kd), i32(n))
+    ver, smem = version, 0
+    if version == 6 and stage == "up":
+        smem = UP6_SMEM
+    elif version == 6 and g <= D6_GMAX:  # down v6: chunks of CHUNK rows
+        rows, smem = math.ceil(p / CHUNK) + e, down6_smem(g)
+        args = (*args, ws.tiles2)
+    elif version == 6:
+        ver = 5  # G > 256: w2's slice and the h ring do not fit
+    fn = rt.kernel(SLUG, f"ffn_approx_{stage}_v{ver}_{_SUFFIX[x.dtype]}")
+    if smem:
+        fn.max_dynamic_shared_size_bytes = smem  # beyond 48 KB needs the opt-in
+    fn((rows, cols), (nt,), args, shared_mem=smem)
+
+
 def moe(x, w1, w2, w3, k: int, *, version=3, out=None, ws=None, router_version=None):
     """One sigma-MoE layer: route (top-K of sigmoid(x w3)), then ``experts``.
     Shapes as ``experts`` plus w3 (C, E). No host sync: graph capturable.
     router_version: None for ``router_for(version)``, else 1 or 2."""
-    t, c, e, g = _check_weights(x, w1, w2, version)
+    t, c, e, g, version = _check_weights(x, w1, w2, version)
     _check_k(k, e)
     rv = router_for(version, e) if router_version is None else router_version
     ws = ws or workspace(t, c, e, g, k, x.dtype)
     route(x, w3, k, idx=ws.idx, gate=ws.gate, version=rv, bhist=ws.bhist)
-    ready = rv == 3 and sort_for(version) == 3  # router v3 wrote ws.bhist
+    ready = rv >= 3 and sort_for(version) == 3  # router v3 or v4 wrote ws.bhist
     return experts(
         x, w1, w2, ws.idx, ws.gate, version=version, out=out, ws=ws,
         check_idx=False, hist_ready=ready,

@@ -304,18 +304,20 @@ def test_float32_twin_within_the_gpu_tolerance(dtype, data, k):
 
 # --- GPU (gpu/ffn_approx.cu) ----------------------------------------------------------
 
-GPU_VERSIONS = [(1, F32), (2, F32), (1, F16), (2, F16), (3, F16), (4, F16), (5, F16)]
+GPU_VERSIONS = [(1, F32), (2, F32), *((v, F16) for v in (1, 2, 3, 4, 5, 6))]
 
 
 @st.composite
 def gpu_case(draw, version, dtype):
     """Shapes off every tile (64, 128; v5's 64 x 128 and 32-deep slabs) with T = 1
     and past a tile; routings that leave experts empty, send every token to one
-    expert, or are the router's. E = 33 takes v5 through hist_v3 (no router v3)."""
+    expert, or are the router's. E = 33 takes v5 through hist_v3 (no router v3);
+    G = 264 takes v6's down GEMM back to v5's (its w2 slice would not fit); T = 200
+    with one expert spans several of down v6's 256-row chunks."""
     vec = 8 if version >= 3 else 1
     t = draw(st.sampled_from([1, 3, 64, 65, 200]))
     c = vec * draw(st.sampled_from([1, 3, 17, 40]))
-    g = vec * draw(st.sampled_from([1, 2, 9, 16, 17]))
+    g = vec * draw(st.sampled_from([1, 2, 9, 16, 17, 33]))  # v6: G > 256 too
     e = draw(st.sampled_from([1, 3, 8, 33]))
     k = min(e, draw(st.sampled_from([1, 2, 4])))
     amp = draw(st.sampled_from([1.0, 8.0]))
@@ -350,7 +352,7 @@ def _poisoned_workspace(t, c, e, g, k, dtype):
     ws.idx.fill(-1)
     for a in (ws.gate, ws.h, ws.z):
         a.fill(np.nan)
-    for a in (ws.counts, ws.offsets, ws.tiles, ws.order, ws.bhist):
+    for a in (ws.counts, ws.offsets, ws.tiles, ws.order, ws.bhist, ws.tiles2):
         a.fill(-7)
     return ws
 
@@ -411,6 +413,7 @@ def test_gpu_router_selects_a_valid_top_k(version, dtype, t, c, e, k, seed):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("version", [3, 4])
 @given(
     t=st.sampled_from([1, 5, 16, 17, 100]),
     c=st.sampled_from([8, 40, 136, 1032]),
@@ -419,12 +422,12 @@ def test_gpu_router_selects_a_valid_top_k(version, dtype, t, c, e, k, seed):
     amp=st.sampled_from([1.0, 300.0]),
     seed=seeds,
 )
-def test_gpu_router_v3_selects_a_valid_top_k(t, c, e, k, amp, seed):
-    """Router v3 (tensor cores, fp16, C and E multiples of 8) as the test above:
-    C off its 32-deep slab and past many slabs, E off its 64-expert pass and past
-    several, T off its 16-token block; large x too. Its block histograms equal
-    bincount over each block's 16 tokens."""
-    _check_router(3, F16, t, c, e, k, seed, amp)
+def test_gpu_router_v3_selects_a_valid_top_k(version, t, c, e, k, amp, seed):
+    """Routers v3 and v4 (tensor cores, fp16, C and E multiples of 8) as the test
+    above: C off their 32- and 128-deep slabs and past many slabs, E off the
+    64-expert pass and past several, T off the 16-token block; large x too. Their
+    block histograms equal bincount over each block's 16 tokens."""
+    _check_router(version, F16, t, c, e, k, seed, amp)
 
 
 def _check_router(version, dtype, t, c, e, k, seed, amp=1.0):
@@ -443,7 +446,7 @@ def _check_router(version, dtype, t, c, e, k, seed, amp=1.0):
     def run():  # into poisoned outputs: an unwritten slot is -1, a gate NaN
         out = (cp.full((t, k), -1, cp.int32), rt.poisoned((t, k), np.float32))
         bh = cp.full((nb, e), -7, cp.int32)
-        kw = dict(bhist=bh) if version == 3 else {}
+        kw = dict(bhist=bh) if version >= 3 else {}
         res = gfa.route(xd, wd, k, idx=out[0], gate=out[1], version=version, **kw)
         assert res[0] is out[0] and res[1] is out[1]
         return [cp.asnumpy(a) for a in (*out, bh)]
@@ -451,7 +454,7 @@ def _check_router(version, dtype, t, c, e, k, seed, amp=1.0):
     idx, gate, bh = run()
     again = run()
     assert np.array_equal(idx, again[0]) and np.array_equal(gate, again[1])
-    if version == 3:
+    if version >= 3:
         blocks = np.arange(t) // gfa.RT  # the block of each token
         want = np.zeros((nb, e), np.int64)
         np.add.at(want, (np.repeat(blocks, k), idx.ravel()), 1)
@@ -499,7 +502,7 @@ def test_gpu_sort_is_the_stable_counting_sort(version, t, k, e, kind, seed):
         idx = rng.integers(0, e, (t, k))
     idx = idx.astype(np.int32)
     ws = gfa.workspace(t, 8, e, 8, k, np.float16)
-    for a in (ws.counts, ws.offsets, ws.tiles, ws.order, ws.bhist):
+    for a in (ws.counts, ws.offsets, ws.tiles, ws.order, ws.bhist, ws.tiles2):
         a.fill(-7)
     gfa.sort_pairs(cp.asarray(idx), e, 64, ws, version=version)
     order, counts, offsets = fa.counting_sort(idx.ravel(), e)
@@ -508,10 +511,15 @@ def test_gpu_sort_is_the_stable_counting_sort(version, t, k, e, kind, seed):
     assert np.array_equal(cp.asnumpy(ws.order), order)
     tiles = np.r_[0, np.cumsum((counts + 63) // 64)]
     assert np.array_equal(cp.asnumpy(ws.tiles), tiles)
+    if version == 3:  # and down v6's chunk table
+        chunks = np.r_[0, np.cumsum((counts + gfa.CHUNK - 1) // gfa.CHUNK)]
+        assert np.array_equal(cp.asnumpy(ws.tiles2), chunks)
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("version,e", [(1, 8), (2, 8), (3, 8), (4, 8), (5, 8), (5, 9)])
+@pytest.mark.parametrize(
+    "version,e", [(1, 8), (2, 8), (3, 8), (4, 8), (5, 8), (5, 9), (6, 8), (6, 9)]
+)
 def test_gpu_whole_layer_and_a_wrong_expert_fails(version, e):
     """route + experts against the reference on the GPU's own routing; the same
     output checked against a misrouted reference (a known-wrong case) fails."""
@@ -573,7 +581,7 @@ def test_gpu_bad_inputs_rejected_before_launch():
         gfa.experts(x[:, :12].copy(), w1[:, :12].copy(), w2[:, :, :12].copy(),
                     idx, gate, version=4)  # fmt: skip
     with pytest.raises(ValueError, match="version"):
-        gfa.experts(x, w1, w2, idx, gate, version=6)
+        gfa.experts(x, w1, w2, idx, gate, version=7)
     # a view that starts one element in: v3/v4's 16-byte loads would fault
     xs = cp.zeros(4 * 16 + 1, f16)[1:].reshape(4, 16)
     with pytest.raises(ValueError, match="x must be 16-byte aligned"):
@@ -584,7 +592,7 @@ def test_gpu_bad_inputs_rejected_before_launch():
     with pytest.raises(ValueError, match="k must"):
         gfa.route(x, w3, 9)
     with pytest.raises(ValueError, match="router version"):
-        gfa.route(x, w3, 2, version=4)
+        gfa.route(x, w3, 2, version=5)
     with pytest.raises(TypeError, match="router v3"):
         gfa.route(x.astype(cp.float32), w3.astype(cp.float32), 2, version=3)
     with pytest.raises(ValueError, match="E % 8"):

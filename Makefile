@@ -74,10 +74,8 @@ bench:
 	done; exit $$status
 
 notebooks: $(STAMP)
-	mkdir -p notebooks
-	for f in $$(grep -l '^jupytext:' book/*.md); do \
-	  $(VENV)/bin/jupytext --to ipynb -o notebooks/$$(basename $${f%.md}).ipynb $$f || exit 1; \
-	done
+	# jupytext, plus a first cell that says what only the HTML book renders
+	$(PY) tools/notebooks.py $$(grep -l '^jupytext:' book/*.md) --out notebooks
 	@echo "Notebooks are in $(CURDIR)/notebooks (open them from there: paths are relative)"
 
 clean:

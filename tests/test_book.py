@@ -4,9 +4,16 @@ For each page: no request fails and none leaves the machine (every URL is file:/
 math is typeset by the local MathJax with no raw TeX left on screen, every image
 decodes, local links point at files that exist, and no script throws.
 
+On every page: no table cell reads "nan" (a missing figure shows a dash), no cell
+output is cut off at its box's edge (a line or table wider than the box scrolls),
+every figure was saved at 150 dpi or more and is shown at no less than 70 % of its
+size (see ``figure_problems``), and every chapter offers its notebook (.ipynb) in
+the download menu, with the note on what only the HTML book renders as its first
+cell.
+
 The pages this book's readers start from (the intro's table at a glance, "Running it
-on your GPU", the glossary) get a closer look: the table has a row per trick, no cell
-reads "nan", each row links to its chapter, and no "$" is left on screen.
+on your GPU", the glossary) get a closer look: the table has a row per trick, each
+row links to its chapter, and no "$" is left on screen.
 
 Needs `make book` first (or ``TT_BOOK_HTML`` naming another build's ``html``
 folder, e.g. one made with ``--path-output``), Debian's `chromium` and the
@@ -18,9 +25,11 @@ also collects on the GPU machine, where none of them is installed.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
+import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
@@ -163,6 +172,120 @@ _BROKEN_IMAGES_JS = """async () => {
 }"""
 
 
+# --- figures, tables and outputs, on every page ------------------------------------
+
+MIN_DPI = 150  # a figure saved below this is blurred or tiny on the page
+MIN_SCALE = 0.7  # shown at less than 70 % of its size, 9 pt tick labels become 6 pt
+
+_IMAGES_JS = """() => [...document.querySelectorAll('main img')].map(i => ({
+  src: i.currentSrc || i.src, natural: i.naturalWidth, shown: i.clientWidth,
+}))"""
+
+# Outputs whose content is wider than their box: the reader sees it cut off (or a
+# scroll bar) at the box's edge. 1 px of slack for rounding.
+_CUT_OFF_JS = """() => [...document.querySelectorAll(
+    '.cell_output pre:not(.tt-listing pre), .cell_output .output.text_html')]
+  .filter(e => e.scrollWidth > e.clientWidth + 1 && e.clientWidth > 0)
+  .map(e => ({text: e.innerText.slice(0, 80), over: e.scrollWidth - e.clientWidth}))"""
+
+
+def png_dpi(data: bytes) -> float | None:
+    """The resolution a PNG's pHYs chunk records, in dots per inch (None when the
+    file has no pHYs chunk or gives no unit)."""
+    if data[:8] != b"\x89PNG\r\n\x1a\n":
+        return None
+    i = 8
+    while i + 8 <= len(data):
+        (n,) = struct.unpack(">I", data[i : i + 4])
+        kind = data[i + 4 : i + 8]
+        if kind == b"pHYs":
+            x, _, unit = struct.unpack(">IIB", data[i + 8 : i + 17])
+            return x * 0.0254 if unit == 1 else None  # unit 1: per metre
+        if kind == b"IDAT":  # pHYs must come before the image data
+            return None
+        i += 12 + n
+    return None
+
+
+def figure_problems(images: list[dict]) -> list[str]:
+    """What is wrong with a page's PNG figures, read from the built files and the
+    browser's layout.
+
+    Two checks, each robust to how a page is laid out:
+
+    - the dpi saved in the file's pHYs chunk (Matplotlib writes the figure's dpi
+      there) is at least MIN_DPI; a PNG without pHYs fails, since its resolution is
+      unknown;
+    - the figure is shown at no less than MIN_SCALE of its physical size: the
+      displayed width in CSS pixels (96 to the inch) against natural width / dpi
+      inches. A 13-inch figure squeezed into the 7-inch text column passes the first
+      check and fails this one; its labels would be unreadably small.
+
+    SVG and other formats are not checked (they have no pixel resolution)."""
+    out = []
+    for im in images:
+        url = urlsplit(im["src"])
+        if url.scheme != "file" or not url.path.lower().endswith(".png"):
+            continue
+        path = Path(unquote(url.path))
+        dpi = png_dpi(path.read_bytes()) if path.is_file() else None
+        name = path.name
+        if dpi is None:
+            out.append(f"{name}: no resolution recorded (pHYs)")
+            continue
+        if dpi < MIN_DPI - 0.5:
+            out.append(f"{name}: saved at {dpi:.0f} dpi (< {MIN_DPI})")
+        if im["natural"] and im["shown"]:
+            scale = im["shown"] / 96 / (im["natural"] / dpi)
+            if scale < MIN_SCALE:
+                out.append(
+                    f"{name}: shown at {scale:.0%} of its size "
+                    f"({im['natural'] / dpi:.1f} in wide in a "
+                    f"{im['shown'] / 96:.1f} in column)"
+                )
+    return out
+
+
+def nan_cells(tables: list[dict]) -> list[str]:
+    """The cells (and headers) of a page's tables that read 'nan'."""
+    cells = [c["text"] for t in tables for r in t["rows"] for c in r]
+    cells += [h for t in tables for h in t["head"]]
+    return [c for c in cells if NAN.search(c)]
+
+
+def test_png_dpi_reads_phys():
+    """png_dpi on a hand-built PNG header (8-byte signature, IHDR, pHYs)."""
+
+    def chunk(kind, body):
+        return struct.pack(">I", len(body)) + kind + body + b"\0\0\0\0"
+
+    sig = b"\x89PNG\r\n\x1a\n"
+    ihdr = chunk(b"IHDR", struct.pack(">IIBBBBB", 10, 10, 8, 6, 0, 0, 0))
+    for dpi in (72, 100, 150, 200):
+        ppm = round(dpi / 0.0254)
+        phys = chunk(b"pHYs", struct.pack(">IIB", ppm, ppm, 1))
+        assert abs(png_dpi(sig + ihdr + phys) - dpi) < 0.05  # 1 / m rounding
+    assert png_dpi(sig + ihdr + chunk(b"IDAT", b"")) is None
+
+
+def test_figure_problems_flags_low_dpi_and_shrinking(tmp_path):
+    def png(dpi):
+        ppm = round(dpi / 0.0254)
+        body = struct.pack(">IIB", ppm, ppm, 1)
+        return (b"\x89PNG\r\n\x1a\n" + struct.pack(">I", 9) + b"pHYs" + body
+                + b"\0" * 4)  # fmt: skip
+
+    for dpi in (100, 200):
+        (tmp_path / f"f{dpi}.png").write_bytes(png(dpi))
+    uri = (tmp_path / "f100.png").as_uri()
+    low = figure_problems([{"src": uri, "natural": 700, "shown": 688}])
+    assert any("100 dpi" in p for p in low), low
+    uri = (tmp_path / "f200.png").as_uri()
+    wide = figure_problems([{"src": uri, "natural": 2600, "shown": 688}])
+    assert any("shown at" in p for p in wide), wide  # 13 in in a 7.2 in column
+    assert not figure_problems([{"src": uri, "natural": 1400, "shown": 688}])
+
+
 @pytest.mark.parametrize("doc", PAGES, ids=[Path(d).name for d in PAGES])
 def test_page(tab, doc):
     page = tab.page
@@ -197,6 +320,19 @@ def test_page(tab, doc):
         }
     )
     assert not missing, f"{doc}: links to files that do not exist: {missing}"
+
+    bad = nan_cells(page.evaluate(_TABLES_JS))
+    assert not bad, f"{doc}: a table shows nan (a dash is due): {bad[:5]}"
+    figs = figure_problems(page.evaluate(_IMAGES_JS))
+    assert not figs, f"{doc}: figures:\n" + "\n".join(figs)
+    cut = page.evaluate(_CUT_OFF_JS)
+    assert not cut, f"{doc}: {len(cut)} outputs cut off at the box edge: {cut[:3]}"
+    if Path(doc).name[:2].isdigit():  # a chapter: its notebook in the menu
+        nbs = [h for h in hrefs if urlsplit(h).path.endswith(".ipynb")]
+        assert nbs, f"{doc}: no .ipynb in the download menu"
+        nb = json.loads(Path(unquote(urlsplit(nbs[0]).path)).read_text())
+        first = "".join(nb["cells"][0]["source"])
+        assert "only the HTML book renders" in first, first[:200]
 
     SHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SHOTS / f"{Path(doc).name}.png"))
@@ -240,10 +376,8 @@ def _open(tab: Tab, doc: str) -> None:
 @pytest.mark.parametrize("doc", READER_PAGES, ids=[Path(d).name for d in READER_PAGES])
 def test_reader_page_has_no_nan_and_no_raw_dollar(tab, doc):
     _open(tab, doc)
-    for t in tab.page.evaluate(_TABLES_JS):
-        cells = [c["text"] for r in t["rows"] for c in r] + t["head"]
-        bad = [c for c in cells if NAN.search(c)]
-        assert not bad, f"{doc}: a table shows nan: {bad[:5]}"
+    bad = nan_cells(tab.page.evaluate(_TABLES_JS))
+    assert not bad, f"{doc}: a table shows nan: {bad[:5]}"
     text = tab.page.evaluate(_VISIBLE_TEXT_JS)
     dollars = re.findall(r".{0,30}\$.{0,30}", text)
     assert not dollars, f"{doc}: raw $ math left on screen: {dollars[:5]}"

@@ -1118,14 +1118,15 @@ __device__ void up_v6(Gemm<__half> g) {
 #define D6GMAX 256
 typedef Tile5<64, 128, 16, 32, 64, 1> DownTile6;  // warp layout only
 
-// dynamic shared memory: Bs [G][BN + 8] | ring D6ST x [64][G + 8] | Cs [64][BN + 8]
+// dynamic shared memory: Bs [GP][BN + 8] | ring D6ST x [64][GP + 8] | Cs [64][BN + 8]
+// with GP = G rounded up to 16 (the MMA's k step), rows and columns past G zero.
 __device__ void down_v6(Gemm<__half> g, const int* ctiles) {
   typedef DownTile6 L;
   extern __shared__ __align__(16) __half dyn[];
-  const int G = g.Kd, LDA = G + 8;
+  const int G = g.Kd, GP = (G + 15) / 16 * 16, LDA = GP + 8;
   constexpr int LDB = L::BN + 8, LDC = L::BN + 8;
   __half* Bs = dyn;
-  __half* ring = Bs + G * LDB;
+  __half* ring = Bs + GP * LDB;
   __half* Cs = ring + D6ST * L::BM * LDA;
   int chunk = blockIdx.x, e = segment_of(ctiles, g.E, chunk);
   if (e < 0) return;
@@ -1136,9 +1137,9 @@ __device__ void down_v6(Gemm<__half> g, const int* ctiles) {
   const __half* w = g.w + (size_t)e * G * g.N;
   unsigned bbase = smem_u32(Bs), rbase = smem_u32(ring);
   // B: the G x 128 slice, once (joins the first group)
-  for (int v = threadIdx.x; v < G * (L::BN / 8); v += L::NT) {
+  for (int v = threadIdx.x; v < GP * (L::BN / 8); v += L::NT) {
     int k = v / (L::BN / 8), nv = (v % (L::BN / 8)) * 8;
-    bool ok = n0 + nv < g.N;
+    bool ok = k < G && n0 + nv < g.N;
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(
                      bbase + (k * LDB + nv) * 2),
                  "l"(ok ? w + (size_t)k * g.N + n0 + nv : w), "r"(ok ? 16 : 0));
@@ -1146,9 +1147,9 @@ __device__ void down_v6(Gemm<__half> g, const int* ctiles) {
   auto load_a = [&](int t) {  // h rows of row tile t into ring slot t % D6ST
     unsigned st = rbase + (t % D6ST) * L::BM * LDA * 2;
     int qa = c0 + t * L::BM;
-    for (int v = threadIdx.x; v < L::BM * (G / 8); v += L::NT) {
-      int m = v / (G / 8), kv = (v % (G / 8)) * 8;
-      bool ok = qa + m < q1;
+    for (int v = threadIdx.x; v < L::BM * (GP / 8); v += L::NT) {
+      int m = v / (GP / 8), kv = (v % (GP / 8)) * 8;
+      bool ok = qa + m < q1 && kv < G;
       asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(
                        st + (m * LDA + kv) * 2),
                    "l"(ok ? g.a + (size_t)(qa + m) * G + kv : g.a),
@@ -1172,7 +1173,7 @@ __device__ void down_v6(Gemm<__half> g, const int* ctiles) {
       for (int j = 0; j < L::FN; ++j)
 #pragma unroll
         for (int c = 0; c < 4; ++c) acc[i][j][c] = 0.f;
-    slab_mma<L>(acc, ring + (t % D6ST) * L::BM * LDA, LDA, Bs, LDB, 0, G);
+    slab_mma<L>(acc, ring + (t % D6ST) * L::BM * LDA, LDA, Bs, LDB, 0, GP);
 #pragma unroll
     for (int i = 0; i < L::FM; ++i)
 #pragma unroll

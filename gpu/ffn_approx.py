@@ -49,9 +49,10 @@ UP6_SMEM = 4 * (64 * 40 + 32 * 136) * 2  # UpTile6::SMEM
 
 
 def down6_smem(g: int) -> int:
-    """down v6's dynamic shared memory: w2 slice G x 136, ring 3 x 64 x (G + 8),
-    the output tile 64 x 136, halves."""
-    return (g * 136 + 3 * 64 * (g + 8) + 64 * 136) * 2
+    """down v6's dynamic shared memory: w2 slice GP x 136, ring 3 x 64 x (GP + 8),
+    the output tile 64 x 136, halves; GP = G rounded up to the MMA's k step (16)."""
+    gp = -(-g // 16) * 16
+    return (gp * 136 + 3 * 64 * (gp + 8) + 64 * 136) * 2
 
 
 MAX_GRID_Y = 65535

@@ -1,10 +1,16 @@
 #!/usr/bin/env bash
 # One device call: run the named stages; logs go to OUTDIR as a few files
 # (summary.txt, logs.tgz, results.tgz), since a lent machine returns few files.
-#   tools/gpu_session.sh OUTDIR info test:SLUGS sanitize:TOOL:SLUGS bench:SLUGS
-# SLUGS is a comma list (attention,precompute,...) or "all". test and sanitize
-# run one pytest process per slug in parallel (they check, they do not time);
-# bench runs its slugs one after another (timings must not share the card).
+#   tools/gpu_session.sh OUTDIR info test:SLUGS[:K] sanitize:TOOL:SLUGS[:K] bench:SLUGS
+#                        ncu:NAME[:ARGS] bg+STAGE wait
+# SLUGS is a comma list (attention,precompute,...) or "all"; K, a pytest -k
+# expression. test and sanitize run one pytest process per slug in parallel (they
+# check, they do not time); bench runs its slugs one after another (timings must
+# not share the card). bg+STAGE runs a stage in the background (checks beside
+# checks: never beside a bench), wait waits for them. ncu:NAME[:ARGS] runs
+# tools/profile_NAME.py ARGS (spaces as commas) under Nsight Compute with the
+# clocks left alone: the kernels matching NCU_KERNELS (a regex), skipping
+# NCU_SKIP launches, NCU_COUNT of them.
 # Uses the GPU machine's python3 as it is (CuPy, NumPy, pytest, Hypothesis, torch).
 # Each call re-sends the working tree, which replaces what an earlier call wrote under
 # results/ on the machine: copy results/<card>/ceilings.json from the first call's
@@ -28,8 +34,12 @@ pack() {
   [ -d results ] && tar -czf "$out/results.tgz" results 2>/dev/null
 }
 trap pack EXIT
-for stage in "$@"; do
-  IFS=: read -r kind a b <<<"$stage"
+run_stage() {
+  local stage=$1 kind a b c
+  IFS=: read -r kind a b c <<<"$stage"
+  local kt=() ks=()  # pytest -k for test (field 3) and sanitize (field 4)
+  [ -n "${b:-}" ] && kt=(-k "$b")
+  [ -n "${c:-}" ] && ks=(-k "$c")
   say "=== $stage $(date -u +%H:%M:%S)"
   case $kind in
     info)
@@ -38,7 +48,7 @@ for stage in "$@"; do
       tail -6 "$out/logs/info.txt" | tee -a "$summary" ;;
     test)
       for s in $(slugs "${a:-all}"); do
-        ( timeout "${TEST_TIMEOUT:-560}" $py -m pytest "tests/test_$s.py" -m gpu \
+        ( timeout "${TEST_TIMEOUT:-560}" $py -m pytest "tests/test_$s.py" -m gpu "${kt[@]}" \
             --hypothesis-profile=ci -q -rs -p no:cacheprovider > "$out/logs/test_$s.log" 2>&1
           echo "test $s rc=$? $(tail -1 "$out/logs/test_$s.log")" >> "$summary" ) &
       done
@@ -47,7 +57,7 @@ for stage in "$@"; do
       tool=${a:?sanitize:TOOL:SLUGS}
       for s in $(slugs "${b:-all}"); do
         ( timeout "${TEST_TIMEOUT:-560}" compute-sanitizer --tool "$tool" --error-exitcode 99 \
-            $py -m pytest "tests/test_$s.py" -q -m gpu --hypothesis-profile=sanitizer -x \
+            $py -m pytest "tests/test_$s.py" -q -m gpu --hypothesis-profile=sanitizer -x "${ks[@]}" \
             -p no:randomly -p no:cacheprovider > "$out/logs/${tool}_$s.log" 2>&1
           echo "$tool $s rc=$? $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$out/logs/${tool}_$s.log" | tail -1) $(tail -1 "$out/logs/${tool}_$s.log")" >> "$summary" ) &
       done
@@ -59,6 +69,21 @@ for stage in "$@"; do
         timeout "$left" $py -m gpu.bench "$s" --out results > "$out/logs/bench_$s.log" 2>&1
         say "bench $s rc=$? $(date -u +%H:%M:%S)"; tail -25 "$out/logs/bench_$s.log"
       done ;;
+    ncu)
+      timeout "${NCU_TIMEOUT:-240}" ncu --clock-control none -k "regex:${NCU_KERNELS:?NCU_KERNELS}" \
+        --launch-skip "${NCU_SKIP:-0}" --launch-count "${NCU_COUNT:-5}" \
+        --section SpeedOfLight --section MemoryWorkloadAnalysis --section WarpStateStats \
+        --section Occupancy --section LaunchStats --section SchedulerStats \
+        $py "tools/profile_$a.py" ${b//,/ } > "$out/logs/ncu_$a.txt" 2>&1
+      say "ncu $a rc=$? $(grep -c '^  [a-z_0-9]*(' "$out/logs/ncu_$a.txt") kernels profiled" ;;
     *) echo "unknown stage $stage"; exit 2 ;;
   esac
+}
+for stage in "$@"; do
+  case $stage in
+    wait) wait ;;
+    bg+*) run_stage "${stage#bg+}" & ;;
+    *) run_stage "$stage" ;;
+  esac
 done
+wait

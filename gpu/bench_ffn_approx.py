@@ -59,9 +59,9 @@ GRID = bench.Grid(
     quick=dict(E=E_QUICK, T=T_QUICK),
     fixed=dict(T=T, C=C, G=G, K=K, E_main=E_MAIN, dtype="float16", n_check=N_CHECK),
     versions=dict(
-        ffn_approx=(2, 3, 4, 5, 6),
-        ffn_approx_experts=(3, 4, 5, 6),
-        ffn_approx_tokens=(3, 5, 6),
+        ffn_approx=(2, 3, 4, 5, 6, 7),
+        ffn_approx_experts=(3, 4, 5, 6, 7),
+        ffn_approx_tokens=(3, 5, 6, 7),
     ),
     baselines={"torch_param_equal": ("E", "T"), "cublas_param_equal": ("E", "T")},
     kernels=("moe_",),  # whole layers; the v*_<stage> rows are parts of one
@@ -204,7 +204,7 @@ def _stage_rows(e, v, sets, xs, wss, outs, ceil) -> list[dict]:
 
     def gemm(stage, j):
         w1, w2, _ = sets[j]
-        gfa.gemm_stage(stage, xs[j], w1, w2, wss[j].gate, wss[j], v)
+        gfa.gemm_stage(stage, xs[j], w1, w2, wss[j].gate, wss[j], v, out=outs[j])
 
     def combine(j):
         ws = wss[j]
@@ -233,11 +233,14 @@ def _stage_rows(e, v, sets, xs, wss, outs, ceil) -> list[dict]:
             check_idx=False,
             version=sv,
             hist_ready=rv >= 3 and sv == 3,
+            tickets=v >= gfa.FUSED_COMBINE,
         ),  # fmt: skip
         "up": lambda j: gemm("up", j),
         "down": lambda j: gemm("down", j),
-        "combine": combine,
+        "combine": combine,  # from v7 on, inside "down"
     }
+    if v >= gfa.FUSED_COMBINE:
+        del stages["combine"]
     fl = {"router": 2 * T * C * e, "up": 2 * p * C * G, "down": 2 * p * C * G}
     for name, fn in stages.items():
         row = dict(name=f"v{v}_{name}", T=T, C=C, E=e, G=G, K=K, F=None)

@@ -31,6 +31,9 @@
 //     fp16 only; C % 8 == 0 and G % 8 == 0. Epilogue from registers.
 // v4  v3's code with 128x128 tiles (8 warps of 64x32): each smem element
 //     feeds twice as many MMAs. Same needs as v3.
+// v5-v7 (below, each section's header): a pipelined tile (cp.async ring),
+//     router v3/v4 on tensor cores, sort v3 over many blocks; v7's down
+//     GEMM also does the combine (tickets per token and column slice).
 // combine_v1 scalar; combine_v2 16-byte vectors (C % 8 == 0, fp16).
 // router_v2 (a warp per 4 tokens, lanes over C, fixed-order warp reduction)
 // and sort_v2 (count + scatter in one block, per-warp histograms) are what
@@ -750,9 +753,12 @@ __device__ void hist_v3(const int* idx, int P, int E, int K, int* bhist) {
 }
 
 #define S3P 8  // scatter v3: partial sums per expert (blockDim / S3P lanes)
+// ticket (T, nslice): down v7's tickets, zeroed here for this block's tokens
+// (nslice = 0 for v5 and v6, which take none).
 __device__ void scatter_v3(const int* idx, const int* bhist, int P, int E,
                            int K, int nb, int bm, int* counts, int* offsets,
-                           int* tiles, int* order, int bm2, int* tiles2) {
+                           int* tiles, int* order, int bm2, int* tiles2,
+                           int* ticket, int nslice) {
   __shared__ int before_p[S3P][MAX_E], total_p[S3P][MAX_E];
   __shared__ int base[MAX_E];
   __shared__ int eid[R3T * MAX_E];  // this block's pairs' experts (K <= E)
@@ -760,6 +766,10 @@ __device__ void scatter_v3(const int* idx, const int* bhist, int P, int E,
   int b = blockIdx.x, tid = threadIdx.x, lane = tid & 31;
   int ch = R3T * K, p0 = b * ch, p1 = min(P, p0 + ch);
   for (int p = p0 + tid; p < p1; p += blockDim.x) eid[p - p0] = idx[p];
+  for (int i = tid; i < R3T * nslice; i += blockDim.x) {
+    int t = b * R3T + i / nslice;
+    if (t < P / K) ticket[(size_t)t * nslice + i % nslice] = 0;
+  }
   for (int i = tid; i < E * S3P; i += blockDim.x) {
     int e = i % E, part = i / E, bef = 0, tot = 0;
     for (int r = part; r < nb; r += S3P) {
@@ -1065,10 +1075,13 @@ __device__ void router_v4(const __half* x, const __half* w3, int* idx,
 }
 
 // --- up v6 ---
+// h = gate relu(x[order / K] w1[e]) on one BM x BN tile L (v7 takes it with
+// a larger tile): the Tile6 mainloop, then the tile through shared memory
+// and out in 16-byte rows.
 typedef Tile6<64, 128, 32, 32, 64, 4> UpTile6;
 
-__device__ void up_v6(Gemm<__half> g) {
-  typedef UpTile6 L;
+template <class L>
+__device__ void up_tile(Gemm<__half> g) {
   extern __shared__ __align__(16) __half dyn[];  // L::SMEM bytes
   __shared__ int rowp[L::BM];
   __shared__ float rowg[L::BM];
@@ -1199,6 +1212,102 @@ __device__ void down_v6(Gemm<__half> g, const int* ctiles) {
   cp_async_wait<0>();
 }
 
+// ======================================================================
+// v7: what the v6 profile asked for (notes, "v6 measured").
+//   Tile7      128 x 128 x 32, 8 warps of 32 x 64 (v5's warp tile), Tile6's
+//              4-deep ring and copy plan. Each B slab (w1[e] or w2[e]) now
+//              feeds 128 rows, not 64: the L2 -> SM bytes of up fall from
+//              ~110 to ~71 MB and of down from ~109 to ~71 MB (T = 4096,
+//              E = 32), the traffic v6's up ran at 64 % of L2 throughput on.
+//   up_v7      up_tile<Tile7>.
+//   down_v7    z = h w2[e] on Tile7, and the combine fused into its
+//              epilogue, deterministically: once its z rows are stored, the
+//              block takes one ticket per row (an integer atomic on the
+//              row's token and 128-column slice); the block that takes a
+//              token's K-th ticket sums that token's K z rows of the slice in
+//              slot order j = 0..K-1 (float32 from fp16, one rounding: the
+//              bits of combine_v2), reading them from L2, and writes out.
+//              One launch fewer, and z is read back while it is hot. The
+//              tickets are zeroed by scatter_v3 for each layer and reset by
+//              the block that completes them (so down alone can be replayed).
+// ======================================================================
+typedef Tile6<128, 128, 32, 32, 64, 4> Tile7;
+
+// g.out is z (P, C); y (T, C) the layer output; ticket (T, gridDim.y).
+__device__ void down_v7(Gemm<__half> g, int* ticket, __half* y) {
+  typedef Tile7 L;
+  extern __shared__ __align__(16) __half dyn[];  // L::SMEM bytes
+  __shared__ int rowp[L::BM];  // pair id of tile row m (-1: past the segment)
+  __shared__ int done[L::BM];  // tokens whose slice this block completes
+  __shared__ int ndone;
+  int tile = blockIdx.x, e = segment_of(g.tiles, g.E, tile);
+  if (e < 0) return;
+  int q0 = g.offsets[e] + (tile - g.tiles[e]) * L::BM, q1 = g.offsets[e + 1];
+  int n0 = blockIdx.y * L::BN;
+  for (int m = threadIdx.x; m < L::BM; m += L::NT)
+    rowp[m] = q0 + m < q1 ? g.order[q0 + m] : -1;
+  if (threadIdx.x == 0) ndone = 0;
+  __syncthreads();
+  auto arow = [&](int m) -> const __half* {
+    return rowp[m] < 0 ? nullptr : g.a + (size_t)(q0 + m) * g.Kd;
+  };
+  float acc[L::FM][L::FN][4];
+  tile6_mainloop<L>(acc, dyn, arow, g.w + (size_t)e * g.Kd * g.N, g.N, n0,
+                    g.N, g.Kd);
+  __half* cs = dyn;  // the ring is drained: the z tile goes through it
+  constexpr int LDC = L::BN + 8;
+#pragma unroll
+  for (int i = 0; i < L::FM; ++i)
+#pragma unroll
+    for (int j = 0; j < L::FN; ++j)
+#pragma unroll
+      for (int c = 0; c < 4; c += 2) {
+        int m = frag_row<L>(i, c), n = frag_col<L>(j, c);
+        __half2 h2;
+        h2.x = __float2half_rn(acc[i][j][c]);
+        h2.y = __float2half_rn(acc[i][j][c + 1]);
+        *reinterpret_cast<__half2*>(cs + m * LDC + n) = h2;
+      }
+  __syncthreads();
+  for (int v = threadIdx.x; v < L::BM * L::BN / 8; v += L::NT) {
+    int m = v / (L::BN / 8), nv = (v % (L::BN / 8)) * 8, p = rowp[m];
+    if (p < 0 || n0 + nv >= g.N) continue;
+    *reinterpret_cast<uint4*>(g.out + (size_t)p * g.N + n0 + nv) =
+        *reinterpret_cast<const uint4*>(cs + m * LDC + nv);
+  }
+  __threadfence();  // this block's z rows are visible before its tickets
+  __syncthreads();
+  if (threadIdx.x < L::BM && rowp[threadIdx.x] >= 0) {
+    int t = rowp[threadIdx.x] / g.K;
+    int* tk = ticket + (size_t)t * gridDim.y + blockIdx.y;
+    if (atomicAdd(tk, 1) == g.K - 1) {  // integers: order-free
+      *tk = 0;  // every ticket of (t, slice) taken: ready for the next layer
+      done[atomicAdd(&ndone, 1)] = t;
+    }
+  }
+  __syncthreads();
+  int nd = ndone;
+  if (nd == 0) return;
+  __threadfence();  // ...and the other blocks' rows before we read them
+  for (int v = threadIdx.x; v < nd * (L::BN / 8); v += L::NT) {
+    int t = done[v / (L::BN / 8)], n = n0 + (v % (L::BN / 8)) * 8;
+    if (n >= g.N) continue;
+    float s[8] = {};
+    for (int j = 0; j < g.K; ++j) {  // slot order: combine_v2's sum
+      uint4 raw = __ldcg(reinterpret_cast<const uint4*>(
+          g.out + ((size_t)t * g.K + j) * g.N + n));
+      const __half* h = reinterpret_cast<const __half*>(&raw);
+#pragma unroll
+      for (int i = 0; i < 8; ++i) s[i] += __half2float(h[i]);
+    }
+    uint4 res;
+    __half* o = reinterpret_cast<__half*>(&res);
+#pragma unroll
+    for (int i = 0; i < 8; ++i) o[i] = __float2half_rn(s[i]);
+    *reinterpret_cast<uint4*>(y + (size_t)t * g.N + n) = res;
+  }
+}
+
 // --- extern "C" entry points: ffn_approx_<stage>_v<N>[_f16|_f32] ---
 #define FA_ROUTER(NAME, T)                                                  \
   extern "C" __global__ void __launch_bounds__(128)                         \
@@ -1285,9 +1394,10 @@ ffn_approx_hist_v3(const int* idx, int P, int E, int K, int* bhist) {
 extern "C" __global__ void __launch_bounds__(256)
 ffn_approx_scatter_v3(const int* idx, const int* bhist, int P, int E, int K,
                       int nb, int bm, int* counts, int* offsets, int* tiles,
-                      int* order, int bm2, int* tiles2) {
+                      int* order, int bm2, int* tiles2, int* ticket,
+                      int nslice) {
   scatter_v3(idx, bhist, P, E, K, nb, bm, counts, offsets, tiles, order, bm2,
-             tiles2);
+             tiles2, ticket, nslice);
 }
 
 extern "C" __global__ void __launch_bounds__(128, 4)
@@ -1311,10 +1421,22 @@ ffn_approx_router_v4_f16(const __half* x, const __half* w3, int* idx,
 extern "C" __global__ void __launch_bounds__(128, 4)
 ffn_approx_up_v6_f16(FA_GEMM_ARGS(__half)) {
   Gemm<__half> g = FA_GEMM_INIT;
-  up_v6(g);
+  up_tile<UpTile6>(g);
 }
 extern "C" __global__ void __launch_bounds__(128, 2)
 ffn_approx_down_v6_f16(FA_GEMM_ARGS(__half), const int* ctiles) {
   Gemm<__half> g = FA_GEMM_INIT;
   down_v6(g, ctiles);
+}
+
+// --- v7 (router v4; up v7, down v7 with the combine; sort v3) ---
+extern "C" __global__ void __launch_bounds__(256, 2)
+ffn_approx_up_v7_f16(FA_GEMM_ARGS(__half)) {
+  Gemm<__half> g = FA_GEMM_INIT;
+  up_tile<Tile7>(g);
+}
+extern "C" __global__ void __launch_bounds__(256, 2)
+ffn_approx_down_v7_f16(FA_GEMM_ARGS(__half), int* ticket, __half* y) {
+  Gemm<__half> g = FA_GEMM_INIT;
+  down_v7(g, ticket, y);
 }

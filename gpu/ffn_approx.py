@@ -19,6 +19,10 @@ with per-warp histograms, sort v3 per-block histograms (written by router v3, or
 v6 computes each thread's copy plan once (router v4 with 128-deep slabs, up v6 with
 a 4-deep ring) and its down GEMM keeps a 128-column slice of w2[e] in shared memory
 while it walks up to four 64-row tiles of the expert (G <= 256; larger G uses v5's).
+v7 takes 128 x 128 tiles of 8 warps for both GEMMs and fuses the combine into the
+down GEMM: four launches, with the same bits as v6 (``ws.ticket`` counts each
+token's finished slots per 128-column slice; the block that finishes a token sums
+its K rows of z in slot order).
 ``moe`` takes ``router_version`` to override the router.
 """
 
@@ -32,20 +36,23 @@ import numpy as np
 from gpu import runtime as rt
 
 SLUG = "ffn_approx"
-VERSIONS = (1, 2, 3, 4, 5, 6)
+VERSIONS = (1, 2, 3, 4, 5, 6, 7)
 ROUTER_VERSIONS = (1, 2, 3, 4)
 SORT_VERSIONS = (1, 2, 3)
 DTYPES = (np.float32, np.float16)
 _SUFFIX = {np.dtype(np.float32): "f32", np.dtype(np.float16): "f16"}
 MAX_E = 256  # MAX_E in the .cu (router and count keep E values in shared memory)
 RT = 16  # tokens per router block (and per block of sort v3's histogram)
-TILE = {1: 64, 2: 64, 3: 64, 4: 128, 5: 64, 6: 64}  # BM (rows) of the GEMM tiles
-TILE_N = {1: 64, 2: 64, 3: 64, 4: 128, 5: 128, 6: 128}  # BN (columns)
-THREADS = {1: 128, 2: 256, 3: 128, 4: 256, 5: 128, 6: 128}
+# BM (rows) and BN (columns) of the GEMM tiles
+TILE = {1: 64, 2: 64, 3: 64, 4: 128, 5: 64, 6: 64, 7: 128}
+TILE_N = {1: 64, 2: 64, 3: 64, 4: 128, 5: 128, 6: 128, 7: 128}
+THREADS = {1: 128, 2: 256, 3: 128, 4: 256, 5: 128, 6: 128, 7: 256}
 CHUNK = 256  # down v6: rows of one expert per block (D6R row tiles of 64)
 D6_GMAX = 256  # down v6 keeps G x 128 of w2 and three 64 x G tiles of h in smem
 ROUTER4_SMEM = 3 * (16 * 136 + 128 * 72) * 2  # RouterTile6::SMEM (bytes)
 UP6_SMEM = 4 * (64 * 40 + 32 * 136) * 2  # UpTile6::SMEM
+TILE7_SMEM = 4 * (128 * 40 + 32 * 136) * 2  # Tile7::SMEM (up and down v7)
+FUSED_COMBINE = 7  # from this version on, the down GEMM does the combine
 
 
 def down6_smem(g: int) -> int:
@@ -100,6 +107,7 @@ class Workspace:
     z: object  # (P, C) storage dtype
     bhist: object = None  # (ceil(T / RT), E) int32: sort v3's per-block histograms
     tiles2: object = None  # (E + 1,) int32: chunks of CHUNK rows per expert (down v6)
+    ticket: object = None  # (T, ceil(C / 128)) int32: down v7's, zeroed by sort v3
 
 
 def workspace(t: int, c: int, e: int, g: int, k: int, dtype) -> Workspace:
@@ -111,6 +119,7 @@ def workspace(t: int, c: int, e: int, g: int, k: int, dtype) -> Workspace:
         cp.empty(e + 1, i32), cp.empty(e + 1, i32), cp.empty(p, i32),
         cp.empty((p, g), dtype), cp.empty((p, c), dtype),
         cp.empty((math.ceil(t / RT), e), i32), cp.empty(e + 1, i32),
+        cp.zeros((t, math.ceil(c / TILE_N[7])), i32),
     )  # fmt: skip
 
 
@@ -222,6 +231,7 @@ def sort_pairs(
     check_idx=True,
     version=2,
     hist_ready=False,
+    tickets=False,
 ):
     """The stable counting sort of the T K pairs by expert: fills ws.counts,
     ws.offsets (E + 1), ws.tiles (tiles of bm rows per expert) and ws.order (P).
@@ -229,7 +239,8 @@ def sort_pairs(
     per expert, each walking all P pairs); version 2: one block, per-warp histograms
     and ranks (the same order); version 3: ws.bhist, each 16-token block's histogram
     (hist_v3, or router v3 already: hist_ready=True), then a scatter of one block per
-    16 tokens (the same order)."""
+    16 tokens (the same order), which also zeroes ws.ticket (T, ceil(C / 128)) for
+    down v7 when ``tickets``."""
     if version not in SORT_VERSIONS:
         raise ValueError(f"sort version must be one of {SORT_VERSIONS}: {version!r}")
     rt.check_array("idx", idx, (np.int32,), 2)
@@ -248,6 +259,12 @@ def sort_pairs(
             raise ValueError(f"ws.bhist must be ({nb}, {e}) int32 for sort v3")
         if ws.tiles2 is None or ws.tiles2.shape != (e + 1,):
             raise ValueError(f"ws.tiles2 must be ({e + 1},) int32 for sort v3")
+        ticket, nslice = ws.order, 0  # a valid pointer that is never written
+        if tickets:
+            rt.check_array("ws.ticket", ws.ticket, (np.int32,), 2)
+            if ws.ticket.shape[0] != t:
+                raise ValueError(f"ws.ticket must have T = {t} rows")
+            ticket, nslice = ws.ticket, ws.ticket.shape[1]
         if not hist_ready:
             rt.kernel(SLUG, "ffn_approx_hist_v3")(
                 (nb,), (256,), (idx, i32(p), i32(e), i32(k), ws.bhist)
@@ -255,7 +272,8 @@ def sort_pairs(
         rt.kernel(SLUG, "ffn_approx_scatter_v3")(
             (nb,), (256,),
             (idx, ws.bhist, i32(p), i32(e), i32(k), i32(nb), i32(bm), ws.counts,
-             ws.offsets, ws.tiles, ws.order, i32(CHUNK), ws.tiles2),
+             ws.offsets, ws.tiles, ws.order, i32(CHUNK), ws.tiles2, ticket,
+             i32(nslice)),
         )  # fmt: skip
         return ws
     if version == 2:
@@ -284,7 +302,7 @@ def experts(
     Args:
         x: (T, C) float32 or float16; w1 (E, C, G), w2 (E, G, C) of x's dtype.
         idx: (T, K) int32 in [0, E) (repeats allowed); gate: (T, K) float32.
-        version: 1..6 (gpu/ffn_approx.cu); 3 to 6 need float16, C, G % 8 == 0.
+        version: 1..7 (gpu/ffn_approx.cu); 3 to 7 need float16, C, G % 8 == 0.
         out: optional (T, C) output of x's dtype; ws: optional Workspace.
         check_idx: check idx's range on the device first (a host sync).
         hist_ready: (v5) ws.bhist already holds idx's block histograms (router v3).
@@ -315,13 +333,20 @@ def experts(
     rt.check_shape("out", out, (t, c), "TC")
     if version >= 3:  # 16-byte loads of x, w1, w2, the workspace; stores of out
         rt.check_aligned(16, x=x, w1=w1, w2=w2, out=out, ws_z=ws.z, ws_h=ws.h)
+    fused = version >= FUSED_COMBINE
+    if fused:
+        rt.check_array("ws.ticket", ws.ticket, (np.int32,), 2)
+        rt.check_shape("ws.ticket", ws.ticket, (t, math.ceil(c / TILE_N[7])), "TS")
     bm = TILE[version]
     sort_pairs(
-        idx, e, bm, ws, check_idx, version=sort_for(version), hist_ready=hist_ready
-    )
+        idx, e, bm, ws, check_idx, version=sort_for(version), hist_ready=hist_ready,
+        tickets=fused,
+    )  # fmt: skip
     i32, sfx = np.int32, _SUFFIX[x.dtype]
     for stage in ("up", "down"):
-        gemm_stage(stage, x, w1, w2, gate, ws, version)
+        gemm_stage(stage, x, w1, w2, gate, ws, version, out=out)
+    if fused:  # down v7 has written out
+        return out
     if version >= 3:
         grid = (math.ceil(c // 8 / 256), t)
         rt.kernel(SLUG, "ffn_approx_combine_v2_f16")(
@@ -334,11 +359,13 @@ def experts(
     return out
 
 
-def gemm_stage(stage: str, x, w1, w2, gate, ws: Workspace, version: int) -> None:
+def gemm_stage(
+    stage: str, x, w1, w2, gate, ws: Workspace, version: int, out=None
+) -> None:
     """One grouped GEMM of the layer, on a workspace the sort has filled (no
     checks: ``experts`` makes them; the benchmark times the stages alone with it).
     stage "up": ws.h = gate relu(x[order / K] w1[e]); "down": ws.z[order] = ws.h
-    w2[e]."""
+    w2[e], and from v7 on also out (T, C) = the combine (ws.ticket zeroed)."""
     t, c = x.shape
     e, _, g = w1.shape
     k, p = gate.shape[1], ws.order.size
@@ -350,7 +377,11 @@ def gemm_stage(stage: str, x, w1, w2, gate, ws: Workspace, version: int) -> None
     args = (a, w, ws.order, gate, ws.offsets, ws.tiles, dst)
     args += (i32(e), i32(k), i32(kd), i32(n))
     ver, smem = version, 0
-    if version == 6 and stage == "up":
+    if version == 7:
+        smem = TILE7_SMEM
+        if stage == "down":
+            args = (*args, ws.ticket, out)
+    elif version == 6 and stage == "up":
         smem = UP6_SMEM
     elif version == 6 and g <= D6_GMAX:  # down v6: chunks of CHUNK rows
         rows, smem = math.ceil(p / CHUNK) + e, down6_smem(g)

@@ -7,7 +7,9 @@ driver, CUDA, CuPy, commit and UTC date (``gpu.runtime.provenance``).
 
 The book reads the card it is told to (``$TT_CARD``) or, by default, the newest
 complete set: the card whose every benchmark in ``COMPLETE`` is recorded, newest
-first by the latest date among those files. Nothing here needs CuPy or a GPU.
+first by the *oldest* date among those files (``set_date``: when the whole set was
+last measured), so that one chapter re-run on another card does not move the book
+to that card's older set. Nothing here needs CuPy or a GPU.
 """
 
 from __future__ import annotations
@@ -76,18 +78,25 @@ def is_complete(card: str, root: Path = RESULTS) -> bool:
     return all(path(n, card, root).exists() for n in COMPLETE)
 
 
+def _date(p: Path) -> str:
+    return json.loads(p.read_text()).get("provenance", {}).get("date", "")
+
+
 def newest_date(card: str, root: Path = RESULTS) -> str:
     """Latest provenance date (ISO, UTC) among the card's recorded files."""
-    dates = [
-        json.loads(p.read_text()).get("provenance", {}).get("date", "")
-        for p in (root / card).glob("*.json")
-    ]
-    return max(dates, default="")
+    return max((_date(p) for p in (root / card).glob("*.json")), default="")
+
+
+def set_date(card: str, root: Path = RESULTS) -> str:
+    """Oldest provenance date among the card's ``COMPLETE`` files that exist: the
+    date by which its whole set had been measured."""
+    found = [path(n, card, root) for n in COMPLETE]
+    return min((_date(p) for p in found if p.exists()), default="")
 
 
 def default_card(root: Path = RESULTS) -> str | None:
-    """$TT_CARD if set (it must exist), else the newest complete card, else the
-    newest card with anything recorded, else None."""
+    """$TT_CARD if set (it must exist), else the complete card whose whole set is
+    newest (``set_date``), else the newest card with anything recorded, else None."""
     want = os.environ.get("TT_CARD", "").strip()
     if want:
         if want not in cards(root):
@@ -96,8 +105,10 @@ def default_card(root: Path = RESULTS) -> str | None:
             )
         return want
     every = cards(root)
-    pool = [c for c in every if is_complete(c, root)] or every
-    return max(pool, key=lambda c: newest_date(c, root), default=None)
+    done = [c for c in every if is_complete(c, root)]
+    if done:
+        return max(done, key=lambda c: set_date(c, root))
+    return max(every, key=lambda c: newest_date(c, root), default=None)
 
 
 def source(doc: dict | None) -> str:

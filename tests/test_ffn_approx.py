@@ -304,7 +304,7 @@ def test_float32_twin_within_the_gpu_tolerance(dtype, data, k):
 
 # --- GPU (gpu/ffn_approx.cu) ----------------------------------------------------------
 
-GPU_VERSIONS = [(1, F32), (2, F32), *((v, F16) for v in (1, 2, 3, 4, 5, 6))]
+GPU_VERSIONS = [(1, F32), (2, F32), *((v, F16) for v in (1, 2, 3, 4, 5, 6, 7))]
 
 
 @st.composite
@@ -352,7 +352,8 @@ def _poisoned_workspace(t, c, e, g, k, dtype):
     ws.idx.fill(-1)
     for a in (ws.gate, ws.h, ws.z):
         a.fill(np.nan)
-    for a in (ws.counts, ws.offsets, ws.tiles, ws.order, ws.bhist, ws.tiles2):
+    tables = (ws.counts, ws.offsets, ws.tiles, ws.order, ws.bhist, ws.tiles2)
+    for a in (*tables, ws.ticket):  # down v7's tickets too: sort v3 zeroes them
         a.fill(-7)
     return ws
 
@@ -392,6 +393,30 @@ def test_gpu_experts_match_reference(version, dtype, data):
     print(f"v{version} {np.dtype(dtype).name}: {describe(used)}")
     again, _ = _run_experts(x, w, idx, gate, version)
     assert np.array_equal(got, again)  # bitwise reproducible
+
+
+@pytest.mark.gpu
+@given(data=st.data())
+def test_gpu_v7_fused_combine_has_v6s_bits(data):
+    """v7's down GEMM does the combine itself (a ticket per token and 128-column
+    slice; the block that takes the K-th sums the token's rows of z in slot order):
+    on any draw it gives v6's bits, whose combine is a launch of its own; and down
+    alone again, on the tickets the first call left, gives them once more (the
+    completing block resets each ticket)."""
+    import cupy as cp
+
+    from gpu import ffn_approx as gfa
+    from gpu import runtime as rt
+
+    x, w, idx, gate = data.draw(gpu_case(7, F16))
+    v6, _ = _run_experts(x, w, idx, gate, 6)
+    v7, ws = _run_experts(x, w, idx, gate, 7)
+    assert np.array_equal(v6, v7)
+    assert not cp.asnumpy(ws.ticket).any(), "a ticket left unreset"
+    again = rt.poisoned(x.shape, x.dtype)
+    xd, w1, w2, gd = (cp.asarray(a) for a in (x, w.w1, w.w2, gate))
+    gfa.gemm_stage("down", xd, w1, w2, gd, ws, 7, out=again)
+    assert np.array_equal(cp.asnumpy(again), v7)
 
 
 @pytest.mark.gpu
@@ -502,23 +527,27 @@ def test_gpu_sort_is_the_stable_counting_sort(version, t, k, e, kind, seed):
         idx = rng.integers(0, e, (t, k))
     idx = idx.astype(np.int32)
     ws = gfa.workspace(t, 8, e, 8, k, np.float16)
-    for a in (ws.counts, ws.offsets, ws.tiles, ws.order, ws.bhist, ws.tiles2):
+    tables = (ws.counts, ws.offsets, ws.tiles, ws.order, ws.bhist, ws.tiles2)
+    for a in (*tables, ws.ticket):
         a.fill(-7)
-    gfa.sort_pairs(cp.asarray(idx), e, 64, ws, version=version)
+    tickets = version == 3  # for down v7: zeroed by sort v3 (v5, v6: left alone)
+    gfa.sort_pairs(cp.asarray(idx), e, 64, ws, version=version, tickets=tickets)
     order, counts, offsets = fa.counting_sort(idx.ravel(), e)
     assert np.array_equal(cp.asnumpy(ws.counts), counts)
     assert np.array_equal(cp.asnumpy(ws.offsets), offsets)
     assert np.array_equal(cp.asnumpy(ws.order), order)
     tiles = np.r_[0, np.cumsum((counts + 63) // 64)]
     assert np.array_equal(cp.asnumpy(ws.tiles), tiles)
-    if version == 3:  # and down v6's chunk table
+    if version == 3:  # and down v6's chunk table, and down v7's tickets zeroed
         chunks = np.r_[0, np.cumsum((counts + gfa.CHUNK - 1) // gfa.CHUNK)]
         assert np.array_equal(cp.asnumpy(ws.tiles2), chunks)
+        assert not cp.asnumpy(ws.ticket).any()
 
 
 @pytest.mark.gpu
 @pytest.mark.parametrize(
-    "version,e", [(1, 8), (2, 8), (3, 8), (4, 8), (5, 8), (5, 9), (6, 8), (6, 9)]
+    "version,e",
+    [(1, 8), (2, 8), (3, 8), (4, 8), (5, 8), (5, 9), (6, 8), (6, 9), (7, 8), (7, 9)],
 )
 def test_gpu_whole_layer_and_a_wrong_expert_fails(version, e):
     """route + experts against the reference on the GPU's own routing; the same
@@ -581,7 +610,7 @@ def test_gpu_bad_inputs_rejected_before_launch():
         gfa.experts(x[:, :12].copy(), w1[:, :12].copy(), w2[:, :, :12].copy(),
                     idx, gate, version=4)  # fmt: skip
     with pytest.raises(ValueError, match="version"):
-        gfa.experts(x, w1, w2, idx, gate, version=7)
+        gfa.experts(x, w1, w2, idx, gate, version=8)
     # a view that starts one element in: v3/v4's 16-byte loads would fault
     xs = cp.zeros(4 * 16 + 1, f16)[1:].reshape(4, 16)
     with pytest.raises(ValueError, match="x must be 16-byte aligned"):

@@ -148,3 +148,38 @@ def test_risks_list_one_line_per_trick():
     assert len(lines) == len(table) == len(glance.TRICKS)
     assert all(line.startswith("- **") and line.endswith(".") for line in lines)
     assert "u·κ(W_K)" in glance.risks(table)  # the K-only cache's caveat
+
+
+def _set(root, card, dates):
+    """A complete set for ``card`` under ``root``: one file per COMPLETE benchmark,
+    dated as ``dates`` says (name -> date; the rest get the first date)."""
+    first = next(iter(dates.values()))
+    for n in results.COMPLETE:
+        p = results.path(n, card, root)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        doc = {"benchmark": n, "provenance": {"date": dates.get(n, first)}}
+        p.write_text(json.dumps(doc))
+
+
+def test_default_card_is_the_newest_whole_set_not_the_newest_file(
+    tmp_path, monkeypatch
+):
+    """A chapter re-run on the older card (a newer file there) does not move the
+    book to that card's set; re-measuring all of it does. An incomplete card is
+    never the default while a complete one exists."""
+    monkeypatch.delenv("TT_CARD", raising=False)
+    root = tmp_path / "results"
+    _set(root, "old", {"ceilings": "2026-11-25T00:00:00Z"})
+    _set(root, "new", {"ceilings": "2026-12-04T00:00:00Z"})
+    assert results.default_card(root) == "new"
+    _set(root, "old", {"ceilings": "2026-11-25T00:00:00Z",
+                       "ffn_approx": "2026-12-06T00:00:00Z"})  # fmt: skip
+    assert results.newest_date("old", root) > results.newest_date("new", root)
+    assert results.default_card(root) == "new"
+    _set(root, "old", {"ceilings": "2026-12-06T00:00:00Z"})
+    assert results.default_card(root) == "old"
+    (root / "newer").mkdir()
+    (root / "newer" / "ceilings.json").write_text(
+        json.dumps({"provenance": {"date": "2027-01-01T00:00:00Z"}})
+    )
+    assert results.default_card(root) == "old"

@@ -380,6 +380,8 @@ def gemm_stage(
     if version == 7:
         smem = TILE7_SMEM
         if stage == "down":
+            if out is None:
+                raise ValueError("down v7 writes the layer's out: pass out (T, C)")
             args = (*args, ws.ticket, out)
     elif version == 6 and stage == "up":
         smem = UP6_SMEM

@@ -384,6 +384,19 @@ def test_reader_page_has_no_nan_and_no_raw_dollar(tab, doc):
     assert not tab.problems, "\n".join(tab.problems)
 
 
+def test_running_page_shows_the_capability_table(tab):
+    """The version -> architecture table is an HTML table (a Markdown table in a
+    cell's output came out as raw pipes: myst-nb renders outputs as CommonMark)."""
+    _open(tab, "book/running")
+    tables = [t for t in tab.page.evaluate(_TABLES_JS) if "versions" in t["head"]]
+    assert len(tables) == 1, "the running page has no capability table"
+    rows = tables[0]["rows"]
+    assert any(r[0]["text"] == "gpu/ffn_approx.cu" for r in rows), rows[:3]
+    text = tab.page.evaluate(_VISIBLE_TEXT_JS)
+    assert "| file |" not in text, "a Markdown table left as raw pipes"
+    assert not tab.problems, "\n".join(tab.problems)
+
+
 def test_intro_table_at_a_glance(tab):
     _open(tab, "book/intro")
     tables = [

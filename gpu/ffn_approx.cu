@@ -698,6 +698,26 @@ __device__ __forceinline__ int frag_col(int j, int c) {
   return warp % (L::BN / L::WN) * L::WN + j * 8 + 2 * (lane % 4) + c % 2;
 }
 
+// The tile's accumulators into shared memory as fp16 (row stride ldc), each
+// value through f(row, value) first: the up GEMM's gate and ReLU, or nothing
+// (down). The epilogues then store whole 16-byte rows from there.
+template <class L, class F>
+__device__ __forceinline__ void frags_to_smem(float (&acc)[L::FM][L::FN][4],
+                                              __half* cs, int ldc, F f) {
+#pragma unroll
+  for (int i = 0; i < L::FM; ++i)
+#pragma unroll
+    for (int j = 0; j < L::FN; ++j)
+#pragma unroll
+      for (int c = 0; c < 4; c += 2) {
+        int m = frag_row<L>(i, c), n = frag_col<L>(j, c);
+        __half2 h2;
+        h2.x = __float2half_rn(f(m, acc[i][j][c]));
+        h2.y = __float2half_rn(f(m, acc[i][j][c + 1]));
+        *reinterpret_cast<__half2*>(cs + m * ldc + n) = h2;
+      }
+}
+
 // --- router v3 ---
 #define R3T 16   // tokens per block (one m16 tile): the histogram's chunk
 #define R3E 64   // experts per pass (4 warps x 16)
@@ -864,23 +884,9 @@ __device__ void gemm_v5(Gemm<__half> g) {
   // epilogue: the tile in shared memory (BM x (BN + 8) halves), then rows
   __half* cs = sm;
   constexpr int LDC = L::BN + 8;
-#pragma unroll
-  for (int i = 0; i < L::FM; ++i)
-#pragma unroll
-    for (int j = 0; j < L::FN; ++j)
-#pragma unroll
-      for (int c = 0; c < 4; c += 2) {
-        int m = frag_row<L>(i, c), n = frag_col<L>(j, c);
-        float v0 = acc[i][j][c], v1 = acc[i][j][c + 1];
-        if (UP) {
-          v0 = rowg[m] * fmaxf(v0, 0.f);
-          v1 = rowg[m] * fmaxf(v1, 0.f);
-        }
-        __half2 h2;
-        h2.x = __float2half_rn(v0);
-        h2.y = __float2half_rn(v1);
-        *reinterpret_cast<__half2*>(cs + m * LDC + n) = h2;
-      }
+  frags_to_smem<L>(acc, cs, LDC, [&](int m, float v) {
+    return UP ? rowg[m] * fmaxf(v, 0.f) : v;
+  });
   __syncthreads();
   for (int v = threadIdx.x; v < L::BM * L::BN / 8; v += L::NT) {
     int m = v / (L::BN / 8), nv = (v % (L::BN / 8)) * 8, p = rowp[m];
@@ -1104,18 +1110,8 @@ __device__ void up_tile(Gemm<__half> g) {
                     g.N, g.Kd);
   __half* cs = dyn;
   constexpr int LDC = L::BN + 8;
-#pragma unroll
-  for (int i = 0; i < L::FM; ++i)
-#pragma unroll
-    for (int j = 0; j < L::FN; ++j)
-#pragma unroll
-      for (int c = 0; c < 4; c += 2) {
-        int m = frag_row<L>(i, c), n = frag_col<L>(j, c);
-        __half2 h2;
-        h2.x = __float2half_rn(rowg[m] * fmaxf(acc[i][j][c], 0.f));
-        h2.y = __float2half_rn(rowg[m] * fmaxf(acc[i][j][c + 1], 0.f));
-        *reinterpret_cast<__half2*>(cs + m * LDC + n) = h2;
-      }
+  frags_to_smem<L>(acc, cs, LDC,
+                   [&](int m, float v) { return rowg[m] * fmaxf(v, 0.f); });
   __syncthreads();
   for (int v = threadIdx.x; v < L::BM * L::BN / 8; v += L::NT) {
     int m = v / (L::BN / 8), nv = (v % (L::BN / 8)) * 8;
@@ -1187,18 +1183,7 @@ __device__ void down_v6(Gemm<__half> g, const int* ctiles) {
 #pragma unroll
         for (int c = 0; c < 4; ++c) acc[i][j][c] = 0.f;
     slab_mma<L>(acc, ring + (t % D6ST) * L::BM * LDA, LDA, Bs, LDB, 0, GP);
-#pragma unroll
-    for (int i = 0; i < L::FM; ++i)
-#pragma unroll
-      for (int j = 0; j < L::FN; ++j)
-#pragma unroll
-        for (int c = 0; c < 4; c += 2) {
-          int m = frag_row<L>(i, c), n = frag_col<L>(j, c);
-          __half2 h2;
-          h2.x = __float2half_rn(acc[i][j][c]);
-          h2.y = __float2half_rn(acc[i][j][c + 1]);
-          *reinterpret_cast<__half2*>(Cs + m * LDC + n) = h2;
-        }
+    frags_to_smem<L>(acc, Cs, LDC, [](int, float v) { return v; });
     __syncthreads();
     int qa = c0 + t * L::BM;
     for (int v = threadIdx.x; v < L::BM * L::BN / 8; v += L::NT) {
@@ -1256,18 +1241,7 @@ __device__ void down_v7(Gemm<__half> g, int* ticket, __half* y) {
                     g.N, g.Kd);
   __half* cs = dyn;  // the ring is drained: the z tile goes through it
   constexpr int LDC = L::BN + 8;
-#pragma unroll
-  for (int i = 0; i < L::FM; ++i)
-#pragma unroll
-    for (int j = 0; j < L::FN; ++j)
-#pragma unroll
-      for (int c = 0; c < 4; c += 2) {
-        int m = frag_row<L>(i, c), n = frag_col<L>(j, c);
-        __half2 h2;
-        h2.x = __float2half_rn(acc[i][j][c]);
-        h2.y = __float2half_rn(acc[i][j][c + 1]);
-        *reinterpret_cast<__half2*>(cs + m * LDC + n) = h2;
-      }
+  frags_to_smem<L>(acc, cs, LDC, [](int, float v) { return v; });
   __syncthreads();
   for (int v = threadIdx.x; v < L::BM * L::BN / 8; v += L::NT) {
     int m = v / (L::BN / 8), nv = (v % (L::BN / 8)) * 8, p = rowp[m];

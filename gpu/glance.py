@@ -11,6 +11,9 @@ Nothing here needs CuPy or a GPU; a figure that is not recorded is ``DASH``.
     from gpu import glance
     rows = glance.rows("h200")        # list of dicts, one per trick
     print(glance.markdown(rows))      # a Markdown table
+    pts = glance.roofline_points("h200")  # the intro's roofline: each headline
+                                          # kernel and its baseline, FLOP/byte
+                                          # and FLOP/s under glance.roofs("h200")
 """
 
 from __future__ import annotations
@@ -233,6 +236,17 @@ def _pays(trick: Trick, best: dict, sweep: list[dict], base: dict) -> str:
     return out
 
 
+def _best(trick: Trick, head: list[dict], base: dict) -> dict | None:
+    """The headline kernel's row: the fastest of the trick's family at its
+    headline case, or None where the case has no kernel row."""
+    cands = [
+        r
+        for r in head
+        if trick.at(r) and r["name"] not in base and trick.family(r["name"])
+    ]
+    return min(cands, key=lambda r: r["median_us"]) if cands else None
+
+
 def row(trick: Trick, card: str | None = None, root=results.RESULTS) -> dict:
     """One trick's figures on ``card`` (default: ``results.default_card()``), as
     display strings; DASH for each that is not recorded."""
@@ -242,14 +256,9 @@ def row(trick: Trick, card: str | None = None, root=results.RESULTS) -> dict:
     )  # fmt: skip
     head = ok_rows(results.load(trick.head, card, root))
     base = baselines_of(trick.head)
-    cands = [
-        r
-        for r in head
-        if trick.at(r) and r["name"] not in base and trick.family(r["name"])
-    ]
-    if not cands:
+    best = _best(trick, head, base)
+    if best is None:
         return out
-    best = min(cands, key=lambda r: r["median_us"])
     out["kernel"] = f"{_fmt_case(best)} at {trick.case}"
     if best.get("of_floor"):
         out["of_floor"] = f"{best['of_floor']:.2f}"
@@ -333,3 +342,108 @@ def markdown(table: list[dict], ref: bool = True) -> str:
             cells.append(_cell(v))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+# --- the book's roofline: every trick's headline kernel and its baseline ----------
+
+# The colour family (gpu.bookplot.FAMILY) of each trick's kernels.
+FAMILY = {
+    "attention": "attention",
+    "precompute": "precompute",
+    "slim_k": "slim",
+    "slim_x": "xcache",
+    "deja_vu": "deja_vu",
+    "stagformer": "stagformer",
+    "ffn_approx": "moe",
+}
+# How far above the roof a point may sit before its FLOPs, bytes or time are
+# suspect. The ceilings are the best of several methods measured once per card; a
+# kernel measured in another run can beat them by the run-to-run spread of the
+# card's clocks and memory (the recorded rows reach at most about 0.5 % above their
+# floor at the median, a few % for a bare cuBLAS GEMM), so a few % is noise, and a
+# count that is off by a factor shows as much more.
+ROOF_SPREAD = 0.03
+
+
+def roofs(card: str | None = None, root=results.RESULTS) -> dict | None:
+    """The card's two roofs from ``results/<card>/ceilings.json``: the read
+    bandwidth (bytes/s), the fp16 GEMM rate (FLOP/s) and the ridge point between
+    them (FLOP per byte); None where the ceilings are not recorded."""
+    doc = results.load("ceilings", card, root)
+    c = (doc or {}).get("ceilings", {})
+    bw, peak = c.get("read_bytes_per_s"), c.get("gemm_fp16_flop_per_s")
+    if not bw or not peak:
+        return None
+    card_name = doc.get("provenance", {}).get("card", card or "?")
+    return dict(bytes_per_s=bw, flop_per_s=peak, ridge=peak / bw, card=card_name)
+
+
+def roof(intensity: float, ceil: dict) -> float:
+    """The attainable FLOP/s at an arithmetic intensity (FLOP per byte):
+    min(bandwidth × intensity, peak)."""
+    return min(ceil["bytes_per_s"] * intensity, ceil["flop_per_s"])
+
+
+def baseline_row(head: list[dict], best: dict, base: dict) -> dict | None:
+    """The row of the strongest baseline of ``best``'s case (``strongest``'s
+    choice) in the same run, or None where there is none."""
+    s = strongest(head, best, base)
+    if not s or s[0] not in base:
+        return None
+    same = [
+        b
+        for b in head
+        if b["name"] == s[0] and all(b.get(k) == best.get(k) for k in base[s[0]])
+    ]
+    return min(same, key=lambda b: abs(b["median_us"] - s[1])) if same else None
+
+
+def _point(trick: Trick, role: str, r: dict, ceil: dict | None) -> dict:
+    """One point of the roofline: the row's recorded FLOPs and bytes (DRAM traffic
+    the bench module counts for the row's case), its intensity, achieved FLOP/s
+    and fraction of the roof; the figures it cannot have are None, with a note."""
+    p = dict(
+        key=trick.key, trick=trick.label, family=FAMILY[trick.key], role=role,
+        name=_fmt_case(r), case=trick.case, flops=r.get("flops"),
+        bytes=r.get("bytes"), median_us=r.get("median_us"), intensity=None,
+        flop_per_s=None, roof_flop_per_s=None, of_roof=None, note="",
+    )  # fmt: skip
+    if not p["flops"] or not p["bytes"] or not p["median_us"]:
+        p["note"] = f"{p['name']}: FLOPs or bytes not recorded"
+        return p
+    p["intensity"] = p["flops"] / p["bytes"]
+    p["flop_per_s"] = p["flops"] / (p["median_us"] * 1e-6)
+    if ceil:
+        p["roof_flop_per_s"] = roof(p["intensity"], ceil)
+        p["of_roof"] = p["flop_per_s"] / p["roof_flop_per_s"]
+    return p
+
+
+def roofline_points(card: str | None = None, root=results.RESULTS) -> list[dict]:
+    """Every trick's headline kernel (the table's kernel) and the strongest baseline
+    of the same run at the same case, as points of the card's roofline: dicts with
+    key, trick, family, role ("kernel" or "baseline"), name, flops, bytes,
+    median_us, intensity (FLOP/byte), flop_per_s, roof_flop_per_s, of_roof
+    (achieved over attainable) and note. A row without recorded FLOPs or bytes
+    gives a point with intensity None and a note saying so; a trick with no
+    headline row gives no point."""
+    ceil = roofs(card, root)
+    out = []
+    for t in TRICKS:
+        head = ok_rows(results.load(t.head, card, root))
+        base = baselines_of(t.head)
+        best = _best(t, head, base)
+        if best is None:
+            continue
+        out.append(_point(t, "kernel", best, ceil))
+        b = baseline_row(head, best, base)
+        if b is not None:
+            out.append(_point(t, "baseline", b, ceil))
+    return out
+
+
+def above_roof(points: list[dict], spread: float = ROOF_SPREAD) -> list[dict]:
+    """The points that sit above the roof by more than ``spread``: each says that
+    its FLOPs are overcounted, its bytes overcounted or its time too short (or the
+    ceilings too low)."""
+    return [p for p in points if p["of_roof"] and p["of_roof"] > 1 + spread]

@@ -124,3 +124,29 @@ def test_the_chapters_diffs_and_listings_resolve():
     part = booksource.listing("gpu/attention.cu", start_after="// --- v1 ---",
                               end_before="// --- v2 ---")  # fmt: skip
     assert "decode_v1" in part.text and "decode_v2(" not in part.text
+
+
+def test_the_chapters_have_no_literalinclude_and_their_listings_exist():
+    """A literalinclude vanishes from a chapter made into a notebook; a listing
+    through booksource does not. Every listing must name a file that exists."""
+    book = booksource.ROOT / "book"
+    chapters = sorted(book.glob("*.md"))
+    assert chapters
+    left = [
+        f"{md.relative_to(booksource.ROOT)}:{k}"
+        for md in chapters
+        for k, line in enumerate(md.read_text().splitlines(), 1)
+        if "{literalinclude}" in line
+    ]
+    assert not left, "literalinclude left (use bs.listing): " + ", ".join(left)
+    call = re.compile(r"""bs\.listing\(\s*(["'])(.+?)\1""")
+    named, missing = 0, []
+    for md in chapters:
+        text = md.read_text()
+        for m in call.finditer(text):
+            named += 1
+            if not (booksource.ROOT / m.group(2)).is_file():
+                k = text.count("\n", 0, m.start()) + 1
+                missing.append(f"{md.relative_to(booksource.ROOT)}:{k}: {m.group(2)}")
+    assert named, "no bs.listing call found in the chapters"
+    assert not missing, "listings of missing files: " + ", ".join(missing)

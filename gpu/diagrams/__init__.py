@@ -14,3 +14,17 @@ SLUGS = (
     "stagformer",
     "ffn_approx",
 )
+
+
+def arrow(ax, a, b, *, rad: float = 0.0, **style) -> None:
+    """An arrow from point a to point b on ``ax`` (a FancyArrowPatch), bent by
+    ``rad`` (arc3); ``style`` overrides the defaults below (arrowstyle,
+    mutation_scale, lw, color, ls, shrinkA, shrinkB, ...). Each diagram keeps its
+    own defaults in a one-line ``_arrow``."""
+    from matplotlib.patches import FancyArrowPatch
+
+    kw = dict(arrowstyle="-|>", mutation_scale=7, lw=0.8, color="0.25")
+    kw.update(style)
+    if rad:
+        kw["connectionstyle"] = f"arc3,rad={rad}"
+    ax.add_patch(FancyArrowPatch(a, b, **kw))

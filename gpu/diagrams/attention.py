@@ -20,9 +20,10 @@ What the diagram draws, as the code does it:
 from __future__ import annotations
 
 import matplotlib.pyplot as plt
-from matplotlib.patches import FancyArrowPatch, Rectangle
+from matplotlib.patches import Rectangle
 
 from gpu import bookplot as bp
+from gpu.diagrams import arrow
 
 # The kernel's constants at fp16, D = 128 (gpu/attention.cu, decode_v6).
 D, VEC = 128, 8  # head dim; halves a lane loads (16 bytes)
@@ -47,11 +48,7 @@ def _box(ax, x, y, w, h, text="", fc="white", ec="0.3", size=6.5, **kw):
 
 
 def _arrow(ax, a, b, color="0.25", style="-|>", **kw):
-    ax.add_patch(
-        FancyArrowPatch(
-            a, b, arrowstyle=style, mutation_scale=8, color=color, lw=0.9, **kw
-        )
-    )
+    arrow(ax, a, b, arrowstyle=style, mutation_scale=8, color=color, lw=0.9, **kw)
 
 
 def _cache(ax):

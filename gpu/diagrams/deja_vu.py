@@ -25,9 +25,10 @@ Matplotlib only: no GPU, no CuPy, no results.
 from __future__ import annotations
 
 import matplotlib.pyplot as plt
-from matplotlib.patches import FancyArrowPatch, Rectangle
+from matplotlib.patches import Rectangle
 
 from gpu import bookplot as bp
+from gpu.diagrams import arrow
 
 R3 = 8  # neurons (and warps) per block, R3 in gpu/deja_vu.cu
 THREADS = 32 * R3  # threads per block of fused_v3
@@ -52,19 +53,17 @@ def _box(ax, x, y, w, h, face, label=None, size=7, edge=INK, lw=0.9, **kw):
 
 
 def _arrow(ax, a, b, color=INK, rad=0.0, lw=1.0, ls="-"):
-    ax.add_patch(
-        FancyArrowPatch(
-            a,
-            b,
-            arrowstyle="-|>",
-            mutation_scale=8,
-            color=color,
-            lw=lw,
-            ls=ls,
-            connectionstyle=f"arc3,rad={rad}",
-            shrinkA=1,
-            shrinkB=1,
-        )  # fmt: skip
+    arrow(
+        ax,
+        a,
+        b,
+        rad=rad,
+        mutation_scale=8,
+        color=color,
+        lw=lw,
+        ls=ls,
+        shrinkA=1,
+        shrinkB=1,
     )
 
 

@@ -24,9 +24,10 @@ Drawn with Matplotlib alone; nothing here reads results or needs a GPU.
 from __future__ import annotations
 
 import matplotlib.pyplot as plt
-from matplotlib.patches import FancyArrowPatch, Rectangle
+from matplotlib.patches import Rectangle
 
 from gpu import bookplot as bp
+from gpu.diagrams import arrow
 
 MOE = bp.FAMILY["moe"]
 INK = "#222222"
@@ -48,19 +49,18 @@ def _text(ax, x, y, s, size=FS, ha="center", va="center", **kw):
 
 
 def _arrow(ax, a, b, color=INK, lw=0.8, style="-|>", rad=0.0, ls="-"):
-    ax.add_patch(
-        FancyArrowPatch(
-            a,
-            b,
-            arrowstyle=style,
-            mutation_scale=6,
-            lw=lw,
-            color=color,
-            ls=ls,
-            connectionstyle=f"arc3,rad={rad}",
-            shrinkA=0,
-            shrinkB=0,
-        )
+    arrow(
+        ax,
+        a,
+        b,
+        rad=rad,
+        arrowstyle=style,
+        mutation_scale=6,
+        lw=lw,
+        color=color,
+        ls=ls,
+        shrinkA=0,
+        shrinkB=0,
     )
 
 

@@ -16,9 +16,10 @@ shared memory in this kernel.
 from __future__ import annotations
 
 import matplotlib.pyplot as plt
-from matplotlib.patches import FancyArrowPatch, Rectangle
+from matplotlib.patches import Rectangle
 
 from gpu import bookplot as bp
+from gpu.diagrams import arrow
 from gpu.precompute import THREADS, UNITS
 
 # Mistral-7B's serial row [x | q | k | v] in fp16 (reference/models.py).
@@ -66,9 +67,7 @@ def _box(ax, x, y, w, h, text="", fc="white", ec="0.25", fs=6.5, **kw):
 
 
 def _arrow(ax, a, b, **kw):
-    style = dict(arrowstyle="-|>", mutation_scale=7, lw=0.8, color="0.2")
-    style.update(kw)
-    ax.add_patch(FancyArrowPatch(a, b, **style))
+    arrow(ax, a, b, **{"color": "0.2", **kw})
 
 
 def draw():

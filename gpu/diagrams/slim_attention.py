@@ -26,10 +26,11 @@ from __future__ import annotations
 
 import matplotlib.pyplot as plt
 from matplotlib.colors import to_rgb
-from matplotlib.patches import FancyArrowPatch, Rectangle
+from matplotlib.patches import Rectangle
 
 from gpu import bookplot as bp
 from gpu import slim_attention as gsa
+from gpu.diagrams import arrow
 
 H, D = 32, 128  # the book's shape
 C = H * D
@@ -61,19 +62,17 @@ def _box(ax, x, y, w, h, text="", fc="white", ec="0.3", fs=6.0, lw=0.8, **kw):
 
 
 def _arrow(ax, a, b, color="0.25", lw=0.9, style="-|>", rad=0.0, ls="-"):
-    ax.add_patch(
-        FancyArrowPatch(
-            a,
-            b,
-            arrowstyle=style,
-            mutation_scale=7,
-            color=color,
-            lw=lw,
-            ls=ls,
-            connectionstyle=f"arc3,rad={rad}",
-            shrinkA=0,
-            shrinkB=0,
-        )
+    arrow(
+        ax,
+        a,
+        b,
+        rad=rad,
+        arrowstyle=style,
+        color=color,
+        lw=lw,
+        ls=ls,
+        shrinkA=0,
+        shrinkB=0,
     )
 
 

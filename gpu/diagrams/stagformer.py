@@ -33,10 +33,11 @@ from __future__ import annotations
 
 import matplotlib.pyplot as plt
 import numpy as np
-from matplotlib.patches import FancyArrowPatch, Rectangle
+from matplotlib.patches import Rectangle
 
 from gpu import bookplot as bp
 from gpu import stagformer as gs
+from gpu.diagrams import arrow
 
 C, HD, GD = 2048, 16 * 128, 16 * 128  # the benchmark model: d_in, H D, G D
 D_OUT = HD + 2 * GD  # the fused q|k|v row: 6144 columns
@@ -63,11 +64,7 @@ def _box(ax, x, y, w, h, text="", fc="white", ec="0.2", fs=6.5, **kw):
 
 
 def _arrow(ax, p, q, color="0.2", style="-|>", **kw):
-    ax.add_patch(
-        FancyArrowPatch(
-            p, q, arrowstyle=style, mutation_scale=7, color=color, lw=0.8, **kw
-        )
-    )
+    arrow(ax, p, q, arrowstyle=style, color=color, **kw)
 
 
 def _title(ax, x, y, text):

@@ -31,6 +31,19 @@
 //     and the counter, so no memset and no finish kernel. acc and the
 //     counter must be zero on entry (they are left zero). The last block
 //     converts B*C values alone: meant for small B.
+// v5  one launch, deterministic, for B <= 4 (the decode batch): one block
+//     per SM (grid G = min(SMs, K)), each owning a contiguous chunk of
+//     n <= NR5 neurons. A producer warp copies the chunk's W1 rows, then its
+//     W2 rows, whole (cp.async.bulk, one row per ring stage, completing on an
+//     mbarrier) into a ring of S stages of shared memory (S = 2n when it fits:
+//     at 10 % kept every byte a block needs is in flight from the start).
+//     8 consumer warps own fixed columns: phase 1 dots each W1 row with x
+//     (warp partials in shared memory, summed in warp order), then a, then
+//     phase 2 adds a * W2 row into registers. Each block stores its partial
+//     (B, C) float32; the last L blocks to arrive (tickets) each wait for all
+//     G, then sum a column slice of the G partials in a fixed order, add b2
+//     and write out. Counters zero on entry, left zero. Same needs as v3,
+//     and C <= 256 VPT VEC for an instantiated VPT (1, 2, 4; B <= 2 at 4).
 // finish_v1  out = b2 + sum_p acc[p] in order p = 0..P-1 (P = 0 gives b2).
 //
 // Run the cases alone:  python -m gpu.bench deja_vu [--quick]
@@ -303,6 +316,301 @@ __device__ void fused_v4(const T* x, const T* w1, const T* b1, const T* w2,
   }
 }
 
+// --- v5 ---
+// Hopper helpers (sm_90 PTX): mbarriers, bulk copies, a named barrier for the
+// consumer warps alone, an acquire load for the finishers' wait.
+__device__ __forceinline__ void mbar_init(unsigned long long* bar,
+                                          unsigned count) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(smem_u32(bar)),
+               "r"(count)
+               : "memory");
+}
+__device__ __forceinline__ void fence_mbar_init() {
+  asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+}
+__device__ __forceinline__ void mbar_arrive(unsigned long long* bar) {
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(smem_u32(bar))
+               : "memory");
+}
+__device__ __forceinline__ void mbar_expect_tx(unsigned long long* bar,
+                                               unsigned bytes) {
+  asm volatile(
+      "mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(
+          smem_u32(bar)),
+      "r"(bytes)
+      : "memory");
+}
+// Wait until the phase with this parity has completed.
+__device__ __forceinline__ void mbar_wait(unsigned long long* bar,
+                                          unsigned parity) {
+  asm volatile(
+      "{\n"
+      ".reg .pred p;\n"
+      "WAIT:\n"
+      "mbarrier.try_wait.parity.shared::cta.b64 p, [%0], %1;\n"
+      "@!p bra WAIT;\n"
+      "}\n" ::"r"(smem_u32(bar)),
+      "r"(parity)
+      : "memory");
+}
+// bytes (a multiple of 16, both ends 16-byte aligned) global -> shared,
+// completing on bar's transaction count.
+__device__ __forceinline__ void bulk_load(void* dst, const void* src,
+                                          unsigned bytes,
+                                          unsigned long long* bar) {
+  asm volatile(
+      "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes "
+      "[%0], [%1], %2, [%3];\n" ::"r"(smem_u32(dst)),
+      "l"(src), "r"(bytes), "r"(smem_u32(bar))
+      : "memory");
+}
+__device__ __forceinline__ void consumers_sync(int nthreads) {
+  asm volatile("bar.sync 1, %0;\n" ::"r"(nthreads) : "memory");
+}
+__device__ __forceinline__ unsigned ld_acquire(const unsigned* p) {
+  unsigned v;
+  asm volatile("ld.acquire.gpu.global.u32 %0, [%1];\n"
+               : "=r"(v)
+               : "l"(p)
+               : "memory");
+  return v;
+}
+
+#define W5 8           // consumer warps of v5
+#define NT5 (W5 * 32)  // consumer threads
+#define NR5 128        // most neurons per block
+
+// Shared memory of v5 (the launcher computes the same sizes, gpu/deja_vu.py):
+//   ring [S][rb] | full[S], empty[S] mbarriers | ids[NR5] int | red[n][B][W5]
+//   | a[n][B] | ticket (int)      rb = C sizeof(T) rounded up to 128 bytes
+// grid (G), block NT5 + 32; ws: cnt[4] unsigned (zero) | part (G, B, C) f32.
+template <typename T, int VPT, int BM>
+__device__ void fused_v5(const T* x, const T* w1, const T* b1, const T* w2,
+                         const T* b2, const int* idx, unsigned* cnt,
+                         float* part, T* out, int B, int C, int F, int K,
+                         int S, int L) {
+  constexpr int VEC = Vec<T>::N;
+  extern __shared__ __align__(128) unsigned char smem[];
+  const int G = gridDim.x, g = blockIdx.x, t = threadIdx.x;
+  const int warp = t / 32, lane = t % 32, nv = C / VEC;
+  const int m0 = (int)((long long)g * K / G);
+  const int n = (int)((long long)(g + 1) * K / G) - m0;
+  const unsigned row_bytes = (unsigned)C * sizeof(T);
+  const size_t rb = ((size_t)row_bytes + 127) & ~(size_t)127;
+  unsigned char* ring = smem;
+  auto* full = reinterpret_cast<unsigned long long*>(smem + (size_t)S * rb);
+  auto* empty = full + S;
+  int* ids = reinterpret_cast<int*>(empty + S);
+  float* red = reinterpret_cast<float*>(ids + NR5);
+  float* a_s = red + n * B * W5;
+  int* ticket = reinterpret_cast<int*>(a_s + n * B);
+
+  if (t == 0) {
+    for (int s = 0; s < S; ++s) {
+      mbar_init(&full[s], 1);
+      mbar_init(&empty[s], W5);
+    }
+    fence_mbar_init();
+  }
+  if (t < n) {
+    int i = idx[m0 + t];
+    ids[t] = i >= 0 && i < F ? i : -1;  // a bad id is never read
+  }
+  __syncthreads();
+
+  if (warp == W5) {  // producer: item i < n is W1 row i, else W2 row i - n
+    if (lane == 0) {
+      for (int i = 0; i < 2 * n; ++i) {
+        int s = i % S;
+        if (i >= S) mbar_wait(&empty[s], (i / S - 1) & 1);
+        int id = ids[i < n ? i : i - n];
+        if (id >= 0) {
+          mbar_expect_tx(&full[s], row_bytes);
+          bulk_load(ring + s * rb, (i < n ? w1 : w2) + (size_t)id * C, row_bytes,
+                    &full[s]);
+        } else {
+          mbar_arrive(&full[s]);  // nothing to copy: the consumers skip it
+        }
+      }
+    }
+    return;
+  }
+
+  // consumers: thread t owns the column vectors v = t + NT5 j, j < VPT
+  uint4 xr[BM][VPT];
+#pragma unroll
+  for (int b = 0; b < BM; ++b)
+#pragma unroll
+    for (int j = 0; j < VPT; ++j) {
+      int v = t + NT5 * j;
+      xr[b][j] = b < B && v < nv ? load16(x + (size_t)b * C + (size_t)v * VEC)
+                                 : make_uint4(0u, 0u, 0u, 0u);
+    }
+  float bias = t < n && ids[t] >= 0 ? to_f(b1[ids[t]]) : 0.f;
+
+  // phase 1: z[r][b] = x[b] . w1 row r, warp partials into red
+  for (int r = 0; r < n; ++r) {
+    int s = r % S;
+    mbar_wait(&full[s], (r / S) & 1);
+    const uint4* row = reinterpret_cast<const uint4*>(ring + s * rb);
+    float z[BM];
+#pragma unroll
+    for (int b = 0; b < BM; ++b) z[b] = 0.f;
+#pragma unroll
+    for (int j = 0; j < VPT; ++j) {
+      int v = t + NT5 * j;
+      if (v < nv) {
+        float w[VEC];
+        unpack<T>(w, row[v]);
+#pragma unroll
+        for (int b = 0; b < BM; ++b) {
+          if (b < B) {
+            float xv[VEC];
+            unpack<T>(xv, xr[b][j]);
+#pragma unroll
+            for (int e = 0; e < VEC; ++e) z[b] = fmaf(xv[e], w[e], z[b]);
+          }
+        }
+      }
+    }
+#pragma unroll
+    for (int b = 0; b < BM; ++b)
+      if (b < B) z[b] = warp_sum(z[b]);
+    if (lane == 0) {
+#pragma unroll
+      for (int b = 0; b < BM; ++b)
+        if (b < B) red[(r * B + b) * W5 + warp] = z[b];
+    }
+    __syncwarp();
+    if (lane == 0) mbar_arrive(&empty[s]);
+  }
+  consumers_sync(NT5);
+  if (t < n) {  // a = relu(z + b1), the warp partials in warp order
+    for (int b = 0; b < B; ++b) {
+      float zz = 0.f;
+#pragma unroll
+      for (int w = 0; w < W5; ++w) zz += red[(t * B + b) * W5 + w];
+      a_s[t * B + b] = ids[t] >= 0 ? fmaxf(zz + bias, 0.f) : 0.f;
+    }
+  }
+  consumers_sync(NT5);
+
+  // phase 2: acc[b] += a[r][b] * w2 row r
+  float acc[BM][VPT][VEC];
+#pragma unroll
+  for (int b = 0; b < BM; ++b)
+#pragma unroll
+    for (int j = 0; j < VPT; ++j)
+#pragma unroll
+      for (int e = 0; e < VEC; ++e) acc[b][j][e] = 0.f;
+  for (int r = 0; r < n; ++r) {
+    int i = n + r, s = i % S;
+    mbar_wait(&full[s], (i / S) & 1);
+    if (ids[r] >= 0) {
+      const uint4* row = reinterpret_cast<const uint4*>(ring + s * rb);
+#pragma unroll
+      for (int j = 0; j < VPT; ++j) {
+        int v = t + NT5 * j;
+        if (v < nv) {
+          float w[VEC];
+          unpack<T>(w, row[v]);
+#pragma unroll
+          for (int b = 0; b < BM; ++b) {
+            if (b < B) {
+              float av = a_s[r * B + b];
+#pragma unroll
+              for (int e = 0; e < VEC; ++e)
+                acc[b][j][e] = fmaf(av, w[e], acc[b][j][e]);
+            }
+          }
+        }
+      }
+    }
+    __syncwarp();
+    if (lane == 0) mbar_arrive(&empty[s]);
+  }
+
+  // this block's partial, then a ticket
+  float* mine = part + (size_t)g * B * C;
+#pragma unroll
+  for (int b = 0; b < BM; ++b)
+#pragma unroll
+    for (int j = 0; j < VPT; ++j) {
+      int v = t + NT5 * j;
+      if (b < B && v < nv) {
+#pragma unroll
+        for (int e = 0; e < VEC; e += 4)
+          __stcg(reinterpret_cast<float4*>(mine + (size_t)b * C + v * VEC + e),
+                 make_float4(acc[b][j][e], acc[b][j][e + 1], acc[b][j][e + 2],
+                             acc[b][j][e + 3]));
+      }
+    }
+  __threadfence();  // the partial is visible before the ticket
+  consumers_sync(NT5);
+  if (t == 0) *ticket = (int)atomicAdd(&cnt[0], 1u);
+  consumers_sync(NT5);
+  const int f = *ticket - (G - L);
+  if (f < 0) return;
+
+  // finisher f of L: wait for all G partials, then columns [4 q0, 4 q1)
+  if (t == 0)
+    while (ld_acquire(&cnt[0]) < (unsigned)G) __nanosleep(32);
+  consumers_sync(NT5);
+  __threadfence();
+  const int nq = C / 4, Q = (nq + L - 1) / L, q0 = min(nq, f * Q);
+  const int nqf = min(nq, q0 + Q) - q0;
+  float4* red4 = reinterpret_cast<float4*>(ring);  // every copy has landed
+  for (int b = 0; b < B && nqf > 0; ++b) {
+    const float* pb = part + (size_t)b * C + (size_t)q0 * 4;
+    T* ob = out + (size_t)b * C + (size_t)q0 * 4;
+    if (nqf <= NT5) {  // ng groups of partials p = gg, gg + ng, ..., in order
+      const int ng = NT5 / nqf;
+      if (t < ng * nqf) {
+        int qq = t % nqf, gg = t / nqf;
+        float4 sum = make_float4(0.f, 0.f, 0.f, 0.f);
+        for (int p = gg; p < G; p += ng) {
+          float4 v = __ldcg(reinterpret_cast<const float4*>(
+              pb + (size_t)p * B * C + qq * 4));
+          sum.x += v.x, sum.y += v.y, sum.z += v.z, sum.w += v.w;
+        }
+        red4[gg * nqf + qq] = sum;
+      }
+      consumers_sync(NT5);
+      if (t < nqf) {
+        float4 sum = red4[t];
+        for (int gg = 1; gg < ng; ++gg) {
+          float4 v = red4[gg * nqf + t];
+          sum.x += v.x, sum.y += v.y, sum.z += v.z, sum.w += v.w;
+        }
+        const float s4[4] = {sum.x, sum.y, sum.z, sum.w};
+#pragma unroll
+        for (int e = 0; e < 4; ++e)
+          from_f(ob[t * 4 + e], s4[e] + to_f(b2[(size_t)(q0 + t) * 4 + e]));
+      }
+      consumers_sync(NT5);
+    } else {
+      for (int qq = t; qq < nqf; qq += NT5) {
+        float4 sum = make_float4(0.f, 0.f, 0.f, 0.f);
+        for (int p = 0; p < G; ++p) {
+          float4 v = __ldcg(reinterpret_cast<const float4*>(
+              pb + (size_t)p * B * C + qq * 4));
+          sum.x += v.x, sum.y += v.y, sum.z += v.z, sum.w += v.w;
+        }
+        const float s4[4] = {sum.x, sum.y, sum.z, sum.w};
+#pragma unroll
+        for (int e = 0; e < 4; ++e)
+          from_f(ob[qq * 4 + e], s4[e] + to_f(b2[(size_t)(q0 + qq) * 4 + e]));
+      }
+    }
+  }
+  // the last finisher re-zeroes both counters for the next launch
+  consumers_sync(NT5);
+  if (t == 0 && atomicAdd(&cnt[1], 1u) == (unsigned)L - 1) {
+    cnt[0] = 0u;
+    cnt[1] = 0u;
+  }
+}
+
 // --- finish ---
 // grid (ceil(C / 128), B), block 256 = 8 warps: lane -> 4 columns, warp w
 // sums parts w, w + 8, ... in order; the 8 warp sums add in warp order.
@@ -381,6 +689,21 @@ DV_FUSED(deja_vu_fused_v3_f16, __half)
   }
 DV_FUSED4(deja_vu_fused_v4_f32, float)
 DV_FUSED4(deja_vu_fused_v4_f16, __half)
+
+#define DV_FUSED5(NAME, T, VPT, BM)                                          \
+  extern "C" __global__ void __launch_bounds__(NT5 + 32, 1)                  \
+  NAME(const T* x, const T* w1, const T* b1, const T* w2, const T* b2,       \
+       const int* idx, unsigned* cnt, float* part, T* out, int B, int C,     \
+       int F, int K, int S, int L) {                                         \
+    fused_v5<T, VPT, BM>(x, w1, b1, w2, b2, idx, cnt, part, out, B, C, F, K, \
+                         S, L);                                              \
+  }
+DV_FUSED5(deja_vu_fused_v5_f32_p1, float, 1, 4)
+DV_FUSED5(deja_vu_fused_v5_f32_p2, float, 2, 4)
+DV_FUSED5(deja_vu_fused_v5_f32_p4, float, 4, 2)
+DV_FUSED5(deja_vu_fused_v5_f16_p1, __half, 1, 4)
+DV_FUSED5(deja_vu_fused_v5_f16_p2, __half, 2, 4)
+DV_FUSED5(deja_vu_fused_v5_f16_p4, __half, 4, 2)
 
 #define DV_FINISH(NAME, T)                                                   \
   extern "C" __global__ void __launch_bounds__(256)                          \

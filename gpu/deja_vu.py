@@ -7,7 +7,9 @@ alignment), casts scalars to int32, picks the grids and launches. No maths.
 
 One call is one to four launches (see the .cu header): v1 up + down; v2 [zero,] up,
 down, finish; v3 [zero,] fused, finish; v4 fused alone (atomic mode only; its
-workspace must come zeroed, new_workspace, and is left zeroed). Pass ``out`` and
+workspace must come zeroed, new_workspace, and is left zeroed); v5 fused alone
+(deterministic, B <= 4; its workspace's four counters must come zeroed, and are left
+zeroed; the partials after them need not). Pass ``out`` and
 ``workspace`` to launch without allocating (CUDA graphs), and ``check_idx=False`` for
 an index set already checked (the check is a device reduction and a host sync).
 """
@@ -21,7 +23,7 @@ import numpy as np
 from gpu import runtime as rt
 
 SLUG = "deja_vu"
-VERSIONS = (1, 2, 3, 4)
+VERSIONS = (1, 2, 3, 4, 5)
 MODES = ("atomic", "deterministic")
 DTYPES = (np.float32, np.float16)
 _SUFFIX = {np.dtype(np.float32): "f32", np.dtype(np.float16): "f16"}
@@ -31,12 +33,55 @@ DOWN2_THREADS = 128  # column vectors per block of down_v2
 RC2 = 32  # rows per chunk of down_v2 (RC2 in the .cu)
 R3 = 8  # neurons per block of v3 (R3 in the .cu)
 MAX_B = 1024  # v3, v4 keep a (R3, B) float32 tile in shared memory (32 KB)
+W5 = 8  # consumer warps of v5 (W5 in the .cu)
+NT5 = 32 * W5  # consumer threads; + one producer warp
+NR5 = 128  # most neurons per block of v5 (NR5 in the .cu)
+VPT5 = {1: 4, 2: 4, 4: 2}  # v5 instances: column vectors per thread -> most B
+SMEM5 = 227 * 1024  # shared memory a block may opt in to on sm_90
+FINISHERS5 = 64  # most blocks that sum v5's partials (< blocks resident at once)
 MAX_GRID_Y = 65535
 
 
 def vec(dtype) -> int:
     """Values per 16-byte load: 8 halves or 4 floats."""
     return 16 // np.dtype(dtype).itemsize
+
+
+def v5_plan(b: int, c: int, k: int, itemsize: int, blocks: int | None = None) -> dict:
+    """v5's launch: G blocks (one per SM, at most NR5 neurons each), VPT column
+    vectors per consumer thread, S ring stages of rb bytes (one row each; 2n when
+    they fit), L finishers, and the dynamic shared memory it all takes."""
+    vec_ = 16 // itemsize
+    nv = -(-c // vec_)
+    vpt = next((v for v in sorted(VPT5) if nv <= NT5 * v), None)
+    if vpt is None:
+        most = NT5 * max(VPT5) * vec_
+        raise ValueError(f"v5 handles C <= {most} at this dtype; C = {c}")
+    if b > VPT5[vpt]:
+        raise ValueError(f"v5 handles B <= {VPT5[vpt]} at C = {c}; B = {b}")
+    if blocks is None:
+        g = max(min(_sms(), k), -(-k // NR5), 1)
+    else:
+        g = int(blocks)
+        if g < 1 or (k and g > k) or -(-k // g) > NR5:
+            raise ValueError(
+                f"blocks must lie in [{max(1, -(-k // NR5))}, {max(k, 1)}] for K = {k}"
+            )
+    n = -(-k // g)
+    rb = -(-c * itemsize // 128) * 128
+    fixed = 4 * NR5 + 4 * n * b * (W5 + 1) + 16
+    s_max = (SMEM5 - fixed) // (rb + 16)
+    if s_max < 1:
+        raise ValueError(f"v5 needs a {rb}-byte ring stage; C = {c} is too wide")
+    stages = max(1, min(2 * n, s_max))
+    nq = c // 4
+    fin = max(1, min(g, FINISHERS5, nq // 16))
+    smem = stages * (rb + 16) + fixed
+    return dict(blocks=g, vpt=vpt, stages=stages, finishers=fin, smem=smem, n=n)
+
+
+def _sms() -> int:
+    return rt.sm_count()
 
 
 def n_parts(version: int, k: int, mode: str) -> int:
@@ -49,18 +94,29 @@ def n_parts(version: int, k: int, mode: str) -> int:
     return math.ceil(k / (RC2 if version == 2 else R3))
 
 
-def new_workspace(version: int, b: int, c: int, k: int, mode: str):
-    """A zeroed float32 workspace (v4 needs it zeroed, and leaves it zeroed)."""
+def new_workspace(
+    version: int, b: int, c: int, k: int, mode: str, blocks: int | None = None
+):
+    """A zeroed float32 workspace (v4 and v5 need it, or v5 its four counters,
+    zeroed on entry, and leave it so)."""
     import cupy as cp
 
-    return cp.zeros(max(workspace_elems(version, b, c, k, mode), 1), cp.float32)
+    n = workspace_elems(version, b, c, k, mode, blocks)
+    return cp.zeros(max(n, 1), cp.float32)
 
 
-def workspace_elems(version: int, b: int, c: int, k: int, mode: str) -> int:
+def workspace_elems(
+    version: int, b: int, c: int, k: int, mode: str, blocks: int | None = None
+) -> int:
     """float32 scratch of one call: a (B, K) for v1/v2, padded to 16 bytes so that
-    the partials (P, B, C) after it take 16-byte float4 stores and atomics."""
+    the partials (P, B, C) after it take 16-byte float4 stores and atomics. v5: four
+    counters (zero on entry), then one (B, C) partial per block (G: v5_plan, which
+    asks the device for its SM count unless ``blocks`` is given)."""
     if version == 4:  # acc (B, C), then the arrival counter (one 16-byte slot)
         return b * c + 4
+    if version == 5:
+        g = blocks if blocks is not None else max(min(_sms(), k), -(-k // NR5), 1)
+        return 4 + g * b * c
     return _a_elems(version, b, k) + n_parts(version, k, mode) * b * c
 
 
@@ -88,7 +144,7 @@ def flops(b: int, c: int, k: int) -> int:
 def _check(x, w1, b1, w2, b2, idx, version, mode, check_idx):
     if version not in VERSIONS:
         raise ValueError(f"version must be one of {VERSIONS}, got {version!r}")
-    only = {1: ("deterministic",), 4: ("atomic",)}
+    only = {1: ("deterministic",), 4: ("atomic",), 5: ("deterministic",)}
     if mode not in only.get(version, MODES):
         ok = only.get(version, MODES)
         raise ValueError(f"mode for v{version} must be one of {ok}, got {mode!r}")
@@ -142,6 +198,7 @@ def sparse_mlp(
     out=None,
     workspace=None,
     check_idx: bool = True,
+    blocks: int | None = None,
 ):
     """out = relu(x w1[idx]^T + b1[idx]) w2[idx] + b2 on the GPU.
 
@@ -150,31 +207,40 @@ def sparse_mlp(
         w1, w2: (F, C) of x's dtype: neuron-major (w1 = W_in^T, w2 = W_out).
         b1: (F,); b2: (C,), x's dtype.
         idx: (K,) int32, distinct ids in [0, F), any order; K = 0 gives b2.
-        version: 1..4 (gpu/deja_vu.cu).
+        version: 1..5 (gpu/deja_vu.cu); v5 takes B <= 4 (2 at the widest C).
         mode: "atomic" (fast; the sum order varies from run to run) or
-            "deterministic" (bitwise reproducible); None: v1 "deterministic",
-            v2-v4 "atomic". v1 is deterministic only, v4 atomic only.
+            "deterministic" (bitwise reproducible); None: v1 and v5
+            "deterministic", v2-v4 "atomic". v1 and v5 are deterministic only,
+            v4 atomic only.
         out: optional (B, C) output of x's dtype (no allocation: CUDA graphs).
         workspace: optional float32 array of >= workspace_elems(...) elements;
-            for v4 zeroed (new_workspace), and v4 leaves it zeroed.
+            for v4 zeroed (new_workspace), and v4 leaves it zeroed; for v5 its
+            first four elements zeroed (new_workspace), left zeroed.
         check_idx: check idx on the device first (sort + reduction + sync);
             pass False only for a set already checked. The kernels never read
             out of bounds: a bad id drops its neuron.
+        blocks: v5 only, its grid (default: one block per SM, at most NR5
+            neurons each); for tests and tuning.
     Returns:
         out (B, C), x's dtype; every sum in float32.
     """
     import cupy as cp
 
-    mode = mode or ("deterministic" if version == 1 else "atomic")
+    mode = mode or ("deterministic" if version in (1, 5) else "atomic")
     b, c, f, k = _check(x, w1, b1, w2, b2, idx, version, mode, check_idx)
+    if blocks is not None and version != 5:
+        raise ValueError(f"blocks is a v5 option; version = {version}")
+    plan = v5_plan(b, c, k, x.dtype.itemsize, blocks) if version == 5 else None
     if out is None:
         out = cp.empty((b, c), dtype=x.dtype)
     else:
         rt.check_array("out", out, (x.dtype,), 2)
         rt.check_shape("out", out, (b, c), "BC")
-    need = workspace_elems(version, b, c, k, mode)
-    if workspace is None:  # v4 reads its accumulator and counter as zero
-        workspace = (cp.zeros if version == 4 else cp.empty)(max(need, 1), cp.float32)
+    g5 = plan["blocks"] if plan else None
+    need = workspace_elems(version, b, c, k, mode, g5)
+    if workspace is None:  # v4 reads its accumulator and counter as zero, v5 its
+        zeroed = version in (4, 5)  # counters
+        workspace = (cp.zeros if zeroed else cp.empty)(max(need, 1), cp.float32)
     else:
         rt.check_array("workspace", workspace, (np.float32,), 1)
         if workspace.size < need:
@@ -183,6 +249,17 @@ def sparse_mlp(
             raise ValueError("workspace must be 16-byte aligned (float4 partials)")
     i32, sfx = np.int32, _SUFFIX[x.dtype]
     dims = (i32(b), i32(c), i32(f), i32(k))
+    if version == 5:
+        fn = rt.kernel(SLUG, f"deja_vu_fused_v5_{sfx}_p{plan['vpt']}")
+        fn.max_dynamic_shared_size_bytes = plan["smem"]  # beyond 48 KB: opt in
+        fn(
+            (plan["blocks"],),
+            (NT5 + 32,),
+            (x, w1, b1, w2, b2, idx, workspace[:4].view(cp.uint32), workspace[4:],
+             out, *dims, i32(plan["stages"]), i32(plan["finishers"])),
+            shared_mem=plan["smem"],
+        )  # fmt: skip
+        return out
     if version == 4:
         cnt = workspace[b * c : b * c + 1].view(cp.uint32)
         fn = rt.kernel(SLUG, f"deja_vu_fused_v4_{sfx}")

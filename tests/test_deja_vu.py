@@ -295,6 +295,7 @@ def test_top_k_mask_and_recall_edges():
 
 GPU_VERSIONS = [(1, "deterministic"), (2, "atomic"), (2, "deterministic")]
 GPU_VERSIONS += [(3, "atomic"), (3, "deterministic"), (4, "atomic")]
+GPU_VERSIONS += [(5, "deterministic")]
 
 
 @st.composite
@@ -305,10 +306,15 @@ def gpu_case(draw, version: int, dtype):
     v = 16 // np.dtype(dtype).itemsize
     if version == 1:
         c = draw(st.sampled_from([1, 5, 33, 130, 300]))
+    elif version == 5:  # past each of its 1, 2 and 4 vectors a thread
+        c = v * draw(st.sampled_from([1, 3, 17, 129, 257, 300, 513, 700]))
     else:
         c = v * draw(st.sampled_from([1, 3, 17, 33, 64, 129]))
     f = draw(st.sampled_from([1, 9, 40, 257, 1000]))
-    b = draw(st.sampled_from([1, 1, 2, 4, 5, 9]))
+    if version == 5:  # v5 is the small-batch kernel: B <= 4, or 2 past 512 vectors
+        b = draw(st.sampled_from([1, 1, 2, 3, 4] if c // v <= 512 else [1, 2]))
+    else:
+        b = draw(st.sampled_from([1, 1, 2, 4, 5, 9]))
     kind = draw(st.sampled_from(["empty", "one", "all", "subset", "subset"]))
     amp = draw(st.sampled_from([1.0, 8.0]))
     seed = draw(seeds)
@@ -327,7 +333,7 @@ def gpu_case(draw, version: int, dtype):
     return x, w, idx
 
 
-def _run_gpu(x, w, idx, version, mode):
+def _run_gpu(x, w, idx, version, mode, blocks=None):
     import cupy as cp
 
     from gpu import deja_vu as gdv
@@ -335,18 +341,25 @@ def _run_gpu(x, w, idx, version, mode):
 
     out = rt.poisoned(x.shape, x.dtype)  # unwritten elements stay NaN and fail
     # the scratch too: a partial that is read but never written poisons the sum
-    # (v4's contract is a zeroed workspace, which it must leave zeroed)
+    # (v4's contract is a zeroed workspace, which it must leave zeroed; v5's is
+    # four zeroed counters, left zeroed, before partials it must write first)
     b, c, k = x.shape[0], x.shape[1], idx.size
-    n_ws = max(gdv.workspace_elems(version, b, c, k, mode), 1)
+    n_ws = max(gdv.workspace_elems(version, b, c, k, mode, blocks), 1)
     if version == 4:
         ws = gdv.new_workspace(version, b, c, k, mode)
     else:
         ws = rt.poisoned((n_ws,), np.float32)
+        if version == 5:
+            ws[:4] = 0
     args = [cp.asarray(a) for a in (x, w.w1, w.b1, w.w2, w.b2, idx)]
-    res = gdv.sparse_mlp(*args, version=version, mode=mode, out=out, workspace=ws)
+    kw = {} if blocks is None else {"blocks": blocks}
+    res = gdv.sparse_mlp(*args, version=version, mode=mode, out=out, workspace=ws,
+                         **kw)  # fmt: skip
     assert res is out
     if version == 4:
         assert not cp.asnumpy(ws).any(), "v4 must leave its workspace zeroed"
+    if version == 5:
+        assert not cp.asnumpy(ws[:4]).any(), "v5 must leave its counters zeroed"
     return cp.asnumpy(out)
 
 
@@ -424,7 +437,15 @@ def test_gpu_bad_inputs_rejected_before_launch():
         sparse_mlp(x[:, :60].copy(), w1[:, :60].copy(), b1, w2[:, :60].copy(),
                    b2[:60].copy(), ok, version=3)  # fmt: skip
     with pytest.raises(ValueError, match="version"):
-        sparse_mlp(x, w1, b1, w2, b2, ok, version=5)
+        sparse_mlp(x, w1, b1, w2, b2, ok, version=6)
+    with pytest.raises(ValueError, match="B <= 4"):  # v5 is the small-batch kernel
+        sparse_mlp(cp.zeros((5, 64), f16), w1, b1, w2, b2, ok, version=5)
+    with pytest.raises(ValueError, match="blocks must lie"):  # 10 ids, 11 blocks
+        sparse_mlp(x, w1, b1, w2, b2, ok, version=5, blocks=11)
+    with pytest.raises(ValueError, match="blocks is a v5 option"):
+        sparse_mlp(x, w1, b1, w2, b2, ok, version=3, blocks=2)
+    with pytest.raises(ValueError, match="mode"):
+        sparse_mlp(x, w1, b1, w2, b2, ok, version=5, mode="atomic")
     with pytest.raises(ValueError, match="mode"):
         sparse_mlp(x, w1, b1, w2, b2, ok, version=4, mode="deterministic")
     with pytest.raises(ValueError, match="mode"):
@@ -436,6 +457,54 @@ def test_gpu_bad_inputs_rejected_before_launch():
         sparse_mlp(x, w1, b1, w2, b2, ok, version=2, workspace=ws[1:])
     with pytest.raises(ValueError, match="workspace needs"):
         sparse_mlp(x, w1, b1, w2, b2, ok, version=2, workspace=ws[:8])
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [F32, F16])
+@given(data=st.data())
+def test_gpu_v5_ring_wraps_and_few_blocks(dtype, data):
+    """v5 with a grid far below one block per SM: each block owns up to NR5
+    neurons, so its ring (a handful of stages at wide C) wraps many times, the
+    producer waits on the consumers, and one to a few finishers sum the partials.
+    Deterministic: the same call twice gives the same bits."""
+    from gpu import deja_vu as gdv
+
+    v = 16 // np.dtype(dtype).itemsize
+    c = v * data.draw(st.sampled_from([3, 257, 513, 1000]))
+    f = data.draw(st.sampled_from([130, 300, 500]))
+    rng = np.random.default_rng(data.draw(seeds))
+    k = data.draw(st.integers(1, f))
+    lo = -(-k // gdv.NR5)
+    blocks = data.draw(st.integers(lo, min(k, lo + 3)))
+    w = dv.random_mlp(rng, c, f, 0.5)
+    w = dv.SparseMLPWeights(*(a.astype(dtype) for a in (w.w1, w.b1, w.w2, w.b2)))
+    b = data.draw(st.sampled_from([1, 2]))
+    x = rng.standard_normal((b, c)).astype(dtype)
+    idx = rng.permutation(f)[:k].astype(np.int32)
+    got = _run_gpu(x, w, idx, 5, "deterministic", blocks)
+    ref, scale = _truth(x, w, idx)
+    used = assert_close(got, ref, "gpu", dtype, scale)
+    plan = gdv.v5_plan(b, c, k, np.dtype(dtype).itemsize, blocks)
+    print(f"v5 G={blocks} S={plan['stages']} n={plan['n']}: {describe(used)}")
+    assert np.array_equal(got, _run_gpu(x, w, idx, 5, "deterministic", blocks))
+
+
+def test_v5_plan_fits_and_wraps():
+    """The plan's shared memory stays under the opt-in limit; at 10 % of OPT-6.7B's
+    MLP on 132 SMs every row a block needs has a stage (2n); at 100 % the ring
+    wraps; the finishers never outnumber the blocks."""
+    from gpu import deja_vu as gdv
+
+    for k in (1, 328, 1638, 16384):
+        p = gdv.v5_plan(1, 4096, k, 2, blocks=max(min(132, k), -(-k // gdv.NR5)))
+        assert p["smem"] <= gdv.SMEM5 and 1 <= p["finishers"] <= p["blocks"]
+        assert p["n"] <= gdv.NR5 and p["stages"] >= 1
+    assert gdv.v5_plan(1, 4096, 1638, 2, blocks=132)["stages"] == 2 * 13
+    assert gdv.v5_plan(1, 4096, 16384, 2, blocks=132)["stages"] < 2 * 125
+    with pytest.raises(ValueError, match="B <= 2"):
+        gdv.v5_plan(3, 8192, 10, 2, blocks=1)
+    with pytest.raises(ValueError, match="C <= 8192"):
+        gdv.v5_plan(1, 8200, 10, 2, blocks=1)
 
 
 @pytest.mark.gpu

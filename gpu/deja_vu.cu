@@ -381,8 +381,9 @@ __device__ __forceinline__ unsigned ld_acquire(const unsigned* p) {
 #define NR5 128        // most neurons per block
 
 // Shared memory of v5 (the launcher computes the same sizes, gpu/deja_vu.py):
-//   ring [S][rb] | full[S], empty[S] mbarriers | ids[NR5] int | red[n][B][W5]
-//   | a[n][B] | ticket (int)      rb = C sizeof(T) rounded up to 128 bytes
+//   ring [S][rb] (at least 16 NT5 bytes) | full[S], empty[S] mbarriers |
+//   ids[NR5] int | red[n][B][W5] | a[n][B] | ticket (int)
+//   rb = C sizeof(T) rounded up to 128 bytes
 // grid (G), block NT5 + 32; ws: cnt[4] unsigned (zero) | part (G, B, C) f32.
 template <typename T, int VPT, int BM>
 __device__ void fused_v5(const T* x, const T* w1, const T* b1, const T* w2,
@@ -397,8 +398,9 @@ __device__ void fused_v5(const T* x, const T* w1, const T* b1, const T* w2,
   const int n = (int)((long long)(g + 1) * K / G) - m0;
   const unsigned row_bytes = (unsigned)C * sizeof(T);
   const size_t rb = ((size_t)row_bytes + 127) & ~(size_t)127;
-  unsigned char* ring = smem;
-  auto* full = reinterpret_cast<unsigned long long*>(smem + (size_t)S * rb);
+  unsigned char* ring = smem;  // also the finishers' 16 NT5-byte scratch
+  const size_t ring_bytes = max((size_t)S * rb, (size_t)16 * NT5);
+  auto* full = reinterpret_cast<unsigned long long*>(smem + ring_bytes);
   auto* empty = full + S;
   int* ids = reinterpret_cast<int*>(empty + S);
   float* red = reinterpret_cast<float*>(ids + NR5);
@@ -411,6 +413,7 @@ __device__ void fused_v5(const T* x, const T* w1, const T* b1, const T* w2,
       mbar_init(&empty[s], W5);
     }
     fence_mbar_init();
+    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");  // for TMA
   }
   if (t < n) {
     int i = idx[m0 + t];

@@ -76,7 +76,7 @@ def v5_plan(b: int, c: int, k: int, itemsize: int, blocks: int | None = None) ->
     stages = max(1, min(2 * n, s_max))
     nq = c // 4
     fin = max(1, min(g, FINISHERS5, nq // 16))
-    smem = stages * (rb + 16) + fixed
+    smem = max(stages * rb, 16 * NT5) + 16 * stages + fixed  # ring: finishers' too
     return dict(blocks=g, vpt=vpt, stages=stages, finishers=fin, smem=smem, n=n)
 
 

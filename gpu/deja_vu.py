@@ -47,7 +47,14 @@ def vec(dtype) -> int:
     return 16 // np.dtype(dtype).itemsize
 
 
-def v5_plan(b: int, c: int, k: int, itemsize: int, blocks: int | None = None) -> dict:
+def v5_plan(
+    b: int,
+    c: int,
+    k: int,
+    itemsize: int,
+    blocks: int | None = None,
+    finishers: int | None = None,
+) -> dict:
     """v5's launch: G blocks (one per SM, at most NR5 neurons each), VPT column
     vectors per consumer thread, S ring stages of rb bytes (one row each; 2n when
     they fit), L finishers, and the dynamic shared memory it all takes."""
@@ -76,6 +83,10 @@ def v5_plan(b: int, c: int, k: int, itemsize: int, blocks: int | None = None) ->
     stages = max(1, min(2 * n, s_max))
     nq = c // 4
     fin = max(1, min(g, FINISHERS5, nq // 16))
+    if finishers is not None:
+        fin = int(finishers)
+        if not 1 <= fin <= min(g, FINISHERS5):
+            raise ValueError(f"finishers must lie in [1, {min(g, FINISHERS5)}]")
     smem = max(stages * rb, 16 * NT5) + 16 * stages + fixed  # ring: finishers' too
     return dict(blocks=g, vpt=vpt, stages=stages, finishers=fin, smem=smem, n=n)
 
@@ -199,6 +210,7 @@ def sparse_mlp(
     workspace=None,
     check_idx: bool = True,
     blocks: int | None = None,
+    finishers: int | None = None,
 ):
     """out = relu(x w1[idx]^T + b1[idx]) w2[idx] + b2 on the GPU.
 
@@ -221,6 +233,8 @@ def sparse_mlp(
             out of bounds: a bad id drops its neuron.
         blocks: v5 only, its grid (default: one block per SM, at most NR5
             neurons each); for tests and tuning.
+        finishers: v5 only, how many of the last blocks sum the partials
+            (default min(G, 64, C / 64)); for tests and tuning.
     Returns:
         out (B, C), x's dtype; every sum in float32.
     """
@@ -228,9 +242,11 @@ def sparse_mlp(
 
     mode = mode or ("deterministic" if version in (1, 5) else "atomic")
     b, c, f, k = _check(x, w1, b1, w2, b2, idx, version, mode, check_idx)
-    if blocks is not None and version != 5:
-        raise ValueError(f"blocks is a v5 option; version = {version}")
-    plan = v5_plan(b, c, k, x.dtype.itemsize, blocks) if version == 5 else None
+    if (blocks is not None or finishers is not None) and version != 5:
+        raise ValueError(f"blocks and finishers are v5 options; version = {version}")
+    plan = None
+    if version == 5:
+        plan = v5_plan(b, c, k, x.dtype.itemsize, blocks, finishers)
     if out is None:
         out = cp.empty((b, c), dtype=x.dtype)
     else:

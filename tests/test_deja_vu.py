@@ -333,7 +333,7 @@ def gpu_case(draw, version: int, dtype):
     return x, w, idx
 
 
-def _run_gpu(x, w, idx, version, mode, blocks=None):
+def _run_gpu(x, w, idx, version, mode, blocks=None, finishers=None):
     import cupy as cp
 
     from gpu import deja_vu as gdv
@@ -353,6 +353,7 @@ def _run_gpu(x, w, idx, version, mode, blocks=None):
             ws[:4] = 0
     args = [cp.asarray(a) for a in (x, w.w1, w.b1, w.w2, w.b2, idx)]
     kw = {} if blocks is None else {"blocks": blocks}
+    kw |= {} if finishers is None else {"finishers": finishers}
     res = gdv.sparse_mlp(*args, version=version, mode=mode, out=out, workspace=ws,
                          **kw)  # fmt: skip
     assert res is out
@@ -442,7 +443,7 @@ def test_gpu_bad_inputs_rejected_before_launch():
         sparse_mlp(cp.zeros((5, 64), f16), w1, b1, w2, b2, ok, version=5)
     with pytest.raises(ValueError, match="blocks must lie"):  # 10 ids, 11 blocks
         sparse_mlp(x, w1, b1, w2, b2, ok, version=5, blocks=11)
-    with pytest.raises(ValueError, match="blocks is a v5 option"):
+    with pytest.raises(ValueError, match="blocks and finishers are v5 options"):
         sparse_mlp(x, w1, b1, w2, b2, ok, version=3, blocks=2)
     with pytest.raises(ValueError, match="mode"):
         sparse_mlp(x, w1, b1, w2, b2, ok, version=5, mode="atomic")
@@ -476,17 +477,19 @@ def test_gpu_v5_ring_wraps_and_few_blocks(dtype, data):
     k = data.draw(st.integers(1, f))
     lo = -(-k // gdv.NR5)
     blocks = data.draw(st.integers(lo, min(k, lo + 3)))
+    fin = data.draw(st.integers(1, min(blocks, gdv.FINISHERS5)))
     w = dv.random_mlp(rng, c, f, 0.5)
     w = dv.SparseMLPWeights(*(a.astype(dtype) for a in (w.w1, w.b1, w.w2, w.b2)))
     b = data.draw(st.sampled_from([1, 2]))
     x = rng.standard_normal((b, c)).astype(dtype)
     idx = rng.permutation(f)[:k].astype(np.int32)
-    got = _run_gpu(x, w, idx, 5, "deterministic", blocks)
+    got = _run_gpu(x, w, idx, 5, "deterministic", blocks, fin)
     ref, scale = _truth(x, w, idx)
     used = assert_close(got, ref, "gpu", dtype, scale)
-    plan = gdv.v5_plan(b, c, k, np.dtype(dtype).itemsize, blocks)
-    print(f"v5 G={blocks} S={plan['stages']} n={plan['n']}: {describe(used)}")
-    assert np.array_equal(got, _run_gpu(x, w, idx, 5, "deterministic", blocks))
+    plan = gdv.v5_plan(b, c, k, np.dtype(dtype).itemsize, blocks, fin)
+    print(f"v5 G={blocks} L={fin} S={plan['stages']} n={plan['n']}: {describe(used)}")
+    again = _run_gpu(x, w, idx, 5, "deterministic", blocks, fin)
+    assert np.array_equal(got, again)
 
 
 def test_v5_plan_fits_and_wraps():

@@ -13,6 +13,7 @@ line per case is printed. A quick look, not a recorded figure: the benchmark
 """
 
 import math
+import os
 import sys
 
 import cupy as cp
@@ -38,6 +39,7 @@ def layer():
     return w1, b1, w2, b2
 
 
+tune = os.environ.get("TT_V5", "").split(",")
 n_sets = bench.n_copies(gdv.bytes_moved(b, c, int(min(kepts) * f), 2))
 sets = [layer() for _ in range(n_sets)]
 x = rng.standard_normal((b, c), dtype=cp.float32).astype(f16)
@@ -52,6 +54,8 @@ for kept in kepts:
 
         def call(j, ver=ver, mode=mode, ws=ws, outs=outs, idx=idx):
             kw = dict(version=ver, mode=mode, out=outs[j], workspace=ws[j])
+            if ver == 5:  # TT_V5="finishers=16" to try another plan
+                kw |= {a: int(v) for a, v in (p.split("=") for p in tune if p)}
             return gdv.sparse_mlp(x, *sets[j], idx[j], check_idx=False, **kw)
 
         for _ in range(reps):

@@ -6,10 +6,10 @@ PYTHONPATH=$PWD python3 tools/profile_deja_vu.py [VERSIONS] [KEPT] [B] [REPEATS]
 VERSIONS a comma list (default 5), KEPT a comma list of kept fractions (default 0.1).
 Each (version, kept) runs REPEATS times (default 3) on one weight set, so that under
 ``ncu -k regex:... --launch-skip N`` the first calls warm the kernel cache and a
-later one is profiled; then it is timed as the benchmark times it (a CUDA graph
-over weight copies that together exceed 2x L2, median of the replays), and one
-line per case is printed. A quick look, not a recorded figure: the benchmark
-(python -m gpu.bench deja_vu) records those.
+later one is profiled (TT_PROFILE_ONLY=1 stops there); then it is timed as the
+benchmark times it (a CUDA graph over weight copies that together exceed 2x L2,
+median of the replays), and one line per case is printed. A quick look, not a
+recorded figure: the benchmark (python -m gpu.bench deja_vu) records those.
 """
 
 import math
@@ -61,6 +61,8 @@ for kept in kepts:
         for _ in range(reps):
             call(0)
         cp.cuda.Device().synchronize()
+        if os.environ.get("TT_PROFILE_ONLY"):  # under ncu: the calls above suffice
+            continue
         t = bench.time_cupy([lambda j=j: call(j) for j in range(n_sets)], samples=20)
         tbs = gdv.bytes_moved(b, c, k, 2) / t.median_us / 1e6
         print(f"v{ver} B={b} kept={kept:.2f} K={k}: {t.median_us:7.2f} us, "

@@ -48,9 +48,10 @@ QUICK_KEPT = (0.02, 0.1, 1.0)
 BATCHES = (1, 4, 16, 64)
 QUICK_BATCHES = (1, 16)
 VARIANTS = ((1, "deterministic"), (2, "atomic"), (2, "deterministic"))
-VARIANTS += ((3, "atomic"), (3, "deterministic"), (4, "atomic"), (5, "deterministic"))
+VARIANTS += ((3, "atomic"), (3, "deterministic"), (4, "atomic"))
+VARIANTS += ((5, "deterministic"), (6, "deterministic"))
 BATCH_VARIANTS = ((3, "atomic"), (3, "deterministic"), (2, "atomic"), (4, "atomic"))
-BATCH_VARIANTS += ((5, "deterministic"),)  # B <= 4 only: the small-batch kernel
+BATCH_VARIANTS += ((5, "deterministic"), (6, "deterministic"))  # B <= 4 only
 ACTIVE_SHIFT = -1.2816  # b1 mean: P(N(0, 1) > 1.2816) = 10 % active per row
 K16 = 2.0**-11 / (6 * 2.0**-24)  # one fp16 rounding in units of the gpu row's atol
 GRID = bench.Grid(
@@ -295,7 +296,7 @@ def _case(sets, xs, idxs, ceil, variants, with_gather=True, **extra) -> list[dic
         fixed = GRID.fixed
         if version == 1 and (k > fixed["v1_max_kept"] * F or b > fixed["v1_max_b"]):
             continue  # v1 reads rows with 2-byte loads, serially: its trend is clear
-        if version == 5 and b > fixed["v5_max_b"]:
+        if version in (5, 6) and b > fixed["v5_max_b"]:
             continue  # v5 holds B rows in registers: the small-batch kernel
         check, calls = _ours(sets, xs, idxs, version, mode)
         name = f"v{version}_{mode[:3]}"

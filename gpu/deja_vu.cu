@@ -376,6 +376,15 @@ __device__ __forceinline__ unsigned ld_acquire(const unsigned* p) {
   return v;
 }
 
+// Time stamps for a timeline (tools/profile_deja_vu.py): the global timer (ns)
+// at point k of block g, when the launcher passed a trace buffer.
+__device__ __forceinline__ void stamp(unsigned long long* trace, int k) {
+  if (trace == nullptr) return;
+  unsigned long long ns;
+  asm volatile("mov.u64 %0, %%globaltimer;\n" : "=l"(ns));
+  trace[blockIdx.x * 8 + k] = ns;
+}
+
 #define W5 8           // consumer warps of v5
 #define NT5 (W5 * 32)  // consumer threads
 #define NR5 128        // most neurons per block
@@ -389,10 +398,11 @@ template <typename T, int VPT, int BM>
 __device__ void fused_v5(const T* x, const T* w1, const T* b1, const T* w2,
                          const T* b2, const int* idx, unsigned* cnt,
                          float* part, T* out, int B, int C, int F, int K,
-                         int S, int L) {
+                         int S, int L, unsigned long long* trace) {
   constexpr int VEC = Vec<T>::N;
   extern __shared__ __align__(128) unsigned char smem[];
   const int G = gridDim.x, g = blockIdx.x, t = threadIdx.x;
+  if (t == 0) stamp(trace, 0);  // 0 entry
   const int warp = t / 32, lane = t % 32, nv = C / VEC;
   const int m0 = (int)((long long)g * K / G);
   const int n = (int)((long long)(g + 1) * K / G) - m0;
@@ -420,6 +430,7 @@ __device__ void fused_v5(const T* x, const T* w1, const T* b1, const T* w2,
     ids[t] = i >= 0 && i < F ? i : -1;  // a bad id is never read
   }
   __syncthreads();
+  if (t == 0) stamp(trace, 1);  // 1 ids in shared memory
 
   if (warp == W5) {  // producer: item i < n is W1 row i, else W2 row i - n
     if (lane == 0) {
@@ -455,6 +466,7 @@ __device__ void fused_v5(const T* x, const T* w1, const T* b1, const T* w2,
   for (int r = 0; r < n; ++r) {
     int s = r % S;
     mbar_wait(&full[s], (r / S) & 1);
+    if (t == 0 && r == 0) stamp(trace, 2);  // 2 the first row has landed
     const uint4* row = reinterpret_cast<const uint4*>(ring + s * rb);
     float z[BM];
 #pragma unroll
@@ -497,6 +509,7 @@ __device__ void fused_v5(const T* x, const T* w1, const T* b1, const T* w2,
     }
   }
   consumers_sync(NT5);
+  if (t == 0) stamp(trace, 3);  // 3 a in shared memory
 
   // phase 2: acc[b] += a[r][b] * w2 row r
   float acc[BM][VPT][VEC];
@@ -533,6 +546,8 @@ __device__ void fused_v5(const T* x, const T* w1, const T* b1, const T* w2,
     if (lane == 0) mbar_arrive(&empty[s]);
   }
 
+  if (t == 0) stamp(trace, 4);  // 4 phase 2 done (thread 0)
+
   // this block's partial, then a ticket
   float* mine = part + (size_t)g * B * C;
 #pragma unroll
@@ -552,6 +567,7 @@ __device__ void fused_v5(const T* x, const T* w1, const T* b1, const T* w2,
   consumers_sync(NT5);
   if (t == 0) *ticket = (int)atomicAdd(&cnt[0], 1u);
   consumers_sync(NT5);
+  if (t == 0) stamp(trace, 5);  // 5 ticket drawn
   const int f = *ticket - (G - L);
   if (f < 0) return;
 
@@ -559,6 +575,7 @@ __device__ void fused_v5(const T* x, const T* w1, const T* b1, const T* w2,
   if (t == 0)
     while (ld_acquire(&cnt[0]) < (unsigned)G) __nanosleep(32);
   consumers_sync(NT5);
+  if (t == 0) stamp(trace, 6);  // 6 every partial is in
   __threadfence();
   const int nq = C / 4, Q = (nq + L - 1) / L, q0 = min(nq, f * Q);
   const int nqf = min(nq, q0 + Q) - q0;
@@ -608,6 +625,275 @@ __device__ void fused_v5(const T* x, const T* w1, const T* b1, const T* w2,
   }
   // the last finisher re-zeroes both counters for the next launch
   consumers_sync(NT5);
+  if (t == 0) stamp(trace, 7);  // 7 this finisher's slice is written
+  if (t == 0 && atomicAdd(&cnt[1], 1u) == (unsigned)L - 1) {
+    cnt[0] = 0u;
+    cnt[1] = 0u;
+  }
+}
+
+// --- v6 ---
+// v5 with three cuts to its fixed cost: the producer's 32 lanes issue the
+// first S copies at once (v5: lane 0, one after another); one fence, by the
+// thread that takes the ticket, after the barrier (v5: every thread); the
+// finishers issue 8 partial loads before adding them (v5: one at a time).
+template <typename T, int VPT, int BM>
+__device__ void fused_v6(const T* x, const T* w1, const T* b1, const T* w2,
+                         const T* b2, const int* idx, unsigned* cnt,
+                         float* part, T* out, int B, int C, int F, int K,
+                         int S, int L, unsigned long long* trace) {
+  constexpr int VEC = Vec<T>::N;
+  extern __shared__ __align__(128) unsigned char smem[];
+  const int G = gridDim.x, g = blockIdx.x, t = threadIdx.x;
+  if (t == 0) stamp(trace, 0);  // 0 entry
+  const int warp = t / 32, lane = t % 32, nv = C / VEC;
+  const int m0 = (int)((long long)g * K / G);
+  const int n = (int)((long long)(g + 1) * K / G) - m0;
+  const unsigned row_bytes = (unsigned)C * sizeof(T);
+  const size_t rb = ((size_t)row_bytes + 127) & ~(size_t)127;
+  unsigned char* ring = smem;  // also the finishers' 16 NT5-byte scratch
+  const size_t ring_bytes = max((size_t)S * rb, (size_t)16 * NT5);
+  auto* full = reinterpret_cast<unsigned long long*>(smem + ring_bytes);
+  auto* empty = full + S;
+  int* ids = reinterpret_cast<int*>(empty + S);
+  float* red = reinterpret_cast<float*>(ids + NR5);
+  float* a_s = red + n * B * W5;
+  int* ticket = reinterpret_cast<int*>(a_s + n * B);
+
+  if (t == 0) {
+    for (int s = 0; s < S; ++s) {
+      mbar_init(&full[s], 1);
+      mbar_init(&empty[s], W5);
+    }
+    fence_mbar_init();
+    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");  // for TMA
+  }
+  if (t < n) {
+    int i = idx[m0 + t];
+    ids[t] = i >= 0 && i < F ? i : -1;  // a bad id is never read
+  }
+  __syncthreads();
+  if (t == 0) stamp(trace, 1);  // 1 ids in shared memory
+
+  if (warp == W5) {  // producer: item i < n is W1 row i, else W2 row i - n
+    auto issue = [&](int i) {
+      int s = i % S, id = ids[i < n ? i : i - n];
+      if (id >= 0) {
+        mbar_expect_tx(&full[s], row_bytes);
+        bulk_load(ring + s * rb, (i < n ? w1 : w2) + (size_t)id * C, row_bytes,
+                  &full[s]);
+      } else {
+        mbar_arrive(&full[s]);  // nothing to copy: the consumers skip it
+      }
+    };
+    // the first S items go to empty stages: the 32 lanes issue them at once;
+    // the rest, in order, by lane 0, each after its stage's consumers are done
+    for (int i = lane; i < min(S, 2 * n); i += 32) issue(i);
+    if (lane == 0) {
+      for (int i = S; i < 2 * n; ++i) {
+        mbar_wait(&empty[i % S], (i / S - 1) & 1);
+        issue(i);
+      }
+    }
+    return;
+  }
+
+  // consumers: thread t owns the column vectors v = t + NT5 j, j < VPT
+  uint4 xr[BM][VPT];
+#pragma unroll
+  for (int b = 0; b < BM; ++b)
+#pragma unroll
+    for (int j = 0; j < VPT; ++j) {
+      int v = t + NT5 * j;
+      xr[b][j] = b < B && v < nv ? load16(x + (size_t)b * C + (size_t)v * VEC)
+                                 : make_uint4(0u, 0u, 0u, 0u);
+    }
+  float bias = t < n && ids[t] >= 0 ? to_f(b1[ids[t]]) : 0.f;
+
+  // phase 1: z[r][b] = x[b] . w1 row r, warp partials into red
+  for (int r = 0; r < n; ++r) {
+    int s = r % S;
+    mbar_wait(&full[s], (r / S) & 1);
+    if (t == 0 && r == 0) stamp(trace, 2);  // 2 the first row has landed
+    const uint4* row = reinterpret_cast<const uint4*>(ring + s * rb);
+    float z[BM];
+#pragma unroll
+    for (int b = 0; b < BM; ++b) z[b] = 0.f;
+#pragma unroll
+    for (int j = 0; j < VPT; ++j) {
+      int v = t + NT5 * j;
+      if (v < nv) {
+        float w[VEC];
+        unpack<T>(w, row[v]);
+#pragma unroll
+        for (int b = 0; b < BM; ++b) {
+          if (b < B) {
+            float xv[VEC];
+            unpack<T>(xv, xr[b][j]);
+#pragma unroll
+            for (int e = 0; e < VEC; ++e) z[b] = fmaf(xv[e], w[e], z[b]);
+          }
+        }
+      }
+    }
+#pragma unroll
+    for (int b = 0; b < BM; ++b)
+      if (b < B) z[b] = warp_sum(z[b]);
+    if (lane == 0) {
+#pragma unroll
+      for (int b = 0; b < BM; ++b)
+        if (b < B) red[(r * B + b) * W5 + warp] = z[b];
+    }
+    __syncwarp();
+    if (lane == 0) mbar_arrive(&empty[s]);
+  }
+  consumers_sync(NT5);
+  if (t < n) {  // a = relu(z + b1), the warp partials in warp order
+    for (int b = 0; b < B; ++b) {
+      float zz = 0.f;
+#pragma unroll
+      for (int w = 0; w < W5; ++w) zz += red[(t * B + b) * W5 + w];
+      a_s[t * B + b] = ids[t] >= 0 ? fmaxf(zz + bias, 0.f) : 0.f;
+    }
+  }
+  consumers_sync(NT5);
+  if (t == 0) stamp(trace, 3);  // 3 a in shared memory
+
+  // phase 2: acc[b] += a[r][b] * w2 row r
+  float acc[BM][VPT][VEC];
+#pragma unroll
+  for (int b = 0; b < BM; ++b)
+#pragma unroll
+    for (int j = 0; j < VPT; ++j)
+#pragma unroll
+      for (int e = 0; e < VEC; ++e) acc[b][j][e] = 0.f;
+  for (int r = 0; r < n; ++r) {
+    int i = n + r, s = i % S;
+    mbar_wait(&full[s], (i / S) & 1);
+    if (ids[r] >= 0) {
+      const uint4* row = reinterpret_cast<const uint4*>(ring + s * rb);
+#pragma unroll
+      for (int j = 0; j < VPT; ++j) {
+        int v = t + NT5 * j;
+        if (v < nv) {
+          float w[VEC];
+          unpack<T>(w, row[v]);
+#pragma unroll
+          for (int b = 0; b < BM; ++b) {
+            if (b < B) {
+              float av = a_s[r * B + b];
+#pragma unroll
+              for (int e = 0; e < VEC; ++e)
+                acc[b][j][e] = fmaf(av, w[e], acc[b][j][e]);
+            }
+          }
+        }
+      }
+    }
+    __syncwarp();
+    if (lane == 0) mbar_arrive(&empty[s]);
+  }
+
+  if (t == 0) stamp(trace, 4);  // 4 phase 2 done (thread 0)
+
+  // this block's partial, then a ticket
+  float* mine = part + (size_t)g * B * C;
+#pragma unroll
+  for (int b = 0; b < BM; ++b)
+#pragma unroll
+    for (int j = 0; j < VPT; ++j) {
+      int v = t + NT5 * j;
+      if (b < B && v < nv) {
+#pragma unroll
+        for (int e = 0; e < VEC; e += 4)
+          __stcg(reinterpret_cast<float4*>(mine + (size_t)b * C + v * VEC + e),
+                 make_float4(acc[b][j][e], acc[b][j][e + 1], acc[b][j][e + 2],
+                             acc[b][j][e + 3]));
+      }
+    }
+  consumers_sync(NT5);
+  if (t == 0) {  // the block's partial (ordered by the barrier) before the ticket
+    __threadfence();
+    *ticket = (int)atomicAdd(&cnt[0], 1u);
+  }
+  consumers_sync(NT5);
+  if (t == 0) stamp(trace, 5);  // 5 ticket drawn
+  const int f = *ticket - (G - L);
+  if (f < 0) return;
+
+  // finisher f of L: wait for all G partials, then columns [4 q0, 4 q1)
+  if (t == 0)
+    while (ld_acquire(&cnt[0]) < (unsigned)G) __nanosleep(32);
+  consumers_sync(NT5);
+  if (t == 0) stamp(trace, 6);  // 6 every partial is in
+  __threadfence();
+  const int nq = C / 4, Q = (nq + L - 1) / L, q0 = min(nq, f * Q);
+  const int nqf = min(nq, q0 + Q) - q0;
+  float4* red4 = reinterpret_cast<float4*>(ring);  // every copy has landed
+  for (int b = 0; b < B && nqf > 0; ++b) {
+    const float* pb = part + (size_t)b * C + (size_t)q0 * 4;
+    T* ob = out + (size_t)b * C + (size_t)q0 * 4;
+    if (nqf <= NT5) {  // ng groups of partials p = gg, gg + ng, ..., in order
+      const int ng = NT5 / nqf;
+      if (t < ng * nqf) {
+        int qq = t % nqf, gg = t / nqf;
+        float4 sum = make_float4(0.f, 0.f, 0.f, 0.f);
+        for (int p0 = gg; p0 < G; p0 += 8 * ng) {  // 8 loads in flight
+          float4 v[8];
+#pragma unroll
+          for (int u = 0; u < 8; ++u) {
+            int p = p0 + u * ng;
+            v[u] = p < G ? __ldcg(reinterpret_cast<const float4*>(
+                               pb + (size_t)p * B * C + qq * 4))
+                         : make_float4(0.f, 0.f, 0.f, 0.f);
+          }
+#pragma unroll
+          for (int u = 0; u < 8; ++u)
+            if (p0 + u * ng < G)
+              sum.x += v[u].x, sum.y += v[u].y, sum.z += v[u].z,
+                  sum.w += v[u].w;
+        }
+        red4[gg * nqf + qq] = sum;
+      }
+      consumers_sync(NT5);
+      if (t < nqf) {
+        float4 sum = red4[t];
+        for (int gg = 1; gg < ng; ++gg) {
+          float4 v = red4[gg * nqf + t];
+          sum.x += v.x, sum.y += v.y, sum.z += v.z, sum.w += v.w;
+        }
+        const float s4[4] = {sum.x, sum.y, sum.z, sum.w};
+#pragma unroll
+        for (int e = 0; e < 4; ++e)
+          from_f(ob[t * 4 + e], s4[e] + to_f(b2[(size_t)(q0 + t) * 4 + e]));
+      }
+      consumers_sync(NT5);
+    } else {
+      for (int qq = t; qq < nqf; qq += NT5) {
+        float4 sum = make_float4(0.f, 0.f, 0.f, 0.f);
+        for (int p0 = 0; p0 < G; p0 += 8) {  // 8 loads in flight
+          float4 v[8];
+#pragma unroll
+          for (int u = 0; u < 8; ++u)
+            v[u] = p0 + u < G ? __ldcg(reinterpret_cast<const float4*>(
+                                    pb + (size_t)(p0 + u) * B * C + qq * 4))
+                              : make_float4(0.f, 0.f, 0.f, 0.f);
+#pragma unroll
+          for (int u = 0; u < 8; ++u)
+            if (p0 + u < G)
+              sum.x += v[u].x, sum.y += v[u].y, sum.z += v[u].z,
+                  sum.w += v[u].w;
+        }
+        const float s4[4] = {sum.x, sum.y, sum.z, sum.w};
+#pragma unroll
+        for (int e = 0; e < 4; ++e)
+          from_f(ob[qq * 4 + e], s4[e] + to_f(b2[(size_t)(q0 + qq) * 4 + e]));
+      }
+    }
+  }
+  // the last finisher re-zeroes both counters for the next launch
+  consumers_sync(NT5);
+  if (t == 0) stamp(trace, 7);  // 7 this finisher's slice is written
   if (t == 0 && atomicAdd(&cnt[1], 1u) == (unsigned)L - 1) {
     cnt[0] = 0u;
     cnt[1] = 0u;
@@ -697,9 +983,9 @@ DV_FUSED4(deja_vu_fused_v4_f16, __half)
   extern "C" __global__ void __launch_bounds__(NT5 + 32, 1)                  \
   NAME(const T* x, const T* w1, const T* b1, const T* w2, const T* b2,       \
        const int* idx, unsigned* cnt, float* part, T* out, int B, int C,     \
-       int F, int K, int S, int L) {                                         \
+       int F, int K, int S, int L, unsigned long long* trace) {              \
     fused_v5<T, VPT, BM>(x, w1, b1, w2, b2, idx, cnt, part, out, B, C, F, K, \
-                         S, L);                                              \
+                         S, L, trace);                                       \
   }
 DV_FUSED5(deja_vu_fused_v5_f32_p1, float, 1, 4)
 DV_FUSED5(deja_vu_fused_v5_f32_p2, float, 2, 4)
@@ -707,6 +993,21 @@ DV_FUSED5(deja_vu_fused_v5_f32_p4, float, 4, 2)
 DV_FUSED5(deja_vu_fused_v5_f16_p1, __half, 1, 4)
 DV_FUSED5(deja_vu_fused_v5_f16_p2, __half, 2, 4)
 DV_FUSED5(deja_vu_fused_v5_f16_p4, __half, 4, 2)
+
+#define DV_FUSED6(NAME, T, VPT, BM)                                          \
+  extern "C" __global__ void __launch_bounds__(NT5 + 32, 1)                  \
+  NAME(const T* x, const T* w1, const T* b1, const T* w2, const T* b2,       \
+       const int* idx, unsigned* cnt, float* part, T* out, int B, int C,     \
+       int F, int K, int S, int L, unsigned long long* trace) {              \
+    fused_v6<T, VPT, BM>(x, w1, b1, w2, b2, idx, cnt, part, out, B, C, F, K, \
+                         S, L, trace);                                       \
+  }
+DV_FUSED6(deja_vu_fused_v6_f32_p1, float, 1, 4)
+DV_FUSED6(deja_vu_fused_v6_f32_p2, float, 2, 4)
+DV_FUSED6(deja_vu_fused_v6_f32_p4, float, 4, 2)
+DV_FUSED6(deja_vu_fused_v6_f16_p1, __half, 1, 4)
+DV_FUSED6(deja_vu_fused_v6_f16_p2, __half, 2, 4)
+DV_FUSED6(deja_vu_fused_v6_f16_p4, __half, 4, 2)
 
 #define DV_FINISH(NAME, T)                                                   \
   extern "C" __global__ void __launch_bounds__(256)                          \

@@ -23,7 +23,8 @@ import numpy as np
 from gpu import runtime as rt
 
 SLUG = "deja_vu"
-VERSIONS = (1, 2, 3, 4, 5)
+VERSIONS = (1, 2, 3, 4, 5, 6)
+RING = (5, 6)  # the one-launch ring versions: plan v5_plan, B <= 4
 MODES = ("atomic", "deterministic")
 DTYPES = (np.float32, np.float16)
 _SUFFIX = {np.dtype(np.float32): "f32", np.dtype(np.float16): "f16"}
@@ -125,7 +126,7 @@ def workspace_elems(
     asks the device for its SM count unless ``blocks`` is given)."""
     if version == 4:  # acc (B, C), then the arrival counter (one 16-byte slot)
         return b * c + 4
-    if version == 5:
+    if version in RING:
         g = blocks if blocks is not None else max(min(_sms(), k), -(-k // NR5), 1)
         return 4 + g * b * c
     return _a_elems(version, b, k) + n_parts(version, k, mode) * b * c
@@ -156,6 +157,7 @@ def _check(x, w1, b1, w2, b2, idx, version, mode, check_idx):
     if version not in VERSIONS:
         raise ValueError(f"version must be one of {VERSIONS}, got {version!r}")
     only = {1: ("deterministic",), 4: ("atomic",), 5: ("deterministic",)}
+    only[6] = only[5]
     if mode not in only.get(version, MODES):
         ok = only.get(version, MODES)
         raise ValueError(f"mode for v{version} must be one of {ok}, got {mode!r}")
@@ -211,6 +213,7 @@ def sparse_mlp(
     check_idx: bool = True,
     blocks: int | None = None,
     finishers: int | None = None,
+    trace=None,
 ):
     """out = relu(x w1[idx]^T + b1[idx]) w2[idx] + b2 on the GPU.
 
@@ -231,21 +234,25 @@ def sparse_mlp(
         check_idx: check idx on the device first (sort + reduction + sync);
             pass False only for a set already checked. The kernels never read
             out of bounds: a bad id drops its neuron.
-        blocks: v5 only, its grid (default: one block per SM, at most NR5
+        blocks: v5 and v6 only, their grid (default: one block per SM, at most NR5
             neurons each); for tests and tuning.
-        finishers: v5 only, how many of the last blocks sum the partials
+        finishers: v5 and v6 only, how many of the last blocks sum the partials
             (default min(G, 64, C / 64)); for tests and tuning.
+        trace: v5 and v6 only, an optional (>= 8 G,) uint64 array that receives
+            eight global-timer stamps (ns) per block (tools/profile_deja_vu.py).
     Returns:
         out (B, C), x's dtype; every sum in float32.
     """
     import cupy as cp
 
-    mode = mode or ("deterministic" if version in (1, 5) else "atomic")
+    mode = mode or ("deterministic" if version in (1, *RING) else "atomic")
     b, c, f, k = _check(x, w1, b1, w2, b2, idx, version, mode, check_idx)
-    if (blocks is not None or finishers is not None) and version != 5:
-        raise ValueError(f"blocks and finishers are v5 options; version = {version}")
+    if (blocks is not None or finishers is not None) and version not in RING:
+        raise ValueError(f"blocks and finishers are v5/v6 options; version = {version}")
+    if trace is not None and version not in RING:
+        raise ValueError(f"trace is a v5/v6 option; version = {version}")
     plan = None
-    if version == 5:
+    if version in RING:
         plan = v5_plan(b, c, k, x.dtype.itemsize, blocks, finishers)
     if out is None:
         out = cp.empty((b, c), dtype=x.dtype)
@@ -265,14 +272,19 @@ def sparse_mlp(
             raise ValueError("workspace must be 16-byte aligned (float4 partials)")
     i32, sfx = np.int32, _SUFFIX[x.dtype]
     dims = (i32(b), i32(c), i32(f), i32(k))
-    if version == 5:
-        fn = rt.kernel(SLUG, f"deja_vu_fused_v5_{sfx}_p{plan['vpt']}")
+    if version in RING:
+        if trace is not None:
+            rt.check_array("trace", trace, (np.uint64,), 1)
+            if trace.size < 8 * plan["blocks"]:
+                raise ValueError(f"trace needs {8 * plan['blocks']} uint64")
+        fn = rt.kernel(SLUG, f"deja_vu_fused_v{version}_{sfx}_p{plan['vpt']}")
         fn.max_dynamic_shared_size_bytes = plan["smem"]  # beyond 48 KB: opt in
         fn(
             (plan["blocks"],),
             (NT5 + 32,),
             (x, w1, b1, w2, b2, idx, workspace[:4].view(cp.uint32), workspace[4:],
-             out, *dims, i32(plan["stages"]), i32(plan["finishers"])),
+             out, *dims, i32(plan["stages"]), i32(plan["finishers"]),
+             np.uint64(0) if trace is None else trace),
             shared_mem=plan["smem"],
         )  # fmt: skip
         return out

@@ -515,13 +515,14 @@ def test_fuzz_xcache_decode(case):
 def deja_vu_calls(draw):
     version, mode = draw(st.sampled_from([
         (1, "deterministic"), (2, "atomic"), (2, "deterministic"), (3, "atomic"),
-        (3, "deterministic"), (4, "atomic"), (5, "deterministic")]))  # fmt: skip
+        (3, "deterministic"), (4, "atomic"), (5, "deterministic"),
+        (6, "deterministic")]))  # fmt: skip
     dtype = draw(st.sampled_from([F32, F16]))
     vec = 16 // np.dtype(dtype).itemsize
     c = draw(st.sampled_from([1, 5, 33])) if version == 1 else vec * draw(
         st.sampled_from([1, 3, 17]))  # fmt: skip
     f = draw(st.sampled_from([1, 9, 40, 257]))
-    b = draw(st.sampled_from([1, 2] if version == 5 else [1, 2, 5]))  # v5: B <= 4
+    b = draw(st.sampled_from([1, 2] if version >= 5 else [1, 2, 5]))  # v5, v6: B <= 4
     rng = np.random.default_rng(draw(seeds))
     k = draw(st.integers(0, f))
     w = dv.random_mlp(rng, c, f, 0.5)
@@ -531,7 +532,7 @@ def deja_vu_calls(draw):
         "w2": w.w2.astype(dtype), "b2": w.b2.astype(dtype),
         "idx": rng.permutation(f)[:k].astype(np.int32),
     }  # fmt: skip
-    bad_modes = ("fast", "atomic") if version in (1, 5) else ("fast", "exact")
+    bad_modes = ("fast", "atomic") if version in (1, 5, 6) else ("fast", "exact")
     scalars = {"version": VERSION_BAD, "mode": (bad_modes, ("mode",))}
     if k:
         scalars["bad_idx"] = (("past", "negative", "duplicate"), ("idx",))

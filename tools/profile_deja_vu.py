@@ -4,6 +4,9 @@ fp16) for a profiler to attach to (ncu), or a quick sweep of graph-timed version
 PYTHONPATH=$PWD python3 tools/profile_deja_vu.py [VERSIONS] [KEPT] [B] [REPEATS]
 
 VERSIONS a comma list (default 5), KEPT a comma list of kept fractions (default 0.1).
+Environment: TT_V5="blocks=66,finishers=16" (v5/v6 plan), TT_SETS (weight copies
+to rotate), TT_IDX=contig (the first K rows instead of K random ones). v5 and v6
+also print a timeline: eight global-timer stamps per block.
 Each (version, kept) runs REPEATS times (default 3) on one weight set, so that under
 ``ncu -k regex:... --launch-skip N`` the first calls warm the kernel cache and a
 later one is profiled (TT_PROFILE_ONLY=1 stops there); then it is timed as the
@@ -40,13 +43,17 @@ def layer():
 
 
 tune = os.environ.get("TT_V5", "").split(",")
+TRACE = ("entry", "ids", "row0", "a", "phase2", "ticket", "all_in", "end")
 n_sets = bench.n_copies(gdv.bytes_moved(b, c, int(min(kepts) * f), 2))
+n_sets = int(os.environ.get("TT_SETS", n_sets))  # 1: L2- and TLB-warm
 sets = [layer() for _ in range(n_sets)]
 x = rng.standard_normal((b, c), dtype=cp.float32).astype(f16)
 for kept in kepts:
     k = round(kept * f)
     idx = [cp.asarray(np.sort(np.random.default_rng(j).permutation(f)[:k]), cp.int32)
            for j in range(n_sets)]  # fmt: skip
+    if os.environ.get("TT_IDX") == "contig":  # the first K rows: few pages
+        idx = [cp.arange(k, dtype=cp.int32) for _ in range(n_sets)]
     for ver in vers:
         mode = "atomic" if ver in (2, 3, 4) else "deterministic"
         ws = [gdv.new_workspace(ver, b, c, k, mode) for _ in sets]
@@ -64,6 +71,21 @@ for kept in kepts:
         if os.environ.get("TT_PROFILE_ONLY"):  # under ncu: the calls above suffice
             continue
         t = bench.time_cupy([lambda j=j: call(j) for j in range(n_sets)], samples=20)
+        if ver in gdv.RING:  # one more call with a trace, on a set not in L2
+            tr = cp.zeros(8 * 4096, cp.uint64)
+            kw = dict(version=ver, out=outs[0], workspace=ws[0], trace=tr)
+            kw |= {a: int(v) for a, v in (p.split("=") for p in tune if p)}
+            gdv.sparse_mlp(x, *sets[0], idx[0], check_idx=False, **kw)
+            tr = cp.asnumpy(tr).reshape(-1, 8).astype(np.int64)
+            tr = tr[tr[:, 0] > 0]
+            t0 = tr[:, 0].min()
+            cols = []
+            for i, what in enumerate(TRACE):
+                v = tr[:, i][tr[:, i] > 0] - t0
+                if v.size:
+                    cols.append(f"{what} {np.median(v) / 1e3:.1f}/{v.max() / 1e3:.1f}")
+            print(f"  trace v{ver} kept={kept:.2f} G={len(tr)} (median/max us from "
+                  f"the first entry): " + ", ".join(cols))  # fmt: skip
         tbs = gdv.bytes_moved(b, c, k, 2) / t.median_us / 1e6
         print(f"v{ver} B={b} kept={kept:.2f} K={k}: {t.median_us:7.2f} us, "
               f"{tbs:.2f} TB/s of the fewest bytes")  # fmt: skip

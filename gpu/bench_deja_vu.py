@@ -11,6 +11,8 @@ The sparse ReLU MLP of one decode step, C = 4096, F = 16384, fp16 (OPT-6.7B's ML
   the same two in PyTorch under CUDA graphs: torch_dense (F.linear's addmm with
   b1, relu in place, addmm with b2) and torch_gather_gemv (index_select of the K
   rows of W1, b1 and W2, then the same GEMVs), into NaN-poisoned outputs.
+* "deja_vu_timeline": where one launch of v5 and v6 spends its time (B = 1, 2 % and
+  10 % kept): global-timer stamps at eight points of every block (``timeline``).
 * "deja_vu_batch": B in {1, 4, 16, 64} (quick: 1, 16) with T = the union of the B
   rows' active sets, measured on the weights (b1 set for ~10 % active per row;
   independent random rows, the worst case for the union), v2-v4 against the same
@@ -392,6 +394,58 @@ def batch_sweep(rng, batches, ceil) -> list[dict]:
     return rows
 
 
+TIMELINE = ("entry", "ids", "row0", "a", "phase2", "ticket", "all_in", "end")
+TIMELINE_KEPT = (0.02, 0.1)
+TIMELINE_CALLS = 9
+
+
+def timeline(rng, rng_np, ceil) -> list[dict]:
+    """Where one launch of the ring versions spends its time: each block stamps the
+    global timer (ns) at eight points (gpu/deja_vu.cu, ``stamp``); per call, the
+    median and the latest block at each point, counted from the first block's
+    entry; rows hold the median of those over TIMELINE_CALLS calls, each on a
+    weight copy not touched for n_copies - 1 calls (cold in L2, as in the sweep).
+    The launch itself, before the first block starts, is not seen."""
+    import cupy as cp
+
+    n = bench.n_copies(gdv.bytes_moved(1, C, int(min(TIMELINE_KEPT) * F), 2))
+    sets = _weights(rng, n, 0.0)
+    x = rng.standard_normal((1, C), dtype=cp.float32).astype(F16)
+    rows = []
+    for fr in TIMELINE_KEPT:
+        k = round(fr * F)
+        idxs = [cp.asarray(np.sort(rng_np.permutation(F)[:k]), cp.int32) for _ in sets]
+        for version in gdv.RING:
+            ws = gdv.new_workspace(version, 1, C, k, "deterministic")
+            out = cp.empty((1, C), F16)
+            tr = cp.zeros(8 * max(gdv.v5_plan(1, C, k, 2)["blocks"], 1), cp.uint64)
+            per_call = []
+            for j in range(n + TIMELINE_CALLS):  # the first n warm the kernel
+                kw = dict(version=version, out=out, workspace=ws, check_idx=False)
+                tr.fill(0)
+                gdv.sparse_mlp(x, *sets[j % n], idxs[j % n], trace=tr, **kw)
+                if j >= n:
+                    t = cp.asnumpy(tr).reshape(-1, 8).astype(np.int64)
+                    per_call.append(t[t[:, 0] > 0])
+            base = dict(name=f"v{version}_det", B=1, C=C, F=F, K=k, kept=k / F)
+            base.update(blocks=len(per_call[0]), calls=TIMELINE_CALLS, status="ok")
+            for i, point in enumerate(TIMELINE):
+                med, late = [], []
+                for t in per_call:
+                    v = t[:, i][t[:, i] > 0] - t[:, 0].min()
+                    if v.size:
+                        med.append(np.median(v) / 1e3)
+                        late.append(v.max() / 1e3)
+                if med:
+                    rows.append(dict(base, point=point, at_us=float(np.median(med)),
+                                     latest_us=float(np.median(late))))  # fmt: skip
+                    print(f"  timeline {base['name']} kept {fr:.2f} {point:>7}: "
+                          f"{rows[-1]['at_us']:6.2f} us median block, "
+                          f"{rows[-1]['latest_us']:6.2f} us the latest")  # fmt: skip
+    bench.free(sets)
+    return rows
+
+
 def run(quick: bool = False, ceil: dict | None = None) -> dict[str, list[dict]]:
     import cupy as cp
 
@@ -400,4 +454,5 @@ def run(quick: bool = False, ceil: dict | None = None) -> dict[str, list[dict]]:
     return {
         "deja_vu": kept_sweep(rng, rng_np, GRID.values("kept", quick), ceil),
         "deja_vu_batch": batch_sweep(rng, GRID.values("B", quick), ceil),
+        "deja_vu_timeline": timeline(rng, rng_np, ceil),
     }

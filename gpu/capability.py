@@ -52,6 +52,10 @@ FAMILIES = {
     "slim_attention_x": ("slim_attention", r"slim_attention_attend_xv(\d+)_"),
     "stagformer": ("stagformer", r"stag_gemv_v(\d+)_"),
     "deja_vu": ("deja_vu", r"deja_vu_(?:up|down|fused)_v(\d+)_"),
+    "deja_vu_predict": (
+        "deja_vu_predict",
+        r"deja_vu_predict_(?:proj|scores|topk|union)_v(\d+)_",
+    ),
     "ffn_approx": ("ffn_approx", r"ffn_approx_(?:up|down)_v(\d+)_"),
     "ffn_approx_router": ("ffn_approx", r"ffn_approx_router_v(\d+)_"),
     "ffn_approx_sort": ("ffn_approx", r"ffn_approx_(?:sort|count|scatter|hist)_v(\d+)"),

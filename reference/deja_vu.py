@@ -12,7 +12,7 @@ that matter, and the sparse layer skips the rest. Baseline and trick side by sid
   union_growth                     |union of B active sets| / F, against B
   head_outputs, head_sparse_attention  MHA as a sum over heads, and over a subset
   HeadSparseCache, head_sparse_decode  decode with K/V catch-up for skipped heads
-  LowRankPredictor, fit_predictor, predict, top_k_mask  the lookahead predictor
+  LowRankPredictor, fit_predictor, predict, top_k_mask, top_k_ids  the predictor
 
 Layout: neuron i owns ROW i of both matrices, so a gather reads contiguous rows. In
 our row convention (y = x @ W) the MLP is relu(x @ W_in + b_in) @ W_out + b_out with
@@ -337,3 +337,22 @@ def top_k_mask(scores: Array, k: int) -> Array:
         top = np.argpartition(-scores, min(k, f) - 1, axis=1)[:, :k]  # (N, k)
         np.put_along_axis(mask, top, True, axis=1)
     return mask
+
+
+def top_k_ids(scores: Array, k: int) -> Array:
+    """The k highest scores of each row as ascending ids: (N, F) -> (N, k) int64.
+
+    Exact and deterministic, the rule gpu/deja_vu_predict.cu implements: rank by
+    score, highest first, and among equal scores the lower id first (-0.0 equals
+    +0.0); NaN ranks below every number, -inf included. The ids come sorted, as
+    a sparse MLP's index set. Without ties the set is top_k_mask's.
+    """
+    s = np.asarray(scores)
+    n, f = s.shape
+    if not 0 <= k <= f:
+        raise ValueError(f"k must lie in [0, F={f}], got {k}")
+    nan = np.isnan(s)
+    ids = np.broadcast_to(np.arange(f), (n, f))
+    # lexsort: the last key is the primary one (NaN last, then score down, then id)
+    order = np.lexsort((ids, -np.where(nan, 0, s), nan), axis=-1)  # (N, F)
+    return np.sort(order[:, :k], axis=1).astype(np.int64)

@@ -396,6 +396,96 @@ def sparse_mlp_scale(
     return float((g(k + 1) * own + g(c + 1) * prop).max(initial=0.0))
 
 
+def lowrank_scale(x, mean, a, b, bias) -> float:
+    """The ``scale`` (rows "gpu") of Deja Vu's predictor scores s = (x - mean) a b +
+    bias computed in float32 (gpu/deja_vu_predict.cu), against the float64 truth on
+    the same stored values.
+
+    Error analysis, with g(n) = sqrt(n) (the probabilistic lam*sqrt(n)*u of
+    _sum_bound; any summation order), per row and column j:
+      * d_c = x_c - mean_c rounds once: |dd_c| <= u |d_c|;
+      * h_k = sum_c d_c a_ck, C terms: its own rounding g(C) u m_k plus the
+        propagated sum_c |dd_c| |a_ck| <= u m_k, with m_k = sum_c |d_c a_ck|;
+      * s_j = sum_k h_k b_kj + bias_j, r + 1 terms: its own rounding g(r+1) u
+        (sum_k |h_k b_kj| + |bias_j|), plus the propagated sum_k |dh_k| |b_kj|
+        <= (g(C) + 1) u sum_k m_k |b_kj|.
+    Returns max_j [g(r+1) (sum_k |h_k b_kj| + |bias_j|) + (g(C) + 1) sum_k m_k
+    |b_kj|] (h exact, from float64). The scores are float32 for either storage
+    dtype: compare them with the ("gpu", "float32") row. Shapes: x (B, C); mean
+    (C,); a (C, r); b (r, F); bias (F,).
+    """
+    x, mean = np.asarray(x, np.float64), np.asarray(mean, np.float64)
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    c, r = a.shape
+    d = x - mean  # (B, C)
+    h = d @ a  # (B, r)
+    m = np.abs(d) @ np.abs(a)  # (B, r)
+    ba = np.abs(b)
+    own = np.abs(h) @ ba + np.abs(np.asarray(bias, np.float64))  # (B, F)
+    prop = m @ ba  # (B, F)
+    return float((math.sqrt(r + 1) * own + (math.sqrt(c) + 1) * prop).max(initial=0))
+
+
+def assert_top_k(ids, truth, k: int, kind: str, dtype, scale: float = 1.0) -> float:
+    """Check that ``ids`` (N, k) is a top-k set of each row of the float64 scores
+    ``truth`` (N, F) up to the tolerance of (kind, dtype) with ``scale``.
+
+    A kernel ranks its own rounded scores, each within limit_i = floor + atol *
+    scale + rtol |truth_i| of the truth (assert_close's limit), so it may swap ids
+    whose true scores lie within two limits of each other, and nothing else. The
+    set passes when some scores within those limits rank it first:
+    min over chosen (truth + limit) >= max over the rest (truth - limit). Each row
+    must also be ascending, distinct and in [0, F) (a sparse MLP's index set).
+    Returns the fraction of the limits used (the least alpha for which alpha *
+    limit still passes; 0 when no unchosen score exceeds a chosen one). Raises
+    AssertionError naming the row and the two ids that break it.
+    """
+    tol = tolerance(kind, dtype)
+    s = np.asarray(truth, np.float64)
+    got = np.asarray(ids)
+    n, f = s.shape
+    if got.shape != (n, k):
+        raise AssertionError(f"ids shape {got.shape} != (N, k) = {(n, k)}")
+    if not np.all(np.isfinite(s)):
+        raise AssertionError("truth (the reference) holds NaN or inf")
+    if k == 0:
+        return 0.0
+    if got.min() < 0 or got.max() >= f:
+        raise AssertionError(f"ids outside [0, F={f}): {got.min()}..{got.max()}")
+    if k > 1 and not np.all(np.diff(got, axis=1) > 0):
+        row = int(np.flatnonzero((np.diff(got, axis=1) <= 0).any(axis=1))[0])
+        raise AssertionError(f"row {row}: ids not ascending and distinct: {got[row]}")
+    if k == f:
+        return 0.0
+    lim = tol.floor + tol.atol * scale + tol.rtol * np.abs(s)
+    chosen = np.zeros((n, f), bool)
+    np.put_along_axis(chosen, got.astype(np.int64), True, axis=1)
+
+    def gap(alpha: float) -> np.ndarray:  # (N,): >= 0 where the row passes
+        top = np.where(chosen, s + alpha * lim, np.inf)
+        rest = np.where(chosen, -np.inf, s - alpha * lim)
+        return top.min(axis=1) - rest.max(axis=1)
+
+    bad = np.flatnonzero(gap(1.0) < 0)
+    if bad.size:
+        row = int(bad[0])
+        i = int(np.argmin(np.where(chosen[row], s[row] + lim[row], np.inf)))
+        j = int(np.argmax(np.where(chosen[row], -np.inf, s[row] - lim[row])))
+        raise AssertionError(
+            f"{bad.size}/{n} rows are no top-{k} set within tolerance ({kind}, "
+            f"{tol.why}); row {row}: chose id {i} (truth {s[row, i]!r}) over id {j} "
+            f"(truth {s[row, j]!r}), |diff| {s[row, j] - s[row, i]:.3g} > limits "
+            f"{lim[row, i] + lim[row, j]:.3g}"
+        )
+    if np.all(gap(0.0) >= 0):
+        return 0.0
+    lo, hi = 0.0, 1.0
+    for _ in range(40):  # gap grows with alpha: bisect for the least passing one
+        mid = (lo + hi) / 2
+        lo, hi = (lo, mid) if np.all(gap(mid) >= 0) else (mid, hi)
+    return hi
+
+
 # --- Approximating two-layer FFNs (chapter 6): sigma-MoE, CVMM and its kernels -------
 #
 # The "dot" rows above (worst case, two float64 computations) and the "gpu" rows

@@ -11,7 +11,7 @@ The sparse ReLU MLP of one decode step, C = 4096, F = 16384, fp16 (OPT-6.7B's ML
   the same two in PyTorch under CUDA graphs: torch_dense (F.linear's addmm with
   b1, relu in place, addmm with b2) and torch_gather_gemv (index_select of the K
   rows of W1, b1 and W2, then the same GEMVs), into NaN-poisoned outputs.
-* "deja_vu_timeline": where one launch of v5 and v6 spends its time (B = 1, 2 % and
+* "deja_vu_timeline": where one launch of v5-v7 spends its time (B = 1, 2 % and
   10 % kept): global-timer stamps at eight points of every block (``timeline``).
 * "deja_vu_batch": B in {1, 4, 16, 64} (quick: 1, 16) with T = the union of the B
   rows' active sets, measured on the weights (b1 set for ~10 % active per row;
@@ -51,9 +51,9 @@ BATCHES = (1, 4, 16, 64)
 QUICK_BATCHES = (1, 16)
 VARIANTS = ((1, "deterministic"), (2, "atomic"), (2, "deterministic"))
 VARIANTS += ((3, "atomic"), (3, "deterministic"), (4, "atomic"))
-VARIANTS += ((5, "deterministic"), (6, "deterministic"))
+VARIANTS += ((5, "deterministic"), (6, "deterministic"), (7, "deterministic"))
 BATCH_VARIANTS = ((3, "atomic"), (3, "deterministic"), (2, "atomic"), (4, "atomic"))
-BATCH_VARIANTS += ((5, "deterministic"), (6, "deterministic"))  # B <= 4 only
+BATCH_VARIANTS += ((5, "deterministic"), (6, "deterministic"), (7, "deterministic"))
 ACTIVE_SHIFT = -1.2816  # b1 mean: P(N(0, 1) > 1.2816) = 10 % active per row
 K16 = 2.0**-11 / (6 * 2.0**-24)  # one fp16 rounding in units of the gpu row's atol
 GRID = bench.Grid(
@@ -298,7 +298,7 @@ def _case(sets, xs, idxs, ceil, variants, with_gather=True, **extra) -> list[dic
         fixed = GRID.fixed
         if version == 1 and (k > fixed["v1_max_kept"] * F or b > fixed["v1_max_b"]):
             continue  # v1 reads rows with 2-byte loads, serially: its trend is clear
-        if version in (5, 6) and b > fixed["v5_max_b"]:
+        if version in gdv.RING and b > fixed["v5_max_b"]:  # B <= 4 only
             continue  # v5 holds B rows in registers: the small-batch kernel
         check, calls = _ours(sets, xs, idxs, version, mode)
         name = f"v{version}_{mode[:3]}"

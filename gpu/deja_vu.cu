@@ -900,6 +900,285 @@ __device__ void fused_v6(const T* x, const T* w1, const T* b1, const T* w2,
   }
 }
 
+// --- v7 ---
+// v6 with its tail cut: the finishers are blocks 0..L-1, fixed in advance,
+// so a block announces its partial with a release add (no atomic round
+// trip) and leaves; a finisher loads its b2 before it waits, waits CUTLASS's
+// way (one acquire load, then the barrier: no fence after it), and has all
+// its partial loads in flight at once. The consumers fence the async proxy
+// before releasing a stage to the next bulk copy.
+template <typename T, int VPT, int BM>
+__device__ void fused_v7(const T* x, const T* w1, const T* b1, const T* w2,
+                         const T* b2, const int* idx, unsigned* cnt,
+                         float* part, T* out, int B, int C, int F, int K,
+                         int S, int L, unsigned long long* trace) {
+  constexpr int VEC = Vec<T>::N;
+  extern __shared__ __align__(128) unsigned char smem[];
+  const int G = gridDim.x, g = blockIdx.x, t = threadIdx.x;
+  if (t == 0) stamp(trace, 0);  // 0 entry
+  const int warp = t / 32, lane = t % 32, nv = C / VEC;
+  const int m0 = (int)((long long)g * K / G);
+  const int n = (int)((long long)(g + 1) * K / G) - m0;
+  const unsigned row_bytes = (unsigned)C * sizeof(T);
+  const size_t rb = ((size_t)row_bytes + 127) & ~(size_t)127;
+  unsigned char* ring = smem;  // also the finishers' 16 NT5-byte scratch
+  const size_t ring_bytes = max((size_t)S * rb, (size_t)16 * NT5);
+  auto* full = reinterpret_cast<unsigned long long*>(smem + ring_bytes);
+  auto* empty = full + S;
+  int* ids = reinterpret_cast<int*>(empty + S);
+  float* red = reinterpret_cast<float*>(ids + NR5);
+  float* a_s = red + n * B * W5;
+
+  if (t == 0) {
+    for (int s = 0; s < S; ++s) {
+      mbar_init(&full[s], 1);
+      mbar_init(&empty[s], W5);
+    }
+    fence_mbar_init();
+    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");  // for TMA
+  }
+  if (t < n) {
+    int i = idx[m0 + t];
+    ids[t] = i >= 0 && i < F ? i : -1;  // a bad id is never read
+  }
+  __syncthreads();
+  if (t == 0) stamp(trace, 1);  // 1 ids in shared memory
+
+  if (warp == W5) {  // producer: item i < n is W1 row i, else W2 row i - n
+    auto issue = [&](int i) {
+      int s = i % S, id = ids[i < n ? i : i - n];
+      if (id >= 0) {
+        mbar_expect_tx(&full[s], row_bytes);
+        bulk_load(ring + s * rb, (i < n ? w1 : w2) + (size_t)id * C, row_bytes,
+                  &full[s]);
+      } else {
+        mbar_arrive(&full[s]);  // nothing to copy: the consumers skip it
+      }
+    };
+    // the first S items go to empty stages: the 32 lanes issue them at once;
+    // the rest, in order, by lane 0, each after its stage's consumers are done
+    for (int i = lane; i < min(S, 2 * n); i += 32) issue(i);
+    if (lane == 0) {
+      for (int i = S; i < 2 * n; ++i) {
+        mbar_wait(&empty[i % S], (i / S - 1) & 1);
+        issue(i);
+      }
+    }
+    return;
+  }
+
+  // consumers: thread t owns the column vectors v = t + NT5 j, j < VPT
+  uint4 xr[BM][VPT];
+#pragma unroll
+  for (int b = 0; b < BM; ++b)
+#pragma unroll
+    for (int j = 0; j < VPT; ++j) {
+      int v = t + NT5 * j;
+      xr[b][j] = b < B && v < nv ? load16(x + (size_t)b * C + (size_t)v * VEC)
+                                 : make_uint4(0u, 0u, 0u, 0u);
+    }
+  float bias = t < n && ids[t] >= 0 ? to_f(b1[ids[t]]) : 0.f;
+
+  // phase 1: z[r][b] = x[b] . w1 row r, warp partials into red
+  for (int r = 0; r < n; ++r) {
+    int s = r % S;
+    mbar_wait(&full[s], (r / S) & 1);
+    if (t == 0 && r == 0) stamp(trace, 2);  // 2 the first row has landed
+    const uint4* row = reinterpret_cast<const uint4*>(ring + s * rb);
+    float z[BM];
+#pragma unroll
+    for (int b = 0; b < BM; ++b) z[b] = 0.f;
+#pragma unroll
+    for (int j = 0; j < VPT; ++j) {
+      int v = t + NT5 * j;
+      if (v < nv) {
+        float w[VEC];
+        unpack<T>(w, row[v]);
+#pragma unroll
+        for (int b = 0; b < BM; ++b) {
+          if (b < B) {
+            float xv[VEC];
+            unpack<T>(xv, xr[b][j]);
+#pragma unroll
+            for (int e = 0; e < VEC; ++e) z[b] = fmaf(xv[e], w[e], z[b]);
+          }
+        }
+      }
+    }
+#pragma unroll
+    for (int b = 0; b < BM; ++b)
+      if (b < B) z[b] = warp_sum(z[b]);
+    if (lane == 0) {
+#pragma unroll
+      for (int b = 0; b < BM; ++b)
+        if (b < B) red[(r * B + b) * W5 + warp] = z[b];
+    }
+    // this warp's reads of the stage come before the next bulk copy into it
+    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+    __syncwarp();
+    if (lane == 0) mbar_arrive(&empty[s]);
+  }
+  consumers_sync(NT5);
+  if (t < n) {  // a = relu(z + b1), the warp partials in warp order
+    for (int b = 0; b < B; ++b) {
+      float zz = 0.f;
+#pragma unroll
+      for (int w = 0; w < W5; ++w) zz += red[(t * B + b) * W5 + w];
+      a_s[t * B + b] = ids[t] >= 0 ? fmaxf(zz + bias, 0.f) : 0.f;
+    }
+  }
+  consumers_sync(NT5);
+  if (t == 0) stamp(trace, 3);  // 3 a in shared memory
+
+  // phase 2: acc[b] += a[r][b] * w2 row r
+  float acc[BM][VPT][VEC];
+#pragma unroll
+  for (int b = 0; b < BM; ++b)
+#pragma unroll
+    for (int j = 0; j < VPT; ++j)
+#pragma unroll
+      for (int e = 0; e < VEC; ++e) acc[b][j][e] = 0.f;
+  for (int r = 0; r < n; ++r) {
+    int i = n + r, s = i % S;
+    mbar_wait(&full[s], (i / S) & 1);
+    if (ids[r] >= 0) {
+      const uint4* row = reinterpret_cast<const uint4*>(ring + s * rb);
+#pragma unroll
+      for (int j = 0; j < VPT; ++j) {
+        int v = t + NT5 * j;
+        if (v < nv) {
+          float w[VEC];
+          unpack<T>(w, row[v]);
+#pragma unroll
+          for (int b = 0; b < BM; ++b) {
+            if (b < B) {
+              float av = a_s[r * B + b];
+#pragma unroll
+              for (int e = 0; e < VEC; ++e)
+                acc[b][j][e] = fmaf(av, w[e], acc[b][j][e]);
+            }
+          }
+        }
+      }
+    }
+    // this warp's reads of the stage come before the next bulk copy into it
+    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+    __syncwarp();
+    if (lane == 0) mbar_arrive(&empty[s]);
+  }
+
+  if (t == 0) stamp(trace, 4);  // 4 phase 2 done (thread 0)
+
+  // finisher f = g < L sums columns [4 q0, 4 q1): its b2 before the wait
+  const int f = g < L ? g : -1;
+  const int nq = C / 4, Q = (nq + L - 1) / L, q0 = min(nq, max(f, 0) * Q);
+  const int nqf = f < 0 ? 0 : min(nq, q0 + Q) - q0;
+  float b2r[4] = {0.f, 0.f, 0.f, 0.f};
+  if (t < nqf && nqf <= NT5) {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) b2r[e] = to_f(b2[(size_t)(q0 + t) * 4 + e]);
+  }
+
+  // this block's partial, then its arrival (a release: no round trip)
+  float* mine = part + (size_t)g * B * C;
+#pragma unroll
+  for (int b = 0; b < BM; ++b)
+#pragma unroll
+    for (int j = 0; j < VPT; ++j) {
+      int v = t + NT5 * j;
+      if (b < B && v < nv) {
+#pragma unroll
+        for (int e = 0; e < VEC; e += 4)
+          __stcg(reinterpret_cast<float4*>(mine + (size_t)b * C + v * VEC + e),
+                 make_float4(acc[b][j][e], acc[b][j][e + 1], acc[b][j][e + 2],
+                             acc[b][j][e + 3]));
+      }
+    }
+  consumers_sync(NT5);
+  if (t == 0) {  // the block's partial (ordered by the barrier) before the count
+    asm volatile("red.release.gpu.global.add.u32 [%0], 1;\n" ::"l"(cnt)
+                 : "memory");
+    stamp(trace, 5);  // 5 arrived
+  }
+  if (f < 0) return;
+
+  // finisher: wait for all G partials (CUTLASS's grid barrier: one acquire
+  // load, then the block barrier), then its slice in a fixed order
+  if (t == 0)
+    while (ld_acquire(&cnt[0]) < (unsigned)G) __nanosleep(32);
+  consumers_sync(NT5);
+  if (t == 0) stamp(trace, 6);  // 6 every partial is in
+  constexpr int PU = 16;  // partial loads a thread has in flight at once
+  float4* red4 = reinterpret_cast<float4*>(ring);  // every copy has landed
+  for (int b = 0; b < B && nqf > 0; ++b) {
+    const float* pb = part + (size_t)b * C + (size_t)q0 * 4;
+    T* ob = out + (size_t)b * C + (size_t)q0 * 4;
+    if (nqf <= NT5) {  // ng groups of partials p = gg, gg + ng, ..., in order
+      const int ng = NT5 / nqf;
+      if (t < ng * nqf) {
+        int qq = t % nqf, gg = t / nqf;
+        float4 sum = make_float4(0.f, 0.f, 0.f, 0.f);
+        for (int p0 = gg; p0 < G; p0 += PU * ng) {
+          float4 v[PU];
+#pragma unroll
+          for (int u = 0; u < PU; ++u) {
+            int p = p0 + u * ng;
+            v[u] = p < G ? __ldcg(reinterpret_cast<const float4*>(
+                               pb + (size_t)p * B * C + qq * 4))
+                         : make_float4(0.f, 0.f, 0.f, 0.f);
+          }
+#pragma unroll
+          for (int u = 0; u < PU; ++u)
+            if (p0 + u * ng < G)
+              sum.x += v[u].x, sum.y += v[u].y, sum.z += v[u].z,
+                  sum.w += v[u].w;
+        }
+        red4[gg * nqf + qq] = sum;
+      }
+      consumers_sync(NT5);
+      if (t < nqf) {
+        float4 sum = red4[t];
+        for (int gg = 1; gg < ng; ++gg) {
+          float4 v = red4[gg * nqf + t];
+          sum.x += v.x, sum.y += v.y, sum.z += v.z, sum.w += v.w;
+        }
+        const float s4[4] = {sum.x, sum.y, sum.z, sum.w};
+#pragma unroll
+        for (int e = 0; e < 4; ++e) from_f(ob[t * 4 + e], s4[e] + b2r[e]);
+      }
+      consumers_sync(NT5);
+    } else {
+      for (int qq = t; qq < nqf; qq += NT5) {
+        float4 sum = make_float4(0.f, 0.f, 0.f, 0.f);
+        for (int p0 = 0; p0 < G; p0 += 8) {  // 8 loads in flight
+          float4 v[8];
+#pragma unroll
+          for (int u = 0; u < 8; ++u)
+            v[u] = p0 + u < G ? __ldcg(reinterpret_cast<const float4*>(
+                                    pb + (size_t)(p0 + u) * B * C + qq * 4))
+                              : make_float4(0.f, 0.f, 0.f, 0.f);
+#pragma unroll
+          for (int u = 0; u < 8; ++u)
+            if (p0 + u < G)
+              sum.x += v[u].x, sum.y += v[u].y, sum.z += v[u].z,
+                  sum.w += v[u].w;
+        }
+        const float s4[4] = {sum.x, sum.y, sum.z, sum.w};
+#pragma unroll
+        for (int e = 0; e < 4; ++e)
+          from_f(ob[qq * 4 + e], s4[e] + to_f(b2[(size_t)(q0 + qq) * 4 + e]));
+      }
+    }
+  }
+  // the last finisher re-zeroes both counters for the next launch
+  consumers_sync(NT5);
+  if (t == 0) stamp(trace, 7);  // 7 this finisher's slice is written
+  if (t == 0 && atomicAdd(&cnt[1], 1u) == (unsigned)L - 1) {
+    cnt[0] = 0u;
+    cnt[1] = 0u;
+  }
+}
+
 // --- finish ---
 // grid (ceil(C / 128), B), block 256 = 8 warps: lane -> 4 columns, warp w
 // sums parts w, w + 8, ... in order; the 8 warp sums add in warp order.
@@ -1008,6 +1287,21 @@ DV_FUSED6(deja_vu_fused_v6_f32_p4, float, 4, 2)
 DV_FUSED6(deja_vu_fused_v6_f16_p1, __half, 1, 4)
 DV_FUSED6(deja_vu_fused_v6_f16_p2, __half, 2, 4)
 DV_FUSED6(deja_vu_fused_v6_f16_p4, __half, 4, 2)
+
+#define DV_FUSED7(NAME, T, VPT, BM)                                          \
+  extern "C" __global__ void __launch_bounds__(NT5 + 32, 1)                  \
+  NAME(const T* x, const T* w1, const T* b1, const T* w2, const T* b2,       \
+       const int* idx, unsigned* cnt, float* part, T* out, int B, int C,     \
+       int F, int K, int S, int L, unsigned long long* trace) {              \
+    fused_v7<T, VPT, BM>(x, w1, b1, w2, b2, idx, cnt, part, out, B, C, F, K, \
+                         S, L, trace);                                       \
+  }
+DV_FUSED7(deja_vu_fused_v7_f32_p1, float, 1, 4)
+DV_FUSED7(deja_vu_fused_v7_f32_p2, float, 2, 4)
+DV_FUSED7(deja_vu_fused_v7_f32_p4, float, 4, 2)
+DV_FUSED7(deja_vu_fused_v7_f16_p1, __half, 1, 4)
+DV_FUSED7(deja_vu_fused_v7_f16_p2, __half, 2, 4)
+DV_FUSED7(deja_vu_fused_v7_f16_p4, __half, 4, 2)
 
 #define DV_FINISH(NAME, T)                                                   \
   extern "C" __global__ void __launch_bounds__(256)                          \

@@ -23,8 +23,8 @@ import numpy as np
 from gpu import runtime as rt
 
 SLUG = "deja_vu"
-VERSIONS = (1, 2, 3, 4, 5, 6)
-RING = (5, 6)  # the one-launch ring versions: plan v5_plan, B <= 4
+VERSIONS = (1, 2, 3, 4, 5, 6, 7)
+RING = (5, 6, 7)  # the one-launch ring versions: plan v5_plan, B <= 4
 MODES = ("atomic", "deterministic")
 DTYPES = (np.float32, np.float16)
 _SUFFIX = {np.dtype(np.float32): "f32", np.dtype(np.float16): "f16"}
@@ -157,7 +157,7 @@ def _check(x, w1, b1, w2, b2, idx, version, mode, check_idx):
     if version not in VERSIONS:
         raise ValueError(f"version must be one of {VERSIONS}, got {version!r}")
     only = {1: ("deterministic",), 4: ("atomic",), 5: ("deterministic",)}
-    only[6] = only[5]
+    only[6] = only[7] = only[5]
     if mode not in only.get(version, MODES):
         ok = only.get(version, MODES)
         raise ValueError(f"mode for v{version} must be one of {ok}, got {mode!r}")
@@ -234,11 +234,11 @@ def sparse_mlp(
         check_idx: check idx on the device first (sort + reduction + sync);
             pass False only for a set already checked. The kernels never read
             out of bounds: a bad id drops its neuron.
-        blocks: v5 and v6 only, their grid (default: one block per SM, at most NR5
+        blocks: v5-v7 only, their grid (default: one block per SM, at most NR5
             neurons each); for tests and tuning.
-        finishers: v5 and v6 only, how many of the last blocks sum the partials
+        finishers: v5-v7 only, how many of the last blocks sum the partials
             (default min(G, 64, C / 64)); for tests and tuning.
-        trace: v5 and v6 only, an optional (>= 8 G,) uint64 array that receives
+        trace: v5-v7 only, an optional (>= 8 G,) uint64 array that receives
             eight global-timer stamps (ns) per block (tools/profile_deja_vu.py).
     Returns:
         out (B, C), x's dtype; every sum in float32.
@@ -248,9 +248,9 @@ def sparse_mlp(
     mode = mode or ("deterministic" if version in (1, *RING) else "atomic")
     b, c, f, k = _check(x, w1, b1, w2, b2, idx, version, mode, check_idx)
     if (blocks is not None or finishers is not None) and version not in RING:
-        raise ValueError(f"blocks and finishers are v5/v6 options; version = {version}")
+        raise ValueError(f"blocks and finishers are v5-v7 options; version = {version}")
     if trace is not None and version not in RING:
-        raise ValueError(f"trace is a v5/v6 option; version = {version}")
+        raise ValueError(f"trace is a v5-v7 option; version = {version}")
     plan = None
     if version in RING:
         plan = v5_plan(b, c, k, x.dtype.itemsize, blocks, finishers)

@@ -295,7 +295,7 @@ def test_top_k_mask_and_recall_edges():
 
 GPU_VERSIONS = [(1, "deterministic"), (2, "atomic"), (2, "deterministic")]
 GPU_VERSIONS += [(3, "atomic"), (3, "deterministic"), (4, "atomic")]
-GPU_VERSIONS += [(5, "deterministic"), (6, "deterministic")]
+GPU_VERSIONS += [(5, "deterministic"), (6, "deterministic"), (7, "deterministic")]
 
 
 @st.composite
@@ -306,12 +306,12 @@ def gpu_case(draw, version: int, dtype):
     v = 16 // np.dtype(dtype).itemsize
     if version == 1:
         c = draw(st.sampled_from([1, 5, 33, 130, 300]))
-    elif version in (5, 6):  # past each of its 1, 2 and 4 vectors a thread
+    elif version in (5, 6, 7):  # past each of its 1, 2 and 4 vectors a thread
         c = v * draw(st.sampled_from([1, 3, 17, 129, 257, 300, 513, 700]))
     else:
         c = v * draw(st.sampled_from([1, 3, 17, 33, 64, 129]))
     f = draw(st.sampled_from([1, 9, 40, 257, 1000]))
-    if version in (5, 6):  # the small-batch kernels: B <= 4, or 2 past 512 vectors
+    if version in (5, 6, 7):  # the small-batch kernels: B <= 4, or 2 past 512 vectors
         b = draw(st.sampled_from([1, 1, 2, 3, 4] if c // v <= 512 else [1, 2]))
     else:
         b = draw(st.sampled_from([1, 1, 2, 4, 5, 9]))
@@ -349,7 +349,7 @@ def _run_gpu(x, w, idx, version, mode, blocks=None, finishers=None):
         ws = gdv.new_workspace(version, b, c, k, mode)
     else:
         ws = rt.poisoned((n_ws,), np.float32)
-        if version in (5, 6):
+        if version in (5, 6, 7):
             ws[:4] = 0
     args = [cp.asarray(a) for a in (x, w.w1, w.b1, w.w2, w.b2, idx)]
     kw = {} if blocks is None else {"blocks": blocks}
@@ -359,7 +359,7 @@ def _run_gpu(x, w, idx, version, mode, blocks=None, finishers=None):
     assert res is out
     if version == 4:
         assert not cp.asnumpy(ws).any(), "v4 must leave its workspace zeroed"
-    if version in (5, 6):
+    if version in (5, 6, 7):
         assert not cp.asnumpy(ws[:4]).any(), f"v{version} left its counters dirty"
     return cp.asnumpy(out)
 
@@ -438,12 +438,12 @@ def test_gpu_bad_inputs_rejected_before_launch():
         sparse_mlp(x[:, :60].copy(), w1[:, :60].copy(), b1, w2[:, :60].copy(),
                    b2[:60].copy(), ok, version=3)  # fmt: skip
     with pytest.raises(ValueError, match="version"):
-        sparse_mlp(x, w1, b1, w2, b2, ok, version=6)
+        sparse_mlp(x, w1, b1, w2, b2, ok, version=99)
     with pytest.raises(ValueError, match="B <= 4"):  # v5 is the small-batch kernel
         sparse_mlp(cp.zeros((5, 64), f16), w1, b1, w2, b2, ok, version=5)
     with pytest.raises(ValueError, match="blocks must lie"):  # 10 ids, 11 blocks
         sparse_mlp(x, w1, b1, w2, b2, ok, version=5, blocks=11)
-    with pytest.raises(ValueError, match="blocks and finishers are v5/v6 options"):
+    with pytest.raises(ValueError, match="blocks and finishers are v5-v7 options"):
         sparse_mlp(x, w1, b1, w2, b2, ok, version=3, blocks=2)
     with pytest.raises(ValueError, match="mode"):
         sparse_mlp(x, w1, b1, w2, b2, ok, version=5, mode="atomic")
@@ -462,10 +462,10 @@ def test_gpu_bad_inputs_rejected_before_launch():
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [F32, F16])
-@pytest.mark.parametrize("version", [5, 6])
+@pytest.mark.parametrize("version", [5, 6, 7])
 @given(data=st.data())
 def test_gpu_v5_ring_wraps_and_few_blocks(version, dtype, data):
-    """v5 and v6 with a grid far below one block per SM: each block owns up to NR5
+    """v5-v7 with a grid far below one block per SM: each block owns up to NR5
     neurons, so its ring (a handful of stages at wide C) wraps many times, the
     producer waits on the consumers, and one to a few finishers sum the partials.
     Deterministic: the same call twice gives the same bits."""

@@ -516,7 +516,7 @@ def deja_vu_calls(draw):
     version, mode = draw(st.sampled_from([
         (1, "deterministic"), (2, "atomic"), (2, "deterministic"), (3, "atomic"),
         (3, "deterministic"), (4, "atomic"), (5, "deterministic"),
-        (6, "deterministic")]))  # fmt: skip
+        (6, "deterministic"), (7, "deterministic")]))  # fmt: skip
     dtype = draw(st.sampled_from([F32, F16]))
     vec = 16 // np.dtype(dtype).itemsize
     c = draw(st.sampled_from([1, 5, 33])) if version == 1 else vec * draw(
@@ -532,7 +532,7 @@ def deja_vu_calls(draw):
         "w2": w.w2.astype(dtype), "b2": w.b2.astype(dtype),
         "idx": rng.permutation(f)[:k].astype(np.int32),
     }  # fmt: skip
-    bad_modes = ("fast", "atomic") if version in (1, 5, 6) else ("fast", "exact")
+    bad_modes = ("fast", "atomic") if version in (1, 5, 6, 7) else ("fast", "exact")
     scalars = {"version": VERSION_BAD, "mode": (bad_modes, ("mode",))}
     if k:
         scalars["bad_idx"] = (("past", "negative", "duplicate"), ("idx",))

@@ -26,19 +26,19 @@
 //     block marks the B rows' ids in a bitmap of F bits in shared memory and
 //     compacts it in order: the ascending union, then -1 up to its capacity,
 //     and the count.
-// v2  the same pipeline with more bytes in flight (v1 was latency-bound in
-//     every stage: a warp per row of a_t, four 16-byte loads a thread in
-//     scores_v1, one 4-byte load a thread at a time on topk_v1's one SM).
+// v2  the same pipeline with more in flight (v1 looked latency-bound: a warp
+//     per row of a_t, one 4-byte load a thread at a time on topk_v1's one SM).
 //     proj_v2: QW warps share a row of a_t (interleaved 512-byte slices: a
-//     row's loads all issued at once), partials summed in warp order.
-//     scores_v2: scores_v1 with U2 rows of b loaded before any is used (the
-//     same sums in the same order: bitwise equal to v1). topk_v2: U2 loads a
-//     thread before use in every pass; three passes of 11, 11 and 10 bits;
-//     after the first, the keys of the chosen bin are copied into shared
-//     memory (up to CAND; more fall back to passes over the row), so the later
-//     passes read only those; the compaction gives each warp a contiguous run
-//     of ids read 32 at a time (coalesced; ballots place them), where v1's
-//     threads each read their own run (32 cache lines a load).
+//     row's loads all issued at once), partials summed in warp order. scores:
+//     scores_v1 (a version with U2 rows of b in flight measured slower, cold
+//     and hot: NOTES). topk_v2: U2 loads a thread before use in every pass;
+//     three passes of 11, 11 and 10 bits; after the first, the keys of the
+//     chosen bin are copied into shared memory (up to CAND; more fall back to
+//     passes over the row), so the later passes read only those; the
+//     compaction gives each warp a contiguous run of ids read 32 at a time
+//     (coalesced; ballots place them), where v1's threads each read their own
+//     run (32 cache lines a load). Measured: 22 us against v1's 27 (H100): the
+//     top-K is issue-bound on its one SM, not waiting on loads (NOTES).
 //
 // Run the cases alone:  python -m gpu.bench deja_vu_predict [--quick]
 // Compile report (no GPU): python -m gpu.check_kernels gpu/deja_vu_predict.cu
@@ -54,7 +54,7 @@
 #define NBIN 256  // 1 << RB
 #define QW 8      // warps sharing one row of a_t in proj_v2
 #define RJ 1      // rows of a_t per block of proj_v2: QW * RJ warps
-#define U2 8      // loads in flight a thread in scores_v2 and topk_v2
+#define U2 8      // loads in flight a thread in topk_v2
 #define NB2 2048  // bins of topk_v2's histograms (11 bits)
 #define CAND 6144 // keys of topk_v2's candidate buffer (24 KB)
 
@@ -388,52 +388,6 @@ __device__ void proj_v2(const T* x, const T* mean, const T* a_t, float* h,
   }
 }
 
-// --- v2: scores = h B + bias, U2 rows in flight ---
-// scores_v1's grid and sums; the vector path loads U2 rows before using any.
-template <typename T>
-__device__ void scores_v2(const float* h, const T* bm, const T* bias,
-                          float* scores, int B, int r, int F, int vec) {
-  constexpr int VEC = Vec<T>::N, CB = SL * VEC;
-  if (!vec) {  // scalar loads: v1's path
-    scores_v1<T>(h, bm, bias, scores, B, r, F, vec);
-    return;
-  }
-  int l = threadIdx.x % SL, g = threadIdx.x / SL;
-  int j0 = blockIdx.x * CB + l * VEC;
-  float acc[BMAX][VEC];
-#pragma unroll
-  for (int t = 0; t < BMAX; ++t)
-#pragma unroll
-    for (int e = 0; e < VEC; ++e) acc[t][e] = 0.f;
-  if (j0 < F) {
-    for (int k0 = g; k0 < r; k0 += SG * U2) {
-      uint4 raw[U2];
-#pragma unroll
-      for (int u = 0; u < U2; ++u) {
-        int k = k0 + u * SG;
-        raw[u] = k < r ? load16(bm + (size_t)k * F + j0) : make_uint4(0, 0, 0, 0);
-      }
-#pragma unroll
-      for (int u = 0; u < U2; ++u) {
-        int k = k0 + u * SG;
-        if (k < r) {
-          float w[VEC];
-          unpack<T>(w, raw[u]);
-#pragma unroll
-          for (int t = 0; t < BMAX; ++t) {
-            if (t < B) {
-              float hk = __ldg(h + (size_t)t * r + k);
-#pragma unroll
-              for (int e = 0; e < VEC; ++e) acc[t][e] = fmaf(hk, w[e], acc[t][e]);
-            }
-          }
-        }
-      }
-    }
-  }
-  scores_finish<T>(acc, bias, scores, B, F);
-}
-
 // --- v2: the K highest scores of a row ---
 // Histogram of `bits`-bit digit `shift` of the keys matching (prefix, mask) among
 // n keys: from the row (src == nullptr: key of s[i]) or from the candidate
@@ -621,15 +575,6 @@ DVP_PROJ2(deja_vu_predict_proj_v2_f16, __half)
   }
 DVP_SCORES(deja_vu_predict_scores_v1_f32, float)
 DVP_SCORES(deja_vu_predict_scores_v1_f16, __half)
-
-#define DVP_SCORES2(NAME, T)                                                \
-  extern "C" __global__ void __launch_bounds__(SG * SL)                     \
-  NAME(const float* h, const T* b, const T* bias, float* scores, int B,     \
-       int r, int F, int vec) {                                             \
-    scores_v2<T>(h, b, bias, scores, B, r, F, vec);                         \
-  }
-DVP_SCORES2(deja_vu_predict_scores_v2_f32, float)
-DVP_SCORES2(deja_vu_predict_scores_v2_f16, __half)
 
 extern "C" __global__ void __launch_bounds__(TK)
 deja_vu_predict_topk_v1_f32(const float* scores, int* ids, int F, int K) {

@@ -25,7 +25,7 @@ import numpy as np
 from gpu import runtime as rt
 
 SLUG = "deja_vu_predict"
-VERSIONS = (1, 2)  # proj, scores and topk of each; union_v1 serves both
+VERSIONS = (1, 2)  # proj and topk of each; scores_v1 and union_v1 serve both
 DTYPES = (np.float32, np.float16)
 _SUFFIX = {np.dtype(np.float32): "f32", np.dtype(np.float16): "f16"}
 MAX_B = 4  # BMAX in the .cu: the register tiles of proj_v1 and scores_v1
@@ -158,7 +158,7 @@ def _launch_scores(x, mean, a_t, b, bias, ws, n_b, c, r, f, version):
         (x, mean, a_t, h, i32(n_b), i32(c), i32(r), i32(c % vec(x.dtype) == 0)),
     )  # fmt: skip
     cb = SL * vec(x.dtype)  # columns a block
-    rt.kernel(SLUG, f"deja_vu_predict_scores_v{version}_{sfx}")(
+    rt.kernel(SLUG, f"deja_vu_predict_scores_v1_{sfx}")(  # both versions
         (-(-f // cb),), (SG * SL,),
         (h, b, bias, scores, i32(n_b), i32(r), i32(f), i32(f % vec(x.dtype) == 0)),
     )  # fmt: skip
@@ -172,7 +172,7 @@ def predict_topk(
 
         scores = (x - mean) A B + bias   (a_t = A^T),   ids[t] = top-K of scores[t]
 
-    Three launches (proj, scores and topk of the version); every sum in float32
+    Three launches (proj, scores_v1, topk of the version); every sum in float32
     in a fixed order, so the ids are bitwise reproducible (per version: v1 and
     v2 sum h in different orders).
 

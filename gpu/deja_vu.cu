@@ -389,67 +389,18 @@ __device__ __forceinline__ void stamp(unsigned long long* trace, int k) {
 #define NT5 (W5 * 32)  // consumer threads
 #define NR5 128        // most neurons per block
 
-// Shared memory of v5 (the launcher computes the same sizes, gpu/deja_vu.py):
-//   ring [S][rb] (at least 16 NT5 bytes) | full[S], empty[S] mbarriers |
-//   ids[NR5] int | red[n][B][W5] | a[n][B] | ticket (int)
-//   rb = C sizeof(T) rounded up to 128 bytes
-// grid (G), block NT5 + 32; ws: cnt[4] unsigned (zero) | part (G, B, C) f32.
-template <typename T, int VPT, int BM>
-__device__ void fused_v5(const T* x, const T* w1, const T* b1, const T* w2,
-                         const T* b2, const int* idx, unsigned* cnt,
-                         float* part, T* out, int B, int C, int F, int K,
-                         int S, int L, unsigned long long* trace) {
+// The consumers of v5-v7 (threads 0..NT5-1): x for their columns, phase 1 (the
+// W1 rows' dots: warp partials into red), a = relu(z + b1) (the partials summed
+// in warp order), phase 2 (acc += a * W2 row); each stage released on its empty
+// barrier, after a proxy fence when FENCE (v7).
+template <typename T, int VPT, int BM, bool FENCE>
+__device__ __forceinline__ void ring_consume(
+    const T* x, const T* b1, const unsigned char* ring, size_t rb,
+    unsigned long long* full, unsigned long long* empty, const int* ids,
+    float* red, float* a_s, int n, int S, int B, int C,
+    unsigned long long* trace, float (&acc)[BM][VPT][Vec<T>::N]) {
   constexpr int VEC = Vec<T>::N;
-  extern __shared__ __align__(128) unsigned char smem[];
-  const int G = gridDim.x, g = blockIdx.x, t = threadIdx.x;
-  if (t == 0) stamp(trace, 0);  // 0 entry
-  const int warp = t / 32, lane = t % 32, nv = C / VEC;
-  const int m0 = (int)((long long)g * K / G);
-  const int n = (int)((long long)(g + 1) * K / G) - m0;
-  const unsigned row_bytes = (unsigned)C * sizeof(T);
-  const size_t rb = ((size_t)row_bytes + 127) & ~(size_t)127;
-  unsigned char* ring = smem;  // also the finishers' 16 NT5-byte scratch
-  const size_t ring_bytes = max((size_t)S * rb, (size_t)16 * NT5);
-  auto* full = reinterpret_cast<unsigned long long*>(smem + ring_bytes);
-  auto* empty = full + S;
-  int* ids = reinterpret_cast<int*>(empty + S);
-  float* red = reinterpret_cast<float*>(ids + NR5);
-  float* a_s = red + n * B * W5;
-  int* ticket = reinterpret_cast<int*>(a_s + n * B);
-
-  if (t == 0) {
-    for (int s = 0; s < S; ++s) {
-      mbar_init(&full[s], 1);
-      mbar_init(&empty[s], W5);
-    }
-    fence_mbar_init();
-    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");  // for TMA
-  }
-  if (t < n) {
-    int i = idx[m0 + t];
-    ids[t] = i >= 0 && i < F ? i : -1;  // a bad id is never read
-  }
-  __syncthreads();
-  if (t == 0) stamp(trace, 1);  // 1 ids in shared memory
-
-  if (warp == W5) {  // producer: item i < n is W1 row i, else W2 row i - n
-    if (lane == 0) {
-      for (int i = 0; i < 2 * n; ++i) {
-        int s = i % S;
-        if (i >= S) mbar_wait(&empty[s], (i / S - 1) & 1);
-        int id = ids[i < n ? i : i - n];
-        if (id >= 0) {
-          mbar_expect_tx(&full[s], row_bytes);
-          bulk_load(ring + s * rb, (i < n ? w1 : w2) + (size_t)id * C, row_bytes,
-                    &full[s]);
-        } else {
-          mbar_arrive(&full[s]);  // nothing to copy: the consumers skip it
-        }
-      }
-    }
-    return;
-  }
-
+  const int t = threadIdx.x, warp = t / 32, lane = t % 32, nv = C / VEC;
   // consumers: thread t owns the column vectors v = t + NT5 j, j < VPT
   uint4 xr[BM][VPT];
 #pragma unroll
@@ -496,6 +447,8 @@ __device__ void fused_v5(const T* x, const T* w1, const T* b1, const T* w2,
       for (int b = 0; b < BM; ++b)
         if (b < B) red[(r * B + b) * W5 + warp] = z[b];
     }
+    if (FENCE)  // the warp's reads of the stage before the next copy into it
+      asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
     __syncwarp();
     if (lane == 0) mbar_arrive(&empty[s]);
   }
@@ -512,7 +465,6 @@ __device__ void fused_v5(const T* x, const T* w1, const T* b1, const T* w2,
   if (t == 0) stamp(trace, 3);  // 3 a in shared memory
 
   // phase 2: acc[b] += a[r][b] * w2 row r
-  float acc[BM][VPT][VEC];
 #pragma unroll
   for (int b = 0; b < BM; ++b)
 #pragma unroll
@@ -542,14 +494,21 @@ __device__ void fused_v5(const T* x, const T* w1, const T* b1, const T* w2,
         }
       }
     }
+    if (FENCE)  // the warp's reads of the stage before the next copy into it
+      asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
     __syncwarp();
     if (lane == 0) mbar_arrive(&empty[s]);
   }
 
   if (t == 0) stamp(trace, 4);  // 4 phase 2 done (thread 0)
+}
 
-  // this block's partial, then a ticket
-  float* mine = part + (size_t)g * B * C;
+// Thread t's columns of acc into the block's partial (B, C) float32.
+template <typename T, int VPT, int BM>
+__device__ __forceinline__ void store_partial(
+    float* mine, const float (&acc)[BM][VPT][Vec<T>::N], int B, int C) {
+  constexpr int VEC = Vec<T>::N;
+  const int t = threadIdx.x, nv = C / VEC;
 #pragma unroll
   for (int b = 0; b < BM; ++b)
 #pragma unroll
@@ -563,6 +522,77 @@ __device__ void fused_v5(const T* x, const T* w1, const T* b1, const T* w2,
                              acc[b][j][e + 3]));
       }
     }
+}
+
+// Shared memory of v5 (the launcher computes the same sizes, gpu/deja_vu.py):
+//   ring [S][rb] (at least 16 NT5 bytes) | full[S], empty[S] mbarriers |
+//   ids[NR5] int | red[n][B][W5] | a[n][B] | ticket (int)
+//   rb = C sizeof(T) rounded up to 128 bytes
+// grid (G), block NT5 + 32; ws: cnt[4] unsigned (zero) | part (G, B, C) f32.
+template <typename T, int VPT, int BM>
+__device__ void fused_v5(const T* x, const T* w1, const T* b1, const T* w2,
+                         const T* b2, const int* idx, unsigned* cnt,
+                         float* part, T* out, int B, int C, int F, int K,
+                         int S, int L, unsigned long long* trace) {
+  constexpr int VEC = Vec<T>::N;
+  extern __shared__ __align__(128) unsigned char smem[];
+  const int G = gridDim.x, g = blockIdx.x, t = threadIdx.x;
+  if (t == 0) stamp(trace, 0);  // 0 entry
+  const int warp = t / 32, lane = t % 32;
+  const int m0 = (int)((long long)g * K / G);
+  const int n = (int)((long long)(g + 1) * K / G) - m0;
+  const unsigned row_bytes = (unsigned)C * sizeof(T);
+  const size_t rb = ((size_t)row_bytes + 127) & ~(size_t)127;
+  unsigned char* ring = smem;  // also the finishers' 16 NT5-byte scratch
+  const size_t ring_bytes = max((size_t)S * rb, (size_t)16 * NT5);
+  auto* full = reinterpret_cast<unsigned long long*>(smem + ring_bytes);
+  auto* empty = full + S;
+  int* ids = reinterpret_cast<int*>(empty + S);
+  float* red = reinterpret_cast<float*>(ids + NR5);
+  float* a_s = red + n * B * W5;
+  int* ticket = reinterpret_cast<int*>(a_s + n * B);
+
+  if (t == 0) {
+    for (int s = 0; s < S; ++s) {
+      mbar_init(&full[s], 1);
+      mbar_init(&empty[s], W5);
+    }
+    fence_mbar_init();
+    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");  // for TMA
+  }
+  if (t < n) {
+    int i = idx[m0 + t];
+    ids[t] = i >= 0 && i < F ? i : -1;  // a bad id is never read
+  }
+  __syncthreads();
+  if (t == 0) stamp(trace, 1);  // 1 ids in shared memory
+
+  if (warp == W5) {  // producer: item i < n is W1 row i, else W2 row i - n
+    if (lane == 0) {
+      for (int i = 0; i < 2 * n; ++i) {
+        int s = i % S;
+        if (i >= S) mbar_wait(&empty[s], (i / S - 1) & 1);
+        int id = ids[i < n ? i : i - n];
+        if (id >= 0) {
+          mbar_expect_tx(&full[s], row_bytes);
+          bulk_load(ring + s * rb, (i < n ? w1 : w2) + (size_t)id * C, row_bytes,
+                    &full[s]);
+        } else {
+          mbar_arrive(&full[s]);  // nothing to copy: the consumers skip it
+        }
+      }
+    }
+    return;
+  }
+
+  float acc[BM][VPT][VEC];  // consumers: thread t owns vectors t + NT5 j
+  ring_consume<T, VPT, BM, false>(x, b1, ring, rb, full, empty, ids, red, a_s,
+                                 n, S, B, C, trace, acc);
+  if (t == 0) stamp(trace, 4);  // 4 phase 2 done (thread 0)
+
+  // this block's partial, then a ticket
+  float* mine = part + (size_t)g * B * C;
+  store_partial<T, VPT, BM>(mine, acc, B, C);
   __threadfence();  // the partial is visible before the ticket
   consumers_sync(NT5);
   if (t == 0) *ticket = (int)atomicAdd(&cnt[0], 1u);
@@ -646,7 +676,7 @@ __device__ void fused_v6(const T* x, const T* w1, const T* b1, const T* w2,
   extern __shared__ __align__(128) unsigned char smem[];
   const int G = gridDim.x, g = blockIdx.x, t = threadIdx.x;
   if (t == 0) stamp(trace, 0);  // 0 entry
-  const int warp = t / 32, lane = t % 32, nv = C / VEC;
+  const int warp = t / 32, lane = t % 32;
   const int m0 = (int)((long long)g * K / G);
   const int n = (int)((long long)(g + 1) * K / G) - m0;
   const unsigned row_bytes = (unsigned)C * sizeof(T);
@@ -698,119 +728,14 @@ __device__ void fused_v6(const T* x, const T* w1, const T* b1, const T* w2,
     return;
   }
 
-  // consumers: thread t owns the column vectors v = t + NT5 j, j < VPT
-  uint4 xr[BM][VPT];
-#pragma unroll
-  for (int b = 0; b < BM; ++b)
-#pragma unroll
-    for (int j = 0; j < VPT; ++j) {
-      int v = t + NT5 * j;
-      xr[b][j] = b < B && v < nv ? load16(x + (size_t)b * C + (size_t)v * VEC)
-                                 : make_uint4(0u, 0u, 0u, 0u);
-    }
-  float bias = t < n && ids[t] >= 0 ? to_f(b1[ids[t]]) : 0.f;
-
-  // phase 1: z[r][b] = x[b] . w1 row r, warp partials into red
-  for (int r = 0; r < n; ++r) {
-    int s = r % S;
-    mbar_wait(&full[s], (r / S) & 1);
-    if (t == 0 && r == 0) stamp(trace, 2);  // 2 the first row has landed
-    const uint4* row = reinterpret_cast<const uint4*>(ring + s * rb);
-    float z[BM];
-#pragma unroll
-    for (int b = 0; b < BM; ++b) z[b] = 0.f;
-#pragma unroll
-    for (int j = 0; j < VPT; ++j) {
-      int v = t + NT5 * j;
-      if (v < nv) {
-        float w[VEC];
-        unpack<T>(w, row[v]);
-#pragma unroll
-        for (int b = 0; b < BM; ++b) {
-          if (b < B) {
-            float xv[VEC];
-            unpack<T>(xv, xr[b][j]);
-#pragma unroll
-            for (int e = 0; e < VEC; ++e) z[b] = fmaf(xv[e], w[e], z[b]);
-          }
-        }
-      }
-    }
-#pragma unroll
-    for (int b = 0; b < BM; ++b)
-      if (b < B) z[b] = warp_sum(z[b]);
-    if (lane == 0) {
-#pragma unroll
-      for (int b = 0; b < BM; ++b)
-        if (b < B) red[(r * B + b) * W5 + warp] = z[b];
-    }
-    __syncwarp();
-    if (lane == 0) mbar_arrive(&empty[s]);
-  }
-  consumers_sync(NT5);
-  if (t < n) {  // a = relu(z + b1), the warp partials in warp order
-    for (int b = 0; b < B; ++b) {
-      float zz = 0.f;
-#pragma unroll
-      for (int w = 0; w < W5; ++w) zz += red[(t * B + b) * W5 + w];
-      a_s[t * B + b] = ids[t] >= 0 ? fmaxf(zz + bias, 0.f) : 0.f;
-    }
-  }
-  consumers_sync(NT5);
-  if (t == 0) stamp(trace, 3);  // 3 a in shared memory
-
-  // phase 2: acc[b] += a[r][b] * w2 row r
-  float acc[BM][VPT][VEC];
-#pragma unroll
-  for (int b = 0; b < BM; ++b)
-#pragma unroll
-    for (int j = 0; j < VPT; ++j)
-#pragma unroll
-      for (int e = 0; e < VEC; ++e) acc[b][j][e] = 0.f;
-  for (int r = 0; r < n; ++r) {
-    int i = n + r, s = i % S;
-    mbar_wait(&full[s], (i / S) & 1);
-    if (ids[r] >= 0) {
-      const uint4* row = reinterpret_cast<const uint4*>(ring + s * rb);
-#pragma unroll
-      for (int j = 0; j < VPT; ++j) {
-        int v = t + NT5 * j;
-        if (v < nv) {
-          float w[VEC];
-          unpack<T>(w, row[v]);
-#pragma unroll
-          for (int b = 0; b < BM; ++b) {
-            if (b < B) {
-              float av = a_s[r * B + b];
-#pragma unroll
-              for (int e = 0; e < VEC; ++e)
-                acc[b][j][e] = fmaf(av, w[e], acc[b][j][e]);
-            }
-          }
-        }
-      }
-    }
-    __syncwarp();
-    if (lane == 0) mbar_arrive(&empty[s]);
-  }
-
+  float acc[BM][VPT][VEC];  // consumers: thread t owns vectors t + NT5 j
+  ring_consume<T, VPT, BM, false>(x, b1, ring, rb, full, empty, ids, red, a_s,
+                                 n, S, B, C, trace, acc);
   if (t == 0) stamp(trace, 4);  // 4 phase 2 done (thread 0)
 
   // this block's partial, then a ticket
   float* mine = part + (size_t)g * B * C;
-#pragma unroll
-  for (int b = 0; b < BM; ++b)
-#pragma unroll
-    for (int j = 0; j < VPT; ++j) {
-      int v = t + NT5 * j;
-      if (b < B && v < nv) {
-#pragma unroll
-        for (int e = 0; e < VEC; e += 4)
-          __stcg(reinterpret_cast<float4*>(mine + (size_t)b * C + v * VEC + e),
-                 make_float4(acc[b][j][e], acc[b][j][e + 1], acc[b][j][e + 2],
-                             acc[b][j][e + 3]));
-      }
-    }
+  store_partial<T, VPT, BM>(mine, acc, B, C);
   consumers_sync(NT5);
   if (t == 0) {  // the block's partial (ordered by the barrier) before the ticket
     __threadfence();
@@ -916,7 +841,7 @@ __device__ void fused_v7(const T* x, const T* w1, const T* b1, const T* w2,
   extern __shared__ __align__(128) unsigned char smem[];
   const int G = gridDim.x, g = blockIdx.x, t = threadIdx.x;
   if (t == 0) stamp(trace, 0);  // 0 entry
-  const int warp = t / 32, lane = t % 32, nv = C / VEC;
+  const int warp = t / 32, lane = t % 32;
   const int m0 = (int)((long long)g * K / G);
   const int n = (int)((long long)(g + 1) * K / G) - m0;
   const unsigned row_bytes = (unsigned)C * sizeof(T);
@@ -967,106 +892,9 @@ __device__ void fused_v7(const T* x, const T* w1, const T* b1, const T* w2,
     return;
   }
 
-  // consumers: thread t owns the column vectors v = t + NT5 j, j < VPT
-  uint4 xr[BM][VPT];
-#pragma unroll
-  for (int b = 0; b < BM; ++b)
-#pragma unroll
-    for (int j = 0; j < VPT; ++j) {
-      int v = t + NT5 * j;
-      xr[b][j] = b < B && v < nv ? load16(x + (size_t)b * C + (size_t)v * VEC)
-                                 : make_uint4(0u, 0u, 0u, 0u);
-    }
-  float bias = t < n && ids[t] >= 0 ? to_f(b1[ids[t]]) : 0.f;
-
-  // phase 1: z[r][b] = x[b] . w1 row r, warp partials into red
-  for (int r = 0; r < n; ++r) {
-    int s = r % S;
-    mbar_wait(&full[s], (r / S) & 1);
-    if (t == 0 && r == 0) stamp(trace, 2);  // 2 the first row has landed
-    const uint4* row = reinterpret_cast<const uint4*>(ring + s * rb);
-    float z[BM];
-#pragma unroll
-    for (int b = 0; b < BM; ++b) z[b] = 0.f;
-#pragma unroll
-    for (int j = 0; j < VPT; ++j) {
-      int v = t + NT5 * j;
-      if (v < nv) {
-        float w[VEC];
-        unpack<T>(w, row[v]);
-#pragma unroll
-        for (int b = 0; b < BM; ++b) {
-          if (b < B) {
-            float xv[VEC];
-            unpack<T>(xv, xr[b][j]);
-#pragma unroll
-            for (int e = 0; e < VEC; ++e) z[b] = fmaf(xv[e], w[e], z[b]);
-          }
-        }
-      }
-    }
-#pragma unroll
-    for (int b = 0; b < BM; ++b)
-      if (b < B) z[b] = warp_sum(z[b]);
-    if (lane == 0) {
-#pragma unroll
-      for (int b = 0; b < BM; ++b)
-        if (b < B) red[(r * B + b) * W5 + warp] = z[b];
-    }
-    // this warp's reads of the stage come before the next bulk copy into it
-    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
-    __syncwarp();
-    if (lane == 0) mbar_arrive(&empty[s]);
-  }
-  consumers_sync(NT5);
-  if (t < n) {  // a = relu(z + b1), the warp partials in warp order
-    for (int b = 0; b < B; ++b) {
-      float zz = 0.f;
-#pragma unroll
-      for (int w = 0; w < W5; ++w) zz += red[(t * B + b) * W5 + w];
-      a_s[t * B + b] = ids[t] >= 0 ? fmaxf(zz + bias, 0.f) : 0.f;
-    }
-  }
-  consumers_sync(NT5);
-  if (t == 0) stamp(trace, 3);  // 3 a in shared memory
-
-  // phase 2: acc[b] += a[r][b] * w2 row r
-  float acc[BM][VPT][VEC];
-#pragma unroll
-  for (int b = 0; b < BM; ++b)
-#pragma unroll
-    for (int j = 0; j < VPT; ++j)
-#pragma unroll
-      for (int e = 0; e < VEC; ++e) acc[b][j][e] = 0.f;
-  for (int r = 0; r < n; ++r) {
-    int i = n + r, s = i % S;
-    mbar_wait(&full[s], (i / S) & 1);
-    if (ids[r] >= 0) {
-      const uint4* row = reinterpret_cast<const uint4*>(ring + s * rb);
-#pragma unroll
-      for (int j = 0; j < VPT; ++j) {
-        int v = t + NT5 * j;
-        if (v < nv) {
-          float w[VEC];
-          unpack<T>(w, row[v]);
-#pragma unroll
-          for (int b = 0; b < BM; ++b) {
-            if (b < B) {
-              float av = a_s[r * B + b];
-#pragma unroll
-              for (int e = 0; e < VEC; ++e)
-                acc[b][j][e] = fmaf(av, w[e], acc[b][j][e]);
-            }
-          }
-        }
-      }
-    }
-    // this warp's reads of the stage come before the next bulk copy into it
-    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
-    __syncwarp();
-    if (lane == 0) mbar_arrive(&empty[s]);
-  }
-
+  float acc[BM][VPT][VEC];  // consumers: thread t owns vectors t + NT5 j
+  ring_consume<T, VPT, BM, true>(x, b1, ring, rb, full, empty, ids, red, a_s,
+                                 n, S, B, C, trace, acc);
   if (t == 0) stamp(trace, 4);  // 4 phase 2 done (thread 0)
 
   // finisher f = g < L sums columns [4 q0, 4 q1): its b2 before the wait
@@ -1081,19 +909,7 @@ __device__ void fused_v7(const T* x, const T* w1, const T* b1, const T* w2,
 
   // this block's partial, then its arrival (a release: no round trip)
   float* mine = part + (size_t)g * B * C;
-#pragma unroll
-  for (int b = 0; b < BM; ++b)
-#pragma unroll
-    for (int j = 0; j < VPT; ++j) {
-      int v = t + NT5 * j;
-      if (b < B && v < nv) {
-#pragma unroll
-        for (int e = 0; e < VEC; e += 4)
-          __stcg(reinterpret_cast<float4*>(mine + (size_t)b * C + v * VEC + e),
-                 make_float4(acc[b][j][e], acc[b][j][e + 1], acc[b][j][e + 2],
-                             acc[b][j][e + 3]));
-      }
-    }
+  store_partial<T, VPT, BM>(mine, acc, B, C);
   consumers_sync(NT5);
   if (t == 0) {  // the block's partial (ordered by the barrier) before the count
     asm volatile("red.release.gpu.global.add.u32 [%0], 1;\n" ::"l"(cnt)

@@ -389,6 +389,60 @@ __device__ __forceinline__ void stamp(unsigned long long* trace, int k) {
 #define NT5 (W5 * 32)  // consumer threads
 #define NR5 128        // most neurons per block
 
+// v5-v7's shared memory (the launcher computes the same sizes, gpu/deja_vu.py):
+//   ring [S][rb] (at least 16 NT5 bytes) | full[S], empty[S] mbarriers |
+//   ids[NR5] int | red[n][B][W5] | a[n][B] | ticket (int)
+//   rb = C sizeof(T) rounded up to 128 bytes
+struct Ring {
+  int n;                   // this block's neurons [m0, m0 + n)
+  unsigned row_bytes;      // one row, C sizeof(T)
+  size_t rb;               // one stage
+  unsigned char* ring;     // also the finishers' 16 NT5-byte scratch
+  unsigned long long *full, *empty;
+  int* ids;                // the block's ids, -1 where out of range
+  float *red, *a_s;
+  int* ticket;
+};
+// Block g's chunk of the ids, its shared-memory layout, the barriers set up
+// (full: one arrival and the copy's bytes; empty: one per consumer warp) and
+// the ids read, every thread past the block barrier. Stamps 0 and 1.
+template <typename T>
+__device__ __forceinline__ Ring ring_setup(const int* idx, int B, int C, int F,
+                                           int K, int S,
+                                           unsigned long long* trace) {
+  extern __shared__ __align__(128) unsigned char smem[];
+  const int G = gridDim.x, g = blockIdx.x, t = threadIdx.x;
+  if (t == 0) stamp(trace, 0);  // 0 entry
+  Ring r;
+  const int m0 = (int)((long long)g * K / G);
+  r.n = (int)((long long)(g + 1) * K / G) - m0;
+  r.row_bytes = (unsigned)C * sizeof(T);
+  r.rb = ((size_t)r.row_bytes + 127) & ~(size_t)127;
+  r.ring = smem;
+  const size_t ring_bytes = max((size_t)S * r.rb, (size_t)16 * NT5);
+  r.full = reinterpret_cast<unsigned long long*>(smem + ring_bytes);
+  r.empty = r.full + S;
+  r.ids = reinterpret_cast<int*>(r.empty + S);
+  r.red = reinterpret_cast<float*>(r.ids + NR5);
+  r.a_s = r.red + r.n * B * W5;
+  r.ticket = reinterpret_cast<int*>(r.a_s + r.n * B);
+  if (t == 0) {
+    for (int s = 0; s < S; ++s) {
+      mbar_init(&r.full[s], 1);
+      mbar_init(&r.empty[s], W5);
+    }
+    fence_mbar_init();
+    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");  // for TMA
+  }
+  if (t < r.n) {
+    int i = idx[m0 + t];
+    r.ids[t] = i >= 0 && i < F ? i : -1;  // a bad id is never read
+  }
+  __syncthreads();
+  if (t == 0) stamp(trace, 1);  // 1 ids in shared memory
+  return r;
+}
+
 // The consumers of v5-v7 (threads 0..NT5-1): x for their columns, phase 1 (the
 // W1 rows' dots: warp partials into red), a = relu(z + b1) (the partials summed
 // in warp order), phase 2 (acc += a * W2 row); each stage released on its empty
@@ -524,48 +578,25 @@ __device__ __forceinline__ void store_partial(
     }
 }
 
-// Shared memory of v5 (the launcher computes the same sizes, gpu/deja_vu.py):
-//   ring [S][rb] (at least 16 NT5 bytes) | full[S], empty[S] mbarriers |
-//   ids[NR5] int | red[n][B][W5] | a[n][B] | ticket (int)
-//   rb = C sizeof(T) rounded up to 128 bytes
-// grid (G), block NT5 + 32; ws: cnt[4] unsigned (zero) | part (G, B, C) f32.
+// grid (G), block NT5 + 32; ws: cnt[4] unsigned (zero) | part (G, B, C) f32;
+// dynamic shared memory as ring_setup lays it out.
 template <typename T, int VPT, int BM>
 __device__ void fused_v5(const T* x, const T* w1, const T* b1, const T* w2,
                          const T* b2, const int* idx, unsigned* cnt,
                          float* part, T* out, int B, int C, int F, int K,
                          int S, int L, unsigned long long* trace) {
   constexpr int VEC = Vec<T>::N;
-  extern __shared__ __align__(128) unsigned char smem[];
   const int G = gridDim.x, g = blockIdx.x, t = threadIdx.x;
-  if (t == 0) stamp(trace, 0);  // 0 entry
   const int warp = t / 32, lane = t % 32;
-  const int m0 = (int)((long long)g * K / G);
-  const int n = (int)((long long)(g + 1) * K / G) - m0;
-  const unsigned row_bytes = (unsigned)C * sizeof(T);
-  const size_t rb = ((size_t)row_bytes + 127) & ~(size_t)127;
-  unsigned char* ring = smem;  // also the finishers' 16 NT5-byte scratch
-  const size_t ring_bytes = max((size_t)S * rb, (size_t)16 * NT5);
-  auto* full = reinterpret_cast<unsigned long long*>(smem + ring_bytes);
-  auto* empty = full + S;
-  int* ids = reinterpret_cast<int*>(empty + S);
-  float* red = reinterpret_cast<float*>(ids + NR5);
-  float* a_s = red + n * B * W5;
-  int* ticket = reinterpret_cast<int*>(a_s + n * B);
-
-  if (t == 0) {
-    for (int s = 0; s < S; ++s) {
-      mbar_init(&full[s], 1);
-      mbar_init(&empty[s], W5);
-    }
-    fence_mbar_init();
-    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");  // for TMA
-  }
-  if (t < n) {
-    int i = idx[m0 + t];
-    ids[t] = i >= 0 && i < F ? i : -1;  // a bad id is never read
-  }
-  __syncthreads();
-  if (t == 0) stamp(trace, 1);  // 1 ids in shared memory
+  Ring r5 = ring_setup<T>(idx, B, C, F, K, S, trace);
+  const int n = r5.n;
+  const unsigned row_bytes = r5.row_bytes;
+  const size_t rb = r5.rb;
+  unsigned char* ring = r5.ring;
+  unsigned long long *full = r5.full, *empty = r5.empty;
+  int* ids = r5.ids;
+  float *red = r5.red, *a_s = r5.a_s;
+  int* ticket = r5.ticket;
 
   if (warp == W5) {  // producer: item i < n is W1 row i, else W2 row i - n
     if (lane == 0) {
@@ -673,37 +704,17 @@ __device__ void fused_v6(const T* x, const T* w1, const T* b1, const T* w2,
                          float* part, T* out, int B, int C, int F, int K,
                          int S, int L, unsigned long long* trace) {
   constexpr int VEC = Vec<T>::N;
-  extern __shared__ __align__(128) unsigned char smem[];
   const int G = gridDim.x, g = blockIdx.x, t = threadIdx.x;
-  if (t == 0) stamp(trace, 0);  // 0 entry
   const int warp = t / 32, lane = t % 32;
-  const int m0 = (int)((long long)g * K / G);
-  const int n = (int)((long long)(g + 1) * K / G) - m0;
-  const unsigned row_bytes = (unsigned)C * sizeof(T);
-  const size_t rb = ((size_t)row_bytes + 127) & ~(size_t)127;
-  unsigned char* ring = smem;  // also the finishers' 16 NT5-byte scratch
-  const size_t ring_bytes = max((size_t)S * rb, (size_t)16 * NT5);
-  auto* full = reinterpret_cast<unsigned long long*>(smem + ring_bytes);
-  auto* empty = full + S;
-  int* ids = reinterpret_cast<int*>(empty + S);
-  float* red = reinterpret_cast<float*>(ids + NR5);
-  float* a_s = red + n * B * W5;
-  int* ticket = reinterpret_cast<int*>(a_s + n * B);
-
-  if (t == 0) {
-    for (int s = 0; s < S; ++s) {
-      mbar_init(&full[s], 1);
-      mbar_init(&empty[s], W5);
-    }
-    fence_mbar_init();
-    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");  // for TMA
-  }
-  if (t < n) {
-    int i = idx[m0 + t];
-    ids[t] = i >= 0 && i < F ? i : -1;  // a bad id is never read
-  }
-  __syncthreads();
-  if (t == 0) stamp(trace, 1);  // 1 ids in shared memory
+  Ring r5 = ring_setup<T>(idx, B, C, F, K, S, trace);
+  const int n = r5.n;
+  const unsigned row_bytes = r5.row_bytes;
+  const size_t rb = r5.rb;
+  unsigned char* ring = r5.ring;
+  unsigned long long *full = r5.full, *empty = r5.empty;
+  int* ids = r5.ids;
+  float *red = r5.red, *a_s = r5.a_s;
+  int* ticket = r5.ticket;
 
   if (warp == W5) {  // producer: item i < n is W1 row i, else W2 row i - n
     auto issue = [&](int i) {
@@ -838,36 +849,16 @@ __device__ void fused_v7(const T* x, const T* w1, const T* b1, const T* w2,
                          float* part, T* out, int B, int C, int F, int K,
                          int S, int L, unsigned long long* trace) {
   constexpr int VEC = Vec<T>::N;
-  extern __shared__ __align__(128) unsigned char smem[];
   const int G = gridDim.x, g = blockIdx.x, t = threadIdx.x;
-  if (t == 0) stamp(trace, 0);  // 0 entry
   const int warp = t / 32, lane = t % 32;
-  const int m0 = (int)((long long)g * K / G);
-  const int n = (int)((long long)(g + 1) * K / G) - m0;
-  const unsigned row_bytes = (unsigned)C * sizeof(T);
-  const size_t rb = ((size_t)row_bytes + 127) & ~(size_t)127;
-  unsigned char* ring = smem;  // also the finishers' 16 NT5-byte scratch
-  const size_t ring_bytes = max((size_t)S * rb, (size_t)16 * NT5);
-  auto* full = reinterpret_cast<unsigned long long*>(smem + ring_bytes);
-  auto* empty = full + S;
-  int* ids = reinterpret_cast<int*>(empty + S);
-  float* red = reinterpret_cast<float*>(ids + NR5);
-  float* a_s = red + n * B * W5;
-
-  if (t == 0) {
-    for (int s = 0; s < S; ++s) {
-      mbar_init(&full[s], 1);
-      mbar_init(&empty[s], W5);
-    }
-    fence_mbar_init();
-    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");  // for TMA
-  }
-  if (t < n) {
-    int i = idx[m0 + t];
-    ids[t] = i >= 0 && i < F ? i : -1;  // a bad id is never read
-  }
-  __syncthreads();
-  if (t == 0) stamp(trace, 1);  // 1 ids in shared memory
+  Ring r5 = ring_setup<T>(idx, B, C, F, K, S, trace);
+  const int n = r5.n;
+  const unsigned row_bytes = r5.row_bytes;
+  const size_t rb = r5.rb;
+  unsigned char* ring = r5.ring;
+  unsigned long long *full = r5.full, *empty = r5.empty;
+  int* ids = r5.ids;
+  float *red = r5.red, *a_s = r5.a_s;
 
   if (warp == W5) {  // producer: item i < n is W1 row i, else W2 row i - n
     auto issue = [&](int i) {

@@ -32,6 +32,24 @@
 //       cross-q GEMVs (3 of 13 launches of a parallel layer);
 //     - the last block reads the partials with ld.global.cg (L2), unrolled.
 //     Needs what v2 needs, and x float32 when g is given.
+// v4  tensor cores (mma.sync m16n8k16, fp32 accumulators), fp16 weights only:
+//     y^T = W^T x^T, A = 16 columns of W x 16 k (ldmatrix.trans from a
+//     swizzled shared-memory tile), B = 16 k x 8 rows of x. A block covers
+//     128 columns (8 warps x 16) and kc <= 256 rows of K (split-K as v2, the
+//     last block summing the KB partials in order kb = 0..KB-1), and 8 NT rows
+//     of x (NT = 1, 2, 4, 8). W streams through a ring of ST stages of 32 x 128
+//     halves by cp.async (16 B, zero-filled past K and M), ST - 1 stages in
+//     flight from the block's first instruction. x float32 rows are scaled
+//     by 2^p per (row, K chunk), p from the chunk's max |x| (max |2^p x| in
+//     [2^14, 2^15)), and split into two fp16 halves, hi = fp16(2^p x) and
+//     lo = fp16(2^p x - hi): hi + lo holds 2^p x to about 2^-22 of the chunk's
+//     max, every product is exact in fp32, and the accumulator is scaled back
+//     by 2^-p exactly, so the fp16 operands cost no accuracy a float32 sum
+//     would keep (Markidis et al. 2018; Ootomo & Yokota 2022 split the same
+//     way). fp16 rows (TX = __half) go in as they are, one mma a tile. A row's
+//     sum depends on its own x, never on other rows: each element of an mma is
+//     its own dot product, and KB, kc come from (K, M) only.
+//     Needs M % 8 == 0, 16-byte aligned W, sm_80 (cp.async, ldmatrix, mma).
 // rmsnorm v1: y[z][n] = x[z][n] / sqrt(mean(x^2) + 1e-6) * gamma[z]; a block
 //     per row, fixed-order tree sum.
 // store_qkv v1: the fused q|k|v row (N, (H + 2G) D) float -> q (N, H, D) T,
@@ -303,6 +321,163 @@ __device__ void gemv_v3(const TX* x0, const TX* x1, const T* w0, const T* w1,
     y[(size_t)n * M + c] = s;
   }
 }
+// --- v4 ---
+#define TW4 128  // columns of W a block: 8 warps x 16
+#define KS4 32   // rows of W a ring stage
+#define KC4 256  // most rows of K a block
+
+// The shared-memory plan of gemv v4 with NT tiles of 8 rows: the W ring, the
+// hi (and, for float32 x, lo) halves of x, and one scale a row. The launcher's
+// v4_plan mirrors it (bytes = smem4<NT>(lo)).
+template <int NT>
+struct Plan4 {
+  static constexpr int R = 8 * NT;                     // rows of x a block
+  static constexpr int ST = NT == 1 ? 8 : NT == 2 ? 6 : 4;  // ring stages
+  static constexpr int XS = KC4 + 8;  // x row stride (halves): the 8 rows of
+                                      // a B fragment load hit 8 bank groups
+  static constexpr int ring = ST * KS4 * TW4;  // halves
+};
+
+template <typename TX, int NT>
+__device__ void gemv_v4(const TX* x0, const TX* x1, const __half* w0,
+                        const __half* w1, const float* r0, const float* r1,
+                        float* y0, float* y1, int N, int K, int M, int act,
+                        int kc, float* ws, unsigned* cnt) {
+  constexpr bool LO = sizeof(TX) == 4;  // float32 x: hi and lo halves
+  using P = Plan4<NT>;
+  constexpr int R = P::R, ST = P::ST, XS = P::XS;
+  extern __shared__ __align__(16) unsigned char sm4[];
+  __half* ring = reinterpret_cast<__half*>(sm4);
+  __half* xh = ring + P::ring;
+  __half* xl = xh + R * XS;  // LO only
+  float* unscale = reinterpret_cast<float*>(xh + (LO ? 2 : 1) * R * XS);
+  int rt_n = (N + R - 1) / R, zr = blockIdx.z, z = zr / rt_n;
+  int n0 = (zr % rt_n) * R, kb = blockIdx.y, KB = gridDim.y;
+  int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  int c0 = blockIdx.x * TW4;
+  int k0 = kb * kc, k1 = min(K, k0 + kc);
+  int nst = (k1 - k0 + KS4 - 1) / KS4;  // ring stages this block reads
+  const TX* x = z ? x1 : x0;
+  const __half* w = z ? w1 : w0;
+  // stage s: rows k0 + 32 s .. + 31 of columns c0 .. c0 + 127, 512 chunks of
+  // 16 B (2 a thread), zero past K and M, swizzled for ldmatrix
+  auto load_stage = [&](int s) {
+    __half* dst = ring + (s % ST) * KS4 * TW4;
+#pragma unroll
+    for (int i = threadIdx.x; i < KS4 * TW4 / 8; i += 32 * NW) {
+      int r = i / (TW4 / 8), c = (i % (TW4 / 8)) * 8;
+      int k = k0 + s * KS4 + r, col = c0 + c;
+      bool ok = k < k1 && col < M;
+      cp_async16(dst + swz<TW4>(r, c), ok ? w + (size_t)k * M + col : w, ok);
+    }
+  };
+#pragma unroll
+  for (int s = 0; s < ST - 1; ++s) {  // ST - 1 stages before anything waits
+    if (s < nst) load_stage(s);
+    cp_async_commit();  // empty groups keep the wait count uniform
+  }
+  // x rows n0 + warp + 8 i (NT a warp), columns k0 .. k0 + KC4 - 1 (zero
+  // past N and k1), as 2^p x in fp16 halves
+#pragma unroll 1
+  for (int i = 0; i < NT; ++i) {
+    int rr = warp + NW * i, n = n0 + rr;
+    float v[KC4 / 32];
+    float amax = 0.f;
+#pragma unroll
+    for (int j = 0; j < KC4 / 32; ++j) {
+      int k = k0 + lane + 32 * j;
+      v[j] = (n < N && k < k1) ? to_f(x[(size_t)n * K + k]) : 0.f;
+      amax = fmaxf(amax, fabsf(v[j]));
+    }
+    float up = 1.f, down = 1.f;
+    if (LO) {
+      amax = warp_max(amax);
+      if (amax > 0.f && amax <= 3.4e38f) {  // finite and not zero
+        int e;
+        frexpf(amax, &e);  // amax in [2^(e-1), 2^e)
+        int p = min(126, max(-126, 15 - e));
+        up = ldexpf(1.f, p);
+        down = ldexpf(1.f, -p);
+      }
+    }
+#pragma unroll
+    for (int j = 0; j < KC4 / 32; ++j) {
+      float s = v[j] * up;
+      __half hi = __float2half_rn(s);
+      xh[rr * XS + lane + 32 * j] = hi;
+      if (LO) xl[rr * XS + lane + 32 * j] = __float2half_rn(s - __half2float(hi));
+    }
+    if (lane == 0) unscale[rr] = down;
+  }
+  float acc[NT][4];
+#pragma unroll
+  for (int t = 0; t < NT; ++t)
+#pragma unroll
+    for (int j = 0; j < 4; ++j) acc[t][j] = 0.f;
+  int mi = lane / 8, ri = lane % 8;  // this lane's ldmatrix row address
+  for (int s = 0; s < nst; ++s) {
+    cp_async_wait<ST - 2>();  // stage s has landed (this thread's copies)
+    __syncthreads();          // ...everyone's; stage s - 1 is free
+    if (s + ST - 1 < nst) load_stage(s + ST - 1);
+    cp_async_commit();
+    const __half* st = ring + (s % ST) * KS4 * TW4;
+#pragma unroll
+    for (int kk = 0; kk < KS4; kk += 16) {
+      unsigned a[4];  // A = W^T: (k kk.., m 16 warp..), (k, m + 8), (k + 8, m),
+                      // (k + 8, m + 8), transposed on the way
+      ldsm_x4_t(a, st + swz<TW4>(kk + (mi / 2) * 8 + ri, warp * 16 + (mi % 2) * 8));
+      int kx = s * KS4 + kk + (lane % 4) * 2;
+#pragma unroll
+      for (int t = 0; t < NT; ++t) {
+        int row = (t * 8 + lane / 4) * XS + kx;
+        unsigned b[2] = {*reinterpret_cast<const unsigned*>(xh + row),
+                         *reinterpret_cast<const unsigned*>(xh + row + 8)};
+        mma16816(acc[t], a, b);
+        if (LO) {
+          unsigned c[2] = {*reinterpret_cast<const unsigned*>(xl + row),
+                           *reinterpret_cast<const unsigned*>(xl + row + 8)};
+          mma16816(acc[t], a, c);
+        }
+      }
+    }
+  }
+  cp_async_wait<0>();
+  // acc[t][j]: row t 8 + 2 (lane % 4) + j % 2, column c0 + 16 warp + lane / 4
+  // + 8 (j / 2), scaled back by 2^-p (exact)
+  const float* r = z ? r1 : r0;
+  float* y = z ? y1 : y0;
+  size_t tile = (size_t)zr * gridDim.x + blockIdx.x;
+  float* part = ws + ((tile * KB + kb) * R) * TW4;
+#pragma unroll
+  for (int t = 0; t < NT; ++t)
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      int rr = t * 8 + (lane % 4) * 2 + j % 2;
+      int cc = warp * 16 + lane / 4 + (j / 2) * 8;
+      int n = n0 + rr, c = c0 + cc;
+      float v = acc[t][j] * unscale[rr];
+      if (KB > 1) {
+        part[rr * TW4 + cc] = v;
+      } else if (n < N && c < M) {
+        if (act == 1) v = fmaxf(v, 0.f);
+        if (r) v += r[(size_t)n * M + c];
+        y[(size_t)n * M + c] = v;
+      }
+    }
+  if (KB == 1) return;
+  if (!last_block_done(cnt + tile, (unsigned)KB)) return;
+  const float* p0 = ws + (tile * KB * R) * TW4;
+  for (int i = threadIdx.x; i < R * TW4; i += blockDim.x) {
+    int n = n0 + i / TW4, c = c0 + i % TW4;
+    if (n >= N || c >= M) continue;
+    float s = 0.f;  // partials in order kb = 0..KB-1, from L2
+#pragma unroll 8
+    for (int b = 0; b < KB; ++b) s += __ldcg(p0 + (size_t)b * R * TW4 + i);
+    if (act == 1) s = fmaxf(s, 0.f);
+    if (r) s += r[(size_t)n * M + c];
+    y[(size_t)n * M + c] = s;
+  }
+}
 // --- rmsnorm ---
 template <typename T>
 __device__ void rmsnorm_v1(const float* x, const T* g0, const T* g1,
@@ -391,6 +566,27 @@ GEMV(f16x16, __half, __half)
 GEMV3_R(f32, float, float)
 GEMV3_R(f16, __half, float)
 GEMV3_R(f16x16, __half, __half)
+
+// v4 uses cp.async, ldmatrix and mma (sm_80); below sm_80 it is left out and
+// the launcher falls back (gpu/capability.py).
+#if __CUDA_ARCH__ >= 800
+#define GEMV4(SUF, TX, NT)                                                    \
+  extern "C" __global__ void __launch_bounds__(32 * NW, 2)                  \
+      stag_gemv_v4_##SUF##_n##NT(                                           \
+          const TX* x0, const TX* x1, const __half* w0, const __half* w1,   \
+          const float* r0, const float* r1, float* y0, float* y1, int N,    \
+          int K, int M, int act, int kc, float* ws, unsigned* cnt) {        \
+    gemv_v4<TX, NT>(x0, x1, w0, w1, r0, r1, y0, y1, N, K, M, act, kc, ws,   \
+                    cnt);                                                   \
+  }
+#define GEMV4_N(SUF, TX) \
+  GEMV4(SUF, TX, 1)      \
+  GEMV4(SUF, TX, 2)      \
+  GEMV4(SUF, TX, 4)      \
+  GEMV4(SUF, TX, 8)
+GEMV4_N(f16, float)
+GEMV4_N(f16x16, __half)
+#endif  // __CUDA_ARCH__ >= 800
 
 #define SMALL(SUF, T)                                                         \
   extern "C" __global__ void __launch_bounds__(256) stag_rmsnorm_v1_##SUF(  \

@@ -27,17 +27,21 @@ from gpu import attention as att
 from gpu import runtime as rt
 
 SLUG = "stagformer"
-VERSIONS = (1, 2, 3)
+VERSIONS = (1, 2, 3, 4)
 DTYPES = (np.float32, np.float16)
 _SFX = {np.dtype(np.float32): "f32", np.dtype(np.float16): "f16"}
 NR, NW, KC = 4, 8, 512  # as in the .cu
 TARGET_BLOCKS = 264  # 2 per SM on an H100 (132 SMs): sizes KB from (K, M) only
+TW4, KS4, KC4 = 128, 32, 256  # gemv v4: columns a block, rows a stage, most rows
+TARGET_BLOCKS_V4 = 396  # v4: 3 blocks an SM of 132 (KB from (K, M) only)
+V4_TILES = (1, 2, 4, 8)  # v4's row tiles: NT tiles of 8 rows
 SCHEDULES = ("parallel", "stack1_first", "stack2_first")
 # GEMV versions, best first: on a card that cannot run the one asked for, the best of
 # these it can runs, with a notice (gpu.runtime.pick_version, gpu/capability.json;
-# NVRTC 13.0 compiles all three for sm_75 and up). The attention of a step falls back
-# on its own (gpu.attention.runnable_version).
-FALLBACK = (3, 2, 1)
+# NVRTC 13.0 compiles v1-v3 for sm_75 and up, v4 (tensor cores, cp.async) for sm_80
+# and up). The attention of a step falls back on its own
+# (gpu.attention.runnable_version).
+FALLBACK = (4, 3, 2, 1)
 
 
 def runnable_version(version: int) -> int:
@@ -80,15 +84,43 @@ def best_version(b: int) -> int:
     return 3 if b == 1 else 2
 
 
+def v4_plan(n: int, k: int, m: int, x_float: bool = True) -> dict[str, int]:
+    """gemv v4's launch for N rows of x and a (K, M) fp16 weight.
+
+    nt: tiles of 8 rows a block (the smallest of V4_TILES covering N, at most 8),
+    rows = 8 nt, rt: row tiles (blocks along N), tiles: column tiles of TW4 = 128,
+    (kb, kc): K split over kb blocks of kc rows (a multiple of 32, <= KC4 = 256),
+    from (K, M) only, so a row's sum is the same whatever N the launch carries;
+    st: ring stages; smem: dynamic shared-memory bytes (as Plan4 in the .cu:
+    the W ring, the hi (and lo, for float32 x) halves of x, a float a row)."""
+    nt = next((t for t in V4_TILES if 8 * t >= n), V4_TILES[-1])
+    rows = 8 * nt
+    tiles = math.ceil(m / TW4)
+    kb = max(1, math.ceil(TARGET_BLOCKS_V4 / tiles))
+    kc = min(KC4, max(KS4, KS4 * math.ceil(math.ceil(k / kb) / KS4)))
+    st = {1: 8, 2: 6}.get(nt, 4)
+    halves = st * KS4 * TW4 + (2 if x_float else 1) * rows * (KC4 + 8)
+    return dict(
+        nt=nt, rows=rows, rt=math.ceil(n / rows), tiles=tiles,
+        kb=math.ceil(k / kc), kc=kc, st=st, smem=2 * halves + 4 * rows,
+    )  # fmt: skip
+
+
 def gemv_workspace(n: int, k: int, m: int, dtype, z: int = 2) -> tuple[int, int]:
-    """(float32 partials, uint32 counters) gemv v2 or v3 needs for N rows, Z stacks
-    (the larger of the two: v2 pads N to NR = 4 rows, v3 to R = rows_v3(N))."""
+    """(float32 partials, uint32 counters) gemv v2, v3 or v4 needs for N rows, Z
+    stacks (the largest of the three: v2 pads N to NR = 4 rows, v3 to R =
+    rows_v3(N), v4 to 8 nt rows a row tile, v4_plan)."""
     kb, _ = k_split(k, m, dtype)
     tiles = math.ceil(m / (32 * vec(dtype)))
     nr3 = rows_v3(n)
     padded = max(math.ceil(n / NR) * NR, math.ceil(n / nr3) * nr3)
     rts = max(math.ceil(n / NR), math.ceil(n / nr3))
-    return z * padded * tiles * kb * 32 * vec(dtype), z * rts * tiles
+    elems, cnt = z * padded * tiles * kb * 32 * vec(dtype), z * rts * tiles
+    if np.dtype(dtype) == np.float16:
+        p = v4_plan(n, k, m)
+        elems = max(elems, z * p["rt"] * p["tiles"] * p["kb"] * p["rows"] * TW4)
+        cnt = max(cnt, z * p["rt"] * p["tiles"])
+    return elems, cnt
 
 
 @dataclass
@@ -122,7 +154,9 @@ def gemv(
 
     xs[z]: (N, K) float32, or the weights' dtype (float16 only); ws[z]: (K, M)
     float32/float16; ys[z], res[z]: (N, M) float32 (res may be ys: in place).
-    versions 2 and 3 need M % VEC == 0, 16-byte aligned weights and ``scratch``.
+    versions 2-4 need M % VEC == 0, 16-byte aligned weights and ``scratch``.
+    v4 runs on tensor cores and has fp16 weights only: with float32 weights,
+    version 4 runs v2's kernel (the same sums as v3 without a norm).
     norm (v3 only): gammas[z] (K,) of the weights' dtype: xs[z] (float32) is
     RMS-normed with them inside the GEMV, ys[z] = act(rmsnorm(xs[z]) @ ws[z]) ...
     """
@@ -179,10 +213,18 @@ def gemv(
     need, cnt = gemv_workspace(n, k, m, wdt, z)
     if scratch.ws.size < need or scratch.cnt.size < cnt:
         raise ValueError(f"scratch too small: needs {need} floats, {cnt} counters")
+    if version == 4 and wdt == np.float16:
+        p = v4_plan(n, k, m, xs[0].dtype == np.float32)
+        fn = rt.kernel(SLUG, f"stag_gemv_v4_{sfx}_n{p['nt']}")
+        fn.max_dynamic_shared_size_bytes = p["smem"]  # beyond 48 KB: opt in
+        tail = (i32(act), i32(p["kc"]), scratch.ws, scratch.cnt)
+        grid = (p["tiles"], p["kb"], z * p["rt"])
+        fn(grid, (32 * NW,), args + tail, shared_mem=p["smem"])
+        return ys
     kb, kc = k_split(k, m, wdt)
     tiles = math.ceil(m / (32 * vec(wdt)))
     tail = (i32(act), i32(kc), scratch.ws, scratch.cnt)
-    if version == 2:
+    if version in (2, 4):  # 4 with float32 weights: v2's kernel
         fn = rt.kernel(SLUG, f"stag_gemv_v2_{sfx}")
         fn((tiles, kb, z * math.ceil(n / NR)), (32 * NW,), args + tail)
         return ys

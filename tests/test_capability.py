@@ -222,7 +222,10 @@ def test_a_card_below_every_version_is_refused_by_name(card):
 def test_fallback_follows_the_launchers_order(monkeypatch, card):
     # a table in which stagformer's v3 needs sm_90 and v2 sm_89: an sm_80 card
     # gets v1, an sm_89 card v2 (the first of FALLBACK it can run)
-    fake = {"versions": {"stagformer": {"1": 75, "2": 89, "3": 90}}, "files": {}}
+    fake = {
+        "versions": {"stagformer": {"1": 75, "2": 89, "3": 90, "4": 90}},
+        "files": {},
+    }
     monkeypatch.setattr(cap, "load", lambda path=None: fake)
     card(80, "NVIDIA A100-SXM4-80GB")
     with pytest.warns(rt.CapabilityFallback, match="stagformer v3.*running v1"):
@@ -231,4 +234,4 @@ def test_fallback_follows_the_launchers_order(monkeypatch, card):
     with pytest.warns(rt.CapabilityFallback, match="stagformer v3.*running v2"):
         assert gs.runnable_version(3) == 2
     with pytest.raises(ValueError, match="version must be one of"):
-        gs.runnable_version(4)
+        gs.runnable_version(5)

@@ -268,6 +268,32 @@ def test_gemv_v3_rows_and_workspace_cover_both_versions():
             rt_n = -(-n // r)
             assert ws >= 2 * rt_n * tiles * kb * r * 32 * gs.vec(F16)
             assert cnt >= 2 * rt_n * tiles
+        p = gs.v4_plan(n, k, m)  # v4's row tiles of 8 nt rows
+        assert ws >= 2 * p["rt"] * p["tiles"] * p["kb"] * p["rows"] * gs.TW4
+        assert cnt >= 2 * p["rt"] * p["tiles"]
+
+
+@pytest.mark.parametrize("n", [1, 2, 8, 9, 16, 17, 33, 64, 65, 128])
+@pytest.mark.parametrize(
+    "k, m", [(1, 8), (7, 24), (600, 264), (2048, 6144), (8192, 2048)]
+)
+def test_gemv_v4_plan_covers_the_rows_and_k_and_fits_shared_memory(n, k, m):
+    """v4's split of K depends on (K, M) only (a row's bits must not depend on the
+    batch), every row and every k is covered, and the ring and x tile fit the 227 KB
+    a block may opt in to on sm_90 (Plan4 in the .cu)."""
+    from gpu import stagformer as gs
+
+    p = gs.v4_plan(n, k, m)
+    assert (p["kb"], p["kc"]) == (gs.v4_plan(1, k, m)["kb"], gs.v4_plan(1, k, m)["kc"])
+    assert p["kc"] % gs.KS4 == 0 and gs.KS4 <= p["kc"] <= gs.KC4
+    assert (p["kb"] - 1) * p["kc"] < k <= p["kb"] * p["kc"]  # no empty block
+    assert p["rows"] == 8 * p["nt"] and p["rt"] * p["rows"] >= n
+    assert p["nt"] == 8 or p["rows"] >= n > p["rows"] // 2 or n <= 8
+    assert p["tiles"] * gs.TW4 >= m > (p["tiles"] - 1) * gs.TW4
+    for x_float in (True, False):
+        smem = gs.v4_plan(n, k, m, x_float)["smem"]
+        assert smem <= 227 * 1024
+        assert 2 * (smem + 1024) <= 228 * 1024  # two blocks an SM at least
 
 
 def test_best_version_follows_the_measured_batches():
@@ -299,9 +325,9 @@ def _cast(obj, dtype):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [F32, F16])
-@pytest.mark.parametrize("version", [1, 2, 3])
+@pytest.mark.parametrize("version", [1, 2, 3, 4])
 @given(
-    n=st.sampled_from([1, 2, 5, 9]),
+    n=st.sampled_from([1, 2, 5, 9, 33, 70]),
     k=st.sampled_from([1, 7, 33, 600]),
     mv=st.sampled_from([1, 3, 33, 40]),
     z=st.sampled_from([1, 2]),
@@ -309,10 +335,11 @@ def _cast(obj, dtype):
     res=st.booleans(),
     x16=st.booleans(),
     norm=st.booleans(),
+    mag=st.sampled_from([1.0, 1e-30, 1e6, 1e30]),
     seed=seeds,
 )
 def test_gpu_gemv_matches_reference(
-    dtype, version, n, k, mv, z, act, res, x16, norm, seed
+    dtype, version, n, k, mv, z, act, res, x16, norm, mag, seed
 ):
     import cupy as cp
 
@@ -320,9 +347,15 @@ def test_gpu_gemv_matches_reference(
 
     norm = norm and version == 3  # v3 only: the RMSNorm fused into the GEMV
     x16 = x16 and dtype == F16 and not norm
+    # float32 x far outside fp16's range (v4 scales each row's chunk by 2^p); not
+    # with the fused norm, whose sum of squares overflows float32 beyond |x| ~ 1e19
+    mag = 1.0 if x16 or norm else mag
     m = mv * gs.vec(dtype)
     rng = np.random.default_rng(seed)
-    xs = [rng.standard_normal((n, k)).astype(F16 if x16 else F32) for _ in range(z)]
+    xs = [
+        (mag * rng.standard_normal((n, k))).astype(F16 if x16 else F32)
+        for _ in range(z)
+    ]
     ws = [(rng.standard_normal((k, m)) / np.sqrt(k)).astype(dtype) for _ in range(z)]
     rs = [rng.standard_normal((n, m)).astype(F32) for _ in range(z)]
     gs_ = [(1 + 0.1 * rng.standard_normal(k)).astype(dtype) for _ in range(z)]
@@ -416,7 +449,7 @@ def _gpu_case(cfg, w, tokens, dtype):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [F32, F16])
-@pytest.mark.parametrize("version", [1, 2, 3])
+@pytest.mark.parametrize("version", [1, 2, 3, 4])
 @given(data=st.data())
 def test_gpu_step_matches_reference_and_schedules_agree(dtype, version, data):
     import cupy as cp
@@ -487,7 +520,9 @@ def test_gpu_bad_inputs_rejected_before_launch():
     with pytest.raises(ValueError, match="scratch"):
         gs.gemv([x], [w], [y])
     with pytest.raises(ValueError, match="version"):
-        gs.gemv([x], [w], [y], version=4, scratch=sc)
+        gs.gemv([x], [w], [y], version=5, scratch=sc)
+    with pytest.raises(ValueError, match="version 3"):
+        gs.gemv([x], [w], [y], version=4, scratch=sc, norm=[cp.ones(64, F16)])
     g = cp.ones(64, F16)
     with pytest.raises(ValueError, match="version 3"):
         gs.gemv([x], [w], [y], version=2, scratch=sc, norm=[g])

@@ -416,7 +416,8 @@ def run(quick: bool = False, ceil: dict | None = None) -> dict[str, list[dict]]:
 
     ceil = ceil or {}
     checked = {}
-    for shared, ver in itertools.product((False, True), (2, 3)):
+    timed = sorted({v for vs in VERSIONS.values() for v in vs})
+    for shared, ver in itertools.product((False, True), timed):
         try:
             for sched, used in validate(shared, ver).items():
                 checked[(shared, sched, ver)] = used

@@ -18,7 +18,7 @@ steps (bench.time_cupy), beside its floor (step_bytes / read ceiling):
                     when torch is importable (else the row says "skipped: torch
                     not importable")
 
-Every case but torch is timed with GEMV v2, v3 (fused RMSNorm) and v4 (tensor
+Every case but torch is timed with GEMV v2, v3 (fused RMSNorm), v4 and v5 (tensor
 cores; field "version") at every B: the ladder, same model, same buffers.
 
 Validation before timing (DESIGN §2): each schedule and weight kind is first run
@@ -51,7 +51,7 @@ from gpu import stagformer as gs
 C, H, G, D, F, L = 2048, 16, 16, 128, 8192, 12
 S = 1024  # cache length after this step: position S - 1
 BATCHES, QUICK_BATCHES = (1, 8, 64), (1,)
-VERSIONS = {1: (2, 3, 4), 8: (2, 3, 4), 64: (2, 3, 4)}  # GEMV versions timed at each B
+VERSIONS = {1: (2, 3, 4, 5), 8: (2, 3, 4, 5), 64: (2, 3, 4, 5)}  # GEMV versions
 F16 = np.float16
 GRID = bench.Grid(
     axes=dict(B=BATCHES),

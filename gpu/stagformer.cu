@@ -50,6 +50,19 @@
 //     sum depends on its own x, never on other rows: each element of an mma is
 //     its own dot product, and KB, kc come from (K, M) only.
 //     Needs M % 8 == 0, 16-byte aligned W, sm_80 (cp.async, ldmatrix, mma).
+// v5  v4's mma and ring, with what its profile blamed (tools/profile_stagformer.py,
+//     H100: v4 reached 0.5 of the read ceiling at N = 1 and 0.1-0.2 at N = 64):
+//     - the x tile staged by cp.async (one group, issued before W's stages),
+//       then split into hi and lo in place, row by row from shared memory
+//       (v4: one warp loaded its NT rows one after another from L2);
+//     - the finisher issues 8 partials x 4 elements of loads before it adds
+//       (v4: a dependent chain of adds over KB partials), and partial rows
+//       past N are neither written nor read;
+//     - kc <= 512 and about 2 blocks an SM (264): KB 4x smaller for the down
+//       GEMV (16 not 32), so fewer partials; NT <= 4 (32 rows a block), the
+//       row tiles of one K chunk adjacent in the grid (blockIdx.x), so the
+//       second reads W from L2.
+//     Same sums as v4 in a different split: not v4's bits (KB, kc differ).
 // rmsnorm v1: y[z][n] = x[z][n] / sqrt(mean(x^2) + 1e-6) * gamma[z]; a block
 //     per row, fixed-order tree sum.
 // store_qkv v1: the fused q|k|v row (N, (H + 2G) D) float -> q (N, H, D) T,
@@ -478,6 +491,215 @@ __device__ void gemv_v4(const TX* x0, const TX* x1, const __half* w0,
     y[(size_t)n * M + c] = s;
   }
 }
+// --- v5 ---
+#define KC5 512  // most rows of K a block
+
+template <int NT>
+struct Plan5 {
+  static constexpr int R = 8 * NT;  // rows of x a block, NT <= 4
+  static constexpr int ST = NT == 1 ? 6 : 4;  // ring stages
+  // x row: KC5 + 4 floats staged, then hi halves at [0, KC5) and lo halves at
+  // [XH, XH + KC5) of the same bytes; a row is XF words, XF % 32 == 4, so the
+  // 8 rows of a B fragment load hit 8 bank groups
+  static constexpr int XF = KC5 + 4, XH = XF;
+  static constexpr int ring = ST * KS4 * TW4;  // halves
+};
+
+template <typename TX, int NT>
+__device__ void gemv_v5(const TX* x0, const TX* x1, const __half* w0,
+                        const __half* w1, const float* r0, const float* r1,
+                        float* y0, float* y1, int N, int K, int M, int act,
+                        int kc, float* ws, unsigned* cnt) {
+  constexpr bool LO = sizeof(TX) == 4;
+  using P = Plan5<NT>;
+  constexpr int R = P::R, ST = P::ST, XF = P::XF;
+  extern __shared__ __align__(16) unsigned char sm5[];
+  __half* ring = reinterpret_cast<__half*>(sm5);
+  float* xf = reinterpret_cast<float*>(ring + P::ring);  // R x XF words
+  float* unscale = xf + R * XF;
+  int rt_n = (N + R - 1) / R, zr = blockIdx.x, z = zr / rt_n;
+  int n0 = (zr % rt_n) * R, kb = blockIdx.y, KB = gridDim.y;
+  int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  int c0 = blockIdx.z * TW4;
+  int k0 = kb * kc, k1 = min(K, k0 + kc);
+  int nst = (k1 - k0 + KS4 - 1) / KS4;
+  int rows = min(R, N - n0);  // rows of this tile that exist
+  const TX* x = z ? x1 : x0;
+  const __half* w = z ? w1 : w0;
+  // x rows n0 .. n0 + R - 1, columns k0 .. k0 + 32 nst - 1 (zero past N, k1):
+  // float x into float slots, fp16 x straight into the hi halves; 16-byte
+  // copies where x's rows allow, else plain loads
+  {
+    constexpr int E = 16 / sizeof(TX);  // elements a 16-byte copy
+    int width = nst * KS4;
+    bool a16 = K % E == 0 && reinterpret_cast<size_t>(x) % 16 == 0;
+    TX* dst0 = reinterpret_cast<TX*>(xf);
+    constexpr int RS = LO ? XF : 2 * XF;  // row stride in TX elements
+    if (a16) {
+      for (int i = threadIdx.x; i < R * width / E; i += blockDim.x) {
+        int r = i / (width / E), k = (i % (width / E)) * E;
+        bool ok = r < rows && k0 + k < k1;
+        cp_async16(dst0 + r * RS + k, ok ? x + (size_t)(n0 + r) * K + k0 + k : x,
+                   ok);
+      }
+    } else {
+      for (int i = threadIdx.x; i < R * width; i += blockDim.x) {
+        int r = i / width, k = i % width;
+        bool ok = r < rows && k0 + k < k1;
+        dst0[r * RS + k] = ok ? x[(size_t)(n0 + r) * K + k0 + k] : TX(0.f);
+      }
+    }
+    cp_async_commit();  // the x group: the oldest, so waiting for it waits for nothing else
+  }
+  auto load_stage = [&](int s) {
+    __half* dst = ring + (s % ST) * KS4 * TW4;
+#pragma unroll
+    for (int i = threadIdx.x; i < KS4 * TW4 / 8; i += 32 * NW) {
+      int r = i / (TW4 / 8), c = (i % (TW4 / 8)) * 8;
+      int k = k0 + s * KS4 + r, col = c0 + c;
+      bool ok = k < k1 && col < M;
+      cp_async16(dst + swz<TW4>(r, c), ok ? w + (size_t)k * M + col : w, ok);
+    }
+  };
+#pragma unroll
+  for (int s = 0; s < ST - 1; ++s) {
+    if (s < nst) load_stage(s);
+    cp_async_commit();
+  }
+  cp_async_wait<ST - 1>();  // the x group has landed (this thread's copies)
+  __syncthreads();
+  // each warp its rows (NT of them): max |x| over the chunk, then 2^p x split
+  // into hi and lo in place (every read of the row before any write: syncwarp)
+  __half* xh = reinterpret_cast<__half*>(xf);
+#pragma unroll 1
+  for (int i = 0; i < NT; ++i) {
+    int rr = warp + NW * i;
+    float down = 1.f;
+    if (LO) {
+      constexpr int J = KC5 / 32;
+      float v[J];
+      float amax = 0.f;
+#pragma unroll
+      for (int j = 0; j < J; ++j) {
+        v[j] = j * 32 < nst * KS4 ? xf[rr * XF + lane + 32 * j] : 0.f;
+        amax = fmaxf(amax, fabsf(v[j]));
+      }
+      amax = warp_max(amax);
+      float up = 1.f;
+      if (amax > 0.f && amax <= 3.4e38f) {
+        int e;
+        frexpf(amax, &e);
+        int p = min(126, max(-126, 15 - e));
+        up = ldexpf(1.f, p);
+        down = ldexpf(1.f, -p);
+      }
+      __syncwarp();
+#pragma unroll
+      for (int j = 0; j < J; ++j) {
+        if (j * 32 >= nst * KS4) break;
+        float sv = v[j] * up;
+        __half hi = __float2half_rn(sv);
+        xh[rr * 2 * XF + lane + 32 * j] = hi;
+        xh[rr * 2 * XF + P::XH + lane + 32 * j] =
+            __float2half_rn(sv - __half2float(hi));
+      }
+    }
+    if (lane == 0) unscale[rr] = down;
+  }
+  float acc[NT][4];
+#pragma unroll
+  for (int t = 0; t < NT; ++t)
+#pragma unroll
+    for (int j = 0; j < 4; ++j) acc[t][j] = 0.f;
+  int mi = lane / 8, ri = lane % 8;
+  for (int s = 0; s < nst; ++s) {
+    cp_async_wait<ST - 2>();
+    __syncthreads();  // also: the x tile is converted (s = 0)
+    if (s + ST - 1 < nst) load_stage(s + ST - 1);
+    cp_async_commit();
+    const __half* st = ring + (s % ST) * KS4 * TW4;
+#pragma unroll
+    for (int kk = 0; kk < KS4; kk += 16) {
+      unsigned a[4];
+      ldsm_x4_t(a, st + swz<TW4>(kk + (mi / 2) * 8 + ri, warp * 16 + (mi % 2) * 8));
+      int kx = s * KS4 + kk + (lane % 4) * 2;
+#pragma unroll
+      for (int t = 0; t < NT; ++t) {
+        int row = (t * 8 + lane / 4) * 2 * XF + kx;
+        unsigned b[2] = {*reinterpret_cast<const unsigned*>(xh + row),
+                         *reinterpret_cast<const unsigned*>(xh + row + 8)};
+        mma16816(acc[t], a, b);
+        if (LO) {
+          unsigned c[2] = {
+              *reinterpret_cast<const unsigned*>(xh + row + P::XH),
+              *reinterpret_cast<const unsigned*>(xh + row + P::XH + 8)};
+          mma16816(acc[t], a, c);
+        }
+      }
+    }
+  }
+  cp_async_wait<0>();
+  const float* r = z ? r1 : r0;
+  float* y = z ? y1 : y0;
+  size_t tile = (size_t)blockIdx.z * gridDim.x + zr;
+  float* part = ws + ((tile * KB + kb) * R) * TW4;
+#pragma unroll
+  for (int t = 0; t < NT; ++t)
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      int rr = t * 8 + (lane % 4) * 2 + j % 2;
+      int cc = warp * 16 + lane / 4 + (j / 2) * 8;
+      int n = n0 + rr, c = c0 + cc;
+      if (rr >= rows) continue;
+      float v = acc[t][j] * unscale[rr];
+      if (KB > 1) {
+        part[rr * TW4 + cc] = v;
+      } else if (c < M) {
+        if (act == 1) v = fmaxf(v, 0.f);
+        if (r) v += r[(size_t)n * M + c];
+        y[(size_t)n * M + c] = v;
+      }
+    }
+  if (KB == 1) return;
+  if (!last_block_done(cnt + tile, (unsigned)KB)) return;
+  // the finish: 4 elements a thread, 8 partials of each in flight before the
+  // adds; each element summed in order kb = 0..KB-1 (as v4)
+  const float* p0 = ws + (tile * KB * R) * TW4;
+  int valid = rows * TW4;
+  constexpr int EL = 4, UK = 8;
+  for (int i0 = threadIdx.x; i0 < valid; i0 += EL * blockDim.x) {
+    float sum[EL];
+#pragma unroll
+    for (int e = 0; e < EL; ++e) sum[e] = 0.f;
+    for (int b0 = 0; b0 < KB; b0 += UK) {
+      float v[UK][EL];
+#pragma unroll
+      for (int u = 0; u < UK; ++u)
+#pragma unroll
+        for (int e = 0; e < EL; ++e) {
+          int i = i0 + e * blockDim.x;
+          v[u][e] = (b0 + u < KB && i < valid)
+                        ? __ldcg(p0 + (size_t)(b0 + u) * R * TW4 + i)
+                        : 0.f;
+        }
+#pragma unroll
+      for (int u = 0; u < UK; ++u)
+#pragma unroll
+        for (int e = 0; e < EL; ++e)
+          if (b0 + u < KB) sum[e] += v[u][e];
+    }
+#pragma unroll
+    for (int e = 0; e < EL; ++e) {
+      int i = i0 + e * blockDim.x;
+      int n = n0 + i / TW4, c = c0 + i % TW4;
+      if (i >= valid || c >= M) continue;
+      float s = sum[e];
+      if (act == 1) s = fmaxf(s, 0.f);
+      if (r) s += r[(size_t)n * M + c];
+      y[(size_t)n * M + c] = s;
+    }
+  }
+}
 // --- rmsnorm ---
 template <typename T>
 __device__ void rmsnorm_v1(const float* x, const T* g0, const T* g1,
@@ -567,7 +789,7 @@ GEMV3_R(f32, float, float)
 GEMV3_R(f16, __half, float)
 GEMV3_R(f16x16, __half, __half)
 
-// v4 uses cp.async, ldmatrix and mma (sm_80); below sm_80 it is left out and
+// v4 and v5 use cp.async, ldmatrix and mma (sm_80); below sm_80 they are left out and
 // the launcher falls back (gpu/capability.py).
 #if __CUDA_ARCH__ >= 800
 #define GEMV4(SUF, TX, NT)                                                    \
@@ -586,6 +808,21 @@ GEMV3_R(f16x16, __half, __half)
   GEMV4(SUF, TX, 8)
 GEMV4_N(f16, float)
 GEMV4_N(f16x16, __half)
+#define GEMV5(SUF, TX, NT)                                                    \
+  extern "C" __global__ void __launch_bounds__(32 * NW, 2)                  \
+      stag_gemv_v5_##SUF##_n##NT(                                           \
+          const TX* x0, const TX* x1, const __half* w0, const __half* w1,   \
+          const float* r0, const float* r1, float* y0, float* y1, int N,    \
+          int K, int M, int act, int kc, float* ws, unsigned* cnt) {        \
+    gemv_v5<TX, NT>(x0, x1, w0, w1, r0, r1, y0, y1, N, K, M, act, kc, ws,   \
+                    cnt);                                                   \
+  }
+#define GEMV5_N(SUF, TX) \
+  GEMV5(SUF, TX, 1)      \
+  GEMV5(SUF, TX, 2)      \
+  GEMV5(SUF, TX, 4)
+GEMV5_N(f16, float)
+GEMV5_N(f16x16, __half)
 #endif  // __CUDA_ARCH__ >= 800
 
 #define SMALL(SUF, T)                                                         \

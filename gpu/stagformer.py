@@ -27,7 +27,7 @@ from gpu import attention as att
 from gpu import runtime as rt
 
 SLUG = "stagformer"
-VERSIONS = (1, 2, 3, 4)
+VERSIONS = (1, 2, 3, 4, 5)
 DTYPES = (np.float32, np.float16)
 _SFX = {np.dtype(np.float32): "f32", np.dtype(np.float16): "f16"}
 NR, NW, KC = 4, 8, 512  # as in the .cu
@@ -35,13 +35,14 @@ TARGET_BLOCKS = 264  # 2 per SM on an H100 (132 SMs): sizes KB from (K, M) only
 TW4, KS4, KC4 = 128, 32, 256  # gemv v4: columns a block, rows a stage, most rows
 TARGET_BLOCKS_V4 = 396  # v4: 3 blocks an SM of 132 (KB from (K, M) only)
 V4_TILES = (1, 2, 4, 8)  # v4's row tiles: NT tiles of 8 rows
+KC5, TARGET_BLOCKS_V5, V5_TILES = 512, 264, (1, 2, 4)  # v5: kc <= 512, ~2 an SM
 SCHEDULES = ("parallel", "stack1_first", "stack2_first")
 # GEMV versions, best first: on a card that cannot run the one asked for, the best of
 # these it can runs, with a notice (gpu.runtime.pick_version, gpu/capability.json;
-# NVRTC 13.0 compiles v1-v3 for sm_75 and up, v4 (tensor cores, cp.async) for sm_80
-# and up). The attention of a step falls back on its own
+# NVRTC 13.0 compiles v1-v3 for sm_75 and up, v4 and v5 (tensor cores, cp.async)
+# for sm_80 and up). The attention of a step falls back on its own
 # (gpu.attention.runnable_version).
-FALLBACK = (4, 3, 2, 1)
+FALLBACK = (5, 4, 3, 2, 1)
 
 
 def runnable_version(version: int) -> int:
@@ -106,10 +107,30 @@ def v4_plan(n: int, k: int, m: int, x_float: bool = True) -> dict[str, int]:
     )  # fmt: skip
 
 
+def v5_plan(n: int, k: int, m: int, x_float: bool = True) -> dict[str, int]:
+    """gemv v5's launch (keys as v4_plan): nt in V5_TILES (at most 4: 32 rows a
+    block, more rows make more row tiles), kc <= KC5 = 512 and about
+    TARGET_BLOCKS_V5 = 264 blocks, both from (K, M) only; st ring stages; smem: the
+    ring, R rows of KC5 + 4 float slots of x (float32 x is split into its hi and lo
+    halves in the same bytes), a float a row (Plan5 in the .cu). x_float is
+    accepted for v4_plan's signature; the bytes do not depend on it."""
+    nt = next((t for t in V5_TILES if 8 * t >= n), V5_TILES[-1])
+    rows = 8 * nt
+    tiles = math.ceil(m / TW4)
+    kb = max(1, math.ceil(TARGET_BLOCKS_V5 / tiles))
+    kc = min(KC5, max(KS4, KS4 * math.ceil(math.ceil(k / kb) / KS4)))
+    st = 6 if nt == 1 else 4
+    smem = 2 * st * KS4 * TW4 + 4 * rows * (KC5 + 4) + 4 * rows
+    return dict(
+        nt=nt, rows=rows, rt=math.ceil(n / rows), tiles=tiles,
+        kb=math.ceil(k / kc), kc=kc, st=st, smem=smem,
+    )  # fmt: skip
+
+
 def gemv_workspace(n: int, k: int, m: int, dtype, z: int = 2) -> tuple[int, int]:
-    """(float32 partials, uint32 counters) gemv v2, v3 or v4 needs for N rows, Z
-    stacks (the largest of the three: v2 pads N to NR = 4 rows, v3 to R =
-    rows_v3(N), v4 to 8 nt rows a row tile, v4_plan)."""
+    """(float32 partials, uint32 counters) gemv v2-v5 need for N rows, Z stacks
+    (the largest: v2 pads N to NR = 4 rows, v3 to R = rows_v3(N), v4 and v5 to 8 nt
+    rows a row tile, v4_plan and v5_plan)."""
     kb, _ = k_split(k, m, dtype)
     tiles = math.ceil(m / (32 * vec(dtype)))
     nr3 = rows_v3(n)
@@ -117,9 +138,9 @@ def gemv_workspace(n: int, k: int, m: int, dtype, z: int = 2) -> tuple[int, int]
     rts = max(math.ceil(n / NR), math.ceil(n / nr3))
     elems, cnt = z * padded * tiles * kb * 32 * vec(dtype), z * rts * tiles
     if np.dtype(dtype) == np.float16:
-        p = v4_plan(n, k, m)
-        elems = max(elems, z * p["rt"] * p["tiles"] * p["kb"] * p["rows"] * TW4)
-        cnt = max(cnt, z * p["rt"] * p["tiles"])
+        for p in (v4_plan(n, k, m), v5_plan(n, k, m)):
+            elems = max(elems, z * p["rt"] * p["tiles"] * p["kb"] * p["rows"] * TW4)
+            cnt = max(cnt, z * p["rt"] * p["tiles"])
     return elems, cnt
 
 
@@ -155,8 +176,8 @@ def gemv(
     xs[z]: (N, K) float32, or the weights' dtype (float16 only); ws[z]: (K, M)
     float32/float16; ys[z], res[z]: (N, M) float32 (res may be ys: in place).
     versions 2-4 need M % VEC == 0, 16-byte aligned weights and ``scratch``.
-    v4 runs on tensor cores and has fp16 weights only: with float32 weights,
-    version 4 runs v2's kernel (the same sums as v3 without a norm).
+    v4 and v5 run on tensor cores and have fp16 weights only: with float32
+    weights, versions 4 and 5 run v2's kernel (the same sums as v3 without a norm).
     norm (v3 only): gammas[z] (K,) of the weights' dtype: xs[z] (float32) is
     RMS-normed with them inside the GEMV, ys[z] = act(rmsnorm(xs[z]) @ ws[z]) ...
     """
@@ -221,10 +242,18 @@ def gemv(
         grid = (p["tiles"], p["kb"], z * p["rt"])
         fn(grid, (32 * NW,), args + tail, shared_mem=p["smem"])
         return ys
+    if version == 5 and wdt == np.float16:
+        p = v5_plan(n, k, m)
+        fn = rt.kernel(SLUG, f"stag_gemv_v5_{sfx}_n{p['nt']}")
+        fn.max_dynamic_shared_size_bytes = p["smem"]  # beyond 48 KB: opt in
+        tail = (i32(act), i32(p["kc"]), scratch.ws, scratch.cnt)
+        grid = (z * p["rt"], p["kb"], p["tiles"])  # row tiles of a chunk adjacent
+        fn(grid, (32 * NW,), args + tail, shared_mem=p["smem"])
+        return ys
     kb, kc = k_split(k, m, wdt)
     tiles = math.ceil(m / (32 * vec(wdt)))
     tail = (i32(act), i32(kc), scratch.ws, scratch.cnt)
-    if version in (2, 4):  # 4 with float32 weights: v2's kernel
+    if version in (2, 4, 5):  # 4, 5 with float32 weights: v2's kernel
         fn = rt.kernel(SLUG, f"stag_gemv_v2_{sfx}")
         fn((tiles, kb, z * math.ceil(n / NR)), (32 * NW,), args + tail)
         return ys

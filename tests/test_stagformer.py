@@ -268,9 +268,9 @@ def test_gemv_v3_rows_and_workspace_cover_both_versions():
             rt_n = -(-n // r)
             assert ws >= 2 * rt_n * tiles * kb * r * 32 * gs.vec(F16)
             assert cnt >= 2 * rt_n * tiles
-        p = gs.v4_plan(n, k, m)  # v4's row tiles of 8 nt rows
-        assert ws >= 2 * p["rt"] * p["tiles"] * p["kb"] * p["rows"] * gs.TW4
-        assert cnt >= 2 * p["rt"] * p["tiles"]
+        for p in (gs.v4_plan(n, k, m), gs.v5_plan(n, k, m)):  # 8 nt rows a tile
+            assert ws >= 2 * p["rt"] * p["tiles"] * p["kb"] * p["rows"] * gs.TW4
+            assert cnt >= 2 * p["rt"] * p["tiles"]
 
 
 @pytest.mark.parametrize("n", [1, 2, 8, 9, 16, 17, 33, 64, 65, 128])
@@ -278,22 +278,27 @@ def test_gemv_v3_rows_and_workspace_cover_both_versions():
     "k, m", [(1, 8), (7, 24), (600, 264), (2048, 6144), (8192, 2048)]
 )
 def test_gemv_v4_plan_covers_the_rows_and_k_and_fits_shared_memory(n, k, m):
-    """v4's split of K depends on (K, M) only (a row's bits must not depend on the
-    batch), every row and every k is covered, and the ring and x tile fit the 227 KB
-    a block may opt in to on sm_90 (Plan4 in the .cu)."""
+    """v4's and v5's split of K depends on (K, M) only (a row's bits must not depend
+    on the batch), every row and every k is covered, and the ring and x tile fit the
+    227 KB a block may opt in to on sm_90 (Plan4, Plan5 in the .cu)."""
     from gpu import stagformer as gs
 
-    p = gs.v4_plan(n, k, m)
-    assert (p["kb"], p["kc"]) == (gs.v4_plan(1, k, m)["kb"], gs.v4_plan(1, k, m)["kc"])
-    assert p["kc"] % gs.KS4 == 0 and gs.KS4 <= p["kc"] <= gs.KC4
-    assert (p["kb"] - 1) * p["kc"] < k <= p["kb"] * p["kc"]  # no empty block
-    assert p["rows"] == 8 * p["nt"] and p["rt"] * p["rows"] >= n
-    assert p["nt"] == 8 or p["rows"] >= n > p["rows"] // 2 or n <= 8
-    assert p["tiles"] * gs.TW4 >= m > (p["tiles"] - 1) * gs.TW4
-    for x_float in (True, False):
-        smem = gs.v4_plan(n, k, m, x_float)["smem"]
-        assert smem <= 227 * 1024
-        assert 2 * (smem + 1024) <= 228 * 1024  # two blocks an SM at least
+    for plan, kcmax, tiles in (
+        (gs.v4_plan, gs.KC4, gs.V4_TILES),
+        (gs.v5_plan, gs.KC5, gs.V5_TILES),
+    ):
+        p = plan(n, k, m)
+        assert (p["kb"], p["kc"]) == (plan(1, k, m)["kb"], plan(1, k, m)["kc"])
+        assert p["kc"] % gs.KS4 == 0 and gs.KS4 <= p["kc"] <= kcmax
+        assert (p["kb"] - 1) * p["kc"] < k <= p["kb"] * p["kc"]  # no empty block
+        assert p["nt"] in tiles and p["rows"] == 8 * p["nt"]
+        assert p["rt"] * p["rows"] >= n > (p["rt"] - 1) * p["rows"]
+        assert p["nt"] == tiles[-1] or n <= 8 or p["rows"] // 2 < n <= p["rows"]
+        assert p["tiles"] * gs.TW4 >= m > (p["tiles"] - 1) * gs.TW4
+        for x_float in (True, False):
+            smem = plan(n, k, m, x_float)["smem"]
+            assert smem <= 227 * 1024
+            assert 2 * (smem + 1024) <= 228 * 1024  # two blocks an SM at least
 
 
 def test_best_version_follows_the_measured_batches():
@@ -325,7 +330,7 @@ def _cast(obj, dtype):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [F32, F16])
-@pytest.mark.parametrize("version", [1, 2, 3, 4])
+@pytest.mark.parametrize("version", [1, 2, 3, 4, 5])
 @given(
     n=st.sampled_from([1, 2, 5, 9, 33, 70]),
     k=st.sampled_from([1, 7, 33, 600]),
@@ -449,7 +454,7 @@ def _gpu_case(cfg, w, tokens, dtype):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [F32, F16])
-@pytest.mark.parametrize("version", [1, 2, 3, 4])
+@pytest.mark.parametrize("version", [1, 2, 3, 4, 5])
 @given(data=st.data())
 def test_gpu_step_matches_reference_and_schedules_agree(dtype, version, data):
     import cupy as cp
@@ -520,7 +525,7 @@ def test_gpu_bad_inputs_rejected_before_launch():
     with pytest.raises(ValueError, match="scratch"):
         gs.gemv([x], [w], [y])
     with pytest.raises(ValueError, match="version"):
-        gs.gemv([x], [w], [y], version=5, scratch=sc)
+        gs.gemv([x], [w], [y], version=6, scratch=sc)
     with pytest.raises(ValueError, match="version 3"):
         gs.gemv([x], [w], [y], version=4, scratch=sc, norm=[cp.ones(64, F16)])
     g = cp.ones(64, F16)

@@ -210,8 +210,8 @@ def fill_caches(bf, rng):
 
 def _row(name, kind, b, ceil, calls, tensor_cores=False, **extra) -> dict:
     """A case's row, timed when calls are given. flop_floor_us: FLOPs over the fp32
-    GEMM ceiling for our GEMVs (CUDA-core FMAs), over the fp16 one for torch
-    (tensor cores: the fp32 ceiling does not bound it)."""
+    GEMM ceiling for GEMV v1-v3 (CUDA-core FMAs), over the fp16 one for v4, v5 and
+    torch (tensor cores: the fp32 ceiling does not bound them)."""
     nbytes = gs.step_bytes(kind, b, S, C, F, H, G, D, L, 2)
     row = dict(
         name=name,
@@ -265,7 +265,7 @@ def _stag_cases(b, shared, rng, ceil, checked, versions=(3,)) -> list[dict]:
         if sched == "parallel":
             bad |= not np.array_equal(outs["parallel"], outs["stack1_first"])
         if bad:
-            row = _row(name, kind, b, ceil, None, version=ver)
+            row = _row(name, kind, b, ceil, None, ver >= 4, version=ver)
             row["status"] = "FAILED validation (reference or bitwise schedule check)"
             print(f"  {name} v{ver} B={b}: {row['status']}", file=sys.stderr)
             rows.append(row)
@@ -273,7 +273,9 @@ def _stag_cases(b, shared, rng, ceil, checked, versions=(3,)) -> list[dict]:
         step = partial(
             gs.decode_step, m, bf, e, h_prev, S - 1, schedule=sched, version=ver
         )
-        rows.append(_row(name, kind, b, ceil, [step], version=ver, error_used=ok))
+        rows.append(
+            _row(name, kind, b, ceil, [step], ver >= 4, version=ver, error_used=ok)
+        )
     del m, bf
     bench.free([])
     return rows
@@ -297,7 +299,7 @@ def _plain_case(b, rng, ceil, checked, versions=(3,), torch_used=None) -> list[d
             ok = None
         step = partial(gs.plain_step, m, bf, e, S - 1, ver)
         calls = [step] if ok is not None else None
-        rows.append(_row("plain_24", "plain", b, ceil, calls, version=ver))
+        rows.append(_row("plain_24", "plain", b, ceil, calls, ver >= 4, version=ver))
         if ok is None:
             rows[-1]["status"] = "FAILED validation"
         else:

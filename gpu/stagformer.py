@@ -76,13 +76,14 @@ def rows_v3(n: int) -> int:
 def best_version(b: int) -> int:
     """GEMV version of the fastest measured decode step at batch b.
 
-    Measured at B = 1, 8 and 64 only (results/stagformer.json, H100, commit
-    0e9ecee1a6ea): v3 was the faster at B = 1 in all five cases, v2 at B = 8 and
-    64 in all five. B = 2..7 is unmeasured: v2 there, until a run says otherwise.
-    (decode_step and plain_step keep version=2 as their default.)"""
+    Measured at B = 1, 4, 8 and 64 (results/h100/stagformer.json, H100, commit
+    b1519b33003c; the H200's set has v2 and v3 only): v3 (the fused norm) was the
+    faster at B = 1 in every case, v5 (tensor cores) at B = 4, 8 and 64 in every
+    case. B = 2 and 3 are unmeasured: the nearer measured batch's version, v3 at 2,
+    v5 at 3. (decode_step and plain_step keep version=2 as their default.)"""
     if b < 1:
         raise ValueError(f"b must be >= 1, got {b!r}")
-    return 3 if b == 1 else 2
+    return 3 if b <= 2 else 5
 
 
 def v4_plan(n: int, k: int, m: int, x_float: bool = True) -> dict[str, int]:
@@ -616,7 +617,7 @@ def decode_step(
     h_prev (B, C) float32: stack 1's output at pos - 1 (None at pos 0). Caches in
     bf hold positions < pos (self) and the memory rows < pos - 1 (cross). Writes
     h_pos = bf.out[0] and o_pos = bf.out[1]. version: the GEMV's; the default 2 is
-    not the fastest at every B (v3 was faster at B = 1): see best_version."""
+    not the fastest at every B (v3 at B = 1, v5 from B = 4 on): see best_version."""
     if schedule not in SCHEDULES:
         raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
     version = runnable_version(version)

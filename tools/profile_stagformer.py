@@ -4,7 +4,7 @@ quick graph-timed sweep of the GEMV versions.
 
 PYTHONPATH=$PWD python3 tools/profile_stagformer.py [VERSIONS] [NS] [SHAPES] [REPEATS]
 
-VERSIONS and NS (rows of x) are comma lists (default 2,3,4 and 1,8,64); SHAPES a
+VERSIONS and NS (rows of x) are comma lists (default 2,3,4,5 and 1,8,64); SHAPES a
 comma list of qkv, o, up, down (default all four; TT_V4_TARGET sets v4's
 target block count, which sets its split of K): q|k|v (2048 x 6144, float32 x),
 o (2048 x 2048, fp16 x: the attention's output), up (2048 x 8192, ReLU), down
@@ -29,18 +29,12 @@ import numpy as np
 from gpu import bench, results
 from gpu import runtime as rt
 from gpu import stagformer as gs
+from gpu.bench_stagformer_gemv import SHAPES  # name: (K, M, x dtype, act, res)
 
-vers = [int(v) for v in (sys.argv[1] if len(sys.argv) > 1 else "2,3,4").split(",")]
+vers = [int(v) for v in (sys.argv[1] if len(sys.argv) > 1 else "2,3,4,5").split(",")]
 ns = [int(v) for v in (sys.argv[2] if len(sys.argv) > 2 else "1,8,64").split(",")]
 names = (sys.argv[3] if len(sys.argv) > 3 else "qkv,o,up,down").split(",")
 reps = int(sys.argv[4]) if len(sys.argv) > 4 else 3
-C, F, HD = 2048, 8192, 2048
-SHAPES = {  # name: (K, M, x dtype, act, residual)
-    "qkv": (C, 3 * HD, np.float32, 0, False),
-    "o": (HD, C, np.float16, 0, True),
-    "up": (C, F, np.float32, 1, False),
-    "down": (F, C, np.float32, 0, True),
-}
 COPIES = 4
 if os.environ.get("TT_V4_TARGET"):  # v4's blocks a launch (sets KB and kc)
     gs.TARGET_BLOCKS_V4 = int(os.environ["TT_V4_TARGET"])

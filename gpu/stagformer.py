@@ -147,7 +147,7 @@ def gemv_workspace(n: int, k: int, m: int, dtype, z: int = 2) -> tuple[int, int]
 
 @dataclass
 class Scratch:
-    """gemv v2's partials and counters (counters zero, and left zero), and the
+    """the GEMVs' (v2-v5) partials and counters (counters zero, and left zero), and the
     attention workspaces (zero, left zero by v7), one per attention shape
     (rows, cache length): v7 keeps its counters after the partials, at an offset
     that depends on the shape, so one shared buffer would let one call's partials
@@ -176,7 +176,7 @@ def gemv(
 
     xs[z]: (N, K) float32, or the weights' dtype (float16 only); ws[z]: (K, M)
     float32/float16; ys[z], res[z]: (N, M) float32 (res may be ys: in place).
-    versions 2-4 need M % VEC == 0, 16-byte aligned weights and ``scratch``.
+    versions 2-5 need M % VEC == 0, 16-byte aligned weights and ``scratch``.
     v4 and v5 run on tensor cores and have fp16 weights only: with float32
     weights, versions 4 and 5 run v2's kernel (the same sums as v3 without a norm).
     norm (v3 only): gammas[z] (K,) of the weights' dtype: xs[z] (float32) is

@@ -351,6 +351,55 @@ struct Plan4 {
   static constexpr int ring = ST * KS4 * TW4;  // halves
 };
 
+// Ring stage s of gemv v4 and v5: rows k0 + 32 s .. + 31 of W's columns c0 ..
+// c0 + 127, 512 chunks of 16 B (2 a thread), zero past k1 and M, swizzled for
+// ldmatrix, into slot s % ST of the ring.
+template <int ST>
+__device__ __forceinline__ void tc_load_stage(__half* ring, int s,
+                                              const __half* w, int k0, int k1,
+                                              int c0, int M) {
+  __half* dst = ring + (s % ST) * KS4 * TW4;
+#pragma unroll
+  for (int i = threadIdx.x; i < KS4 * TW4 / 8; i += 32 * NW) {
+    int r = i / (TW4 / 8), c = (i % (TW4 / 8)) * 8;
+    int k = k0 + s * KS4 + r, col = c0 + c;
+    bool ok = k < k1 && col < M;
+    cp_async16(dst + swz<TW4>(r, c), ok ? w + (size_t)k * M + col : w, ok);
+  }
+}
+
+// One ring stage's products in gemv v4 and v5: for its two k16 steps, this
+// warp's A = W^T tile (k kk.., m 16 warp..), (k, m + 8), (k + 8, m), (k + 8,
+// m + 8), transposed by ldmatrix from the stage st, times NT tiles of 8 rows of
+// x: the hi halves at xh (a row every xr halves, column kx0 + k), and for LO the
+// lo halves lo halves further, into the same accumulators.
+template <int NT, bool LO>
+__device__ __forceinline__ void tc_stage_mma(float (&acc)[NT][4],
+                                             const __half* st,
+                                             const __half* xh, int xr, int lo,
+                                             int kx0) {
+  int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  int mi = lane / 8, ri = lane % 8;  // this lane's ldmatrix row address
+#pragma unroll
+  for (int kk = 0; kk < KS4; kk += 16) {
+    unsigned a[4];
+    ldsm_x4_t(a, st + swz<TW4>(kk + (mi / 2) * 8 + ri, warp * 16 + (mi % 2) * 8));
+    int kx = kx0 + kk + (lane % 4) * 2;
+#pragma unroll
+    for (int t = 0; t < NT; ++t) {
+      int row = (t * 8 + lane / 4) * xr + kx;
+      unsigned b[2] = {*reinterpret_cast<const unsigned*>(xh + row),
+                       *reinterpret_cast<const unsigned*>(xh + row + 8)};
+      mma16816(acc[t], a, b);
+      if (LO) {
+        unsigned c[2] = {*reinterpret_cast<const unsigned*>(xh + row + lo),
+                         *reinterpret_cast<const unsigned*>(xh + row + lo + 8)};
+        mma16816(acc[t], a, c);
+      }
+    }
+  }
+}
+
 template <typename TX, int NT>
 __device__ void gemv_v4(const TX* x0, const TX* x1, const __half* w0,
                         const __half* w1, const float* r0, const float* r1,
@@ -372,18 +421,7 @@ __device__ void gemv_v4(const TX* x0, const TX* x1, const __half* w0,
   int nst = (k1 - k0 + KS4 - 1) / KS4;  // ring stages this block reads
   const TX* x = z ? x1 : x0;
   const __half* w = z ? w1 : w0;
-  // stage s: rows k0 + 32 s .. + 31 of columns c0 .. c0 + 127, 512 chunks of
-  // 16 B (2 a thread), zero past K and M, swizzled for ldmatrix
-  auto load_stage = [&](int s) {
-    __half* dst = ring + (s % ST) * KS4 * TW4;
-#pragma unroll
-    for (int i = threadIdx.x; i < KS4 * TW4 / 8; i += 32 * NW) {
-      int r = i / (TW4 / 8), c = (i % (TW4 / 8)) * 8;
-      int k = k0 + s * KS4 + r, col = c0 + c;
-      bool ok = k < k1 && col < M;
-      cp_async16(dst + swz<TW4>(r, c), ok ? w + (size_t)k * M + col : w, ok);
-    }
-  };
+  auto load_stage = [&](int s) { tc_load_stage<ST>(ring, s, w, k0, k1, c0, M); };
 #pragma unroll
   for (int s = 0; s < ST - 1; ++s) {  // ST - 1 stages before anything waits
     if (s < nst) load_stage(s);
@@ -427,32 +465,13 @@ __device__ void gemv_v4(const TX* x0, const TX* x1, const __half* w0,
   for (int t = 0; t < NT; ++t)
 #pragma unroll
     for (int j = 0; j < 4; ++j) acc[t][j] = 0.f;
-  int mi = lane / 8, ri = lane % 8;  // this lane's ldmatrix row address
   for (int s = 0; s < nst; ++s) {
     cp_async_wait<ST - 2>();  // stage s has landed (this thread's copies)
     __syncthreads();          // ...everyone's; stage s - 1 is free
     if (s + ST - 1 < nst) load_stage(s + ST - 1);
     cp_async_commit();
     const __half* st = ring + (s % ST) * KS4 * TW4;
-#pragma unroll
-    for (int kk = 0; kk < KS4; kk += 16) {
-      unsigned a[4];  // A = W^T: (k kk.., m 16 warp..), (k, m + 8), (k + 8, m),
-                      // (k + 8, m + 8), transposed on the way
-      ldsm_x4_t(a, st + swz<TW4>(kk + (mi / 2) * 8 + ri, warp * 16 + (mi % 2) * 8));
-      int kx = s * KS4 + kk + (lane % 4) * 2;
-#pragma unroll
-      for (int t = 0; t < NT; ++t) {
-        int row = (t * 8 + lane / 4) * XS + kx;
-        unsigned b[2] = {*reinterpret_cast<const unsigned*>(xh + row),
-                         *reinterpret_cast<const unsigned*>(xh + row + 8)};
-        mma16816(acc[t], a, b);
-        if (LO) {
-          unsigned c[2] = {*reinterpret_cast<const unsigned*>(xl + row),
-                           *reinterpret_cast<const unsigned*>(xl + row + 8)};
-          mma16816(acc[t], a, c);
-        }
-      }
-    }
+    tc_stage_mma<NT, LO>(acc, st, xh, XS, R * XS, s * KS4);  // lo: xl
   }
   cp_async_wait<0>();
   // acc[t][j]: row t 8 + 2 (lane % 4) + j % 2, column c0 + 16 warp + lane / 4
@@ -551,16 +570,7 @@ __device__ void gemv_v5(const TX* x0, const TX* x1, const __half* w0,
     }
     cp_async_commit();  // the x group: the oldest, so waiting for it waits for nothing else
   }
-  auto load_stage = [&](int s) {
-    __half* dst = ring + (s % ST) * KS4 * TW4;
-#pragma unroll
-    for (int i = threadIdx.x; i < KS4 * TW4 / 8; i += 32 * NW) {
-      int r = i / (TW4 / 8), c = (i % (TW4 / 8)) * 8;
-      int k = k0 + s * KS4 + r, col = c0 + c;
-      bool ok = k < k1 && col < M;
-      cp_async16(dst + swz<TW4>(r, c), ok ? w + (size_t)k * M + col : w, ok);
-    }
-  };
+  auto load_stage = [&](int s) { tc_load_stage<ST>(ring, s, w, k0, k1, c0, M); };
 #pragma unroll
   for (int s = 0; s < ST - 1; ++s) {
     if (s < nst) load_stage(s);
@@ -611,32 +621,13 @@ __device__ void gemv_v5(const TX* x0, const TX* x1, const __half* w0,
   for (int t = 0; t < NT; ++t)
 #pragma unroll
     for (int j = 0; j < 4; ++j) acc[t][j] = 0.f;
-  int mi = lane / 8, ri = lane % 8;
   for (int s = 0; s < nst; ++s) {
     cp_async_wait<ST - 2>();
     __syncthreads();  // also: the x tile is converted (s = 0)
     if (s + ST - 1 < nst) load_stage(s + ST - 1);
     cp_async_commit();
     const __half* st = ring + (s % ST) * KS4 * TW4;
-#pragma unroll
-    for (int kk = 0; kk < KS4; kk += 16) {
-      unsigned a[4];
-      ldsm_x4_t(a, st + swz<TW4>(kk + (mi / 2) * 8 + ri, warp * 16 + (mi % 2) * 8));
-      int kx = s * KS4 + kk + (lane % 4) * 2;
-#pragma unroll
-      for (int t = 0; t < NT; ++t) {
-        int row = (t * 8 + lane / 4) * 2 * XF + kx;
-        unsigned b[2] = {*reinterpret_cast<const unsigned*>(xh + row),
-                         *reinterpret_cast<const unsigned*>(xh + row + 8)};
-        mma16816(acc[t], a, b);
-        if (LO) {
-          unsigned c[2] = {
-              *reinterpret_cast<const unsigned*>(xh + row + P::XH),
-              *reinterpret_cast<const unsigned*>(xh + row + P::XH + 8)};
-          mma16816(acc[t], a, c);
-        }
-      }
-    }
+    tc_stage_mma<NT, LO>(acc, st, xh, 2 * XF, P::XH, s * KS4);
   }
   cp_async_wait<0>();
   const float* r = z ? r1 : r0;
@@ -792,37 +783,25 @@ GEMV3_R(f16x16, __half, __half)
 // v4 and v5 use cp.async, ldmatrix and mma (sm_80); below sm_80 they are left out and
 // the launcher falls back (gpu/capability.py).
 #if __CUDA_ARCH__ >= 800
-#define GEMV4(SUF, TX, NT)                                                    \
+#define GEMV_TC(V, SUF, TX, NT)                                               \
   extern "C" __global__ void __launch_bounds__(32 * NW, 2)                  \
-      stag_gemv_v4_##SUF##_n##NT(                                           \
+      stag_gemv_v##V##_##SUF##_n##NT(                                       \
           const TX* x0, const TX* x1, const __half* w0, const __half* w1,   \
           const float* r0, const float* r1, float* y0, float* y1, int N,    \
           int K, int M, int act, int kc, float* ws, unsigned* cnt) {        \
-    gemv_v4<TX, NT>(x0, x1, w0, w1, r0, r1, y0, y1, N, K, M, act, kc, ws,   \
-                    cnt);                                                   \
+    gemv_v##V<TX, NT>(x0, x1, w0, w1, r0, r1, y0, y1, N, K, M, act, kc, ws, \
+                      cnt);                                                 \
   }
-#define GEMV4_N(SUF, TX) \
-  GEMV4(SUF, TX, 1)      \
-  GEMV4(SUF, TX, 2)      \
-  GEMV4(SUF, TX, 4)      \
-  GEMV4(SUF, TX, 8)
-GEMV4_N(f16, float)
-GEMV4_N(f16x16, __half)
-#define GEMV5(SUF, TX, NT)                                                    \
-  extern "C" __global__ void __launch_bounds__(32 * NW, 2)                  \
-      stag_gemv_v5_##SUF##_n##NT(                                           \
-          const TX* x0, const TX* x1, const __half* w0, const __half* w1,   \
-          const float* r0, const float* r1, float* y0, float* y1, int N,    \
-          int K, int M, int act, int kc, float* ws, unsigned* cnt) {        \
-    gemv_v5<TX, NT>(x0, x1, w0, w1, r0, r1, y0, y1, N, K, M, act, kc, ws,   \
-                    cnt);                                                   \
-  }
-#define GEMV5_N(SUF, TX) \
-  GEMV5(SUF, TX, 1)      \
-  GEMV5(SUF, TX, 2)      \
-  GEMV5(SUF, TX, 4)
-GEMV5_N(f16, float)
-GEMV5_N(f16x16, __half)
+#define GEMV_TC_N(V, SUF, TX) \
+  GEMV_TC(V, SUF, TX, 1)      \
+  GEMV_TC(V, SUF, TX, 2)      \
+  GEMV_TC(V, SUF, TX, 4)
+GEMV_TC_N(4, f16, float)
+GEMV_TC(4, f16, float, 8)
+GEMV_TC_N(4, f16x16, __half)
+GEMV_TC(4, f16x16, __half, 8)
+GEMV_TC_N(5, f16, float)
+GEMV_TC_N(5, f16x16, __half)
 #endif  // __CUDA_ARCH__ >= 800
 
 #define SMALL(SUF, T)                                                         \

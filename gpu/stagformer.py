@@ -86,6 +86,23 @@ def best_version(b: int) -> int:
     return 3 if b <= 2 else 5
 
 
+def _tc_split(
+    n: int, k: int, m: int, row_tiles: tuple, target: int, kc_max: int
+) -> dict[str, int]:
+    """The grid of gemv v4 and v5: nt (the smallest of row_tiles with 8 nt >= N,
+    else the largest), rows = 8 nt, rt row tiles, tiles of TW4 columns, and K split
+    over kb blocks of kc rows (a multiple of KS4, <= kc_max) for about ``target``
+    blocks, from (K, M) only."""
+    nt = next((t for t in row_tiles if 8 * t >= n), row_tiles[-1])
+    tiles = math.ceil(m / TW4)
+    kb = max(1, math.ceil(target / tiles))
+    kc = min(kc_max, max(KS4, KS4 * math.ceil(math.ceil(k / kb) / KS4)))
+    return dict(
+        nt=nt, rows=8 * nt, rt=math.ceil(n / (8 * nt)), tiles=tiles,
+        kb=math.ceil(k / kc), kc=kc,
+    )  # fmt: skip
+
+
 def v4_plan(n: int, k: int, m: int, x_float: bool = True) -> dict[str, int]:
     """gemv v4's launch for N rows of x and a (K, M) fp16 weight.
 
@@ -95,17 +112,10 @@ def v4_plan(n: int, k: int, m: int, x_float: bool = True) -> dict[str, int]:
     from (K, M) only, so a row's sum is the same whatever N the launch carries;
     st: ring stages; smem: dynamic shared-memory bytes (as Plan4 in the .cu:
     the W ring, the hi (and lo, for float32 x) halves of x, a float a row)."""
-    nt = next((t for t in V4_TILES if 8 * t >= n), V4_TILES[-1])
-    rows = 8 * nt
-    tiles = math.ceil(m / TW4)
-    kb = max(1, math.ceil(TARGET_BLOCKS_V4 / tiles))
-    kc = min(KC4, max(KS4, KS4 * math.ceil(math.ceil(k / kb) / KS4)))
-    st = {1: 8, 2: 6}.get(nt, 4)
-    halves = st * KS4 * TW4 + (2 if x_float else 1) * rows * (KC4 + 8)
-    return dict(
-        nt=nt, rows=rows, rt=math.ceil(n / rows), tiles=tiles,
-        kb=math.ceil(k / kc), kc=kc, st=st, smem=2 * halves + 4 * rows,
-    )  # fmt: skip
+    p = _tc_split(n, k, m, V4_TILES, TARGET_BLOCKS_V4, KC4)
+    st = {1: 8, 2: 6}.get(p["nt"], 4)
+    halves = st * KS4 * TW4 + (2 if x_float else 1) * p["rows"] * (KC4 + 8)
+    return dict(p, st=st, smem=2 * halves + 4 * p["rows"])
 
 
 def v5_plan(n: int, k: int, m: int, x_float: bool = True) -> dict[str, int]:
@@ -115,17 +125,10 @@ def v5_plan(n: int, k: int, m: int, x_float: bool = True) -> dict[str, int]:
     ring, R rows of KC5 + 4 float slots of x (float32 x is split into its hi and lo
     halves in the same bytes), a float a row (Plan5 in the .cu). x_float is
     accepted for v4_plan's signature; the bytes do not depend on it."""
-    nt = next((t for t in V5_TILES if 8 * t >= n), V5_TILES[-1])
-    rows = 8 * nt
-    tiles = math.ceil(m / TW4)
-    kb = max(1, math.ceil(TARGET_BLOCKS_V5 / tiles))
-    kc = min(KC5, max(KS4, KS4 * math.ceil(math.ceil(k / kb) / KS4)))
-    st = 6 if nt == 1 else 4
-    smem = 2 * st * KS4 * TW4 + 4 * rows * (KC5 + 4) + 4 * rows
-    return dict(
-        nt=nt, rows=rows, rt=math.ceil(n / rows), tiles=tiles,
-        kb=math.ceil(k / kc), kc=kc, st=st, smem=smem,
-    )  # fmt: skip
+    p = _tc_split(n, k, m, V5_TILES, TARGET_BLOCKS_V5, KC5)
+    st = 6 if p["nt"] == 1 else 4
+    smem = 2 * st * KS4 * TW4 + 4 * p["rows"] * (KC5 + 4) + 4 * p["rows"]
+    return dict(p, st=st, smem=smem)
 
 
 def gemv_workspace(n: int, k: int, m: int, dtype, z: int = 2) -> tuple[int, int]:
@@ -235,20 +238,15 @@ def gemv(
     need, cnt = gemv_workspace(n, k, m, wdt, z)
     if scratch.ws.size < need or scratch.cnt.size < cnt:
         raise ValueError(f"scratch too small: needs {need} floats, {cnt} counters")
-    if version == 4 and wdt == np.float16:
-        p = v4_plan(n, k, m, xs[0].dtype == np.float32)
-        fn = rt.kernel(SLUG, f"stag_gemv_v4_{sfx}_n{p['nt']}")
+    if version in (4, 5) and wdt == np.float16:  # tensor cores
+        plan = v4_plan if version == 4 else v5_plan
+        p = plan(n, k, m, xs[0].dtype == np.float32)
+        fn = rt.kernel(SLUG, f"stag_gemv_v{version}_{sfx}_n{p['nt']}")
         fn.max_dynamic_shared_size_bytes = p["smem"]  # beyond 48 KB: opt in
         tail = (i32(act), i32(p["kc"]), scratch.ws, scratch.cnt)
         grid = (p["tiles"], p["kb"], z * p["rt"])
-        fn(grid, (32 * NW,), args + tail, shared_mem=p["smem"])
-        return ys
-    if version == 5 and wdt == np.float16:
-        p = v5_plan(n, k, m)
-        fn = rt.kernel(SLUG, f"stag_gemv_v5_{sfx}_n{p['nt']}")
-        fn.max_dynamic_shared_size_bytes = p["smem"]  # beyond 48 KB: opt in
-        tail = (i32(act), i32(p["kc"]), scratch.ws, scratch.cnt)
-        grid = (z * p["rt"], p["kb"], p["tiles"])  # row tiles of a chunk adjacent
+        if version == 5:  # the row tiles of one K chunk adjacent (blockIdx.x)
+            grid = grid[::-1]
         fn(grid, (32 * NW,), args + tail, shared_mem=p["smem"])
         return ys
     kb, kc = k_split(k, m, wdt)

@@ -848,6 +848,270 @@ __device__ void attend_v6(const __half* q, const __half* cache, float* acc,
   cluster.sync();
 }
 
+// --- v7: warp-specialised, mbarrier pipeline, scores pushed by bulk copies ---
+// v6 still ran at ~0.34 of its floor on the H200: each tile waits for the one
+// load in flight (cp.async.wait_group 0) and every thread of the 8 blocks meets
+// at a cluster barrier, so the chain load -> scores -> barrier -> softmax ->
+// P . K runs in series in every warp. v7 gives each link its own warps and
+// lets them run ahead of each other through mbarriers (FlashMLA's producer /
+// consumer split, with the score exchange added):
+//   warp 0        producer: each lane bulk-copies one 1 KB key row of a 32-key
+//                 tile into a 6-stage ring (full/empty mbarriers), so up to
+//                 four tiles (128 KB) are in flight per SM;
+//   warps 1, 2    scorers: the own heads' scores of a tile (tensor cores), then
+//                 one thread pushes them into every block of the cluster with
+//                 bulk copies shared::cta -> shared::cluster that complete on the
+//                 receiver's exchange mbarrier (4 slots, freed by a remote arrive
+//                 from each of the 8 blocks);
+//   warps 3..     consumers (CS / 32, each 32 columns): wait for the tile's
+//                 scores, online softmax of all heads from local shared memory,
+//                 one named barrier among themselves, then P . K.
+// No thread waits on a cluster barrier inside the loop. Rows are padded to
+// CS + 8 halves (the bulk copy cannot swizzle), which keeps ldmatrix
+// conflict-free. 32-key tiles.
+#define NK7 32
+#define NS7 6   // tile stages
+#define NX7 4   // score-exchange slots
+#define NSC7 2  // scorer warps (one per 16 keys)
+#define PST7 40
+
+template <int MT, int CS>
+constexpr int v7_smem() {
+  return NS7 * NK7 * (CS + 8) * 2      // tile ring, padded rows
+         + NX7 * 16 * MT * NK7 * 4     // exchange slots: every head's scores
+         + 2 * 16 * MT * PST7 * 2      // P, double-buffered
+         + 2 * 16 * MT * 4             // alpha, double-buffered
+         + 4 * NK7 * 4                 // the own heads' scores, to push
+         + 4 * 128 * 2                 // the own heads' q (hb <= 4, D <= 128)
+         + (2 * NS7 + 2 * NX7) * 8;    // mbarriers
+}
+
+// Online softmax of one 32-key tile (lane = key) for the rows this consumer
+// warp owns (w + NW i); scores from the local exchange slot xs (rows of NK7).
+template <int RPW, int NW, int M>
+__device__ __forceinline__ void softmax_tile7(const float* xs, int j, int s1,
+                                              float qscale, int H, int cw,
+                                              int lane, float (&m_r)[RPW],
+                                              float (&l_r)[RPW], __half* pst,
+                                              float* alt) {
+  float sv[RPW];
+#pragma unroll
+  for (int i = 0; i < RPW; ++i) {
+    const int r = cw + NW * i;
+    sv[i] = r < H ? xs[r * NK7 + lane] : 0.0f;
+  }
+#pragma unroll
+  for (int i = 0; i < RPW; ++i) {
+    const int r = cw + NW * i;
+    if (r >= M) continue;
+    if (r >= H) {
+      pst[r * PST7 + lane] = __float2half_rn(0.0f);
+      if (lane == 0) alt[r] = 1.0f;
+      continue;
+    }
+    float x = j < s1 ? sv[i] * qscale : NEG_INF;
+    float mnew = fmaxf(m_r[i], warp_max(x));
+    float p = exp2f(x - mnew);
+    float a = exp2f(m_r[i] - mnew);
+    l_r[i] = l_r[i] * a + warp_sum(p);
+    m_r[i] = mnew;
+    pst[r * PST7 + lane] = __float2half_rn(p);
+    if (lane == 0) alt[r] = a;
+  }
+}
+
+// acc = alpha * acc + P (M x 32 keys) . tile (32 keys x this warp's 32
+// columns), the tile's rows RW halves apart.
+template <int MT, int NT, int RW>
+__device__ __forceinline__ void pk_accumulate7(float (&acc_r)[MT][NT][4],
+                                               const float* alt,
+                                               const __half* pst,
+                                               const __half* kt_s, int cw,
+                                               int lane) {
+  const int c0 = cw * NT * 8, mi = lane >> 3;
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt) {
+    float a0 = alt[16 * mt + lane / 4], a1 = alt[16 * mt + lane / 4 + 8];
+#pragma unroll
+    for (int c = 0; c < NT; ++c) {
+      acc_r[mt][c][0] *= a0, acc_r[mt][c][1] *= a0;
+      acc_r[mt][c][2] *= a1, acc_r[mt][c][3] *= a1;
+    }
+  }
+#pragma unroll
+  for (int kk = 0; kk < NK7 / 16; ++kk) {
+    unsigned a[MT][4];
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt)
+      ldsm_x4(a[mt], pst + (16 * mt + (mi & 1) * 8 + (lane & 7)) * PST7 +
+                         kk * 16 + (mi >> 1) * 8);
+#pragma unroll
+    for (int np = 0; np < NT / 2; ++np) {
+      unsigned bf[4];
+      ldsm_x4_t(bf, kt_s + (kk * 16 + (mi & 1) * 8 + (lane & 7)) * RW + c0 +
+                        np * 16 + (mi >> 1) * 8);
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt) {
+        mma16816(acc_r[mt][2 * np], a[mt], bf);
+        mma16816(acc_r[mt][2 * np + 1], a[mt], bf + 2);
+      }
+    }
+  }
+}
+
+template <int MT, int CS>
+__device__ void attend_v7(const __half* q, const __half* cache, float* acc,
+                          float* ml, int H, int S, int SA, int D, int chunk) {
+  constexpr int M = 16 * MT, NW = CS / 32, RW = CS + 8, NT = 4;
+  constexpr int RPW = (M + NW - 1) / NW;
+  constexpr int CONSUMERS = NW * 32;
+  const int C = CL * CS;
+  extern __shared__ __align__(128) unsigned char smem[];
+  __half* kt = (__half*)smem;                      // NS7 x NK7 x RW
+  float* xch = (float*)(kt + NS7 * NK7 * RW);      // NX7 x M x NK7
+  __half* ps = (__half*)(xch + NX7 * M * NK7);     // 2 x M x PST7
+  float* alpha = (float*)(ps + 2 * M * PST7);      // 2 x M
+  float* stg = alpha + 2 * M;                      // 4 x NK7 (own heads)
+  __half* qs = (__half*)(stg + 4 * NK7);           // hb x D
+  unsigned long long* full = (unsigned long long*)(qs + 4 * 128);
+  unsigned long long* empty = full + NS7;
+  unsigned long long* xfull = empty + NS7;
+  unsigned long long* xempty = xfull + NX7;
+
+  cg::cluster_group cluster = cg::this_cluster();
+  const int rank = (int)cluster.block_rank();
+  const int split = blockIdx.y, b = blockIdx.z, n = gridDim.y;
+  const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
+  const int s0 = split * chunk, s1 = min(S, s0 + chunk);
+  const int ntiles = (s1 - s0 + NK7 - 1) / NK7;
+  const int col0 = rank * CS;
+  const int hb = CS / D;  // heads per block (<= 4)
+  const unsigned xbytes = (unsigned)(H * NK7 * 4);  // one tile, all blocks
+
+  for (int i = tid; i < hb * D; i += blockDim.x)
+    qs[i] = q[((size_t)b * H + rank * hb) * D + i];
+  if (tid == 0) {
+    for (int s = 0; s < NS7; ++s) {
+      mbar_init(&full[s], 32);
+      mbar_init(&empty[s], NSC7 + NW);
+    }
+    for (int x = 0; x < NX7; ++x) {
+      mbar_init(&xfull[x], 1);
+      mbar_init(&xempty[x], CL);
+    }
+    fence_mbar_init();
+    for (int x = 0; x < NX7; ++x) mbar_expect_tx(&xfull[x], xbytes);
+  }
+  __syncthreads();
+  cluster_arrive();  // every block's barriers exist before anyone pushes
+  cluster_wait();
+
+  if (warp == 0) {
+    // [v7 producer]
+    const __half* kb = cache + (size_t)b * SA * C + col0;
+    for (int t = 0; t < ntiles; ++t) {
+      const int s = t % NS7;
+      if (t >= NS7) mbar_wait(&empty[s], (t / NS7 - 1) & 1);
+      const int j = s0 + t * NK7 + lane;
+      __half* dst = kt + (s * NK7 + lane) * RW;
+      if (lane == 0)
+        mbar_expect_tx(&full[s], (unsigned)(min(NK7, s1 - s0 - t * NK7) *
+                                            CS * 2));
+      if (j < s1) {
+        bulk_load(dst, kb + (size_t)j * C, CS * 2, &full[s]);
+      } else {  // past the chunk: zeros (P is 0 there, and 0 * NaN = NaN)
+        for (int i = 0; i < CS / 8; ++i)
+          *(uint4*)(dst + 8 * i) = make_uint4(0, 0, 0, 0);
+      }
+      if (lane != 0) mbar_arrive(&full[s]);
+    }
+  } else if (warp <= NSC7) {
+    // [v7 scorers]
+    const int sw = warp - 1, mi = lane >> 3, hl = lane / 4;
+    for (int t = 0; t < ntiles; ++t) {
+      const int s = t % NS7, x = t % NX7;
+      mbar_wait(&full[s], (t / NS7) & 1);
+      const __half* kt_s = kt + s * NK7 * RW;
+      float c4[4][4] = {};
+#pragma unroll 4
+      for (int ks = 0; ks < CS / 16; ++ks) {
+        unsigned a[4], bf[2] = {0u, 0u};
+        ldsm_x4(a, kt_s + (16 * sw + (mi & 1) * 8 + (lane & 7)) * RW +
+                       ks * 16 + (mi >> 1) * 8);
+        const int h = ks * 16 / D, k = ks * 16 - h * D + (lane % 4) * 2;
+        if (hl == h) {
+          bf[0] = *(const unsigned*)(qs + h * D + k);
+          bf[1] = *(const unsigned*)(qs + h * D + k + 8);
+        }
+        mma16816(c4[ks % 4], a, bf);
+      }
+      __syncwarp();
+      if (lane == 0) mbar_arrive(&empty[s]);  // done reading the tile
+#pragma unroll
+      for (int e = 0; e < 4; ++e)
+        c4[0][e] += c4[1][e] + c4[2][e] + c4[3][e];
+      named_sync(2, 32 * NSC7);  // the last push has read stg
+      // c4[0]: keys 16 sw + lane / 4 (+ 8), heads (lane % 4) * 2 + e
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        const int hh = (lane % 4) * 2 + e, key = 16 * sw + lane / 4;
+        if (hh < hb) {
+          stg[hh * NK7 + key] = c4[0][e];
+          stg[hh * NK7 + key + 8] = c4[0][e + 2];
+        }
+      }
+      fence_proxy_async();  // stg, written here, is read by the bulk copy
+      named_sync(2, 32 * NSC7);
+      if (sw == 0 && lane == 0) {
+        if (t >= NX7) mbar_wait_cluster(&xempty[x], (t / NX7 - 1) & 1);
+        float* slot = xch + x * M * NK7 + rank * hb * NK7;
+        for (int r = 0; r < CL; ++r)
+          bulk_push(cluster_addr(slot, r), stg, hb * NK7 * 4,
+                    cluster_addr(&xfull[x], r));
+        bulk_commit();
+        bulk_wait_read0();
+      }
+    }
+  } else {
+    // [v7 consumers]
+    const int cw = warp - NSC7 - 1;
+    float acc_r[MT][NT][4];
+#pragma unroll
+    for (int a = 0; a < MT; ++a)
+#pragma unroll
+      for (int c = 0; c < NT; ++c)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) acc_r[a][c][e] = 0.0f;
+    float m_r[RPW], l_r[RPW];
+#pragma unroll
+    for (int i = 0; i < RPW; ++i) m_r[i] = NEG_INF, l_r[i] = 0.0f;
+    const float qscale = LOG2E * rsqrtf((float)D);
+    for (int t = 0; t < ntiles; ++t) {
+      const int s = t % NS7, x = t % NX7;
+      __half* pst = ps + (t & 1) * M * PST7;
+      float* alt = alpha + (t & 1) * M;
+      mbar_wait_cluster(&xfull[x], (t / NX7) & 1);  // every head's scores
+      softmax_tile7<RPW, NW, M>(xch + x * M * NK7, s0 + t * NK7 + lane, s1,
+                                qscale, H, cw, lane, m_r, l_r, pst, alt);
+      named_sync(1, CONSUMERS);  // P(t) visible; slot x read by all
+      if (cw == 0 && lane == 0 && t + NX7 < ntiles) {
+        mbar_expect_tx(&xfull[x], xbytes);  // its next phase, before freeing it
+        for (int r = 0; r < CL; ++r)
+          mbar_arrive_remote(cluster_addr(&xempty[x], r));
+      }
+      mbar_wait(&full[s], (t / NS7) & 1);
+      pk_accumulate7<MT, NT, RW>(acc_r, alt, pst, kt + s * NK7 * RW, cw, lane);
+      __syncwarp();
+      if (lane == 0) mbar_arrive(&empty[s]);
+    }
+    write_split<MT, NT, RPW, NW>(acc_r, m_r, l_r, acc, ml, b, n, split, H, C,
+                                 col0, rank, cw, lane);
+  }
+  __syncwarp();
+  cluster_arrive();  // no block leaves while another may still push into it
+  cluster_wait();
+}
+
 // extern "C": one symbol per storage type, version and tile shape.
 #define ENTRY_V1(SUF, T)                                                    \
   extern "C" __global__ void slim_attention_attend_v1_##SUF(                \
@@ -943,6 +1207,19 @@ ENTRY_V6(1, 256)
 ENTRY_V6(2, 256)
 ENTRY_V6(2, 384)
 ENTRY_V6(2, 512)
+#define ENTRY_V7(MT, CS)                                                    \
+  extern "C" __global__ void __cluster_dims__(CL, 1, 1)                     \
+      __launch_bounds__(32 * (1 + NSC7) + CS, 1)                            \
+          slim_attention_attend_v7_m##MT##c##CS(                            \
+              const __half* q, const __half* cache, float* acc, float* ml,  \
+              int H, int S, int SA, int D, int chunk) {                     \
+    attend_v7<MT, CS>(q, cache, acc, ml, H, S, SA, D, chunk);               \
+  }
+ENTRY_V7(1, 128)
+ENTRY_V7(1, 256)
+ENTRY_V7(2, 256)
+ENTRY_V7(2, 384)
+ENTRY_V7(2, 512)
 #endif  // __CUDA_ARCH__ >= 900
 
 // The largest tile layouts must fit the 227 KB of shared memory a block may
@@ -952,3 +1229,4 @@ static_assert(fast_smem<2, 8, 4>() <= SMEM_MAX, "v3/xv3 tiles too large");
 static_assert(v4_smem<2, 512, false, 3>() <= SMEM_MAX, "v4/v5 too large");
 static_assert(v4_smem<2, 512, true, 2>() <= SMEM_MAX, "xv4/xv5 too large");
 static_assert(v6_smem<2, 512>() <= SMEM_MAX, "v6 tiles too large");
+static_assert(v7_smem<2, 512>() <= SMEM_MAX, "v7 tiles too large");

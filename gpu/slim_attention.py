@@ -20,7 +20,7 @@ import numpy as np
 from gpu import runtime as rt
 
 SLUG = "slim_attention"
-VERSIONS = (1, 2, 3, 4, 5, 6)  # K-only cache
+VERSIONS = (1, 2, 3, 4, 5, 6, 7)  # K-only cache
 XVERSIONS = (1, 3, 4, 5)  # X cache with absorbed weights
 DTYPES = (np.float32, np.float16)
 FAST_DTYPES = (np.float16,)  # v2, v3, xv3: fp16 tensor cores
@@ -32,6 +32,8 @@ STAGES = {2: 1, 3: 4}  # tile buffers of v2 and v3/xv3 (ST in the .cu)
 STAGES_V4 = {False: 3, True: 2}  # v4 and xv4
 NK4 = 64  # v4's keys per tile (NK4 in the .cu)
 PST4 = 72  # v4's P-tile row stride
+NK7, NS7, NX7, NSC7, PST7 = 32, 6, 4, 2, 40  # v7: keys per tile, tile stages,
+# score-exchange slots, scorer warps, P-tile row stride (as in the .cu)
 # Clusters of 8 one-block-per-SM blocks resident at once: ncu's Launch Statistics
 # on the H100 (132 SMs) report 15 for v3 (not 132 // 8 = 16: GPCs differ in size).
 ACTIVE_CLUSTERS = {132: 15}
@@ -41,10 +43,10 @@ GT = 128  # gemv threads (GT in the .cu)
 BG = 8  # batch rows per gemv pass (BG in the .cu)
 MAX_SPLIT = 512  # gemv keeps BG x n_split weights in shared memory
 MAX_GRID_YZ = 65535
-# Best first. v2-v6 and xv3-xv5 run as thread-block clusters (sm_90): on an older card
+# Best first. v2-v7 and xv3-xv5 run as thread-block clusters (sm_90): on an older card
 # the launchers run the first of these it can (v1 or xv1, which take float16 and
 # float32 and any H, D), with a notice (gpu.runtime.pick_version, gpu/capability.json).
-FALLBACK = (6, 5, 4, 3, 2, 1)
+FALLBACK = (7, 6, 5, 4, 3, 2, 1)
 XFALLBACK = (5, 4, 3, 1)
 FAMILY, XFAMILY = SLUG, SLUG + "_x"  # the K-only and the X-cache ladders in the table
 
@@ -87,9 +89,11 @@ def fast_smem_bytes(mt: int, nt: int, stages: int) -> int:
 
 
 def v4_smem_bytes(mt: int, cs: int, xc: bool, version: int = 4) -> int:
-    """Dynamic shared memory of v4/v5/xv4/xv5 (v4_smem in the .cu) and v6 (v6_smem:
-    three tile stages, P, scores and alpha double-buffered)."""
+    """Dynamic shared memory of v4/v5/xv4/xv5 (v4_smem in the .cu), v6 (v6_smem:
+    three tile stages, P, scores and alpha double-buffered) and v7 (v7_smem_bytes)."""
     m, st = 16 * mt, STAGES_V4[xc]
+    if version == 7:
+        return v7_smem_bytes(mt, cs)
     if version == 6:
         return 3 * NK4 * cs * 2 + 2 * m * PST4 * 2 + 2 * m * NK4 * 4 + 2 * m * 4
     return (
@@ -101,10 +105,32 @@ def v4_smem_bytes(mt: int, cs: int, xc: bool, version: int = 4) -> int:
     )
 
 
+def v7_smem_bytes(mt: int, cs: int) -> int:
+    """Dynamic shared memory of v7 (v7_smem in the .cu): the tile ring of padded rows,
+    the score-exchange slots, P and alpha double-buffered, the own heads' scores and
+    q, and the mbarriers."""
+    m = 16 * mt
+    return (
+        NS7 * NK7 * (cs + 8) * 2
+        + NX7 * m * NK7 * 4
+        + 2 * m * PST7 * 2
+        + 2 * m * 4
+        + 4 * NK7 * 4
+        + 4 * 128 * 2
+        + (2 * NS7 + 2 * NX7) * 8
+    )
+
+
+def threads(version: int, cs: int) -> int:
+    """Threads per block of v4-v7: a warp per 32 columns (v7 adds its producer and
+    scorer warps)."""
+    return cs + (32 * (1 + NSC7) if version == 7 else 0)
+
+
 def split_plan(
     b: int, s: int, n_split: int | None = None, h: int = 32, c: int = 4096, nk: int = NK
 ) -> tuple[int, int]:
-    """(n_split, chunk) for v2-v6: S in n_split chunks, one cluster each per sequence.
+    """(n_split, chunk) for v2-v7: S in n_split chunks, one cluster each per sequence.
 
     The default minimises a byte model of the step: A clusters run at once (one
     block per SM), so the cache streams in ceil(B n / A) waves, each as long as one
@@ -130,8 +156,9 @@ def split_plan(
 
 
 def plan(version: int, b: int, h: int, s: int, d: int, n_split=None):
-    """(n_split, chunk) of a cluster version (v2-v6) at these sizes."""
-    return split_plan(b, s, n_split, h, h * d, NK4 if version >= 4 else NK)
+    """(n_split, chunk) of a cluster version (v2-v7) at these sizes."""
+    nk = NK7 if version == 7 else NK4 if version >= 4 else NK
+    return split_plan(b, s, n_split, h, h * d, nk)
 
 
 def gemv_plan(h: int, c: int) -> tuple[int, int]:
@@ -283,7 +310,7 @@ def _attend_gemv_finish(prefix, version, qx, cache, w, b_v, out, v, dims, n_spli
             cs = c // CL
             smem = v4_smem_bytes(mt, cs, prefix.startswith("x"), version)
             fn = _fast_kernel(prefix, mt, f"c{cs}", smem)
-            fn((CL, n, b), (cs,), args, shared_mem=smem)
+            fn((CL, n, b), (threads(version, cs),), args, shared_mem=smem)
         else:
             smem = fast_smem_bytes(mt, nt, STAGES.get(version, 4))
             fn = _fast_kernel(prefix, mt, f"n{nt}", smem)
@@ -317,15 +344,15 @@ def slim_decode(
         k_cache: (B, S, C) keys, C = H*D, the only cache; rows >= length unused.
         w_kv: (C, C) = W_K^-1 W_V (reference.slim_attention.fold_w_kv), q's dtype.
         b_v: (C,) value bias or None (the key bias is dropped: it cancels).
-        version: 1 (float32 or float16), 2-6 (float16, tensor cores; the default,
-            v6, is the fastest measured).
+        version: 1 (float32 or float16), 2-7 (float16, tensor cores; the default,
+            v6, is the fastest measured on the H200).
         length: keys to attend (default S).
-        n_split: v2-v6: chunks S is split into (default split_plan).
+        n_split: v2-v7: chunks S is split into (default split_plan).
         out, workspace: optional preallocated (B, H, D) output of q's dtype and
             float32 scratch of >= workspace_elems(version, B, H, length, D) elements.
     Returns:
         out (B, H, D), q's dtype; float32 accumulation throughout.
-    On a card without clusters (below sm_90) v2-v6 run as v1 (runnable_version).
+    On a card without clusters (below sm_90) v2-v7 run as v1 (runnable_version).
     """
     version = runnable_version(version)
     b, h, d, c, s, sa = _check(

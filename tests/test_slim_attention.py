@@ -638,7 +638,7 @@ def test_gpu_v1_matches_baseline(dtype, cs):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("version", [2, 3, 4, 5, 6])
+@pytest.mark.parametrize("version", [2, 3, 4, 5, 6, 7])
 @given(cs=_gpu_case(fast=True))
 def test_gpu_fast_matches_baseline(version, cs):
     _gpu_check(version, cs, np.float16, xcache=False)
@@ -703,7 +703,7 @@ def test_gpu_every_split_plan_agrees():
     q, cache, w, b_v, _ = _gpu_inputs(b, h, d, s_alloc, 1.0, True, 11, np.float16)
     ref = _gpu_truth(q, cache, w, b_v)
     scale = slim_kernel_scale(q, cache, w, fp16_p=True)
-    for version in (3, 4, 5, 6):
+    for version in (3, 4, 5, 6, 7):
         for n in (1, 2, 3, 7, 15, 16, 31, 32):
             got = _gpu_run_slim(version, q, cache, w, b_v, None, n)
             assert_close(got, ref, "gpu", np.float16, scale)
@@ -737,7 +737,7 @@ def test_gpu_bad_inputs_rejected_before_launch():
             version=3,
         )
     with pytest.raises(ValueError, match="version"):
-        slim_decode(q, k, w, version=7)
+        slim_decode(q, k, w, version=8)
     with pytest.raises(ValueError, match="n_split"):
         slim_decode(q, k, w, n_split=51)
     with pytest.raises((TypeError, ValueError), match="b_v"):

@@ -11,7 +11,7 @@
 //   tensor cores  ldsm_x4, ldsm_x4_t, ldsm_x2, mma16816, swz<CS>
 //   clusters      cluster_arrive, cluster_wait (barrier.cluster, sm_90)
 //   Hopper        mbar_init/arrive/expect_tx/wait, bulk_load, consumers_sync,
-//                 ld_acquire; cluster scope: mbar_wait_cluster, cluster_addr,
+//                 ld_acquire; cluster scope: cluster_addr,
 //                 mbar_arrive_remote, bulk_push, bulk_commit, bulk_wait_read0,
 //                 fence_proxy_async, named_sync (sm_90)
 //   grid          last_block_done: the last-block-done counter
@@ -221,23 +221,12 @@ __device__ __forceinline__ unsigned ld_acquire(const unsigned* p) {
   return v;
 }
 
-// Cluster-scope companions of the above (slim attention v7): a wait that
-// acquires at cluster scope (what a remote block released), the shared::cluster
+// Cluster companions of the above (slim attention v7): the shared::cluster
 // address of the same variable in block `rank` of the cluster, an arrive on a
-// remote block's mbarrier, and a bulk copy from this block's shared memory into
-// a remote block's, completing on that block's mbarrier.
-__device__ __forceinline__ void mbar_wait_cluster(unsigned long long* bar,
-                                                  unsigned parity) {
-  asm volatile(
-      "{\n"
-      ".reg .pred p;\n"
-      "WAIT:\n"
-      "mbarrier.try_wait.parity.acquire.cluster.shared::cta.b64 p, [%0], %1;\n"
-      "@!p bra WAIT;\n"
-      "}\n" ::"r"(smem_u32(bar)),
-      "r"(parity)
-      : "memory");
-}
+// remote block's mbarrier (release at cluster scope, as CUTLASS's
+// ClusterBarrier::arrive(cta_id)), and a bulk copy from this block's shared
+// memory into a remote block's, completing on that block's mbarrier (whose
+// waiters then see the data, as with a multicast TMA load).
 __device__ __forceinline__ unsigned cluster_addr(const void* p, int rank) {
   unsigned r;
   asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n"

@@ -859,10 +859,10 @@ __device__ void attend_v6(const __half* q, const __half* cache, float* acc,
 //                 tile into a 6-stage ring (full/empty mbarriers), so up to
 //                 four tiles (128 KB) are in flight per SM;
 //   warps 1, 2    scorers: the own heads' scores of a tile (tensor cores), then
-//                 one thread pushes them into every block of the cluster with
-//                 bulk copies shared::cta -> shared::cluster that complete on the
-//                 receiver's exchange mbarrier (4 slots, freed by a remote arrive
-//                 from each of the 8 blocks);
+//                 lane r of the first pushes them into block r of the cluster
+//                 with a bulk copy shared::cta -> shared::cluster that completes
+//                 on the receiver's exchange mbarrier (4 slots, each freed by a
+//                 remote arrive from every block, lane r to block r);
 //   warps 3..     consumers (CS / 32, each 32 columns): wait for the tile's
 //                 scores, online softmax of all heads from local shared memory,
 //                 one named barrier among themselves, then P . K.
@@ -1062,14 +1062,14 @@ __device__ void attend_v7(const __half* q, const __half* cache, float* acc,
       }
       fence_proxy_async();  // stg, written here, is read by the bulk copy
       named_sync(2, 32 * NSC7);
-      if (sw == 0 && lane == 0) {
-        if (t >= NX7) mbar_wait_cluster(&xempty[x], (t / NX7 - 1) & 1);
-        float* slot = xch + x * M * NK7 + rank * hb * NK7;
-        for (int r = 0; r < CL; ++r)
-          bulk_push(cluster_addr(slot, r), stg, hb * NK7 * 4,
-                    cluster_addr(&xfull[x], r));
-        bulk_commit();
-        bulk_wait_read0();
+      if (sw == 0) {  // lane r pushes into block r: 8 copies in one issue
+        if (t >= NX7) mbar_wait(&xempty[x], (t / NX7 - 1) & 1);
+        if (lane < CL) {
+          bulk_push(cluster_addr(xch + x * M * NK7 + rank * hb * NK7, lane),
+                    stg, hb * NK7 * 4, cluster_addr(&xfull[x], lane));
+          bulk_commit();
+          bulk_wait_read0();
+        }
       }
     }
   } else {
@@ -1090,14 +1090,14 @@ __device__ void attend_v7(const __half* q, const __half* cache, float* acc,
       const int s = t % NS7, x = t % NX7;
       __half* pst = ps + (t & 1) * M * PST7;
       float* alt = alpha + (t & 1) * M;
-      mbar_wait_cluster(&xfull[x], (t / NX7) & 1);  // every head's scores
+      mbar_wait(&xfull[x], (t / NX7) & 1);  // every head's scores
       softmax_tile7<RPW, NW, M>(xch + x * M * NK7, s0 + t * NK7 + lane, s1,
                                 qscale, H, cw, lane, m_r, l_r, pst, alt);
       named_sync(1, CONSUMERS);  // P(t) visible; slot x read by all
-      if (cw == 0 && lane == 0 && t + NX7 < ntiles) {
-        mbar_expect_tx(&xfull[x], xbytes);  // its next phase, before freeing it
-        for (int r = 0; r < CL; ++r)
-          mbar_arrive_remote(cluster_addr(&xempty[x], r));
+      if (cw == 0 && t + NX7 < ntiles) {  // free slot x in every block
+        if (lane == 0) mbar_expect_tx(&xfull[x], xbytes);  // its next phase
+        __syncwarp();  // ...is armed before any block may push into it
+        if (lane < CL) mbar_arrive_remote(cluster_addr(&xempty[x], lane));
       }
       mbar_wait(&full[s], (t / NS7) & 1);
       pk_accumulate7<MT, NT, RW>(acc_r, alt, pst, kt + s * NK7 * RW, cw, lane);

@@ -223,8 +223,9 @@ __device__ __forceinline__ unsigned ld_acquire(const unsigned* p) {
 
 // Cluster companions of the above (slim attention v7): the shared::cluster
 // address of the same variable in block `rank` of the cluster, an arrive on a
-// remote block's mbarrier (release at cluster scope, as CUTLASS's
-// ClusterBarrier::arrive(cta_id)), and a bulk copy from this block's shared
+// remote block's mbarrier (the default semantics, as CUTLASS's
+// ClusterBarrier::arrive(cta_id): ".release.cluster" adds a GPU-wide MEMBAR),
+// and a bulk copy from this block's shared
 // memory into a remote block's, completing on that block's mbarrier (whose
 // waiters then see the data, as with a multicast TMA load).
 __device__ __forceinline__ unsigned cluster_addr(const void* p, int rank) {
@@ -236,7 +237,7 @@ __device__ __forceinline__ unsigned cluster_addr(const void* p, int rank) {
 }
 __device__ __forceinline__ void mbar_arrive_remote(unsigned cluster_bar) {
   asm volatile(
-      "mbarrier.arrive.release.cluster.shared::cluster.b64 _, [%0];\n" ::"r"(
+      "mbarrier.arrive.shared::cluster.b64 _, [%0];\n" ::"r"(
           cluster_bar)
       : "memory");
 }

@@ -858,12 +858,12 @@ __device__ void attend_v6(const __half* q, const __half* cache, float* acc,
 //   warp 0        producer: each lane bulk-copies one 1 KB key row of a 32-key
 //                 tile into a 6-stage ring (full/empty mbarriers), so up to
 //                 four tiles (128 KB) are in flight per SM;
-//   warps 1, 2    scorers: the own heads' scores of a tile (tensor cores), then
+//   warps 1-4     scorers: the own heads' scores of a tile (tensor cores), then
 //                 lane r of the first pushes them into block r of the cluster
 //                 with a bulk copy shared::cta -> shared::cluster that completes
 //                 on the receiver's exchange mbarrier (4 slots, each freed by a
 //                 remote arrive from every block, lane r to block r);
-//   warps 3..     consumers (CS / 32, each 32 columns): wait for the tile's
+//   warps 5..     consumers (CS / 32, each 32 columns): wait for the tile's
 //                 scores, online softmax of all heads from local shared memory,
 //                 one named barrier among themselves, then P . K.
 // No thread waits on a cluster barrier inside the loop. Rows are padded to
@@ -872,7 +872,7 @@ __device__ void attend_v6(const __half* q, const __half* cache, float* acc,
 #define NK7 32
 #define NS7 6   // tile stages
 #define NX7 4   // score-exchange slots
-#define NSC7 2  // scorer warps (one per 16 keys)
+#define NSC7 4  // scorer warps (two per 16 keys)
 #define PST7 40
 
 template <int MT, int CS>
@@ -1027,35 +1027,44 @@ __device__ void attend_v7(const __half* q, const __half* cache, float* acc,
     }
   } else if (warp <= NSC7) {
     // [v7 scorers]
-    const int sw = warp - 1, mi = lane >> 3, hl = lane / 4;
+    // Warp sw: keys 16 (sw % 2).., heads sw / 2, sw / 2 + NSC7 / 2, ... For
+    // each, S^T = tile . q_bd over the head's D / 16 k-steps: B's column n =
+    // lane / 4 holds q[head] in the lanes of that head, zeros elsewhere, so
+    // the accumulator's column `head` is the score (two chains in flight).
+    const int sw = warp - 1, mi = lane >> 3, mt = sw % 2;
+    const __half* qlane = qs + (lane % 4) * 2;
     for (int t = 0; t < ntiles; ++t) {
       const int s = t % NS7, x = t % NX7;
       mbar_wait(&full[s], (t / NS7) & 1);
-      const __half* kt_s = kt + s * NK7 * RW;
-      float c4[4][4] = {};
-#pragma unroll 4
-      for (int ks = 0; ks < CS / 16; ++ks) {
-        unsigned a[4], bf[2] = {0u, 0u};
-        ldsm_x4(a, kt_s + (16 * sw + (mi & 1) * 8 + (lane & 7)) * RW +
-                       ks * 16 + (mi >> 1) * 8);
-        const int h = ks * 16 / D, k = ks * 16 - h * D + (lane % 4) * 2;
-        if (hl == h) {
-          bf[0] = *(const unsigned*)(qs + h * D + k);
-          bf[1] = *(const unsigned*)(qs + h * D + k + 8);
+      const __half* arow =
+          kt + s * NK7 * RW + (16 * mt + (mi & 1) * 8 + (lane & 7)) * RW +
+          (mi >> 1) * 8;
+      float c4[2][4] = {};
+      for (int h = sw / 2; h < hb; h += NSC7 / 2) {
+        const bool mine = lane / 4 == h;
+        for (int kk = 0; kk < D / 16; kk += 2) {
+          unsigned a0[4], a1[4], b0[2], b1[2];
+          const int col = h * D + kk * 16;
+          ldsm_x4(a0, arow + col);
+          ldsm_x4(a1, arow + col + 16);
+          const unsigned* qa = (const unsigned*)(qlane + col);
+          b0[0] = mine ? qa[0] : 0u, b0[1] = mine ? qa[4] : 0u;
+          b1[0] = mine ? qa[8] : 0u, b1[1] = mine ? qa[12] : 0u;
+          mma16816(c4[0], a0, b0);
+          mma16816(c4[1], a1, b1);
         }
-        mma16816(c4[ks % 4], a, bf);
       }
       __syncwarp();
       if (lane == 0) mbar_arrive(&empty[s]);  // done reading the tile
 #pragma unroll
-      for (int e = 0; e < 4; ++e)
-        c4[0][e] += c4[1][e] + c4[2][e] + c4[3][e];
+      for (int e = 0; e < 4; ++e) c4[0][e] += c4[1][e];
       named_sync(2, 32 * NSC7);  // the last push has read stg
-      // c4[0]: keys 16 sw + lane / 4 (+ 8), heads (lane % 4) * 2 + e
+      // c4[0]: keys 16 mt + lane / 4 (+ 8), heads (lane % 4) * 2 + e; this
+      // warp's heads only (the others' columns are zero here)
 #pragma unroll
       for (int e = 0; e < 2; ++e) {
-        const int hh = (lane % 4) * 2 + e, key = 16 * sw + lane / 4;
-        if (hh < hb) {
+        const int hh = (lane % 4) * 2 + e, key = 16 * mt + lane / 4;
+        if (hh < hb && hh % (NSC7 / 2) == sw / 2) {
           stg[hh * NK7 + key] = c4[0][e];
           stg[hh * NK7 + key + 8] = c4[0][e + 2];
         }

@@ -32,7 +32,7 @@ STAGES = {2: 1, 3: 4}  # tile buffers of v2 and v3/xv3 (ST in the .cu)
 STAGES_V4 = {False: 3, True: 2}  # v4 and xv4
 NK4 = 64  # v4's keys per tile (NK4 in the .cu)
 PST4 = 72  # v4's P-tile row stride
-NK7, NS7, NX7, NSC7, PST7 = 32, 6, 4, 2, 40  # v7: keys per tile, tile stages,
+NK7, NS7, NX7, NSC7, PST7 = 32, 6, 4, 4, 40  # v7: keys per tile, tile stages,
 # score-exchange slots, scorer warps, P-tile row stride (as in the .cu)
 # Clusters of 8 one-block-per-SM blocks resident at once: ncu's Launch Statistics
 # on the H100 (132 SMs) report 15 for v3 (not 132 // 8 = 16: GPCs differ in size).

@@ -1025,6 +1025,7 @@ __device__ void attend_v7(const __half* q, const __half* cache, float* acc,
       }
       if (lane != 0) mbar_arrive(&full[s]);
     }
+    // [v7 producer end]
   } else if (warp <= NSC7) {
     // [v7 scorers]
     // Warp sw: keys 16 (sw % 2).., heads sw / 2, sw / 2 + NSC7 / 2, ... For
@@ -1081,6 +1082,7 @@ __device__ void attend_v7(const __half* q, const __half* cache, float* acc,
         }
       }
     }
+    // [v7 scorers end]
   } else {
     // [v7 consumers]
     const int cw = warp - NSC7 - 1;
@@ -1113,6 +1115,7 @@ __device__ void attend_v7(const __half* q, const __half* cache, float* acc,
       __syncwarp();
       if (lane == 0) mbar_arrive(&empty[s]);
     }
+    // [v7 consumers end]
     write_split<MT, NT, RPW, NW>(acc_r, m_r, l_r, acc, ml, b, n, split, H, C,
                                  col0, rank, cw, lane);
   }

@@ -62,6 +62,26 @@ def runnable_version(version: int, xcache: bool = False) -> int:
     return rt.pick_version(FAMILY, version, FALLBACK)
 
 
+def default_version(q, xcache: bool = False) -> int:
+    """The version a launcher runs when the caller names none: the fastest measured
+    (v7 for the K-only cache, xv5 for the X cache; both timed on the H100, the
+    H200's set predates v7) where the fast path takes q's dtype and (H, D), else
+    v1 (xv1), which takes float32 and float16 and any H and D. A q that is not a
+    (B, H, D) array gets the fast version, and the launcher's checks name what is
+    wrong with it."""
+    fast = XVERSIONS[-1] if xcache else VERSIONS[-1]
+    shape = getattr(q, "shape", ())
+    if len(shape) != 3:
+        return fast
+    if np.dtype(getattr(q, "dtype", np.float16)) not in FAST_DTYPES:
+        return 1
+    try:
+        fast_shape(int(shape[1]), int(shape[2]))
+    except ValueError:
+        return 1
+    return fast
+
+
 def fast_shape(h: int, d: int) -> tuple[int, int]:
     """(MT, NT) of the cluster kernel for H heads of dim D: MT m16 tiles cover the
     H query rows, each of the CL blocks owns C / CL = 64 NT columns (whole heads).
@@ -329,7 +349,7 @@ def slim_decode(
     w_kv,
     b_v=None,
     *,
-    version: int = 6,
+    version: int | None = None,
     length: int | None = None,
     n_split: int | None = None,
     out=None,
@@ -344,8 +364,10 @@ def slim_decode(
         k_cache: (B, S, C) keys, C = H*D, the only cache; rows >= length unused.
         w_kv: (C, C) = W_K^-1 W_V (reference.slim_attention.fold_w_kv), q's dtype.
         b_v: (C,) value bias or None (the key bias is dropped: it cancels).
-        version: 1 (float32 or float16), 2-7 (float16, tensor cores; the default,
-            v6, is the fastest measured on the H200).
+        version: 1 (float32 or float16, any H and D), 2-7 (float16, tensor cores,
+            the shapes of fast_shape). None (the default): default_version, i.e. v7
+            where the fast path takes the shape and dtype, else v1. A version named
+            for a shape it cannot take raises ValueError.
         length: keys to attend (default S).
         n_split: v2-v7: chunks S is split into (default split_plan).
         out, workspace: optional preallocated (B, H, D) output of q's dtype and
@@ -354,7 +376,7 @@ def slim_decode(
         out (B, H, D), q's dtype; float32 accumulation throughout.
     On a card without clusters (below sm_90) v2-v7 run as v1 (runnable_version).
     """
-    version = runnable_version(version)
+    version = runnable_version(default_version(q) if version is None else version)
     b, h, d, c, s, sa = _check(
         q, k_cache, w_kv, b_v, version, VERSIONS, length, "k_cache"
     )
@@ -374,7 +396,7 @@ def xcache_decode(
     w_v,
     b_v=None,
     *,
-    version: int = 5,
+    version: int | None = None,
     length: int | None = None,
     n_split: int | None = None,
     out=None,
@@ -390,15 +412,18 @@ def xcache_decode(
         x_cache: (B, S, C) the layer inputs (after the norm), C = H*D.
         w_kt: (H, D, C), W_K re-laid out by xcache_wkt(w_k, H); q's dtype.
         w_v: (C, C) value projection; b_v: (C,) or None (the key bias cancels).
-        version: 1 (float32 or float16), 3-5 (float16, tensor cores; q~ is
-            rounded to fp16 for them; the default, v5, is the fastest measured).
+        version: 1 (float32 or float16, any H and D), 3-5 (float16, tensor cores;
+            q~ is rounded to fp16 for them). None (the default): default_version,
+            i.e. xv5 where the fast path takes the shape and dtype, else xv1.
         length, n_split, out, workspace: as slim_decode, with
             workspace_elems(..., xcache=True).
     Returns:
         out (B, H, D), q's dtype.
     On a card without clusters (below sm_90) xv3-xv5 run as xv1 (runnable_version).
     """
-    version = runnable_version(version, xcache=True)
+    version = runnable_version(
+        default_version(q, xcache=True) if version is None else version, xcache=True
+    )
     b, h, d, c, s, sa = _check(
         q, x_cache, w_v, b_v, version, XVERSIONS, length, "x_cache"
     )

@@ -144,6 +144,10 @@ def _geometry():
             expr = f"v4_smem<{mt}, {cs}, {str(xc).lower()}, {st}>()"
             slim.append((expr, sa.v4_smem_bytes(mt, cs, xc)))
         slim.append((f"v6_smem<{mt}, {cs}>()", sa.v4_smem_bytes(mt, cs, False, 6)))
+        slim.append((f"v7_smem<{mt}, {cs}>()", sa.v4_smem_bytes(mt, cs, False, 7)))
+        slim.append((f"32 * (1 + NSC7) + {cs}", sa.threads(7, cs)))
+    slim += [("NK7", sa.NK7), ("NS7", sa.NS7), ("NX7", sa.NX7), ("NSC7", sa.NSC7)]
+    slim += [("PST7", sa.PST7)]
     return {
         "attention.cu": [("ST8", att.ST8), ("NW4 * 32", att.THREADS)],
         "deja_vu.cu": [("RC2", dv.RC2), ("R3", dv.R3)],

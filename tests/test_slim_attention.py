@@ -520,7 +520,37 @@ def test_minilm_layers_numbers():
 
 # --- 10. GPU: gpu/slim_attention.cu against the float64 truth ------------------------
 
-GPU_FAST_HD = [(8, 128), (16, 64), (16, 128), (24, 128), (32, 64), (32, 128)]
+GPU_FAST_HD = [(8, 128), (16, 64), (16, 128), (24, 128), (32, 64), (32, 96), (32, 128)]
+# MHA shapes of the paper's tables that the fast path does not take (Whisper,
+# C = 5120 with H = 40, MiniLM): the launchers' default runs v1 / xv1 for them.
+GPU_OTHER_HD = [(20, 64), (40, 128), (12, 32)]
+
+
+def _q_like(shape, dtype):
+    from types import SimpleNamespace
+
+    return SimpleNamespace(shape=shape, dtype=np.dtype(dtype))
+
+
+@pytest.mark.parametrize("h, d", GPU_FAST_HD)
+def test_default_version_takes_the_fast_path_where_it_can(h, d):
+    from gpu import slim_attention as gsa
+
+    assert gsa.default_version(_q_like((2, h, d), np.float16)) == gsa.VERSIONS[-1]
+    assert gsa.default_version(_q_like((2, h, d), np.float16), xcache=True) == 5
+    assert gsa.default_version(_q_like((2, h, d), np.float32)) == 1  # v2+: fp16
+
+
+@pytest.mark.parametrize("h, d", GPU_OTHER_HD)
+def test_default_version_falls_back_to_v1_for_other_shapes(h, d):
+    from gpu import slim_attention as gsa
+
+    with pytest.raises(ValueError, match="H % 8|H <= 32|built for"):
+        gsa.fast_shape(h, d)
+    for xc in (False, True):
+        assert gsa.default_version(_q_like((2, h, d), np.float16), xcache=xc) == 1
+    # not a (B, H, D) array: the fast version, whose checks then name the problem
+    assert gsa.default_version(np.zeros(3)) == gsa.VERSIONS[-1]
 
 
 @st.composite
@@ -656,6 +686,25 @@ def test_gpu_xv1_matches_baseline(dtype, cs):
 @given(cs=_gpu_case(fast=True))
 def test_gpu_xfast_matches_baseline(version, cs):
     _gpu_check(version, cs, np.float16, xcache=True)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("h, d", GPU_OTHER_HD)
+@pytest.mark.parametrize("xcache", [False, True])
+def test_gpu_default_runs_other_shapes(h, d, xcache):
+    """Shapes the fast path does not take run through the default (v1 / xv1)."""
+    b, s_alloc, seed = 2, 77, 5
+    q, cache, w, b_v, w_k = _gpu_inputs(
+        b, h, d, s_alloc, 1.0, True, seed, np.float16, xcache
+    )
+    if xcache:
+        got = _gpu_run_x(None, q, cache, w_k, w, b_v, None, None)
+    else:
+        got = _gpu_run_slim(None, q, cache, w, b_v, None, None)
+    ref = _gpu_truth(q, cache, w, b_v, w_k)
+    scale = slim_kernel_scale(q, cache, w, w_k, fp16_p=False, fp16_qt=False)
+    used = assert_close(got, ref, "gpu", np.float16, scale)
+    print(f"default {'x' if xcache else ''}H={h} D={d}: {describe(used)}")
 
 
 @pytest.mark.gpu

@@ -533,15 +533,17 @@ __device__ __forceinline__ void softmax_tile(const float (&sv)[RPW][2],
   }
 }
 
-// acc = alpha * acc + P (M x NK4) . tile (NK4 x this warp's 32 columns), on
-// tensor cores (fp16 P, fp32 accumulators).
-template <int MT, int NT, int CS>
-__device__ __forceinline__ void pk_accumulate(float (&acc_r)[MT][NT][4],
-                                              const float* alt,
-                                              const __half* pst,
-                                              const __half* kt_s, int warp,
-                                              int lane) {
-  const int cw = warp * NT * 8, mi = lane >> 3;
+// acc = alpha * acc + P (M x NKT) . tile (NKT keys x the 32 columns from c0),
+// on tensor cores (fp16 P, fp32 accumulators). P's rows are PS halves apart;
+// kaddr(kt_s, row, c0, n, m) points at tile element (row, c0 + n + m) (v4-v6:
+// swizzled rows of CS; v7: padded rows); the sum is left to kaddr so that each
+// version keeps the address arithmetic (and machine code) it was measured with.
+template <int MT, int NT, int NKT, int PS, class KAddr>
+__device__ __forceinline__ void pk_core(float (&acc_r)[MT][NT][4],
+                                        const float* alt, const __half* pst,
+                                        const __half* kt_s, int c0, int lane,
+                                        KAddr kaddr) {
+  const int mi = lane >> 3;
 #pragma unroll
   for (int mt = 0; mt < MT; ++mt) {
     float a0 = alt[16 * mt + lane / 4], a1 = alt[16 * mt + lane / 4 + 8];
@@ -552,17 +554,17 @@ __device__ __forceinline__ void pk_accumulate(float (&acc_r)[MT][NT][4],
     }
   }
 #pragma unroll
-  for (int kk = 0; kk < NK4 / 16; ++kk) {
+  for (int kk = 0; kk < NKT / 16; ++kk) {
     unsigned a[MT][4];
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt)
-      ldsm_x4(a[mt], pst + (16 * mt + (mi & 1) * 8 + (lane & 7)) * PST4 +
+      ldsm_x4(a[mt], pst + (16 * mt + (mi & 1) * 8 + (lane & 7)) * PS +
                          kk * 16 + (mi >> 1) * 8);
 #pragma unroll
     for (int np = 0; np < NT / 2; ++np) {
       unsigned bf[4];
-      ldsm_x4_t(bf, kt_s + swz<CS>(kk * 16 + (mi & 1) * 8 + (lane & 7),
-                                   cw + np * 16 + (mi >> 1) * 8));
+      ldsm_x4_t(bf, kaddr(kt_s, kk * 16 + (mi & 1) * 8 + (lane & 7), c0,
+                          np * 16, (mi >> 1) * 8));
 #pragma unroll
       for (int mt = 0; mt < MT; ++mt) {
         mma16816(acc_r[mt][2 * np], a[mt], bf);
@@ -570,6 +572,19 @@ __device__ __forceinline__ void pk_accumulate(float (&acc_r)[MT][NT][4],
       }
     }
   }
+}
+
+// v4-v6: 64-key tiles of swizzled rows, warp w owns columns 32 w...
+template <int MT, int NT, int CS>
+__device__ __forceinline__ void pk_accumulate(float (&acc_r)[MT][NT][4],
+                                              const float* alt,
+                                              const __half* pst,
+                                              const __half* kt_s, int warp,
+                                              int lane) {
+  pk_core<MT, NT, NK4, PST4>(acc_r, alt, pst, kt_s, warp * NT * 8, lane,
+                             [](const __half* k, int r, int c0, int n, int m) {
+                               return k + swz<CS>(r, c0 + n + m);
+                             });
 }
 
 template <int MT, int CS, bool XC, int ST, bool V5>
@@ -920,43 +935,17 @@ __device__ __forceinline__ void softmax_tile7(const float* xs, int j, int s1,
   }
 }
 
-// acc = alpha * acc + P (M x 32 keys) . tile (32 keys x this warp's 32
-// columns), the tile's rows RW halves apart.
+// v7: 32-key tiles of padded rows (RW halves), consumer cw owns columns 32 cw...
 template <int MT, int NT, int RW>
 __device__ __forceinline__ void pk_accumulate7(float (&acc_r)[MT][NT][4],
                                                const float* alt,
                                                const __half* pst,
                                                const __half* kt_s, int cw,
                                                int lane) {
-  const int c0 = cw * NT * 8, mi = lane >> 3;
-#pragma unroll
-  for (int mt = 0; mt < MT; ++mt) {
-    float a0 = alt[16 * mt + lane / 4], a1 = alt[16 * mt + lane / 4 + 8];
-#pragma unroll
-    for (int c = 0; c < NT; ++c) {
-      acc_r[mt][c][0] *= a0, acc_r[mt][c][1] *= a0;
-      acc_r[mt][c][2] *= a1, acc_r[mt][c][3] *= a1;
-    }
-  }
-#pragma unroll
-  for (int kk = 0; kk < NK7 / 16; ++kk) {
-    unsigned a[MT][4];
-#pragma unroll
-    for (int mt = 0; mt < MT; ++mt)
-      ldsm_x4(a[mt], pst + (16 * mt + (mi & 1) * 8 + (lane & 7)) * PST7 +
-                         kk * 16 + (mi >> 1) * 8);
-#pragma unroll
-    for (int np = 0; np < NT / 2; ++np) {
-      unsigned bf[4];
-      ldsm_x4_t(bf, kt_s + (kk * 16 + (mi & 1) * 8 + (lane & 7)) * RW + c0 +
-                        np * 16 + (mi >> 1) * 8);
-#pragma unroll
-      for (int mt = 0; mt < MT; ++mt) {
-        mma16816(acc_r[mt][2 * np], a[mt], bf);
-        mma16816(acc_r[mt][2 * np + 1], a[mt], bf + 2);
-      }
-    }
-  }
+  pk_core<MT, NT, NK7, PST7>(acc_r, alt, pst, kt_s, cw * NT * 8, lane,
+                             [](const __half* k, int r, int c0, int n, int m) {
+                               return k + r * RW + c0 + n + m;
+                             });
 }
 
 template <int MT, int CS>

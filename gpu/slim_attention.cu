@@ -500,6 +500,21 @@ __device__ __forceinline__ void own_head_scores(const __half* kt_s,
   }
 }
 
+// The online softmax's state before the first tile: u = 0, m = -inf, l = 0.
+template <int MT, int NT, int RPW>
+__device__ __forceinline__ void zero_state(float (&acc_r)[MT][NT][4],
+                                           float (&m_r)[RPW],
+                                           float (&l_r)[RPW]) {
+#pragma unroll
+  for (int a = 0; a < MT; ++a)
+#pragma unroll
+    for (int c = 0; c < NT; ++c)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) acc_r[a][c][e] = 0.0f;
+#pragma unroll
+  for (int i = 0; i < RPW; ++i) m_r[i] = NEG_INF, l_r[i] = 0.0f;
+}
+
 // Online softmax of one tile for the rows this warp owns (w + NW i); lane
 // owns keys lane and lane + 32 (j = the key of lane). sv: the rows' raw
 // scores. Writes P (fp16) into pst and the rescale alpha into alt; rows in
@@ -640,16 +655,8 @@ __device__ void attend_v4(const __half* q, const __half* cache, float* acc,
     }
   };
 
-  float acc_r[MT][NT][4];
-#pragma unroll
-  for (int a = 0; a < MT; ++a)
-#pragma unroll
-    for (int c = 0; c < NT; ++c)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) acc_r[a][c][e] = 0.0f;
-  float m_r[RPW], l_r[RPW];
-#pragma unroll
-  for (int i = 0; i < RPW; ++i) m_r[i] = NEG_INF, l_r[i] = 0.0f;
+  float acc_r[MT][NT][4], m_r[RPW], l_r[RPW];
+  zero_state(acc_r, m_r, l_r);
   const float qscale = LOG2E * rsqrtf((float)D);
 
 #pragma unroll
@@ -799,16 +806,8 @@ __device__ void attend_v6(const __half* q, const __half* cache, float* acc,
                             q, b, H, D, hb, rank, warp, lane);
   };
 
-  float acc_r[MT][NT][4];
-#pragma unroll
-  for (int a = 0; a < MT; ++a)
-#pragma unroll
-    for (int c = 0; c < NT; ++c)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) acc_r[a][c][e] = 0.0f;
-  float m_r[RPW], l_r[RPW];
-#pragma unroll
-  for (int i = 0; i < RPW; ++i) m_r[i] = NEG_INF, l_r[i] = 0.0f;
+  float acc_r[MT][NT][4], m_r[RPW], l_r[RPW];
+  zero_state(acc_r, m_r, l_r);
   const float qscale = LOG2E * rsqrtf((float)D);
 
   // Prologue: tiles 0 and 1 in flight, tile 0's scores exchanged.
@@ -1075,16 +1074,8 @@ __device__ void attend_v7(const __half* q, const __half* cache, float* acc,
   } else {
     // [v7 consumers]
     const int cw = warp - NSC7 - 1;
-    float acc_r[MT][NT][4];
-#pragma unroll
-    for (int a = 0; a < MT; ++a)
-#pragma unroll
-      for (int c = 0; c < NT; ++c)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) acc_r[a][c][e] = 0.0f;
-    float m_r[RPW], l_r[RPW];
-#pragma unroll
-    for (int i = 0; i < RPW; ++i) m_r[i] = NEG_INF, l_r[i] = 0.0f;
+    float acc_r[MT][NT][4], m_r[RPW], l_r[RPW];
+    zero_state(acc_r, m_r, l_r);
     const float qscale = LOG2E * rsqrtf((float)D);
     for (int t = 0; t < ntiles; ++t) {
       const int s = t % NS7, x = t % NX7;

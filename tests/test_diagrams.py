@@ -54,3 +54,25 @@ def test_diagram_draws_at_the_book_resolution(slug):
 def test_the_chapter_shows_its_diagram(slug):
     (chapter,) = (ROOT / "book").glob(f"[0-9][0-9]_{slug}.md")
     assert f"gpu.diagrams import {slug}" in chapter.read_text(), chapter.name
+
+
+def test_slim_attention_v7_diagram_draws_and_is_shown():
+    """The chapter's second slim-attention diagram (v7's warp roles) draws within
+    the column at the book's resolution, and chapter 3 shows it."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from gpu.diagrams import slim_attention
+
+    bp.use()
+    fig = slim_attention.draw_v7()
+    assert fig.get_size_inches()[0] <= bp.MAX_WIDTH + 1e-9
+    assert len([t for t in fig.axes[0].texts if t.get_text().strip()]) >= 5
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    assert _png_dpi(buf.getvalue()) >= 150
+    (chapter,) = (ROOT / "book").glob("[0-9][0-9]_slim_attention.md")
+    assert "diagram.draw_v7()" in chapter.read_text()

@@ -1,4 +1,5 @@
-"""Slim attention v6 (gpu/slim_attention.cu, attend_v6) at the book's shape.
+"""Slim attention v6 (gpu/slim_attention.cu, attend_v6) at the book's shape, and v7's
+warp roles (draw_v7).
 
 One decode step over a K-only cache, fp16, H = 32 heads of D = 128 (C = 4096). The
 cache of each sequence is split along S into chunks; each (sequence, chunk) is one
@@ -369,4 +370,127 @@ def draw() -> plt.Figure:
     ]
     for i, (text, fc) in enumerate(ring):
         _box(ax, 22.0 + i * 26.0, 1.5, 24.0, 7.4, text, fc=fc, fs=5.4)
+    return fig
+
+
+def draw_v7() -> plt.Figure:
+    """v7 at H = 32, D = 128: one block's three warp roles, the mbarriers that
+    order them, and the score exchange with the other blocks of its cluster."""
+    ns, nx, nk, nsc = gsa.NS7, gsa.NX7, gsa.NK7, gsa.NSC7
+    nwc = CS // 32  # consumer warps
+    smem_kib = gsa.v7_smem_bytes(M // 16, CS) / 1024
+    fig = plt.figure(figsize=bp.figsize(7.2, 5.0))
+    ax = fig.add_axes((0.0, 0.0, 1.0, 1.0))
+    ax.set_xlim(0, 100)
+    ax.set_ylim(0, 100)
+    ax.axis("off")
+
+    # --- top: the block's slice of the cache and the tile ring -------------------
+    _box(ax, 0.5, 86.0, 63.0, 13.5, fc=HBM, ec="0.6")
+    ax.text(1.5, 99.0, "HBM: block r's slice of the K cache", fontsize=6.5,
+            va="top", weight="bold")  # fmt: skip
+    for i in range(8):
+        _box(ax, 3.0 + i * 7.4, 87.5, 7.0, 6.5, f"tile\nt+{i}" if i else "tile\nt",
+             fc=_tint(K_COLOR, 0.25 + 0.05 * (i % 2)), fs=5.2)  # fmt: skip
+    ax.text(62.5, 99.0, f"a tile: {nk} keys × {CS} cols, {nk} rows of {CS * 2} B",
+            fontsize=5.3, ha="right", va="top")  # fmt: skip
+    ring_y = 70.0
+    _box(ax, 0.5, ring_y - 1.0, 63.0, 11.5, fc=SMEM, ec="0.5")
+    ax.text(1.5, ring_y + 10.0, f"tile ring in shared memory: {ns} stages, rows "
+            f"padded to {CS + 8} halves (conflict-free ldmatrix)", fontsize=5.6,
+            va="top")  # fmt: skip
+    for s in range(ns):
+        _box(ax, 2.0 + s * 10.2, ring_y + 0.5, 9.6, 5.6, f"stage {s}", fc="white",
+             fs=5.2)  # fmt: skip
+        ax.text(2.0 + s * 10.2 + 4.8, ring_y - 0.3, "full/empty", fontsize=4.4,
+                ha="center", va="top", color="0.3")  # fmt: skip
+    _arrow(ax, (30.0, 87.5), (30.0, ring_y + 6.2), color=K_COLOR, lw=1.2)
+    ax.text(31.0, 83.2, "warp 0: lane j bulk-copies row j (cp.async.bulk),\n"
+            "completing on the stage's full mbarrier", fontsize=5.3, va="center",
+            color=K_COLOR)  # fmt: skip
+
+    # --- middle: the three roles ---------------------------------------------
+    cols = [
+        (
+            "producer: warp 0",
+            "white",
+            [
+                "wait empty[s]",
+                "expect_tx(full[s])",
+                f"{nk} row copies",
+                "(up to 6 tiles ahead)",
+            ],
+        ),
+        (
+            f"scorers: warps 1–{nsc}",
+            SMEM,
+            [
+                "wait full[s]",
+                f"scores of heads {HB}r…{HB}r+{HB - 1}",
+                "(mma, block-diagonal q)",
+                "arrive empty[s]",
+                "wait xempty[x]",
+                "lane r' pushes to block r'",
+            ],
+        ),
+        (
+            f"consumers: warps {nsc + 1}–{nsc + nwc}",
+            REGS,
+            [
+                "wait xfull[x]",
+                f"softmax, all {H} heads",
+                "(local shared memory)",
+                "named barrier",
+                "lane r' frees x in block r'",
+                "wait full[s]; P·K; arrive empty[s]",
+            ],
+        ),
+    ]
+    cx, cw, top = 1.0, 20.5, 64.0
+    for i, (title, fc, lines) in enumerate(cols):
+        x = cx + i * (cw + 1.0)
+        _box(ax, x, 20.0, cw, top - 20.0, fc=fc, ec="0.35")
+        ax.text(x + cw / 2, top - 1.2, title, ha="center", va="top", fontsize=5.8,
+                weight="bold")  # fmt: skip
+        for j, line in enumerate(lines):
+            ax.text(x + 1.0, top - 7.0 - j * 5.8, line, fontsize=5.2, va="top")
+    ax.text(cx + 1.5 * (cw + 1.0), 17.5, "no cluster barrier inside the loop: every "
+            "wait is on an mbarrier", ha="center", va="top", fontsize=5.6,
+            weight="bold")  # fmt: skip
+
+    # --- right: the exchange with the other blocks -------------------------------
+    ex, ew = 66.5, 33.0
+    _box(ax, ex, 20.0, ew, 79.5, fc="none", ec=K_COLOR, lw=1.2)
+    ax.text(ex + 1.0, 98.8, f"cluster of {CL} blocks; block r owns heads "
+            f"{HB}r…{HB}r+{HB - 1}", fontsize=5.6, va="top", color=K_COLOR,
+            weight="bold")  # fmt: skip
+    _box(ax, ex + 2.0, 70.0, ew - 4.0, 22.0, fc=SMEM, ec="0.4")
+    ax.text(ex + ew / 2, 91.0, f"exchange slots in every block:\n{nx} slots × {H} "
+            f"heads × {nk} keys fp32", ha="center", va="top", fontsize=5.4)  # fmt: skip
+    for k in range(CL):
+        _box(ax, ex + 3.0 + k * 3.4, 72.0, 3.0, 8.0, f"{k}", fc="white", fs=4.8)
+    ax.text(ex + ew / 2, 71.0, "rows of block 0 … 7", ha="center", va="top",
+            fontsize=4.8)  # fmt: skip
+    _arrow(ax, (cx + cw + 1.0 + cw / 2 + 5.0, 34.0), (ex + 5.0, 72.0), color=DSMEM,
+           lw=1.0, rad=-0.2)  # fmt: skip
+    ax.text(ex + 1.5, 62.0, "push: bulk copy shared::cta →\nshared::cluster, "
+            f"{HB * nk * 4} B to each block,\ncompleting on its xfull[x]",
+            fontsize=5.3, va="top", color="#8a5a00")  # fmt: skip
+    _arrow(ax, (ex + ew - 6.0, 72.0), (cx + 2 * (cw + 1.0) + cw / 2 + 4.0, 60.0),
+           color=DSMEM, lw=1.0, rad=-0.2)  # fmt: skip
+    ax.text(ex + 1.5, 47.0, "free: once all consumers read\nslot x, one arrive on "
+            "xempty[x]\nof every block (8 lanes, one\ninstruction); a block pushes\n"
+            "into x again only when all 8\nhave freed it", fontsize=5.3,
+            va="top", color="#8a5a00")  # fmt: skip
+    ax.text(ex + 1.5, 28.0, f"{nsc + 1 + nwc} warps, {smem_kib:.0f} KiB shared\n"
+            "per block, one block per SM", fontsize=5.4, va="top")  # fmt: skip
+
+    # --- bottom: how far ahead each role may run --------------------------------
+    ax.text(1.0, 12.0, "How far ahead: the producer up to "
+            f"{ns} tiles ahead of the block's slowest reader (the ring); the "
+            f"scorers up to {nx} tiles ahead of the slowest consumer in the whole "
+            "cluster (the exchange slots);\nthe consumers wait only for the scores "
+            "and the tile they use. A block's pace is set by the slowest of its "
+            "three roles, and through the slots by the slowest block of its "
+            "cluster.", fontsize=5.4, va="top", wrap=True)  # fmt: skip
     return fig

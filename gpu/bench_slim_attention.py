@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 from functools import partial
+from pathlib import Path
 
 import numpy as np
 
@@ -209,9 +210,96 @@ def split_sweep(read_bw) -> list[dict]:
     return rows
 
 
+MINILM_NPZ = Path(".data/minilm_slim.npz")  # tools/export_minilm_slim.py writes it
+
+
+def _minilm_layer(x, w, h, rows, i):
+    """One MiniLM layer through the GPU kernels in float16 (the launchers' default
+    version for its shape), beside reference.slim_attention.cache_errors's float16
+    study of the same layer. Each kernel is first checked against the float64
+    result on its own stored inputs (the tolerance of slim_kernel_scale); then both
+    studies' errors against the float64 K+V truth are recorded."""
+    import cupy as cp
+
+    from reference import slim_attention as rsa
+    from reference.common import AttnWeights
+    from reference.testing import assert_close, slim_kernel_scale
+
+    t, c = x.shape
+    d = c // h
+    aw = AttnWeights(w["w_q"], w["w_k"], w["w_v"], None, w["b_q"], w["b_k"], w["b_v"])
+    study = rsa.cache_errors(x, aw, h, "float16")
+    q64 = (x @ w["w_q"] + w["b_q"]).reshape(t, h, d)
+    truth = rsa.kv_decode(
+        q64,
+        np.broadcast_to(x @ w["w_k"] + w["b_k"], (t, t, c)),
+        np.broadcast_to(x @ w["w_v"] + w["b_v"], (t, t, c)),
+    )
+
+    def st(a):  # stored in float16, arithmetic in float32 (as the study)
+        return rsa.stored(a, "float16")
+
+    def f16(a):
+        return np.ascontiguousarray(np.asarray(a, np.float32).astype(np.float16))
+
+    xs = st(x)
+    q16 = f16((xs @ st(w["w_q"]) + st(w["b_q"])).reshape(t, h, d))
+    bv16 = f16(w["b_v"])
+    k16 = f16(np.broadcast_to(xs @ st(w["w_k"]), (t, t, c)))
+    x16 = f16(np.broadcast_to(xs, (t, t, c)))
+    wkv16, wk16, wv16 = (
+        f16(a) for a in (rsa.fold_w_kv(w["w_k"], w["w_v"]), w["w_k"], w["w_v"])
+    )
+    f64 = [np.asarray(a, np.float64) for a in (q16, k16, x16, wkv16, wk16, wv16, bv16)]
+    dev = [cp.asarray(a) for a in (q16, k16, x16, wkv16, wk16, wv16, bv16)]
+    for cache in ("k_only", "x_cache"):
+        xc = cache == "x_cache"
+        ver = sa.default_version(dev[0], xcache=xc)
+        fast = ver != 1
+        if xc:
+            got = sa.xcache_decode(dev[0], dev[2], sa.xcache_wkt(dev[4], h), dev[5],
+                                   dev[6])  # fmt: skip
+            same = rsa.xcache_decode(f64[0], f64[2], f64[4], f64[5], f64[6])
+            scale = slim_kernel_scale(q16, x16, wv16, wk16, fast, fast)
+        else:
+            got = sa.slim_decode(dev[0], dev[1], dev[3], dev[6])
+            same = rsa.slim_decode(f64[0], f64[1], f64[3], f64[6], order="accumulate_k")
+            scale = slim_kernel_scale(q16, k16, wkv16, fp16_p=fast)
+        got = cp.asnumpy(got)
+        row = dict(name=f"minilm_{cache}", layer=i, T=t, C=c, H=h, D=d,
+                   dtype="float16", version=ver, cond_k=study["cond_k"],
+                   numpy_rel_error=study[cache], kv_rel_error=study["kv"],
+                   gpu_rel_error=rsa.rel_error(got, truth))  # fmt: skip
+        try:
+            row["error_used"] = assert_close(got, same, "gpu", np.float16, scale)
+            row["status"] = "ok"
+        except AssertionError as e:
+            row["status"] = f"failed validation: {str(e).splitlines()[0]}"
+        rows.append(row)
+
+
+def minilm_errors(path: Path = MINILM_NPZ) -> list[dict]:
+    """The chapter's MiniLM study of the float16 caches, on the GPU kernels: one
+    row per layer and cache (K-only, X cache). Needs the arrays that
+    tools/export_minilm_slim.py writes (the GPU machine has no MiniLM package);
+    without them, one skipped row (not recorded)."""
+    if not Path(path).exists():
+        why = f"skipped: {path} not found (tools/export_minilm_slim.py, then carry it)"
+        return [dict(name="minilm", status=why)]
+    z = np.load(path)
+    h, rows = int(z["n_heads"]), []
+    names = ("w_q", "w_k", "w_v", "b_q", "b_k", "b_v")
+    i = 0
+    while f"x{i}" in z:
+        _minilm_layer(z[f"x{i}"], {n: z[f"{n}{i}"] for n in names}, h, rows, i)
+        i += 1
+    return rows
+
+
 def run(quick: bool = False, ceil: dict | None = None) -> dict[str, list[dict]]:
     read_bw = (ceil or {}).get("read_bytes_per_s")
     out = {"slim_attention": decode(quick, read_bw)}
     if not quick:
         out["slim_attention_split"] = split_sweep(read_bw)
+        out["slim_attention_minilm"] = minilm_errors()
     return out

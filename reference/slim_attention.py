@@ -365,6 +365,17 @@ def rel_error(a: Array, ref: Array) -> float:
     return float(np.abs(a - ref).max() / np.abs(ref).max())
 
 
+# The text the chapter's MiniLM study encodes (and tools/export_minilm_slim.py, for
+# the same study on the GPU).
+MINILM_TEXT = (
+    "Slim attention keeps only the keys of a multi-head attention layer "
+    "and rebuilds the values from them with one extra matrix, because the "
+    "key projection is square and almost never singular. Whether that is "
+    "safe in sixteen-bit arithmetic is a question of how well conditioned "
+    "that matrix is, and trained weights answer it."
+)
+
+
 def cache_errors(x: Array, w: AttnWeights, h: int, storage: str) -> dict[str, float]:
     """Relative error (rel_error) of each cache choice against the float64 truth.
 

@@ -21,6 +21,7 @@ rejected before any launch.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -797,3 +798,88 @@ def test_gpu_bad_inputs_rejected_before_launch():
         xcache_decode(q, k, xcache_wkt(w, 32), w, version=2)
     with pytest.raises((TypeError, ValueError)):
         slim_decode(np.zeros((2, 32, 128), np.float16), k, w)  # host array
+
+
+# --- 11. The MiniLM study on the GPU: the benchmark's plumbing, on the CPU ----------
+
+
+def _fake_gpu(monkeypatch, transpose_w=False):
+    """CuPy as NumPy and the slim launchers as the float64 reference rounded to
+    float16, so gpu/bench_slim_attention.py's MiniLM rows run without a GPU."""
+    import sys
+    import types
+
+    from gpu import slim_attention as gsa
+
+    fake = types.ModuleType("cupy")
+    fake.asarray = np.asarray
+    fake.asnumpy = np.asarray
+    monkeypatch.setitem(sys.modules, "cupy", fake)
+
+    def f64(*a):
+        return [np.asarray(x, np.float64) for x in a]
+
+    def slim(q, k, w, bv):
+        w = np.asarray(w).T if transpose_w else w  # W_VK's layout for W_KV
+        out = sa.slim_decode(*f64(q, k, w, bv), order="accumulate_k")
+        return out.astype(np.float16)
+
+    def xcache(q, x, wkt, wv, bv):
+        h, d, c = wkt.shape
+        wk = np.asarray(wkt, np.float64).transpose(2, 0, 1).reshape(c, c)
+        return sa.xcache_decode(*f64(q, x), wk, *f64(wv, bv)).astype(np.float16)
+
+    def wkt(w, h):
+        w = np.asarray(w)
+        return np.ascontiguousarray(w.reshape(w.shape[0], h, -1).transpose(1, 2, 0))
+
+    monkeypatch.setattr(gsa, "slim_decode", slim)
+    monkeypatch.setattr(gsa, "xcache_decode", xcache)
+    monkeypatch.setattr(gsa, "xcache_wkt", wkt)
+
+
+@pytest.fixture(scope="module")
+def minilm_npz(tmp_path_factory):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "export_minilm_slim", Path(__file__).parents[1] / "tools/export_minilm_slim.py"
+    )
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.export(tmp_path_factory.mktemp("minilm") / "minilm_slim.npz")
+
+
+def test_minilm_gpu_study_rows_match_the_numpy_study(monkeypatch, minilm_npz):
+    """With kernels that compute what the reference computes, the benchmark's rows
+    validate, run the default version for MiniLM's shape (v1, xv1), and repeat the
+    NumPy study: the K-only cache's float16 error far above the X cache's."""
+    from gpu import bench_slim_attention as bsa
+
+    _fake_gpu(monkeypatch)
+    rows = bsa.minilm_errors(minilm_npz)
+    assert [r["status"] for r in rows] == ["ok"] * 12
+    assert {r["version"] for r in rows} == {1}
+    for r in rows:
+        # the fake output's own float16 rounding is the only difference
+        assert r["gpu_rel_error"] == pytest.approx(r["numpy_rel_error"], abs=2e-3)
+    k = [r["gpu_rel_error"] for r in rows if r["name"] == "minilm_k_only"]
+    x = [r["gpu_rel_error"] for r in rows if r["name"] == "minilm_x_cache"]
+    assert min(k) > 10 * max(x)
+
+
+def test_minilm_gpu_study_rejects_a_transposed_w_kv(monkeypatch, minilm_npz):
+    from gpu import bench_slim_attention as bsa
+
+    _fake_gpu(monkeypatch, transpose_w=True)
+    rows = bsa.minilm_errors(minilm_npz)
+    bad = [r for r in rows if r["name"] == "minilm_k_only"]
+    assert all(r["status"].startswith("failed validation") for r in bad)
+
+
+def test_minilm_gpu_study_without_its_arrays_is_skipped(tmp_path):
+    from gpu import bench
+    from gpu import bench_slim_attention as bsa
+
+    (row,) = bsa.minilm_errors(tmp_path / "absent.npz")
+    assert bench.is_skipped(row)

@@ -229,12 +229,7 @@ def _minilm_layer(x, w, h, rows, i):
     d = c // h
     aw = AttnWeights(w["w_q"], w["w_k"], w["w_v"], None, w["b_q"], w["b_k"], w["b_v"])
     study = rsa.cache_errors(x, aw, h, "float16")
-    q64 = (x @ w["w_q"] + w["b_q"]).reshape(t, h, d)
-    truth = rsa.kv_decode(
-        q64,
-        np.broadcast_to(x @ w["w_k"] + w["b_k"], (t, t, c)),
-        np.broadcast_to(x @ w["w_v"] + w["b_v"], (t, t, c)),
-    )
+    truth = rsa.encoder_truth(x, aw, h)
 
     def st(a):  # stored in float16, arithmetic in float32 (as the study)
         return rsa.stored(a, "float16")

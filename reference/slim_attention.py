@@ -376,6 +376,23 @@ MINILM_TEXT = (
 )
 
 
+def encoder_truth(x: Array, w: AttnWeights, h: int) -> Array:
+    """The float64 truth of cache_errors: every token of x (T, C) queries the K and
+    V caches of all T tokens (an encoder layer's attention, run as T decode steps).
+    Returns (T, H, D), per head, before W_O: softmax(q K^T / sqrt(D)) V with
+    q = x W_Q + b_Q, K = x W_K + b_K, V = x W_V + b_V."""
+    x64 = np.asarray(x, np.float64)
+    t, c = x64.shape
+
+    def f64(a: Array | None) -> Array:
+        return np.zeros(c) if a is None else np.asarray(a, np.float64)
+
+    q = (x64 @ f64(w.w_q) + f64(w.b_q)).reshape(t, h, c // h)
+    k = np.broadcast_to(x64 @ f64(w.w_k) + f64(w.b_k), (t, t, c))
+    v = np.broadcast_to(x64 @ f64(w.w_v) + f64(w.b_v), (t, t, c))
+    return kv_decode(q, k, v)
+
+
 def cache_errors(x: Array, w: AttnWeights, h: int, storage: str) -> dict[str, float]:
     """Relative error (rel_error) of each cache choice against the float64 truth.
 
@@ -411,7 +428,7 @@ def cache_errors(x: Array, w: AttnWeights, h: int, storage: str) -> dict[str, fl
                 "x_cache": xcache_decode(q, tile(xs), wk, wv, bv),
             }
 
-    truth = run(lambda a: a)["kv"]  # (T, H, D), float64
+    truth = encoder_truth(x64, w64, h)  # (T, H, D), float64
     out = {k: rel_error(v, truth) for k, v in run(lambda a: stored(a, storage)).items()}
     out["cond_k"] = float(np.linalg.cond(w64.w_k))
     out["cond_v"] = float(np.linalg.cond(w64.w_v))

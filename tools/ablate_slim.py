@@ -1,7 +1,8 @@
 """Ablations of slim attention v7's attend kernel: the same kernel with parts cut
-out by text substitution, compiled and timed alone (CUDA events, no graph). Timing
-only: the cut variants compute wrong outputs by design. It is how the notes found
-which stage limits v7 (gpu/NOTES_slim_attention.md, "v7, second build").
+out by text substitution, compiled and timed alone (gpu.bench.time_events: CUDA
+events, no graph). Timing only: the cut variants compute wrong outputs by design.
+It is how the notes found which stage limits v7 (gpu/NOTES_slim_attention.md,
+"v7, second build").
 
 PYTHONPATH=$PWD python3 tools/ablate_slim.py [B S [VARIANT,...]]
 
@@ -12,10 +13,12 @@ run P . K without scores, the scorers only release). H = 32, D = 128 (C = 4096).
 """
 
 import sys
+from functools import partial
 
 import cupy as cp
 import numpy as np
 
+from gpu import bench
 from gpu import runtime as rt
 from gpu import slim_attention as sa
 
@@ -55,19 +58,6 @@ def variant(subs) -> str:
     return SRC[:I0] + body + SRC[I1:]
 
 
-def time_us(fn, grid, block, args, smem, reps=20):
-    fn.max_dynamic_shared_size_bytes = smem
-    for _ in range(3):
-        fn(grid, block, args, shared_mem=smem)
-    e0, e1 = cp.cuda.Event(), cp.cuda.Event()
-    e0.record()
-    for _ in range(reps):
-        fn(grid, block, args, shared_mem=smem)
-    e1.record()
-    e1.synchronize()
-    return cp.cuda.get_elapsed_time(e0, e1) / reps * 1e3
-
-
 def main():
     b, s = (int(a) for a in sys.argv[1:3]) if len(sys.argv) > 2 else (8, 16384)
     names = sys.argv[3].split(",") if len(sys.argv) > 3 else list(VARIANTS)
@@ -88,7 +78,10 @@ def main():
             args = (q, cache, acc, ml, i32(h), i32(s), i32(s), i32(d), i32(chunk))
             fn = mod.get_function(f"slim_attention_attend_v{ver}_m{mt}c{cs}")
             smem = sa.v4_smem_bytes(mt, cs, False, ver)
-            t = time_us(fn, (sa.CL, n, b), (sa.threads(ver, cs),), args, smem)
+            fn.max_dynamic_shared_size_bytes = smem
+            launch = [partial(fn, (sa.CL, n, b), (sa.threads(ver, cs),), args,
+                              shared_mem=smem)]  # fmt: skip
+            t = bench.time_events(launch, samples=20, warmup=3).median_us
             gbs = 2 * b * s * c / t / 1e3
             print(f"{name:12s} v{ver} B={b} S={s} n={n} attend {t:8.1f} us", end="")
             print(f" {gbs:6.0f} GB/s")

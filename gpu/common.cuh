@@ -12,7 +12,8 @@
 //   clusters      cluster_arrive, cluster_wait (barrier.cluster, sm_90)
 //   Hopper        mbar_init/arrive/expect_tx/wait, bulk_load, consumers_sync,
 //                 ld_acquire; cluster scope: cluster_addr,
-//                 mbar_arrive_remote, bulk_push, bulk_commit, bulk_wait_read0,
+//                 mbar_arrive_remote, bulk_push, st_async_v4, bulk_commit,
+//                 bulk_wait_read0,
 //                 fence_proxy_async, named_sync (sm_90)
 //   grid          last_block_done: the last-block-done counter
 #pragma once
@@ -248,6 +249,17 @@ __device__ __forceinline__ void bulk_push(unsigned cluster_dst, const void* src,
       "cp.async.bulk.shared::cluster.shared::cta.mbarrier::complete_tx::bytes "
       "[%0], [%1], %2, [%3];\n" ::"r"(cluster_dst),
       "r"(smem_u32(src)), "r"(bytes), "r"(cluster_bar)
+      : "memory");
+}
+// Four floats into a remote block's shared memory (both addresses from
+// cluster_addr), completing 16 bytes of that block's mbarrier transaction
+// count: a DSMEM store that signals its receiver (slim attention v8).
+__device__ __forceinline__ void st_async_v4(unsigned cluster_dst, float4 v,
+                                            unsigned cluster_bar) {
+  asm volatile(
+      "st.async.shared::cluster.mbarrier::complete_tx::bytes.v4.f32 "
+      "[%0], {%1, %2, %3, %4}, [%5];\n" ::"r"(cluster_dst),
+      "f"(v.x), "f"(v.y), "f"(v.z), "f"(v.w), "r"(cluster_bar)
       : "memory");
 }
 __device__ __forceinline__ void bulk_commit() {

@@ -635,7 +635,6 @@ __device__ void attend_v4(const __half* q, const __half* cache, float* acc,
       *(uint4*)(qs + swz<CS>(r, ch * 8)) = v;
     }
   }
-  const int dpl = D / 64;  // K-only: half2 per lane, 1 (D = 64) or 2 (128)
 
   // CS threads, CH = CS / 8 per row: a pass covers 8 rows, each thread the
   // same chunk ch0 of rows r0 + 8 k, so its swizzled slot is fixed (v5).
@@ -706,8 +705,8 @@ __device__ void attend_v4(const __half* q, const __half* cache, float* acc,
         const int hl = pr / NK4, key = pr % NK4, hh = rank * hb + hl;
         const __half* qh = q + ((size_t)b * H + hh) * D;
         float s = 0.0f;
-        for (int i = 0; i < dpl; ++i) {
-          int d = (lane + 32 * i) * 2, col = hl * D + d;
+        for (int d = lane * 2; d < D; d += 64) {  // any D % 2 == 0
+          const int col = hl * D + d;
           float2 qv = __half22float2(*(const __half2*)(qh + d));
           float2 kk = __half22float2(
               *(const __half2*)(kt_s + swz<CS>(key, col)));
@@ -1104,6 +1103,305 @@ __device__ void attend_v7(const __half* q, const __half* cache, float* acc,
   cluster_wait();
 }
 
+// --- v8: v7 on a persistent, balanced schedule; scores pushed by st.async ---
+// v7 launches one cluster per (sequence, chunk). Only 15 clusters of 8 fit on
+// a 132-SM card at once, so B n clusters run in ceil(B n / 15) waves (B = 8,
+// n = 9: 72 clusters in 5 waves, the last one 4/5 idle), every wave pays the
+// pipeline's fill, and the step writes and re-reads B n H C float32 partials
+// (38 MB at B = 8, S = 16K), which the gemv reads back with ~1 load in flight
+// per thread: v7's step spends ~80 us after its attend kernel. v8 takes
+// FlashMLA's tile scheduler (get_mla_metadata / num_sm_parts): P clusters
+// (P = the clusters resident at once), the B T tiles of all sequences laid
+// end to end and cut into P equal ranges, cluster c taking tiles
+// [c BT / P, (c+1) BT / P). A range may cross sequences: at each boundary the
+// consumers write the finished sequence's partial and start afresh, the
+// scorers load the next sequence's q. Sequence b's partial from cluster c
+// goes to slot c + b, so there are at most P + B - 1 of them (23 at B = 8).
+// The score push is one st.async (16 bytes, completing on the receiver's
+// mbarrier) per lane and destination, read straight from registers: no bulk
+// copy, no proxy fence, no wait for the copy to read its source.
+template <int MT, int CS>
+__device__ void attend_v8(const __half* q, const __half* cache, float* acc,
+                          float* ml, int H, int S, int SA, int D, int B) {
+  constexpr int M = 16 * MT, NW = CS / 32, RW = CS + 8, NT = 4;
+  constexpr int RPW = (M + NW - 1) / NW;
+  constexpr int CONSUMERS = NW * 32;
+  const int C = CL * CS;
+  extern __shared__ __align__(128) unsigned char smem[];
+  __half* kt = (__half*)smem;                      // NS7 x NK7 x RW
+  float* xch = (float*)(kt + NS7 * NK7 * RW);      // NX7 x M x NK7
+  __half* ps = (__half*)(xch + NX7 * M * NK7);     // 2 x M x PST7
+  float* alpha = (float*)(ps + 2 * M * PST7);      // 2 x M
+  float* stg = alpha + 2 * M;                      // 4 x NK7 (own heads)
+  __half* qs = (__half*)(stg + 4 * NK7);           // hb x D
+  unsigned long long* full = (unsigned long long*)(qs + 4 * 128);
+  unsigned long long* empty = full + NS7;
+  unsigned long long* xfull = empty + NS7;
+  unsigned long long* xempty = xfull + NX7;
+
+  cg::cluster_group cluster = cg::this_cluster();
+  const int rank = (int)cluster.block_rank();
+  const int cid = blockIdx.y, P = gridDim.y;
+  const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
+  const int T = (S + NK7 - 1) / NK7;  // tiles per sequence
+  const long long total = (long long)B * T;
+  const long long g0 = cid * total / P;
+  const int ntiles = (int)((cid + 1) * total / P - g0);  // >= 1 (P <= BT)
+  const int k0 = (int)(g0 % T), b0 = (int)(g0 / T);      // the first tile
+  const int col0 = rank * CS;
+  const int hb = CS / D;  // heads per block (<= 4)
+  const unsigned xbytes = (unsigned)(H * NK7 * 4);  // one tile, all blocks
+
+  if (tid == 0) {
+    for (int s = 0; s < NS7; ++s) {
+      mbar_init(&full[s], 32);
+      mbar_init(&empty[s], NSC7 + NW);
+    }
+    for (int x = 0; x < NX7; ++x) {
+      mbar_init(&xfull[x], 1);
+      mbar_init(&xempty[x], CL);
+    }
+    fence_mbar_init();
+    for (int x = 0; x < NX7; ++x) mbar_expect_tx(&xfull[x], xbytes);
+  }
+  __syncthreads();
+  cluster_arrive();  // every block's barriers exist before anyone pushes
+  cluster_wait();
+
+  if (warp == 0) {
+    // [v8 producer]
+    int k = k0, b = b0;  // tile k of sequence b
+    for (int t = 0; t < ntiles; ++t) {
+      const int s = t % NS7;
+      if (t >= NS7) mbar_wait(&empty[s], (t / NS7 - 1) & 1);
+      const int j = k * NK7 + lane;
+      __half* dst = kt + (s * NK7 + lane) * RW;
+      if (lane == 0)
+        mbar_expect_tx(&full[s], (unsigned)(min(NK7, S - k * NK7) * CS * 2));
+      if (j < S) {
+        bulk_load(dst, cache + ((size_t)b * SA + j) * C + col0, CS * 2,
+                  &full[s]);
+      } else {  // past the sequence: zeros (P is 0 there, and 0 * NaN = NaN)
+        for (int i = 0; i < CS / 8; ++i)
+          *(uint4*)(dst + 8 * i) = make_uint4(0, 0, 0, 0);
+      }
+      if (lane != 0) mbar_arrive(&full[s]);
+      if (++k == T) k = 0, ++b;
+    }
+    // [v8 producer end]
+  } else if (warp <= NSC7) {
+    // [v8 scorers] as v7's, with q reloaded at each sequence's first tile
+    const int sw = warp - 1, mi = lane >> 3, mt = sw % 2;
+    const __half* qlane = qs + (lane % 4) * 2;
+    int k = k0, b = b0;
+    for (int t = 0; t < ntiles; ++t) {
+      const int s = t % NS7, x = t % NX7;
+      if (t == 0 || k == 0) {  // a new sequence: its heads' q
+        named_sync(2, 32 * NSC7);  // every scorer is done with the last one
+        for (int i = tid - 32; i < hb * D; i += 32 * NSC7)
+          qs[i] = q[((size_t)b * H + rank * hb) * D + i];
+        named_sync(2, 32 * NSC7);
+      }
+      mbar_wait(&full[s], (t / NS7) & 1);
+      const __half* arow =
+          kt + s * NK7 * RW + (16 * mt + (mi & 1) * 8 + (lane & 7)) * RW +
+          (mi >> 1) * 8;
+      float c4[2][4] = {};
+      for (int h = sw / 2; h < hb; h += NSC7 / 2) {
+        const bool mine = lane / 4 == h;
+        for (int kk = 0; kk < D / 16; kk += 2) {
+          unsigned a0[4], a1[4], b0f[2], b1f[2];
+          const int col = h * D + kk * 16;
+          ldsm_x4(a0, arow + col);
+          ldsm_x4(a1, arow + col + 16);
+          const unsigned* qa = (const unsigned*)(qlane + col);
+          b0f[0] = mine ? qa[0] : 0u, b0f[1] = mine ? qa[4] : 0u;
+          b1f[0] = mine ? qa[8] : 0u, b1f[1] = mine ? qa[12] : 0u;
+          mma16816(c4[0], a0, b0f);
+          mma16816(c4[1], a1, b1f);
+        }
+      }
+      __syncwarp();
+      if (lane == 0) mbar_arrive(&empty[s]);  // done reading the tile
+#pragma unroll
+      for (int e = 0; e < 4; ++e) c4[0][e] += c4[1][e];
+      named_sync(2, 32 * NSC7);  // the last push has read stg
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        const int hh = (lane % 4) * 2 + e, key = 16 * mt + lane / 4;
+        if (hh < hb && hh % (NSC7 / 2) == sw / 2) {
+          stg[hh * NK7 + key] = c4[0][e];
+          stg[hh * NK7 + key + 8] = c4[0][e + 2];
+        }
+      }
+      named_sync(2, 32 * NSC7);
+      if (sw == 0) {  // lane i: floats 4i..4i+3 of the block's scores, to all
+        if (t >= NX7) mbar_wait(&xempty[x], (t / NX7 - 1) & 1);
+        if (lane < hb * NK7 / 4) {
+          const float4 v = *(const float4*)(stg + 4 * lane);
+          const float* dst = xch + x * M * NK7 + rank * hb * NK7 + 4 * lane;
+#pragma unroll
+          for (int r = 0; r < CL; ++r)
+            st_async_v4(cluster_addr(dst, r), v, cluster_addr(&xfull[x], r));
+        }
+      }
+      if (++k == T) k = 0, ++b;
+    }
+    // [v8 scorers end]
+  } else {
+    // [v8 consumers]
+    const int cw = warp - NSC7 - 1;
+    float acc_r[MT][NT][4], m_r[RPW], l_r[RPW];
+    zero_state(acc_r, m_r, l_r);
+    const float qscale = LOG2E * rsqrtf((float)D);
+    int k = k0, b = b0;
+    for (int t = 0; t < ntiles; ++t) {
+      const int s = t % NS7, x = t % NX7;
+      __half* pst = ps + (t & 1) * M * PST7;
+      float* alt = alpha + (t & 1) * M;
+      mbar_wait(&xfull[x], (t / NX7) & 1);  // every head's scores
+      softmax_tile7<RPW, NW, M>(xch + x * M * NK7, k * NK7 + lane, S, qscale,
+                                H, cw, lane, m_r, l_r, pst, alt);
+      named_sync(1, CONSUMERS);  // P(t) visible; slot x read by all
+      if (cw == 0 && t + NX7 < ntiles) {  // free slot x in every block
+        if (lane == 0) mbar_expect_tx(&xfull[x], xbytes);  // its next phase
+        __syncwarp();  // ...is armed before any block may push into it
+        if (lane < CL) mbar_arrive_remote(cluster_addr(&xempty[x], lane));
+      }
+      mbar_wait(&full[s], (t / NS7) & 1);
+      pk_accumulate7<MT, NT, RW>(acc_r, alt, pst, kt + s * NK7 * RW, cw, lane);
+      __syncwarp();
+      if (lane == 0) mbar_arrive(&empty[s]);
+      if (++k == T || t == ntiles - 1) {  // sequence b's part ends here
+        write_split<MT, NT, RPW, NW>(acc_r, m_r, l_r, acc, ml, cid + b, 1, 0,
+                                     H, C, col0, rank, cw, lane);
+        zero_state(acc_r, m_r, l_r);
+        if (k == T) k = 0, ++b;
+      }
+    }
+    // [v8 consumers end]
+  }
+  __syncwarp();
+  cluster_arrive();  // no block leaves while another may still push into it
+  cluster_wait();
+}
+
+// v8's partial slots of sequence b: the clusters whose tile ranges meet it,
+// first = the one holding tile bT, count up to the one holding (b+1)T - 1
+// (tile t lies in cluster floor(((t+1) P - 1) / BT)); slots first + b ...
+__device__ __forceinline__ void v8_slots(int b, int T, int P, long long total,
+                                         int& first, int& count) {
+  const long long t0 = (long long)b * T, t1 = t0 + T - 1;
+  const int c0 = (int)(((t0 + 1) * P - 1) / total);
+  const int c1 = (int)(((t1 + 1) * P - 1) / total);
+  first = c0 + b;
+  count = c1 - c0 + 1;
+}
+
+// --- gemv8: v8's combine and W GEMV ---
+// grid (H, KC), GT8 threads; dynamic shared memory (BG cc + BG P) floats and
+// 2 BG ints. acc (P + B - 1, H, C), ml (P + B - 1, H, 2), m in log2 units;
+// W (C, C) fp16, 16-byte aligned; part (B, H, KC, D). Block (h, kc) owns W's
+// rows [kc cc, kc cc + cc) of head h's columns. The gemv above runs a thread
+// per column d over every row in turn (one load in flight); here lane % 16
+// is a row group and the 16-byte loads of 8 rows are issued before any is
+// used, so each thread has 8 in flight; the 16 row groups' sums meet by
+// shuffles.
+#define GT8 256
+__device__ void gemv8(const float* acc, const float* ml, const __half* w,
+                      float* part, int B, int H, int C, int D, int P, int T,
+                      int cc) {
+  extern __shared__ float gsm[];
+  float* u = gsm;                          // BG x cc
+  float* wts = gsm + BG * cc;              // BG x P
+  int* sfirst = (int*)(wts + BG * P);      // BG
+  int* scount = sfirst + BG;               // BG
+  const int h = blockIdx.x, kc = blockIdx.y, KC = gridDim.y;
+  const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
+  const int c0 = kc * cc, nc = min(C, c0 + cc) - c0;
+  const long long total = (long long)B * T;
+  for (int bs = 0; bs < B; bs += BG) {
+    const int nb = min(BG, B - bs);
+    for (int bb = warp; bb < nb; bb += GT8 / 32) {
+      int first, n;
+      v8_slots(bs + bb, T, P, total, first, n);
+      const float* m = ml + ((size_t)first * H + h) * 2;
+      float mx = NEG_INF;
+      for (int j = lane; j < n; j += 32) mx = fmaxf(mx, m[(size_t)j * H * 2]);
+      mx = warp_max(mx);
+      float L = 0.0f;
+      for (int j = lane; j < n; j += 32)
+        L += m[(size_t)j * H * 2 + 1] * exp2f(m[(size_t)j * H * 2] - mx);
+      L = warp_sum(L);
+      for (int j = lane; j < n; j += 32)
+        wts[bb * P + j] = exp2f(m[(size_t)j * H * 2] - mx) / L;
+      if (lane == 0) sfirst[bb] = first, scount[bb] = n;
+    }
+    __syncthreads();
+    for (int i = tid; i < BG * nc; i += GT8) {
+      const int bb = i / nc, c = c0 + i % nc;
+      float s = 0.0f;
+      if (bb < nb) {
+        const float* a = acc + ((size_t)sfirst[bb] * H + h) * C + c;
+        for (int j = 0; j < scount[bb]; ++j)
+          s += wts[bb * P + j] * a[(size_t)j * H * C];
+      }
+      u[bb * cc + (c - c0)] = s;
+    }
+    __syncthreads();
+    const int rg = lane % 16;  // rows rg, rg + 16, ...
+    for (int cg = warp * 2 + lane / 16; cg < D / 8; cg += 2 * GT8 / 32) {
+      float r[BG][8];
+#pragma unroll
+      for (int bb = 0; bb < BG; ++bb)
+#pragma unroll
+        for (int e = 0; e < 8; ++e) r[bb][e] = 0.0f;
+      const __half* wc = w + (size_t)c0 * C + h * D + cg * 8;
+      for (int row0 = rg; row0 < nc; row0 += 16 * 8) {
+        uint4 wv[8];
+#pragma unroll
+        for (int i = 0; i < 8; ++i) {
+          const int row = row0 + 16 * i;
+          wv[i] = row < nc ? *(const uint4*)(wc + (size_t)row * C)
+                           : make_uint4(0, 0, 0, 0);
+        }
+#pragma unroll
+        for (int i = 0; i < 8; ++i) {
+          if (row0 + 16 * i >= nc) break;
+          const int row = row0 + 16 * i;
+          const __half2* hv = (const __half2*)&wv[i];
+          float wf[8];
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const float2 f = __half22float2(hv[e]);
+            wf[2 * e] = f.x, wf[2 * e + 1] = f.y;
+          }
+#pragma unroll
+          for (int bb = 0; bb < BG; ++bb) {
+            const float uu = u[bb * cc + row];
+#pragma unroll
+            for (int e = 0; e < 8; ++e) r[bb][e] += uu * wf[e];
+          }
+        }
+      }
+#pragma unroll
+      for (int bb = 0; bb < BG; ++bb)
+#pragma unroll
+        for (int e = 0; e < 8; ++e)
+#pragma unroll
+          for (int o = 8; o > 0; o >>= 1)
+            r[bb][e] += __shfl_xor_sync(0xffffffffu, r[bb][e], o);
+      if (rg == 0)
+        for (int bb = 0; bb < nb; ++bb) {
+          float* o = part + (((size_t)(bs + bb) * H + h) * KC + kc) * D + cg * 8;
+          *(float4*)o = make_float4(r[bb][0], r[bb][1], r[bb][2], r[bb][3]);
+          *(float4*)(o + 4) = make_float4(r[bb][4], r[bb][5], r[bb][6], r[bb][7]);
+        }
+    }
+    __syncthreads();  // u, wts and the slot lists are rewritten next
+  }
+}
+
 // extern "C": one symbol per storage type, version and tile shape.
 #define ENTRY_V1(SUF, T)                                                    \
   extern "C" __global__ void slim_attention_attend_v1_##SUF(                \
@@ -1212,6 +1510,24 @@ ENTRY_V7(1, 256)
 ENTRY_V7(2, 256)
 ENTRY_V7(2, 384)
 ENTRY_V7(2, 512)
+#define ENTRY_V8(MT, CS)                                                    \
+  extern "C" __global__ void __cluster_dims__(CL, 1, 1)                     \
+      __launch_bounds__(32 * (1 + NSC7) + CS, 1)                            \
+          slim_attention_attend_v8_m##MT##c##CS(                            \
+              const __half* q, const __half* cache, float* acc, float* ml,  \
+              int H, int S, int SA, int D, int B) {                         \
+    attend_v8<MT, CS>(q, cache, acc, ml, H, S, SA, D, B);                   \
+  }
+ENTRY_V8(1, 128)
+ENTRY_V8(1, 256)
+ENTRY_V8(2, 256)
+ENTRY_V8(2, 384)
+ENTRY_V8(2, 512)
+extern "C" __global__ void __launch_bounds__(GT8) slim_attention_gemv8_f16(
+    const float* acc, const float* ml, const __half* w, float* part, int B,
+    int H, int C, int D, int P, int T, int cc) {
+  gemv8(acc, ml, w, part, B, H, C, D, P, T, cc);
+}
 #endif  // __CUDA_ARCH__ >= 900
 
 // The largest tile layouts must fit the 227 KB of shared memory a block may

@@ -20,7 +20,7 @@ import numpy as np
 from gpu import runtime as rt
 
 SLUG = "slim_attention"
-VERSIONS = (1, 2, 3, 4, 5, 6, 7)  # K-only cache
+VERSIONS = (1, 2, 3, 4, 5, 6, 7, 8)  # K-only cache
 XVERSIONS = (1, 3, 4, 5)  # X cache with absorbed weights
 DTYPES = (np.float32, np.float16)
 FAST_DTYPES = (np.float16,)  # v2, v3, xv3: fp16 tensor cores
@@ -43,10 +43,14 @@ GT = 128  # gemv threads (GT in the .cu)
 BG = 8  # batch rows per gemv pass (BG in the .cu)
 MAX_SPLIT = 512  # gemv keeps BG x n_split weights in shared memory
 MAX_GRID_YZ = 65535
-# Best first. v2-v7 and xv3-xv5 run as thread-block clusters (sm_90): on an older card
+# Best first. v2-v8 and xv3-xv5 run as thread-block clusters (sm_90): on an older card
 # the launchers run the first of these it can (v1 or xv1, which take float16 and
 # float32 and any H, D), with a notice (gpu.runtime.pick_version, gpu/capability.json).
-FALLBACK = (7, 6, 5, 4, 3, 2, 1)
+FALLBACK = (8, 7, 6, 5, 4, 3, 2, 1)
+# The version a launcher runs when none is named, where the fast path takes the shape:
+# the fastest measured (gpu/NOTES_slim_attention.md).
+DEFAULT_FAST, XDEFAULT_FAST = 7, 5
+GT8 = 256  # gemv8 threads (GT8 in the .cu)
 XFALLBACK = (5, 4, 3, 1)
 FAMILY, XFAMILY = SLUG, SLUG + "_x"  # the K-only and the X-cache ladders in the table
 
@@ -64,12 +68,11 @@ def runnable_version(version: int, xcache: bool = False) -> int:
 
 def default_version(q, xcache: bool = False) -> int:
     """The version a launcher runs when the caller names none: the fastest measured
-    (v7 for the K-only cache, xv5 for the X cache; both timed on the H100, the
-    H200's set predates v7) where the fast path takes q's dtype and (H, D), else
-    v1 (xv1), which takes float32 and float16 and any H and D. A q that is not a
-    (B, H, D) array gets the fast version, and the launcher's checks name what is
-    wrong with it."""
-    fast = XVERSIONS[-1] if xcache else VERSIONS[-1]
+    (DEFAULT_FAST for the K-only cache, XDEFAULT_FAST for the X cache) where the
+    fast path takes q's dtype and (H, D), else v1 (xv1), which takes float32 and
+    float16 and any H and D. A q that is not a (B, H, D) array gets the fast
+    version, and the launcher's checks name what is wrong with it."""
+    fast = XDEFAULT_FAST if xcache else DEFAULT_FAST
     shape = getattr(q, "shape", ())
     if len(shape) != 3:
         return fast
@@ -110,9 +113,10 @@ def fast_smem_bytes(mt: int, nt: int, stages: int) -> int:
 
 def v4_smem_bytes(mt: int, cs: int, xc: bool, version: int = 4) -> int:
     """Dynamic shared memory of v4/v5/xv4/xv5 (v4_smem in the .cu), v6 (v6_smem:
-    three tile stages, P, scores and alpha double-buffered) and v7 (v7_smem_bytes)."""
+    three tile stages, P, scores and alpha double-buffered) and v7, v8
+    (v7_smem_bytes)."""
     m, st = 16 * mt, STAGES_V4[xc]
-    if version == 7:
+    if version in (7, 8):
         return v7_smem_bytes(mt, cs)
     if version == 6:
         return 3 * NK4 * cs * 2 + 2 * m * PST4 * 2 + 2 * m * NK4 * 4 + 2 * m * 4
@@ -126,9 +130,9 @@ def v4_smem_bytes(mt: int, cs: int, xc: bool, version: int = 4) -> int:
 
 
 def v7_smem_bytes(mt: int, cs: int) -> int:
-    """Dynamic shared memory of v7 (v7_smem in the .cu): the tile ring of padded rows,
-    the score-exchange slots, P and alpha double-buffered, the own heads' scores and
-    q, and the mbarriers."""
+    """Dynamic shared memory of v7 and v8 (v7_smem in the .cu): the tile ring of
+    padded rows, the score-exchange slots, P and alpha double-buffered, the own
+    heads' scores and q, and the mbarriers."""
     m = 16 * mt
     return (
         NS7 * NK7 * (cs + 8) * 2
@@ -142,9 +146,9 @@ def v7_smem_bytes(mt: int, cs: int) -> int:
 
 
 def threads(version: int, cs: int) -> int:
-    """Threads per block of v4-v7: a warp per 32 columns (v7 adds its producer and
-    scorer warps)."""
-    return cs + (32 * (1 + NSC7) if version == 7 else 0)
+    """Threads per block of v4-v8: a warp per 32 columns (v7 and v8 add their
+    producer and scorer warps)."""
+    return cs + (32 * (1 + NSC7) if version in (7, 8) else 0)
 
 
 def split_plan(
@@ -176,9 +180,40 @@ def split_plan(
 
 
 def plan(version: int, b: int, h: int, s: int, d: int, n_split=None):
-    """(n_split, chunk) of a cluster version (v2-v7) at these sizes."""
+    """(n_split, chunk) of a cluster version (v2-v7) at these sizes; for v8 (P, T):
+    P clusters over the B T tiles of T = ceil(S / NK7) keys (persistent_plan)."""
+    if version == 8:
+        return persistent_plan(b, s, n_split)
     nk = NK7 if version == 7 else NK4 if version >= 4 else NK
     return split_plan(b, s, n_split, h, h * d, nk)
+
+
+def persistent_plan(b: int, s: int, n_split: int | None = None) -> tuple[int, int]:
+    """(P, T) of v8: T = ceil(S / NK7) tiles per sequence, and P clusters that take
+    the B T tiles of all sequences, laid end to end, in P equal ranges (FlashMLA's
+    tile scheduler). P defaults to the clusters resident at once (ACTIVE_CLUSTERS);
+    ``n_split`` names it instead (1 <= n_split <= min(S, MAX_SPLIT), as for v2-v7).
+    Never more clusters than tiles: P <= B T. Sequence b's partials go to slots
+    c + b, so a step has at most P + B - 1 of them."""
+    t = math.ceil(s / NK7)
+    if n_split is None:
+        sms = rt.sm_count() if rt.available() else 132
+        p = ACTIVE_CLUSTERS.get(sms, sms // CL - 1)
+    else:
+        if not 1 <= int(n_split) <= min(s, MAX_SPLIT):
+            raise ValueError(
+                f"n_split must be in [1, min(S = {s}, {MAX_SPLIT})], got {n_split}"
+            )
+        p = int(n_split)
+    return max(1, min(p, b * t)), t
+
+
+def gemv8_plan(h: int, c: int) -> tuple[int, int]:
+    """(KC, cc) of gemv8: W's C rows in KC chunks of cc, so that H x KC blocks of
+    GT8 threads are about four per SM (KC <= C / 64)."""
+    kc = max(1, min(math.ceil(c / 64), math.ceil(512 / h)))
+    cc = math.ceil(c / kc)
+    return math.ceil(c / cc), cc
 
 
 def gemv_plan(h: int, c: int) -> tuple[int, int]:
@@ -193,10 +228,11 @@ def _layout(version, b, h, s, d, n_split=None) -> dict[str, tuple[int, int]]:
     """Offsets and sizes (float32 elements) of the scratch arrays of one step."""
     c = h * d
     n = 1 if version == 1 else plan(version, b, h, s, d, n_split)[0]
-    kc, _ = gemv_plan(h, c)
+    rows = n + b - 1 if version == 8 else b * n  # v8: P + B - 1 slots
+    kc, _ = gemv8_plan(h, c) if version == 8 else gemv_plan(h, c)
     sizes = {
-        "acc": b * n * h * c,  # u partials (B, n, H, C)
-        "ml": b * n * h * 2,  # (m, l) per split (B, n, H, 2)
+        "acc": rows * h * c,  # u partials (B, n, H, C); v8 (P + B - 1, H, C)
+        "ml": rows * h * 2,  # (m, l) per split (B, n, H, 2); v8 (P + B - 1, H, 2)
         "part": b * h * kc * d,  # gemv partial sums (B, H, KC, D)
         "scores": b * h * s if version == 1 else 0,  # v1's (B, H, S)
         # q~ (B, H, C) of the X cache: float32 for xv1, fp16 (half the room) for xv3
@@ -272,7 +308,7 @@ def _check(q, cache, w, b_v, version, versions, length, name):
         raise ValueError(f"B = {b} exceeds the grid limit {MAX_GRID_YZ}")
     if version != 1:
         fast_shape(h, d)
-        for nm, a in (("q", q), (name, cache)):
+        for nm, a in (("q", q), (name, cache)) + ((("w", w),) if version == 8 else ()):
             if a.data.ptr % 16:
                 raise ValueError(f"v{version} needs {nm} 16-byte aligned")
     return b, h, d, c, s, sa
@@ -317,7 +353,6 @@ def _attend_gemv_finish(prefix, version, qx, cache, w, b_v, out, v, dims, n_spli
     i32 = np.int32
     suf = _SUFFIX[cache.dtype]
     n, chunk = (1, s) if version == 1 else plan(version, b, h, s, d, n_split)
-    kc, cc = gemv_plan(h, c)
     acc, ml = v["acc"], v["ml"]
     if version == 1:
         fn = rt.kernel(SLUG, f"slim_attention_attend_{prefix}_{suf}")
@@ -325,19 +360,31 @@ def _attend_gemv_finish(prefix, version, qx, cache, w, b_v, out, v, dims, n_spli
         fn((h, b), (128,), args + (i32(d), i32(qx.shape[2])))
     else:
         mt, nt = fast_shape(h, d)
-        args = (qx, cache, acc, ml, i32(h), i32(s), i32(sa), i32(d), i32(chunk))
+        # v8: (CL, P) persistent clusters over all B sequences; its last argument
+        # is B where v2-v7's is the chunk length
+        last = i32(b) if version == 8 else i32(chunk)
+        args = (qx, cache, acc, ml, i32(h), i32(s), i32(sa), i32(d), last)
+        grid = (CL, n) if version == 8 else (CL, n, b)
         if version >= 4:
             cs = c // CL
             smem = v4_smem_bytes(mt, cs, prefix.startswith("x"), version)
             fn = _fast_kernel(prefix, mt, f"c{cs}", smem)
-            fn((CL, n, b), (threads(version, cs),), args, shared_mem=smem)
+            fn(grid, (threads(version, cs),), args, shared_mem=smem)
         else:
             smem = fast_smem_bytes(mt, nt, STAGES.get(version, 4))
             fn = _fast_kernel(prefix, mt, f"n{nt}", smem)
-            fn((CL, n, b), (THREADS_FAST,), args, shared_mem=smem)
-    gemv = rt.kernel(SLUG, f"slim_attention_gemv_{suf}")
-    args = (acc, ml, w, v["part"], i32(b), i32(h), i32(c), i32(d), i32(n), i32(cc))
-    gemv((h, kc), (GT,), args, shared_mem=4 * BG * (cc + n))
+            fn(grid, (THREADS_FAST,), args, shared_mem=smem)
+    if version == 8:  # slots c + b of P clusters (chunk = T, tiles per sequence)
+        kc, cc = gemv8_plan(h, c)
+        gemv = rt.kernel(SLUG, "slim_attention_gemv8_f16")
+        args = (acc, ml, w, v["part"], i32(b), i32(h), i32(c), i32(d), i32(n))
+        smem = 4 * BG * (cc + n + 2)
+        gemv((h, kc), (GT8,), args + (i32(chunk), i32(cc)), shared_mem=smem)
+    else:
+        kc, cc = gemv_plan(h, c)
+        gemv = rt.kernel(SLUG, f"slim_attention_gemv_{suf}")
+        args = (acc, ml, w, v["part"], i32(b), i32(h), i32(c), i32(d), i32(n), i32(cc))
+        gemv((h, kc), (GT,), args, shared_mem=4 * BG * (cc + n))
     fin = rt.kernel(SLUG, f"slim_attention_finish_{suf}")
     fin((b * h,), (128,), (v["part"], b_v, out, i32(h), i32(d), i32(kc)))
     return out
@@ -364,17 +411,18 @@ def slim_decode(
         k_cache: (B, S, C) keys, C = H*D, the only cache; rows >= length unused.
         w_kv: (C, C) = W_K^-1 W_V (reference.slim_attention.fold_w_kv), q's dtype.
         b_v: (C,) value bias or None (the key bias is dropped: it cancels).
-        version: 1 (float32 or float16, any H and D), 2-7 (float16, tensor cores,
-            the shapes of fast_shape). None (the default): default_version, i.e. v7
-            where the fast path takes the shape and dtype, else v1. A version named
-            for a shape it cannot take raises ValueError.
+        version: 1 (float32 or float16, any H and D), 2-8 (float16, tensor cores,
+            the shapes of fast_shape). None (the default): default_version, i.e.
+            DEFAULT_FAST where the fast path takes the shape and dtype, else v1. A
+            version named for a shape it cannot take raises ValueError.
         length: keys to attend (default S).
-        n_split: v2-v7: chunks S is split into (default split_plan).
+        n_split: v2-v7: chunks S is split into (default split_plan); v8: the
+            clusters that share all B S keys (default persistent_plan).
         out, workspace: optional preallocated (B, H, D) output of q's dtype and
             float32 scratch of >= workspace_elems(version, B, H, length, D) elements.
     Returns:
         out (B, H, D), q's dtype; float32 accumulation throughout.
-    On a card without clusters (below sm_90) v2-v7 run as v1 (runnable_version).
+    On a card without clusters (below sm_90) v2-v8 run as v1 (runnable_version).
     """
     version = runnable_version(default_version(q) if version is None else version)
     b, h, d, c, s, sa = _check(

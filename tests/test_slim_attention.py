@@ -521,7 +521,9 @@ def test_minilm_layers_numbers():
 
 # --- 10. GPU: gpu/slim_attention.cu against the float64 truth ------------------------
 
-GPU_FAST_HD = [(8, 128), (16, 64), (16, 128), (24, 128), (32, 64), (32, 96), (32, 128)]
+GPU_FAST_HD = [
+    (8, 128), (8, 256), (16, 64), (16, 128), (24, 128), (32, 64), (32, 96), (32, 128)
+]  # fmt: skip
 # MHA shapes of the paper's tables that the fast path does not take (Whisper,
 # C = 5120 with H = 40, MiniLM): the launchers' default runs v1 / xv1 for them.
 GPU_OTHER_HD = [(20, 64), (40, 128), (12, 32)]
@@ -537,8 +539,11 @@ def _q_like(shape, dtype):
 def test_default_version_takes_the_fast_path_where_it_can(h, d):
     from gpu import slim_attention as gsa
 
-    assert gsa.default_version(_q_like((2, h, d), np.float16)) == gsa.VERSIONS[-1]
-    assert gsa.default_version(_q_like((2, h, d), np.float16), xcache=True) == 5
+    fast = gsa.DEFAULT_FAST
+    assert fast in gsa.VERSIONS and fast != 1
+    assert gsa.default_version(_q_like((2, h, d), np.float16)) == fast
+    xfast = gsa.XDEFAULT_FAST
+    assert gsa.default_version(_q_like((2, h, d), np.float16), xcache=True) == xfast
     assert gsa.default_version(_q_like((2, h, d), np.float32)) == 1  # v2+: fp16
 
 
@@ -551,7 +556,41 @@ def test_default_version_falls_back_to_v1_for_other_shapes(h, d):
     for xc in (False, True):
         assert gsa.default_version(_q_like((2, h, d), np.float16), xcache=xc) == 1
     # not a (B, H, D) array: the fast version, whose checks then name the problem
-    assert gsa.default_version(np.zeros(3)) == gsa.VERSIONS[-1]
+    assert gsa.default_version(np.zeros(3)) == gsa.DEFAULT_FAST
+
+
+def _v8_range(c: int, p: int, total: int) -> range:
+    """Cluster c's tiles in attend_v8 (gpu/slim_attention.cu): [cBT/P, (c+1)BT/P)."""
+    return range(c * total // p, (c + 1) * total // p)
+
+
+@given(
+    b=st.integers(1, 70),
+    s=st.integers(1, 5000),
+    n=st.one_of(st.none(), st.integers(1, 512)),
+)
+def test_v8_schedule_covers_every_tile_once_and_slots_are_unique(b, s, n):
+    """The persistent plan of v8: P clusters whose ranges tile the B T tiles exactly,
+    none empty; the clusters meeting sequence b are those v8_slots names; and the
+    slots c + b of all (cluster, sequence) pairs are distinct and < P + B - 1."""
+    from gpu import slim_attention as gsa
+
+    n = None if n is None else min(n, s)
+    p, t = gsa.persistent_plan(b, s, n)
+    total = b * t
+    assert t == -(-s // gsa.NK7) and 1 <= p <= min(total, gsa.MAX_SPLIT)
+    ranges = [_v8_range(c, p, total) for c in range(p)]
+    assert all(len(r) >= 1 for r in ranges)
+    assert [i for r in ranges for i in r] == list(range(total))
+    slots = []
+    for bb in range(b):
+        lo, hi = bb * t, (bb + 1) * t
+        meets = [c for c, r in enumerate(ranges) if r.start < hi and r.stop > lo]
+        first = ((bb * t + 1) * p - 1) // total  # the .cu's v8_slots
+        last = (((bb + 1) * t) * p - 1) // total
+        assert meets == list(range(first, last + 1))
+        slots += [c + bb for c in meets]
+    assert len(set(slots)) == len(slots) and max(slots) <= p + b - 2
 
 
 @st.composite
@@ -669,7 +708,7 @@ def test_gpu_v1_matches_baseline(dtype, cs):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("version", [2, 3, 4, 5, 6, 7])
+@pytest.mark.parametrize("version", [2, 3, 4, 5, 6, 7, 8])
 @given(cs=_gpu_case(fast=True))
 def test_gpu_fast_matches_baseline(version, cs):
     _gpu_check(version, cs, np.float16, xcache=False)
@@ -753,10 +792,24 @@ def test_gpu_every_split_plan_agrees():
     q, cache, w, b_v, _ = _gpu_inputs(b, h, d, s_alloc, 1.0, True, 11, np.float16)
     ref = _gpu_truth(q, cache, w, b_v)
     scale = slim_kernel_scale(q, cache, w, fp16_p=True)
-    for version in (3, 4, 5, 6, 7):
+    for version in (3, 4, 5, 6, 7, 8):
         for n in (1, 2, 3, 7, 15, 16, 31, 32):
             got = _gpu_run_slim(version, q, cache, w, b_v, None, n)
             assert_close(got, ref, "gpu", np.float16, scale)
+
+
+@pytest.mark.gpu
+def test_gpu_v8_ranges_across_sequences_agree():
+    """v8's P clusters share all B sequences' tiles: ranges that start and end inside
+    a sequence, cover several short ones, or one tile each (P = B T) must give each
+    sequence its own output. B = 5 sequences of S = 70 keys (T = 3 tiles)."""
+    b, h, d, s_alloc = 5, 16, 64, 70
+    q, cache, w, b_v, _ = _gpu_inputs(b, h, d, s_alloc, 1.0, True, 12, np.float16)
+    ref = _gpu_truth(q, cache, w, b_v)
+    scale = slim_kernel_scale(q, cache, w, fp16_p=True)
+    for n in (1, 2, 4, 7, 14, 15, 16, 70):  # P = min(n, B T = 15)
+        got = _gpu_run_slim(8, q, cache, w, b_v, None, n)
+        assert_close(got, ref, "gpu", np.float16, scale)
 
 
 @pytest.mark.gpu

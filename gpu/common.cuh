@@ -12,7 +12,8 @@
 //   clusters      cluster_arrive, cluster_wait (barrier.cluster, sm_90)
 //   Hopper        mbar_init/arrive/expect_tx/wait, bulk_load, consumers_sync,
 //                 ld_acquire; cluster scope: cluster_addr,
-//                 mbar_arrive_remote, bulk_push, st_async_v4, bulk_commit,
+//                 mbar_arrive_remote, bulk_push, st_async_v4, bulk_prefetch_l2,
+//                 bulk_commit,
 //                 bulk_wait_read0,
 //                 fence_proxy_async, named_sync (sm_90)
 //   grid          last_block_done: the last-block-done counter
@@ -261,6 +262,14 @@ __device__ __forceinline__ void st_async_v4(unsigned cluster_dst, float4 v,
       "[%0], {%1, %2, %3, %4}, [%5];\n" ::"r"(cluster_dst),
       "f"(v.x), "f"(v.y), "f"(v.z), "f"(v.w), "r"(cluster_bar)
       : "memory");
+}
+// bytes (a multiple of 16, 16-byte aligned) of global memory into L2, with
+// nothing to wait for (the loads that follow find them there).
+__device__ __forceinline__ void bulk_prefetch_l2(const void* src,
+                                                 unsigned bytes) {
+  asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;\n" ::"l"(src),
+               "r"(bytes)
+               : "memory");
 }
 __device__ __forceinline__ void bulk_commit() {
   asm volatile("cp.async.bulk.commit_group;\n" ::: "memory");

@@ -1301,13 +1301,32 @@ __device__ __forceinline__ void v8_slots(int b, int T, int P, long long total,
 // --- gemv8: v8's combine and W GEMV ---
 // grid (H, KC), GT8 threads; dynamic shared memory (BG cc + BG P) floats and
 // 2 BG ints. acc (P + B - 1, H, C), ml (P + B - 1, H, 2), m in log2 units;
-// W (C, C) fp16, 16-byte aligned; part (B, H, KC, D). Block (h, kc) owns W's
-// rows [kc cc, kc cc + cc) of head h's columns. The gemv above runs a thread
-// per column d over every row in turn (one load in flight); here lane % 16
-// is a row group and the 16-byte loads of 8 rows are issued before any is
-// used, so each thread has 8 in flight; the 16 row groups' sums meet by
-// shuffles.
+// W (C, C) fp16, 16-byte aligned; part (B, H, KC, D); cc and C multiples of
+// 16. Block (h, kc) owns W's rows [kc cc, kc cc + cc) of head h's columns.
+// The gemv above runs a thread per column d over every row in turn (one load
+// in flight) and a thread per combined element over the slots (one more).
+// Here everything is issued in batches before it is used:
+//   combine  IT8 items of 4 columns per thread, two slots per round: 2 IT8
+//            16-byte loads in flight per thread;
+//   W        the block's rows are prefetched to L2 (one bulk prefetch per
+//            row) before the combine, so they stream in meanwhile; then
+//            lane % 16 is a row group (rows rg, rg + 16, ...), lane / 16 and
+//            the warp pick 8 columns, WB8 rows' 16-byte loads per batch; the
+//            16 row groups' sums meet by shuffles.
+// KC is chosen so that H KC blocks fit the card in one wave (gemv8_plan).
 #define GT8 256
+#define IT8 4
+#define WB8 8
+__device__ __forceinline__ void w_batch8(uint4 (&wv)[WB8], const __half* wc,
+                                         int row0, int nc, int C) {
+#pragma unroll
+  for (int i = 0; i < WB8; ++i) {
+    const int row = row0 + 16 * i;
+    wv[i] = row < nc ? *(const uint4*)(wc + (size_t)row * C)
+                     : make_uint4(0, 0, 0, 0);
+  }
+}
+
 __device__ void gemv8(const float* acc, const float* ml, const __half* w,
                       float* part, int B, int H, int C, int D, int P, int T,
                       int cc) {
@@ -1319,9 +1338,13 @@ __device__ void gemv8(const float* acc, const float* ml, const __half* w,
   const int h = blockIdx.x, kc = blockIdx.y, KC = gridDim.y;
   const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
   const int c0 = kc * cc, nc = min(C, c0 + cc) - c0;
+  const int rg = lane % 16, cgs = D / 8, n4 = nc / 4, items = BG * n4;
   const long long total = (long long)B * T;
   for (int bs = 0; bs < B; bs += BG) {
     const int nb = min(BG, B - bs);
+    if (bs == 0)  // W's block rows to L2 now: they stream in during the combine
+      for (int row = tid; row < nc; row += GT8)
+        bulk_prefetch_l2(w + (size_t)(c0 + row) * C + h * D, D * 2);
     for (int bb = warp; bb < nb; bb += GT8 / 32) {
       int first, n;
       v8_slots(bs + bb, T, P, total, first, n);
@@ -1338,35 +1361,56 @@ __device__ void gemv8(const float* acc, const float* ml, const __half* w,
       if (lane == 0) sfirst[bb] = first, scount[bb] = n;
     }
     __syncthreads();
-    for (int i = tid; i < BG * nc; i += GT8) {
-      const int bb = i / nc, c = c0 + i % nc;
-      float s = 0.0f;
-      if (bb < nb) {
-        const float* a = acc + ((size_t)sfirst[bb] * H + h) * C + c;
-        for (int j = 0; j < scount[bb]; ++j)
-          s += wts[bb * P + j] * a[(size_t)j * H * C];
+    int maxc = 0;
+    for (int bb = 0; bb < nb; ++bb) maxc = max(maxc, scount[bb]);
+    for (int i0 = tid; i0 < items; i0 += IT8 * GT8) {
+      float4 sum[IT8];
+#pragma unroll
+      for (int k = 0; k < IT8; ++k) sum[k] = make_float4(0.f, 0.f, 0.f, 0.f);
+      for (int j0 = 0; j0 < maxc; j0 += 2) {
+        float4 v[IT8][2];
+        float wt[IT8][2];
+#pragma unroll
+        for (int k = 0; k < IT8; ++k)
+#pragma unroll
+          for (int jj = 0; jj < 2; ++jj) {
+            const int i = i0 + k * GT8, bb = i / n4, j = j0 + jj;
+            const bool ok = i < items && bb < nb && j < scount[bb];
+            wt[k][jj] = ok ? wts[bb * P + j] : 0.0f;
+            v[k][jj] = ok ? *(const float4*)(acc +
+                                              ((size_t)(sfirst[bb] + j) * H +
+                                               h) * C + c0 + 4 * (i % n4))
+                          : make_float4(0.f, 0.f, 0.f, 0.f);
+          }
+#pragma unroll
+        for (int k = 0; k < IT8; ++k)
+#pragma unroll
+          for (int jj = 0; jj < 2; ++jj) {
+            sum[k].x += wt[k][jj] * v[k][jj].x;
+            sum[k].y += wt[k][jj] * v[k][jj].y;
+            sum[k].z += wt[k][jj] * v[k][jj].z;
+            sum[k].w += wt[k][jj] * v[k][jj].w;
+          }
       }
-      u[bb * cc + (c - c0)] = s;
+#pragma unroll
+      for (int k = 0; k < IT8; ++k) {
+        const int i = i0 + k * GT8;
+        if (i < items) *(float4*)(u + (i / n4) * cc + 4 * (i % n4)) = sum[k];
+      }
     }
     __syncthreads();
-    const int rg = lane % 16;  // rows rg, rg + 16, ...
-    for (int cg = warp * 2 + lane / 16; cg < D / 8; cg += 2 * GT8 / 32) {
+    for (int cg = warp * 2 + lane / 16; cg < cgs; cg += 2 * GT8 / 32) {
+      const __half* wc = w + (size_t)c0 * C + h * D + cg * 8;
       float r[BG][8];
 #pragma unroll
       for (int bb = 0; bb < BG; ++bb)
 #pragma unroll
         for (int e = 0; e < 8; ++e) r[bb][e] = 0.0f;
-      const __half* wc = w + (size_t)c0 * C + h * D + cg * 8;
-      for (int row0 = rg; row0 < nc; row0 += 16 * 8) {
-        uint4 wv[8];
+      for (int row0 = rg; row0 < nc; row0 += 16 * WB8) {
+        uint4 wv[WB8];
+        w_batch8(wv, wc, row0, nc, C);
 #pragma unroll
-        for (int i = 0; i < 8; ++i) {
-          const int row = row0 + 16 * i;
-          wv[i] = row < nc ? *(const uint4*)(wc + (size_t)row * C)
-                           : make_uint4(0, 0, 0, 0);
-        }
-#pragma unroll
-        for (int i = 0; i < 8; ++i) {
+        for (int i = 0; i < WB8; ++i) {
           if (row0 + 16 * i >= nc) break;
           const int row = row0 + 16 * i;
           const __half2* hv = (const __half2*)&wv[i];
@@ -1393,9 +1437,11 @@ __device__ void gemv8(const float* acc, const float* ml, const __half* w,
             r[bb][e] += __shfl_xor_sync(0xffffffffu, r[bb][e], o);
       if (rg == 0)
         for (int bb = 0; bb < nb; ++bb) {
-          float* o = part + (((size_t)(bs + bb) * H + h) * KC + kc) * D + cg * 8;
+          float* o =
+              part + (((size_t)(bs + bb) * H + h) * KC + kc) * D + cg * 8;
           *(float4*)o = make_float4(r[bb][0], r[bb][1], r[bb][2], r[bb][3]);
-          *(float4*)(o + 4) = make_float4(r[bb][4], r[bb][5], r[bb][6], r[bb][7]);
+          *(float4*)(o + 4) =
+              make_float4(r[bb][4], r[bb][5], r[bb][6], r[bb][7]);
         }
     }
     __syncthreads();  // u, wts and the slot lists are rewritten next
@@ -1523,7 +1569,7 @@ ENTRY_V8(1, 256)
 ENTRY_V8(2, 256)
 ENTRY_V8(2, 384)
 ENTRY_V8(2, 512)
-extern "C" __global__ void __launch_bounds__(GT8) slim_attention_gemv8_f16(
+extern "C" __global__ void __launch_bounds__(GT8, 2) slim_attention_gemv8_f16(
     const float* acc, const float* ml, const __half* w, float* part, int B,
     int H, int C, int D, int P, int T, int cc) {
   gemv8(acc, ml, w, part, B, H, C, D, P, T, cc);

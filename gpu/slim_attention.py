@@ -209,10 +209,10 @@ def persistent_plan(b: int, s: int, n_split: int | None = None) -> tuple[int, in
 
 
 def gemv8_plan(h: int, c: int) -> tuple[int, int]:
-    """(KC, cc) of gemv8: W's C rows in KC chunks of cc, so that H x KC blocks of
-    GT8 threads are about four per SM (KC <= C / 64)."""
-    kc = max(1, min(math.ceil(c / 64), math.ceil(512 / h)))
-    cc = math.ceil(c / kc)
+    """(KC, cc) of gemv8: W's C rows in KC chunks of cc (a multiple of 16), with
+    H x KC <= 264 blocks (two per SM on a 132-SM card: one wave) and cc >= 64."""
+    kc = max(1, min(c // 64, 264 // h))
+    cc = math.ceil(c / kc / 16) * 16
     return math.ceil(c / cc), cc
 
 

@@ -816,6 +816,7 @@ def test_gpu_v8_ranges_across_sequences_agree():
 def test_gpu_bad_inputs_rejected_before_launch():
     import cupy as cp
 
+    from gpu import slim_attention as gsa
     from gpu.slim_attention import slim_decode, xcache_decode, xcache_wkt
 
     f16 = cp.float16
@@ -840,7 +841,10 @@ def test_gpu_bad_inputs_rejected_before_launch():
             version=3,
         )
     with pytest.raises(ValueError, match="version"):
-        slim_decode(q, k, w, version=8)
+        slim_decode(q, k, w, version=max(gsa.VERSIONS) + 1)
+    w_odd = cp.zeros(4096 * 4096 + 1, f16)[1:].reshape(4096, 4096)  # 2-byte offset
+    with pytest.raises(ValueError, match="w"):
+        slim_decode(q, k, w_odd, version=8)  # v8's gemv reads W 16 bytes at a time
     with pytest.raises(ValueError, match="n_split"):
         slim_decode(q, k, w, n_split=51)
     with pytest.raises((TypeError, ValueError), match="b_v"):

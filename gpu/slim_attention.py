@@ -49,7 +49,7 @@ MAX_GRID_YZ = 65535
 FALLBACK = (8, 7, 6, 5, 4, 3, 2, 1)
 # The version a launcher runs when none is named, where the fast path takes the shape:
 # the fastest measured (gpu/NOTES_slim_attention.md).
-DEFAULT_FAST, XDEFAULT_FAST = 7, 5
+DEFAULT_FAST, XDEFAULT_FAST = 8, 5
 GT8 = 256  # gemv8 threads (GT8 in the .cu)
 XFALLBACK = (5, 4, 3, 1)
 FAMILY, XFAMILY = SLUG, SLUG + "_x"  # the K-only and the X-cache ladders in the table

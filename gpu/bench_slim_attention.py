@@ -37,11 +37,11 @@ GRID = bench.Grid(
         kv_max_bytes=40e9,  # cases whose K + V baseline exceeds this are left out
         v1_max_bs=16384,  # v1 reads the cache H times: only up to this B S
     ),
-    versions=dict(slim=(1, 2, 3, 4, 5, 6, 7, 8), x=(3, 4, 5)),
+    versions=dict(slim=(1, 2, 3, 4, 5, 6, 7, 8, 9), x=(3, 4, 5)),
     baselines={"torch_sdpa": ("B", "S"), "kv_v7": ("B", "S")},
     sweeps=dict(
         slim_attention_split=dict(
-            B=(1, 8), S=16384, versions=(6, 7, 8),
+            B=(1, 8), S=16384, versions=(6, 7, 8, 9),
             n_split=(1, 2, 4, 8, 15, 16, 30, 32, 64),
         ),
     ),
@@ -194,7 +194,7 @@ def decode(quick: bool, read_bw) -> list[dict]:
 
 
 def split_sweep(read_bw) -> list[dict]:
-    """v6's, v7's and v8's time against n_split at B = 1 and 8, S = 16K (split_plan's
+    """v6's to v9's time against n_split at B = 1 and 8, S = 16K (split_plan's
     byte model picks one of these): GRID's slim_attention_split."""
     import cupy as cp
 

@@ -20,7 +20,7 @@ import numpy as np
 from gpu import runtime as rt
 
 SLUG = "slim_attention"
-VERSIONS = (1, 2, 3, 4, 5, 6, 7, 8)  # K-only cache
+VERSIONS = (1, 2, 3, 4, 5, 6, 7, 8, 9)  # K-only cache
 XVERSIONS = (1, 3, 4, 5)  # X cache with absorbed weights
 DTYPES = (np.float32, np.float16)
 FAST_DTYPES = (np.float16,)  # v2, v3, xv3: fp16 tensor cores
@@ -46,11 +46,13 @@ MAX_GRID_YZ = 65535
 # Best first. v2-v8 and xv3-xv5 run as thread-block clusters (sm_90): on an older card
 # the launchers run the first of these it can (v1 or xv1, which take float16 and
 # float32 and any H, D), with a notice (gpu.runtime.pick_version, gpu/capability.json).
-FALLBACK = (8, 7, 6, 5, 4, 3, 2, 1)
+FALLBACK = (9, 8, 7, 6, 5, 4, 3, 2, 1)
 # The version a launcher runs when none is named, where the fast path takes the shape:
 # the fastest measured (gpu/NOTES_slim_attention.md).
 DEFAULT_FAST, XDEFAULT_FAST = 8, 5
 GT8 = 256  # gemv8 threads (GT8 in the .cu)
+PERSISTENT = (8, 9)  # versions on v8's persistent schedule, with gemv8
+PF9 = 10  # v9's L2 prefetch distance, tiles (PF9 in the .cu)
 XFALLBACK = (5, 4, 3, 1)
 FAMILY, XFAMILY = SLUG, SLUG + "_x"  # the K-only and the X-cache ladders in the table
 
@@ -116,7 +118,7 @@ def v4_smem_bytes(mt: int, cs: int, xc: bool, version: int = 4) -> int:
     three tile stages, P, scores and alpha double-buffered) and v7, v8
     (v7_smem_bytes)."""
     m, st = 16 * mt, STAGES_V4[xc]
-    if version in (7, 8):
+    if version in (7, 8, 9):
         return v7_smem_bytes(mt, cs)
     if version == 6:
         return 3 * NK4 * cs * 2 + 2 * m * PST4 * 2 + 2 * m * NK4 * 4 + 2 * m * 4
@@ -148,7 +150,7 @@ def v7_smem_bytes(mt: int, cs: int) -> int:
 def threads(version: int, cs: int) -> int:
     """Threads per block of v4-v8: a warp per 32 columns (v7 and v8 add their
     producer and scorer warps)."""
-    return cs + (32 * (1 + NSC7) if version in (7, 8) else 0)
+    return cs + (32 * (1 + NSC7) if version in (7, 8, 9) else 0)
 
 
 def split_plan(
@@ -180,9 +182,9 @@ def split_plan(
 
 
 def plan(version: int, b: int, h: int, s: int, d: int, n_split=None):
-    """(n_split, chunk) of a cluster version (v2-v7) at these sizes; for v8 (P, T):
+    """(n_split, chunk) of a cluster version (v2-v7) at these sizes; for v8, v9 (P, T):
     P clusters over the B T tiles of T = ceil(S / NK7) keys (persistent_plan)."""
-    if version == 8:
+    if version in PERSISTENT:
         return persistent_plan(b, s, n_split)
     nk = NK7 if version == 7 else NK4 if version >= 4 else NK
     return split_plan(b, s, n_split, h, h * d, nk)
@@ -228,8 +230,8 @@ def _layout(version, b, h, s, d, n_split=None) -> dict[str, tuple[int, int]]:
     """Offsets and sizes (float32 elements) of the scratch arrays of one step."""
     c = h * d
     n = 1 if version == 1 else plan(version, b, h, s, d, n_split)[0]
-    rows = n + b - 1 if version == 8 else b * n  # v8: P + B - 1 slots
-    kc, _ = gemv8_plan(h, c) if version == 8 else gemv_plan(h, c)
+    rows = n + b - 1 if version in PERSISTENT else b * n  # v8: P + B - 1 slots
+    kc, _ = gemv8_plan(h, c) if version in PERSISTENT else gemv_plan(h, c)
     sizes = {
         "acc": rows * h * c,  # u partials (B, n, H, C); v8 (P + B - 1, H, C)
         "ml": rows * h * 2,  # (m, l) per split (B, n, H, 2); v8 (P + B - 1, H, 2)
@@ -308,7 +310,8 @@ def _check(q, cache, w, b_v, version, versions, length, name):
         raise ValueError(f"B = {b} exceeds the grid limit {MAX_GRID_YZ}")
     if version != 1:
         fast_shape(h, d)
-        for nm, a in (("q", q), (name, cache)) + ((("w", w),) if version == 8 else ()):
+        w16 = (("w", w),) if version in PERSISTENT else ()  # gemv8: 16-byte loads
+        for nm, a in (("q", q), (name, cache)) + w16:
             if a.data.ptr % 16:
                 raise ValueError(f"v{version} needs {nm} 16-byte aligned")
     return b, h, d, c, s, sa
@@ -362,9 +365,9 @@ def _attend_gemv_finish(prefix, version, qx, cache, w, b_v, out, v, dims, n_spli
         mt, nt = fast_shape(h, d)
         # v8: (CL, P) persistent clusters over all B sequences; its last argument
         # is B where v2-v7's is the chunk length
-        last = i32(b) if version == 8 else i32(chunk)
+        last = i32(b) if version in PERSISTENT else i32(chunk)
         args = (qx, cache, acc, ml, i32(h), i32(s), i32(sa), i32(d), last)
-        grid = (CL, n) if version == 8 else (CL, n, b)
+        grid = (CL, n) if version in PERSISTENT else (CL, n, b)
         if version >= 4:
             cs = c // CL
             smem = v4_smem_bytes(mt, cs, prefix.startswith("x"), version)
@@ -374,7 +377,7 @@ def _attend_gemv_finish(prefix, version, qx, cache, w, b_v, out, v, dims, n_spli
             smem = fast_smem_bytes(mt, nt, STAGES.get(version, 4))
             fn = _fast_kernel(prefix, mt, f"n{nt}", smem)
             fn(grid, (THREADS_FAST,), args, shared_mem=smem)
-    if version == 8:  # slots c + b of P clusters (chunk = T, tiles per sequence)
+    if version in PERSISTENT:  # slots c + b of P clusters (chunk = T per sequence)
         kc, cc = gemv8_plan(h, c)
         gemv = rt.kernel(SLUG, "slim_attention_gemv8_f16")
         args = (acc, ml, w, v["part"], i32(b), i32(h), i32(c), i32(d), i32(n))

@@ -147,7 +147,8 @@ def _geometry():
         slim.append((f"v7_smem<{mt}, {cs}>()", sa.v4_smem_bytes(mt, cs, False, 7)))
         slim.append((f"32 * (1 + NSC7) + {cs}", sa.threads(7, cs)))
         slim.append((f"32 * (1 + NSC7) + {cs}", sa.threads(8, cs)))
-    slim += [("GT8", sa.GT8)]
+        slim.append((f"32 * (1 + NSC7) + {cs}", sa.threads(9, cs)))
+    slim += [("GT8", sa.GT8), ("PF9", sa.PF9)]
     slim += [("NK7", sa.NK7), ("NS7", sa.NS7), ("NX7", sa.NX7), ("NSC7", sa.NSC7)]
     slim += [("PST7", sa.PST7)]
     return {

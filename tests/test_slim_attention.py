@@ -708,7 +708,7 @@ def test_gpu_v1_matches_baseline(dtype, cs):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("version", [2, 3, 4, 5, 6, 7, 8])
+@pytest.mark.parametrize("version", [2, 3, 4, 5, 6, 7, 8, 9])
 @given(cs=_gpu_case(fast=True))
 def test_gpu_fast_matches_baseline(version, cs):
     _gpu_check(version, cs, np.float16, xcache=False)
@@ -792,7 +792,7 @@ def test_gpu_every_split_plan_agrees():
     q, cache, w, b_v, _ = _gpu_inputs(b, h, d, s_alloc, 1.0, True, 11, np.float16)
     ref = _gpu_truth(q, cache, w, b_v)
     scale = slim_kernel_scale(q, cache, w, fp16_p=True)
-    for version in (3, 4, 5, 6, 7, 8):
+    for version in (3, 4, 5, 6, 7, 8, 9):
         for n in (1, 2, 3, 7, 15, 16, 31, 32):
             got = _gpu_run_slim(version, q, cache, w, b_v, None, n)
             assert_close(got, ref, "gpu", np.float16, scale)
@@ -800,16 +800,17 @@ def test_gpu_every_split_plan_agrees():
 
 @pytest.mark.gpu
 def test_gpu_v8_ranges_across_sequences_agree():
-    """v8's P clusters share all B sequences' tiles: ranges that start and end inside
-    a sequence, cover several short ones, or one tile each (P = B T) must give each
-    sequence its own output. B = 5 sequences of S = 70 keys (T = 3 tiles)."""
+    """v8's and v9's P clusters share all B sequences' tiles: ranges that start and
+    end inside a sequence, cover several short ones, or one tile each (P = B T) must
+    give each sequence its own output. B = 5 sequences of S = 70 keys (T = 3 tiles)."""
     b, h, d, s_alloc = 5, 16, 64, 70
     q, cache, w, b_v, _ = _gpu_inputs(b, h, d, s_alloc, 1.0, True, 12, np.float16)
     ref = _gpu_truth(q, cache, w, b_v)
     scale = slim_kernel_scale(q, cache, w, fp16_p=True)
-    for n in (1, 2, 4, 7, 14, 15, 16, 70):  # P = min(n, B T = 15)
-        got = _gpu_run_slim(8, q, cache, w, b_v, None, n)
-        assert_close(got, ref, "gpu", np.float16, scale)
+    for version in (8, 9):
+        for n in (1, 2, 4, 7, 14, 15, 16, 70):  # P = min(n, B T = 15)
+            got = _gpu_run_slim(version, q, cache, w, b_v, None, n)
+            assert_close(got, ref, "gpu", np.float16, scale)
 
 
 @pytest.mark.gpu

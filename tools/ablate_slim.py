@@ -90,15 +90,15 @@ def main():
         both = name == "full" and top == 7 and (b, s) == (8, 16384)
         for ver in (6, 7) if both else (top,):
             n, chunk = sa.plan(ver, b, h, s, d, NSPLIT)
-            rows = n + b - 1 if ver == 8 else b * n
+            rows = n + b - 1 if ver in sa.PERSISTENT else b * n
             acc = cp.zeros(rows * h * c, cp.float32)
             ml = cp.zeros(rows * h * 2, cp.float32)
-            last = i32(b) if ver == 8 else i32(chunk)
+            last = i32(b) if ver in sa.PERSISTENT else i32(chunk)
             args = (q, cache, acc, ml, i32(h), i32(s), i32(s), i32(d), last)
             fn = mod.get_function(f"slim_attention_attend_v{ver}_m{mt}c{cs}")
             smem = sa.v4_smem_bytes(mt, cs, False, ver)
             fn.max_dynamic_shared_size_bytes = smem
-            grid = (sa.CL, n) if ver == 8 else (sa.CL, n, b)
+            grid = (sa.CL, n) if ver in sa.PERSISTENT else (sa.CL, n, b)
             launch = [partial(fn, grid, (sa.threads(ver, cs),), args,
                               shared_mem=smem)]  # fmt: skip
             t = bench.time_events(launch, samples=20, warmup=3).median_us

@@ -50,6 +50,15 @@
 //     barrier (and its fence) leaves the critical path; P and alpha
 //     double-buffered. K-only (the X cache lacks the shared memory for a
 //     third tile stage beside its query rows).
+// v7  warp-specialised: a producer warp bulk-copies key rows into a 6-stage
+//     mbarrier ring, scorer warps push the own heads' scores into every
+//     block, consumer warps run softmax and P . K; no cluster barrier in the
+//     loop (K-only).
+// v8  v7 on a persistent schedule (P resident clusters share all B T tiles
+//     equally; partials in P + B - 1 slots), scores pushed by st.async, and
+//     gemv8 for the combine and the W GEMV (K-only).
+// v9  v8 with the producer prefetching the tile PF9 ahead into L2: slower
+//     (the notes give why); kept as measured.
 // X cache: xv1 = v1's kernel with q~ (fp32); xv3 = v3's kernel with q~
 //     (fp16) and the score summed over the cluster instead of gathered;
 //     xv4 = v4's layout, scores on tensor cores, a 2-stage ring; xv5 = xv4
@@ -946,6 +955,95 @@ __device__ __forceinline__ void pk_accumulate7(float (&acc_r)[MT][NT][4],
                              });
 }
 
+// v7, v8 scorers: the own heads' scores of one 32-key tile on tensor cores.
+// Warp sw takes keys 16 (sw % 2).. and heads sw / 2, sw / 2 + NSC7 / 2, ...;
+// for each, S^T = tile . q_bd over the head's D / 16 k-steps: B's column
+// n = lane / 4 holds q[head] in the lanes of that head, zeros elsewhere, so
+// the accumulator's column `head` is the score (two chains in flight, c4[0]
+// and c4[1], zeroed and summed by the caller). arow: this lane's ldmatrix row
+// of the ring stage (a7_row); qlane: the block's q (hb x D) offset by
+// (lane % 4) * 2.
+template <int RW>
+__device__ __forceinline__ int a7_row(int sw, int lane) {
+  const int mi = lane >> 3;
+  return (16 * (sw % 2) + (mi & 1) * 8 + (lane & 7)) * RW + (mi >> 1) * 8;
+}
+__device__ __forceinline__ void own_scores7(float (&c4)[2][4],
+                                            const __half* arow,
+                                            const __half* qlane, int hb,
+                                            int D, int sw, int lane) {
+  for (int h = sw / 2; h < hb; h += NSC7 / 2) {
+    const bool mine = lane / 4 == h;
+    for (int kk = 0; kk < D / 16; kk += 2) {
+      unsigned a0[4], a1[4], b0[2], b1[2];
+      const int col = h * D + kk * 16;
+      ldsm_x4(a0, arow + col);
+      ldsm_x4(a1, arow + col + 16);
+      const unsigned* qa = (const unsigned*)(qlane + col);
+      b0[0] = mine ? qa[0] : 0u, b0[1] = mine ? qa[4] : 0u;
+      b1[0] = mine ? qa[8] : 0u, b1[1] = mine ? qa[12] : 0u;
+      mma16816(c4[0], a0, b0);
+      mma16816(c4[1], a1, b1);
+    }
+  }
+}
+
+// ...and their staging for the push: c (keys 16 (sw % 2) + lane / 4 (+ 8),
+// heads (lane % 4) * 2 + e) holds this warp's heads only (the others' columns
+// are zero), written to stg (hb x NK7).
+__device__ __forceinline__ void stage_scores7(float* stg, const float (&c)[4],
+                                              int hb, int sw, int mt,
+                                              int lane) {
+#pragma unroll
+  for (int e = 0; e < 2; ++e) {
+    const int hh = (lane % 4) * 2 + e, key = 16 * mt + lane / 4;
+    if (hh < hb && hh % (NSC7 / 2) == sw / 2) {
+      stg[hh * NK7 + key] = c[e];
+      stg[hh * NK7 + key + 8] = c[e + 2];
+    }
+  }
+}
+
+// v7's and v8's shared memory (v7_smem bytes), carved from the dynamic
+// allocation, and their mbarriers: the ring's full (the producer's 32 lanes)
+// and empty (the scorer and the NW consumer warps), the exchange slots' full
+// (armed with the tile's bytes, one phase ahead) and empty (one arrive from
+// every block of the cluster).
+template <int M, int RW>
+struct Smem7 {
+  __half* kt;                  // NS7 x NK7 x RW, the tile ring
+  float* xch;                  // NX7 x M x NK7, the score-exchange slots
+  __half* ps;                  // 2 x M x PST7, P double-buffered
+  float* alpha;                // 2 x M
+  float* stg;                  // 4 x NK7, the own heads' scores, to push
+  __half* qs;                  // hb x D, the own heads' q
+  unsigned long long *full, *empty, *xfull, *xempty;
+  __device__ __forceinline__ explicit Smem7(unsigned char* base) {
+    kt = (__half*)base;
+    xch = (float*)(kt + NS7 * NK7 * RW);
+    ps = (__half*)(xch + NX7 * M * NK7);
+    alpha = (float*)(ps + 2 * M * PST7);
+    stg = alpha + 2 * M;
+    qs = (__half*)(stg + 4 * NK7);
+    full = (unsigned long long*)(qs + 4 * 128);
+    empty = full + NS7;
+    xfull = empty + NS7;
+    xempty = xfull + NX7;
+  }
+  __device__ __forceinline__ void init_barriers(int nw, unsigned xbytes) const {
+    for (int s = 0; s < NS7; ++s) {
+      mbar_init(&full[s], 32);
+      mbar_init(&empty[s], NSC7 + nw);
+    }
+    for (int x = 0; x < NX7; ++x) {
+      mbar_init(&xfull[x], 1);
+      mbar_init(&xempty[x], CL);
+    }
+    fence_mbar_init();
+    for (int x = 0; x < NX7; ++x) mbar_expect_tx(&xfull[x], xbytes);
+  }
+};
+
 template <int MT, int CS>
 __device__ void attend_v7(const __half* q, const __half* cache, float* acc,
                           float* ml, int H, int S, int SA, int D, int chunk) {
@@ -954,16 +1052,11 @@ __device__ void attend_v7(const __half* q, const __half* cache, float* acc,
   constexpr int CONSUMERS = NW * 32;
   const int C = CL * CS;
   extern __shared__ __align__(128) unsigned char smem[];
-  __half* kt = (__half*)smem;                      // NS7 x NK7 x RW
-  float* xch = (float*)(kt + NS7 * NK7 * RW);      // NX7 x M x NK7
-  __half* ps = (__half*)(xch + NX7 * M * NK7);     // 2 x M x PST7
-  float* alpha = (float*)(ps + 2 * M * PST7);      // 2 x M
-  float* stg = alpha + 2 * M;                      // 4 x NK7 (own heads)
-  __half* qs = (__half*)(stg + 4 * NK7);           // hb x D
-  unsigned long long* full = (unsigned long long*)(qs + 4 * 128);
-  unsigned long long* empty = full + NS7;
-  unsigned long long* xfull = empty + NS7;
-  unsigned long long* xempty = xfull + NX7;
+  const Smem7<M, RW> sm(smem);
+  __half *kt = sm.kt, *ps = sm.ps, *qs = sm.qs;
+  float *xch = sm.xch, *alpha = sm.alpha, *stg = sm.stg;
+  unsigned long long *full = sm.full, *empty = sm.empty, *xfull = sm.xfull,
+                     *xempty = sm.xempty;
 
   cg::cluster_group cluster = cg::this_cluster();
   const int rank = (int)cluster.block_rank();
@@ -977,18 +1070,7 @@ __device__ void attend_v7(const __half* q, const __half* cache, float* acc,
 
   for (int i = tid; i < hb * D; i += blockDim.x)
     qs[i] = q[((size_t)b * H + rank * hb) * D + i];
-  if (tid == 0) {
-    for (int s = 0; s < NS7; ++s) {
-      mbar_init(&full[s], 32);
-      mbar_init(&empty[s], NSC7 + NW);
-    }
-    for (int x = 0; x < NX7; ++x) {
-      mbar_init(&xfull[x], 1);
-      mbar_init(&xempty[x], CL);
-    }
-    fence_mbar_init();
-    for (int x = 0; x < NX7; ++x) mbar_expect_tx(&xfull[x], xbytes);
-  }
+  if (tid == 0) sm.init_barriers(NW, xbytes);
   __syncthreads();
   cluster_arrive();  // every block's barriers exist before anyone pushes
   cluster_wait();
@@ -1015,48 +1097,19 @@ __device__ void attend_v7(const __half* q, const __half* cache, float* acc,
     // [v7 producer end]
   } else if (warp <= NSC7) {
     // [v7 scorers]
-    // Warp sw: keys 16 (sw % 2).., heads sw / 2, sw / 2 + NSC7 / 2, ... For
-    // each, S^T = tile . q_bd over the head's D / 16 k-steps: B's column n =
-    // lane / 4 holds q[head] in the lanes of that head, zeros elsewhere, so
-    // the accumulator's column `head` is the score (two chains in flight).
-    const int sw = warp - 1, mi = lane >> 3, mt = sw % 2;
+    const int sw = warp - 1, mt = sw % 2, aoff = a7_row<RW>(sw, lane);
     const __half* qlane = qs + (lane % 4) * 2;
     for (int t = 0; t < ntiles; ++t) {
       const int s = t % NS7, x = t % NX7;
       mbar_wait(&full[s], (t / NS7) & 1);
-      const __half* arow =
-          kt + s * NK7 * RW + (16 * mt + (mi & 1) * 8 + (lane & 7)) * RW +
-          (mi >> 1) * 8;
       float c4[2][4] = {};
-      for (int h = sw / 2; h < hb; h += NSC7 / 2) {
-        const bool mine = lane / 4 == h;
-        for (int kk = 0; kk < D / 16; kk += 2) {
-          unsigned a0[4], a1[4], b0[2], b1[2];
-          const int col = h * D + kk * 16;
-          ldsm_x4(a0, arow + col);
-          ldsm_x4(a1, arow + col + 16);
-          const unsigned* qa = (const unsigned*)(qlane + col);
-          b0[0] = mine ? qa[0] : 0u, b0[1] = mine ? qa[4] : 0u;
-          b1[0] = mine ? qa[8] : 0u, b1[1] = mine ? qa[12] : 0u;
-          mma16816(c4[0], a0, b0);
-          mma16816(c4[1], a1, b1);
-        }
-      }
+      own_scores7(c4, kt + s * NK7 * RW + aoff, qlane, hb, D, sw, lane);
       __syncwarp();
       if (lane == 0) mbar_arrive(&empty[s]);  // done reading the tile
 #pragma unroll
       for (int e = 0; e < 4; ++e) c4[0][e] += c4[1][e];
       named_sync(2, 32 * NSC7);  // the last push has read stg
-      // c4[0]: keys 16 mt + lane / 4 (+ 8), heads (lane % 4) * 2 + e; this
-      // warp's heads only (the others' columns are zero here)
-#pragma unroll
-      for (int e = 0; e < 2; ++e) {
-        const int hh = (lane % 4) * 2 + e, key = 16 * mt + lane / 4;
-        if (hh < hb && hh % (NSC7 / 2) == sw / 2) {
-          stg[hh * NK7 + key] = c4[0][e];
-          stg[hh * NK7 + key + 8] = c4[0][e + 2];
-        }
-      }
+      stage_scores7(stg, c4[0], hb, sw, mt, lane);
       fence_proxy_async();  // stg, written here, is read by the bulk copy
       named_sync(2, 32 * NSC7);
       if (sw == 0) {  // lane r pushes into block r: 8 copies in one issue
@@ -1122,12 +1175,14 @@ __device__ void attend_v7(const __half* q, const __half* cache, float* acc,
 // copy, no proxy fence, no wait for the copy to read its source.
 //
 // v9 = v8 with PF = PF9: the producer also prefetches, into L2, the rows of the
-// tile PF9 tiles ahead of the one it loads. v8's ablation (the notes): the
-// ring of loads alone moves ~32 GB/s per SM (6 stages, ~190 KB in flight: a
-// latency of ~6 us per load under load), the whole kernel ~23 GB/s per SM at
-// any number of clusters, because the slots the scorers and consumers hold
-// are slots not in flight. With the next PF9 - NS7 tiles already in L2 the
-// ring's loads come back sooner, so the same slots carry more bytes.
+// tile PF9 tiles ahead of the one it loads. The guess behind it (v8's
+// ablation in the notes: the ring of loads alone moves ~32 GB/s per SM, the
+// whole kernel ~23): the slots the scorers and consumers hold are slots not in
+// flight, and loads served from L2 would free them sooner. Measured: 1.7x
+// slower. With all clusters running the prefetched lines are evicted before
+// use (the cache is read twice from DRAM), and even with one cluster, where
+// nothing is read twice, each SM's rate halves: the limit is the rate at which
+// an SM's copy engine takes 1 KB bulk requests, and v9 doubles their number.
 #define PF9 10
 template <int MT, int CS, int PF = 0>
 __device__ void attend_v8(const __half* q, const __half* cache, float* acc,
@@ -1137,16 +1192,11 @@ __device__ void attend_v8(const __half* q, const __half* cache, float* acc,
   constexpr int CONSUMERS = NW * 32;
   const int C = CL * CS;
   extern __shared__ __align__(128) unsigned char smem[];
-  __half* kt = (__half*)smem;                      // NS7 x NK7 x RW
-  float* xch = (float*)(kt + NS7 * NK7 * RW);      // NX7 x M x NK7
-  __half* ps = (__half*)(xch + NX7 * M * NK7);     // 2 x M x PST7
-  float* alpha = (float*)(ps + 2 * M * PST7);      // 2 x M
-  float* stg = alpha + 2 * M;                      // 4 x NK7 (own heads)
-  __half* qs = (__half*)(stg + 4 * NK7);           // hb x D
-  unsigned long long* full = (unsigned long long*)(qs + 4 * 128);
-  unsigned long long* empty = full + NS7;
-  unsigned long long* xfull = empty + NS7;
-  unsigned long long* xempty = xfull + NX7;
+  const Smem7<M, RW> sm(smem);
+  __half *kt = sm.kt, *ps = sm.ps, *qs = sm.qs;
+  float *xch = sm.xch, *alpha = sm.alpha, *stg = sm.stg;
+  unsigned long long *full = sm.full, *empty = sm.empty, *xfull = sm.xfull,
+                     *xempty = sm.xempty;
 
   cg::cluster_group cluster = cg::this_cluster();
   const int rank = (int)cluster.block_rank();
@@ -1161,18 +1211,7 @@ __device__ void attend_v8(const __half* q, const __half* cache, float* acc,
   const int hb = CS / D;  // heads per block (<= 4)
   const unsigned xbytes = (unsigned)(H * NK7 * 4);  // one tile, all blocks
 
-  if (tid == 0) {
-    for (int s = 0; s < NS7; ++s) {
-      mbar_init(&full[s], 32);
-      mbar_init(&empty[s], NSC7 + NW);
-    }
-    for (int x = 0; x < NX7; ++x) {
-      mbar_init(&xfull[x], 1);
-      mbar_init(&xempty[x], CL);
-    }
-    fence_mbar_init();
-    for (int x = 0; x < NX7; ++x) mbar_expect_tx(&xfull[x], xbytes);
-  }
+  if (tid == 0) sm.init_barriers(NW, xbytes);
   __syncthreads();
   cluster_arrive();  // every block's barriers exist before anyone pushes
   cluster_wait();
@@ -1209,7 +1248,7 @@ __device__ void attend_v8(const __half* q, const __half* cache, float* acc,
     // [v8 producer end]
   } else if (warp <= NSC7) {
     // [v8 scorers] as v7's, with q reloaded at each sequence's first tile
-    const int sw = warp - 1, mi = lane >> 3, mt = sw % 2;
+    const int sw = warp - 1, mt = sw % 2, aoff = a7_row<RW>(sw, lane);
     const __half* qlane = qs + (lane % 4) * 2;
     int k = k0, b = b0;
     for (int t = 0; t < ntiles; ++t) {
@@ -1221,37 +1260,14 @@ __device__ void attend_v8(const __half* q, const __half* cache, float* acc,
         named_sync(2, 32 * NSC7);
       }
       mbar_wait(&full[s], (t / NS7) & 1);
-      const __half* arow =
-          kt + s * NK7 * RW + (16 * mt + (mi & 1) * 8 + (lane & 7)) * RW +
-          (mi >> 1) * 8;
       float c4[2][4] = {};
-      for (int h = sw / 2; h < hb; h += NSC7 / 2) {
-        const bool mine = lane / 4 == h;
-        for (int kk = 0; kk < D / 16; kk += 2) {
-          unsigned a0[4], a1[4], b0f[2], b1f[2];
-          const int col = h * D + kk * 16;
-          ldsm_x4(a0, arow + col);
-          ldsm_x4(a1, arow + col + 16);
-          const unsigned* qa = (const unsigned*)(qlane + col);
-          b0f[0] = mine ? qa[0] : 0u, b0f[1] = mine ? qa[4] : 0u;
-          b1f[0] = mine ? qa[8] : 0u, b1f[1] = mine ? qa[12] : 0u;
-          mma16816(c4[0], a0, b0f);
-          mma16816(c4[1], a1, b1f);
-        }
-      }
+      own_scores7(c4, kt + s * NK7 * RW + aoff, qlane, hb, D, sw, lane);
       __syncwarp();
       if (lane == 0) mbar_arrive(&empty[s]);  // done reading the tile
 #pragma unroll
       for (int e = 0; e < 4; ++e) c4[0][e] += c4[1][e];
       named_sync(2, 32 * NSC7);  // the last push has read stg
-#pragma unroll
-      for (int e = 0; e < 2; ++e) {
-        const int hh = (lane % 4) * 2 + e, key = 16 * mt + lane / 4;
-        if (hh < hb && hh % (NSC7 / 2) == sw / 2) {
-          stg[hh * NK7 + key] = c4[0][e];
-          stg[hh * NK7 + key + 8] = c4[0][e + 2];
-        }
-      }
+      stage_scores7(stg, c4[0], hb, sw, mt, lane);
       named_sync(2, 32 * NSC7);
       if (sw == 0) {  // lane i: floats 4i..4i+3 of the block's scores, to all
         if (t >= NX7) mbar_wait(&xempty[x], (t / NX7 - 1) & 1);
@@ -1302,6 +1318,15 @@ __device__ void attend_v8(const __half* q, const __half* cache, float* acc,
   __syncwarp();
   cluster_arrive();  // no block leaves while another may still push into it
   cluster_wait();
+}
+
+// v9: attend_v8 with the L2 prefetch PF9 tiles ahead.
+template <int MT, int CS>
+__device__ __forceinline__ void attend_v9(const __half* q,
+                                          const __half* cache, float* acc,
+                                          float* ml, int H, int S, int SA,
+                                          int D, int B) {
+  attend_v8<MT, CS, PF9>(q, cache, acc, ml, H, S, SA, D, B);
 }
 
 // v8's partial slots of sequence b: the clusters whose tile ranges meet it,
@@ -1561,45 +1586,25 @@ ENTRY_V6(1, 256)
 ENTRY_V6(2, 256)
 ENTRY_V6(2, 384)
 ENTRY_V6(2, 512)
-#define ENTRY_V7(MT, CS)                                                    \
+// v7-v9: 32 (1 + NSC7) + CS threads (producer, scorers, consumers); the
+// last argument is the chunk length (v7) or B (v8, v9).
+#define ENTRY_WS(NAME, MT, CS)                                              \
   extern "C" __global__ void __cluster_dims__(CL, 1, 1)                     \
       __launch_bounds__(32 * (1 + NSC7) + CS, 1)                            \
-          slim_attention_attend_v7_m##MT##c##CS(                            \
+          slim_attention_attend_##NAME##_m##MT##c##CS(                      \
               const __half* q, const __half* cache, float* acc, float* ml,  \
-              int H, int S, int SA, int D, int chunk) {                     \
-    attend_v7<MT, CS>(q, cache, acc, ml, H, S, SA, D, chunk);               \
+              int H, int S, int SA, int D, int last) {                      \
+    attend_##NAME<MT, CS>(q, cache, acc, ml, H, S, SA, D, last);            \
   }
-ENTRY_V7(1, 128)
-ENTRY_V7(1, 256)
-ENTRY_V7(2, 256)
-ENTRY_V7(2, 384)
-ENTRY_V7(2, 512)
-#define ENTRY_V8(MT, CS)                                                    \
-  extern "C" __global__ void __cluster_dims__(CL, 1, 1)                     \
-      __launch_bounds__(32 * (1 + NSC7) + CS, 1)                            \
-          slim_attention_attend_v8_m##MT##c##CS(                            \
-              const __half* q, const __half* cache, float* acc, float* ml,  \
-              int H, int S, int SA, int D, int B) {                         \
-    attend_v8<MT, CS>(q, cache, acc, ml, H, S, SA, D, B);                   \
-  }
-ENTRY_V8(1, 128)
-ENTRY_V8(1, 256)
-ENTRY_V8(2, 256)
-ENTRY_V8(2, 384)
-ENTRY_V8(2, 512)
-#define ENTRY_V9(MT, CS)                                                    \
-  extern "C" __global__ void __cluster_dims__(CL, 1, 1)                     \
-      __launch_bounds__(32 * (1 + NSC7) + CS, 1)                            \
-          slim_attention_attend_v9_m##MT##c##CS(                            \
-              const __half* q, const __half* cache, float* acc, float* ml,  \
-              int H, int S, int SA, int D, int B) {                         \
-    attend_v8<MT, CS, PF9>(q, cache, acc, ml, H, S, SA, D, B);              \
-  }
-ENTRY_V9(1, 128)
-ENTRY_V9(1, 256)
-ENTRY_V9(2, 256)
-ENTRY_V9(2, 384)
-ENTRY_V9(2, 512)
+#define ENTRY_WS_SHAPES(NAME)                                               \
+  ENTRY_WS(NAME, 1, 128)                                                    \
+  ENTRY_WS(NAME, 1, 256)                                                    \
+  ENTRY_WS(NAME, 2, 256)                                                    \
+  ENTRY_WS(NAME, 2, 384)                                                    \
+  ENTRY_WS(NAME, 2, 512)
+ENTRY_WS_SHAPES(v7)
+ENTRY_WS_SHAPES(v8)
+ENTRY_WS_SHAPES(v9)
 extern "C" __global__ void __launch_bounds__(GT8, 2) slim_attention_gemv8_f16(
     const float* acc, const float* ml, const __half* w, float* part, int B,
     int H, int C, int D, int P, int T, int cc) {

@@ -6,7 +6,7 @@ It is how the notes found which stage limits v7 (gpu/NOTES_slim_attention.md,
 
 PYTHONPATH=$PWD python3 tools/ablate_slim.py [B S [VARIANT,...] [VERSION]]
 
-VERSION 7 (default) or 8; ABLATE_NSPLIT=n in the environment sets n_split (v8: P,
+VERSION 7 (default), 8 or 9; ABLATE_NSPLIT=n in the environment sets n_split (v8: P,
 the clusters). Variants: full (unchanged; v7 also times v6 at B = 8,
 S = 16K), load_only (scorers and
 consumers only wait for each stage and release it), load_score (the scorers
@@ -36,9 +36,10 @@ NSPLIT = int(os.environ["ABLATE_NSPLIT"]) if "ABLATE_NSPLIT" in os.environ else 
 
 
 def body_of(ver: int) -> tuple[int, int, str]:
-    """(start, end, text) of attend_v<ver> in the .cu."""
-    i0 = SRC.index(f"template <int MT, int CS>\n__device__ void attend_v{ver}(")
-    i1 = SRC.index(ENDS[ver], i0)
+    """(start, end, text) of the function v<ver> runs (v9: attend_v8's, with PF9)."""
+    fn = 8 if ver == 9 else ver
+    i0 = SRC.rindex("template <", 0, SRC.index(f"__device__ void attend_v{fn}("))
+    i1 = SRC.index(ENDS[fn], i0)
     return i0, i1, SRC[i0:i1]
 
 
@@ -49,9 +50,10 @@ def variants(ver: int) -> dict:
         i = body.index(start) + len(start)
         return body[i : body.index(end, i)]
 
-    scorer = region(WAIT_TILE, f"    // [v{ver} scorers end]")
+    fn = 8 if ver == 9 else ver
+    scorer = region(WAIT_TILE, f"    // [v{fn} scorers end]")
     consumer = region(
-        "float* alt = alpha + (t & 1) * M;\n", f"    // [v{ver} consumers end]"
+        "float* alt = alpha + (t & 1) * M;\n", f"    // [v{fn} consumers end]"
     )
     score_only = (
         scorer[: scorer.index("      named_sync(2, 32 * NSC7);  // the last push")]

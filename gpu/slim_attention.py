@@ -43,7 +43,7 @@ GT = 128  # gemv threads (GT in the .cu)
 BG = 8  # batch rows per gemv pass (BG in the .cu)
 MAX_SPLIT = 512  # gemv keeps BG x n_split weights in shared memory
 MAX_GRID_YZ = 65535
-# Best first. v2-v8 and xv3-xv5 run as thread-block clusters (sm_90): on an older card
+# Best first. v2-v9 and xv3-xv5 run as thread-block clusters (sm_90): on an older card
 # the launchers run the first of these it can (v1 or xv1, which take float16 and
 # float32 and any H, D), with a notice (gpu.runtime.pick_version, gpu/capability.json).
 FALLBACK = (9, 8, 7, 6, 5, 4, 3, 2, 1)
@@ -51,6 +51,7 @@ FALLBACK = (9, 8, 7, 6, 5, 4, 3, 2, 1)
 # the fastest measured (gpu/NOTES_slim_attention.md).
 DEFAULT_FAST, XDEFAULT_FAST = 8, 5
 GT8 = 256  # gemv8 threads (GT8 in the .cu)
+WARP_SPECIALISED = (7, 8, 9)  # producer, scorer and consumer warps (v7_smem)
 PERSISTENT = (8, 9)  # versions on v8's persistent schedule, with gemv8
 PF9 = 10  # v9's L2 prefetch distance, tiles (PF9 in the .cu)
 XFALLBACK = (5, 4, 3, 1)
@@ -115,10 +116,10 @@ def fast_smem_bytes(mt: int, nt: int, stages: int) -> int:
 
 def v4_smem_bytes(mt: int, cs: int, xc: bool, version: int = 4) -> int:
     """Dynamic shared memory of v4/v5/xv4/xv5 (v4_smem in the .cu), v6 (v6_smem:
-    three tile stages, P, scores and alpha double-buffered) and v7, v8
+    three tile stages, P, scores and alpha double-buffered) and v7-v9
     (v7_smem_bytes)."""
     m, st = 16 * mt, STAGES_V4[xc]
-    if version in (7, 8, 9):
+    if version in WARP_SPECIALISED:
         return v7_smem_bytes(mt, cs)
     if version == 6:
         return 3 * NK4 * cs * 2 + 2 * m * PST4 * 2 + 2 * m * NK4 * 4 + 2 * m * 4
@@ -132,7 +133,7 @@ def v4_smem_bytes(mt: int, cs: int, xc: bool, version: int = 4) -> int:
 
 
 def v7_smem_bytes(mt: int, cs: int) -> int:
-    """Dynamic shared memory of v7 and v8 (v7_smem in the .cu): the tile ring of
+    """Dynamic shared memory of v7-v9 (v7_smem in the .cu): the tile ring of
     padded rows, the score-exchange slots, P and alpha double-buffered, the own
     heads' scores and q, and the mbarriers."""
     m = 16 * mt
@@ -148,9 +149,9 @@ def v7_smem_bytes(mt: int, cs: int) -> int:
 
 
 def threads(version: int, cs: int) -> int:
-    """Threads per block of v4-v8: a warp per 32 columns (v7 and v8 add their
+    """Threads per block of v4-v9: a warp per 32 columns (v7-v9 add their
     producer and scorer warps)."""
-    return cs + (32 * (1 + NSC7) if version in (7, 8, 9) else 0)
+    return cs + (32 * (1 + NSC7) if version in WARP_SPECIALISED else 0)
 
 
 def split_plan(
@@ -191,7 +192,7 @@ def plan(version: int, b: int, h: int, s: int, d: int, n_split=None):
 
 
 def persistent_plan(b: int, s: int, n_split: int | None = None) -> tuple[int, int]:
-    """(P, T) of v8: T = ceil(S / NK7) tiles per sequence, and P clusters that take
+    """(P, T) of v8, v9: T = ceil(S / NK7) tiles per sequence, and P clusters that take
     the B T tiles of all sequences, laid end to end, in P equal ranges (FlashMLA's
     tile scheduler). P defaults to the clusters resident at once (ACTIVE_CLUSTERS);
     ``n_split`` names it instead (1 <= n_split <= min(S, MAX_SPLIT), as for v2-v7).
@@ -414,7 +415,7 @@ def slim_decode(
         k_cache: (B, S, C) keys, C = H*D, the only cache; rows >= length unused.
         w_kv: (C, C) = W_K^-1 W_V (reference.slim_attention.fold_w_kv), q's dtype.
         b_v: (C,) value bias or None (the key bias is dropped: it cancels).
-        version: 1 (float32 or float16, any H and D), 2-8 (float16, tensor cores,
+        version: 1 (float32 or float16, any H and D), 2-9 (float16, tensor cores,
             the shapes of fast_shape). None (the default): default_version, i.e.
             DEFAULT_FAST where the fast path takes the shape and dtype, else v1. A
             version named for a shape it cannot take raises ValueError.
@@ -425,7 +426,7 @@ def slim_decode(
             float32 scratch of >= workspace_elems(version, B, H, length, D) elements.
     Returns:
         out (B, H, D), q's dtype; float32 accumulation throughout.
-    On a card without clusters (below sm_90) v2-v8 run as v1 (runnable_version).
+    On a card without clusters (below sm_90) v2-v9 run as v1 (runnable_version).
     """
     version = runnable_version(default_version(q) if version is None else version)
     b, h, d, c, s, sa = _check(

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # One device call: run the named stages; logs go to OUTDIR as a few files
 # (summary.txt, logs.tgz, results.tgz), since a lent machine returns few files.
-#   tools/gpu_session.sh OUTDIR info test:SLUGS[:K] sanitize:TOOL:SLUGS[:K] bench:SLUGS
-#                        ncu:NAME[:ARGS] bg+STAGE wait
+#   tools/gpu_session.sh OUTDIR info test:SLUGS[:K] sanitize:TOOL:SLUGS[:K] ceilings
+#                        bench:SLUGS ncu:NAME[:ARGS] bg+STAGE wait
 # SLUGS is a comma list (attention,precompute,...) or "all"; K, a pytest -k
 # expression. test and sanitize run one pytest process per slug in parallel (they
 # check, they do not time); bench runs its slugs one after another (timings must
@@ -15,7 +15,11 @@
 # Each call re-sends the working tree, which replaces what an earlier call wrote under
 # results/ on the machine: copy results/<card>/ceilings.json from the first call's
 # results.tgz into your tree before the next, or its chapters measure their own (quick)
-# ceilings and their floors differ by the ceilings' run-to-run spread (~2 %).
+# ceilings and their floors differ by the ceilings' run-to-run spread (~2 %). A call
+# may land on another machine of the same card, whose bandwidth differs by a few per
+# cent: put a `ceilings` stage before `bench` (about a minute) so that the floors
+# come from the machine that timed the kernels (on 2026-12-06 a bench run against a
+# first machine's ceilings saw its baselines "beat the floor" and set them aside).
 # Set TT_COMMIT to the hash of the tree you ship, computed on YOUR machine
 # (TT_COMMIT=<hash> tools/gpu_session.sh ...): the GPU machine's copy of .git can be
 # stale, and results/ would record the wrong commit (it happened on 2026-11-25).
@@ -62,6 +66,9 @@ run_stage() {
           echo "$tool $s rc=$? $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$out/logs/${tool}_$s.log" | tail -1) $(tail -1 "$out/logs/${tool}_$s.log")" >> "$summary" ) &
       done
       wait; grep "^$tool " "$summary" | tail -20 ;;
+    ceilings)
+      timeout "${CEIL_TIMEOUT:-150}" $py -m gpu.bench ceilings --out results > "$out/logs/ceilings.txt" 2>&1
+      say "ceilings rc=$? $(grep -E 'read_bytes_per_s|copy_bytes_per_s' "$out/logs/ceilings.txt" | tr -s ' ' | tr '\n' ';')" ;;
     bench)  # DEADLINE (epoch seconds): no bench runs past it, so the logs come back
       for s in $(slugs "${a:-all}"); do
         left=$(( ${DEADLINE:-$(( $(date +%s) + 590 ))} - $(date +%s) ))

@@ -6,6 +6,8 @@
     python -m gpu.bench attention --version 7      some attention versions only
     python -m gpu.bench split | tiles              attention's n_split sweep; the v9
                                                    tile experiment (not in "all")
+    python -m gpu.bench slim_crossover             slim attention's dense B x S grid
+                                                   (not in "all")
     python -m gpu.bench all [--quick] [--out results]
                                  ceilings, then every slug, each in a fresh process
     python -m gpu.bench list                       the slugs, one a line
@@ -750,7 +752,16 @@ def main(argv=None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     ap.add_argument(
-        "what", choices=("ceilings", *TRICKS, "split", "tiles", "all", "list")
+        "what",
+        choices=(
+            "ceilings",
+            *TRICKS,
+            "split",
+            "tiles",
+            "slim_crossover",
+            "all",
+            "list",
+        ),
     )
     ap.add_argument(
         "--quick", action="store_true", help="smaller grid, for trying things"
@@ -780,9 +791,13 @@ def main(argv=None) -> int:
         kw["tables"] = ("attention_split",)
     elif args.what == "tiles":  # the v9 tile experiment: never part of "all"
         kw["tables"] = ("attention_tiles",)
+    elif args.what == "slim_crossover":  # slim attention's dense grid, on its own
+        kw["tables"] = ("slim_attention_crossover",)
     elif args.what == "attention" and args.version:
         kw["versions"] = tuple(args.version)
-    slug = "attention" if args.what in ("split", "tiles") else args.what
+    slug = {"split": "attention", "tiles": "attention"}.get(args.what, args.what)
+    if args.what == "slim_crossover":
+        slug = "slim_attention"
     return run_trick(slug, args.quick, None, args.out, **kw)
 
 

@@ -44,6 +44,12 @@ GRID = bench.Grid(
             B=(1, 8), S=16384, versions=(6, 7, 8, 9),
             n_split=(1, 2, 4, 8, 15, 16, 30, 32, 64),
         ),
+        # the crossover at finer steps (python -m gpu.bench slim_crossover; not
+        # part of the chapter's default run): the default versions and baselines
+        slim_attention_crossover=dict(
+            B=(1, 2, 4, 8, 16, 64),
+            S=(1024, 2048, 4096, 8192, 16384, 32768, 65536, 131072),
+        ),
     ),
 )  # fmt: skip
 COLUMNS = ba.COLUMNS
@@ -147,49 +153,79 @@ def _run(name, version, xcache, sets, truth, base, n_split=None):
     return ba.run_case(name, base, calls, truth, np.float16, n_split=n)
 
 
+def case_rows(rng, b, s, read_bw, slim_versions, x_versions) -> list[dict]:
+    """One (B, S) case: the baselines (our K+V kernel v7 and torch SDPA), then the
+    K-only versions and the X-cache versions named, each against its float64 truth."""
+    from gpu import attention as att
+
+    fixed = GRID.fixed
+    rows = []
+    kv_sets, kv_truth, kv_base = ba.attention_case(rng, b, s, read_bw)
+    n7 = att.split_plan(b, H, s, None, 7)[0]
+    rows.append(
+        ba.run_launcher(
+            "kv_v7",
+            partial(ba.launch_version, 7, None),
+            att.workspace_elems(7, b, H, s, D),
+            kv_sets,
+            kv_truth,
+            kv_base,
+            n_split=n7,
+        )
+    )
+    rows.append(ba.run_torch_sdpa(kv_base, kv_sets, kv_truth, np.float16))
+    bench.free(kv_sets)
+    # K-only
+    sets, base = _sets(rng, b, s, False, read_bw)
+    truth = _truth(*sets[0][:4])
+    for ver in slim_versions:
+        if ver == 1 and b * s > fixed["v1_max_bs"]:
+            continue  # v1 reads the cache H times; its trend is clear below
+        rows.append(_run(f"slim_v{ver}", ver, False, sets, truth, base))
+    bench.free(sets)
+    # X cache
+    sets, base = _sets(rng, b, s, True, read_bw)
+    q, cache, w, b_v, wkt = sets[0]
+    truth = _truth(q, cache, w, b_v, wkt, fp16_qt=True)
+    for ver in x_versions:
+        rows.append(_run(f"x_v{ver}", ver, True, sets, truth, base))
+    bench.free(sets)
+    return rows
+
+
+def fits(b: int, s: int) -> bool:
+    """Whether the case's K + V baseline stays under GRID's kv_max_bytes."""
+    return 4 * b * s * C <= GRID.fixed["kv_max_bytes"]
+
+
 def decode(quick: bool, read_bw) -> list[dict]:
     import cupy as cp
 
-    from gpu import attention as att
-
-    fixed, versions = GRID.fixed, GRID.versions
+    versions = GRID.versions
     rows = []
     rng = cp.random.default_rng(2025)
     for b in GRID.values("B", quick):
         for s in GRID.values("S", quick):
-            if 4 * b * s * C > fixed["kv_max_bytes"]:  # K + V of the baseline
-                continue
-            # baselines: K+V, our v7 and torch SDPA
-            kv_sets, kv_truth, kv_base = ba.attention_case(rng, b, s, read_bw)
-            n7 = att.split_plan(b, H, s, None, 7)[0]
-            rows.append(
-                ba.run_launcher(
-                    "kv_v7",
-                    partial(ba.launch_version, 7, None),
-                    att.workspace_elems(7, b, H, s, D),
-                    kv_sets,
-                    kv_truth,
-                    kv_base,
-                    n_split=n7,
+            if fits(b, s):
+                rows += case_rows(rng, b, s, read_bw, versions["slim"], versions["x"])
+    return rows
+
+
+def crossover(read_bw) -> list[dict]:
+    """The launchers' default versions (sa.DEFAULT_FAST, sa.XDEFAULT_FAST) and both
+    baselines over GRID's slim_attention_crossover cases, for the chapter's plot of
+    time over the faster baseline's by cached tokens."""
+    import cupy as cp
+
+    sweep = GRID.sweeps["slim_attention_crossover"]
+    rows = []
+    rng = cp.random.default_rng(7)
+    for b in sweep["B"]:
+        for s in sweep["S"]:
+            if fits(b, s):
+                rows += case_rows(
+                    rng, b, s, read_bw, (sa.DEFAULT_FAST,), (sa.XDEFAULT_FAST,)
                 )
-            )
-            rows.append(ba.run_torch_sdpa(kv_base, kv_sets, kv_truth, np.float16))
-            bench.free(kv_sets)
-            # K-only
-            sets, base = _sets(rng, b, s, False, read_bw)
-            truth = _truth(*sets[0][:4])
-            for ver in versions["slim"]:
-                if ver == 1 and b * s > fixed["v1_max_bs"]:
-                    continue  # v1 reads the cache H times; its trend is clear below
-                rows.append(_run(f"slim_v{ver}", ver, False, sets, truth, base))
-            bench.free(sets)
-            # X cache
-            sets, base = _sets(rng, b, s, True, read_bw)
-            q, cache, w, b_v, wkt = sets[0]
-            truth = _truth(q, cache, w, b_v, wkt, fp16_qt=True)
-            for ver in versions["x"]:
-                rows.append(_run(f"x_v{ver}", ver, True, sets, truth, base))
-            bench.free(sets)
     return rows
 
 
@@ -292,10 +328,21 @@ def minilm_errors(path: Path = MINILM_NPZ) -> list[dict]:
     return rows
 
 
-def run(quick: bool = False, ceil: dict | None = None) -> dict[str, list[dict]]:
+def run(
+    quick: bool = False, ceil: dict | None = None, tables: tuple | None = None
+) -> dict[str, list[dict]]:
+    """The chapter's tables: slim_attention, slim_attention_split and
+    slim_attention_minilm by default (quick: the first alone); ``tables`` picks
+    others (slim_attention_crossover, a run of its own)."""
     read_bw = (ceil or {}).get("read_bytes_per_s")
-    out = {"slim_attention": decode(quick, read_bw)}
-    if not quick:
-        out["slim_attention_split"] = split_sweep(read_bw)
-        out["slim_attention_minilm"] = minilm_errors()
-    return out
+    if tables is None:
+        tables = ("slim_attention",) + (
+            () if quick else ("slim_attention_split", "slim_attention_minilm")
+        )
+    makers = {
+        "slim_attention": lambda: decode(quick, read_bw),
+        "slim_attention_split": lambda: split_sweep(read_bw),
+        "slim_attention_minilm": minilm_errors,
+        "slim_attention_crossover": lambda: crossover(read_bw),
+    }
+    return {name: makers[name]() for name in tables}

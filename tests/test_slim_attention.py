@@ -935,6 +935,31 @@ def test_minilm_gpu_study_rejects_a_transposed_w_kv(monkeypatch, minilm_npz):
     assert all(r["status"].startswith("failed validation") for r in bad)
 
 
+def test_bench_tables_pick_what_runs(monkeypatch):
+    """gpu.bench_slim_attention.run makes only the tables asked for, the chapter's
+    three by default (one when quick), and the dense crossover grid only on its own
+    (python -m gpu.bench slim_crossover); every crossover case fits the memory cap."""
+    from gpu import bench_slim_attention as bsa
+
+    made = []
+    for name in ("decode", "split_sweep", "minilm_errors", "crossover"):
+        monkeypatch.setattr(bsa, name, lambda *a, _n=name: made.append(_n) or [])
+    assert list(bsa.run(ceil={})) == [
+        "slim_attention", "slim_attention_split", "slim_attention_minilm"
+    ]  # fmt: skip
+    assert made == ["decode", "split_sweep", "minilm_errors"]
+    made.clear()
+    assert list(bsa.run(quick=True, ceil={})) == ["slim_attention"]
+    made.clear()
+    assert list(bsa.run(ceil={}, tables=("slim_attention_crossover",))) == [
+        "slim_attention_crossover"
+    ]
+    assert made == ["crossover"]
+    sweep = bsa.GRID.sweeps["slim_attention_crossover"]
+    cases = [(b, s) for b in sweep["B"] for s in sweep["S"] if bsa.fits(b, s)]
+    assert (64, 65536) not in cases and (16, 131072) in cases and len(cases) == 46
+
+
 def test_minilm_gpu_study_without_its_arrays_is_skipped(tmp_path):
     from gpu import bench
     from gpu import bench_slim_attention as bsa

@@ -745,6 +745,14 @@ def run_all(quick: bool, out: Path | None) -> int:
     return int(status)
 
 
+# Subcommands that run one table of a chapter alone: (slug, table).
+SUBSETS = {
+    "split": ("attention", "attention_split"),  # attention's n_split sweep
+    "tiles": ("attention", "attention_tiles"),  # attention's v9 tile experiment
+    "slim_crossover": ("slim_attention", "slim_attention_crossover"),
+}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(
         prog="python -m gpu.bench",
@@ -753,15 +761,7 @@ def main(argv=None) -> int:
     )
     ap.add_argument(
         "what",
-        choices=(
-            "ceilings",
-            *TRICKS,
-            "split",
-            "tiles",
-            "slim_crossover",
-            "all",
-            "list",
-        ),
+        choices=("ceilings", *TRICKS, *SUBSETS, "all", "list"),
     )
     ap.add_argument(
         "--quick", action="store_true", help="smaller grid, for trying things"
@@ -787,17 +787,12 @@ def main(argv=None) -> int:
             print(f"recorded {record('ceilings', [], args.out, ceilings=ceil)}")
         return 0
     kw = {}
-    if args.what == "split":  # attention's n_split sweep alone
-        kw["tables"] = ("attention_split",)
-    elif args.what == "tiles":  # the v9 tile experiment: never part of "all"
-        kw["tables"] = ("attention_tiles",)
-    elif args.what == "slim_crossover":  # slim attention's dense grid, on its own
-        kw["tables"] = ("slim_attention_crossover",)
+    slug = args.what
+    if args.what in SUBSETS:  # one table of a chapter, never part of "all"
+        slug, table = SUBSETS[args.what]
+        kw["tables"] = (table,)
     elif args.what == "attention" and args.version:
         kw["versions"] = tuple(args.version)
-    slug = {"split": "attention", "tiles": "attention"}.get(args.what, args.what)
-    if args.what == "slim_crossover":
-        slug = "slim_attention"
     return run_trick(slug, args.quick, None, args.out, **kw)
 
 

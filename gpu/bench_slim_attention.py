@@ -3,7 +3,7 @@
     python -m gpu.bench slim_attention [--quick] [--out results]
 
 Decode, fp16, H = 32, D = 128 (C = 4096), GRID's B x S (B in {1, 8, 64}, S from 1K
-to 64K, where the K+V baseline fits): the K-only kernels (slim_v1-v7) and the
+to 64K, where the K+V baseline fits): the K-only kernels (slim_v1-v9) and the
 X-cache kernels (x_v3-v5) against our K+V decode kernel (kv_v7, attention v7) and
 torch SDPA over K and V (torch_sdpa, under CUDA graphs), measured in the same run
 on the same card. Every row is validated against the float64 truth first. Each

@@ -123,6 +123,21 @@ __device__ void attend_v1(const TQ* qt, const T* cache, float* acc,
 // part (B, H, KC, D). Block (h, kc) owns rows [kc*cc, kc*cc + cc) of W.
 #define BG 8
 #define GT 128
+// The combine's weights of one (sequence, head), by one warp: split j's
+// (m_j, l_j) at m[j H 2], m[j H 2 + 1] (m in log2 units) give
+// w_j = 2^(m_j - max m) / sum_j l_j 2^(m_j - max m), into wts[off + j].
+__device__ __forceinline__ void split_weights(const float* m, int H, int n,
+                                              int lane, float* wts, int off) {
+  float mx = NEG_INF;
+  for (int j = lane; j < n; j += 32) mx = fmaxf(mx, m[(size_t)j * H * 2]);
+  mx = warp_max(mx);
+  float L = 0.0f;
+  for (int j = lane; j < n; j += 32)
+    L += m[(size_t)j * H * 2 + 1] * exp2f(m[(size_t)j * H * 2] - mx);
+  L = warp_sum(L);
+  for (int j = lane; j < n; j += 32)
+    wts[off + j] = exp2f(m[(size_t)j * H * 2] - mx) / L;
+}
 template <typename T>
 __device__ void gemv(const float* acc, const float* ml, const T* w,
                      float* part, int B, int H, int C, int D, int n, int cc) {
@@ -135,16 +150,8 @@ __device__ void gemv(const float* acc, const float* ml, const T* w,
   for (int b0 = 0; b0 < B; b0 += BG) {
     int nb = min(BG, B - b0);
     for (int bb = warp; bb < nb; bb += GT / 32) {
-      const float* m = ml + ((size_t)(b0 + bb) * n * H + h) * 2;
-      float mx = NEG_INF;
-      for (int j = lane; j < n; j += 32) mx = fmaxf(mx, m[(size_t)j * H * 2]);
-      mx = warp_max(mx);
-      float L = 0.0f;
-      for (int j = lane; j < n; j += 32)
-        L += m[(size_t)j * H * 2 + 1] * exp2f(m[(size_t)j * H * 2] - mx);
-      L = warp_sum(L);
-      for (int j = lane; j < n; j += 32)
-        wts[bb * n + j] = exp2f(m[(size_t)j * H * 2] - mx) / L;
+      split_weights(ml + ((size_t)(b0 + bb) * n * H + h) * 2, H, n, lane, wts,
+                    bb * n);
     }
     __syncthreads();
     for (int i = threadIdx.x; i < BG * nc; i += GT) {
@@ -1391,16 +1398,7 @@ __device__ void gemv8(const float* acc, const float* ml, const __half* w,
     for (int bb = warp; bb < nb; bb += GT8 / 32) {
       int first, n;
       v8_slots(bs + bb, T, P, total, first, n);
-      const float* m = ml + ((size_t)first * H + h) * 2;
-      float mx = NEG_INF;
-      for (int j = lane; j < n; j += 32) mx = fmaxf(mx, m[(size_t)j * H * 2]);
-      mx = warp_max(mx);
-      float L = 0.0f;
-      for (int j = lane; j < n; j += 32)
-        L += m[(size_t)j * H * 2 + 1] * exp2f(m[(size_t)j * H * 2] - mx);
-      L = warp_sum(L);
-      for (int j = lane; j < n; j += 32)
-        wts[bb * P + j] = exp2f(m[(size_t)j * H * 2] - mx) / L;
+      split_weights(ml + ((size_t)first * H + h) * 2, H, n, lane, wts, bb * P);
       if (lane == 0) sfirst[bb] = first, scount[bb] = n;
     }
     __syncthreads();

@@ -372,3 +372,18 @@ def test_guarded_turns_a_broken_baseline_into_a_failed_row():
     assert not bench.is_ok(row) and not bench.is_skipped(row)
     ok = bench.guarded("torch_x", {"B": 1}, lambda: {"name": "torch_x", "status": "ok"})
     assert ok == {"name": "torch_x", "status": "ok"}
+
+
+def test_every_subset_names_a_table_its_chapter_makes():
+    """python -m gpu.bench split | tiles | slim_crossover runs one table of one
+    chapter: each maps to a slug whose run() takes ``tables`` and whose module
+    declares that table (as its main table or a GRID sweep)."""
+    import importlib
+    import inspect
+
+    from gpu import bench
+
+    for sub, (slug, table) in bench.SUBSETS.items():
+        mod = importlib.import_module(f"gpu.bench_{slug}")
+        assert "tables" in inspect.signature(mod.run).parameters, sub
+        assert table in (slug, *mod.GRID.sweeps), (sub, table)

@@ -13,7 +13,7 @@
 //   Hopper        mbar_init/arrive/expect_tx/wait, bulk_load, consumers_sync,
 //                 ld_acquire; cluster scope: cluster_addr,
 //                 mbar_arrive_remote, bulk_push, st_async_v4, bulk_prefetch_l2,
-//                 bulk_commit,
+//                 TensorMap, tma_load_4d, bulk_commit,
 //                 bulk_wait_read0,
 //                 fence_proxy_async, named_sync (sm_90)
 //   grid          last_block_done: the last-block-done counter
@@ -270,6 +270,24 @@ __device__ __forceinline__ void bulk_prefetch_l2(const void* src,
   asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;\n" ::"l"(src),
                "r"(bytes)
                : "memory");
+}
+// A CUtensorMap: the driver's opaque 128-byte, 64-byte-aligned descriptor of a
+// tiled view of global memory (cuTensorMapEncodeTiled, built on the host and
+// passed by value as a __grid_constant__ kernel parameter).
+struct __align__(64) TensorMap {
+  unsigned long long w[16];
+};
+// One box of a 4-D tensor map at coordinates (c0, c1, c2, c3) (innermost
+// first, in elements) global -> shared, completing on bar's transaction count
+// with the box's full size (elements outside the tensor arrive as zeros).
+__device__ __forceinline__ void tma_load_4d(void* dst, const TensorMap* map,
+                                            int c0, int c1, int c2, int c3,
+                                            unsigned long long* bar) {
+  asm volatile(
+      "cp.async.bulk.tensor.4d.shared::cluster.global.tile.mbarrier::complete_"
+      "tx::bytes [%0], [%1, {%2, %3, %4, %5}], [%6];\n" ::"r"(smem_u32(dst)),
+      "l"(map), "r"(c0), "r"(c1), "r"(c2), "r"(c3), "r"(smem_u32(bar))
+      : "memory");
 }
 __device__ __forceinline__ void bulk_commit() {
   asm volatile("cp.async.bulk.commit_group;\n" ::: "memory");

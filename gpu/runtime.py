@@ -278,6 +278,99 @@ def kernel(slug: str, name: str):
 # --- argument checks shared by the launchers (run before any launch) ---------------
 
 
+# A CUtensorMap as CuPy passes it by value (a NumPy structured scalar of the
+# driver's 128 bytes; the kernel declares it ``const __grid_constant__ TensorMap``,
+# gpu/common.cuh). CU_TENSOR_MAP_DATA_TYPE_FLOAT16 = 6, CU_TENSOR_MAP_SWIZZLE_128B
+# = 3, CU_TENSOR_MAP_L2_PROMOTION_L2_256B = 3 (cuda.h).
+TENSOR_MAP = np.dtype({"names": ["w"], "formats": [(np.uint64, (16,))]})
+TMAP_FLOAT16, TMAP_SWIZZLE_128B, TMAP_L2_256B = 6, 3, 3
+
+
+def check_tensor_map(dims, strides, box, itemsize: int, swizzle: int) -> None:
+    """The driver's rules for a tiled tensor map (cuTensorMapEncodeTiled), checked
+    here so that a bad geometry is a ValueError naming what is wrong: rank 1-5; each
+    dimension in [1, 2^32]; the rank - 1 strides (bytes, dimension 1 on) multiples of
+    16 below 2^40; each box side in [1, 256]; with the 128-byte swizzle, the box's
+    inner side at most 128 bytes."""
+    rank = len(dims)
+    if not 1 <= rank <= 5 or len(strides) != rank - 1 or len(box) != rank:
+        raise ValueError(
+            f"tensor map: rank {rank} needs rank - 1 strides and rank box sides, "
+            f"got {len(strides)} and {len(box)}"
+        )
+    for i, d in enumerate(dims):
+        if not 1 <= int(d) <= 2**32:
+            raise ValueError(f"tensor map: dims[{i}] = {d} not in [1, 2^32]")
+    for i, st in enumerate(strides):
+        if int(st) % 16 or not 0 < int(st) < 2**40:
+            raise ValueError(
+                f"tensor map: strides[{i}] = {st} bytes must be a positive multiple "
+                f"of 16 below 2^40"
+            )
+    for i, bx in enumerate(box):
+        if not 1 <= int(bx) <= 256:
+            raise ValueError(f"tensor map: box[{i}] = {bx} not in [1, 256]")
+    if swizzle == TMAP_SWIZZLE_128B and int(box[0]) * itemsize > 128:
+        raise ValueError(
+            f"tensor map: the 128-byte swizzle takes an inner box side of at most "
+            f"128 bytes, got {int(box[0]) * itemsize}"
+        )
+
+
+@functools.cache
+def _encode_tiled():
+    import ctypes
+
+    lib = ctypes.CDLL("libcuda.so.1")  # the driver, which CuPy has loaded
+    fn = lib.cuTensorMapEncodeTiled
+    u64p, u32p = ctypes.POINTER(ctypes.c_uint64), ctypes.POINTER(ctypes.c_uint32)
+    fn.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_uint32, ctypes.c_void_p]
+    fn.argtypes += [u64p, u64p, u32p, u32p] + [ctypes.c_int] * 4
+    fn.restype = ctypes.c_int
+    return fn
+
+
+def tensor_map_tiled(ptr: int, dims, strides, box, swizzle: int = TMAP_SWIZZLE_128B):
+    """A tiled tensor map of float16 elements at device address ``ptr`` (16-byte
+    aligned): ``dims`` (innermost first, elements), ``strides`` (bytes, dimensions
+    1..rank-1), ``box`` (elements per copy), no interleave, the given swizzle, L2
+    promotion to 256 B, and elements outside the tensor read as zeros. Returns the
+    (1,) TENSOR_MAP array a RawKernel takes as a by-value argument."""
+    import ctypes
+
+    check_tensor_map(dims, strides, box, 2, swizzle)
+    if ptr % 16:
+        raise ValueError(f"tensor map: the address must be 16-byte aligned, got {ptr}")
+    rank = len(dims)
+    raw = np.zeros(TENSOR_MAP.itemsize + 64, np.uint8)  # the driver wants 64-B
+    off = -raw.ctypes.data % 64
+    out = raw[off : off + TENSOR_MAP.itemsize].view(TENSOR_MAP)
+
+    def arr(ct, vals):
+        return (ct * max(len(vals), 1))(*[int(v) for v in vals])
+
+    rc = _encode_tiled()(
+        ctypes.c_void_p(out.ctypes.data),
+        TMAP_FLOAT16,
+        rank,
+        ctypes.c_void_p(int(ptr)),
+        arr(ctypes.c_uint64, dims),
+        arr(ctypes.c_uint64, strides),
+        arr(ctypes.c_uint32, box),
+        arr(ctypes.c_uint32, [1] * rank),
+        0,
+        swizzle,
+        TMAP_L2_256B,
+        0,
+    )
+    if rc != 0:
+        raise RuntimeError(
+            f"cuTensorMapEncodeTiled failed (CUresult {rc}) for dims {list(dims)}, "
+            f"strides {list(strides)}, box {list(box)}"
+        )
+    return out
+
+
 def check_array(name: str, a, dtypes, ndim: int) -> None:
     """TypeError unless ``a`` is a C-contiguous CuPy array of one of ``dtypes``
     with ``ndim`` dimensions; ValueError for the wrong ndim or a non-contiguous one."""

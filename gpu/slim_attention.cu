@@ -949,8 +949,19 @@ __device__ __forceinline__ void softmax_tile7(const float* xs, int j, int s1,
   }
 }
 
+// v10's ring stage: the tensor copy's box, CS / 64 chunks of NK7 rows x 64
+// columns (128 B) under the 128-byte swizzle: the 16-byte unit u of row r sits
+// at unit u ^ (r % 8) of its 128 B (the stage is 1024-byte aligned, so the
+// copy engine's XOR on address bits [4:6] ^ [7:9] is this one). Offset, in
+// halves, of element (r, c), c a multiple of 8. ldmatrix's 8 rows x 16 B at one
+// column unit land in 8 distinct bank groups: conflict-free, as padding was.
+__device__ __forceinline__ int swz10(int r, int c) {
+  return (c >> 6) * (NK7 * 64) + r * 64 + ((((c >> 3) & 7) ^ (r & 7)) << 3);
+}
+
 // v7: 32-key tiles of padded rows (RW halves), consumer cw owns columns 32 cw...
-template <int MT, int NT, int RW>
+// (SW: v10's swizzled tensor-copy boxes, swz10, instead)
+template <int MT, int NT, int RW, bool SW = false>
 __device__ __forceinline__ void pk_accumulate7(float (&acc_r)[MT][NT][4],
                                                const float* alt,
                                                const __half* pst,
@@ -958,7 +969,10 @@ __device__ __forceinline__ void pk_accumulate7(float (&acc_r)[MT][NT][4],
                                                int lane) {
   pk_core<MT, NT, NK7, PST7>(acc_r, alt, pst, kt_s, cw * NT * 8, lane,
                              [](const __half* k, int r, int c0, int n, int m) {
-                               return k + r * RW + c0 + n + m;
+                               if constexpr (SW)
+                                 return k + swz10(r, c0 + n + m);
+                               else
+                                 return k + r * RW + c0 + n + m;
                              });
 }
 
@@ -986,6 +1000,29 @@ __device__ __forceinline__ void own_scores7(float (&c4)[2][4],
       const int col = h * D + kk * 16;
       ldsm_x4(a0, arow + col);
       ldsm_x4(a1, arow + col + 16);
+      const unsigned* qa = (const unsigned*)(qlane + col);
+      b0[0] = mine ? qa[0] : 0u, b0[1] = mine ? qa[4] : 0u;
+      b1[0] = mine ? qa[8] : 0u, b1[1] = mine ? qa[12] : 0u;
+      mma16816(c4[0], a0, b0);
+      mma16816(c4[1], a1, b1);
+    }
+  }
+}
+// v10's scorers: own_scores7 over the swizzled stage st (row r10 = a7_row's
+// row, c10 its column offset). A separate copy: folding the address into a
+// functor argument of own_scores7 changed v7's and v8's machine code (their
+// measured builds are kept as they ran).
+__device__ __forceinline__ void own_scores10(float (&c4)[2][4],
+                                             const __half* st, int r10,
+                                             int c10, const __half* qlane,
+                                             int hb, int D, int sw, int lane) {
+  for (int h = sw / 2; h < hb; h += NSC7 / 2) {
+    const bool mine = lane / 4 == h;
+    for (int kk = 0; kk < D / 16; kk += 2) {
+      unsigned a0[4], a1[4], b0[2], b1[2];
+      const int col = h * D + kk * 16;
+      ldsm_x4(a0, st + swz10(r10, col + c10));
+      ldsm_x4(a1, st + swz10(r10, col + c10 + 16));
       const unsigned* qa = (const unsigned*)(qlane + col);
       b0[0] = mine ? qa[0] : 0u, b0[1] = mine ? qa[4] : 0u;
       b1[0] = mine ? qa[8] : 0u, b1[1] = mine ? qa[12] : 0u;
@@ -1037,9 +1074,10 @@ struct Smem7 {
     xfull = empty + NS7;
     xempty = xfull + NX7;
   }
-  __device__ __forceinline__ void init_barriers(int nw, unsigned xbytes) const {
+  __device__ __forceinline__ void init_barriers(int nw, unsigned xbytes,
+                                                unsigned nfull = 32) const {
     for (int s = 0; s < NS7; ++s) {
-      mbar_init(&full[s], 32);
+      mbar_init(&full[s], nfull);
       mbar_init(&empty[s], NSC7 + nw);
     }
     for (int x = 0; x < NX7; ++x) {
@@ -1190,16 +1228,23 @@ __device__ void attend_v7(const __half* q, const __half* cache, float* acc,
 // use (the cache is read twice from DRAM), and even with one cluster, where
 // nothing is read twice, each SM's rate halves: the limit is the rate at which
 // an SM's copy engine takes 1 KB bulk requests, and v9 doubles their number.
+//
+// v10 = v8 with TM: the producer loads each tile with one tensor copy (tmap,
+// see attend_v10) instead of 32 bulk copies of one row; the ring's stages are
+// the copy's swizzled boxes (RW = CS, swz10) instead of padded rows.
 #define PF9 10
-template <int MT, int CS, int PF = 0>
+template <int MT, int CS, int PF = 0, bool TM = false>
 __device__ void attend_v8(const __half* q, const __half* cache, float* acc,
-                          float* ml, int H, int S, int SA, int D, int B) {
-  constexpr int M = 16 * MT, NW = CS / 32, RW = CS + 8, NT = 4;
+                          float* ml, int H, int S, int SA, int D, int B,
+                          const TensorMap* tmap = nullptr) {
+  constexpr int M = 16 * MT, NW = CS / 32, RW = TM ? CS : CS + 8, NT = 4;
   constexpr int RPW = (M + NW - 1) / NW;
   constexpr int CONSUMERS = NW * 32;
   const int C = CL * CS;
   extern __shared__ __align__(128) unsigned char smem[];
-  const Smem7<M, RW> sm(smem);
+  unsigned char* base = smem;  // v10: the ring on the swizzle's 1 KB period
+  if constexpr (TM) base += (1024u - (smem_u32(smem) & 1023u)) & 1023u;
+  const Smem7<M, RW> sm(base);
   __half *kt = sm.kt, *ps = sm.ps, *qs = sm.qs;
   float *xch = sm.xch, *alpha = sm.alpha, *stg = sm.stg;
   unsigned long long *full = sm.full, *empty = sm.empty, *xfull = sm.xfull,
@@ -1218,12 +1263,26 @@ __device__ void attend_v8(const __half* q, const __half* cache, float* acc,
   const int hb = CS / D;  // heads per block (<= 4)
   const unsigned xbytes = (unsigned)(H * NK7 * 4);  // one tile, all blocks
 
-  if (tid == 0) sm.init_barriers(NW, xbytes);
+  if (tid == 0) sm.init_barriers(NW, xbytes, TM ? 1 : 32);
   __syncthreads();
   cluster_arrive();  // every block's barriers exist before anyone pushes
   cluster_wait();
 
-  if (warp == 0) {
+  if (warp == 0 && TM) {
+    // [v10 producer] one lane, one copy of the block's 32 x CS tile per stage
+    if (lane == 0) {
+      int k = k0, b = b0;
+      for (int t = 0; t < ntiles; ++t) {
+        const int s = t % NS7;
+        if (t >= NS7) mbar_wait(&empty[s], (t / NS7 - 1) & 1);
+        mbar_expect_tx(&full[s], (unsigned)(NK7 * CS * 2));  // rows >= S: 0s
+        tma_load_4d(kt + s * NK7 * RW, tmap, 0, k * NK7, col0 / 64, b,
+                    &full[s]);
+        if (++k == T) k = 0, ++b;
+      }
+    }
+    // [v10 producer end]
+  } else if (warp == 0) {
     // [v8 producer]
     int k = k0, b = b0;  // tile k of sequence b
     int kp = k0 + PF, bp = b0;  // v9: the tile PF ahead, (kp, bp)
@@ -1256,6 +1315,8 @@ __device__ void attend_v8(const __half* q, const __half* cache, float* acc,
   } else if (warp <= NSC7) {
     // [v8 scorers] as v7's, with q reloaded at each sequence's first tile
     const int sw = warp - 1, mt = sw % 2, aoff = a7_row<RW>(sw, lane);
+    const int r10 = 16 * mt + ((lane >> 3) & 1) * 8 + (lane & 7);  // v10
+    const int c10 = (lane >> 4) * 8;  // a7_row's row and column, unswizzled
     const __half* qlane = qs + (lane % 4) * 2;
     int k = k0, b = b0;
     for (int t = 0; t < ntiles; ++t) {
@@ -1268,7 +1329,10 @@ __device__ void attend_v8(const __half* q, const __half* cache, float* acc,
       }
       mbar_wait(&full[s], (t / NS7) & 1);
       float c4[2][4] = {};
-      own_scores7(c4, kt + s * NK7 * RW + aoff, qlane, hb, D, sw, lane);
+      if constexpr (TM)
+        own_scores10(c4, kt + s * NK7 * RW, r10, c10, qlane, hb, D, sw, lane);
+      else
+        own_scores7(c4, kt + s * NK7 * RW + aoff, qlane, hb, D, sw, lane);
       __syncwarp();
       if (lane == 0) mbar_arrive(&empty[s]);  // done reading the tile
 #pragma unroll
@@ -1310,7 +1374,8 @@ __device__ void attend_v8(const __half* q, const __half* cache, float* acc,
         if (lane < CL) mbar_arrive_remote(cluster_addr(&xempty[x], lane));
       }
       mbar_wait(&full[s], (t / NS7) & 1);
-      pk_accumulate7<MT, NT, RW>(acc_r, alt, pst, kt + s * NK7 * RW, cw, lane);
+      pk_accumulate7<MT, NT, RW, TM>(acc_r, alt, pst, kt + s * NK7 * RW, cw,
+                                     lane);
       __syncwarp();
       if (lane == 0) mbar_arrive(&empty[s]);
       if (++k == T || t == ntiles - 1) {  // sequence b's part ends here
@@ -1334,6 +1399,29 @@ __device__ __forceinline__ void attend_v9(const __half* q,
                                           float* ml, int H, int S, int SA,
                                           int D, int B) {
   attend_v8<MT, CS, PF9>(q, cache, acc, ml, H, S, SA, D, B);
+}
+
+// v10: attend_v8 with the tile ring filled by tensor copies. tmap (built by the
+// launcher, gpu/slim_attention.py::v10_tensor_map) views the cache as 4-D,
+// innermost first: (64 columns, S rows, C / 64 column chunks, B sequences),
+// strides (2 B, 2 C B, 128 B, 2 SA C B), box (64, NK7, CS / 64, 1): block
+// `rank`'s NK7 x CS tile of sequence b at key row k NK7 is the box at
+// (0, k NK7, rank CS / 64, b), NK7 CS 2 bytes in one request, landing as
+// CS / 64 swizzled chunks of NK7 x 64 (swz10). The row extent is S, so rows
+// past the sequence arrive as zeros. FlashMLA loads its K tiles the same way
+// (64-column boxes under the 128-byte swizzle); the chunk dimension folds
+// the block's 8 of them into one copy.
+template <int MT, int CS>
+__device__ __forceinline__ void attend_v10(const __half* q,
+                                           const TensorMap* tmap, float* acc,
+                                           float* ml, int H, int S, int SA,
+                                           int D, int B) {
+  attend_v8<MT, CS, 0, true>(q, nullptr, acc, ml, H, S, SA, D, B, tmap);
+}
+
+template <int MT, int CS>
+constexpr int v10_smem() {  // v7_smem without the row padding, + 1 KB to align
+  return v7_smem<MT, CS>() - NS7 * NK7 * 8 * 2 + 1024;
 }
 
 // v8's partial slots of sequence b: the clusters whose tile ranges meet it,
@@ -1603,6 +1691,20 @@ ENTRY_V6(2, 512)
 ENTRY_WS_SHAPES(v7)
 ENTRY_WS_SHAPES(v8)
 ENTRY_WS_SHAPES(v9)
+// v10: the cache as a tensor map (a __grid_constant__ parameter) for the ring.
+#define ENTRY_TM(NAME, MT, CS)                                              \
+  extern "C" __global__ void __cluster_dims__(CL, 1, 1)                     \
+      __launch_bounds__(32 * (1 + NSC7) + CS, 1)                            \
+          slim_attention_attend_##NAME##_m##MT##c##CS(                      \
+              const __half* q, const __grid_constant__ TensorMap tmap,      \
+              float* acc, float* ml, int H, int S, int SA, int D, int B) {  \
+    attend_##NAME<MT, CS>(q, &tmap, acc, ml, H, S, SA, D, B);               \
+  }
+ENTRY_TM(v10, 1, 128)
+ENTRY_TM(v10, 1, 256)
+ENTRY_TM(v10, 2, 256)
+ENTRY_TM(v10, 2, 384)
+ENTRY_TM(v10, 2, 512)
 extern "C" __global__ void __launch_bounds__(GT8, 2) slim_attention_gemv8_f16(
     const float* acc, const float* ml, const __half* w, float* part, int B,
     int H, int C, int D, int P, int T, int cc) {
@@ -1618,3 +1720,4 @@ static_assert(v4_smem<2, 512, false, 3>() <= SMEM_MAX, "v4/v5 too large");
 static_assert(v4_smem<2, 512, true, 2>() <= SMEM_MAX, "xv4/xv5 too large");
 static_assert(v6_smem<2, 512>() <= SMEM_MAX, "v6 tiles too large");
 static_assert(v7_smem<2, 512>() <= SMEM_MAX, "v7 tiles too large");
+static_assert(v10_smem<2, 512>() <= SMEM_MAX, "v10 tiles too large");

@@ -20,7 +20,7 @@ import numpy as np
 from gpu import runtime as rt
 
 SLUG = "slim_attention"
-VERSIONS = (1, 2, 3, 4, 5, 6, 7, 8, 9)  # K-only cache
+VERSIONS = (1, 2, 3, 4, 5, 6, 7, 8, 9, 10)  # K-only cache
 XVERSIONS = (1, 3, 4, 5)  # X cache with absorbed weights
 DTYPES = (np.float32, np.float16)
 FAST_DTYPES = (np.float16,)  # v2, v3, xv3: fp16 tensor cores
@@ -43,16 +43,17 @@ GT = 128  # gemv threads (GT in the .cu)
 BG = 8  # batch rows per gemv pass (BG in the .cu)
 MAX_SPLIT = 512  # gemv keeps BG x n_split weights in shared memory
 MAX_GRID_YZ = 65535
-# Best first. v2-v9 and xv3-xv5 run as thread-block clusters (sm_90): on an older card
+# Best first. v2-v10 and xv3-xv5 run as thread-block clusters (sm_90): on an older card
 # the launchers run the first of these it can (v1 or xv1, which take float16 and
 # float32 and any H, D), with a notice (gpu.runtime.pick_version, gpu/capability.json).
-FALLBACK = (9, 8, 7, 6, 5, 4, 3, 2, 1)
+FALLBACK = (10, 9, 8, 7, 6, 5, 4, 3, 2, 1)
 # The version a launcher runs when none is named, where the fast path takes the shape:
 # the fastest measured (gpu/NOTES_slim_attention.md).
 DEFAULT_FAST, XDEFAULT_FAST = 8, 5
 GT8 = 256  # gemv8 threads (GT8 in the .cu)
-WARP_SPECIALISED = (7, 8, 9)  # producer, scorer and consumer warps (v7_smem)
-PERSISTENT = (8, 9)  # versions on v8's persistent schedule, with gemv8
+WARP_SPECIALISED = (7, 8, 9, 10)  # producer, scorer and consumer warps (v7_smem)
+PERSISTENT = (8, 9, 10)  # versions on v8's persistent schedule, with gemv8
+TENSOR_MAP = (10,)  # the tile ring filled by tensor-map copies (v10_tensor_map)
 PF9 = 10  # v9's L2 prefetch distance, tiles (PF9 in the .cu)
 XFALLBACK = (5, 4, 3, 1)
 FAMILY, XFAMILY = SLUG, SLUG + "_x"  # the K-only and the X-cache ladders in the table
@@ -116,9 +117,11 @@ def fast_smem_bytes(mt: int, nt: int, stages: int) -> int:
 
 def v4_smem_bytes(mt: int, cs: int, xc: bool, version: int = 4) -> int:
     """Dynamic shared memory of v4/v5/xv4/xv5 (v4_smem in the .cu), v6 (v6_smem:
-    three tile stages, P, scores and alpha double-buffered) and v7-v9
-    (v7_smem_bytes)."""
+    three tile stages, P, scores and alpha double-buffered), v7-v9
+    (v7_smem_bytes) and v10 (v10_smem: unpadded rows, 1 KB to align the ring)."""
     m, st = 16 * mt, STAGES_V4[xc]
+    if version in TENSOR_MAP:
+        return v7_smem_bytes(mt, cs) - NS7 * NK7 * 8 * 2 + 1024
     if version in WARP_SPECIALISED:
         return v7_smem_bytes(mt, cs)
     if version == 6:
@@ -209,6 +212,28 @@ def persistent_plan(b: int, s: int, n_split: int | None = None) -> tuple[int, in
             )
         p = int(n_split)
     return max(1, min(p, b * t)), t
+
+
+def v10_map_geometry(b: int, s: int, sa: int, c: int) -> tuple[tuple, tuple, tuple]:
+    """(dims, strides, box) of v10's tensor map over a (B, SA, C) float16 cache of
+    which the first S rows are read: innermost first, (64 columns, S rows, C / 64
+    column chunks, B sequences), strides in bytes of dimensions 1-3 (a row 2 C, a
+    chunk 128, a sequence 2 SA C), and the box one block's tile, (64, NK7, CS / 64,
+    1) with CS = C / CL: NK7 CS 2 bytes per copy. The row extent is S, not SA, so
+    that the rows of a last tile past S arrive as zeros."""
+    cs = c // CL
+    dims = (64, s, c // 64, b)
+    strides = (2 * c, 128, 2 * sa * c)
+    box = (64, NK7, cs // 64, 1)
+    return dims, strides, box
+
+
+def v10_tensor_map(cache, s: int):
+    """v10's tensor map (a by-value kernel argument) over ``cache`` (B, SA, C),
+    length ``s`` (v10_map_geometry)."""
+    b, sa, c = cache.shape
+    dims, strides, box = v10_map_geometry(b, s, sa, c)
+    return rt.tensor_map_tiled(cache.data.ptr, dims, strides, box)
 
 
 def gemv8_plan(h: int, c: int) -> tuple[int, int]:
@@ -367,7 +392,8 @@ def _attend_gemv_finish(prefix, version, qx, cache, w, b_v, out, v, dims, n_spli
         # v8: (CL, P) persistent clusters over all B sequences; its last argument
         # is B where v2-v7's is the chunk length
         last = i32(b) if version in PERSISTENT else i32(chunk)
-        args = (qx, cache, acc, ml, i32(h), i32(s), i32(sa), i32(d), last)
+        src = v10_tensor_map(cache, s) if version in TENSOR_MAP else cache
+        args = (qx, src, acc, ml, i32(h), i32(s), i32(sa), i32(d), last)
         grid = (CL, n) if version in PERSISTENT else (CL, n, b)
         if version >= 4:
             cs = c // CL

@@ -593,6 +593,89 @@ def test_v8_schedule_covers_every_tile_once_and_slots_are_unique(b, s, n):
     assert len(set(slots)) == len(slots) and max(slots) <= p + b - 2
 
 
+def _swz10(r: int, c: int) -> int:
+    """gpu/slim_attention.cu's swz10: the offset (halves) of tile element (r, c)."""
+    return (c >> 6) * (sa_gpu_nk7() * 64) + r * 64 + ((((c >> 3) & 7) ^ (r & 7)) << 3)
+
+
+def sa_gpu_nk7() -> int:
+    from gpu import slim_attention as gsa
+
+    return gsa.NK7
+
+
+def _tma_box_sw128(flat, dims, strides, box, coords):
+    """What a tiled tensor copy with the 128-byte swizzle writes to shared memory
+    (CUDA's PTX guide, "tensor copy" and "swizzling modes"): the box's elements in
+    order, innermost first, zero outside dims, and within each 1024-byte period of
+    the destination the 16-byte unit u of 128-byte row r stored at u ^ (r % 8)."""
+    elem = np.dtype(np.float16).itemsize
+    steps = (elem,) + tuple(strides)
+    out = np.zeros(int(np.prod(box)), np.float16)
+    for i, idx in enumerate(np.ndindex(*reversed(box))):
+        idx = idx[::-1]  # innermost first
+        pos = [c0 + j for c0, j in zip(coords, idx, strict=True)]
+        if all(0 <= p < d for p, d in zip(pos, dims, strict=True)):
+            byte = sum(p * st for p, st in zip(pos, steps, strict=True))
+            out[i] = flat[byte // elem]
+    linear = out.view(np.uint8).reshape(-1, 128, 1)  # 128-byte rows
+    swz = np.empty_like(linear.reshape(-1, 8, 16))
+    for row in range(linear.shape[0]):
+        units = linear[row, :, 0].reshape(8, 16)
+        for u in range(8):
+            swz[row, u ^ (row % 8)] = units[u]
+    return swz.reshape(-1).view(np.float16)
+
+
+@pytest.mark.parametrize("b, s, sa_, h, d", [(2, 70, 75, 8, 128), (1, 33, 33, 16, 64)])
+def test_v10_tensor_map_box_is_the_blocks_tile_under_swz10(b, s, sa_, h, d):
+    """v10's tensor map (v10_map_geometry) and the kernel's swizzled reads (swz10)
+    agree: emulating the copy of block `rank`'s tile k of sequence bb, element (r, c)
+    read at swz10(r, c) is cache[bb, k NK7 + r, rank CS + c], and zero past S."""
+    from gpu import runtime as rt
+    from gpu import slim_attention as gsa
+
+    c = h * d
+    cs, nk = c // gsa.CL, gsa.NK7
+    rng = np.random.default_rng(5)
+    cache = rng.standard_normal((b, sa_, c)).astype(np.float16)
+    dims, strides, box = gsa.v10_map_geometry(b, s, sa_, c)
+    rt.check_tensor_map(dims, strides, box, 2, rt.TMAP_SWIZZLE_128B)
+    assert int(np.prod(box)) * 2 == nk * cs * 2  # one copy = the block's tile
+    last = (s - 1) // nk  # the last tile, which runs past S
+    for bb, k, rank in [(0, 0, 0), (b - 1, last, gsa.CL - 1), (b - 1, last, 3)]:
+        got = _tma_box_sw128(
+            cache.reshape(-1), dims, strides, box, (0, k * nk, rank * cs // 64, bb)
+        )
+        for r in range(nk):
+            for c8 in range(0, cs, 8):
+                row = k * nk + r
+                want = (
+                    cache[bb, row, rank * cs + c8 : rank * cs + c8 + 8]
+                    if row < s
+                    else np.zeros(8, np.float16)
+                )
+                o = _swz10(r, c8)
+                np.testing.assert_array_equal(got[o : o + 8], want)
+
+
+def test_tensor_map_geometry_checks_name_what_is_wrong():
+    from gpu import runtime as rt
+
+    ok = ((64, 100, 64, 2), (8192, 128, 8192 * 100), (64, 32, 8, 1))
+    rt.check_tensor_map(*ok, 2, rt.TMAP_SWIZZLE_128B)
+    with pytest.raises(ValueError, match="strides"):
+        rt.check_tensor_map(ok[0], (8192, 120, 8192 * 100), ok[2], 2, 3)
+    with pytest.raises(ValueError, match="box"):
+        rt.check_tensor_map(ok[0], ok[1], (64, 32, 300, 1), 2, 3)
+    with pytest.raises(ValueError, match="128-byte swizzle"):
+        rt.check_tensor_map((128, 100, 32, 2), ok[1], (128, 32, 4, 1), 2, 3)
+    with pytest.raises(ValueError, match="dims"):
+        rt.check_tensor_map((64, 0, 64, 2), ok[1], ok[2], 2, 3)
+    with pytest.raises(ValueError, match="rank"):
+        rt.check_tensor_map(ok[0], ok[1][:2], ok[2], 2, 3)
+
+
 @st.composite
 def _gpu_case(draw, fast: bool):
     if fast:
@@ -708,7 +791,7 @@ def test_gpu_v1_matches_baseline(dtype, cs):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("version", [2, 3, 4, 5, 6, 7, 8, 9])
+@pytest.mark.parametrize("version", [2, 3, 4, 5, 6, 7, 8, 9, 10])
 @given(cs=_gpu_case(fast=True))
 def test_gpu_fast_matches_baseline(version, cs):
     _gpu_check(version, cs, np.float16, xcache=False)
@@ -792,7 +875,7 @@ def test_gpu_every_split_plan_agrees():
     q, cache, w, b_v, _ = _gpu_inputs(b, h, d, s_alloc, 1.0, True, 11, np.float16)
     ref = _gpu_truth(q, cache, w, b_v)
     scale = slim_kernel_scale(q, cache, w, fp16_p=True)
-    for version in (3, 4, 5, 6, 7, 8, 9):
+    for version in (3, 4, 5, 6, 7, 8, 9, 10):
         for n in (1, 2, 3, 7, 15, 16, 31, 32):
             got = _gpu_run_slim(version, q, cache, w, b_v, None, n)
             assert_close(got, ref, "gpu", np.float16, scale)
@@ -800,14 +883,14 @@ def test_gpu_every_split_plan_agrees():
 
 @pytest.mark.gpu
 def test_gpu_v8_ranges_across_sequences_agree():
-    """v8's and v9's P clusters share all B sequences' tiles: ranges that start and
-    end inside a sequence, cover several short ones, or one tile each (P = B T) must
+    """v8's, v9's and v10's P clusters share all B sequences' tiles: ranges that start
+    and end inside a sequence, cover several short ones, or one tile each (P = B T) must
     give each sequence its own output. B = 5 sequences of S = 70 keys (T = 3 tiles)."""
     b, h, d, s_alloc = 5, 16, 64, 70
     q, cache, w, b_v, _ = _gpu_inputs(b, h, d, s_alloc, 1.0, True, 12, np.float16)
     ref = _gpu_truth(q, cache, w, b_v)
     scale = slim_kernel_scale(q, cache, w, fp16_p=True)
-    for version in (8, 9):
+    for version in (8, 9, 10):
         for n in (1, 2, 4, 7, 14, 15, 16, 70):  # P = min(n, B T = 15)
             got = _gpu_run_slim(version, q, cache, w, b_v, None, n)
             assert_close(got, ref, "gpu", np.float16, scale)

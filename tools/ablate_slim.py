@@ -1,15 +1,15 @@
-"""Ablations of slim attention v7's or v8's attend kernel: the same kernel with parts
-cut out by text substitution, compiled and timed alone (gpu.bench.time_events: CUDA
-events, no graph). Timing only: the cut variants compute wrong outputs by design.
-It is how the notes found which stage limits v7 (gpu/NOTES_slim_attention.md,
-"v7, second build") and v8.
+"""Ablations of slim attention v7's, v8's or v10's attend kernel: the same kernel
+with parts cut out by text substitution, compiled and timed alone
+(gpu.bench.time_events: CUDA events, no graph). Timing only: the cut variants compute
+wrong outputs by design. It is how the notes found which stage limits v7
+(gpu/NOTES_slim_attention.md, "v7, second build"), v8 and v10.
 
 PYTHONPATH=$PWD python3 tools/ablate_slim.py [B S [VARIANT,...] [VERSION]]
 
-VERSION 7 (default), 8 or 9; ABLATE_NSPLIT=n in the environment sets n_split (v8: P,
-the clusters). Variants: full (unchanged; v7 also times v6 at B = 8,
-S = 16K), load_only (scorers and
-consumers only wait for each stage and release it), load_score (the scorers
+VERSION 7 (default), 8, 9 or 10 (v9 and v10 are attend_v8 instantiations);
+ABLATE_NSPLIT=n in the environment sets n_split (v8-v10: P, the clusters).
+Variants: full (unchanged; v7 also times v6 at B = 8, S = 16K), load_only (scorers
+and consumers only wait for each stage and release it), load_score (the scorers
 compute, nothing is exchanged, the consumers only release), load_pk (the consumers
 run P . K without scores, the scorers only release). H = 32, D = 128 (C = 4096).
 """
@@ -28,7 +28,12 @@ from gpu import slim_attention as sa
 SRC = open("gpu/slim_attention.cu").read()
 WAIT_TILE = "      mbar_wait(&full[s], (t / NS7) & 1);\n"
 RELEASE = "      __syncwarp();\n      if (lane == 0) mbar_arrive(&empty[s]);\n    }\n"
-PK = "      pk_accumulate7<MT, NT, RW>(acc_r, alt, pst, kt + s * NK7 * RW, cw, lane);\n"
+PK = {
+    7: "      pk_accumulate7<MT, NT, RW>(acc_r, alt, pst, kt + s * NK7 * RW, cw, "
+    "lane);\n",
+    8: "      pk_accumulate7<MT, NT, RW, TM>(acc_r, alt, pst, kt + s * NK7 * RW, cw,\n"
+    "                                     lane);\n",
+}
 ENDS = {7: '// extern "C": one symbol per storage type', 8: "// v8's partial slots"}
 
 
@@ -36,8 +41,8 @@ NSPLIT = int(os.environ["ABLATE_NSPLIT"]) if "ABLATE_NSPLIT" in os.environ else 
 
 
 def body_of(ver: int) -> tuple[int, int, str]:
-    """(start, end, text) of the function v<ver> runs (v9: attend_v8's, with PF9)."""
-    fn = 8 if ver == 9 else ver
+    """(start, end, text) of the function v<ver> runs (v9, v10: attend_v8's)."""
+    fn = 8 if ver in (9, 10) else ver
     i0 = SRC.rindex("template <", 0, SRC.index(f"__device__ void attend_v{fn}("))
     i1 = SRC.index(ENDS[fn], i0)
     return i0, i1, SRC[i0:i1]
@@ -50,7 +55,7 @@ def variants(ver: int) -> dict:
         i = body.index(start) + len(start)
         return body[i : body.index(end, i)]
 
-    fn = 8 if ver == 9 else ver
+    fn = 8 if ver in (9, 10) else ver
     scorer = region(WAIT_TILE, f"    // [v{fn} scorers end]")
     consumer = region(
         "float* alt = alpha + (t & 1) * M;\n", f"    // [v{fn} consumers end]"
@@ -63,7 +68,7 @@ def variants(ver: int) -> dict:
         "full": [],
         "load_only": [(scorer, RELEASE), (consumer, WAIT_TILE + RELEASE)],
         "load_score": [(scorer, score_only), (consumer, WAIT_TILE + RELEASE)],
-        "load_pk": [(scorer, RELEASE), (consumer, WAIT_TILE + PK + RELEASE)],
+        "load_pk": [(scorer, RELEASE), (consumer, WAIT_TILE + PK[fn] + RELEASE)],
     }
 
 
@@ -96,7 +101,8 @@ def main():
             acc = cp.zeros(rows * h * c, cp.float32)
             ml = cp.zeros(rows * h * 2, cp.float32)
             last = i32(b) if ver in sa.PERSISTENT else i32(chunk)
-            args = (q, cache, acc, ml, i32(h), i32(s), i32(s), i32(d), last)
+            src = sa.v10_tensor_map(cache, s) if ver in sa.TENSOR_MAP else cache
+            args = (q, src, acc, ml, i32(h), i32(s), i32(s), i32(d), last)
             fn = mod.get_function(f"slim_attention_attend_v{ver}_m{mt}c{cs}")
             smem = sa.v4_smem_bytes(mt, cs, False, ver)
             fn.max_dynamic_shared_size_bytes = smem

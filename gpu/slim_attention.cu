@@ -227,7 +227,7 @@ constexpr int fast_smem() {
 
 // The block's partial of split `split`: (m, l) of every head from rank 0,
 // u[h] (unnormalised) over this block's columns from every block.
-template <int MT, int NT, int RPW, int NW>
+template <int MT, int NT, int RPW, int NW, bool ML = true>
 __device__ __forceinline__ void write_split(const float (&acc_r)[MT][NT][4],
                                             const float (&m_r)[RPW],
                                             const float (&l_r)[RPW],
@@ -235,7 +235,7 @@ __device__ __forceinline__ void write_split(const float (&acc_r)[MT][NT][4],
                                             int n, int split, int H, int C,
                                             int col0, int rank, int warp,
                                             int lane) {
-  if (rank == 0) {
+  if (ML && rank == 0) {  // (v11's softmax warp writes (m, l) itself)
 #pragma unroll
     for (int i = 0; i < RPW; ++i) {
       int r = warp + NW * i;
@@ -1052,30 +1052,38 @@ __device__ __forceinline__ void stage_scores7(float* stg, const float (&c)[4],
 // allocation, and their mbarriers: the ring's full (the producer's 32 lanes)
 // and empty (the scorer and the NW consumer warps), the exchange slots' full
 // (armed with the tile's bytes, one phase ahead) and empty (one arrive from
-// every block of the cluster).
-template <int M, int RW>
+// every block of the cluster). v11 has NPS = NP11 P slots instead of 2, with
+// their full (the softmax warp's 32 lanes) and empty (the NW consumers).
+template <int M, int RW, int NPS = 2>
 struct Smem7 {
   __half* kt;                  // NS7 x NK7 x RW, the tile ring
   float* xch;                  // NX7 x M x NK7, the score-exchange slots
-  __half* ps;                  // 2 x M x PST7, P double-buffered
-  float* alpha;                // 2 x M
+  __half* ps;                  // NPS x M x PST7, P double-buffered (v11: ring)
+  float* alpha;                // NPS x M
   float* stg;                  // 4 x NK7, the own heads' scores, to push
   __half* qs;                  // hb x D, the own heads' q
-  unsigned long long *full, *empty, *xfull, *xempty;
+  unsigned long long *full, *empty, *xfull, *xempty, *pfull, *pempty;
   __device__ __forceinline__ explicit Smem7(unsigned char* base) {
     kt = (__half*)base;
     xch = (float*)(kt + NS7 * NK7 * RW);
     ps = (__half*)(xch + NX7 * M * NK7);
-    alpha = (float*)(ps + 2 * M * PST7);
-    stg = alpha + 2 * M;
+    alpha = (float*)(ps + NPS * M * PST7);
+    stg = alpha + NPS * M;
     qs = (__half*)(stg + 4 * NK7);
     full = (unsigned long long*)(qs + 4 * 128);
     empty = full + NS7;
     xfull = empty + NS7;
     xempty = xfull + NX7;
+    pfull = xempty + NX7;  // v11
+    pempty = pfull + NPS;
   }
   __device__ __forceinline__ void init_barriers(int nw, unsigned xbytes,
-                                                unsigned nfull = 32) const {
+                                                unsigned nfull = 32,
+                                                int np = 0) const {
+    for (int p = 0; p < np; ++p) {  // v11's P ring
+      mbar_init(&pfull[p], 32);
+      mbar_init(&pempty[p], nw);
+    }
     for (int s = 0; s < NS7; ++s) {
       mbar_init(&full[s], nfull);
       mbar_init(&empty[s], NSC7 + nw);
@@ -1232,8 +1240,12 @@ __device__ void attend_v7(const __half* q, const __half* cache, float* acc,
 // v10 = v8 with TM: the producer loads each tile with one tensor copy (tmap,
 // see attend_v10) instead of 32 bulk copies of one row; the ring's stages are
 // the copy's swizzled boxes (RW = CS, swz10) instead of padded rows.
+//
+// v11 = v10 with SMW: the softmax moves out of the consumers into one softmax
+// warp (warp 1 + NSC7; the consumers follow it), see attend_v11.
 #define PF9 10
-template <int MT, int CS, int PF = 0, bool TM = false>
+#define NP11 4  // v11's P slots
+template <int MT, int CS, int PF = 0, bool TM = false, bool SMW = false>
 __device__ void attend_v8(const __half* q, const __half* cache, float* acc,
                           float* ml, int H, int S, int SA, int D, int B,
                           const TensorMap* tmap = nullptr) {
@@ -1244,11 +1256,12 @@ __device__ void attend_v8(const __half* q, const __half* cache, float* acc,
   extern __shared__ __align__(128) unsigned char smem[];
   unsigned char* base = smem;  // v10: the ring on the swizzle's 1 KB period
   if constexpr (TM) base += (1024u - (smem_u32(smem) & 1023u)) & 1023u;
-  const Smem7<M, RW> sm(base);
+  const Smem7<M, RW, SMW ? NP11 : 2> sm(base);
   __half *kt = sm.kt, *ps = sm.ps, *qs = sm.qs;
   float *xch = sm.xch, *alpha = sm.alpha, *stg = sm.stg;
   unsigned long long *full = sm.full, *empty = sm.empty, *xfull = sm.xfull,
-                     *xempty = sm.xempty;
+                     *xempty = sm.xempty, *pfull = sm.pfull,
+                     *pempty = sm.pempty;
 
   cg::cluster_group cluster = cg::this_cluster();
   const int rank = (int)cluster.block_rank();
@@ -1263,7 +1276,7 @@ __device__ void attend_v8(const __half* q, const __half* cache, float* acc,
   const int hb = CS / D;  // heads per block (<= 4)
   const unsigned xbytes = (unsigned)(H * NK7 * 4);  // one tile, all blocks
 
-  if (tid == 0) sm.init_barriers(NW, xbytes, TM ? 1 : 32);
+  if (tid == 0) sm.init_barriers(NW, xbytes, TM ? 1 : 32, SMW ? NP11 : 0);
   __syncthreads();
   cluster_arrive();  // every block's barriers exist before anyone pushes
   cluster_wait();
@@ -1353,6 +1366,98 @@ __device__ void attend_v8(const __half* q, const __half* cache, float* acc,
       if (++k == T) k = 0, ++b;
     }
     // [v8 scorers end]
+  } else if (SMW && warp == 1 + NSC7) {
+    // [v11 softmax warp] lane r owns row (head) r of every tile
+    const int r = lane;
+    const float qscale = LOG2E * rsqrtf((float)D);
+    float m = NEG_INF, l = 0.0f;
+    int k = k0, b = b0;
+    for (int t = 0; t < ntiles; ++t) {
+      const int x = t % NX7, p = t % NP11;
+      mbar_wait(&xfull[x], (t / NX7) & 1);  // every head's scores
+      float4 v[8];  // v[j]: keys 4 c .. 4 c + 3, c = (j + r) % 8: 8 lanes
+      const float* xr = xch + (x * M + r) * NK7;  // ...meet 8 bank groups
+#pragma unroll
+      for (int j = 0; j < 8; ++j)
+        v[j] = r < H ? *(const float4*)(xr + 4 * ((j + r) & 7))
+                     : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+      __syncwarp();  // slot x read: free it in every block
+      if (t + NX7 < ntiles) {
+        if (lane == 0) mbar_expect_tx(&xfull[x], xbytes);  // its next phase
+        __syncwarp();  // ...is armed before any block may push into it
+        if (lane < CL) mbar_arrive_remote(cluster_addr(&xempty[x], lane));
+      }
+      float xv[8][4], mx = NEG_INF;
+#pragma unroll
+      for (int j = 0; j < 8; ++j) {
+        const int key = k * NK7 + 4 * ((j + r) & 7);
+        const float e4[4] = {v[j].x, v[j].y, v[j].z, v[j].w};
+#pragma unroll
+        for (int e = 0; e < 4; ++e)
+          xv[j][e] = key + e < S ? e4[e] * qscale : NEG_INF;
+        mx = fmaxf(mx, fmaxf(fmaxf(xv[j][0], xv[j][1]),
+                             fmaxf(xv[j][2], xv[j][3])));
+      }
+      const float mnew = fmaxf(m, mx);  // finite: a tile has a key < S
+      const float a = exp2f(m - mnew);   // m = -inf at a sequence's start: 0
+      float sum = 0.0f;
+      uint2 ph[8];  // P's row, 4 halves per chunk
+#pragma unroll
+      for (int j = 0; j < 8; ++j) {
+        float pj[4];
+#pragma unroll
+        for (int e = 0; e < 4; ++e) sum += pj[e] = exp2f(xv[j][e] - mnew);
+        const __half2 h0 = __floats2half2_rn(pj[0], pj[1]);
+        const __half2 h1 = __floats2half2_rn(pj[2], pj[3]);
+        ph[j] = make_uint2(*(const unsigned*)&h0, *(const unsigned*)&h1);
+      }
+      l = l * a + sum;
+      m = mnew;
+      if (t >= NP11) mbar_wait(&pempty[p], (t / NP11 - 1) & 1);
+      if (r < M) {  // rows in [H, M): P = 0, alpha = 1 (the m16 padding)
+        __half* pr = ps + (p * M + r) * PST7;
+#pragma unroll
+        for (int j = 0; j < 8; ++j)
+          *(uint2*)(pr + 4 * ((j + r) & 7)) = r < H ? ph[j] : make_uint2(0, 0);
+        alpha[p * M + r] = r < H ? a : 1.0f;
+      }
+      mbar_arrive(&pfull[p]);
+      if (++k == T || t == ntiles - 1) {  // sequence b's part ends here
+        if (rank == 0 && r < H) {
+          float* o = ml + ((size_t)(cid + b) * H + r) * 2;
+          o[0] = m;
+          o[1] = l;
+        }
+        m = NEG_INF, l = 0.0f;
+        if (k == T) k = 0, ++b;
+      }
+    }
+    // [v11 softmax warp end]
+  } else if constexpr (SMW) {
+    // [v11 consumers] P . K alone, each warp at its own pace (no barrier)
+    const int cw = warp - NSC7 - 2;
+    float acc_r[MT][NT][4], m_r[RPW], l_r[RPW];
+    zero_state(acc_r, m_r, l_r);
+    int k = k0, b = b0;
+    for (int t = 0; t < ntiles; ++t) {
+      const int s = t % NS7, p = t % NP11;
+      mbar_wait(&pfull[p], (t / NP11) & 1);
+      mbar_wait(&full[s], (t / NS7) & 1);
+      pk_accumulate7<MT, NT, RW, TM>(acc_r, alpha + p * M, ps + p * M * PST7,
+                                     kt + s * NK7 * RW, cw, lane);
+      __syncwarp();
+      if (lane == 0) {
+        mbar_arrive(&empty[s]);
+        mbar_arrive(&pempty[p]);
+      }
+      if (++k == T || t == ntiles - 1) {  // sequence b's part ends here
+        write_split<MT, NT, RPW, NW, false>(acc_r, m_r, l_r, acc, ml, cid + b,
+                                            1, 0, H, C, col0, rank, cw, lane);
+        zero_state(acc_r, m_r, l_r);
+        if (k == T) k = 0, ++b;
+      }
+    }
+    // [v11 consumers end]
   } else {
     // [v8 consumers]
     const int cw = warp - NSC7 - 1;
@@ -1422,6 +1527,30 @@ __device__ __forceinline__ void attend_v10(const __half* q,
 template <int MT, int CS>
 constexpr int v10_smem() {  // v7_smem without the row padding, + 1 KB to align
   return v7_smem<MT, CS>() - NS7 * NK7 * 8 * 2 + 1024;
+}
+
+// v11: v10 whose consumers no longer run the softmax. v10's consumer warps (16
+// at the headline shape) each ran a tile's softmax for two rows (two 5-step
+// shuffle reductions) and then P . K, all 16 in step at a named barrier: ncu
+// put half their time in the shuffles' latency, and the per-tile chain, not
+// the loads, set the kernel's pace. Here one softmax warp, lane r = head r,
+// reads its row's 32 scores (no shuffles: max and sum in registers), keeps
+// (m, l), writes P and alpha into a ring of NP11 slots and frees the
+// exchange slot; the consumers wait for P and the tile, run P . K and release
+// both, with no barrier among them. (m, l) of a finished sequence come from the
+// softmax warp, the u partials from the consumers.
+template <int MT, int CS>
+__device__ __forceinline__ void attend_v11(const __half* q,
+                                           const TensorMap* tmap, float* acc,
+                                           float* ml, int H, int S, int SA,
+                                           int D, int B) {
+  attend_v8<MT, CS, 0, true, true>(q, nullptr, acc, ml, H, S, SA, D, B, tmap);
+}
+
+template <int MT, int CS>
+constexpr int v11_smem() {  // v10's, with NP11 P slots and their mbarriers
+  return v10_smem<MT, CS>() + (NP11 - 2) * 16 * MT * (PST7 * 2 + 4) +
+         2 * NP11 * 8;
 }
 
 // v8's partial slots of sequence b: the clusters whose tile ranges meet it,
@@ -1692,19 +1821,22 @@ ENTRY_WS_SHAPES(v7)
 ENTRY_WS_SHAPES(v8)
 ENTRY_WS_SHAPES(v9)
 // v10: the cache as a tensor map (a __grid_constant__ parameter) for the ring.
-#define ENTRY_TM(NAME, MT, CS)                                              \
+#define ENTRY_TM(NAME, MT, CS, EXTRA)                                       \
   extern "C" __global__ void __cluster_dims__(CL, 1, 1)                     \
-      __launch_bounds__(32 * (1 + NSC7) + CS, 1)                            \
+      __launch_bounds__(32 * (1 + NSC7 + EXTRA) + CS, 1)                    \
           slim_attention_attend_##NAME##_m##MT##c##CS(                      \
               const __half* q, const __grid_constant__ TensorMap tmap,      \
               float* acc, float* ml, int H, int S, int SA, int D, int B) {  \
     attend_##NAME<MT, CS>(q, &tmap, acc, ml, H, S, SA, D, B);               \
   }
-ENTRY_TM(v10, 1, 128)
-ENTRY_TM(v10, 1, 256)
-ENTRY_TM(v10, 2, 256)
-ENTRY_TM(v10, 2, 384)
-ENTRY_TM(v10, 2, 512)
+#define ENTRY_TM_SHAPES(NAME, EXTRA)                                        \
+  ENTRY_TM(NAME, 1, 128, EXTRA)                                             \
+  ENTRY_TM(NAME, 1, 256, EXTRA)                                             \
+  ENTRY_TM(NAME, 2, 256, EXTRA)                                             \
+  ENTRY_TM(NAME, 2, 384, EXTRA)                                             \
+  ENTRY_TM(NAME, 2, 512, EXTRA)
+ENTRY_TM_SHAPES(v10, 0)
+ENTRY_TM_SHAPES(v11, 1)  // + the softmax warp
 extern "C" __global__ void __launch_bounds__(GT8, 2) slim_attention_gemv8_f16(
     const float* acc, const float* ml, const __half* w, float* part, int B,
     int H, int C, int D, int P, int T, int cc) {
@@ -1721,3 +1853,4 @@ static_assert(v4_smem<2, 512, true, 2>() <= SMEM_MAX, "xv4/xv5 too large");
 static_assert(v6_smem<2, 512>() <= SMEM_MAX, "v6 tiles too large");
 static_assert(v7_smem<2, 512>() <= SMEM_MAX, "v7 tiles too large");
 static_assert(v10_smem<2, 512>() <= SMEM_MAX, "v10 tiles too large");
+static_assert(v11_smem<2, 512>() <= SMEM_MAX, "v11 tiles too large");

@@ -20,7 +20,7 @@ import numpy as np
 from gpu import runtime as rt
 
 SLUG = "slim_attention"
-VERSIONS = (1, 2, 3, 4, 5, 6, 7, 8, 9, 10)  # K-only cache
+VERSIONS = (1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11)  # K-only cache
 XVERSIONS = (1, 3, 4, 5)  # X cache with absorbed weights
 DTYPES = (np.float32, np.float16)
 FAST_DTYPES = (np.float16,)  # v2, v3, xv3: fp16 tensor cores
@@ -43,17 +43,19 @@ GT = 128  # gemv threads (GT in the .cu)
 BG = 8  # batch rows per gemv pass (BG in the .cu)
 MAX_SPLIT = 512  # gemv keeps BG x n_split weights in shared memory
 MAX_GRID_YZ = 65535
-# Best first. v2-v10 and xv3-xv5 run as thread-block clusters (sm_90): on an older card
+# Best first. v2-v11 and xv3-xv5 run as thread-block clusters (sm_90): on an older card
 # the launchers run the first of these it can (v1 or xv1, which take float16 and
 # float32 and any H, D), with a notice (gpu.runtime.pick_version, gpu/capability.json).
-FALLBACK = (10, 9, 8, 7, 6, 5, 4, 3, 2, 1)
+FALLBACK = (11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1)
 # The version a launcher runs when none is named, where the fast path takes the shape:
 # the fastest measured (gpu/NOTES_slim_attention.md).
 DEFAULT_FAST, XDEFAULT_FAST = 8, 5
 GT8 = 256  # gemv8 threads (GT8 in the .cu)
-WARP_SPECIALISED = (7, 8, 9, 10)  # producer, scorer and consumer warps (v7_smem)
-PERSISTENT = (8, 9, 10)  # versions on v8's persistent schedule, with gemv8
-TENSOR_MAP = (10,)  # the tile ring filled by tensor-map copies (v10_tensor_map)
+WARP_SPECIALISED = (7, 8, 9, 10, 11)  # producer, scorer, consumer warps (v7_smem)
+PERSISTENT = (8, 9, 10, 11)  # versions on v8's persistent schedule, with gemv8
+TENSOR_MAP = (10, 11)  # the tile ring filled by tensor-map copies (v10_tensor_map)
+SOFTMAX_WARP = (11,)  # one more warp: the softmax, with a ring of NP11 P slots
+NP11 = 4  # v11's P slots (NP11 in the .cu)
 PF9 = 10  # v9's L2 prefetch distance, tiles (PF9 in the .cu)
 XFALLBACK = (5, 4, 3, 1)
 FAMILY, XFAMILY = SLUG, SLUG + "_x"  # the K-only and the X-cache ladders in the table
@@ -118,10 +120,14 @@ def fast_smem_bytes(mt: int, nt: int, stages: int) -> int:
 def v4_smem_bytes(mt: int, cs: int, xc: bool, version: int = 4) -> int:
     """Dynamic shared memory of v4/v5/xv4/xv5 (v4_smem in the .cu), v6 (v6_smem:
     three tile stages, P, scores and alpha double-buffered), v7-v9
-    (v7_smem_bytes) and v10 (v10_smem: unpadded rows, 1 KB to align the ring)."""
+    (v7_smem_bytes), v10 (v10_smem: unpadded rows, 1 KB to align the ring) and v11
+    (v11_smem: v10's with NP11 P slots and their mbarriers)."""
     m, st = 16 * mt, STAGES_V4[xc]
     if version in TENSOR_MAP:
-        return v7_smem_bytes(mt, cs) - NS7 * NK7 * 8 * 2 + 1024
+        v10 = v7_smem_bytes(mt, cs) - NS7 * NK7 * 8 * 2 + 1024
+        if version in SOFTMAX_WARP:
+            return v10 + (NP11 - 2) * m * (PST7 * 2 + 4) + 2 * NP11 * 8
+        return v10
     if version in WARP_SPECIALISED:
         return v7_smem_bytes(mt, cs)
     if version == 6:
@@ -152,9 +158,10 @@ def v7_smem_bytes(mt: int, cs: int) -> int:
 
 
 def threads(version: int, cs: int) -> int:
-    """Threads per block of v4-v9: a warp per 32 columns (v7-v9 add their
-    producer and scorer warps)."""
-    return cs + (32 * (1 + NSC7) if version in WARP_SPECIALISED else 0)
+    """Threads per block of v4-v11: a warp per 32 columns (v7-v11 add their
+    producer and scorer warps, v11 its softmax warp)."""
+    extra = 1 if version in SOFTMAX_WARP else 0
+    return cs + (32 * (1 + NSC7 + extra) if version in WARP_SPECIALISED else 0)
 
 
 def split_plan(

@@ -1031,6 +1031,35 @@ __device__ __forceinline__ void own_scores10(float (&c4)[2][4],
     }
   }
 }
+// v12's scorers at a compile-time head dim DK (the launcher's D = 128): the
+// k loop unrolls, and the swizzled address splits into a per-head base and
+// four lane constants. For col a multiple of 16, c10 in {0, 8} and DK a
+// multiple of 64, swz10(r10, h DK + col + c10) = r10 64 + h (DK / 64) NK7 64
+// + (col / 64) NK7 64 + (((col / 8) % 8 ^ w) 8), w = c10 / 8 ^ r10 % 8.
+template <int DK>
+__device__ __forceinline__ void own_scores12(float (&c4)[2][4],
+                                             const __half* st, int r10,
+                                             int c10, const __half* qlane,
+                                             int hb, int sw, int lane) {
+  const int w = (c10 >> 3) ^ (r10 & 7);
+  for (int h = sw / 2; h < hb; h += NSC7 / 2) {
+    const bool mine = lane / 4 == h;
+    const __half* hrow = st + r10 * 64 + h * (DK / 64) * (NK7 * 64);
+    const __half* qh = qlane + h * DK;
+#pragma unroll
+    for (int kk = 0; kk < DK / 16; kk += 2) {
+      unsigned a0[4], a1[4], b0[2], b1[2];
+      const int c0 = kk * 16, c1 = kk * 16 + 16;
+      ldsm_x4(a0, hrow + (c0 >> 6) * (NK7 * 64) + ((((c0 >> 3) & 7) ^ w) << 3));
+      ldsm_x4(a1, hrow + (c1 >> 6) * (NK7 * 64) + ((((c1 >> 3) & 7) ^ w) << 3));
+      const unsigned* qa = (const unsigned*)(qh + c0);
+      b0[0] = mine ? qa[0] : 0u, b0[1] = mine ? qa[4] : 0u;
+      b1[0] = mine ? qa[8] : 0u, b1[1] = mine ? qa[12] : 0u;
+      mma16816(c4[0], a0, b0);
+      mma16816(c4[1], a1, b1);
+    }
+  }
+}
 
 // ...and their staging for the push: c (keys 16 (sw % 2) + lane / 4 (+ 8),
 // heads (lane % 4) * 2 + e) holds this warp's heads only (the others' columns
@@ -1242,10 +1271,12 @@ __device__ void attend_v7(const __half* q, const __half* cache, float* acc,
 // the copy's swizzled boxes (RW = CS, swz10) instead of padded rows.
 //
 // v11 = v10 with SMW: the softmax moves out of the consumers into one softmax
-// warp (warp 1 + NSC7; the consumers follow it), see attend_v11.
+// warp (warp 1 + NSC7; the consumers follow it), see attend_v11. v12 = v11
+// with S12: the scorers' loop unrolled at D = 128 (own_scores12).
 #define PF9 10
 #define NP11 4  // v11's P slots
-template <int MT, int CS, int PF = 0, bool TM = false, bool SMW = false>
+template <int MT, int CS, int PF = 0, bool TM = false, bool SMW = false,
+          bool S12 = false>
 __device__ void attend_v8(const __half* q, const __half* cache, float* acc,
                           float* ml, int H, int S, int SA, int D, int B,
                           const TensorMap* tmap = nullptr) {
@@ -1342,7 +1373,14 @@ __device__ void attend_v8(const __half* q, const __half* cache, float* acc,
       }
       mbar_wait(&full[s], (t / NS7) & 1);
       float c4[2][4] = {};
-      if constexpr (TM)
+      if constexpr (S12) {  // v12: D = 128 unrolled, else v10's loop
+        if (D == 128)
+          own_scores12<128>(c4, kt + s * NK7 * RW, r10, c10, qlane, hb, sw,
+                            lane);
+        else
+          own_scores10(c4, kt + s * NK7 * RW, r10, c10, qlane, hb, D, sw,
+                       lane);
+      } else if constexpr (TM)
         own_scores10(c4, kt + s * NK7 * RW, r10, c10, qlane, hb, D, sw, lane);
       else
         own_scores7(c4, kt + s * NK7 * RW + aoff, qlane, hb, D, sw, lane);
@@ -1545,6 +1583,19 @@ __device__ __forceinline__ void attend_v11(const __half* q,
                                            float* ml, int H, int S, int SA,
                                            int D, int B) {
   attend_v8<MT, CS, 0, true, true>(q, nullptr, acc, ml, H, S, SA, D, B, tmap);
+}
+
+// v12: v11 whose scorers run own_scores12<128> when D = 128. ncu put v10's
+// scorer time in address arithmetic and loop overhead spread over the runtime
+// D loop (swz10 per ldmatrix) and the load_score ablation at 0.8 us per tile,
+// which with v11's consumers no longer the bottleneck is the slowest stage.
+template <int MT, int CS>
+__device__ __forceinline__ void attend_v12(const __half* q,
+                                           const TensorMap* tmap, float* acc,
+                                           float* ml, int H, int S, int SA,
+                                           int D, int B) {
+  attend_v8<MT, CS, 0, true, true, true>(q, nullptr, acc, ml, H, S, SA, D, B,
+                                         tmap);
 }
 
 template <int MT, int CS>
@@ -1837,6 +1888,7 @@ ENTRY_WS_SHAPES(v9)
   ENTRY_TM(NAME, 2, 512, EXTRA)
 ENTRY_TM_SHAPES(v10, 0)
 ENTRY_TM_SHAPES(v11, 1)  // + the softmax warp
+ENTRY_TM_SHAPES(v12, 1)
 extern "C" __global__ void __launch_bounds__(GT8, 2) slim_attention_gemv8_f16(
     const float* acc, const float* ml, const __half* w, float* part, int B,
     int H, int C, int D, int P, int T, int cc) {

@@ -20,7 +20,7 @@ import numpy as np
 from gpu import runtime as rt
 
 SLUG = "slim_attention"
-VERSIONS = (1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11)  # K-only cache
+VERSIONS = (1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12)  # K-only cache
 XVERSIONS = (1, 3, 4, 5)  # X cache with absorbed weights
 DTYPES = (np.float32, np.float16)
 FAST_DTYPES = (np.float16,)  # v2, v3, xv3: fp16 tensor cores
@@ -43,18 +43,18 @@ GT = 128  # gemv threads (GT in the .cu)
 BG = 8  # batch rows per gemv pass (BG in the .cu)
 MAX_SPLIT = 512  # gemv keeps BG x n_split weights in shared memory
 MAX_GRID_YZ = 65535
-# Best first. v2-v11 and xv3-xv5 run as thread-block clusters (sm_90): on an older card
+# Best first. v2-v12 and xv3-xv5 run as thread-block clusters (sm_90): on an older card
 # the launchers run the first of these it can (v1 or xv1, which take float16 and
 # float32 and any H, D), with a notice (gpu.runtime.pick_version, gpu/capability.json).
-FALLBACK = (11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1)
+FALLBACK = (12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1)
 # The version a launcher runs when none is named, where the fast path takes the shape:
 # the fastest measured (gpu/NOTES_slim_attention.md).
 DEFAULT_FAST, XDEFAULT_FAST = 8, 5
 GT8 = 256  # gemv8 threads (GT8 in the .cu)
-WARP_SPECIALISED = (7, 8, 9, 10, 11)  # producer, scorer, consumer warps (v7_smem)
-PERSISTENT = (8, 9, 10, 11)  # versions on v8's persistent schedule, with gemv8
-TENSOR_MAP = (10, 11)  # the tile ring filled by tensor-map copies (v10_tensor_map)
-SOFTMAX_WARP = (11,)  # one more warp: the softmax, with a ring of NP11 P slots
+WARP_SPECIALISED = (7, 8, 9, 10, 11, 12)  # producer, scorers, consumers (v7_smem)
+PERSISTENT = (8, 9, 10, 11, 12)  # versions on v8's persistent schedule, with gemv8
+TENSOR_MAP = (10, 11, 12)  # the tile ring filled by tensor-map copies (v10_tensor_map)
+SOFTMAX_WARP = (11, 12)  # one more warp: the softmax, with a ring of NP11 P slots
 NP11 = 4  # v11's P slots (NP11 in the .cu)
 PF9 = 10  # v9's L2 prefetch distance, tiles (PF9 in the .cu)
 XFALLBACK = (5, 4, 3, 1)
@@ -120,8 +120,8 @@ def fast_smem_bytes(mt: int, nt: int, stages: int) -> int:
 def v4_smem_bytes(mt: int, cs: int, xc: bool, version: int = 4) -> int:
     """Dynamic shared memory of v4/v5/xv4/xv5 (v4_smem in the .cu), v6 (v6_smem:
     three tile stages, P, scores and alpha double-buffered), v7-v9
-    (v7_smem_bytes), v10 (v10_smem: unpadded rows, 1 KB to align the ring) and v11
-    (v11_smem: v10's with NP11 P slots and their mbarriers)."""
+    (v7_smem_bytes), v10 (v10_smem: unpadded rows, 1 KB to align the ring) and v11,
+    v12 (v11_smem: v10's with NP11 P slots and their mbarriers)."""
     m, st = 16 * mt, STAGES_V4[xc]
     if version in TENSOR_MAP:
         v10 = v7_smem_bytes(mt, cs) - NS7 * NK7 * 8 * 2 + 1024

@@ -151,6 +151,7 @@ def _geometry():
         slim.append((f"32 * (1 + NSC7) + {cs}", sa.threads(10, cs)))
         slim.append((f"v10_smem<{mt}, {cs}>()", sa.v4_smem_bytes(mt, cs, False, 10)))
         slim.append((f"32 * (2 + NSC7) + {cs}", sa.threads(11, cs)))
+        slim.append((f"32 * (2 + NSC7) + {cs}", sa.threads(12, cs)))
         slim.append((f"v11_smem<{mt}, {cs}>()", sa.v4_smem_bytes(mt, cs, False, 11)))
     slim += [("GT8", sa.GT8), ("PF9", sa.PF9), ("NP11", sa.NP11)]
     slim += [("NK7", sa.NK7), ("NS7", sa.NS7), ("NX7", sa.NX7), ("NSC7", sa.NSC7)]

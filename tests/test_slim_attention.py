@@ -791,7 +791,7 @@ def test_gpu_v1_matches_baseline(dtype, cs):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("version", [2, 3, 4, 5, 6, 7, 8, 9, 10, 11])
+@pytest.mark.parametrize("version", [2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12])
 @given(cs=_gpu_case(fast=True))
 def test_gpu_fast_matches_baseline(version, cs):
     _gpu_check(version, cs, np.float16, xcache=False)
@@ -875,7 +875,7 @@ def test_gpu_every_split_plan_agrees():
     q, cache, w, b_v, _ = _gpu_inputs(b, h, d, s_alloc, 1.0, True, 11, np.float16)
     ref = _gpu_truth(q, cache, w, b_v)
     scale = slim_kernel_scale(q, cache, w, fp16_p=True)
-    for version in (3, 4, 5, 6, 7, 8, 9, 10, 11):
+    for version in (3, 4, 5, 6, 7, 8, 9, 10, 11, 12):
         for n in (1, 2, 3, 7, 15, 16, 31, 32):
             got = _gpu_run_slim(version, q, cache, w, b_v, None, n)
             assert_close(got, ref, "gpu", np.float16, scale)
@@ -883,14 +883,14 @@ def test_gpu_every_split_plan_agrees():
 
 @pytest.mark.gpu
 def test_gpu_v8_ranges_across_sequences_agree():
-    """v8's to v11's P clusters share all B sequences' tiles: ranges that start
+    """v8's to v12's P clusters share all B sequences' tiles: ranges that start
     and end inside a sequence, cover several short ones, or one tile each (P = B T) must
     give each sequence its own output. B = 5 sequences of S = 70 keys (T = 3 tiles)."""
     b, h, d, s_alloc = 5, 16, 64, 70
     q, cache, w, b_v, _ = _gpu_inputs(b, h, d, s_alloc, 1.0, True, 12, np.float16)
     ref = _gpu_truth(q, cache, w, b_v)
     scale = slim_kernel_scale(q, cache, w, fp16_p=True)
-    for version in (8, 9, 10, 11):
+    for version in (8, 9, 10, 11, 12):
         for n in (1, 2, 4, 7, 14, 15, 16, 70):  # P = min(n, B T = 15)
             got = _gpu_run_slim(version, q, cache, w, b_v, None, n)
             assert_close(got, ref, "gpu", np.float16, scale)

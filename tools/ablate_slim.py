@@ -6,8 +6,8 @@ wrong outputs by design. It is how the notes found which stage limits v7
 
 PYTHONPATH=$PWD python3 tools/ablate_slim.py [B S [VARIANT,...] [VERSION]]
 
-VERSION 7 (default), 8, 9, 10 or 11 (v9-v11 are attend_v8 instantiations; v11
-is timed whole only);
+VERSION 7 (default), 8, 9, 10, 11 or 12 (v9-v12 are attend_v8 instantiations;
+v11 and v12 are timed whole only);
 ABLATE_NSPLIT=n in the environment sets n_split (v8-v10: P, the clusters).
 Variants: full (unchanged; v7 also times v6 at B = 8, S = 16K), load_only (scorers
 and consumers only wait for each stage and release it), load_score (the scorers
@@ -42,15 +42,15 @@ NSPLIT = int(os.environ["ABLATE_NSPLIT"]) if "ABLATE_NSPLIT" in os.environ else 
 
 
 def body_of(ver: int) -> tuple[int, int, str]:
-    """(start, end, text) of the function v<ver> runs (v9-v11: attend_v8's)."""
-    fn = 8 if ver in (9, 10, 11) else ver
+    """(start, end, text) of the function v<ver> runs (v9-v12: attend_v8's)."""
+    fn = 8 if ver in (9, 10, 11, 12) else ver
     i0 = SRC.rindex("template <", 0, SRC.index(f"__device__ void attend_v{fn}("))
     i1 = SRC.index(ENDS[fn], i0)
     return i0, i1, SRC[i0:i1]
 
 
 def variants(ver: int) -> dict:
-    if ver in sa.SOFTMAX_WARP:  # v11: its roles differ; timed whole only
+    if ver in sa.SOFTMAX_WARP:  # v11, v12: their roles differ; timed whole only
         return {"full": []}
     _, _, body = body_of(ver)
 

@@ -3,14 +3,14 @@
     python -m gpu.bench slim_attention [--quick] [--out results]
 
 Decode, fp16, H = 32, D = 128 (C = 4096), GRID's B x S (B in {1, 8, 64}, S from 1K
-to 64K, where the K+V baseline fits): the K-only kernels (slim_v1-v12) and the
-X-cache kernels (x_v3-v5) against our K+V decode kernel (kv_v7, attention v7) and
-torch SDPA over K and V (torch_sdpa, under CUDA graphs), measured in the same run
-on the same card. Every row is validated against the float64 truth first. Each
-K-only/X-cache input set carries its own weights (W_KV, or W_K and W_V), rotated
-with the cache, so the weights are read from HBM as in a model whose layers each
-have their own. Every kernel row gets vs_best_baseline against the faster of kv_v7
-and torch_sdpa at its (B, S) (gpu.bench.mark_baselines).
+to 64K, where the K+V baseline fits): the K-only kernels (slim_v1-v8 and v10-v12; v9
+ran in a trial of its own) and the X-cache kernels (x_v3-v5) against our K+V decode
+kernel (kv_v7, attention v7) and torch SDPA over K and V (torch_sdpa, under CUDA
+graphs), measured in the same run on the same card. Every row is validated against
+the float64 truth first. Each K-only/X-cache input set carries its own weights (W_KV,
+or W_K and W_V), rotated with the cache, so the weights are read from HBM as in a
+model whose layers each have their own. Every kernel row gets vs_best_baseline
+against the faster of kv_v7 and torch_sdpa at its (B, S) (gpu.bench.mark_baselines).
 
 Floors: K-only = (K cache + W_KV) bytes; X cache = (X cache + W_K + W_V) bytes; K+V =
 (K + V) bytes; each over the measured read bandwidth."""
@@ -37,11 +37,12 @@ GRID = bench.Grid(
         kv_max_bytes=40e9,  # cases whose K + V baseline exceeds this are left out
         v1_max_bs=16384,  # v1 reads the cache H times: only up to this B S
     ),
-    versions=dict(slim=(1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12), x=(3, 4, 5)),
+    # v9 ran in a trial of its own (results/<card>/slim_attention_v9_trial.json)
+    versions=dict(slim=(1, 2, 3, 4, 5, 6, 7, 8, 10, 11, 12), x=(3, 4, 5)),
     baselines={"torch_sdpa": ("B", "S"), "kv_v7": ("B", "S")},
     sweeps=dict(
         slim_attention_split=dict(
-            B=(1, 8), S=16384, versions=(6, 7, 8, 9, 10, 11, 12),
+            B=(1, 8), S=16384, versions=(7, 8, 12),
             n_split=(1, 2, 4, 8, 15, 16, 30, 32, 64),
         ),
         # the crossover at finer steps (python -m gpu.bench slim_crossover; not
@@ -230,7 +231,7 @@ def crossover(read_bw) -> list[dict]:
 
 
 def split_sweep(read_bw) -> list[dict]:
-    """v6's to v12's time against n_split at B = 1 and 8, S = 16K (split_plan's
+    """v7's, v8's and v12's time against n_split at B = 1 and 8, S = 16K (split_plan's
     byte model picks one of these): GRID's slim_attention_split."""
     import cupy as cp
 

@@ -49,7 +49,7 @@ MAX_GRID_YZ = 65535
 FALLBACK = (12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1)
 # The version a launcher runs when none is named, where the fast path takes the shape:
 # the fastest measured (gpu/NOTES_slim_attention.md).
-DEFAULT_FAST, XDEFAULT_FAST = 8, 5
+DEFAULT_FAST, XDEFAULT_FAST = 11, 5
 GT8 = 256  # gemv8 threads (GT8 in the .cu)
 WARP_SPECIALISED = (7, 8, 9, 10, 11, 12)  # producer, scorers, consumers (v7_smem)
 PERSISTENT = (8, 9, 10, 11, 12)  # versions on v8's persistent schedule, with gemv8

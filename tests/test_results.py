@@ -25,7 +25,7 @@ HEADLINE = {
 }
 HEADLINE["h200"] = dict(HEADLINE["h100"])
 HEADLINE["h100"]["deja_vu"] = "v7_det at"  # the H100's deja_vu set of 2026-12-06
-HEADLINE["h100"]["slim_k"] = "slim_v11 at"  # the H100's slim_attention set of 2026-12-06
+HEADLINE["h100"]["slim_k"] = "slim_v11 at"  # the H100 slim_attention set, 2026-12-06
 RECORDED = [c for c in ("h100", "h200") if c in results.cards()]
 
 

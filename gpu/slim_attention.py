@@ -193,7 +193,7 @@ def split_plan(
 
 
 def plan(version: int, b: int, h: int, s: int, d: int, n_split=None):
-    """(n_split, chunk) of a cluster version (v2-v7) at these sizes; for v8, v9 (P, T):
+    """(n_split, chunk) of a cluster version (v2-v7) at these sizes; for v8-v12 (P, T):
     P clusters over the B T tiles of T = ceil(S / NK7) keys (persistent_plan)."""
     if version in PERSISTENT:
         return persistent_plan(b, s, n_split)
@@ -202,7 +202,7 @@ def plan(version: int, b: int, h: int, s: int, d: int, n_split=None):
 
 
 def persistent_plan(b: int, s: int, n_split: int | None = None) -> tuple[int, int]:
-    """(P, T) of v8, v9: T = ceil(S / NK7) tiles per sequence, and P clusters that take
+    """(P, T) of v8-v12: T = ceil(S / NK7) tiles per sequence, and P clusters that take
     the B T tiles of all sequences, laid end to end, in P equal ranges (FlashMLA's
     tile scheduler). P defaults to the clusters resident at once (ACTIVE_CLUSTERS);
     ``n_split`` names it instead (1 <= n_split <= min(S, MAX_SPLIT), as for v2-v7).
@@ -453,13 +453,13 @@ def slim_decode(
             DEFAULT_FAST where the fast path takes the shape and dtype, else v1. A
             version named for a shape it cannot take raises ValueError.
         length: keys to attend (default S).
-        n_split: v2-v7: chunks S is split into (default split_plan); v8: the
+        n_split: v2-v7: chunks S is split into (default split_plan); v8-v12: the
             clusters that share all B S keys (default persistent_plan).
         out, workspace: optional preallocated (B, H, D) output of q's dtype and
             float32 scratch of >= workspace_elems(version, B, H, length, D) elements.
     Returns:
         out (B, H, D), q's dtype; float32 accumulation throughout.
-    On a card without clusters (below sm_90) v2-v9 run as v1 (runnable_version).
+    On a card without clusters (below sm_90) v2-v12 run as v1 (runnable_version).
     """
     version = runnable_version(default_version(q) if version is None else version)
     b, h, d, c, s, sa = _check(

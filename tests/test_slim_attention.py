@@ -595,13 +595,9 @@ def test_v8_schedule_covers_every_tile_once_and_slots_are_unique(b, s, n):
 
 def _swz10(r: int, c: int) -> int:
     """gpu/slim_attention.cu's swz10: the offset (halves) of tile element (r, c)."""
-    return (c >> 6) * (sa_gpu_nk7() * 64) + r * 64 + ((((c >> 3) & 7) ^ (r & 7)) << 3)
+    from gpu.slim_attention import NK7
 
-
-def sa_gpu_nk7() -> int:
-    from gpu import slim_attention as gsa
-
-    return gsa.NK7
+    return (c >> 6) * (NK7 * 64) + r * 64 + ((((c >> 3) & 7) ^ (r & 7)) << 3)
 
 
 def _tma_box_sw128(flat, dims, strides, box, coords):

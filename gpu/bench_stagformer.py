@@ -19,7 +19,8 @@ steps (bench.time_cupy), beside its floor (step_bytes / read ceiling):
                     not importable")
 
 Every case but torch is timed with GEMV v2, v3 (fused RMSNorm), v4 and v5 (tensor
-cores; field "version") at B = 1, 8 and 64, and v3 and v5 at B = 4: the ladder,
+cores; field "version") at B = 1, 8 and 64, v6 (tensor cores, many rows) at B = 8
+and 64, and v3, v5 and v6 at B = 4: the ladder,
 same model, same buffers.
 
 Validation before timing (DESIGN §2): each schedule and weight kind is first run
@@ -53,7 +54,7 @@ C, H, G, D, F, L = 2048, 16, 16, 128, 8192, 12
 S = 1024  # cache length after this step: position S - 1
 BATCHES, QUICK_BATCHES = (1, 4, 8, 64), (1,)
 # GEMV versions timed at each B (at B = 4: the B = 1 winner and the B = 8 one)
-VERSIONS = {1: (2, 3, 4, 5), 4: (3, 5), 8: (2, 3, 4, 5), 64: (2, 3, 4, 5)}
+VERSIONS = {1: (2, 3, 4, 5), 4: (3, 5, 6), 8: (2, 3, 4, 5, 6), 64: (2, 3, 4, 5, 6)}
 F16 = np.float16
 GRID = bench.Grid(
     axes=dict(B=BATCHES),
@@ -212,7 +213,7 @@ def fill_caches(bf, rng):
 
 def _row(name, kind, b, ceil, calls, tensor_cores=False, **extra) -> dict:
     """A case's row, timed when calls are given. flop_floor_us: FLOPs over the fp32
-    GEMM ceiling for GEMV v1-v3 (CUDA-core FMAs), over the fp16 one for v4, v5 and
+    GEMM ceiling for GEMV v1-v3 (CUDA-core FMAs), over the fp16 one for v4-v6 and
     torch (tensor cores: the fp32 ceiling does not bound them)."""
     nbytes = gs.step_bytes(kind, b, S, C, F, H, G, D, L, 2)
     row = dict(

@@ -7,7 +7,7 @@ GEMVs y = x W with fp16 weights: q|k|v (2048 x 6144, x float32, the normed
 residual), o (2048 x 2048, x fp16, the attention's output, residual added), up
 (2048 x 8192, ReLU) and down (8192 x 2048, residual added). Each is timed at N rows
 of x, N in {1, 4, 8, 64} (quick: 1, 64), with every GEMV version of the chapter
-that has a fast path (v2, v3, v4, v5) and two baselines that read the same weights:
+that has a fast path (v2-v6) and two baselines that read the same weights:
 
   torch_matmul  torch.matmul(x16, W) under CUDA graphs: cuBLAS on tensor cores,
                 x already in fp16, no residual, no ReLU (less work than ours)
@@ -43,7 +43,7 @@ SHAPES = {  # name: (K, M, x dtype, act, residual)
     "down": (F, C, np.float32, 0, True),
 }
 NS, QUICK_NS = (1, 4, 8, 64), (1, 64)
-VERSIONS = (2, 3, 4, 5)
+VERSIONS = (2, 3, 4, 5, 6)
 GRID = bench.Grid(
     axes=dict(shape=tuple(SHAPES), N=NS),
     quick=dict(N=QUICK_NS),

@@ -63,6 +63,15 @@
 //       row tiles of one K chunk adjacent in the grid (blockIdx.x), so the
 //       second reads W from L2.
 //     Same sums as v4 in a different split: not v4's bits (KB, kc differ).
+// v6  v5's sums, laid out for many rows (its profile at N = 64: 2 LDS.32 an mma,
+//     each B fragment feeding one mma, W read twice by two row tiles):
+//     - a block covers 256 columns, 8 warps x 32 (two A tiles a warp), and
+//       all 8 NT rows up to N = 64 (NT = 1, 2, 4, 8): W is read once;
+//     - x's B fragments by ldmatrix (one x4: two row tiles' k, k + 8), so a
+//       B fragment feeds 2 mma and an A fragment 2 NT;
+//     - one block an SM (about 132 blocks, KB = floor(132 / tiles) from (K, M)
+//       only, kc <= 512) and a deeper ring (5-12 stages of 16 KB).
+//     Same sums as v5 in a different split: not v5's bits.
 // rmsnorm v1: y[z][n] = x[z][n] / sqrt(mean(x^2) + 1e-6) * gamma[z]; a block
 //     per row, fixed-order tree sum.
 // store_qkv v1: the fused q|k|v row (N, (H + 2G) D) float -> q (N, H, D) T,
@@ -351,20 +360,20 @@ struct Plan4 {
   static constexpr int ring = ST * KS4 * TW4;  // halves
 };
 
-// Ring stage s of gemv v4 and v5: rows k0 + 32 s .. + 31 of W's columns c0 ..
-// c0 + 127, 512 chunks of 16 B (2 a thread), zero past k1 and M, swizzled for
-// ldmatrix, into slot s % ST of the ring.
-template <int ST>
+// Ring stage s of gemv v4, v5 and v6: rows k0 + 32 s .. + 31 of W's columns c0
+// .. c0 + TW - 1, 4 TW chunks of 16 B (TW / 64 a thread), zero past k1 and M,
+// swizzled for ldmatrix, into slot s % ST of the ring.
+template <int ST, int TW = TW4>
 __device__ __forceinline__ void tc_load_stage(__half* ring, int s,
                                               const __half* w, int k0, int k1,
                                               int c0, int M) {
-  __half* dst = ring + (s % ST) * KS4 * TW4;
+  __half* dst = ring + (s % ST) * KS4 * TW;
 #pragma unroll
-  for (int i = threadIdx.x; i < KS4 * TW4 / 8; i += 32 * NW) {
-    int r = i / (TW4 / 8), c = (i % (TW4 / 8)) * 8;
+  for (int i = threadIdx.x; i < KS4 * TW / 8; i += 32 * NW) {
+    int r = i / (TW / 8), c = (i % (TW / 8)) * 8;
     int k = k0 + s * KS4 + r, col = c0 + c;
     bool ok = k < k1 && col < M;
-    cp_async16(dst + swz<TW4>(r, c), ok ? w + (size_t)k * M + col : w, ok);
+    cp_async16(dst + swz<TW>(r, c), ok ? w + (size_t)k * M + col : w, ok);
   }
 }
 
@@ -510,6 +519,49 @@ __device__ void gemv_v4(const TX* x0, const TX* x1, const __half* w0,
     y[(size_t)n * M + c] = s;
   }
 }
+// The finish of gemv v5 and v6, run by the last block of a column tile: its
+// valid rows of the KB partials (R x TW floats each, from p0, in L2), 4
+// elements a thread, 8 partials of each in flight before the adds; each
+// element summed in order kb = 0..KB-1 (as v4), then act and the residual.
+template <int TW>
+__device__ __forceinline__ void tc_finish(const float* p0, int KB, int R,
+                                          int rows, int n0, int c0, int M,
+                                          int act, const float* r, float* y) {
+  int valid = rows * TW;
+  constexpr int EL = 4, UK = 8;
+  for (int i0 = threadIdx.x; i0 < valid; i0 += EL * blockDim.x) {
+    float sum[EL];
+#pragma unroll
+    for (int e = 0; e < EL; ++e) sum[e] = 0.f;
+    for (int b0 = 0; b0 < KB; b0 += UK) {
+      float v[UK][EL];
+#pragma unroll
+      for (int u = 0; u < UK; ++u)
+#pragma unroll
+        for (int e = 0; e < EL; ++e) {
+          int i = i0 + e * blockDim.x;
+          v[u][e] = (b0 + u < KB && i < valid)
+                        ? __ldcg(p0 + (size_t)(b0 + u) * R * TW + i)
+                        : 0.f;
+        }
+#pragma unroll
+      for (int u = 0; u < UK; ++u)
+#pragma unroll
+        for (int e = 0; e < EL; ++e)
+          if (b0 + u < KB) sum[e] += v[u][e];
+    }
+#pragma unroll
+    for (int e = 0; e < EL; ++e) {
+      int i = i0 + e * blockDim.x;
+      int n = n0 + i / TW, c = c0 + i % TW;
+      if (i >= valid || c >= M) continue;
+      float s = sum[e];
+      if (act == 1) s = fmaxf(s, 0.f);
+      if (r) s += r[(size_t)n * M + c];
+      y[(size_t)n * M + c] = s;
+    }
+  }
+}
 // --- v5 ---
 #define KC5 512  // most rows of K a block
 
@@ -653,42 +705,262 @@ __device__ void gemv_v5(const TX* x0, const TX* x1, const __half* w0,
     }
   if (KB == 1) return;
   if (!last_block_done(cnt + tile, (unsigned)KB)) return;
-  // the finish: 4 elements a thread, 8 partials of each in flight before the
-  // adds; each element summed in order kb = 0..KB-1 (as v4)
-  const float* p0 = ws + (tile * KB * R) * TW4;
-  int valid = rows * TW4;
-  constexpr int EL = 4, UK = 8;
-  for (int i0 = threadIdx.x; i0 < valid; i0 += EL * blockDim.x) {
-    float sum[EL];
+  tc_finish<TW4>(ws + (tile * KB * R) * TW4, KB, R, rows, n0, c0, M, act, r, y);
+}
+// --- v6 ---
+#define TW6 256  // columns of W a block: 8 warps x 32
+#define KC6 512  // most rows of K a block
+
+// The shared-memory plan of gemv v6 with NT tiles of 8 rows (one row tile up
+// to N = 64): the W ring (stages of 32 x 256 halves), R rows of x (KC6 + 4
+// float slots: float32 x is split in place into hi halves at [0, KC6) and lo
+// halves at [XH, XH + KC6) of the row; XH = 520, so every 8-half group of lo
+// starts on 16 bytes, as ldmatrix needs), one scale a row. v6_plan mirrors it.
+template <int NT>
+struct Plan6 {
+  static constexpr int R = 8 * NT;  // rows of x a block, NT <= 8
+  static constexpr int ST = NT == 1 ? 12 : NT == 2 ? 10 : NT == 4 ? 8 : 5;
+  static constexpr int XF = KC6 + 4;  // a row: XF floats = 2 XF halves; 2 XF
+                                      // halves = 2064 B, so the 8 rows of an
+                                      // ldmatrix hit 8 different 16-B slots
+  static constexpr int XH = KC6 + 8;  // lo halves' offset in the row
+  static constexpr int ring = ST * KS4 * TW6;  // halves
+};
+
+// One ring stage's products in gemv v6: for its two k16 steps, this warp's
+// two A = W^T tiles (columns 32 warp + 16 mt .., by ldmatrix.trans from the
+// stage, as v4) times all NT tiles of 8 rows of x, whose B fragments come by
+// ldmatrix too: one x4 gives two row tiles' (k, k + 8) halves (an x2 for
+// NT = 1), for the hi halves at xh and, for LO, the lo halves lo further.
+// Each B fragment feeds 2 mma (v4, v5: 1), each A fragment 2 NT (or NT).
+template <int NT, bool LO>
+__device__ __forceinline__ void tc_stage_mma6(float (&acc)[2][NT][4],
+                                              const __half* st,
+                                              const __half* xh, int xr, int lo,
+                                              int kx0) {
+  int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  int mi = lane / 8, ri = lane % 8;
+  // this lane's x row for ldmatrix: 8 (mi / 2) + ri of a 16-row pair (x4; the
+  // x2 of NT = 1 reads lanes 0-15 only), columns 8 (mi % 2) on
+  const __half* xa = xh + (NT == 1 ? ri : 8 * (mi / 2) + ri) * xr +
+                     8 * (mi % 2) + kx0;
 #pragma unroll
-    for (int e = 0; e < EL; ++e) sum[e] = 0.f;
-    for (int b0 = 0; b0 < KB; b0 += UK) {
-      float v[UK][EL];
+  for (int kk = 0; kk < KS4; kk += 16) {
+    unsigned a[2][4];
 #pragma unroll
-      for (int u = 0; u < UK; ++u)
+    for (int mt = 0; mt < 2; ++mt)
+      ldsm_x4_t(a[mt], st + swz<TW6>(kk + (mi / 2) * 8 + ri,
+                                     warp * 32 + mt * 16 + (mi % 2) * 8));
+    unsigned b[NT][2], c[NT][2];
+    if (NT == 1) {
+      ldsm_x2(b[0], xa + kk);
+      if (LO) ldsm_x2(c[0], xa + kk + lo);
+    } else {
 #pragma unroll
-        for (int e = 0; e < EL; ++e) {
-          int i = i0 + e * blockDim.x;
-          v[u][e] = (b0 + u < KB && i < valid)
-                        ? __ldcg(p0 + (size_t)(b0 + u) * R * TW4 + i)
-                        : 0.f;
+      for (int q = 0; q < NT / 2; ++q) {
+        unsigned f[4];
+        ldsm_x4(f, xa + 16 * q * xr + kk);
+        b[2 * q][0] = f[0], b[2 * q][1] = f[1];
+        b[2 * q + 1][0] = f[2], b[2 * q + 1][1] = f[3];
+        if (LO) {
+          ldsm_x4(f, xa + 16 * q * xr + kk + lo);
+          c[2 * q][0] = f[0], c[2 * q][1] = f[1];
+          c[2 * q + 1][0] = f[2], c[2 * q + 1][1] = f[3];
         }
-#pragma unroll
-      for (int u = 0; u < UK; ++u)
-#pragma unroll
-        for (int e = 0; e < EL; ++e)
-          if (b0 + u < KB) sum[e] += v[u][e];
+      }
     }
 #pragma unroll
-    for (int e = 0; e < EL; ++e) {
-      int i = i0 + e * blockDim.x;
-      int n = n0 + i / TW4, c = c0 + i % TW4;
-      if (i >= valid || c >= M) continue;
-      float s = sum[e];
-      if (act == 1) s = fmaxf(s, 0.f);
-      if (r) s += r[(size_t)n * M + c];
-      y[(size_t)n * M + c] = s;
+    for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+      for (int t = 0; t < NT; ++t) {
+        mma16816(acc[mt][t], a[mt], b[t]);
+        if (LO) mma16816(acc[mt][t], a[mt], c[t]);
+      }
+  }
+}
+
+template <typename TX, int NT>
+__device__ void gemv_v6(const TX* x0, const TX* x1, const __half* w0,
+                        const __half* w1, const float* r0, const float* r1,
+                        float* y0, float* y1, int N, int K, int M, int act,
+                        int kc, float* ws, unsigned* cnt, int fin) {
+  constexpr bool LO = sizeof(TX) == 4;
+  using P = Plan6<NT>;
+  constexpr int R = P::R, ST = P::ST, XF = P::XF;
+  extern __shared__ __align__(16) unsigned char sm6[];
+  __half* ring = reinterpret_cast<__half*>(sm6);
+  float* xf = reinterpret_cast<float*>(ring + P::ring);  // R x XF words
+  float* unscale = xf + R * XF;
+  int rt_n = (N + R - 1) / R, zr = blockIdx.x, z = zr / rt_n;
+  int n0 = (zr % rt_n) * R, kb = blockIdx.y, KB = gridDim.y;
+  int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  int c0 = blockIdx.z * TW6;
+  int k0 = kb * kc, k1 = min(K, k0 + kc);
+  int nst = (k1 - k0 + KS4 - 1) / KS4;
+  int rows = min(R, N - n0);
+  const TX* x = z ? x1 : x0;
+  const __half* w = z ? w1 : w0;
+  // the x tile as v5's: one cp.async group before W's stages
+  {
+    constexpr int E = 16 / sizeof(TX);
+    int width = nst * KS4;
+    bool a16 = K % E == 0 && reinterpret_cast<size_t>(x) % 16 == 0;
+    TX* dst0 = reinterpret_cast<TX*>(xf);
+    constexpr int RS = LO ? XF : 2 * XF;
+    if (a16) {
+      for (int i = threadIdx.x; i < R * width / E; i += blockDim.x) {
+        int r = i / (width / E), k = (i % (width / E)) * E;
+        bool ok = r < rows && k0 + k < k1;
+        cp_async16(dst0 + r * RS + k, ok ? x + (size_t)(n0 + r) * K + k0 + k : x,
+                   ok);
+      }
+    } else {
+      for (int i = threadIdx.x; i < R * width; i += blockDim.x) {
+        int r = i / width, k = i % width;
+        bool ok = r < rows && k0 + k < k1;
+        dst0[r * RS + k] = ok ? x[(size_t)(n0 + r) * K + k0 + k] : TX(0.f);
+      }
     }
+    cp_async_commit();
+  }
+  auto load_stage = [&](int s) {
+    tc_load_stage<ST, TW6>(ring, s, w, k0, k1, c0, M);
+  };
+#pragma unroll
+  for (int s = 0; s < ST - 1; ++s) {
+    if (s < nst) load_stage(s);
+    cp_async_commit();
+  }
+  cp_async_wait<ST - 1>();  // the x group has landed (this thread's copies)
+  __syncthreads();
+  // the split of v5 (2^p x into hi and lo in place), lo at XH
+  __half* xh = reinterpret_cast<__half*>(xf);
+#pragma unroll 1
+  for (int i = 0; i < NT; ++i) {
+    int rr = warp + NW * i;
+    float down = 1.f;
+    if (LO) {
+      constexpr int J = KC6 / 32;
+      float v[J];
+      float amax = 0.f;
+#pragma unroll
+      for (int j = 0; j < J; ++j) {
+        v[j] = j * 32 < nst * KS4 ? xf[rr * XF + lane + 32 * j] : 0.f;
+        amax = fmaxf(amax, fabsf(v[j]));
+      }
+      amax = warp_max(amax);
+      float up = 1.f;
+      if (amax > 0.f && amax <= 3.4e38f) {
+        int e;
+        frexpf(amax, &e);
+        int p = min(126, max(-126, 15 - e));
+        up = ldexpf(1.f, p);
+        down = ldexpf(1.f, -p);
+      }
+      __syncwarp();
+#pragma unroll
+      for (int j = 0; j < J; ++j) {
+        if (j * 32 >= nst * KS4) break;
+        float sv = v[j] * up;
+        __half hi = __float2half_rn(sv);
+        xh[rr * 2 * XF + lane + 32 * j] = hi;
+        xh[rr * 2 * XF + P::XH + lane + 32 * j] =
+            __float2half_rn(sv - __half2float(hi));
+      }
+    }
+    if (lane == 0) unscale[rr] = down;
+  }
+  float acc[2][NT][4];
+#pragma unroll
+  for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+    for (int t = 0; t < NT; ++t)
+#pragma unroll
+      for (int j = 0; j < 4; ++j) acc[mt][t][j] = 0.f;
+  for (int s = 0; s < nst; ++s) {
+    cp_async_wait<ST - 2>();
+    __syncthreads();  // also: the x tile is converted (s = 0)
+    if (s + ST - 1 < nst) load_stage(s + ST - 1);
+    cp_async_commit();
+    const __half* st = ring + (s % ST) * KS4 * TW6;
+    tc_stage_mma6<NT, LO>(acc, st, xh, 2 * XF, P::XH, s * KS4);
+  }
+  cp_async_wait<0>();
+  const float* r = z ? r1 : r0;
+  float* y = z ? y1 : y0;
+  size_t tile = (size_t)blockIdx.z * gridDim.x + zr;
+  float* part = ws + ((tile * KB + kb) * R) * TW6;
+  // acc[mt][t][j]: row t 8 + 2 (lane % 4) + j % 2, column c0 + 32 warp + 16 mt
+  // + lane / 4 + 8 (j / 2)
+#pragma unroll
+  for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+    for (int t = 0; t < NT; ++t)
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        int rr = t * 8 + (lane % 4) * 2 + j % 2;
+        int cc = warp * 32 + mt * 16 + lane / 4 + (j / 2) * 8;
+        int n = n0 + rr, c = c0 + cc;
+        if (rr >= rows) continue;
+        float v = acc[mt][t][j] * unscale[rr];
+        if (KB > 1) {
+          part[rr * TW6 + cc] = v;
+        } else if (c < M) {
+          if (act == 1) v = fmaxf(v, 0.f);
+          if (r) v += r[(size_t)n * M + c];
+          y[(size_t)n * M + c] = v;
+        }
+      }
+  if (KB == 1 || fin) return;  // fin: finish_v6, the next launch, sums them
+  if (!last_block_done(cnt + tile, (unsigned)KB)) return;
+  tc_finish<TW6>(ws + (tile * KB * R) * TW6, KB, R, rows, n0, c0, M, act, r, y);
+}
+
+// The finish of gemv v6 as its own launch (fin = 1), when a column tile's
+// partials are too many for one block to sum (KB R TW floats: 1 MB for the o
+// and down GEMVs at N = 64): every element of every tile, 4 a thread (one
+// float4 of a partial row), summed in order kb = 0..KB-1 as tc_finish sums
+// it, so either finish gives the same bits. Tiles as gemv v6 numbers them:
+// tile = ctile ZR + zr over ZR = Z rt row tiles.
+__device__ void finish_v6(const float* ws, const float* r0, const float* r1,
+                          float* y0, float* y1, int N, int M, int act, int KB,
+                          int R, int ZR, int tiles) {
+  size_t i4 = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+  size_t per = (size_t)R * TW6 / 4;  // float4s a tile
+  if (i4 >= per * tiles) return;
+  size_t tile = i4 / per;
+  int i = (int)(i4 % per) * 4, rr = i / TW6, cc = i % TW6;
+  int zr = (int)(tile % ZR), ctile = (int)(tile / ZR);
+  int rt = (N + R - 1) / R, z = zr / rt, n = (zr % rt) * R + rr;
+  if (n >= N) return;
+  const float4* p = reinterpret_cast<const float4*>(ws + tile * KB * R * TW6) +
+                    i / 4;
+  float4 s = make_float4(0.f, 0.f, 0.f, 0.f);
+  constexpr int UK = 8;
+  for (int b0 = 0; b0 < KB; b0 += UK) {
+    float4 v[UK];
+#pragma unroll
+    for (int u = 0; u < UK; ++u)
+      v[u] = b0 + u < KB ? __ldcg(p + (size_t)(b0 + u) * R * TW6 / 4)
+                         : make_float4(0.f, 0.f, 0.f, 0.f);
+#pragma unroll
+    for (int u = 0; u < UK; ++u)
+      if (b0 + u < KB) {
+        s.x += v[u].x, s.y += v[u].y;
+        s.z += v[u].z, s.w += v[u].w;
+      }
+  }
+  const float* r = z ? r1 : r0;
+  float* y = z ? y1 : y0;
+  float e[4] = {s.x, s.y, s.z, s.w};
+#pragma unroll
+  for (int j = 0; j < 4; ++j) {
+    int c = ctile * TW6 + cc + j;
+    if (c >= M) break;
+    float v = e[j];
+    if (act == 1) v = fmaxf(v, 0.f);
+    if (r) v += r[(size_t)n * M + c];
+    y[(size_t)n * M + c] = v;
   }
 }
 // --- rmsnorm ---
@@ -780,7 +1052,7 @@ GEMV3_R(f32, float, float)
 GEMV3_R(f16, __half, float)
 GEMV3_R(f16x16, __half, __half)
 
-// v4 and v5 use cp.async, ldmatrix and mma (sm_80); below sm_80 they are left out and
+// v4-v6 use cp.async, ldmatrix and mma (sm_80); below sm_80 they are left out and
 // the launcher falls back (gpu/capability.py).
 #if __CUDA_ARCH__ >= 800
 #define GEMV_TC(V, SUF, TX, NT)                                               \
@@ -802,6 +1074,28 @@ GEMV_TC_N(4, f16x16, __half)
 GEMV_TC(4, f16x16, __half, 8)
 GEMV_TC_N(5, f16, float)
 GEMV_TC_N(5, f16x16, __half)
+#define GEMV6(SUF, TX, NT)                                                    \
+  extern "C" __global__ void __launch_bounds__(32 * NW, 1)                  \
+      stag_gemv_v6_##SUF##_n##NT(                                           \
+          const TX* x0, const TX* x1, const __half* w0, const __half* w1,   \
+          const float* r0, const float* r1, float* y0, float* y1, int N,    \
+          int K, int M, int act, int kc, float* ws, unsigned* cnt,          \
+          int fin) {                                                        \
+    gemv_v6<TX, NT>(x0, x1, w0, w1, r0, r1, y0, y1, N, K, M, act, kc, ws,   \
+                    cnt, fin);                                              \
+  }
+#define GEMV6_N(SUF, TX) \
+  GEMV6(SUF, TX, 1)      \
+  GEMV6(SUF, TX, 2)      \
+  GEMV6(SUF, TX, 4)      \
+  GEMV6(SUF, TX, 8)
+GEMV6_N(f16, float)
+GEMV6_N(f16x16, __half)
+extern "C" __global__ void __launch_bounds__(256) stag_gemv_finish_v6(
+    const float* ws, const float* r0, const float* r1, float* y0, float* y1,
+    int N, int M, int act, int KB, int R, int ZR, int tiles) {
+  finish_v6(ws, r0, r1, y0, y1, N, M, act, KB, R, ZR, tiles);
+}
 #endif  // __CUDA_ARCH__ >= 800
 
 #define SMALL(SUF, T)                                                         \

@@ -27,7 +27,7 @@ from gpu import attention as att
 from gpu import runtime as rt
 
 SLUG = "stagformer"
-VERSIONS = (1, 2, 3, 4, 5)
+VERSIONS = (1, 2, 3, 4, 5, 6)
 DTYPES = (np.float32, np.float16)
 _SFX = {np.dtype(np.float32): "f32", np.dtype(np.float16): "f16"}
 NR, NW, KC = 4, 8, 512  # as in the .cu
@@ -36,13 +36,16 @@ TW4, KS4, KC4 = 128, 32, 256  # gemv v4: columns a block, rows a stage, most row
 TARGET_BLOCKS_V4 = 396  # v4: 3 blocks an SM of 132 (KB from (K, M) only)
 V4_TILES = (1, 2, 4, 8)  # v4's row tiles: NT tiles of 8 rows
 KC5, TARGET_BLOCKS_V5, V5_TILES = 512, 264, (1, 2, 4)  # v5: kc <= 512, ~2 an SM
+TW6, KC6, TARGET_BLOCKS_V6 = 256, 512, 132  # v6: 256 columns, kc <= 512, 1 an SM
+V6_TILES, V6_STAGES = (1, 2, 4, 8), {1: 12, 2: 10, 4: 8, 8: 5}  # Plan6 in the .cu
+FIN6_BYTES = 128 * 1024  # v6: more partials a tile than this: a finish launch
 SCHEDULES = ("parallel", "stack1_first", "stack2_first")
 # GEMV versions, best first: on a card that cannot run the one asked for, the best of
 # these it can runs, with a notice (gpu.runtime.pick_version, gpu/capability.json;
-# NVRTC 13.0 compiles v1-v3 for sm_75 and up, v4 and v5 (tensor cores, cp.async)
+# NVRTC 13.0 compiles v1-v3 for sm_75 and up, v4-v6 (tensor cores, cp.async)
 # for sm_80 and up). The attention of a step falls back on its own
 # (gpu.attention.runnable_version).
-FALLBACK = (5, 4, 3, 2, 1)
+FALLBACK = (6, 5, 4, 3, 2, 1)
 
 
 def runnable_version(version: int) -> int:
@@ -131,10 +134,34 @@ def v5_plan(n: int, k: int, m: int, x_float: bool = True) -> dict[str, int]:
     return dict(p, st=st, smem=smem)
 
 
+def v6_plan(n: int, k: int, m: int, x_float: bool = True) -> dict[str, int]:
+    """gemv v6's launch (keys as v4_plan): nt in V6_TILES (up to 8: 64 rows a
+    block, so W is read once up to N = 64), tiles of TW6 = 256 columns, K split
+    over kb = floor(TARGET_BLOCKS_V6 / tiles) blocks (at least 1) of kc rows (a
+    multiple of 32, <= KC6 = 512), from (K, M) only: about one block an SM, never
+    more than 132 unless kc is capped; st ring stages of 32 x 256 halves; smem: the
+    ring, R rows of KC6 + 4 float slots of x, a float a row (Plan6 in the .cu);
+    fin: 1 when a column tile's partials (kb R 256 floats) exceed FIN6_BYTES, so the
+    sum over kb runs as its own launch over every SM (stag_gemv_finish_v6) rather
+    than in the tile's last block (0); both sum in the same order: the same bits.
+    x_float is accepted for v4_plan's signature; the bytes do not depend on it."""
+    nt = next((t for t in V6_TILES if 8 * t >= n), V6_TILES[-1])
+    tiles = math.ceil(m / TW6)
+    kb = max(1, TARGET_BLOCKS_V6 // tiles)
+    kc = min(KC6, max(KS4, KS4 * math.ceil(math.ceil(k / kb) / KS4)))
+    st, kb = V6_STAGES[nt], math.ceil(k / kc)
+    smem = 2 * st * KS4 * TW6 + 4 * 8 * nt * (KC6 + 4) + 4 * 8 * nt
+    fin = int(kb > 1 and 4 * kb * 8 * nt * TW6 > FIN6_BYTES)
+    return dict(
+        nt=nt, rows=8 * nt, rt=math.ceil(n / (8 * nt)), tiles=tiles,
+        kb=kb, kc=kc, st=st, smem=smem, fin=fin,
+    )  # fmt: skip
+
+
 def gemv_workspace(n: int, k: int, m: int, dtype, z: int = 2) -> tuple[int, int]:
-    """(float32 partials, uint32 counters) gemv v2-v5 need for N rows, Z stacks
-    (the largest: v2 pads N to NR = 4 rows, v3 to R = rows_v3(N), v4 and v5 to 8 nt
-    rows a row tile, v4_plan and v5_plan)."""
+    """(float32 partials, uint32 counters) gemv v2-v6 need for N rows, Z stacks
+    (the largest: v2 pads N to NR = 4 rows, v3 to R = rows_v3(N), v4-v6 to 8 nt
+    rows a row tile, v4_plan, v5_plan and v6_plan)."""
     kb, _ = k_split(k, m, dtype)
     tiles = math.ceil(m / (32 * vec(dtype)))
     nr3 = rows_v3(n)
@@ -142,15 +169,16 @@ def gemv_workspace(n: int, k: int, m: int, dtype, z: int = 2) -> tuple[int, int]
     rts = max(math.ceil(n / NR), math.ceil(n / nr3))
     elems, cnt = z * padded * tiles * kb * 32 * vec(dtype), z * rts * tiles
     if np.dtype(dtype) == np.float16:
-        for p in (v4_plan(n, k, m), v5_plan(n, k, m)):
-            elems = max(elems, z * p["rt"] * p["tiles"] * p["kb"] * p["rows"] * TW4)
+        for p, tw in ((v4_plan(n, k, m), TW4), (v5_plan(n, k, m), TW4),
+                      (v6_plan(n, k, m), TW6)):  # fmt: skip
+            elems = max(elems, z * p["rt"] * p["tiles"] * p["kb"] * p["rows"] * tw)
             cnt = max(cnt, z * p["rt"] * p["tiles"])
     return elems, cnt
 
 
 @dataclass
 class Scratch:
-    """the GEMVs' (v2-v5) partials and counters (counters zero, and left zero), and the
+    """the GEMVs' (v2-v6) partials and counters (counters zero, and left zero), and the
     attention workspaces (zero, left zero by v7), one per attention shape
     (rows, cache length): v7 keeps its counters after the partials, at an offset
     that depends on the shape, so one shared buffer would let one call's partials
@@ -179,9 +207,9 @@ def gemv(
 
     xs[z]: (N, K) float32, or the weights' dtype (float16 only); ws[z]: (K, M)
     float32/float16; ys[z], res[z]: (N, M) float32 (res may be ys: in place).
-    versions 2-5 need M % VEC == 0, 16-byte aligned weights and ``scratch``.
-    v4 and v5 run on tensor cores and have fp16 weights only: with float32
-    weights, versions 4 and 5 run v2's kernel (the same sums as v3 without a norm).
+    versions 2-6 need M % VEC == 0, 16-byte aligned weights and ``scratch``.
+    v4-v6 run on tensor cores and have fp16 weights only: with float32
+    weights, versions 4-6 run v2's kernel (the same sums as v3 without a norm).
     norm (v3 only): gammas[z] (K,) of the weights' dtype: xs[z] (float32) is
     RMS-normed with them inside the GEMV, ys[z] = act(rmsnorm(xs[z]) @ ws[z]) ...
     """
@@ -238,21 +266,31 @@ def gemv(
     need, cnt = gemv_workspace(n, k, m, wdt, z)
     if scratch.ws.size < need or scratch.cnt.size < cnt:
         raise ValueError(f"scratch too small: needs {need} floats, {cnt} counters")
-    if version in (4, 5) and wdt == np.float16:  # tensor cores
-        plan = v4_plan if version == 4 else v5_plan
+    if version in (4, 5, 6) and wdt == np.float16:  # tensor cores
+        plan = {4: v4_plan, 5: v5_plan, 6: v6_plan}[version]
         p = plan(n, k, m, xs[0].dtype == np.float32)
         fn = rt.kernel(SLUG, f"stag_gemv_v{version}_{sfx}_n{p['nt']}")
         fn.max_dynamic_shared_size_bytes = p["smem"]  # beyond 48 KB: opt in
         tail = (i32(act), i32(p["kc"]), scratch.ws, scratch.cnt)
+        tail += (i32(p["fin"]),) if version == 6 else ()
         grid = (p["tiles"], p["kb"], z * p["rt"])
-        if version == 5:  # the row tiles of one K chunk adjacent (blockIdx.x)
+        if version >= 5:  # the row tiles of one K chunk adjacent (blockIdx.x)
             grid = grid[::-1]
         fn(grid, (32 * NW,), args + tail, shared_mem=p["smem"])
+        if version == 6 and p["fin"]:  # the sum over kb, every SM
+            zr, tiles = z * p["rt"], z * p["rt"] * p["tiles"]
+            quads = tiles * p["rows"] * TW6 // 4
+            fin = rt.kernel(SLUG, "stag_gemv_finish_v6")
+            fin(
+                (math.ceil(quads / 256),), (256,),
+                (scratch.ws, *r, ys[0], ys[-1], i32(n), i32(m), i32(act),
+                 i32(p["kb"]), i32(p["rows"]), i32(zr), i32(tiles)),
+            )  # fmt: skip
         return ys
     kb, kc = k_split(k, m, wdt)
     tiles = math.ceil(m / (32 * vec(wdt)))
     tail = (i32(act), i32(kc), scratch.ws, scratch.cnt)
-    if version in (2, 4, 5):  # 4, 5 with float32 weights: v2's kernel
+    if version in (2, 4, 5, 6):  # 4-6 with float32 weights: v2's kernel
         fn = rt.kernel(SLUG, f"stag_gemv_v2_{sfx}")
         fn((tiles, kb, z * math.ceil(n / NR)), (32 * NW,), args + tail)
         return ys

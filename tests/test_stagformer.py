@@ -268,8 +268,12 @@ def test_gemv_v3_rows_and_workspace_cover_both_versions():
             rt_n = -(-n // r)
             assert ws >= 2 * rt_n * tiles * kb * r * 32 * gs.vec(F16)
             assert cnt >= 2 * rt_n * tiles
-        for p in (gs.v4_plan(n, k, m), gs.v5_plan(n, k, m)):  # 8 nt rows a tile
-            assert ws >= 2 * p["rt"] * p["tiles"] * p["kb"] * p["rows"] * gs.TW4
+        for p, tw in (
+            (gs.v4_plan(n, k, m), gs.TW4),
+            (gs.v5_plan(n, k, m), gs.TW4),
+            (gs.v6_plan(n, k, m), gs.TW6),
+        ):  # 8 nt rows a tile
+            assert ws >= 2 * p["rt"] * p["tiles"] * p["kb"] * p["rows"] * tw
             assert cnt >= 2 * p["rt"] * p["tiles"]
 
 
@@ -278,14 +282,17 @@ def test_gemv_v3_rows_and_workspace_cover_both_versions():
     "k, m", [(1, 8), (7, 24), (600, 264), (2048, 6144), (8192, 2048)]
 )
 def test_gemv_v4_plan_covers_the_rows_and_k_and_fits_shared_memory(n, k, m):
-    """v4's and v5's split of K depends on (K, M) only (a row's bits must not depend
-    on the batch), every row and every k is covered, and the ring and x tile fit the
-    227 KB a block may opt in to on sm_90 (Plan4, Plan5 in the .cu)."""
+    """v4's, v5's and v6's split of K depends on (K, M) only (a row's bits must not
+    depend on the batch), every row and every k is covered, and the ring and x tile
+    fit the 227 KB a block may opt in to on sm_90 (Plan4-Plan6 in the .cu): two
+    blocks an SM for v4 and v5, one for v6, whose grid stays within the 132 SMs of
+    an H100 or H200 unless kc is capped at 512."""
     from gpu import stagformer as gs
 
-    for plan, kcmax, tiles in (
-        (gs.v4_plan, gs.KC4, gs.V4_TILES),
-        (gs.v5_plan, gs.KC5, gs.V5_TILES),
+    for plan, kcmax, tiles, tw, per_sm in (
+        (gs.v4_plan, gs.KC4, gs.V4_TILES, gs.TW4, 2),
+        (gs.v5_plan, gs.KC5, gs.V5_TILES, gs.TW4, 2),
+        (gs.v6_plan, gs.KC6, gs.V6_TILES, gs.TW6, 1),
     ):
         p = plan(n, k, m)
         assert (p["kb"], p["kc"]) == (plan(1, k, m)["kb"], plan(1, k, m)["kc"])
@@ -294,11 +301,14 @@ def test_gemv_v4_plan_covers_the_rows_and_k_and_fits_shared_memory(n, k, m):
         assert p["nt"] in tiles and p["rows"] == 8 * p["nt"]
         assert p["rt"] * p["rows"] >= n > (p["rt"] - 1) * p["rows"]
         assert p["nt"] == tiles[-1] or n <= 8 or p["rows"] // 2 < n <= p["rows"]
-        assert p["tiles"] * gs.TW4 >= m > (p["tiles"] - 1) * gs.TW4
+        assert p["tiles"] * tw >= m > (p["tiles"] - 1) * tw
+        if plan is gs.v6_plan:
+            assert p["st"] == gs.V6_STAGES[p["nt"]]
+            assert p["tiles"] * p["kb"] <= gs.TARGET_BLOCKS_V6 or p["kc"] == kcmax
         for x_float in (True, False):
             smem = plan(n, k, m, x_float)["smem"]
             assert smem <= 227 * 1024
-            assert 2 * (smem + 1024) <= 228 * 1024  # two blocks an SM at least
+            assert per_sm * (smem + 1024) <= 228 * 1024  # blocks an SM at least
 
 
 def test_best_version_follows_the_measured_batches():
@@ -332,7 +342,7 @@ def _cast(obj, dtype):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [F32, F16])
-@pytest.mark.parametrize("version", [1, 2, 3, 4, 5])
+@pytest.mark.parametrize("version", [1, 2, 3, 4, 5, 6])
 @given(
     n=st.sampled_from([1, 2, 5, 9, 33, 70]),
     k=st.sampled_from([1, 7, 33, 600]),
@@ -456,7 +466,7 @@ def _gpu_case(cfg, w, tokens, dtype):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [F32, F16])
-@pytest.mark.parametrize("version", [1, 2, 3, 4, 5])
+@pytest.mark.parametrize("version", [1, 2, 3, 4, 5, 6])
 @given(data=st.data())
 def test_gpu_step_matches_reference_and_schedules_agree(dtype, version, data):
     import cupy as cp

@@ -223,7 +223,9 @@ def test_fallback_follows_the_launchers_order(monkeypatch, card):
     # a table in which stagformer's v3 needs sm_90 and v2 sm_89: an sm_80 card
     # gets v1, an sm_89 card v2 (the first of FALLBACK it can run)
     fake = {
-        "versions": {"stagformer": {"1": 75, "2": 89, "3": 90, "4": 90, "5": 90, "6": 90}},
+        "versions": {
+            "stagformer": {"1": 75, "2": 89, "3": 90, "4": 90, "5": 90, "6": 90}
+        },
         "files": {},
     }
     monkeypatch.setattr(cap, "load", lambda path=None: fake)

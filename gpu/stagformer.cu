@@ -562,6 +562,85 @@ __device__ __forceinline__ void tc_finish(const float* p0, int KB, int R,
     }
   }
 }
+// The x tile of gemv v5 and v6: rows n0 .. n0 + R - 1, columns k0 .. k0 + 32
+// nst - 1 (zero past N, k1): float x into float slots (XF a row), fp16 x
+// straight into the hi halves (2 XF a row); 16-byte copies where x's rows
+// allow, else plain loads; one cp.async group, issued before W's stages, so
+// waiting for it waits for nothing else.
+template <typename TX, int R, int XF>
+__device__ __forceinline__ void tc_stage_x(float* xf, const TX* x, int n0,
+                                           int rows, int K, int k0, int k1,
+                                           int nst) {
+  constexpr bool LO = sizeof(TX) == 4;
+  constexpr int E = 16 / sizeof(TX);  // elements a 16-byte copy
+  int width = nst * KS4;
+  bool a16 = K % E == 0 && reinterpret_cast<size_t>(x) % 16 == 0;
+  TX* dst0 = reinterpret_cast<TX*>(xf);
+  constexpr int RS = LO ? XF : 2 * XF;  // row stride in TX elements
+  if (a16) {
+    for (int i = threadIdx.x; i < R * width / E; i += blockDim.x) {
+      int r = i / (width / E), k = (i % (width / E)) * E;
+      bool ok = r < rows && k0 + k < k1;
+      cp_async16(dst0 + r * RS + k, ok ? x + (size_t)(n0 + r) * K + k0 + k : x,
+                 ok);
+    }
+  } else {
+    for (int i = threadIdx.x; i < R * width; i += blockDim.x) {
+      int r = i / width, k = i % width;
+      bool ok = r < rows && k0 + k < k1;
+      dst0[r * RS + k] = ok ? x[(size_t)(n0 + r) * K + k0 + k] : TX(0.f);
+    }
+  }
+  cp_async_commit();
+}
+
+// The split of gemv v5 and v6, once the x tile has landed: each warp its NT
+// rows; for float x (LO), max |x| over the chunk (KCX columns at most), then
+// 2^p x split into hi halves at [0, KCX) and lo halves at [XH, XH + KCX) of
+// the row's 2 XF halves, in place (every read of the row before any write:
+// syncwarp); unscale[row] = 2^-p (1 for fp16 x).
+template <bool LO, int NT, int XF, int XH, int KCX>
+__device__ __forceinline__ void tc_split_x(float* xf, float* unscale,
+                                           int nst) {
+  int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  __half* xh = reinterpret_cast<__half*>(xf);
+#pragma unroll 1
+  for (int i = 0; i < NT; ++i) {
+    int rr = warp + NW * i;
+    float down = 1.f;
+    if (LO) {
+      constexpr int J = KCX / 32;
+      float v[J];
+      float amax = 0.f;
+#pragma unroll
+      for (int j = 0; j < J; ++j) {
+        v[j] = j * 32 < nst * KS4 ? xf[rr * XF + lane + 32 * j] : 0.f;
+        amax = fmaxf(amax, fabsf(v[j]));
+      }
+      amax = warp_max(amax);
+      float up = 1.f;
+      if (amax > 0.f && amax <= 3.4e38f) {
+        int e;
+        frexpf(amax, &e);
+        int p = min(126, max(-126, 15 - e));
+        up = ldexpf(1.f, p);
+        down = ldexpf(1.f, -p);
+      }
+      __syncwarp();
+#pragma unroll
+      for (int j = 0; j < J; ++j) {
+        if (j * 32 >= nst * KS4) break;
+        float sv = v[j] * up;
+        __half hi = __float2half_rn(sv);
+        xh[rr * 2 * XF + lane + 32 * j] = hi;
+        xh[rr * 2 * XF + XH + lane + 32 * j] =
+            __float2half_rn(sv - __half2float(hi));
+      }
+    }
+    if (lane == 0) unscale[rr] = down;
+  }
+}
+
 // --- v5 ---
 #define KC5 512  // most rows of K a block
 
@@ -597,31 +676,7 @@ __device__ void gemv_v5(const TX* x0, const TX* x1, const __half* w0,
   int rows = min(R, N - n0);  // rows of this tile that exist
   const TX* x = z ? x1 : x0;
   const __half* w = z ? w1 : w0;
-  // x rows n0 .. n0 + R - 1, columns k0 .. k0 + 32 nst - 1 (zero past N, k1):
-  // float x into float slots, fp16 x straight into the hi halves; 16-byte
-  // copies where x's rows allow, else plain loads
-  {
-    constexpr int E = 16 / sizeof(TX);  // elements a 16-byte copy
-    int width = nst * KS4;
-    bool a16 = K % E == 0 && reinterpret_cast<size_t>(x) % 16 == 0;
-    TX* dst0 = reinterpret_cast<TX*>(xf);
-    constexpr int RS = LO ? XF : 2 * XF;  // row stride in TX elements
-    if (a16) {
-      for (int i = threadIdx.x; i < R * width / E; i += blockDim.x) {
-        int r = i / (width / E), k = (i % (width / E)) * E;
-        bool ok = r < rows && k0 + k < k1;
-        cp_async16(dst0 + r * RS + k, ok ? x + (size_t)(n0 + r) * K + k0 + k : x,
-                   ok);
-      }
-    } else {
-      for (int i = threadIdx.x; i < R * width; i += blockDim.x) {
-        int r = i / width, k = i % width;
-        bool ok = r < rows && k0 + k < k1;
-        dst0[r * RS + k] = ok ? x[(size_t)(n0 + r) * K + k0 + k] : TX(0.f);
-      }
-    }
-    cp_async_commit();  // the x group: the oldest, so waiting for it waits for nothing else
-  }
+  tc_stage_x<TX, R, XF>(xf, x, n0, rows, K, k0, k1, nst);
   auto load_stage = [&](int s) { tc_load_stage<ST>(ring, s, w, k0, k1, c0, M); };
 #pragma unroll
   for (int s = 0; s < ST - 1; ++s) {
@@ -630,44 +685,8 @@ __device__ void gemv_v5(const TX* x0, const TX* x1, const __half* w0,
   }
   cp_async_wait<ST - 1>();  // the x group has landed (this thread's copies)
   __syncthreads();
-  // each warp its rows (NT of them): max |x| over the chunk, then 2^p x split
-  // into hi and lo in place (every read of the row before any write: syncwarp)
+  tc_split_x<LO, NT, XF, P::XH, KC5>(xf, unscale, nst);
   __half* xh = reinterpret_cast<__half*>(xf);
-#pragma unroll 1
-  for (int i = 0; i < NT; ++i) {
-    int rr = warp + NW * i;
-    float down = 1.f;
-    if (LO) {
-      constexpr int J = KC5 / 32;
-      float v[J];
-      float amax = 0.f;
-#pragma unroll
-      for (int j = 0; j < J; ++j) {
-        v[j] = j * 32 < nst * KS4 ? xf[rr * XF + lane + 32 * j] : 0.f;
-        amax = fmaxf(amax, fabsf(v[j]));
-      }
-      amax = warp_max(amax);
-      float up = 1.f;
-      if (amax > 0.f && amax <= 3.4e38f) {
-        int e;
-        frexpf(amax, &e);
-        int p = min(126, max(-126, 15 - e));
-        up = ldexpf(1.f, p);
-        down = ldexpf(1.f, -p);
-      }
-      __syncwarp();
-#pragma unroll
-      for (int j = 0; j < J; ++j) {
-        if (j * 32 >= nst * KS4) break;
-        float sv = v[j] * up;
-        __half hi = __float2half_rn(sv);
-        xh[rr * 2 * XF + lane + 32 * j] = hi;
-        xh[rr * 2 * XF + P::XH + lane + 32 * j] =
-            __float2half_rn(sv - __half2float(hi));
-      }
-    }
-    if (lane == 0) unscale[rr] = down;
-  }
   float acc[NT][4];
 #pragma unroll
   for (int t = 0; t < NT; ++t)
@@ -800,29 +819,7 @@ __device__ void gemv_v6(const TX* x0, const TX* x1, const __half* w0,
   int rows = min(R, N - n0);
   const TX* x = z ? x1 : x0;
   const __half* w = z ? w1 : w0;
-  // the x tile as v5's: one cp.async group before W's stages
-  {
-    constexpr int E = 16 / sizeof(TX);
-    int width = nst * KS4;
-    bool a16 = K % E == 0 && reinterpret_cast<size_t>(x) % 16 == 0;
-    TX* dst0 = reinterpret_cast<TX*>(xf);
-    constexpr int RS = LO ? XF : 2 * XF;
-    if (a16) {
-      for (int i = threadIdx.x; i < R * width / E; i += blockDim.x) {
-        int r = i / (width / E), k = (i % (width / E)) * E;
-        bool ok = r < rows && k0 + k < k1;
-        cp_async16(dst0 + r * RS + k, ok ? x + (size_t)(n0 + r) * K + k0 + k : x,
-                   ok);
-      }
-    } else {
-      for (int i = threadIdx.x; i < R * width; i += blockDim.x) {
-        int r = i / width, k = i % width;
-        bool ok = r < rows && k0 + k < k1;
-        dst0[r * RS + k] = ok ? x[(size_t)(n0 + r) * K + k0 + k] : TX(0.f);
-      }
-    }
-    cp_async_commit();
-  }
+  tc_stage_x<TX, R, XF>(xf, x, n0, rows, K, k0, k1, nst);
   auto load_stage = [&](int s) {
     tc_load_stage<ST, TW6>(ring, s, w, k0, k1, c0, M);
   };
@@ -833,43 +830,8 @@ __device__ void gemv_v6(const TX* x0, const TX* x1, const __half* w0,
   }
   cp_async_wait<ST - 1>();  // the x group has landed (this thread's copies)
   __syncthreads();
-  // the split of v5 (2^p x into hi and lo in place), lo at XH
+  tc_split_x<LO, NT, XF, P::XH, KC6>(xf, unscale, nst);
   __half* xh = reinterpret_cast<__half*>(xf);
-#pragma unroll 1
-  for (int i = 0; i < NT; ++i) {
-    int rr = warp + NW * i;
-    float down = 1.f;
-    if (LO) {
-      constexpr int J = KC6 / 32;
-      float v[J];
-      float amax = 0.f;
-#pragma unroll
-      for (int j = 0; j < J; ++j) {
-        v[j] = j * 32 < nst * KS4 ? xf[rr * XF + lane + 32 * j] : 0.f;
-        amax = fmaxf(amax, fabsf(v[j]));
-      }
-      amax = warp_max(amax);
-      float up = 1.f;
-      if (amax > 0.f && amax <= 3.4e38f) {
-        int e;
-        frexpf(amax, &e);
-        int p = min(126, max(-126, 15 - e));
-        up = ldexpf(1.f, p);
-        down = ldexpf(1.f, -p);
-      }
-      __syncwarp();
-#pragma unroll
-      for (int j = 0; j < J; ++j) {
-        if (j * 32 >= nst * KS4) break;
-        float sv = v[j] * up;
-        __half hi = __float2half_rn(sv);
-        xh[rr * 2 * XF + lane + 32 * j] = hi;
-        xh[rr * 2 * XF + P::XH + lane + 32 * j] =
-            __float2half_rn(sv - __half2float(hi));
-      }
-    }
-    if (lane == 0) unscale[rr] = down;
-  }
   float acc[2][NT][4];
 #pragma unroll
   for (int mt = 0; mt < 2; ++mt)

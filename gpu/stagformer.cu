@@ -70,7 +70,10 @@
 //     - x's B fragments by ldmatrix (one x4: two row tiles' k, k + 8), so a
 //       B fragment feeds 2 mma and an A fragment 2 NT;
 //     - one block an SM (about 132 blocks, KB = floor(132 / tiles) from (K, M)
-//       only, kc <= 512) and a deeper ring (5-12 stages of 16 KB).
+//       only, kc <= 512) and a deeper ring (5-12 stages of 16 KB);
+//     - where a column tile's partials pass 128 KB (the launcher's fin = 1),
+//       the sum over kb is a second launch over every SM (finish_v6), in the
+//       order the tile's last block would use: the same bits either way.
 //     Same sums as v5 in a different split: not v5's bits.
 // rmsnorm v1: y[z][n] = x[z][n] / sqrt(mean(x^2) + 1e-6) * gamma[z]; a block
 //     per row, fixed-order tree sum.

@@ -644,6 +644,26 @@ __device__ __forceinline__ void tc_split_x(float* xf, float* unscale,
   }
 }
 
+// One accumulator element of gemv v5 or v6, at row rr and column cc of its
+// tile (R x TW): scaled back by its row's 2^-p, then into the block's partial
+// (KB > 1) or, with act and the residual, into y. Rows past N are skipped.
+template <int TW>
+__device__ __forceinline__ void tc_put(float a, int rr, int cc, int rows,
+                                       int n0, int c0, int M, int KB, int act,
+                                       const float* unscale, float* part,
+                                       const float* r, float* y) {
+  int n = n0 + rr, c = c0 + cc;
+  if (rr >= rows) return;
+  float v = a * unscale[rr];
+  if (KB > 1) {
+    part[rr * TW + cc] = v;
+  } else if (c < M) {
+    if (act == 1) v = fmaxf(v, 0.f);
+    if (r) v += r[(size_t)n * M + c];
+    y[(size_t)n * M + c] = v;
+  }
+}
+
 // --- v5 ---
 #define KC5 512  // most rows of K a block
 
@@ -711,20 +731,10 @@ __device__ void gemv_v5(const TX* x0, const TX* x1, const __half* w0,
 #pragma unroll
   for (int t = 0; t < NT; ++t)
 #pragma unroll
-    for (int j = 0; j < 4; ++j) {
-      int rr = t * 8 + (lane % 4) * 2 + j % 2;
-      int cc = warp * 16 + lane / 4 + (j / 2) * 8;
-      int n = n0 + rr, c = c0 + cc;
-      if (rr >= rows) continue;
-      float v = acc[t][j] * unscale[rr];
-      if (KB > 1) {
-        part[rr * TW4 + cc] = v;
-      } else if (c < M) {
-        if (act == 1) v = fmaxf(v, 0.f);
-        if (r) v += r[(size_t)n * M + c];
-        y[(size_t)n * M + c] = v;
-      }
-    }
+    for (int j = 0; j < 4; ++j)
+      tc_put<TW4>(acc[t][j], t * 8 + (lane % 4) * 2 + j % 2,
+                  warp * 16 + lane / 4 + (j / 2) * 8, rows, n0, c0, M, KB, act,
+                  unscale, part, r, y);
   if (KB == 1) return;
   if (!last_block_done(cnt + tile, (unsigned)KB)) return;
   tc_finish<TW4>(ws + (tile * KB * R) * TW4, KB, R, rows, n0, c0, M, act, r, y);
@@ -862,20 +872,10 @@ __device__ void gemv_v6(const TX* x0, const TX* x1, const __half* w0,
 #pragma unroll
     for (int t = 0; t < NT; ++t)
 #pragma unroll
-      for (int j = 0; j < 4; ++j) {
-        int rr = t * 8 + (lane % 4) * 2 + j % 2;
-        int cc = warp * 32 + mt * 16 + lane / 4 + (j / 2) * 8;
-        int n = n0 + rr, c = c0 + cc;
-        if (rr >= rows) continue;
-        float v = acc[mt][t][j] * unscale[rr];
-        if (KB > 1) {
-          part[rr * TW6 + cc] = v;
-        } else if (c < M) {
-          if (act == 1) v = fmaxf(v, 0.f);
-          if (r) v += r[(size_t)n * M + c];
-          y[(size_t)n * M + c] = v;
-        }
-      }
+      for (int j = 0; j < 4; ++j)
+        tc_put<TW6>(acc[mt][t][j], t * 8 + (lane % 4) * 2 + j % 2,
+                    warp * 32 + mt * 16 + lane / 4 + (j / 2) * 8, rows, n0, c0,
+                    M, KB, act, unscale, part, r, y);
   if (KB == 1 || fin) return;  // fin: finish_v6, the next launch, sums them
   if (!last_block_done(cnt + tile, (unsigned)KB)) return;
   tc_finish<TW6>(ws + (tile * KB * R) * TW6, KB, R, rows, n0, c0, M, act, r, y);

@@ -92,15 +92,16 @@ def best_version(b: int) -> int:
 
 
 def _tc_split(
-    n: int, k: int, m: int, row_tiles: tuple, target: int, kc_max: int
-) -> dict[str, int]:
-    """The grid of gemv v4 and v5: nt (the smallest of row_tiles with 8 nt >= N,
-    else the largest), rows = 8 nt, rt row tiles, tiles of TW4 columns, and K split
-    over kb blocks of kc rows (a multiple of KS4, <= kc_max) for about ``target``
-    blocks, from (K, M) only."""
+    n: int, k: int, m: int, row_tiles: tuple, target: int, kc_max: int,
+    tw: int = TW4, at_most: bool = False,
+) -> dict[str, int]:  # fmt: skip
+    """The grid of gemv v4-v6: nt (the smallest of row_tiles with 8 nt >= N, else
+    the largest), rows = 8 nt, rt row tiles, tiles of tw columns, and K split over
+    kb blocks of kc rows (a multiple of KS4, <= kc_max) for about ``target`` blocks
+    (at_most: no more than target unless kc is capped), from (K, M) only."""
     nt = next((t for t in row_tiles if 8 * t >= n), row_tiles[-1])
-    tiles = math.ceil(m / TW4)
-    kb = max(1, math.ceil(target / tiles))
+    tiles = math.ceil(m / tw)
+    kb = max(1, target // tiles if at_most else math.ceil(target / tiles))
     kc = min(kc_max, max(KS4, KS4 * math.ceil(math.ceil(k / kb) / KS4)))
     return dict(
         nt=nt, rows=8 * nt, rt=math.ceil(n / (8 * nt)), tiles=tiles,
@@ -147,17 +148,11 @@ def v6_plan(n: int, k: int, m: int, x_float: bool = True) -> dict[str, int]:
     sum over kb runs as its own launch over every SM (stag_gemv_finish_v6) rather
     than in the tile's last block (0); both sum in the same order: the same bits.
     x_float is accepted for v4_plan's signature; the bytes do not depend on it."""
-    nt = next((t for t in V6_TILES if 8 * t >= n), V6_TILES[-1])
-    tiles = math.ceil(m / TW6)
-    kb = max(1, TARGET_BLOCKS_V6 // tiles)
-    kc = min(KC6, max(KS4, KS4 * math.ceil(math.ceil(k / kb) / KS4)))
-    st, kb = V6_STAGES[nt], math.ceil(k / kc)
-    smem = 2 * st * KS4 * TW6 + 4 * 8 * nt * (KC6 + 4) + 4 * 8 * nt
-    fin = int(kb > 1 and 4 * kb * 8 * nt * TW6 > FIN6_BYTES)
-    return dict(
-        nt=nt, rows=8 * nt, rt=math.ceil(n / (8 * nt)), tiles=tiles,
-        kb=kb, kc=kc, st=st, smem=smem, fin=fin,
-    )  # fmt: skip
+    p = _tc_split(n, k, m, V6_TILES, TARGET_BLOCKS_V6, KC6, TW6, at_most=True)
+    st, rows = V6_STAGES[p["nt"]], p["rows"]
+    smem = 2 * st * KS4 * TW6 + 4 * rows * (KC6 + 4) + 4 * rows
+    fin = int(p["kb"] > 1 and 4 * p["kb"] * rows * TW6 > FIN6_BYTES)
+    return dict(p, st=st, smem=smem, fin=fin)
 
 
 def gemv_workspace(n: int, k: int, m: int, dtype, z: int = 2) -> tuple[int, int]:

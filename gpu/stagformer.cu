@@ -75,6 +75,17 @@
 //       the sum over kb is a second launch over every SM (finish_v6), in the
 //       order the tile's last block would use: the same bits either way.
 //     Same sums as v5 in a different split: not v5's bits.
+// v7  v6's grid, split and finish, with x rounded to fp16 (as a model in fp16
+//     feeds its GEMVs; v6's profile at N = 64: a block waits for its whole x
+//     tile, 128 KB from L2, and its split before the first mma):
+//     - x streamed with W through the ring: each stage holds 32 rows of W's
+//       256 columns and the same 32 k of the block's x rows (float or half);
+//     - B fragments from the stage (2 LDS.64 and 2 cvt.rn a fragment for
+//       float x), so no scale and no lo halves: half v6's mma; |x| beyond
+//       fp16's range becomes inf, as it would in fp16;
+//     - a deeper ring (8-12 stages) in the shared memory the x tile held.
+//     Not v6's bits (x rounded to fp16); the same split, so a row's bits do
+//     not depend on N.
 // rmsnorm v1: y[z][n] = x[z][n] / sqrt(mean(x^2) + 1e-6) * gamma[z]; a block
 //     per row, fixed-order tree sum.
 // store_qkv v1: the fused q|k|v row (N, (H + 2G) D) float -> q (N, H, D) T,
@@ -644,17 +655,18 @@ __device__ __forceinline__ void tc_split_x(float* xf, float* unscale,
   }
 }
 
-// One accumulator element of gemv v5 or v6, at row rr and column cc of its
-// tile (R x TW): scaled back by its row's 2^-p, then into the block's partial
-// (KB > 1) or, with act and the residual, into y. Rows past N are skipped.
-template <int TW>
+// One accumulator element of gemv v5, v6 or v7, at row rr and column cc of
+// its tile (R x TW): scaled back by its row's 2^-p (SCALED: v5, v6; v7's x is
+// not scaled), then into the block's partial (KB > 1) or, with act and the
+// residual, into y. Rows past N are skipped.
+template <int TW, bool SCALED = true>
 __device__ __forceinline__ void tc_put(float a, int rr, int cc, int rows,
                                        int n0, int c0, int M, int KB, int act,
                                        const float* unscale, float* part,
                                        const float* r, float* y) {
   int n = n0 + rr, c = c0 + cc;
   if (rr >= rows) return;
-  float v = a * unscale[rr];
+  float v = SCALED ? a * unscale[rr] : a;
   if (KB > 1) {
     part[rr * TW + cc] = v;
   } else if (c < M) {
@@ -928,6 +940,160 @@ __device__ void finish_v6(const float* ws, const float* r0, const float* r1,
     y[(size_t)n * M + c] = v;
   }
 }
+// --- v7 ---
+#define TW7 256  // columns of W a block: 8 warps x 32 (as v6)
+#define KC7 512  // most rows of K a block
+#define XS7 40   // a row of an x slot: 40 TX elements (32 used)
+
+// The shared-memory plan of gemv v7 with NT tiles of 8 rows: ST stages, each a
+// W slot (32 x 256 halves, swizzled as v4-v6) and an x slot (R rows x 32 k of
+// x as it comes, float or half, XS7 a row: the LDS.64 (float) of a B
+// fragment's 8 rows x 4 lanes hit 32 different banks in each half-warp, the
+// LDS.32 (half) in the warp). The x ring follows the W ring. v7_plan mirrors it.
+template <typename TX, int NT>
+struct Plan7 {
+  static constexpr int R = 8 * NT;  // rows of x a block, NT <= 8
+  static constexpr int ST = NT == 8 ? 8 : NT == 4 ? 10 : 12;
+  static constexpr int wslot = KS4 * TW7;  // halves
+  static constexpr int xslot = R * XS7;    // TX elements
+};
+
+// Ring stage s of gemv v7's x: rows n0 .. n0 + R - 1, columns k0 + 32 s .. + 31
+// (zero past N and k1), 16-byte copies where x's rows allow (a16), else plain
+// loads; into slot s % ST, in the same cp.async group as W's stage s.
+template <typename TX, int R, int ST>
+__device__ __forceinline__ void tc_load_x7(TX* xring, int s, const TX* x,
+                                           int n0, int rows, int K, int k0,
+                                           int k1, bool a16) {
+  constexpr int E = 16 / sizeof(TX);  // elements a 16-byte copy
+  TX* dst = xring + (s % ST) * R * XS7;
+  int ks = k0 + s * KS4;
+  if (a16) {
+#pragma unroll
+    for (int i = threadIdx.x; i < R * KS4 / E; i += 32 * NW) {
+      int r = i / (KS4 / E), c = (i % (KS4 / E)) * E;
+      bool ok = r < rows && ks + c < k1;
+      cp_async16(dst + r * XS7 + c, ok ? x + (size_t)(n0 + r) * K + ks + c : x,
+                 ok);
+    }
+  } else {
+    for (int i = threadIdx.x; i < R * KS4; i += 32 * NW) {
+      int r = i / KS4, c = i % KS4;
+      bool ok = r < rows && ks + c < k1;
+      dst[r * XS7 + c] = ok ? x[(size_t)(n0 + r) * K + ks + c] : TX(0.f);
+    }
+  }
+}
+
+// A B fragment of gemv v7 (row n = lane / 4 of a row tile; k and k + 8 from
+// 2 (lane % 4)): two x values each, rounded to fp16 (cvt.rn) for float x.
+__device__ __forceinline__ void x7_frag(unsigned (&b)[2], const float* p) {
+  float2 u = *reinterpret_cast<const float2*>(p);
+  float2 v = *reinterpret_cast<const float2*>(p + 8);
+  __half2 hu = __floats2half2_rn(u.x, u.y), hv = __floats2half2_rn(v.x, v.y);
+  b[0] = *reinterpret_cast<unsigned*>(&hu);
+  b[1] = *reinterpret_cast<unsigned*>(&hv);
+}
+__device__ __forceinline__ void x7_frag(unsigned (&b)[2], const __half* p) {
+  b[0] = *reinterpret_cast<const unsigned*>(p);
+  b[1] = *reinterpret_cast<const unsigned*>(p + 8);
+}
+
+// One ring stage's products in gemv v7: for its two k16 steps, this warp's two
+// A = W^T tiles (as v6) times all NT tiles of 8 rows of x, each B fragment
+// built from the stage's x slot (x7_frag) and fed to both A tiles.
+template <typename TX, int NT>
+__device__ __forceinline__ void tc_stage_mma7(float (&acc)[2][NT][4],
+                                              const __half* st, const TX* xs) {
+  int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  int mi = lane / 8, ri = lane % 8;
+  const TX* xa = xs + (lane / 4) * XS7 + (lane % 4) * 2;
+#pragma unroll
+  for (int kk = 0; kk < KS4; kk += 16) {
+    unsigned a[2][4];
+#pragma unroll
+    for (int mt = 0; mt < 2; ++mt)
+      ldsm_x4_t(a[mt], st + swz<TW7>(kk + (mi / 2) * 8 + ri,
+                                     warp * 32 + mt * 16 + (mi % 2) * 8));
+#pragma unroll
+    for (int t = 0; t < NT; ++t) {
+      unsigned b[2];
+      x7_frag(b, xa + t * 8 * XS7 + kk);
+#pragma unroll
+      for (int mt = 0; mt < 2; ++mt) mma16816(acc[mt][t], a[mt], b);
+    }
+  }
+}
+
+// gemv v7: v6's grid, split and finish (the same partials layout, TW7 = TW6),
+// with x rounded to fp16 as it is used (no scale, no lo halves: |x| must be
+// inside fp16's range) and streamed with W through the ring, so no stage waits
+// for a whole x tile.
+template <typename TX, int NT>
+__device__ void gemv_v7(const TX* x0, const TX* x1, const __half* w0,
+                        const __half* w1, const float* r0, const float* r1,
+                        float* y0, float* y1, int N, int K, int M, int act,
+                        int kc, float* ws, unsigned* cnt, int fin) {
+  static_assert(TW7 == TW6, "v7 shares v6's partials layout and finish");
+  using P = Plan7<TX, NT>;
+  constexpr int R = P::R, ST = P::ST;
+  extern __shared__ __align__(16) unsigned char sm7[];
+  __half* ring = reinterpret_cast<__half*>(sm7);
+  TX* xring = reinterpret_cast<TX*>(ring + ST * P::wslot);
+  int rt_n = (N + R - 1) / R, zr = blockIdx.x, z = zr / rt_n;
+  int n0 = (zr % rt_n) * R, kb = blockIdx.y, KB = gridDim.y;
+  int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  int c0 = blockIdx.z * TW7;
+  int k0 = kb * kc, k1 = min(K, k0 + kc);
+  int nst = (k1 - k0 + KS4 - 1) / KS4;
+  int rows = min(R, N - n0);
+  const TX* x = z ? x1 : x0;
+  const __half* w = z ? w1 : w0;
+  bool a16 = K % (16 / sizeof(TX)) == 0 && reinterpret_cast<size_t>(x) % 16 == 0;
+  auto load_stage = [&](int s) {
+    tc_load_stage<ST, TW7>(ring, s, w, k0, k1, c0, M);
+    tc_load_x7<TX, R, ST>(xring, s, x, n0, rows, K, k0, k1, a16);
+  };
+#pragma unroll
+  for (int s = 0; s < ST - 1; ++s) {
+    if (s < nst) load_stage(s);
+    cp_async_commit();
+  }
+  float acc[2][NT][4];
+#pragma unroll
+  for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+    for (int t = 0; t < NT; ++t)
+#pragma unroll
+      for (int j = 0; j < 4; ++j) acc[mt][t][j] = 0.f;
+  for (int s = 0; s < nst; ++s) {
+    cp_async_wait<ST - 2>();
+    __syncthreads();  // stage s landed (every thread's copies and stores)
+    if (s + ST - 1 < nst) load_stage(s + ST - 1);
+    cp_async_commit();
+    tc_stage_mma7<TX, NT>(acc, ring + (s % ST) * P::wslot,
+                          xring + (s % ST) * P::xslot);
+  }
+  cp_async_wait<0>();
+  const float* r = z ? r1 : r0;
+  float* y = z ? y1 : y0;
+  size_t tile = (size_t)blockIdx.z * gridDim.x + zr;
+  float* part = ws + ((tile * KB + kb) * R) * TW7;
+  // acc[mt][t][j]: row t 8 + 2 (lane % 4) + j % 2, column c0 + 32 warp + 16 mt
+  // + lane / 4 + 8 (j / 2), as v6
+#pragma unroll
+  for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+    for (int t = 0; t < NT; ++t)
+#pragma unroll
+      for (int j = 0; j < 4; ++j)
+        tc_put<TW7, false>(acc[mt][t][j], t * 8 + (lane % 4) * 2 + j % 2,
+                           warp * 32 + mt * 16 + lane / 4 + (j / 2) * 8, rows,
+                           n0, c0, M, KB, act, nullptr, part, r, y);
+  if (KB == 1 || fin) return;  // fin: finish_v6, the next launch, sums them
+  if (!last_block_done(cnt + tile, (unsigned)KB)) return;
+  tc_finish<TW7>(ws + (tile * KB * R) * TW7, KB, R, rows, n0, c0, M, act, r, y);
+}
 // --- rmsnorm ---
 template <typename T>
 __device__ void rmsnorm_v1(const float* x, const T* g0, const T* g1,
@@ -1017,7 +1183,7 @@ GEMV3_R(f32, float, float)
 GEMV3_R(f16, __half, float)
 GEMV3_R(f16x16, __half, __half)
 
-// v4-v6 use cp.async, ldmatrix and mma (sm_80); below sm_80 they are left out and
+// v4-v7 use cp.async, ldmatrix and mma (sm_80); below sm_80 they are left out and
 // the launcher falls back (gpu/capability.py).
 #if __CUDA_ARCH__ >= 800
 #define GEMV_TC(V, SUF, TX, NT)                                               \
@@ -1056,6 +1222,23 @@ GEMV_TC_N(5, f16x16, __half)
   GEMV6(SUF, TX, 8)
 GEMV6_N(f16, float)
 GEMV6_N(f16x16, __half)
+#define GEMV7(SUF, TX, NT)                                                    \
+  extern "C" __global__ void __launch_bounds__(32 * NW, 1)                  \
+      stag_gemv_v7_##SUF##_n##NT(                                           \
+          const TX* x0, const TX* x1, const __half* w0, const __half* w1,   \
+          const float* r0, const float* r1, float* y0, float* y1, int N,    \
+          int K, int M, int act, int kc, float* ws, unsigned* cnt,          \
+          int fin) {                                                        \
+    gemv_v7<TX, NT>(x0, x1, w0, w1, r0, r1, y0, y1, N, K, M, act, kc, ws,   \
+                    cnt, fin);                                              \
+  }
+#define GEMV7_N(SUF, TX) \
+  GEMV7(SUF, TX, 1)      \
+  GEMV7(SUF, TX, 2)      \
+  GEMV7(SUF, TX, 4)      \
+  GEMV7(SUF, TX, 8)
+GEMV7_N(f16, float)
+GEMV7_N(f16x16, __half)
 extern "C" __global__ void __launch_bounds__(256) stag_gemv_finish_v6(
     const float* ws, const float* r0, const float* r1, float* y0, float* y1,
     int N, int M, int act, int KB, int R, int ZR, int tiles) {

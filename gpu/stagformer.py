@@ -27,7 +27,7 @@ from gpu import attention as att
 from gpu import runtime as rt
 
 SLUG = "stagformer"
-VERSIONS = (1, 2, 3, 4, 5, 6)
+VERSIONS = (1, 2, 3, 4, 5, 6, 7)
 DTYPES = (np.float32, np.float16)
 _SFX = {np.dtype(np.float32): "f32", np.dtype(np.float16): "f16"}
 NR, NW, KC = 4, 8, 512  # as in the .cu
@@ -39,13 +39,15 @@ KC5, TARGET_BLOCKS_V5, V5_TILES = 512, 264, (1, 2, 4)  # v5: kc <= 512, ~2 an SM
 TW6, KC6, TARGET_BLOCKS_V6 = 256, 512, 132  # v6: 256 columns, kc <= 512, 1 an SM
 V6_TILES, V6_STAGES = (1, 2, 4, 8), {1: 12, 2: 10, 4: 8, 8: 5}  # Plan6 in the .cu
 FIN6_BYTES = 128 * 1024  # v6: more partials a tile than this: a finish launch
+TW7, KC7, XS7 = 256, 512, 40  # v7: v6's split; an x slot row of 40 elements
+V7_TILES, V7_STAGES = (1, 2, 4, 8), {1: 12, 2: 12, 4: 10, 8: 8}  # Plan7 in the .cu
 SCHEDULES = ("parallel", "stack1_first", "stack2_first")
 # GEMV versions, best first: on a card that cannot run the one asked for, the best of
 # these it can runs, with a notice (gpu.runtime.pick_version, gpu/capability.json;
-# NVRTC 13.0 compiles v1-v3 for sm_75 and up, v4-v6 (tensor cores, cp.async)
+# NVRTC 13.0 compiles v1-v3 for sm_75 and up, v4-v7 (tensor cores, cp.async)
 # for sm_80 and up). The attention of a step falls back on its own
 # (gpu.attention.runnable_version).
-FALLBACK = (6, 5, 4, 3, 2, 1)
+FALLBACK = (7, 6, 5, 4, 3, 2, 1)
 
 
 def runnable_version(version: int) -> int:
@@ -155,10 +157,22 @@ def v6_plan(n: int, k: int, m: int, x_float: bool = True) -> dict[str, int]:
     return dict(p, st=st, smem=smem, fin=fin)
 
 
+def v7_plan(n: int, k: int, m: int, x_float: bool = True) -> dict[str, int]:
+    """gemv v7's launch: v6's split (v6_plan's nt, rows, rt, tiles, kb, kc and fin:
+    the same partials and finish), st ring stages of a W slot (32 x 256 halves) and
+    an x slot (rows x XS7 = 40 elements of x, float32 if x_float else float16)
+    each; smem: the ring's bytes (Plan7 in the .cu)."""
+    p = _tc_split(n, k, m, V7_TILES, TARGET_BLOCKS_V6, KC7, TW7, at_most=True)
+    st, rows = V7_STAGES[p["nt"]], p["rows"]
+    smem = st * (2 * KS4 * TW7 + (4 if x_float else 2) * rows * XS7)
+    fin = int(p["kb"] > 1 and 4 * p["kb"] * rows * TW7 > FIN6_BYTES)
+    return dict(p, st=st, smem=smem, fin=fin)
+
+
 def gemv_workspace(n: int, k: int, m: int, dtype, z: int = 2) -> tuple[int, int]:
-    """(float32 partials, uint32 counters) gemv v2-v6 need for N rows, Z stacks
-    (the largest: v2 pads N to NR = 4 rows, v3 to R = rows_v3(N), v4-v6 to 8 nt
-    rows a row tile, v4_plan, v5_plan and v6_plan)."""
+    """(float32 partials, uint32 counters) gemv v2-v7 need for N rows, Z stacks
+    (the largest: v2 pads N to NR = 4 rows, v3 to R = rows_v3(N), v4-v7 to 8 nt
+    rows a row tile, v4_plan to v7_plan)."""
     kb, _ = k_split(k, m, dtype)
     tiles = math.ceil(m / (32 * vec(dtype)))
     nr3 = rows_v3(n)
@@ -167,7 +181,7 @@ def gemv_workspace(n: int, k: int, m: int, dtype, z: int = 2) -> tuple[int, int]
     elems, cnt = z * padded * tiles * kb * 32 * vec(dtype), z * rts * tiles
     if np.dtype(dtype) == np.float16:
         for p, tw in ((v4_plan(n, k, m), TW4), (v5_plan(n, k, m), TW4),
-                      (v6_plan(n, k, m), TW6)):  # fmt: skip
+                      (v6_plan(n, k, m), TW6), (v7_plan(n, k, m), TW7)):  # fmt: skip
             elems = max(elems, z * p["rt"] * p["tiles"] * p["kb"] * p["rows"] * tw)
             cnt = max(cnt, z * p["rt"] * p["tiles"])
     return elems, cnt
@@ -204,9 +218,11 @@ def gemv(
 
     xs[z]: (N, K) float32, or the weights' dtype (float16 only); ws[z]: (K, M)
     float32/float16; ys[z], res[z]: (N, M) float32 (res may be ys: in place).
-    versions 2-6 need M % VEC == 0, 16-byte aligned weights and ``scratch``.
-    v4-v6 run on tensor cores and have fp16 weights only: with float32
-    weights, versions 4-6 run v2's kernel (the same sums as v3 without a norm).
+    versions 2-7 need M % VEC == 0, 16-byte aligned weights and ``scratch``.
+    v4-v7 run on tensor cores and have fp16 weights only: with float32
+    weights, versions 4-7 run v2's kernel (the same sums as v3 without a norm).
+    v7 rounds float32 x to fp16 (round to nearest) before the products, as a
+    model in fp16 does: |x| beyond fp16's range (65504) becomes inf there.
     norm (v3 only): gammas[z] (K,) of the weights' dtype: xs[z] (float32) is
     RMS-normed with them inside the GEMV, ys[z] = act(rmsnorm(xs[z]) @ ws[z]) ...
     """
@@ -263,18 +279,18 @@ def gemv(
     need, cnt = gemv_workspace(n, k, m, wdt, z)
     if scratch.ws.size < need or scratch.cnt.size < cnt:
         raise ValueError(f"scratch too small: needs {need} floats, {cnt} counters")
-    if version in (4, 5, 6) and wdt == np.float16:  # tensor cores
-        plan = {4: v4_plan, 5: v5_plan, 6: v6_plan}[version]
+    if version in (4, 5, 6, 7) and wdt == np.float16:  # tensor cores
+        plan = {4: v4_plan, 5: v5_plan, 6: v6_plan, 7: v7_plan}[version]
         p = plan(n, k, m, xs[0].dtype == np.float32)
         fn = rt.kernel(SLUG, f"stag_gemv_v{version}_{sfx}_n{p['nt']}")
         fn.max_dynamic_shared_size_bytes = p["smem"]  # beyond 48 KB: opt in
         tail = (i32(act), i32(p["kc"]), scratch.ws, scratch.cnt)
-        tail += (i32(p["fin"]),) if version == 6 else ()
+        tail += (i32(p["fin"]),) if version >= 6 else ()
         grid = (p["tiles"], p["kb"], z * p["rt"])
         if version >= 5:  # the row tiles of one K chunk adjacent (blockIdx.x)
             grid = grid[::-1]
         fn(grid, (32 * NW,), args + tail, shared_mem=p["smem"])
-        if version == 6 and p["fin"]:  # the sum over kb, every SM
+        if version >= 6 and p["fin"]:  # the sum over kb, every SM (v6's finish)
             zr, tiles = z * p["rt"], z * p["rt"] * p["tiles"]
             quads = tiles * p["rows"] * TW6 // 4
             fin = rt.kernel(SLUG, "stag_gemv_finish_v6")
@@ -287,7 +303,7 @@ def gemv(
     kb, kc = k_split(k, m, wdt)
     tiles = math.ceil(m / (32 * vec(wdt)))
     tail = (i32(act), i32(kc), scratch.ws, scratch.cnt)
-    if version in (2, 4, 5, 6):  # 4-6 with float32 weights: v2's kernel
+    if version in (2, 4, 5, 6, 7):  # 4-7 with float32 weights: v2's kernel
         fn = rt.kernel(SLUG, f"stag_gemv_v2_{sfx}")
         fn((tiles, kb, z * math.ceil(n / NR)), (32 * NW,), args + tail)
         return ys

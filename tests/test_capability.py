@@ -224,7 +224,7 @@ def test_fallback_follows_the_launchers_order(monkeypatch, card):
     # gets v1, an sm_89 card v2 (the first of FALLBACK it can run)
     fake = {
         "versions": {
-            "stagformer": {"1": 75, "2": 89, "3": 90, "4": 90, "5": 90, "6": 90}
+            "stagformer": {"1": 75, "2": 89} | {str(v): 90 for v in gs.VERSIONS[2:]}
         },
         "files": {},
     }
@@ -236,4 +236,4 @@ def test_fallback_follows_the_launchers_order(monkeypatch, card):
     with pytest.warns(rt.CapabilityFallback, match="stagformer v3.*running v2"):
         assert gs.runnable_version(3) == 2
     with pytest.raises(ValueError, match="version must be one of"):
-        gs.runnable_version(7)
+        gs.runnable_version(max(gs.VERSIONS) + 1)

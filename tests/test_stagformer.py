@@ -284,17 +284,19 @@ def test_gemv_v3_rows_and_workspace_cover_both_versions():
     "k, m", [(1, 8), (7, 24), (600, 264), (2048, 6144), (8192, 2048)]
 )
 def test_gemv_v4_plan_covers_the_rows_and_k_and_fits_shared_memory(n, k, m):
-    """v4's, v5's and v6's split of K depends on (K, M) only (a row's bits must not
+    """v4's to v7's split of K depends on (K, M) only (a row's bits must not
     depend on the batch), every row and every k is covered, and the ring and x tile
-    fit the 227 KB a block may opt in to on sm_90 (Plan4-Plan6 in the .cu): two
-    blocks an SM for v4 and v5, one for v6, whose grid stays within the 132 SMs of
-    an H100 or H200 unless kc is capped at 512."""
+    fit the 227 KB a block may opt in to on sm_90 (Plan4-Plan7 in the .cu): two
+    blocks an SM for v4 and v5, one for v6 and v7, whose grid stays within the 132
+    SMs of an H100 or H200 unless kc is capped at 512; v7 splits as v6 (the same
+    partials and finish launch)."""
     from gpu import stagformer as gs
 
     for plan, kcmax, tiles, tw, per_sm in (
         (gs.v4_plan, gs.KC4, gs.V4_TILES, gs.TW4, 2),
         (gs.v5_plan, gs.KC5, gs.V5_TILES, gs.TW4, 2),
         (gs.v6_plan, gs.KC6, gs.V6_TILES, gs.TW6, 1),
+        (gs.v7_plan, gs.KC7, gs.V7_TILES, gs.TW7, 1),
     ):
         p = plan(n, k, m)
         assert (p["kb"], p["kc"]) == (plan(1, k, m)["kb"], plan(1, k, m)["kc"])
@@ -307,6 +309,12 @@ def test_gemv_v4_plan_covers_the_rows_and_k_and_fits_shared_memory(n, k, m):
         if plan is gs.v6_plan:
             assert p["st"] == gs.V6_STAGES[p["nt"]]
             assert p["tiles"] * p["kb"] <= gs.TARGET_BLOCKS_V6 or p["kc"] == kcmax
+        if plan is gs.v7_plan:
+            assert p["st"] == gs.V7_STAGES[p["nt"]]
+            six = gs.v6_plan(n, k, m)
+            assert {q: p[q] for q in six if q not in ("st", "smem")} == {
+                q: six[q] for q in six if q not in ("st", "smem")
+            }
         for x_float in (True, False):
             smem = plan(n, k, m, x_float)["smem"]
             assert smem <= 227 * 1024
@@ -352,7 +360,7 @@ def _cast(obj, dtype):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [F32, F16])
-@pytest.mark.parametrize("version", [1, 2, 3, 4, 5, 6])
+@pytest.mark.parametrize("version", [1, 2, 3, 4, 5, 6, 7])
 @given(
     n=st.sampled_from([1, 2, 5, 9, 33, 70]),
     k=st.sampled_from([1, 7, 33, 600]),
@@ -377,6 +385,10 @@ def test_gpu_gemv_matches_reference(
     # float32 x far outside fp16's range (v4 scales each row's chunk by 2^p); not
     # with the fused norm, whose sum of squares overflows float32 beyond |x| ~ 1e19
     mag = 1.0 if x16 or norm else mag
+    # v7 rounds float32 x to fp16 (the reference rounds it too): magnitudes inside
+    # fp16's range, from its subnormals (1e-6) to near its largest (1e4)
+    x_to16 = version == 7 and dtype == F16 and not x16
+    mag = {1e-30: 1e-6, 1e6: 1e3, 1e30: 1e4}.get(mag, mag) if x_to16 else mag
     m = mv * gs.vec(dtype)
     rng = np.random.default_rng(seed)
     xs = [
@@ -401,7 +413,10 @@ def test_gpu_gemv_matches_reference(
 
     run(xs, ws, ys, rs, version, gs_)
     for i in range(z):
-        x64, w64 = xs[i].astype(F64), ws[i].astype(F64)
+        x64, w64 = (
+            xs[i].astype(F16 if x_to16 else xs[i].dtype).astype(F64),
+            ws[i].astype(F64),
+        )
         if norm:
             x64 = rms_norm(x64, gs_[i].astype(F64))
         want = x64 @ w64
@@ -476,7 +491,7 @@ def _gpu_case(cfg, w, tokens, dtype):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [F32, F16])
-@pytest.mark.parametrize("version", [1, 2, 3, 4, 5, 6])
+@pytest.mark.parametrize("version", [1, 2, 3, 4, 5, 6, 7])
 @given(data=st.data())
 def test_gpu_step_matches_reference_and_schedules_agree(dtype, version, data):
     import cupy as cp
@@ -492,13 +507,15 @@ def test_gpu_step_matches_reference_and_schedules_agree(dtype, version, data):
         results.append([cp.asnumpy(a).copy() for a in (bf.out, bf.k, bf.v, bf.xk)])
     h_ref, o_ref = after.outputs[0][:, -1], after.outputs[1][:, -1]
     sc = max(np.abs(h_ref).max(), np.abs(o_ref).max())
-    used = assert_close(results[0][0][0], h_ref, "stag_step", dtype, sc)
-    used = max(used, assert_close(results[0][0][1], o_ref, "stag_step", dtype, sc))
+    # v7 rounds every GEMV's float32 input to fp16 (with fp16 weights)
+    kind = "stag_step_x16" if version == 7 and dtype == F16 else "stag_step"
+    used = assert_close(results[0][0][0], h_ref, kind, dtype, sc)
+    used = max(used, assert_close(results[0][0][1], o_ref, kind, dtype, sc))
     for j in range(cfg.base.L):  # the K/V rows this step wrote
         for s in range(2):
             want = after.self_caches[s][j].k[:, :, pos]
             got = results[0][1][j, s, :, :, pos]
-            assert_close(got, want, "stag_step", dtype, np.abs(want).max(initial=1))
+            assert_close(got, want, kind, dtype, np.abs(want).max(initial=1))
     print(f"step v{version} {np.dtype(dtype).name}: {describe(used)}")
     for other in results[1:]:  # parallel == stack 1 first == stack 2 first
         for a, b in zip(other, results[0], strict=True):
@@ -547,7 +564,7 @@ def test_gpu_bad_inputs_rejected_before_launch():
     with pytest.raises(ValueError, match="scratch"):
         gs.gemv([x], [w], [y])
     with pytest.raises(ValueError, match="version"):
-        gs.gemv([x], [w], [y], version=6, scratch=sc)
+        gs.gemv([x], [w], [y], version=max(gs.VERSIONS) + 1, scratch=sc)
     with pytest.raises(ValueError, match="version 3"):
         gs.gemv([x], [w], [y], version=4, scratch=sc, norm=[cp.ones(64, F16)])
     g = cp.ones(64, F16)

@@ -10,7 +10,9 @@
 # checks: never beside a bench), wait waits for them. ncu:NAME[:ARGS] runs
 # tools/profile_NAME.py ARGS (spaces as commas) under Nsight Compute with the
 # clocks left alone: the kernels matching NCU_KERNELS (a regex), skipping
-# NCU_SKIP launches, NCU_COUNT of them.
+# NCU_SKIP launches, NCU_COUNT of them; NCU_METRICS (a --metrics list) adds
+# metrics to the sections, e.g. the stall reasons:
+# regex:smsp__average_warps_issue_stalled_.*_per_issue_active\.ratio$
 # Uses the GPU machine's python3 as it is (CuPy, NumPy, pytest, Hypothesis, torch).
 # Each call re-sends the working tree, which replaces what an earlier call wrote under
 # results/ on the machine: copy results/<card>/ceilings.json from the first call's
@@ -81,6 +83,7 @@ run_stage() {
         --launch-skip "${NCU_SKIP:-0}" --launch-count "${NCU_COUNT:-5}" \
         --section SpeedOfLight --section MemoryWorkloadAnalysis --section WarpStateStats \
         --section Occupancy --section LaunchStats --section SchedulerStats \
+        ${NCU_METRICS:+--metrics "$NCU_METRICS"} \
         $py "tools/profile_$a.py" ${b//,/ } > "$out/logs/ncu_$a.txt" 2>&1
       say "ncu $a rc=$? $(grep -c '^  [a-z_0-9]*(' "$out/logs/ncu_$a.txt") kernels profiled" ;;
     *) echo "unknown stage $stage"; exit 2 ;;

@@ -43,7 +43,7 @@ SHAPES = {  # name: (K, M, x dtype, act, residual)
     "down": (F, C, np.float32, 0, True),
 }
 NS, QUICK_NS = (1, 4, 8, 64), (1, 64)
-VERSIONS = (2, 3, 4, 5, 6, 7)
+VERSIONS = (2, 3, 4, 5, 6, 7, 8)
 GRID = bench.Grid(
     axes=dict(shape=tuple(SHAPES), N=NS),
     quick=dict(N=QUICK_NS),

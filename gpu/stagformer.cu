@@ -86,6 +86,12 @@
 //     - a deeper ring (8-12 stages) in the shared memory the x tile held.
 //     Not v6's bits (x rounded to fp16); the same split, so a row's bits do
 //     not depend on N.
+// v8  v7 (the same sums: v7's bits) with cheap copies: v7's SASS spends ~670
+//     instructions a stage a warp, ~120 of them products (each 16-byte copy
+//     recomputed its row, swizzle, bounds and shared address from threadIdx
+//     in a loop of unknown trip count; the prologue's stages were unrolled).
+//     v8's loaders (W8Loader, X8Loader) compute a thread's copies once and
+//     step a pointer and a slot a stage: ~200 instructions a stage.
 // rmsnorm v1: y[z][n] = x[z][n] / sqrt(mean(x^2) + 1e-6) * gamma[z]; a block
 //     per row, fixed-order tree sum.
 // store_qkv v1: the fused q|k|v row (N, (H + 2G) D) float -> q (N, H, D) T,
@@ -1094,6 +1100,166 @@ __device__ void gemv_v7(const TX* x0, const TX* x1, const __half* w0,
   if (!last_block_done(cnt + tile, (unsigned)KB)) return;
   tc_finish<TW7>(ws + (tile * KB * R) * TW7, KB, R, rows, n0, c0, M, act, r, y);
 }
+// --- v8 ---
+// gemv v7's SASS (NVRTC sm_90) spends ~670 instructions a stage a warp, of
+// which ~120 are the products: tc_load_stage and tc_load_x7 loop from
+// threadIdx.x with a trip count the compiler does not know, so each 16-byte
+// copy recomputes its row, column, swizzle, bounds and shared address (~65
+// instructions), and the prologue's ST - 1 stages are unrolled (~700 each).
+// v8 computes each thread's copies once (W8Loader, X8Loader): a stage is then
+// a pointer step and a predicate a copy.
+
+// cp.async with the shared address already in the state space
+__device__ __forceinline__ void cp_async16_s(unsigned dst, const void* src,
+                                             bool valid) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst),
+               "l"(src), "r"(valid ? 16 : 0));
+}
+
+// A thread's 4 copies of each W stage (32 rows x 256 columns, 1024 chunks of
+// 16 B): rows warp + 8 j (j < 4), columns lane 8 .. + 7; swz(r + 8 j, c) =
+// swz(r, c) + 8 j TW7, so one shared offset serves every j. Stages are loaded
+// in order (next()): the source steps 32 rows, the slot one of ST.
+template <int ST>
+struct W8Loader {
+  static constexpr unsigned SLOT = KS4 * TW7 * 2;  // bytes
+  const __half* g;  // this thread's chunk in the next stage's row warp
+  size_t row8;      // 8 rows of W: 8 M halves
+  unsigned s0, dst;  // its shared address in slot 0 and in the next slot
+  int slot, left;   // the next slot; rows left from its row warp
+  bool col;         // the chunk's columns exist (M % 8 == 0: all or none)
+  __device__ W8Loader(const __half* w, __half* ring, int k0, int k1, int c0,
+                      int M) {
+    int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+    col = c0 + lane * 8 < M;
+    g = w + (size_t)(k0 + warp) * M + c0 + lane * 8;
+    row8 = (size_t)8 * M;
+    s0 = dst = smem_u32(ring + swz<TW7>(warp, lane * 8));
+    slot = 0;
+    left = k1 - (k0 + warp);
+  }
+  __device__ __forceinline__ void next() {
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      bool ok = col && 8 * j < left;
+      cp_async16_s(dst + j * 8 * TW7 * 2, ok ? g + row8 * j : g, ok);
+    }
+    g += row8 * (KS4 / 8);
+    left -= KS4;
+    if (++slot == ST) slot = 0, dst = s0;
+    else dst += SLOT;
+  }
+};
+
+// A thread's copies of each x stage (R rows x 32 k of TX, CPR = 32 / E chunks
+// a row): chunk tid + 256 j is row tid / CPR + (256 / CPR) j, column (tid %
+// CPR) E; threads past the CH chunks copy nothing. In order, as W8Loader.
+template <typename TX, int R, int ST>
+struct X8Loader {
+  static constexpr int E = 16 / sizeof(TX), CPR = KS4 / E, CH = R * CPR;
+  static constexpr int J = (CH + 32 * NW - 1) / (32 * NW), RJ = 32 * NW / CPR;
+  static constexpr unsigned SLOT = R * XS7 * sizeof(TX);  // bytes
+  const TX* g;  // row n0 + r0, column c of the next stage
+  size_t rowj;  // RJ rows of x: RJ K elements
+  unsigned s0, dst;
+  int slot, left;  // columns left from c; rows - r0 (row RJ j exists iff
+  int rrem;        // RJ j < rrem)
+  __device__ X8Loader(const TX* x, TX* xring, int n0, int rows, int K, int k0,
+                      int k1) {
+    int r0 = threadIdx.x / CPR, c = (threadIdx.x % CPR) * E;
+    g = x + (size_t)(n0 + r0) * K + k0 + c;
+    rowj = (size_t)RJ * K;
+    s0 = dst = smem_u32(xring + r0 * XS7 + c);
+    slot = 0;
+    left = k1 - (k0 + c);
+    rrem = rows - r0;
+  }
+  __device__ __forceinline__ void next() {
+#pragma unroll
+    for (int j = 0; j < J; ++j) {
+      if (CH % (32 * NW) == 0 || threadIdx.x + 32 * NW * j < CH) {
+        bool ok = left > 0 && RJ * j < rrem;
+        cp_async16_s(dst + RJ * j * XS7 * sizeof(TX), ok ? g + rowj * j : g,
+                     ok);
+      }
+    }
+    g += KS4;
+    left -= KS4;
+    if (++slot == ST) slot = 0, dst = s0;
+    else dst += SLOT;
+  }
+};
+
+// gemv v8: gemv v7 (the same sums, so v7's bits) with W8Loader and X8Loader
+// where x's rows are 16-byte aligned (else v7's copies), and the prologue
+// kept rolled.
+template <typename TX, int NT>
+__device__ void gemv_v8(const TX* x0, const TX* x1, const __half* w0,
+                        const __half* w1, const float* r0, const float* r1,
+                        float* y0, float* y1, int N, int K, int M, int act,
+                        int kc, float* ws, unsigned* cnt, int fin) {
+  using P = Plan7<TX, NT>;
+  constexpr int R = P::R, ST = P::ST;
+  extern __shared__ __align__(16) unsigned char sm8[];
+  __half* ring = reinterpret_cast<__half*>(sm8);
+  TX* xring = reinterpret_cast<TX*>(ring + ST * P::wslot);
+  int rt_n = (N + R - 1) / R, zr = blockIdx.x, z = zr / rt_n;
+  int n0 = (zr % rt_n) * R, kb = blockIdx.y, KB = gridDim.y;
+  int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  int c0 = blockIdx.z * TW7;
+  int k0 = kb * kc, k1 = min(K, k0 + kc);
+  int nst = (k1 - k0 + KS4 - 1) / KS4;
+  int rows = min(R, N - n0);
+  const TX* x = z ? x1 : x0;
+  const __half* w = z ? w1 : w0;
+  bool a16 = K % (16 / sizeof(TX)) == 0 && reinterpret_cast<size_t>(x) % 16 == 0;
+  W8Loader<ST> wl(w, ring, k0, k1, c0, M);
+  X8Loader<TX, R, ST> xl(x, xring, n0, rows, K, k0, k1);
+  auto load_stage = [&](int s) {  // s = 0, 1, 2, ... in order
+    wl.next();
+    if (a16)
+      xl.next();
+    else
+      tc_load_x7<TX, R, ST>(xring, s, x, n0, rows, K, k0, k1, false);
+  };
+#pragma unroll 1
+  for (int s = 0; s < ST - 1; ++s) {
+    if (s < nst) load_stage(s);
+    cp_async_commit();
+  }
+  float acc[2][NT][4];
+#pragma unroll
+  for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+    for (int t = 0; t < NT; ++t)
+#pragma unroll
+      for (int j = 0; j < 4; ++j) acc[mt][t][j] = 0.f;
+  for (int s = 0; s < nst; ++s) {
+    cp_async_wait<ST - 2>();
+    __syncthreads();  // stage s landed (every thread's copies and stores)
+    if (s + ST - 1 < nst) load_stage(s + ST - 1);
+    cp_async_commit();
+    tc_stage_mma7<TX, NT>(acc, ring + (s % ST) * P::wslot,
+                          xring + (s % ST) * P::xslot);
+  }
+  cp_async_wait<0>();
+  const float* r = z ? r1 : r0;
+  float* y = z ? y1 : y0;
+  size_t tile = (size_t)blockIdx.z * gridDim.x + zr;
+  float* part = ws + ((tile * KB + kb) * R) * TW7;
+#pragma unroll
+  for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+    for (int t = 0; t < NT; ++t)
+#pragma unroll
+      for (int j = 0; j < 4; ++j)
+        tc_put<TW7, false>(acc[mt][t][j], t * 8 + (lane % 4) * 2 + j % 2,
+                           warp * 32 + mt * 16 + lane / 4 + (j / 2) * 8, rows,
+                           n0, c0, M, KB, act, nullptr, part, r, y);
+  if (KB == 1 || fin) return;
+  if (!last_block_done(cnt + tile, (unsigned)KB)) return;
+  tc_finish<TW7>(ws + (tile * KB * R) * TW7, KB, R, rows, n0, c0, M, act, r, y);
+}
 // --- rmsnorm ---
 template <typename T>
 __device__ void rmsnorm_v1(const float* x, const T* g0, const T* g1,
@@ -1183,7 +1349,7 @@ GEMV3_R(f32, float, float)
 GEMV3_R(f16, __half, float)
 GEMV3_R(f16x16, __half, __half)
 
-// v4-v7 use cp.async, ldmatrix and mma (sm_80); below sm_80 they are left out and
+// v4-v8 use cp.async, ldmatrix and mma (sm_80); below sm_80 they are left out and
 // the launcher falls back (gpu/capability.py).
 #if __CUDA_ARCH__ >= 800
 #define GEMV_TC(V, SUF, TX, NT)                                               \
@@ -1239,6 +1405,23 @@ GEMV6_N(f16x16, __half)
   GEMV7(SUF, TX, 8)
 GEMV7_N(f16, float)
 GEMV7_N(f16x16, __half)
+#define GEMV8(SUF, TX, NT)                                                    \
+  extern "C" __global__ void __launch_bounds__(32 * NW, 1)                  \
+      stag_gemv_v8_##SUF##_n##NT(                                           \
+          const TX* x0, const TX* x1, const __half* w0, const __half* w1,   \
+          const float* r0, const float* r1, float* y0, float* y1, int N,    \
+          int K, int M, int act, int kc, float* ws, unsigned* cnt,          \
+          int fin) {                                                        \
+    gemv_v8<TX, NT>(x0, x1, w0, w1, r0, r1, y0, y1, N, K, M, act, kc, ws,   \
+                    cnt, fin);                                              \
+  }
+#define GEMV8_N(SUF, TX) \
+  GEMV8(SUF, TX, 1)      \
+  GEMV8(SUF, TX, 2)      \
+  GEMV8(SUF, TX, 4)      \
+  GEMV8(SUF, TX, 8)
+GEMV8_N(f16, float)
+GEMV8_N(f16x16, __half)
 extern "C" __global__ void __launch_bounds__(256) stag_gemv_finish_v6(
     const float* ws, const float* r0, const float* r1, float* y0, float* y1,
     int N, int M, int act, int KB, int R, int ZR, int tiles) {

@@ -27,7 +27,7 @@ from gpu import attention as att
 from gpu import runtime as rt
 
 SLUG = "stagformer"
-VERSIONS = (1, 2, 3, 4, 5, 6, 7)
+VERSIONS = (1, 2, 3, 4, 5, 6, 7, 8)
 DTYPES = (np.float32, np.float16)
 _SFX = {np.dtype(np.float32): "f32", np.dtype(np.float16): "f16"}
 NR, NW, KC = 4, 8, 512  # as in the .cu
@@ -39,15 +39,15 @@ KC5, TARGET_BLOCKS_V5, V5_TILES = 512, 264, (1, 2, 4)  # v5: kc <= 512, ~2 an SM
 TW6, KC6, TARGET_BLOCKS_V6 = 256, 512, 132  # v6: 256 columns, kc <= 512, 1 an SM
 V6_TILES, V6_STAGES = (1, 2, 4, 8), {1: 12, 2: 10, 4: 8, 8: 5}  # Plan6 in the .cu
 FIN6_BYTES = 128 * 1024  # v6: more partials a tile than this: a finish launch
-TW7, KC7, XS7 = 256, 512, 40  # v7: v6's split; an x slot row of 40 elements
+TW7, KC7, XS7 = 256, 512, 40  # v7, v8: v6's split; an x slot row of 40 elements
 V7_TILES, V7_STAGES = (1, 2, 4, 8), {1: 12, 2: 12, 4: 10, 8: 8}  # Plan7 in the .cu
 SCHEDULES = ("parallel", "stack1_first", "stack2_first")
 # GEMV versions, best first: on a card that cannot run the one asked for, the best of
 # these it can runs, with a notice (gpu.runtime.pick_version, gpu/capability.json;
-# NVRTC 13.0 compiles v1-v3 for sm_75 and up, v4-v7 (tensor cores, cp.async)
+# NVRTC 13.0 compiles v1-v3 for sm_75 and up, v4-v8 (tensor cores, cp.async)
 # for sm_80 and up). The attention of a step falls back on its own
 # (gpu.attention.runnable_version).
-FALLBACK = (7, 6, 5, 4, 3, 2, 1)
+FALLBACK = (8, 7, 6, 5, 4, 3, 2, 1)
 
 
 def runnable_version(version: int) -> int:
@@ -158,10 +158,10 @@ def v6_plan(n: int, k: int, m: int, x_float: bool = True) -> dict[str, int]:
 
 
 def v7_plan(n: int, k: int, m: int, x_float: bool = True) -> dict[str, int]:
-    """gemv v7's launch: v6's split (v6_plan's nt, rows, rt, tiles, kb, kc and fin:
-    the same partials and finish), st ring stages of a W slot (32 x 256 halves) and
-    an x slot (rows x XS7 = 40 elements of x, float32 if x_float else float16)
-    each; smem: the ring's bytes (Plan7 in the .cu)."""
+    """gemv v7's and v8's launch: v6's split (v6_plan's nt, rows, rt, tiles, kb,
+    kc and fin: the same partials and finish), st ring stages of a W slot (32 x 256
+    halves) and an x slot (rows x XS7 = 40 elements of x, float32 if x_float else
+    float16) each; smem: the ring's bytes (Plan7 in the .cu)."""
     p = _tc_split(n, k, m, V7_TILES, TARGET_BLOCKS_V6, KC7, TW7, at_most=True)
     st, rows = V7_STAGES[p["nt"]], p["rows"]
     smem = st * (2 * KS4 * TW7 + (4 if x_float else 2) * rows * XS7)
@@ -218,11 +218,12 @@ def gemv(
 
     xs[z]: (N, K) float32, or the weights' dtype (float16 only); ws[z]: (K, M)
     float32/float16; ys[z], res[z]: (N, M) float32 (res may be ys: in place).
-    versions 2-7 need M % VEC == 0, 16-byte aligned weights and ``scratch``.
-    v4-v7 run on tensor cores and have fp16 weights only: with float32
-    weights, versions 4-7 run v2's kernel (the same sums as v3 without a norm).
-    v7 rounds float32 x to fp16 (round to nearest) before the products, as a
-    model in fp16 does: |x| beyond fp16's range (65504) becomes inf there.
+    versions 2-8 need M % VEC == 0, 16-byte aligned weights and ``scratch``.
+    v4-v8 run on tensor cores and have fp16 weights only: with float32
+    weights, versions 4-8 run v2's kernel (the same sums as v3 without a norm).
+    v7 and v8 round float32 x to fp16 (round to nearest) before the products,
+    as a model in fp16 does: |x| beyond fp16's range (65504) becomes inf there;
+    v8 is v7 with cheaper copies (the same sums: v7's bits).
     norm (v3 only): gammas[z] (K,) of the weights' dtype: xs[z] (float32) is
     RMS-normed with them inside the GEMV, ys[z] = act(rmsnorm(xs[z]) @ ws[z]) ...
     """
@@ -279,8 +280,8 @@ def gemv(
     need, cnt = gemv_workspace(n, k, m, wdt, z)
     if scratch.ws.size < need or scratch.cnt.size < cnt:
         raise ValueError(f"scratch too small: needs {need} floats, {cnt} counters")
-    if version in (4, 5, 6, 7) and wdt == np.float16:  # tensor cores
-        plan = {4: v4_plan, 5: v5_plan, 6: v6_plan, 7: v7_plan}[version]
+    if version in (4, 5, 6, 7, 8) and wdt == np.float16:  # tensor cores
+        plan = {4: v4_plan, 5: v5_plan, 6: v6_plan, 7: v7_plan, 8: v7_plan}[version]
         p = plan(n, k, m, xs[0].dtype == np.float32)
         fn = rt.kernel(SLUG, f"stag_gemv_v{version}_{sfx}_n{p['nt']}")
         fn.max_dynamic_shared_size_bytes = p["smem"]  # beyond 48 KB: opt in
@@ -303,7 +304,7 @@ def gemv(
     kb, kc = k_split(k, m, wdt)
     tiles = math.ceil(m / (32 * vec(wdt)))
     tail = (i32(act), i32(kc), scratch.ws, scratch.cnt)
-    if version in (2, 4, 5, 6, 7):  # 4-7 with float32 weights: v2's kernel
+    if version in (2, 4, 5, 6, 7, 8):  # 4-8 with float32 weights: v2's kernel
         fn = rt.kernel(SLUG, f"stag_gemv_v2_{sfx}")
         fn((tiles, kb, z * math.ceil(n / NR)), (32 * NW,), args + tail)
         return ys

@@ -48,6 +48,9 @@ SCHEDULES = ("parallel", "stack1_first", "stack2_first")
 # for sm_80 and up). The attention of a step falls back on its own
 # (gpu.attention.runnable_version).
 FALLBACK = (8, 7, 6, 5, 4, 3, 2, 1)
+# GEMV versions that round float32 x to fp16 before the products (fp16 weights):
+# their references round x too, and a step's tolerance is ("stag_step_x16", ...)
+ROUNDS_X = (7, 8)
 
 
 def runnable_version(version: int) -> int:

@@ -387,7 +387,7 @@ def test_gpu_gemv_matches_reference(
     mag = 1.0 if x16 or norm else mag
     # v7, v8 round float32 x to fp16 (the reference rounds it too): magnitudes
     # inside fp16's range, from its subnormals (1e-6) to near its largest (1e4)
-    x_to16 = version in (7, 8) and dtype == F16 and not x16
+    x_to16 = version in gs.ROUNDS_X and dtype == F16 and not x16
     mag = {1e-30: 1e-6, 1e6: 1e3, 1e30: 1e4}.get(mag, mag) if x_to16 else mag
     m = mv * gs.vec(dtype)
     rng = np.random.default_rng(seed)
@@ -508,7 +508,7 @@ def test_gpu_step_matches_reference_and_schedules_agree(dtype, version, data):
     h_ref, o_ref = after.outputs[0][:, -1], after.outputs[1][:, -1]
     sc = max(np.abs(h_ref).max(), np.abs(o_ref).max())
     # v7, v8 round every GEMV's float32 input to fp16 (with fp16 weights)
-    kind = "stag_step_x16" if version in (7, 8) and dtype == F16 else "stag_step"
+    kind = "stag_step_x16" if version in gs.ROUNDS_X and dtype == F16 else "stag_step"
     used = assert_close(results[0][0][0], h_ref, kind, dtype, sc)
     used = max(used, assert_close(results[0][0][1], o_ref, kind, dtype, sc))
     for j in range(cfg.base.L):  # the K/V rows this step wrote

@@ -85,15 +85,14 @@ def best_version(b: int) -> int:
     """GEMV version of the fastest measured decode step at batch b.
 
     Measured at B = 1, 4, 8 and 64 (results/h100/stagformer.json, H100, commit
-    386999d5980d; the H200's set has v2 and v3 only): v3 (the fused norm) was the
-    fastest at B = 1, v6 at B = 4 and 64, v5 at B = 8 (0.2 % ahead of v6, inside the
-    run-to-run spread). An unmeasured batch takes the version of the nearer measured
-    batch on a log scale (boundaries at 2, 5.7 and 22.6): v3 up to 2, v6 from 3 to
-    5, v5 from 6 to 22, v6 from 23. (decode_step and plain_step keep version=2 as
-    their default.)"""
+    25c9e815497c; the H200's set has v2 and v3 only): v3 (the fused norm) was the
+    fastest at B = 1, v8 at B = 4, 8 and 64. An unmeasured batch takes the version
+    of the nearer measured batch on a log scale (boundary at 2): v3 up to 2, v8 from
+    3. v8 rounds each GEMV's float32 input to fp16 (ROUNDS_X), as PyTorch's fp16
+    model does. (decode_step and plain_step keep version=2 as their default.)"""
     if b < 1:
         raise ValueError(f"b must be >= 1, got {b!r}")
-    return 3 if b <= 2 else 6 if b <= 5 else 5 if b <= 22 else 6
+    return 3 if b <= 2 else 8
 
 
 def _tc_split(

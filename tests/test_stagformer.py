@@ -335,7 +335,7 @@ def test_best_version_follows_the_measured_batches():
         fastest = min((r for r in ok if r["B"] == b), key=lambda r: r["median_us"])
         assert gs.best_version(b) == fastest["version"], b
     assert [gs.best_version(b) for b in (1, 2, 3, 5, 6, 22, 23, 512)] == [
-        3, 3, 6, 6, 5, 5, 6, 6,
+        3, 3, 8, 8, 8, 8, 8, 8,
     ]  # fmt: skip
     with pytest.raises(ValueError, match="b must be"):
         gs.best_version(0)

@@ -19,9 +19,9 @@ steps (bench.time_cupy), beside its floor (step_bytes / read ceiling):
                     not importable")
 
 Every case but torch is timed with GEMV v2, v3 (fused RMSNorm), v4 and v5 (tensor
-cores; field "version") at B = 1, 8 and 64, v6 (tensor cores, many rows) and v8
-(fp16 x streamed with W) at B = 8 and 64, and v3, v5, v6 and v8 at B = 4: the
-ladder, same model, same buffers.
+cores; field "version") at B = 1, 8 and 64, v6 (tensor cores, many rows), v8
+(fp16 x streamed with W) and v9 (its split summed in a cluster) at B = 8 and 64,
+and v3, v5, v6 and v8 at B = 4: the ladder, same model, same buffers.
 
 Validation before timing (DESIGN §2): each schedule and weight kind is first run
 on a model of the same width with one layer a stack, B = 2, position 5, and
@@ -60,8 +60,8 @@ BATCHES, QUICK_BATCHES = (1, 4, 8, 64), (1,)
 VERSIONS = {
     1: (2, 3, 4, 5),
     4: (3, 5, 6, 8),
-    8: (2, 3, 4, 5, 6, 8),
-    64: (2, 3, 4, 5, 6, 8),
+    8: (2, 3, 4, 5, 6, 8, 9),
+    64: (2, 3, 4, 5, 6, 8, 9),
 }
 F16 = np.float16
 GRID = bench.Grid(

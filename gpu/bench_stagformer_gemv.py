@@ -16,7 +16,7 @@ that has a fast path (v2-v6) and two baselines that read the same weights:
 
 Each case cycles over copies of W that together exceed 3x L2, so every call reads
 its weight from DRAM. Validation first, with outputs poisoned: our versions against
-the float64 product (of x rounded to fp16 for gs.ROUNDS_X: v7, v8) under the
+the float64 product (of x rounded to fp16 for gs.ROUNDS_X: v7-v9) under the
 ("gpu", "float32") tolerance (linear_scale), the
 baselines by relative error (fp16 output: <= 1e-2). Floors: bytes (W, x, y, and
 the residual where there is one) over the read ceiling (floor_us), FLOPs 2 N K M
@@ -44,7 +44,7 @@ SHAPES = {  # name: (K, M, x dtype, act, residual)
     "down": (F, C, np.float32, 0, True),
 }
 NS, QUICK_NS = (1, 4, 8, 64), (1, 64)
-VERSIONS = (2, 3, 4, 5, 6, 7, 8)
+VERSIONS = (2, 3, 4, 5, 6, 7, 8, 9)
 GRID = bench.Grid(
     axes=dict(shape=tuple(SHAPES), N=NS),
     quick=dict(N=QUICK_NS),

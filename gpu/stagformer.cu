@@ -92,6 +92,11 @@
 //     in a loop of unknown trip count; the prologue's stages were unrolled).
 //     v8's loaders (W8Loader, X8Loader) compute a thread's copies once and
 //     step a pointer and a slot a stage: ~200 instructions a stage.
+// v9  v8 (the same sums: v8's bits) with the split over K summed in the
+//     cluster's distributed shared memory: KBC = 2, 4 or 8 blocks of a column
+//     tile in one cluster along kb, each writing its partial into its own
+//     ring and summing its KBC-th of the tile from all of them in order (no
+//     partials in global memory, no finish launch); sm_90 only; kc <= 2048.
 // rmsnorm v1: y[z][n] = x[z][n] / sqrt(mean(x^2) + 1e-6) * gamma[z]; a block
 //     per row, fixed-order tree sum.
 // store_qkv v1: the fused q|k|v row (N, (H + 2G) D) float -> q (N, H, D) T,
@@ -1260,6 +1265,128 @@ __device__ void gemv_v8(const TX* x0, const TX* x1, const __half* w0,
   if (!last_block_done(cnt + tile, (unsigned)KB)) return;
   tc_finish<TW7>(ws + (tile * KB * R) * TW7, KB, R, rows, n0, c0, M, act, r, y);
 }
+// --- v9 ---
+// gemv v8 with the split over K summed in distributed shared memory: the KBC
+// blocks of a column tile (and row tile) are one cluster (1, KBC, 1) along
+// blockIdx.y = kb; after its last stage each block writes its partial (R x
+// TW7 floats) into its own ring, and after a cluster barrier block kb sums
+// its KBC-th of the tile, reading every block's partial in order q = 0..KBC-1
+// (tc_finish's order: v8's bits), then act, the residual, y. No partials in
+// global memory and no finish launch. KBC = 2, 4 or 8 (a portable cluster);
+// the launcher runs v8 where the plan's split is 1.
+#define KC9 2048      // most rows of K a block (x streams: no tile bounds it)
+#define PS9 (TW7 + 4)  // a partial row in shared memory: 260 floats, so the
+                       // 4 rows a warp's accumulators store hit 4 bank groups
+
+__device__ __forceinline__ float4 ld_cluster_v4(unsigned addr) {
+  float4 v;
+  asm volatile("ld.shared::cluster.v4.f32 {%0, %1, %2, %3}, [%4];\n"
+               : "=f"(v.x), "=f"(v.y), "=f"(v.z), "=f"(v.w)
+               : "r"(addr)
+               : "memory");
+  return v;
+}
+
+template <typename TX, int NT, int KBC>
+__device__ void gemv_v9(const TX* x0, const TX* x1, const __half* w0,
+                        const __half* w1, const float* r0, const float* r1,
+                        float* y0, float* y1, int N, int K, int M, int act,
+                        int kc) {
+  using P = Plan7<TX, NT>;
+  constexpr int R = P::R, ST = P::ST;
+  static_assert(R * PS9 * 4 <= ST * (P::wslot * 2 + P::xslot * (int)sizeof(TX)),
+                "the partial fits the ring");
+  extern __shared__ __align__(16) unsigned char sm9[];
+  __half* ring = reinterpret_cast<__half*>(sm9);
+  TX* xring = reinterpret_cast<TX*>(ring + ST * P::wslot);
+  int rt_n = (N + R - 1) / R, zr = blockIdx.x, z = zr / rt_n;
+  int n0 = (zr % rt_n) * R, kb = blockIdx.y;  // gridDim.y == KBC: the cluster
+  int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  int c0 = blockIdx.z * TW7;
+  int k0 = kb * kc, k1 = min(K, k0 + kc);
+  int nst = (k1 - k0 + KS4 - 1) / KS4;
+  int rows = min(R, N - n0);
+  const TX* x = z ? x1 : x0;
+  const __half* w = z ? w1 : w0;
+  bool a16 = K % (16 / sizeof(TX)) == 0 && reinterpret_cast<size_t>(x) % 16 == 0;
+  W8Loader<ST> wl(w, ring, k0, k1, c0, M);
+  X8Loader<TX, R, ST> xl(x, xring, n0, rows, K, k0, k1);
+  auto load_stage = [&](int s) {  // s = 0, 1, 2, ... in order
+    wl.next();
+    if (a16)
+      xl.next();
+    else
+      tc_load_x7<TX, R, ST>(xring, s, x, n0, rows, K, k0, k1, false);
+  };
+#pragma unroll 1
+  for (int s = 0; s < ST - 1; ++s) {
+    if (s < nst) load_stage(s);
+    cp_async_commit();
+  }
+  float acc[2][NT][4];
+#pragma unroll
+  for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+    for (int t = 0; t < NT; ++t)
+#pragma unroll
+      for (int j = 0; j < 4; ++j) acc[mt][t][j] = 0.f;
+  for (int s = 0; s < nst; ++s) {
+    cp_async_wait<ST - 2>();
+    __syncthreads();  // stage s landed (every thread's copies and stores)
+    if (s + ST - 1 < nst) load_stage(s + ST - 1);
+    cp_async_commit();
+    tc_stage_mma7<TX, NT>(acc, ring + (s % ST) * P::wslot,
+                          xring + (s % ST) * P::xslot);
+  }
+  cp_async_wait<0>();
+  __syncthreads();  // every warp is done with the ring: it takes the partial
+  float* ps = reinterpret_cast<float*>(sm9);  // R x PS9 floats
+  // acc[mt][t][j]: row t 8 + 2 (lane % 4) + j % 2, column 32 warp + 16 mt +
+  // lane / 4 + 8 (j / 2), as v6
+#pragma unroll
+  for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+    for (int t = 0; t < NT; ++t)
+#pragma unroll
+      for (int j = 0; j < 4; ++j)
+        ps[(t * 8 + (lane % 4) * 2 + j % 2) * PS9 + warp * 32 + mt * 16 +
+           lane / 4 + (j / 2) * 8] = acc[mt][t][j];
+  cluster_arrive();  // release: this block's partial, to the cluster
+  cluster_wait();    // acquire: every block's
+  const float* r = z ? r1 : r0;
+  float* y = z ? y1 : y0;
+  constexpr int Q4 = R * TW7 / 4 / KBC;  // float4s of the tile this block sums
+  for (int i = threadIdx.x; i < Q4; i += 32 * NW) {
+    int e4 = kb * Q4 + i, rr = e4 / (TW7 / 4), cc = (e4 % (TW7 / 4)) * 4;
+    int n = n0 + rr, c = c0 + cc;
+    if (rr >= rows || c >= M) continue;  // M % 8 == 0: c < M covers c + 3
+    unsigned a = smem_u32(ps + rr * PS9 + cc);
+    float4 v[KBC];
+#pragma unroll
+    for (int q = 0; q < KBC; ++q) {
+      unsigned ra;
+      asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n"
+                   : "=r"(ra)
+                   : "r"(a), "r"(q));
+      v[q] = ld_cluster_v4(ra);
+    }
+    float e[4] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll
+    for (int q = 0; q < KBC; ++q) {
+      e[0] += v[q].x, e[1] += v[q].y;
+      e[2] += v[q].z, e[3] += v[q].w;
+    }
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      float o = e[j];
+      if (act == 1) o = fmaxf(o, 0.f);
+      if (r) o += r[(size_t)n * M + c + j];
+      y[(size_t)n * M + c + j] = o;
+    }
+  }
+  cluster_arrive();  // no block leaves while another may still read its
+  cluster_wait();    // shared memory
+}
 // --- rmsnorm ---
 template <typename T>
 __device__ void rmsnorm_v1(const float* x, const T* g0, const T* g1,
@@ -1349,8 +1476,8 @@ GEMV3_R(f32, float, float)
 GEMV3_R(f16, __half, float)
 GEMV3_R(f16x16, __half, __half)
 
-// v4-v8 use cp.async, ldmatrix and mma (sm_80); below sm_80 they are left out and
-// the launcher falls back (gpu/capability.py).
+// v4-v9 use cp.async, ldmatrix and mma (sm_80; v9's clusters, sm_90); below
+// those they are left out and the launcher falls back (gpu/capability.py).
 #if __CUDA_ARCH__ >= 800
 #define GEMV_TC(V, SUF, TX, NT)                                               \
   extern "C" __global__ void __launch_bounds__(32 * NW, 2)                  \
@@ -1422,6 +1549,27 @@ GEMV7_N(f16x16, __half)
   GEMV8(SUF, TX, 8)
 GEMV8_N(f16, float)
 GEMV8_N(f16x16, __half)
+#define GEMV9(SUF, TX, NT, KBC)                                               \
+  extern "C" __global__ void __cluster_dims__(1, KBC, 1)                    \
+      __launch_bounds__(32 * NW, 1) stag_gemv_v9_##SUF##_n##NT##_c##KBC(    \
+          const TX* x0, const TX* x1, const __half* w0, const __half* w1,   \
+          const float* r0, const float* r1, float* y0, float* y1, int N,    \
+          int K, int M, int act, int kc) {                                  \
+    gemv_v9<TX, NT, KBC>(x0, x1, w0, w1, r0, r1, y0, y1, N, K, M, act, kc); \
+  }
+#define GEMV9_C(SUF, TX, NT) \
+  GEMV9(SUF, TX, NT, 2)      \
+  GEMV9(SUF, TX, NT, 4)      \
+  GEMV9(SUF, TX, NT, 8)
+#define GEMV9_N(SUF, TX) \
+  GEMV9_C(SUF, TX, 1)    \
+  GEMV9_C(SUF, TX, 2)    \
+  GEMV9_C(SUF, TX, 4)    \
+  GEMV9_C(SUF, TX, 8)
+#if __CUDA_ARCH__ >= 900  // clusters and distributed shared memory
+GEMV9_N(f16, float)
+GEMV9_N(f16x16, __half)
+#endif
 extern "C" __global__ void __launch_bounds__(256) stag_gemv_finish_v6(
     const float* ws, const float* r0, const float* r1, float* y0, float* y1,
     int N, int M, int act, int KB, int R, int ZR, int tiles) {

@@ -27,7 +27,7 @@ from gpu import attention as att
 from gpu import runtime as rt
 
 SLUG = "stagformer"
-VERSIONS = (1, 2, 3, 4, 5, 6, 7, 8)
+VERSIONS = (1, 2, 3, 4, 5, 6, 7, 8, 9)
 DTYPES = (np.float32, np.float16)
 _SFX = {np.dtype(np.float32): "f32", np.dtype(np.float16): "f16"}
 NR, NW, KC = 4, 8, 512  # as in the .cu
@@ -41,16 +41,17 @@ V6_TILES, V6_STAGES = (1, 2, 4, 8), {1: 12, 2: 10, 4: 8, 8: 5}  # Plan6 in the .
 FIN6_BYTES = 128 * 1024  # v6: more partials a tile than this: a finish launch
 TW7, KC7, XS7 = 256, 512, 40  # v7, v8: v6's split; an x slot row of 40 elements
 V7_TILES, V7_STAGES = (1, 2, 4, 8), {1: 12, 2: 12, 4: 10, 8: 8}  # Plan7 in the .cu
+KC9, V9_CLUSTERS = 2048, (8, 4, 2)  # v9: kc <= 2048; clusters of kb blocks
 SCHEDULES = ("parallel", "stack1_first", "stack2_first")
 # GEMV versions, best first: on a card that cannot run the one asked for, the best of
 # these it can runs, with a notice (gpu.runtime.pick_version, gpu/capability.json;
 # NVRTC 13.0 compiles v1-v3 for sm_75 and up, v4-v8 (tensor cores, cp.async)
-# for sm_80 and up). The attention of a step falls back on its own
-# (gpu.attention.runnable_version).
-FALLBACK = (8, 7, 6, 5, 4, 3, 2, 1)
+# for sm_80 and up, v9 (clusters) for sm_90). The attention of a step falls back on
+# its own (gpu.attention.runnable_version).
+FALLBACK = (9, 8, 7, 6, 5, 4, 3, 2, 1)
 # GEMV versions that round float32 x to fp16 before the products (fp16 weights):
 # their references round x too, and a step's tolerance is ("stag_step_x16", ...)
-ROUNDS_X = (7, 8)
+ROUNDS_X = (7, 8, 9)
 
 
 def runnable_version(version: int) -> int:
@@ -171,6 +172,21 @@ def v7_plan(n: int, k: int, m: int, x_float: bool = True) -> dict[str, int]:
     return dict(p, st=st, smem=smem, fin=fin)
 
 
+def v9_plan(n: int, k: int, m: int, x_float: bool = True) -> dict[str, int]:
+    """gemv v9's launch: v7_plan's row tiles, ring and shared memory, with K split
+    over kb = 8, 4 or 2 blocks (the first with tiles * kb <= TARGET_BLOCKS_V6 and
+    exactly kb blocks of kc = 32 ceil(K / 32 kb) <= KC9 rows: no empty block), one
+    cluster (1, kb, 1) a tile, from (K, M) only; cluster = kb. Where none fits,
+    cluster = 0 and the rest is v7_plan's: v8's kernel runs (split, finish and
+    all)."""
+    p = v7_plan(n, k, m, x_float)
+    for kb in V9_CLUSTERS:
+        kc = KS4 * math.ceil(math.ceil(k / kb) / KS4)
+        if p["tiles"] * kb <= TARGET_BLOCKS_V6 and kc <= KC9 and -(-k // kc) == kb:
+            return dict(p, kb=kb, kc=kc, fin=0, cluster=kb)
+    return dict(p, cluster=0)
+
+
 def gemv_workspace(n: int, k: int, m: int, dtype, z: int = 2) -> tuple[int, int]:
     """(float32 partials, uint32 counters) gemv v2-v7 need for N rows, Z stacks
     (the largest: v2 pads N to NR = 4 rows, v3 to R = rows_v3(N), v4-v7 to 8 nt
@@ -220,12 +236,14 @@ def gemv(
 
     xs[z]: (N, K) float32, or the weights' dtype (float16 only); ws[z]: (K, M)
     float32/float16; ys[z], res[z]: (N, M) float32 (res may be ys: in place).
-    versions 2-8 need M % VEC == 0, 16-byte aligned weights and ``scratch``.
-    v4-v8 run on tensor cores and have fp16 weights only: with float32
-    weights, versions 4-8 run v2's kernel (the same sums as v3 without a norm).
-    v7 and v8 round float32 x to fp16 (round to nearest) before the products,
-    as a model in fp16 does: |x| beyond fp16's range (65504) becomes inf there;
-    v8 is v7 with cheaper copies (the same sums: v7's bits).
+    versions 2-9 need M % VEC == 0, 16-byte aligned weights and ``scratch``.
+    v4-v9 run on tensor cores and have fp16 weights only: with float32
+    weights, versions 4-9 run v2's kernel (the same sums as v3 without a norm).
+    v7-v9 round float32 x to fp16 (round to nearest) before the products, as a
+    model in fp16 does: |x| beyond fp16's range (65504) becomes inf there;
+    v8 is v7 with cheaper copies (the same sums: v7's bits); v9 is v8 with the
+    split over K summed in a cluster's shared memory (v8's bits where v9_plan's
+    split is v7_plan's; where v9_plan finds no cluster split, v8 runs).
     norm (v3 only): gammas[z] (K,) of the weights' dtype: xs[z] (float32) is
     RMS-normed with them inside the GEMV, ys[z] = act(rmsnorm(xs[z]) @ ws[z]) ...
     """
@@ -282,6 +300,15 @@ def gemv(
     need, cnt = gemv_workspace(n, k, m, wdt, z)
     if scratch.ws.size < need or scratch.cnt.size < cnt:
         raise ValueError(f"scratch too small: needs {need} floats, {cnt} counters")
+    if version == 9 and wdt == np.float16:  # clusters: no partials in memory
+        p = v9_plan(n, k, m, xs[0].dtype == np.float32)
+        if p["cluster"]:
+            fn = rt.kernel(SLUG, f"stag_gemv_v9_{sfx}_n{p['nt']}_c{p['cluster']}")
+            fn.max_dynamic_shared_size_bytes = p["smem"]
+            grid = (z * p["rt"], p["kb"], p["tiles"])
+            fn(grid, (32 * NW,), args + (i32(act), i32(p["kc"])), shared_mem=p["smem"])
+            return ys
+        version = 8  # no cluster split for this shape: v8, as v9_plan says
     if version in (4, 5, 6, 7, 8) and wdt == np.float16:  # tensor cores
         plan = {4: v4_plan, 5: v5_plan, 6: v6_plan, 7: v7_plan, 8: v7_plan}[version]
         p = plan(n, k, m, xs[0].dtype == np.float32)
@@ -306,7 +333,7 @@ def gemv(
     kb, kc = k_split(k, m, wdt)
     tiles = math.ceil(m / (32 * vec(wdt)))
     tail = (i32(act), i32(kc), scratch.ws, scratch.cnt)
-    if version in (2, 4, 5, 6, 7, 8):  # 4-8 with float32 weights: v2's kernel
+    if version in (2, 4, 5, 6, 7, 8, 9):  # 4-9 with float32 weights: v2's kernel
         fn = rt.kernel(SLUG, f"stag_gemv_v2_{sfx}")
         fn((tiles, kb, z * math.ceil(n / NR)), (32 * NW,), args + tail)
         return ys

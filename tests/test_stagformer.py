@@ -284,12 +284,12 @@ def test_gemv_v3_rows_and_workspace_cover_both_versions():
     "k, m", [(1, 8), (7, 24), (600, 264), (2048, 6144), (8192, 2048)]
 )
 def test_gemv_v4_plan_covers_the_rows_and_k_and_fits_shared_memory(n, k, m):
-    """v4's to v7's split of K depends on (K, M) only (a row's bits must not
+    """v4's to v9's split of K depends on (K, M) only (a row's bits must not
     depend on the batch), every row and every k is covered, and the ring and x tile
     fit the 227 KB a block may opt in to on sm_90 (Plan4-Plan7 in the .cu): two
-    blocks an SM for v4 and v5, one for v6 and v7, whose grid stays within the 132
+    blocks an SM for v4 and v5, one for v6 to v9, whose grid stays within the 132
     SMs of an H100 or H200 unless kc is capped at 512; v7 splits as v6 (the same
-    partials and finish launch)."""
+    partials and finish launch); v9 in clusters of 2, 4 or 8 blocks, else as v7."""
     from gpu import stagformer as gs
 
     for plan, kcmax, tiles, tw, per_sm in (
@@ -297,6 +297,7 @@ def test_gemv_v4_plan_covers_the_rows_and_k_and_fits_shared_memory(n, k, m):
         (gs.v5_plan, gs.KC5, gs.V5_TILES, gs.TW4, 2),
         (gs.v6_plan, gs.KC6, gs.V6_TILES, gs.TW6, 1),
         (gs.v7_plan, gs.KC7, gs.V7_TILES, gs.TW7, 1),
+        (gs.v9_plan, gs.KC9, gs.V7_TILES, gs.TW7, 1),
     ):
         p = plan(n, k, m)
         assert (p["kb"], p["kc"]) == (plan(1, k, m)["kb"], plan(1, k, m)["kc"])
@@ -309,6 +310,11 @@ def test_gemv_v4_plan_covers_the_rows_and_k_and_fits_shared_memory(n, k, m):
         if plan is gs.v6_plan:
             assert p["st"] == gs.V6_STAGES[p["nt"]]
             assert p["tiles"] * p["kb"] <= gs.TARGET_BLOCKS_V6 or p["kc"] == kcmax
+        if plan is gs.v9_plan and p["cluster"]:  # one cluster of kb blocks a tile
+            assert p["kb"] == p["cluster"] in gs.V9_CLUSTERS and p["fin"] == 0
+            assert p["tiles"] * p["kb"] <= gs.TARGET_BLOCKS_V6
+        if plan is gs.v9_plan and not p["cluster"]:  # v8 runs: v7_plan's launch
+            assert {q: p[q] for q in p if q != "cluster"} == gs.v7_plan(n, k, m)
         if plan is gs.v7_plan:
             assert p["st"] == gs.V7_STAGES[p["nt"]]
             six = gs.v6_plan(n, k, m)
@@ -360,7 +366,7 @@ def _cast(obj, dtype):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [F32, F16])
-@pytest.mark.parametrize("version", [1, 2, 3, 4, 5, 6, 7, 8])
+@pytest.mark.parametrize("version", [1, 2, 3, 4, 5, 6, 7, 8, 9])
 @given(
     n=st.sampled_from([1, 2, 5, 9, 33, 70]),
     k=st.sampled_from([1, 7, 33, 600]),
@@ -429,8 +435,15 @@ def test_gpu_gemv_matches_reference(
         one = cp.full((1, m), np.nan, F32)
         run([xs[0][1:2]], ws[:1], [one], [rs[0][1:2]], version, gs_[:1])
         assert np.array_equal(cp.asnumpy(one)[0], cp.asnumpy(ys[0])[1])
-    if (version == 3 and not norm) or version == 8:  # v3 sums in v2's order, v8
-        two = [cp.full((n, m), np.nan, F32) for _ in range(z)]  # in v7's: same bits
+    # v3 sums in v2's order, v8 in v7's, and v9 in v8's where its split is v8's
+    split = ("kb", "kc")
+    same9 = (
+        version == 9
+        and dtype == F16
+        and all(gs.v9_plan(n, k, m)[q] == gs.v7_plan(n, k, m)[q] for q in split)
+    )
+    if (version == 3 and not norm) or version == 8 or same9:
+        two = [cp.full((n, m), np.nan, F32) for _ in range(z)]  # the same bits
         run(xs, ws, two, rs, version - 1, gs_)
         for a, b in zip(two, ys, strict=True):
             assert np.array_equal(cp.asnumpy(a), cp.asnumpy(b))
@@ -491,7 +504,7 @@ def _gpu_case(cfg, w, tokens, dtype):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [F32, F16])
-@pytest.mark.parametrize("version", [1, 2, 3, 4, 5, 6, 7, 8])
+@pytest.mark.parametrize("version", [1, 2, 3, 4, 5, 6, 7, 8, 9])
 @given(data=st.data())
 def test_gpu_step_matches_reference_and_schedules_agree(dtype, version, data):
     import cupy as cp

@@ -1195,6 +1195,49 @@ struct X8Loader {
   }
 };
 
+// The stages of gemv v8 and v9: the loaders, the prologue (rolled), and for each
+// stage the wait, the next stage's copies and the products into acc (zeroed
+// here); every copy has landed when it returns.
+template <typename TX, int NT>
+__device__ __forceinline__ void tc_loop8(float (&acc)[2][NT][4], __half* ring,
+                                         TX* xring, const __half* w,
+                                         const TX* x, int n0, int rows, int K,
+                                         int k0, int k1, int c0, int M,
+                                         int nst) {
+  using P = Plan7<TX, NT>;
+  constexpr int R = P::R, ST = P::ST;
+  bool a16 = K % (16 / sizeof(TX)) == 0 && reinterpret_cast<size_t>(x) % 16 == 0;
+  W8Loader<ST> wl(w, ring, k0, k1, c0, M);
+  X8Loader<TX, R, ST> xl(x, xring, n0, rows, K, k0, k1);
+  auto load_stage = [&](int s) {  // s = 0, 1, 2, ... in order
+    wl.next();
+    if (a16)
+      xl.next();
+    else
+      tc_load_x7<TX, R, ST>(xring, s, x, n0, rows, K, k0, k1, false);
+  };
+#pragma unroll 1
+  for (int s = 0; s < ST - 1; ++s) {
+    if (s < nst) load_stage(s);
+    cp_async_commit();
+  }
+#pragma unroll
+  for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+    for (int t = 0; t < NT; ++t)
+#pragma unroll
+      for (int j = 0; j < 4; ++j) acc[mt][t][j] = 0.f;
+  for (int s = 0; s < nst; ++s) {
+    cp_async_wait<ST - 2>();
+    __syncthreads();  // stage s landed (every thread's copies and stores)
+    if (s + ST - 1 < nst) load_stage(s + ST - 1);
+    cp_async_commit();
+    tc_stage_mma7<TX, NT>(acc, ring + (s % ST) * P::wslot,
+                          xring + (s % ST) * P::xslot);
+  }
+  cp_async_wait<0>();
+}
+
 // gemv v8: gemv v7 (the same sums, so v7's bits) with W8Loader and X8Loader
 // where x's rows are 16-byte aligned (else v7's copies), and the prologue
 // kept rolled.
@@ -1217,37 +1260,8 @@ __device__ void gemv_v8(const TX* x0, const TX* x1, const __half* w0,
   int rows = min(R, N - n0);
   const TX* x = z ? x1 : x0;
   const __half* w = z ? w1 : w0;
-  bool a16 = K % (16 / sizeof(TX)) == 0 && reinterpret_cast<size_t>(x) % 16 == 0;
-  W8Loader<ST> wl(w, ring, k0, k1, c0, M);
-  X8Loader<TX, R, ST> xl(x, xring, n0, rows, K, k0, k1);
-  auto load_stage = [&](int s) {  // s = 0, 1, 2, ... in order
-    wl.next();
-    if (a16)
-      xl.next();
-    else
-      tc_load_x7<TX, R, ST>(xring, s, x, n0, rows, K, k0, k1, false);
-  };
-#pragma unroll 1
-  for (int s = 0; s < ST - 1; ++s) {
-    if (s < nst) load_stage(s);
-    cp_async_commit();
-  }
   float acc[2][NT][4];
-#pragma unroll
-  for (int mt = 0; mt < 2; ++mt)
-#pragma unroll
-    for (int t = 0; t < NT; ++t)
-#pragma unroll
-      for (int j = 0; j < 4; ++j) acc[mt][t][j] = 0.f;
-  for (int s = 0; s < nst; ++s) {
-    cp_async_wait<ST - 2>();
-    __syncthreads();  // stage s landed (every thread's copies and stores)
-    if (s + ST - 1 < nst) load_stage(s + ST - 1);
-    cp_async_commit();
-    tc_stage_mma7<TX, NT>(acc, ring + (s % ST) * P::wslot,
-                          xring + (s % ST) * P::xslot);
-  }
-  cp_async_wait<0>();
+  tc_loop8<TX, NT>(acc, ring, xring, w, x, n0, rows, K, k0, k1, c0, M, nst);
   const float* r = z ? r1 : r0;
   float* y = z ? y1 : y0;
   size_t tile = (size_t)blockIdx.z * gridDim.x + zr;
@@ -1308,37 +1322,8 @@ __device__ void gemv_v9(const TX* x0, const TX* x1, const __half* w0,
   int rows = min(R, N - n0);
   const TX* x = z ? x1 : x0;
   const __half* w = z ? w1 : w0;
-  bool a16 = K % (16 / sizeof(TX)) == 0 && reinterpret_cast<size_t>(x) % 16 == 0;
-  W8Loader<ST> wl(w, ring, k0, k1, c0, M);
-  X8Loader<TX, R, ST> xl(x, xring, n0, rows, K, k0, k1);
-  auto load_stage = [&](int s) {  // s = 0, 1, 2, ... in order
-    wl.next();
-    if (a16)
-      xl.next();
-    else
-      tc_load_x7<TX, R, ST>(xring, s, x, n0, rows, K, k0, k1, false);
-  };
-#pragma unroll 1
-  for (int s = 0; s < ST - 1; ++s) {
-    if (s < nst) load_stage(s);
-    cp_async_commit();
-  }
   float acc[2][NT][4];
-#pragma unroll
-  for (int mt = 0; mt < 2; ++mt)
-#pragma unroll
-    for (int t = 0; t < NT; ++t)
-#pragma unroll
-      for (int j = 0; j < 4; ++j) acc[mt][t][j] = 0.f;
-  for (int s = 0; s < nst; ++s) {
-    cp_async_wait<ST - 2>();
-    __syncthreads();  // stage s landed (every thread's copies and stores)
-    if (s + ST - 1 < nst) load_stage(s + ST - 1);
-    cp_async_commit();
-    tc_stage_mma7<TX, NT>(acc, ring + (s % ST) * P::wslot,
-                          xring + (s % ST) * P::xslot);
-  }
-  cp_async_wait<0>();
+  tc_loop8<TX, NT>(acc, ring, xring, w, x, n0, rows, K, k0, k1, c0, M, nst);
   __syncthreads();  // every warp is done with the ring: it takes the partial
   float* ps = reinterpret_cast<float*>(sm9);  // R x PS9 floats
   // acc[mt][t][j]: row t 8 + 2 (lane % 4) + j % 2, column 32 warp + 16 mt +

@@ -1483,57 +1483,28 @@ GEMV_TC_N(4, f16x16, __half)
 GEMV_TC(4, f16x16, __half, 8)
 GEMV_TC_N(5, f16, float)
 GEMV_TC_N(5, f16x16, __half)
-#define GEMV6(SUF, TX, NT)                                                    \
+// v6-v8: one block an SM, the finish launch's flag (fin)
+#define GEMV_FIN(V, SUF, TX, NT)                                              \
   extern "C" __global__ void __launch_bounds__(32 * NW, 1)                  \
-      stag_gemv_v6_##SUF##_n##NT(                                           \
+      stag_gemv_v##V##_##SUF##_n##NT(                                       \
           const TX* x0, const TX* x1, const __half* w0, const __half* w1,   \
           const float* r0, const float* r1, float* y0, float* y1, int N,    \
           int K, int M, int act, int kc, float* ws, unsigned* cnt,          \
           int fin) {                                                        \
-    gemv_v6<TX, NT>(x0, x1, w0, w1, r0, r1, y0, y1, N, K, M, act, kc, ws,   \
-                    cnt, fin);                                              \
+    gemv_v##V<TX, NT>(x0, x1, w0, w1, r0, r1, y0, y1, N, K, M, act, kc, ws, \
+                      cnt, fin);                                            \
   }
-#define GEMV6_N(SUF, TX) \
-  GEMV6(SUF, TX, 1)      \
-  GEMV6(SUF, TX, 2)      \
-  GEMV6(SUF, TX, 4)      \
-  GEMV6(SUF, TX, 8)
-GEMV6_N(f16, float)
-GEMV6_N(f16x16, __half)
-#define GEMV7(SUF, TX, NT)                                                    \
-  extern "C" __global__ void __launch_bounds__(32 * NW, 1)                  \
-      stag_gemv_v7_##SUF##_n##NT(                                           \
-          const TX* x0, const TX* x1, const __half* w0, const __half* w1,   \
-          const float* r0, const float* r1, float* y0, float* y1, int N,    \
-          int K, int M, int act, int kc, float* ws, unsigned* cnt,          \
-          int fin) {                                                        \
-    gemv_v7<TX, NT>(x0, x1, w0, w1, r0, r1, y0, y1, N, K, M, act, kc, ws,   \
-                    cnt, fin);                                              \
-  }
-#define GEMV7_N(SUF, TX) \
-  GEMV7(SUF, TX, 1)      \
-  GEMV7(SUF, TX, 2)      \
-  GEMV7(SUF, TX, 4)      \
-  GEMV7(SUF, TX, 8)
-GEMV7_N(f16, float)
-GEMV7_N(f16x16, __half)
-#define GEMV8(SUF, TX, NT)                                                    \
-  extern "C" __global__ void __launch_bounds__(32 * NW, 1)                  \
-      stag_gemv_v8_##SUF##_n##NT(                                           \
-          const TX* x0, const TX* x1, const __half* w0, const __half* w1,   \
-          const float* r0, const float* r1, float* y0, float* y1, int N,    \
-          int K, int M, int act, int kc, float* ws, unsigned* cnt,          \
-          int fin) {                                                        \
-    gemv_v8<TX, NT>(x0, x1, w0, w1, r0, r1, y0, y1, N, K, M, act, kc, ws,   \
-                    cnt, fin);                                              \
-  }
-#define GEMV8_N(SUF, TX) \
-  GEMV8(SUF, TX, 1)      \
-  GEMV8(SUF, TX, 2)      \
-  GEMV8(SUF, TX, 4)      \
-  GEMV8(SUF, TX, 8)
-GEMV8_N(f16, float)
-GEMV8_N(f16x16, __half)
+#define GEMV_FIN_N(V, SUF, TX) \
+  GEMV_FIN(V, SUF, TX, 1)      \
+  GEMV_FIN(V, SUF, TX, 2)      \
+  GEMV_FIN(V, SUF, TX, 4)      \
+  GEMV_FIN(V, SUF, TX, 8)
+GEMV_FIN_N(6, f16, float)
+GEMV_FIN_N(6, f16x16, __half)
+GEMV_FIN_N(7, f16, float)
+GEMV_FIN_N(7, f16x16, __half)
+GEMV_FIN_N(8, f16, float)
+GEMV_FIN_N(8, f16x16, __half)
 #define GEMV9(SUF, TX, NT, KBC)                                               \
   extern "C" __global__ void __cluster_dims__(1, KBC, 1)                    \
       __launch_bounds__(32 * NW, 1) stag_gemv_v9_##SUF##_n##NT##_c##KBC(    \

@@ -132,7 +132,7 @@ def validate(shared: bool, version: int = 2) -> dict[str, float]:
     from reference.testing import assert_close
 
     m, bf, e, h_prev, pos, h_ref, o_ref, sc = _validation_case(shared)
-    kind = "stag_step_x16" if version in gs.ROUNDS_X else "stag_step"  # fp16 x
+    kind = gs.step_tolerance(version, F16)
     used = {}
     for sched in gs.SCHEDULES:
         bf.out.fill(np.nan)

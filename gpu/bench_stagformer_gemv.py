@@ -7,7 +7,7 @@ GEMVs y = x W with fp16 weights: q|k|v (2048 x 6144, x float32, the normed
 residual), o (2048 x 2048, x fp16, the attention's output, residual added), up
 (2048 x 8192, ReLU) and down (8192 x 2048, residual added). Each is timed at N rows
 of x, N in {1, 4, 8, 64} (quick: 1, 64), with every GEMV version of the chapter
-that has a fast path (v2-v6) and two baselines that read the same weights:
+that has a fast path (v2-v9) and two baselines that read the same weights:
 
   torch_matmul  torch.matmul(x16, W) under CUDA graphs: cuBLAS on tensor cores,
                 x already in fp16, no residual, no ReLU (less work than ours)
@@ -132,7 +132,7 @@ def _case(shape, n, ceil, rng) -> list[dict]:
         y.fill(np.nan)
         scratch.ws.fill(np.nan)
         call(ws[0])
-        want, scale = rounded if v in gs.ROUNDS_X else exact  # v7, v8: fp16 x
+        want, scale = rounded if v in gs.ROUNDS_X else exact  # x rounded to fp16
         try:
             row["error_used"] = assert_close(
                 cp.asnumpy(y), want, "gpu", np.float32, scale

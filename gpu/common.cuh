@@ -7,11 +7,12 @@
 //   conversions   to_f, from_f (float, __half), qnan, NEG_INF, LOG2E
 //   reductions    warp_sum, warp_max, block_reduce<MAX> (all threads get it)
 //   16-byte I/O   Vec<T>::N, load16, unpack, pack, nan16
-//   async copies  smem_u32, cp_async16, cp_async_commit, cp_async_wait<N>
+//   async copies  smem_u32, cp_async16 (_s: shared address), cp_async_commit,
+//                 cp_async_wait<N>
 //   tensor cores  ldsm_x4, ldsm_x4_t, ldsm_x2, mma16816, swz<CS>
 //   clusters      cluster_arrive, cluster_wait (barrier.cluster, sm_90)
 //   Hopper        mbar_init/arrive/expect_tx/wait, bulk_load, consumers_sync,
-//                 ld_acquire; cluster scope: cluster_addr,
+//                 ld_acquire; cluster scope: cluster_addr, ld_cluster_v4,
 //                 mbar_arrive_remote, bulk_push, st_async_v4, bulk_prefetch_l2,
 //                 TensorMap, tma_load_4d, bulk_commit,
 //                 bulk_wait_read0,
@@ -108,6 +109,13 @@ __device__ __forceinline__ void cp_async16(void* dst, const void* src,
                                            bool valid) {
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(
                    smem_u32(dst)),
+               "l"(src), "r"(valid ? 16 : 0));
+}
+// The same with the destination already a shared-state-space address (from
+// smem_u32, computed once: stagformer gemv v8's loaders).
+__device__ __forceinline__ void cp_async16_s(unsigned dst, const void* src,
+                                             bool valid) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst),
                "l"(src), "r"(valid ? 16 : 0));
 }
 __device__ __forceinline__ void cp_async_commit() {
@@ -236,6 +244,16 @@ __device__ __forceinline__ unsigned cluster_addr(const void* p, int rank) {
                : "=r"(r)
                : "r"(smem_u32(p)), "r"(rank));
   return r;
+}
+// Four floats from a block's shared memory at a shared::cluster address (from
+// cluster_addr): a DSMEM load (stagformer gemv v9's split-K sum).
+__device__ __forceinline__ float4 ld_cluster_v4(unsigned cluster_src) {
+  float4 v;
+  asm volatile("ld.shared::cluster.v4.f32 {%0, %1, %2, %3}, [%4];\n"
+               : "=f"(v.x), "=f"(v.y), "=f"(v.z), "=f"(v.w)
+               : "r"(cluster_src)
+               : "memory");
+  return v;
 }
 __device__ __forceinline__ void mbar_arrive_remote(unsigned cluster_bar) {
   asm volatile(

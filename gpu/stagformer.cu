@@ -1114,13 +1114,6 @@ __device__ void gemv_v7(const TX* x0, const TX* x1, const __half* w0,
 // v8 computes each thread's copies once (W8Loader, X8Loader): a stage is then
 // a pointer step and a predicate a copy.
 
-// cp.async with the shared address already in the state space
-__device__ __forceinline__ void cp_async16_s(unsigned dst, const void* src,
-                                             bool valid) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst),
-               "l"(src), "r"(valid ? 16 : 0));
-}
-
 // A thread's 4 copies of each W stage (32 rows x 256 columns, 1024 chunks of
 // 16 B): rows warp + 8 j (j < 4), columns lane 8 .. + 7; swz(r + 8 j, c) =
 // swz(r, c) + 8 j TW7, so one shared offset serves every j. Stages are loaded
@@ -1292,15 +1285,6 @@ __device__ void gemv_v8(const TX* x0, const TX* x1, const __half* w0,
 #define PS9 (TW7 + 4)  // a partial row in shared memory: 260 floats, so the
                        // 4 rows a warp's accumulators store hit 4 bank groups
 
-__device__ __forceinline__ float4 ld_cluster_v4(unsigned addr) {
-  float4 v;
-  asm volatile("ld.shared::cluster.v4.f32 {%0, %1, %2, %3}, [%4];\n"
-               : "=f"(v.x), "=f"(v.y), "=f"(v.z), "=f"(v.w)
-               : "r"(addr)
-               : "memory");
-  return v;
-}
-
 template <typename TX, int NT, int KBC>
 __device__ void gemv_v9(const TX* x0, const TX* x1, const __half* w0,
                         const __half* w1, const float* r0, const float* r1,
@@ -1345,16 +1329,10 @@ __device__ void gemv_v9(const TX* x0, const TX* x1, const __half* w0,
     int e4 = kb * Q4 + i, rr = e4 / (TW7 / 4), cc = (e4 % (TW7 / 4)) * 4;
     int n = n0 + rr, c = c0 + cc;
     if (rr >= rows || c >= M) continue;  // M % 8 == 0: c < M covers c + 3
-    unsigned a = smem_u32(ps + rr * PS9 + cc);
     float4 v[KBC];
 #pragma unroll
-    for (int q = 0; q < KBC; ++q) {
-      unsigned ra;
-      asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n"
-                   : "=r"(ra)
-                   : "r"(a), "r"(q));
-      v[q] = ld_cluster_v4(ra);
-    }
+    for (int q = 0; q < KBC; ++q)
+      v[q] = ld_cluster_v4(cluster_addr(ps + rr * PS9 + cc, q));
     float e[4] = {0.f, 0.f, 0.f, 0.f};
 #pragma unroll
     for (int q = 0; q < KBC; ++q) {

@@ -50,8 +50,16 @@ SCHEDULES = ("parallel", "stack1_first", "stack2_first")
 # its own (gpu.attention.runnable_version).
 FALLBACK = (9, 8, 7, 6, 5, 4, 3, 2, 1)
 # GEMV versions that round float32 x to fp16 before the products (fp16 weights):
-# their references round x too, and a step's tolerance is ("stag_step_x16", ...)
+# their references round x too, and a step's tolerance row is step_tolerance's
 ROUNDS_X = (7, 8, 9)
+
+
+def step_tolerance(version: int, dtype) -> str:
+    """The reference.testing row (kind) a decode step with GEMV ``version`` and
+    weights of ``dtype`` is checked with: "stag_step_x16" where the GEMVs round
+    their inputs to fp16 (ROUNDS_X with fp16 weights), else "stag_step"."""
+    x16 = version in ROUNDS_X and np.dtype(dtype) == np.float16
+    return "stag_step_x16" if x16 else "stag_step"
 
 
 def runnable_version(version: int) -> int:

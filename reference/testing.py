@@ -589,7 +589,7 @@ TOLERANCES[("stag_step", "float16")] = Tolerance(
     atol=_STAG_STAGES * _sum_bound(_U32) + _STAG_ROUNDINGS * _U16,
     why="the float32 row + 12 fp16 roundings of stored q, k, v (L <= 2)",
 )
-# gemv v7 rounds each GEMV's float32 input to fp16 before its products, as a model
+# gemv v7-v9 round each GEMV's float32 input to fp16 before its products, as a model
 # in fp16 does. Along stack 2's chain that is at most 6 inputs a layer (q|k|v, o,
 # cross q, cross o, up, down) and the memory projection's: 6 L + 1 = 13 more
 # roundings of u16 (L <= 2), on top of the float16 row.
@@ -597,7 +597,7 @@ _STAG_X16 = 6 * 2 + 1
 TOLERANCES[("stag_step_x16", "float16")] = Tolerance(
     rtol=_STAG_STAGES * _sum_bound(_U32) + (_STAG_ROUNDINGS + _STAG_X16) * _U16,
     atol=_STAG_STAGES * _sum_bound(_U32) + (_STAG_ROUNDINGS + _STAG_X16) * _U16,
-    why="the float16 row + 13 fp16 roundings of the GEMVs' inputs (gemv v7, L <= 2)",
+    why="the float16 row + 13 fp16 roundings of the GEMVs' inputs (gemv v7-v9, L <= 2)",
 )
 
 

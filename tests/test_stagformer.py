@@ -521,7 +521,7 @@ def test_gpu_step_matches_reference_and_schedules_agree(dtype, version, data):
     h_ref, o_ref = after.outputs[0][:, -1], after.outputs[1][:, -1]
     sc = max(np.abs(h_ref).max(), np.abs(o_ref).max())
     # v7, v8 round every GEMV's float32 input to fp16 (with fp16 weights)
-    kind = "stag_step_x16" if version in gs.ROUNDS_X and dtype == F16 else "stag_step"
+    kind = gs.step_tolerance(version, dtype)
     used = assert_close(results[0][0][0], h_ref, kind, dtype, sc)
     used = max(used, assert_close(results[0][0][1], o_ref, kind, dtype, sc))
     for j in range(cfg.base.L):  # the K/V rows this step wrote

@@ -42,6 +42,11 @@ FIN6_BYTES = 128 * 1024  # v6: more partials a tile than this: a finish launch
 TW7, KC7, XS7 = 256, 512, 40  # v7, v8: v6's split; an x slot row of 40 elements
 V7_TILES, V7_STAGES = (1, 2, 4, 8), {1: 12, 2: 12, 4: 10, 8: 8}  # Plan7 in the .cu
 KC9, V9_CLUSTERS = 2048, (8, 4, 2)  # v9: kc <= 2048; clusters of kb blocks
+# v9: at most this many blocks in clusters (H100, 2026-12-06: up's 32 clusters of 4,
+# 128 blocks, ran 1.2x slower than v8's same split without clusters, while q|k|v's
+# 24 clusters of 4 ran faster: clusters are placed whole in a GPC, and 132 SMs in
+# GPCs of 16-18 do not hold 32 clusters of 4 at once)
+V9_MAX_BLOCKS = 96
 SCHEDULES = ("parallel", "stack1_first", "stack2_first")
 # GEMV versions, best first: on a card that cannot run the one asked for, the best of
 # these it can runs, with a notice (gpu.runtime.pick_version, gpu/capability.json;
@@ -182,7 +187,7 @@ def v7_plan(n: int, k: int, m: int, x_float: bool = True) -> dict[str, int]:
 
 def v9_plan(n: int, k: int, m: int, x_float: bool = True) -> dict[str, int]:
     """gemv v9's launch: v7_plan's row tiles, ring and shared memory, with K split
-    over kb = 8, 4 or 2 blocks (the first with tiles * kb <= TARGET_BLOCKS_V6 and
+    over kb = 8, 4 or 2 blocks (the first with tiles * kb <= V9_MAX_BLOCKS and
     exactly kb blocks of kc = 32 ceil(K / 32 kb) <= KC9 rows: no empty block), one
     cluster (1, kb, 1) a tile, from (K, M) only; cluster = kb. Where none fits,
     cluster = 0 and the rest is v7_plan's: v8's kernel runs (split, finish and
@@ -190,7 +195,7 @@ def v9_plan(n: int, k: int, m: int, x_float: bool = True) -> dict[str, int]:
     p = v7_plan(n, k, m, x_float)
     for kb in V9_CLUSTERS:
         kc = KS4 * math.ceil(math.ceil(k / kb) / KS4)
-        if p["tiles"] * kb <= TARGET_BLOCKS_V6 and kc <= KC9 and -(-k // kc) == kb:
+        if p["tiles"] * kb <= V9_MAX_BLOCKS and kc <= KC9 and -(-k // kc) == kb:
             return dict(p, kb=kb, kc=kc, fin=0, cluster=kb)
     return dict(p, cluster=0)
 

@@ -312,7 +312,7 @@ def test_gemv_v4_plan_covers_the_rows_and_k_and_fits_shared_memory(n, k, m):
             assert p["tiles"] * p["kb"] <= gs.TARGET_BLOCKS_V6 or p["kc"] == kcmax
         if plan is gs.v9_plan and p["cluster"]:  # one cluster of kb blocks a tile
             assert p["kb"] == p["cluster"] in gs.V9_CLUSTERS and p["fin"] == 0
-            assert p["tiles"] * p["kb"] <= gs.TARGET_BLOCKS_V6
+            assert p["tiles"] * p["kb"] <= gs.V9_MAX_BLOCKS
         if plan is gs.v9_plan and not p["cluster"]:  # v8 runs: v7_plan's launch
             assert {q: p[q] for q in p if q != "cluster"} == gs.v7_plan(n, k, m)
         if plan is gs.v7_plan:

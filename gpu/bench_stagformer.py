@@ -293,7 +293,9 @@ def _stag_cases(b, shared, rng, ceil, checked, versions=(3,)) -> list[dict]:
     return rows
 
 
-def _plain_case(b, rng, ceil, checked, versions=(3,), torch_used=None) -> list[dict]:
+def _plain_case(
+    b, rng, ceil, checked, versions=(3,), torch_used=None, p1_used=None
+) -> list[dict]:
     import cupy as cp
 
     m = random_model(2 * L, False, rng)
@@ -302,10 +304,11 @@ def _plain_case(b, rng, ceil, checked, versions=(3,), torch_used=None) -> list[d
         for i in range(a.shape[0]):
             a[i] = rng.standard_normal(a.shape[1:], dtype=np.float32).astype(F16)
     e = rng.standard_normal((b, C), dtype=cp.float32)
-    rows = []
+    rows, outs = [], {}
     for ver in versions:
         bf.out.fill(np.nan)
         ours = cp.asnumpy(gs.plain_step(m, bf, e, S - 1, ver)).copy()
+        outs[ver] = ours
         ok = checked.get((False, "stack1_first", ver))
         if not np.isfinite(ours).all():
             ok = None
@@ -316,6 +319,8 @@ def _plain_case(b, rng, ceil, checked, versions=(3,), torch_used=None) -> list[d
             rows[-1]["status"] = "FAILED validation"
         else:
             rows[-1]["error_used"] = ok
+    if b == 1 and 3 in outs:
+        rows += _persistent_rows(m, bf, e, outs[3], ceil, p1_used)
     rows.append(  # vs the last
         bench.guarded(
             "torch_plain_24",
@@ -330,6 +335,70 @@ def _plain_case(b, rng, ceil, checked, versions=(3,), torch_used=None) -> list[d
             torch_used,
         )
     )
+    return rows
+
+
+def validate_p1() -> float:
+    """Error used of the persistent step (gs.persistent_step, B = 1) on the 1-layer
+    model of the benchmark's width at position 5 against stack 1 of the float64
+    reference step (a plain decoder), under ("stag_step", "float16")."""
+    import cupy as cp
+
+    from reference import stagformer as sf
+    from reference.testing import assert_close
+
+    cfg = _base_cfg(1, False)
+    rng = np.random.default_rng(2026)
+    w = _round(sf.init_stagformer(cfg, rng))
+    tokens = rng.integers(0, 64, (1, 6))
+    pos = 5
+    state = _round_state(sf.prefill(w, cfg, tokens[:, :pos])[1])
+    _, after = sf.decode_step(w, cfg, tokens[:, pos], state)
+    m = gs.to_gpu(w, cfg, F16)
+    bf = gs.new_buffers(m, 1, pos, stacks=1)
+    bf.k[0, 0, :, :, :pos] = cp.asarray(state.self_caches[0][0].k.astype(F16))
+    bf.v[0, 0, :, :, :pos] = cp.asarray(state.self_caches[0][0].v.astype(F16))
+    pk = gs.pack_plain(m, pos + 1)
+    bf.out.fill(np.nan)
+    e = cp.asarray(w.embed[tokens[:, pos]].astype(np.float32))
+    got = cp.asnumpy(gs.persistent_step(pk, bf, e, pos))
+    h_ref = after.outputs[0][:, -1]
+    return assert_close(got, h_ref, "stag_step", F16, np.abs(h_ref).max())
+
+
+def _persistent_rows(m, bf, e, ours_v3, ceil, p1_used) -> list[dict]:
+    """plain_24 at B = 1 as one persistent launch (gs.persistent_step), timed in a
+    CUDA graph and eagerly (bench.time_events: each step's 3 launches from Python),
+    beside GEMV v3's layered step timed eagerly (its graph row is plain_24 v3).
+    p1 must pass validate_p1 and agree with v3's step on the timed model to 1e-2 in
+    relative norm (field rel_err_vs_v3)."""
+    import cupy as cp
+
+    pk = gs.pack_plain(m, S)
+    bf.out.fill(np.nan)
+    p1 = cp.asnumpy(gs.persistent_step(pk, bf, e, S - 1)).copy()
+    ok = isinstance(p1_used, float) and np.isfinite(p1).all()
+    err = rel_err(p1, ours_v3) if ok else float("nan")
+    ok = ok and err <= 1e-2
+    step = partial(gs.persistent_step, pk, bf, e, S - 1)
+    layered = partial(gs.plain_step, m, bf, e, S - 1, 3)
+    rows = []
+    for name, calls, timer in (
+        ("plain_24_persistent", [step], bench.time_cupy),
+        ("plain_24_persistent_eager", [step], bench.time_events),
+        ("plain_24_eager", [layered], bench.time_events),
+    ):
+        extra = dict(version=3) if name == "plain_24_eager" else dict(kernel="p1")
+        row = _row(name, "plain", 1, ceil, None, False, **extra)
+        if name != "plain_24_eager" and not ok:
+            row["status"] = f"FAILED validation ({p1_used}; rel_err_vs_v3 {err})"
+            rows.append(row)
+            continue
+        if name != "plain_24_eager":
+            row.update(error_used=p1_used, rel_err_vs_v3=err)
+        rows.append(bench.finish(row, timer(calls, samples=20)))
+    del pk
+    bench.free([])
     return rows
 
 
@@ -446,11 +515,17 @@ def run(quick: bool = False, ceil: dict | None = None) -> dict[str, list[dict]]:
         except (AssertionError, RuntimeError) as e:  # RuntimeError: torch's own
             torch_used = f"FAILED validation: {type(e).__name__}: {e}"
             print(f"  torch_plain_24: {torch_used}", file=sys.stderr)
+    p1_used = None
+    try:
+        p1_used = validate_p1()
+    except (AssertionError, ValueError, RuntimeError) as e:  # no sm_90: RuntimeError
+        p1_used = f"{type(e).__name__}: {e}"
+        print(f"  persistent step: {p1_used}", file=sys.stderr)
     rng = cp.random.default_rng(2025)
     rows = []
     for b in GRID.values("B", quick):
         vs = VERSIONS[b]
-        rows += _plain_case(b, rng, ceil, checked, vs, torch_used)
+        rows += _plain_case(b, rng, ceil, checked, vs, torch_used, p1_used)
         bench.free([])
         rows += _stag_cases(b, False, rng, ceil, checked, vs)
         rows += _stag_cases(b, True, rng, ceil, checked, vs)

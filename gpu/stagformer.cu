@@ -1528,3 +1528,386 @@ extern "C" __global__ void __launch_bounds__(256) stag_gemv_finish_v6(
   }
 SMALL(f32, float)
 SMALL(f16, __half)
+
+// ---------------------------------------------------------------------------
+// p1: the whole plain step at B = 1 in one persistent launch (sm_90).
+//
+// At B = 1 a step is a chain of ~6 dependent GEMVs and attentions a layer, and
+// each launch pays a ramp and a tail in which the DRAM pipe runs empty (the
+// B = 1 fit: ~3.4 us a launch, 194 launches). But what a step reads (weights, the
+// cache rows < pos) does not depend on what it computes: only the consumers of
+// the bytes wait for the activations. So one block an SM runs all layers:
+//   - a producer warp (one lane) walks the block's share of every phase of every
+//     layer in order and streams it into a ring of ST 16-KB slots with bulk
+//     copies (cp.async.bulk + mbarrier transaction counts): it waits for free
+//     slots only, never for the activations, so it loads the next phase's and
+//     the next layer's bytes while the consumers sit at a barrier;
+//   - 8 consumer warps wait on full slots, multiply, and meet the other blocks
+//     at a grid barrier (a counter in global memory, release/acquire) after each
+//     phase: q|k|v, attention, o (+ residual), up (ReLU), down (+ residual).
+// Weights are packed once (pack_plain): W (K, M) as (M / 8, K, 8), so a unit of
+// 8 output columns over all K is one contiguous run of K x 16 bytes; unit u of a
+// phase goes to block u % gridDim.x, and its 8 sums end in one block (no split
+// of K, no partials): a column's sum runs k ascending within a thread's rows
+// (k = t, t + 256, ... of each slot), then over the 32 lanes (warp_sum's tree),
+// then over the 8 warps in order; the same in every launch.
+// Attention: unit (h, c) is head h over the cache rows [c P, c P + P), P =
+// 16 KB / (2 D) rows a slot for K and one for V; row pos (written in this launch
+// by the q|k|v phase) is read after the barrier with ld.global.cg, never by the
+// producer. Each unit writes (max, sum, o) to part; the last unit of head h (a
+// counter) combines the head's chunks in order c = 0, 1, ... into o (fp16).
+// Numbers as the layered step: RMSNorm in float32 (each block sums the row in
+// the same order), q, k, v, o rounded to fp16 (the caches' type), u and the
+// residual float32, every product in float32 (fp16 weights converted).
+// Activations written in the launch are read with ld.global.cg (L2): an SM's L1
+// may hold a line of x from an earlier phase. Needs every block resident at
+// once (grid = SMs, one block an SM by shared memory: the launcher checks).
+#if __CUDA_ARCH__ >= 900
+namespace p1 {
+constexpr int CW = 8;             // consumer warps
+constexpr int NCT = 32 * CW;      // consumer threads
+constexpr int SLOT = 16384;       // bytes a ring slot
+constexpr int GRP = 8;            // output columns a GEMV unit (16 B a row)
+constexpr int SROWS = SLOT / 16;  // weight rows a slot
+
+struct Ring {  // the consumers' view: slot it % st, phase (it / st) & 1
+  unsigned char* base;
+  unsigned long long* full;
+  unsigned long long* empty;
+  int st;
+  unsigned it;
+  __device__ const unsigned char* wait() {
+    const int s = it % st;
+    mbar_wait(&full[s], (it / st) & 1);
+    return base + (size_t)s * SLOT;
+  }
+  __device__ void release() {  // every consumer warp, once a slot
+    __syncwarp();
+    if ((threadIdx.x & 31) == 0) mbar_arrive(&empty[it % st]);
+    ++it;
+  }
+};
+
+__device__ __forceinline__ float ldcg_h(const __half* p) {
+  return __half2float(
+      __ushort_as_half(__ldcg(reinterpret_cast<const unsigned short*>(p))));
+}
+
+// Every block's consumers, once per phase: all blocks' writes of the phase
+// before are visible after it (each writer fences; thread 0 releases its arrival
+// and acquires the count; the named barrier orders the block's threads).
+__device__ __forceinline__ void grid_sync(unsigned* ctr, unsigned& target) {
+  __threadfence();
+  consumers_sync(NCT);
+  target += gridDim.x;
+  if (threadIdx.x == 0) {
+    asm volatile("red.release.gpu.global.add.u32 [%0], 1;\n" ::"l"(ctr)
+                 : "memory");
+    while (ld_acquire(ctr) < target) {
+    }
+  }
+  consumers_sync(NCT);
+}
+
+// act[k] = x[k] / sqrt(mean(x^2) + 1e-6) * g[k] for k < C (x from L2); the sum of
+// squares in one fixed order (thread strides, warp_sum, warps in order).
+__device__ void load_normed(float* act, const float* x, const __half* g, int C,
+                            float* red) {
+  const int t = threadIdx.x;
+  float ss = 0.f;
+  for (int k = t; k < C; k += NCT) {
+    const float v = __ldcg(x + k);
+    act[k] = v;
+    ss = fmaf(v, v, ss);
+  }
+  ss = warp_sum(ss);
+  if ((t & 31) == 0) red[t >> 5] = ss;
+  consumers_sync(NCT);
+  float tot = 0.f;
+  for (int w = 0; w < CW; ++w) tot += red[w];
+  const float rinv = 1.0f / sqrtf(tot / (float)C + 1e-6f);
+  for (int k = t; k < C; k += NCT) act[k] = act[k] * rinv * __half2float(g[k]);
+  consumers_sync(NCT);  // act complete; red free
+}
+
+// One GEMV phase: for each unit g of this block, y[8 g + j] = sum_k act[k]
+// W[k, 8 g + j], handed to epi(column, sum) by threads j < 8.
+template <class Epi>
+__device__ void gemv_phase(Ring& ring, const float* act, int K, int M,
+                           float* red, unsigned& nu, Epi epi) {
+  const int t = threadIdx.x, w = t >> 5;
+  for (int g = blockIdx.x; g < M / GRP; g += gridDim.x) {
+    float acc[GRP];
+#pragma unroll
+    for (int j = 0; j < GRP; ++j) acc[j] = 0.f;
+    for (int r0 = 0; r0 < K; r0 += SROWS) {
+      const int nr = min(SROWS, K - r0);
+      const uint4* sl = reinterpret_cast<const uint4*>(ring.wait());
+      for (int i = t; i < nr; i += NCT) {
+        const uint4 raw = sl[i];
+        const float xv = act[r0 + i];
+        const __half2* h2 = reinterpret_cast<const __half2*>(&raw);
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+          const float2 f = __half22float2(h2[j]);
+          acc[2 * j] = fmaf(xv, f.x, acc[2 * j]);
+          acc[2 * j + 1] = fmaf(xv, f.y, acc[2 * j + 1]);
+        }
+      }
+      ring.release();
+    }
+    float* rb = red + (nu & 1) * CW * GRP;  // two buffers: one barrier a unit
+    ++nu;
+#pragma unroll
+    for (int j = 0; j < GRP; ++j) acc[j] = warp_sum(acc[j]);
+    if ((t & 31) == 0) {
+#pragma unroll
+      for (int j = 0; j < GRP; ++j) rb[w * GRP + j] = acc[j];
+    }
+    consumers_sync(NCT);
+    if (t < GRP) {
+      float s = 0.f;
+      for (int q = 0; q < CW; ++q) s += rb[q * GRP + t];
+      epi(g * GRP + t, s);
+    }
+  }
+}
+
+template <int D>
+__device__ void attention_phase(Ring& ring, float* att, const __half* q,
+                                const __half* kc, const __half* vc, __half* o,
+                                float* part, unsigned* hcnt, int H, int G,
+                                int S) {
+  constexpr int P = SLOT / (2 * D);  // cache rows a unit (one slot of K, of V)
+  constexpr int PARTS = NCT / D;
+  const int t = threadIdx.x, w = t >> 5, lane = t & 31;
+  const int pos = S - 1, nc = (S + P - 1) / P;
+  float* qs = att;          // D: q * 1/sqrt(D)
+  float* kn = qs + D;       // D: row pos of K
+  float* vn = kn + D;       // D: row pos of V
+  float* sc = vn + D;       // P: scores, then exp(s - m)
+  float* ob = sc + P;       // NCT: PARTS partial o's
+  float* stat = ob + NCT;   // m, l
+  int* flag = reinterpret_cast<int*>(stat + 2);
+  const float scale = 1.0f / sqrtf((float)D);
+  for (int u = blockIdx.x; u < H * nc; u += gridDim.x) {
+    const int h = u / nc, c = u % nc, kvh = h / (H / G);
+    const int start = c * P, n = min(P, S - start);
+    const int nl = max(0, min(n, pos - start));  // rows the producer loaded
+    const size_t hb = (size_t)kvh * S * D;
+    if (t < D) {
+      qs[t] = ldcg_h(q + h * D + t) * scale;
+      if (nl < n) {
+        kn[t] = ldcg_h(kc + hb + (size_t)pos * D + t);
+        vn[t] = ldcg_h(vc + hb + (size_t)pos * D + t);
+      }
+    }
+    consumers_sync(NCT);
+    const __half* ks =
+        nl ? reinterpret_cast<const __half*>(ring.wait()) : nullptr;
+    for (int j = w; j < n; j += CW) {
+      float d = 0.f;
+#pragma unroll
+      for (int i = lane; i < D; i += 32)
+        d = fmaf(qs[i], j < nl ? __half2float(ks[j * D + i]) : kn[i], d);
+      d = warp_sum(d);
+      if (lane == 0) sc[j] = d;
+    }
+    if (nl) ring.release();
+    consumers_sync(NCT);
+    if (w == 0) {
+      float m = NEG_INF;
+      for (int j = lane; j < n; j += 32) m = fmaxf(m, sc[j]);
+      m = warp_max(m);
+      float l = 0.f;
+      for (int j = lane; j < n; j += 32) {
+        const float p = expf(sc[j] - m);
+        sc[j] = p;
+        l += p;
+      }
+      l = warp_sum(l);
+      if (lane == 0) stat[0] = m, stat[1] = l;
+    }
+    consumers_sync(NCT);
+    const __half* vs =
+        nl ? reinterpret_cast<const __half*>(ring.wait()) : nullptr;
+    {
+      const int d = t % D, pt = t / D;
+      float a = 0.f;
+      for (int j = pt; j < n; j += PARTS)
+        a = fmaf(sc[j], j < nl ? __half2float(vs[j * D + d]) : vn[d], a);
+      ob[pt * D + d] = a;
+    }
+    if (nl) ring.release();
+    consumers_sync(NCT);
+    float* pr = part + (size_t)(h * nc + c) * (D + 2);
+    if (t < D) {
+      float s = 0.f;
+      for (int p = 0; p < PARTS; ++p) s += ob[p * D + t];
+      pr[2 + t] = s;
+    } else if (t == D) {
+      pr[0] = stat[0];
+      pr[1] = stat[1];
+    }
+    __threadfence();
+    consumers_sync(NCT);
+    if (t == 0) {
+      const unsigned k = atomicAdd(hcnt + h, 1u);
+      *flag = k == (unsigned)nc - 1;
+      if (k == (unsigned)nc - 1) hcnt[h] = 0u;  // every chunk arrived: reset
+    }
+    consumers_sync(NCT);
+    if (*flag) {  // the head's last chunk: combine the nc chunks in order
+      __threadfence();
+      if (t < D) {
+        const float* ph = part + (size_t)h * nc * (D + 2);
+        float m = NEG_INF;
+        for (int k = 0; k < nc; ++k) m = fmaxf(m, __ldcg(ph + k * (D + 2)));
+        float l = 0.f, a = 0.f;
+        for (int k = 0; k < nc; ++k) {
+          const float e = expf(__ldcg(ph + k * (D + 2)) - m);
+          l = fmaf(__ldcg(ph + k * (D + 2) + 1), e, l);
+          a = fmaf(__ldcg(ph + k * (D + 2) + 2 + t), e, a);
+        }
+        o[h * D + t] = __float2half_rn(a / l);
+      }
+    }
+    consumers_sync(NCT);  // att reused by the next unit
+  }
+}
+
+// The producer (one lane): the same walk as the consumers, slot by slot.
+struct Producer {
+  unsigned char* base;
+  unsigned long long* full;
+  unsigned long long* empty;
+  int st;
+  unsigned it;
+  __device__ void put(const void* src, unsigned bytes) {
+    const int s = it % st;
+    mbar_wait(&empty[s], ((it / st) & 1) ^ 1);
+    mbar_expect_tx(&full[s], bytes);
+    bulk_load(base + (size_t)s * SLOT, src, bytes, &full[s]);
+    ++it;
+  }
+  __device__ void gemv(const __half* W, int K, int M) {
+    for (int g = blockIdx.x; g < M / GRP; g += gridDim.x)
+      for (int r0 = 0; r0 < K; r0 += SROWS)
+        put(W + ((size_t)g * K + r0) * GRP, 16u * min(SROWS, K - r0));
+  }
+  template <int D>
+  __device__ void attention(const __half* kc, const __half* vc, int H, int G,
+                            int S) {
+    constexpr int P = SLOT / (2 * D);
+    const int pos = S - 1, nc = (S + P - 1) / P;
+    for (int u = blockIdx.x; u < H * nc; u += gridDim.x) {
+      const int h = u / nc, c = u % nc, kvh = h / (H / G);
+      const int start = c * P, n = min(P, S - start);
+      const int nl = max(0, min(n, pos - start));
+      if (!nl) continue;
+      const size_t off = ((size_t)kvh * S + start) * D;
+      put(kc + off, 2u * nl * D);
+      put(vc + off, 2u * nl * D);
+    }
+  }
+};
+
+// wt: L x 6 pointers (g1, wqkv, wo, g2, wup, wdown; the W packed);
+// kc, vc (L, G, S, D); x (C) in: the embedding, out: the residual stream;
+// out (C); q, o (H D) fp16; u (F); part (H, ceil(S / P), D + 2); sync (1 + H)
+// zero on entry.
+template <int D>
+__device__ void step_p1(const unsigned long long* wt, __half* kc, __half* vc,
+                        const __half* gf, float* x, float* out, __half* q,
+                        __half* o, float* u, float* part, unsigned* sync,
+                        int L, int C, int F, int H, int G, int S, int st) {
+  extern __shared__ __align__(128) unsigned char smem[];
+  const int HD = H * D, M1 = (H + 2 * G) * D, GD = G * D, pos = S - 1;
+  const int na = (max(C, max(HD, F)) + 3) & ~3;
+  unsigned char* ring = smem;
+  float* act = reinterpret_cast<float*>(smem + (size_t)st * SLOT);
+  float* att = act + na;                   // 3 D + P + NCT + 4
+  float* red = att + 3 * D + SLOT / (2 * D) + NCT + 4;  // 2 CW GRP
+  unsigned long long* bars =
+      reinterpret_cast<unsigned long long*>(red + 2 * CW * GRP);
+  unsigned long long *full = bars, *empty = bars + st;
+  const int t = threadIdx.x;
+  if (t == 0) {
+    for (int s = 0; s < st; ++s) {
+      mbar_init(&full[s], 1);
+      mbar_init(&empty[s], CW);
+    }
+    fence_mbar_init();
+  }
+  __syncthreads();
+  const size_t lstride = (size_t)G * S * D;
+  if (t >= NCT) {  // the producer warp
+    if (t != NCT) return;
+    Producer pr{ring, full, empty, st, 0u};
+    for (int l = 0; l < L; ++l) {
+      const unsigned long long* p = wt + 6 * l;
+      pr.gemv(reinterpret_cast<const __half*>(p[1]), C, M1);
+      pr.attention<D>(kc + l * lstride, vc + l * lstride, H, G, S);
+      pr.gemv(reinterpret_cast<const __half*>(p[2]), HD, C);
+      pr.gemv(reinterpret_cast<const __half*>(p[4]), C, F);
+      pr.gemv(reinterpret_cast<const __half*>(p[5]), F, C);
+    }
+    return;
+  }
+  Ring rg{ring, full, empty, st, 0u};
+  unsigned target = 0, nu = 0;
+  for (int l = 0; l < L; ++l) {
+    const unsigned long long* p = wt + 6 * l;
+    __half* kl = kc + l * lstride;
+    __half* vl = vc + l * lstride;
+    load_normed(act, x, reinterpret_cast<const __half*>(p[0]), C, red);
+    gemv_phase(rg, act, C, M1, red, nu, [&](int col, float s) {
+      const __half v = __float2half_rn(s);
+      if (col < HD) {
+        q[col] = v;
+      } else if (col < HD + GD) {
+        const int c = col - HD;
+        kl[((size_t)(c / D) * S + pos) * D + c % D] = v;
+      } else {
+        const int c = col - HD - GD;
+        vl[((size_t)(c / D) * S + pos) * D + c % D] = v;
+      }
+    });
+    grid_sync(sync, target);
+    attention_phase<D>(rg, att, q, kl, vl, o, part, sync + 1, H, G, S);
+    grid_sync(sync, target);
+    for (int k = t; k < HD; k += NCT) act[k] = ldcg_h(o + k);
+    consumers_sync(NCT);
+    gemv_phase(rg, act, HD, C, red, nu,
+               [&](int col, float s) { x[col] = __ldcg(x + col) + s; });
+    grid_sync(sync, target);
+    load_normed(act, x, reinterpret_cast<const __half*>(p[3]), C, red);
+    gemv_phase(rg, act, C, F, red, nu,
+               [&](int col, float s) { u[col] = fmaxf(s, 0.f); });
+    grid_sync(sync, target);
+    for (int k = t; k < F; k += NCT) act[k] = __ldcg(u + k);
+    consumers_sync(NCT);
+    gemv_phase(rg, act, F, C, red, nu,
+               [&](int col, float s) { x[col] = __ldcg(x + col) + s; });
+    grid_sync(sync, target);
+  }
+  if (blockIdx.x == 0) {
+    load_normed(act, x, gf, C, red);
+    for (int k = t; k < C; k += NCT) out[k] = act[k];
+  }
+}
+}  // namespace p1
+
+#define STEP_P1(D)                                                           \
+  extern "C" __global__ void __launch_bounds__(32 * (p1::CW + 1), 1)        \
+      stag_step_p1_d##D(const unsigned long long* wt, __half* kc,           \
+                        __half* vc, const __half* gf, float* x, float* out, \
+                        __half* q, __half* o, float* u, float* part,        \
+                        unsigned* sync, int L, int C, int F, int H, int G,  \
+                        int S, int st) {                                     \
+    p1::step_p1<D>(wt, kc, vc, gf, x, out, q, o, u, part, sync, L, C, F, H, \
+                   G, S, st);                                                \
+  }
+STEP_P1(64)
+STEP_P1(128)
+#endif  // __CUDA_ARCH__ >= 900

@@ -18,6 +18,7 @@ argument before the first launch; pass preallocated buffers for CUDA graphs.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -742,6 +743,142 @@ def plain_step(m: Model, bf: Buffers, e, pos: int, version: int = 2):
     same kernels: the sequential baseline. bf from new_buffers(..., stacks=1)."""
     bf.x[...] = e[None]
     run_layers(m, bf, [0], pos, version)
+    return bf.out[0]
+
+
+# --- the persistent B = 1 step (p1) -------------------------------------------------
+
+P1_SLOT, P1_GRP, P1_THREADS, P1_MAX_STAGES = 16384, 8, 288, 12  # as p1:: in the .cu
+P1_HEAD_DIMS = (64, 128)
+
+
+@dataclass
+class Packed:
+    """A plain model's layers for stag_step_p1: each W (K, M) packed as (M / 8, K,
+    8) (pack_w), the 6 pointers a layer (g1, wqkv, wo, g2, wup, wdown) in a table,
+    and the launch's scratch: q, o (H D) fp16, u (F), part (the attention's chunk
+    partials), sync (1 + H counters, zeroed before each launch)."""
+
+    model: Model
+    weights: list
+    table: object
+    q: object
+    o: object
+    u: object
+    part: object
+    sync: object
+    s: int
+
+
+def pack_w(w):
+    """W (K, M) as (M / 8, K, 8): the 8 columns of unit g over all K contiguous."""
+    k, m = w.shape
+    return w.reshape(k, m // P1_GRP, P1_GRP).transpose(1, 0, 2).copy()
+
+
+def p1_chunk_rows(d: int) -> int:
+    """Cache rows of one attention unit of p1: one 16-KB slot of K (and one of V)."""
+    return P1_SLOT // (2 * d)
+
+
+def p1_smem(m: Model, stages: int) -> int:
+    """Dynamic shared memory of stag_step_p1 (the .cu's layout): the ring, the
+    activation row, the attention unit's buffers, two reduction buffers, mbarriers."""
+    na = -(-max(m.C, m.H * m.D, m.F) // 4) * 4
+    att = 3 * m.D + p1_chunk_rows(m.D) + 256 + 4
+    return stages * P1_SLOT + 4 * (na + att + 2 * 8 * P1_GRP) + 16 * stages
+
+
+def p1_stages(m: Model, optin: int) -> int:
+    """Ring slots: as many as fit the card's shared memory, up to P1_MAX_STAGES."""
+    st = P1_MAX_STAGES
+    while st > 2 and p1_smem(m, st) > optin:
+        st -= 1
+    return st
+
+
+@functools.cache
+def _smem_limits(dev: int) -> tuple[int, int]:
+    """(shared memory a block may opt in to, shared memory an SM has), bytes."""
+    import cupy as cp
+
+    props = cp.cuda.runtime.getDeviceProperties(dev)
+    return int(props["sharedMemPerBlockOptin"]), int(
+        props["sharedMemPerMultiprocessor"]
+    )
+
+
+def pack_plain(m: Model, s: int) -> Packed:
+    """Stack 1's layers of m packed for persistent_step at cache length s (the
+    scratch depends on S: ceil(S / P) attention chunks a head). Validates the
+    model family p1 covers: fp16 weights, D in P1_HEAD_DIMS, C, F, H D multiples of
+    8, G dividing H."""
+    import cupy as cp
+
+    if np.dtype(m.dtype) != np.float16:
+        raise TypeError(f"persistent_step needs float16 weights, got {m.dtype}")
+    if m.D not in P1_HEAD_DIMS:
+        raise ValueError(f"persistent_step needs D in {P1_HEAD_DIMS}, got {m.D}")
+    for name, v in (("C", m.C), ("F", m.F), ("H*D", m.H * m.D)):
+        if v % P1_GRP:
+            raise ValueError(f"persistent_step needs {name} % 8 == 0, got {v}")
+    if m.H % m.G:
+        raise ValueError(f"persistent_step needs G to divide H, got H={m.H}, G={m.G}")
+    rt.check_positive(S=s)
+    weights, ptrs = [], []
+    for ly in m.stacks[0]:
+        packed = [ly.g1, pack_w(ly.wqkv), pack_w(ly.wo), ly.g2]
+        packed += [pack_w(ly.wup), pack_w(ly.wdown)]
+        weights.append(packed)
+        ptrs += [a.data.ptr for a in packed]
+    nc = -(-s // p1_chunk_rows(m.D))
+    return Packed(
+        model=m,
+        weights=weights,
+        table=cp.asarray(np.array(ptrs, np.uint64)),
+        q=cp.zeros(m.H * m.D, cp.float16),
+        o=cp.zeros(m.H * m.D, cp.float16),
+        u=cp.zeros(m.F, cp.float32),
+        part=cp.zeros(m.H * nc * (m.D + 2), cp.float32),
+        sync=cp.zeros(1 + m.H, cp.uint32),
+        s=s,
+    )
+
+
+def persistent_step(pk: Packed, bf: Buffers, e, pos: int):
+    """The plain step (plain_step's math) at B = 1 as one persistent launch
+    (stag_step_p1, sm_90): one block an SM streams every layer's weights and cache
+    rows through a ring of bulk copies while its consumer warps meet the others at
+    a grid barrier after each phase. e (1, C) float32; bf from new_buffers(m, 1,
+    pos, stacks=1); pk from pack_plain(m, pos + 1). Writes and returns bf.out[0]."""
+    import cupy as cp
+
+    m = pk.model
+    rt.check_array("e", e, (np.float32,), 2)
+    rt.check_shape("e", e, (1, m.C), "1C")
+    if bf.x.shape[:2] != (1, 1):
+        raise ValueError(f"persistent_step needs B = 1 and one stack, got {bf.x.shape}")
+    if bf.k.shape[4] != pos + 1 or pk.s != pos + 1:
+        raise ValueError(f"buffers were made for another position than pos = {pos}")
+    if rt.compute_capability() < 90:
+        raise RuntimeError("persistent_step needs sm_90 (bulk copies, mbarriers)")
+    optin, per_sm = _smem_limits(cp.cuda.Device().id)
+    st = p1_stages(m, optin)
+    smem = p1_smem(m, st)
+    if smem > optin or 2 * smem <= per_sm:
+        raise ValueError(f"p1 needs one block an SM: {smem} B of {optin} B")
+    fn = rt.kernel(SLUG, f"stag_step_p1_d{m.D}")
+    fn.max_dynamic_shared_size_bytes = smem
+    i32 = np.int32
+    bf.x[0, 0] = e[0]
+    pk.sync.fill(0)
+    fn(
+        (rt.sm_count(),), (P1_THREADS,),
+        (pk.table, bf.k, bf.v, m.gf[0], bf.x, bf.out, pk.q, pk.o, pk.u, pk.part,
+         pk.sync, i32(m.L), i32(m.C), i32(m.F), i32(m.H), i32(m.G), i32(pos + 1),
+         i32(st)),
+        shared_mem=smem,
+    )  # fmt: skip
     return bf.out[0]
 
 

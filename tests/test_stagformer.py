@@ -600,3 +600,119 @@ def test_gpu_bad_inputs_rejected_before_launch():
     bad = sf.StagConfig(DecoderConfig(V=5, C=4, H=1, G=1, D=4, F=4, L=1))
     with pytest.raises(ValueError, match="rmsnorm"):
         gs.check_config(bad)  # swiglu, RoPE: not what the kernels cover
+
+
+# --- the persistent B = 1 step (p1) -------------------------------------------------
+
+
+@given(k=st.integers(1, 70), m8=st.integers(1, 9), seed=seeds)
+def test_pack_w_puts_each_unit_of_8_columns_in_one_run(k, m8, seed):
+    from gpu import stagformer as gs
+
+    w = np.random.default_rng(seed).standard_normal((k, 8 * m8)).astype(F16)
+    p = gs.pack_w(w)
+    assert p.shape == (m8, k, 8) and p.flags.c_contiguous
+    for g in range(m8):
+        assert np.array_equal(p[g], w[:, 8 * g : 8 * g + 8])
+
+
+def test_p1_ring_fits_the_benchmark_model_with_one_block_an_sm():
+    from gpu import bench_stagformer as bs
+    from gpu import stagformer as gs
+
+    m = gs.Model(bs.H, bs.G, bs.D, bs.C, bs.F, 1, False, None, F16, [[]], [], None, [])
+    optin, per_sm = 227 * 1024, 228 * 1024  # sm_90's limits
+    st_ = gs.p1_stages(m, optin)
+    assert 8 <= st_ <= gs.P1_MAX_STAGES
+    assert gs.p1_smem(m, st_) <= optin < 2 * gs.p1_smem(m, st_) > per_sm
+    assert gs.p1_smem(m, st_ + 1) > optin or st_ == gs.P1_MAX_STAGES
+
+
+@st.composite
+def p1_case(draw):
+    """A small plain model p1 covers (D 64 or 128, fp16) and a position whose
+    cache crosses attention chunks (P = 16 KB / 2D rows), T = 1 and chunk edges."""
+    h = draw(st.sampled_from([1, 2, 3]))
+    g = draw(st.sampled_from([x for x in (1, h) if h % x == 0]))
+    d = draw(st.sampled_from([64, 128]))
+    p = 16384 // (2 * d)
+    t = draw(st.one_of(st.sampled_from([1, 2, p, p + 1, p + 2, 2 * p + 1]),
+                       st.integers(1, 2 * p + 3)))  # fmt: skip
+    base = DecoderConfig(
+        V=13, C=h * d, H=h, G=g, D=d, F=draw(st.sampled_from([8, 40])),
+        L=draw(st.sampled_from([1, 2])), norm="rmsnorm", act="relu", rot_dim=0,
+    )  # fmt: skip
+    cfg = sf.StagConfig(base, p=2)
+    w = sf.init_stagformer(cfg, np.random.default_rng(draw(seeds)))
+    if draw(st.booleans()):  # large values too
+        w = dataclasses.replace(w, embed=1e3 * w.embed)
+    tokens = np.random.default_rng(draw(seeds)).integers(0, 13, (1, t))
+    return cfg, w, tokens
+
+
+@pytest.mark.gpu
+@given(case=p1_case())
+def test_gpu_persistent_step_matches_reference(case):
+    """p1 against stack 1 of the float64 reference step (a plain decoder), with its
+    outputs, scratch and the cache rows it writes poisoned with NaN first."""
+    import cupy as cp
+
+    from gpu import stagformer as gs
+
+    cfg, w, tokens = case
+    w = _cast(w, F16)
+    pos = tokens.shape[1] - 1
+    state = sf.prefill(w, cfg, tokens[:, :pos])[1] if pos else sf.empty_state(cfg, 1)
+    state = dataclasses.replace(state, self_caches=_cast(state.self_caches, F16))
+    _, after = sf.decode_step(w, cfg, tokens[:, pos], state)
+    m = gs.to_gpu(w, cfg, F16)
+    bf = gs.new_buffers(m, 1, pos, stacks=1)
+    for j in range(cfg.base.L):
+        bf.k[j, 0, :, :, :pos] = cp.asarray(state.self_caches[0][j].k.astype(F16))
+        bf.v[j, 0, :, :, :pos] = cp.asarray(state.self_caches[0][j].v.astype(F16))
+    bf.k[:, :, :, :, pos] = np.nan
+    bf.v[:, :, :, :, pos] = np.nan
+    pk = gs.pack_plain(m, pos + 1)
+    for a in (bf.out, bf.x, pk.q, pk.o, pk.u, pk.part):
+        a.fill(np.nan)
+    e = cp.asarray(w.embed[tokens[:, pos]].astype(F32))
+    got = cp.asnumpy(gs.persistent_step(pk, bf, e, pos))
+    h_ref = after.outputs[0][:, -1]
+    used = assert_close(got, h_ref, "stag_step", F16, np.abs(h_ref).max())
+    for j in range(cfg.base.L):  # the K/V rows this step wrote
+        for cache, ref in ((bf.k, after.self_caches[0][j].k),
+                           (bf.v, after.self_caches[0][j].v)):  # fmt: skip
+            want = ref[:, :, pos]
+            got_kv = cp.asnumpy(cache[j, 0, :, :, pos])
+            assert_close(got_kv, want, "stag_step", F16, np.abs(want).max(initial=1))
+    print(f"step p1 S={pos + 1}: {describe(used)}")
+
+
+@pytest.mark.gpu
+def test_gpu_persistent_step_rejects_bad_inputs_before_launch():
+    import cupy as cp
+
+    from gpu import stagformer as gs
+
+    base = DecoderConfig(V=13, C=64, H=1, G=1, D=64, F=40, L=1, norm="rmsnorm",
+                         act="relu", rot_dim=0)  # fmt: skip
+    w = sf.init_stagformer(sf.StagConfig(base), np.random.default_rng(3))
+    with pytest.raises(TypeError, match="float16"):
+        gs.pack_plain(gs.to_gpu(w, sf.StagConfig(base), F32), 4)
+    m = gs.to_gpu(w, sf.StagConfig(base), F16)
+    pk = gs.pack_plain(m, 4)
+    bf = gs.new_buffers(m, 1, 3, stacks=1)
+    e = cp.zeros((1, 64), F32)
+    with pytest.raises(ValueError, match="pos"):
+        gs.persistent_step(pk, bf, e, 4)
+    with pytest.raises(ValueError, match="B = 1"):
+        gs.persistent_step(pk, gs.new_buffers(m, 2, 3, stacks=1), e, 3)
+    with pytest.raises(ValueError, match="e"):
+        gs.persistent_step(pk, bf, cp.zeros((1, 60), F32), 3)
+    with pytest.raises(TypeError, match="e"):
+        gs.persistent_step(pk, bf, e.astype(F16), 3)
+    d32 = DecoderConfig(V=13, C=64, H=2, G=2, D=32, F=40, L=1, norm="rmsnorm",
+                        act="relu", rot_dim=0)  # fmt: skip
+    w32 = sf.init_stagformer(sf.StagConfig(d32), np.random.default_rng(4))
+    with pytest.raises(ValueError, match="D in"):
+        gs.pack_plain(gs.to_gpu(w32, sf.StagConfig(d32), F16), 4)

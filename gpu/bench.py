@@ -750,6 +750,7 @@ SUBSETS = {
     "split": ("attention", "attention_split"),  # attention's n_split sweep
     "tiles": ("attention", "attention_tiles"),  # attention's v9 tile experiment
     "slim_crossover": ("slim_attention", "slim_attention_crossover"),
+    "stagformer_persistent": ("stagformer", "stagformer_persistent"),  # B = 1
 }
 
 

@@ -18,10 +18,16 @@ steps (bench.time_cupy), beside its floor (step_bytes / read ceiling):
                     when torch is importable (else the row says "skipped: torch
                     not importable")
 
+A second table, stagformer_persistent (also alone: ``python -m gpu.bench
+stagformer_persistent``), times plain_24 at B = 1 as one persistent launch
+(gs.persistent_step: p1, p2; p2 also eagerly, without a graph) beside GEMV v3's
+layered step (in a graph and eagerly) and PyTorch's, in one run; p2's row carries
+the per-phase times of one traced step (trace_summary).
+
 Every case but torch is timed with GEMV v2, v3 (fused RMSNorm), v4 and v5 (tensor
 cores; field "version") at B = 1, 8 and 64, v6 (tensor cores, many rows), v8
 (fp16 x streamed with W) and v9 (its split summed in a cluster) at B = 8 and 64,
-and v3, v5, v6 and v8 at B = 4: the ladder, same model, same buffers.
+and v3, v5, v6, v8 and v9 at B = 4: the ladder, same model, same buffers.
 
 Validation before timing (DESIGN §2): each schedule and weight kind is first run
 on a model of the same width with one layer a stack, B = 2, position 5, and
@@ -44,13 +50,13 @@ from __future__ import annotations
 
 import itertools
 import math
-import os
 import sys
 from functools import partial
 
 import numpy as np
 
 from gpu import bench
+from gpu import runtime as rt
 from gpu import stagformer as gs
 
 C, H, G, D, F, L = 2048, 16, 16, 128, 8192, 12
@@ -60,7 +66,7 @@ BATCHES, QUICK_BATCHES = (1, 4, 8, 64), (1,)
 # v8's sums with slower copies, is timed in the GEMV bench only)
 VERSIONS = {
     1: (2, 3, 4, 5),
-    4: (3, 5, 6, 8),
+    4: (3, 5, 6, 8, 9),
     8: (2, 3, 4, 5, 6, 8, 9),
     64: (2, 3, 4, 5, 6, 8, 9),
 }
@@ -71,6 +77,9 @@ GRID = bench.Grid(
     fixed=dict(C=C, H=H, G=G, D=D, F=F, L_stack=L, S=S, dtype="float16"),
     versions=VERSIONS,
     baselines={"torch_plain_24": ("B",)},
+    # the persistent step's table (persistent_table): B = 1, p1 and p2 (graph; p2
+    # also eagerly), beside v3's layered step (graph, eager) and torch
+    sweeps=dict(stagformer_persistent=dict(B=(1,), kernels=gs.P1_VERSIONS)),
 )
 COLUMNS = (
     ("case", "name", "<20"),
@@ -294,9 +303,7 @@ def _stag_cases(b, shared, rng, ceil, checked, versions=(3,)) -> list[dict]:
     return rows
 
 
-def _plain_case(
-    b, rng, ceil, checked, versions=(3,), torch_used=None, p1_used=None
-) -> list[dict]:
+def _plain_case(b, rng, ceil, checked, versions=(3,), torch_used=None) -> list[dict]:
     import cupy as cp
 
     m = random_model(2 * L, False, rng)
@@ -320,8 +327,6 @@ def _plain_case(
             rows[-1]["status"] = "FAILED validation"
         else:
             rows[-1]["error_used"] = ok
-    if b == 1 and 3 in outs:
-        rows += _persistent_rows(m, bf, e, outs[3], ceil, p1_used)
     rows.append(  # vs the last
         bench.guarded(
             "torch_plain_24",
@@ -339,10 +344,10 @@ def _plain_case(
     return rows
 
 
-def validate_p1() -> float:
-    """Error used of the persistent step (gs.persistent_step, B = 1) on the 1-layer
-    model of the benchmark's width at position 5 against stack 1 of the float64
-    reference step (a plain decoder), under ("stag_step", "float16")."""
+def validate_p1(version: int) -> float:
+    """Error used of the persistent step (gs.persistent_step, B = 1, p1 or p2) on
+    the 1-layer model of the benchmark's width at position 5 against stack 1 of the
+    float64 reference step (a plain decoder), under ("stag_step", "float16")."""
     import cupy as cp
 
     from reference import stagformer as sf
@@ -362,44 +367,105 @@ def validate_p1() -> float:
     pk = gs.pack_plain(m, pos + 1)
     bf.out.fill(np.nan)
     e = cp.asarray(w.embed[tokens[:, pos]].astype(np.float32))
-    got = cp.asnumpy(gs.persistent_step(pk, bf, e, pos))
+    got = cp.asnumpy(gs.persistent_step(pk, bf, e, pos, version))
     h_ref = after.outputs[0][:, -1]
     return assert_close(got, h_ref, "stag_step", F16, np.abs(h_ref).max())
 
 
-def _persistent_rows(m, bf, e, ours_v3, ceil, p1_used) -> list[dict]:
-    """plain_24 at B = 1 as one persistent launch (gs.persistent_step), timed in a
-    CUDA graph and eagerly (bench.time_events: each step's 3 launches from Python),
-    beside GEMV v3's layered step timed eagerly (its graph row is plain_24 v3).
-    p1 must pass validate_p1 and agree with v3's step on the timed model to 1e-2 in
-    relative norm (field rel_err_vs_v3)."""
+TRACE_PHASES = ("qkv", "barrier_qkv", "attention", "barrier_attention", "o",
+                "barrier_o", "up", "barrier_up", "down", "barrier_down")  # fmt: skip
+
+
+def trace_summary(tr) -> dict:
+    """p2's globaltimer stamps (SMs, L, 12) as microseconds: per phase (TRACE_PHASES:
+    each phase's work from the previous barrier's exit, then the barrier: arrival
+    to exit) the median and the max over blocks and layers; the step from the first
+    stamp to the last; and the producer's lead (the consumers' end of a layer minus
+    the producer's last copy of it; median over blocks and layers)."""
+    t = np.asarray(tr, np.int64)
+    d = np.diff(t[:, :, :11], axis=2) / 1e3  # (SMs, L, 10)
+    lead = (t[:, :, 10] - t[:, :, 11]) / 1e3
+    return dict(
+        phases_median_us={
+            p: float(np.median(d[:, :, i])) for i, p in enumerate(TRACE_PHASES)
+        },  # fmt: skip
+        phases_max_us={p: float(d[:, :, i].max()) for i, p in enumerate(TRACE_PHASES)},
+        step_us=float((t[:, :, :11].max() - t[:, :, :11].min()) / 1e3),
+        producer_lead_median_us=float(np.median(lead)),
+    )
+
+
+def persistent_table(ceil) -> list[dict]:
+    """plain_24 at B = 1 as one persistent launch (gs.persistent_step: p1 and p2),
+    each timed in a CUDA graph, p2 also eagerly (bench.time_events: a step's 3
+    launches from Python), beside GEMV v3's layered step (graph and eager) and
+    PyTorch's under CUDA graphs, all in this run. Each version must pass
+    validate_p1 and agree with v3's step on the timed model to 1e-2 in relative
+    norm (field rel_err_vs_v3). p2's row carries trace_summary of one traced step."""
     import cupy as cp
 
-    pk = gs.pack_plain(m, S)
+    rng = cp.random.default_rng(2025)
+    m = random_model(2 * L, False, rng)
+    bf = gs.new_buffers(m, 1, S - 1, stacks=1)
+    for a in (bf.k, bf.v):
+        for i in range(a.shape[0]):
+            a[i] = rng.standard_normal(a.shape[1:], dtype=np.float32).astype(F16)
+    e = rng.standard_normal((1, C), dtype=cp.float32)
+    checked = {}
+    for ver in gs.P1_VERSIONS:
+        try:
+            checked[ver] = validate_p1(ver)
+        except (AssertionError, ValueError, RuntimeError) as err:  # RuntimeError:
+            checked[ver] = f"FAILED validation: {type(err).__name__}: {err}"  # sm<90
+            print(f"  persistent p{ver}: {checked[ver]}", file=sys.stderr)
+    torch_used = None
+    if bench.torch_available():
+        try:
+            torch_used = validate_torch()
+        except (AssertionError, RuntimeError) as err:
+            torch_used = f"FAILED validation: {type(err).__name__}: {err}"
+    try:
+        v3_used = validate(False, 3)["stack1_first"]
+    except AssertionError as err:
+        v3_used = f"FAILED validation: {err}"
+    k0, v0 = bf.k.copy(), bf.v.copy()
     bf.out.fill(np.nan)
-    p1 = cp.asnumpy(gs.persistent_step(pk, bf, e, S - 1)).copy()
-    ok = isinstance(p1_used, float) and np.isfinite(p1).all()
-    err = rel_err(p1, ours_v3) if ok else float("nan")
-    ok = ok and err <= 1e-2
-    step = partial(gs.persistent_step, pk, bf, e, S - 1)
+    ours = cp.asnumpy(gs.plain_step(m, bf, e, S - 1, 3)).copy()
     layered = partial(gs.plain_step, m, bf, e, S - 1, 3)
     rows = []
-    for name, calls, timer in (
-        ("plain_24_persistent", [step], bench.time_cupy),
-        ("plain_24_persistent_eager", [step], bench.time_events),
-        ("plain_24_eager", [layered], bench.time_events),
-    ):
-        extra = dict(version=3) if name == "plain_24_eager" else dict(kernel="p1")
-        row = _row(name, "plain", 1, ceil, None, False, **extra)
-        if name != "plain_24_eager" and not ok:
-            row["status"] = f"FAILED validation ({p1_used}; rel_err_vs_v3 {err})"
+    for name, timer in (("plain_24", bench.time_cupy),
+                        ("plain_24_eager", bench.time_events)):  # fmt: skip
+        row = _row(name, "plain", 1, ceil, None, version=3)
+        if not isinstance(v3_used, float) or not np.isfinite(ours).all():
+            rows.append(dict(row, status=str(v3_used)))
+            continue
+        row["error_used"] = v3_used
+        rows.append(bench.finish(row, timer([layered], samples=20)))
+    pk = gs.pack_plain(m, S)
+    for ver, eager in ((1, False), (2, False), (2, True)):
+        name = "plain_24_persistent" + ("_eager" if eager else "")
+        row = _row(name, "plain", 1, ceil, None, kernel=f"p{ver}")
+        bf.k[...], bf.v[...] = k0, v0
+        bf.out.fill(np.nan)
+        got = cp.asnumpy(gs.persistent_step(pk, bf, e, S - 1, ver)).copy()
+        err = rel_err(got, ours) if np.isfinite(got).all() else float("nan")
+        if not isinstance(checked[ver], float) or not err <= 1e-2:
+            row["status"] = f"FAILED validation ({checked[ver]}; rel_err_vs_v3 {err})"
             rows.append(row)
             continue
-        if name != "plain_24_eager":
-            row.update(error_used=p1_used, rel_err_vs_v3=err)
-        rows.append(bench.finish(row, timer(calls, samples=20)))
+        row.update(error_used=checked[ver], rel_err_vs_v3=err)
+        step = partial(gs.persistent_step, pk, bf, e, S - 1, ver)
+        timer = bench.time_events if eager else bench.time_cupy
+        row = bench.finish(row, timer([step], samples=20))
+        if ver == 2 and not eager:
+            tr = cp.zeros((rt.sm_count(), 2 * L, 12), np.uint64)
+            gs.persistent_step(pk, bf, e, S - 1, 2, trace=tr)
+            row["trace"] = trace_summary(cp.asnumpy(tr))
+        rows.append(row)
     del pk
     bench.free([])
+    bf.k[...], bf.v[...] = k0, v0
+    rows.append(_torch_plain(m, bf, e, ours, 1, ceil, torch_used))
     return rows
 
 
@@ -495,10 +561,20 @@ def _torch_plain(m, bf, e, ours, b, ceil, torch_used) -> dict:
     return bench.finish(row, bench.time_torch([step], samples=20))
 
 
-def run(quick: bool = False, ceil: dict | None = None) -> dict[str, list[dict]]:
+def run(
+    quick: bool = False, ceil: dict | None = None, tables=None
+) -> dict[str, list[dict]]:
+    """The tables in ``tables`` (default both): "stagformer" (every case, B, GEMV
+    version) and "stagformer_persistent" (persistent_table: B = 1)."""
     import cupy as cp
 
     ceil = ceil or {}
+    tables = tables or ("stagformer", "stagformer_persistent")
+    out = {}
+    if "stagformer_persistent" in tables:
+        out["stagformer_persistent"] = persistent_table(ceil)
+    if "stagformer" not in tables:
+        return out
     checked = {}
     timed = sorted({v for vs in VERSIONS.values() for v in vs})
     for shared, ver in itertools.product((False, True), timed):
@@ -516,19 +592,13 @@ def run(quick: bool = False, ceil: dict | None = None) -> dict[str, list[dict]]:
         except (AssertionError, RuntimeError) as e:  # RuntimeError: torch's own
             torch_used = f"FAILED validation: {type(e).__name__}: {e}"
             print(f"  torch_plain_24: {torch_used}", file=sys.stderr)
-    p1_used = "skipped: TT_SKIP_P1 set"  # a session whose p1 tests failed
-    try:
-        if not os.environ.get("TT_SKIP_P1"):
-            p1_used = validate_p1()
-    except (AssertionError, ValueError, RuntimeError) as e:  # no sm_90: RuntimeError
-        p1_used = f"{type(e).__name__}: {e}"
-        print(f"  persistent step: {p1_used}", file=sys.stderr)
     rng = cp.random.default_rng(2025)
     rows = []
     for b in GRID.values("B", quick):
         vs = VERSIONS[b]
-        rows += _plain_case(b, rng, ceil, checked, vs, torch_used, p1_used)
+        rows += _plain_case(b, rng, ceil, checked, vs, torch_used)
         bench.free([])
         rows += _stag_cases(b, False, rng, ceil, checked, vs)
         rows += _stag_cases(b, True, rng, ceil, checked, vs)
-    return {"stagformer": rows}
+    out["stagformer"] = rows
+    return out

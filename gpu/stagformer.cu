@@ -1776,6 +1776,142 @@ __device__ void attention_phase(Ring& ring, float* att, const __half* q,
   }
 }
 
+// p2's grid barrier: one fence, by thread 0 after the block's barrier (as
+// cooperative groups' grid sync does), not one by each of the 256 threads.
+__device__ __forceinline__ void grid_sync2(unsigned* ctr, unsigned& target) {
+  consumers_sync(NCT);
+  target += gridDim.x;
+  if (threadIdx.x == 0) {
+    __threadfence();
+    asm volatile("red.release.gpu.global.add.u32 [%0], 1;\n" ::"l"(ctr)
+                 : "memory");
+    while (ld_acquire(ctr) < target) {
+    }
+  }
+  consumers_sync(NCT);
+}
+
+__device__ __forceinline__ unsigned long long gtime() {
+  unsigned long long ns;
+  asm volatile("mov.u64 %0, %%globaltimer;\n" : "=l"(ns));
+  return ns;
+}
+
+// p2's attention: a unit is ak slots of K and ak of V (P = ak P0 cache rows),
+// ak from the launcher so that H ceil(S / P) units are about one a block (p1:
+// ak = 1, two units a block in turn at H = 16, S = 1024); the partials are
+// fenced once, by thread 0, before the head's counter.
+template <int D>
+__device__ void attention_phase2(Ring& ring, float* att, const __half* q,
+                                 const __half* kc, const __half* vc,
+                                 __half* o, float* part, unsigned* hcnt,
+                                 int H, int G, int S, int ak) {
+  constexpr int P0 = SLOT / (2 * D);
+  constexpr int PARTS = NCT / D;
+  const int t = threadIdx.x, w = t >> 5, lane = t & 31;
+  const int P = ak * P0, pos = S - 1, nc = (S + P - 1) / P;
+  float* qs = att;
+  float* kn = qs + D;
+  float* vn = kn + D;
+  float* ob = vn + D;        // NCT
+  float* stat = ob + NCT;    // m, l, flag
+  int* flag = reinterpret_cast<int*>(stat + 2);
+  float* sc = stat + 4;      // P
+  const float scale = 1.0f / sqrtf((float)D);
+  for (int u = blockIdx.x; u < H * nc; u += gridDim.x) {
+    const int h = u / nc, c = u % nc, kvh = h / (H / G);
+    const int start = c * P, n = min(P, S - start);
+    const size_t hb = (size_t)kvh * S * D;
+    if (t < D) {
+      qs[t] = ldcg_h(q + h * D + t) * scale;
+      if (start + n == S) {  // this unit holds row pos
+        kn[t] = ldcg_h(kc + hb + (size_t)pos * D + t);
+        vn[t] = ldcg_h(vc + hb + (size_t)pos * D + t);
+      }
+    }
+    consumers_sync(NCT);
+    for (int i = 0; i < ak; ++i) {
+      const int s0 = start + i * P0, ni = min(P0, S - s0);
+      if (ni <= 0) break;
+      const int nli = max(0, min(ni, pos - s0));
+      const __half* ks =
+          nli ? reinterpret_cast<const __half*>(ring.wait()) : nullptr;
+      for (int j = w; j < ni; j += CW) {
+        float d = 0.f;
+#pragma unroll
+        for (int e = lane; e < D; e += 32)
+          d = fmaf(qs[e], j < nli ? __half2float(ks[j * D + e]) : kn[e], d);
+        d = warp_sum(d);
+        if (lane == 0) sc[i * P0 + j] = d;
+      }
+      if (nli) ring.release();
+    }
+    consumers_sync(NCT);
+    if (w == 0) {
+      float m = NEG_INF;
+      for (int j = lane; j < n; j += 32) m = fmaxf(m, sc[j]);
+      m = warp_max(m);
+      float l = 0.f;
+      for (int j = lane; j < n; j += 32) {
+        const float p = expf(sc[j] - m);
+        sc[j] = p;
+        l += p;
+      }
+      l = warp_sum(l);
+      if (lane == 0) stat[0] = m, stat[1] = l;
+    }
+    consumers_sync(NCT);
+    const int d = t % D, pt = t / D;
+    float a = 0.f;
+    for (int i = 0; i < ak; ++i) {
+      const int s0 = start + i * P0, ni = min(P0, S - s0);
+      if (ni <= 0) break;
+      const int nli = max(0, min(ni, pos - s0));
+      const __half* vs =
+          nli ? reinterpret_cast<const __half*>(ring.wait()) : nullptr;
+      for (int j = pt; j < ni; j += PARTS)
+        a = fmaf(sc[i * P0 + j], j < nli ? __half2float(vs[j * D + d]) : vn[d],
+                 a);
+      if (nli) ring.release();
+    }
+    ob[pt * D + d] = a;
+    consumers_sync(NCT);
+    float* pr = part + (size_t)(h * nc + c) * (D + 2);
+    if (t < D) {
+      float s = 0.f;
+      for (int p = 0; p < PARTS; ++p) s += ob[p * D + t];
+      pr[2 + t] = s;
+    } else if (t == D) {
+      pr[0] = stat[0];
+      pr[1] = stat[1];
+    }
+    consumers_sync(NCT);
+    if (t == 0) {
+      __threadfence();  // the block's partial, before its ticket
+      const unsigned k = atomicAdd(hcnt + h, 1u);
+      *flag = k == (unsigned)nc - 1;
+      if (k == (unsigned)nc - 1) hcnt[h] = 0u;
+    }
+    consumers_sync(NCT);
+    if (*flag) {
+      __threadfence();
+      if (t < D) {
+        const float* ph = part + (size_t)h * nc * (D + 2);
+        float m = NEG_INF;
+        for (int k = 0; k < nc; ++k) m = fmaxf(m, __ldcg(ph + k * (D + 2)));
+        float l = 0.f, acc = 0.f;
+        for (int k = 0; k < nc; ++k) {
+          const float e = expf(__ldcg(ph + k * (D + 2)) - m);
+          l = fmaf(__ldcg(ph + k * (D + 2) + 1), e, l);
+          acc = fmaf(__ldcg(ph + k * (D + 2) + 2 + t), e, acc);
+        }
+        o[h * D + t] = __float2half_rn(acc / l);
+      }
+    }
+    consumers_sync(NCT);
+  }
+}
+
 // The producer (one lane): the same walk as the consumers, slot by slot.
 struct Producer {
   unsigned char* base;
@@ -1810,24 +1946,45 @@ struct Producer {
       put(vc + off, 2u * nl * D);
     }
   }
+  template <int D>
+  __device__ void attention2(const __half* kc, const __half* vc, int H, int G,
+                             int S, int ak) {
+    constexpr int P0 = SLOT / (2 * D);
+    const int P = ak * P0, pos = S - 1, nc = (S + P - 1) / P;
+    for (int u = blockIdx.x; u < H * nc; u += gridDim.x) {
+      const int h = u / nc, c = u % nc, kvh = h / (H / G);
+      for (int kv = 0; kv < 2; ++kv)  // the unit's K slots, then its V slots
+        for (int i = 0; i < ak; ++i) {
+          const int s0 = c * P + i * P0, ni = min(P0, S - s0);
+          if (ni <= 0) break;
+          const int nli = max(0, min(ni, pos - s0));
+          if (nli) put((kv ? vc : kc) + ((size_t)kvh * S + s0) * D, 2u * nli * D);
+        }
+    }
+  }
 };
 
 // wt: L x 6 pointers (g1, wqkv, wo, g2, wup, wdown; the W packed);
 // kc, vc (L, G, S, D); x (C) in: the embedding, out: the residual stream;
 // out (C); q, o (H D) fp16; u (F); part (H, ceil(S / P), D + 2); sync (1 + H)
 // zero on entry.
-template <int D>
+// V = 1: p1; V = 2: p2 (grid_sync2, attention_phase2 with ak slots a unit, and
+// with trace != nullptr, thread 0's globaltimer at each phase's end and after
+// each barrier, and the producer's at each layer's last copy: trace (gridDim.x,
+// L, 12) u64).
+template <int D, int V>
 __device__ void step_p1(const unsigned long long* wt, __half* kc, __half* vc,
                         const __half* gf, float* x, float* out, __half* q,
                         __half* o, float* u, float* part, unsigned* sync,
-                        int L, int C, int F, int H, int G, int S, int st) {
+                        int L, int C, int F, int H, int G, int S, int st,
+                        int ak, unsigned long long* trace) {
   extern __shared__ __align__(128) unsigned char smem[];
   const int HD = H * D, M1 = (H + 2 * G) * D, GD = G * D, pos = S - 1;
   const int na = (max(C, max(HD, F)) + 3) & ~3;
   unsigned char* ring = smem;
   float* act = reinterpret_cast<float*>(smem + (size_t)st * SLOT);
   float* att = act + na;                   // 3 D + P + NCT + 4
-  float* red = att + 3 * D + SLOT / (2 * D) + NCT + 4;  // 2 CW GRP
+  float* red = att + 3 * D + ak * (SLOT / (2 * D)) + NCT + 4;  // 2 CW GRP
   unsigned long long* bars =
       reinterpret_cast<unsigned long long*>(red + 2 * CW * GRP);
   unsigned long long *full = bars, *empty = bars + st;
@@ -1847,19 +2004,40 @@ __device__ void step_p1(const unsigned long long* wt, __half* kc, __half* vc,
     for (int l = 0; l < L; ++l) {
       const unsigned long long* p = wt + 6 * l;
       pr.gemv(reinterpret_cast<const __half*>(p[1]), C, M1);
-      pr.attention<D>(kc + l * lstride, vc + l * lstride, H, G, S);
+      if constexpr (V == 1)
+        pr.attention<D>(kc + l * lstride, vc + l * lstride, H, G, S);
+      else
+        pr.attention2<D>(kc + l * lstride, vc + l * lstride, H, G, S, ak);
       pr.gemv(reinterpret_cast<const __half*>(p[2]), HD, C);
       pr.gemv(reinterpret_cast<const __half*>(p[4]), C, F);
       pr.gemv(reinterpret_cast<const __half*>(p[5]), F, C);
+      if constexpr (V >= 2)
+        if (trace) trace[((size_t)blockIdx.x * L + l) * 12 + 11] = gtime();
     }
     return;
   }
   Ring rg{ring, full, empty, st, 0u};
   unsigned target = 0, nu = 0;
+  unsigned long long* tr = nullptr;
+  auto stamp = [&](int i) {
+    if constexpr (V >= 2)
+      if (tr && t == 0) tr[i] = gtime();
+  };
+  auto sync_all = [&](int i) {  // stamp i before the barrier, i + 1 after
+    stamp(i);
+    if constexpr (V == 1)
+      grid_sync(sync, target);
+    else
+      grid_sync2(sync, target);
+    stamp(i + 1);
+  };
   for (int l = 0; l < L; ++l) {
     const unsigned long long* p = wt + 6 * l;
     __half* kl = kc + l * lstride;
     __half* vl = vc + l * lstride;
+    if constexpr (V >= 2)
+      if (trace) tr = trace + ((size_t)blockIdx.x * L + l) * 12;
+    stamp(0);
     load_normed(act, x, reinterpret_cast<const __half*>(p[0]), C, red);
     gemv_phase(rg, act, C, M1, red, nu, [&](int col, float s) {
       const __half v = __float2half_rn(s);
@@ -1873,23 +2051,26 @@ __device__ void step_p1(const unsigned long long* wt, __half* kc, __half* vc,
         vl[((size_t)(c / D) * S + pos) * D + c % D] = v;
       }
     });
-    grid_sync(sync, target);
-    attention_phase<D>(rg, att, q, kl, vl, o, part, sync + 1, H, G, S);
-    grid_sync(sync, target);
+    sync_all(1);
+    if constexpr (V == 1)
+      attention_phase<D>(rg, att, q, kl, vl, o, part, sync + 1, H, G, S);
+    else
+      attention_phase2<D>(rg, att, q, kl, vl, o, part, sync + 1, H, G, S, ak);
+    sync_all(3);
     for (int k = t; k < HD; k += NCT) act[k] = ldcg_h(o + k);
     consumers_sync(NCT);
     gemv_phase(rg, act, HD, C, red, nu,
                [&](int col, float s) { x[col] = __ldcg(x + col) + s; });
-    grid_sync(sync, target);
+    sync_all(5);
     load_normed(act, x, reinterpret_cast<const __half*>(p[3]), C, red);
     gemv_phase(rg, act, C, F, red, nu,
                [&](int col, float s) { u[col] = fmaxf(s, 0.f); });
-    grid_sync(sync, target);
+    sync_all(7);
     for (int k = t; k < F; k += NCT) act[k] = __ldcg(u + k);
     consumers_sync(NCT);
     gemv_phase(rg, act, F, C, red, nu,
                [&](int col, float s) { x[col] = __ldcg(x + col) + s; });
-    grid_sync(sync, target);
+    sync_all(9);
   }
   if (blockIdx.x == 0) {
     load_normed(act, x, gf, C, red);
@@ -1905,9 +2086,21 @@ __device__ void step_p1(const unsigned long long* wt, __half* kc, __half* vc,
                         __half* q, __half* o, float* u, float* part,        \
                         unsigned* sync, int L, int C, int F, int H, int G,  \
                         int S, int st) {                                     \
-    p1::step_p1<D>(wt, kc, vc, gf, x, out, q, o, u, part, sync, L, C, F, H, \
-                   G, S, st);                                                \
+    p1::step_p1<D, 1>(wt, kc, vc, gf, x, out, q, o, u, part, sync, L, C, F, \
+                      H, G, S, st, 1, nullptr);                              \
+  }
+#define STEP_P2(D)                                                           \
+  extern "C" __global__ void __launch_bounds__(32 * (p1::CW + 1), 1)        \
+      stag_step_p2_d##D(const unsigned long long* wt, __half* kc,           \
+                        __half* vc, const __half* gf, float* x, float* out, \
+                        __half* q, __half* o, float* u, float* part,        \
+                        unsigned* sync, int L, int C, int F, int H, int G,  \
+                        int S, int st, int ak, unsigned long long* trace) { \
+    p1::step_p1<D, 2>(wt, kc, vc, gf, x, out, q, o, u, part, sync, L, C, F, \
+                      H, G, S, st, ak, trace);                               \
   }
 STEP_P1(64)
 STEP_P1(128)
+STEP_P2(64)
+STEP_P2(128)
 #endif  // __CUDA_ARCH__ >= 900

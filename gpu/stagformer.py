@@ -100,14 +100,16 @@ def best_version(b: int) -> int:
     """GEMV version of the fastest measured decode step at batch b.
 
     Measured at B = 1, 4, 8 and 64 (results/h100/stagformer.json, H100, commit
-    25c9e815497c; the H200's set has v2 and v3 only): v3 (the fused norm) was the
-    fastest at B = 1, v8 at B = 4, 8 and 64. An unmeasured batch takes the version
-    of the nearer measured batch on a log scale (boundary at 2): v3 up to 2, v8 from
-    3. v8 rounds each GEMV's float32 input to fp16 (ROUNDS_X), as PyTorch's fp16
-    model does. (decode_step and plain_step keep version=2 as their default.)"""
+    730fc2271506; the H200's set has v2 and v3 only): v3 (the fused norm) was the
+    fastest at B = 1, v8 at B = 4 (v9 was not timed there), v9 at B = 8 and 64. An
+    unmeasured batch takes the version of the nearer measured batch on a log scale
+    (boundaries at 2 and 5.7): v3 up to 2, v8 from 3 to 5, v9 from 6. v8 and v9
+    round each GEMV's float32 input to fp16 (ROUNDS_X), as PyTorch's fp16 model
+    does. (decode_step and plain_step keep version=2 as their default; the
+    persistent B = 1 step, persistent_step, is another launcher.)"""
     if b < 1:
         raise ValueError(f"b must be >= 1, got {b!r}")
-    return 3 if b <= 2 else 8
+    return 3 if b <= 2 else 8 if b <= 5 else 9
 
 
 def _tc_split(
@@ -750,6 +752,8 @@ def plain_step(m: Model, bf: Buffers, e, pos: int, version: int = 2):
 
 P1_SLOT, P1_GRP, P1_THREADS, P1_MAX_STAGES = 16384, 8, 288, 12  # as p1:: in the .cu
 P1_HEAD_DIMS = (64, 128)
+P1_VERSIONS = (1, 2)  # p1; p2 (cheaper barrier, one attention unit a block, trace)
+P2_MAX_SLOTS = 8  # p2: at most 8 slots of K (and of V) an attention unit
 
 
 @dataclass
@@ -781,18 +785,27 @@ def p1_chunk_rows(d: int) -> int:
     return P1_SLOT // (2 * d)
 
 
-def p1_smem(m: Model, stages: int) -> int:
-    """Dynamic shared memory of stag_step_p1 (the .cu's layout): the ring, the
-    activation row, the attention unit's buffers, two reduction buffers, mbarriers."""
+def p2_slots(h: int, s: int, d: int, blocks: int) -> int:
+    """Slots of K (and of V) in one attention unit of p2: the fewest with at most
+    one unit a block (H ceil(S / P) <= blocks, P = slots x p1_chunk_rows), up to
+    P2_MAX_SLOTS. p1 takes 1."""
+    units = h * -(-s // p1_chunk_rows(d))
+    return max(1, min(P2_MAX_SLOTS, -(-units // blocks)))
+
+
+def p1_smem(m: Model, stages: int, ak: int = 1) -> int:
+    """Dynamic shared memory of stag_step_p1 and p2 (the .cu's layout): the ring,
+    the activation row, the attention unit's buffers (ak slots of scores),
+    two reduction buffers, the mbarriers."""
     na = -(-max(m.C, m.H * m.D, m.F) // 4) * 4
-    att = 3 * m.D + p1_chunk_rows(m.D) + 256 + 4
+    att = 3 * m.D + ak * p1_chunk_rows(m.D) + 256 + 4
     return stages * P1_SLOT + 4 * (na + att + 2 * 8 * P1_GRP) + 16 * stages
 
 
-def p1_stages(m: Model, optin: int) -> int:
+def p1_stages(m: Model, optin: int, ak: int = 1) -> int:
     """Ring slots: as many as fit the card's shared memory, up to P1_MAX_STAGES."""
     st = P1_MAX_STAGES
-    while st > 2 and p1_smem(m, st) > optin:
+    while st > 2 and p1_smem(m, st, ak) > optin:
         st -= 1
     return st
 
@@ -845,12 +858,24 @@ def pack_plain(m: Model, s: int) -> Packed:
     )
 
 
-def persistent_step(pk: Packed, bf: Buffers, e, pos: int):
+def persistent_step(
+    pk: Packed,
+    bf: Buffers,
+    e,
+    pos: int,
+    version: int = 2,
+    trace=None,
+    slots: int | None = None,
+):
     """The plain step (plain_step's math) at B = 1 as one persistent launch
     (stag_step_p1, sm_90): one block an SM streams every layer's weights and cache
     rows through a ring of bulk copies while its consumer warps meet the others at
     a grid barrier after each phase. e (1, C) float32; bf from new_buffers(m, 1,
-    pos, stacks=1); pk from pack_plain(m, pos + 1). Writes and returns bf.out[0]."""
+    pos, stacks=1); pk from pack_plain(m, pos + 1). Writes and returns bf.out[0].
+    version 1 (p1) or 2 (p2: one fence a grid barrier, one attention unit a block);
+    trace (p2 only): a (SMs, L, 12) uint64 array for the blocks' globaltimer
+    stamps (phase ends, barrier exits, the producer's last copy of each layer);
+    slots (p2 only): K slots an attention unit instead of p2_slots' (tests)."""
     import cupy as cp
 
     m = pk.model
@@ -860,25 +885,35 @@ def persistent_step(pk: Packed, bf: Buffers, e, pos: int):
         raise ValueError(f"persistent_step needs B = 1 and one stack, got {bf.x.shape}")
     if bf.k.shape[4] != pos + 1 or pk.s != pos + 1:
         raise ValueError(f"buffers were made for another position than pos = {pos}")
+    if version not in P1_VERSIONS:
+        raise ValueError(f"version must be one of {P1_VERSIONS}, got {version!r}")
+    nb = rt.sm_count()
+    if trace is not None:
+        if version < 2:
+            raise ValueError("trace needs version 2")
+        rt.check_array("trace", trace, (np.uint64,), 3)
+        rt.check_shape("trace", trace, (nb, len(pk.weights), 12), "SL12")
+    if slots is not None and (version < 2 or not 1 <= slots <= P2_MAX_SLOTS):
+        raise ValueError(f"slots needs version 2 and 1..{P2_MAX_SLOTS}, got {slots}")
     if rt.compute_capability() < 90:
         raise RuntimeError("persistent_step needs sm_90 (bulk copies, mbarriers)")
     optin, per_sm = _smem_limits(cp.cuda.Device().id)
-    st = p1_stages(m, optin)
-    smem = p1_smem(m, st)
+    ak = 1 if version == 1 else slots or p2_slots(m.H, pos + 1, m.D, nb)
+    st = p1_stages(m, optin, ak)
+    smem = p1_smem(m, st, ak)
     if smem > optin or 2 * smem <= per_sm:
-        raise ValueError(f"p1 needs one block an SM: {smem} B of {optin} B")
-    fn = rt.kernel(SLUG, f"stag_step_p1_d{m.D}")
+        raise ValueError(f"p{version} needs one block an SM: {smem} B of {optin} B")
+    fn = rt.kernel(SLUG, f"stag_step_p{version}_d{m.D}")
     fn.max_dynamic_shared_size_bytes = smem
     i32 = np.int32
     bf.x[0, 0] = e[0]
     pk.sync.fill(0)
-    fn(
-        (rt.sm_count(),), (P1_THREADS,),
-        (pk.table, bf.k, bf.v, m.gf[0], bf.x, bf.out, pk.q, pk.o, pk.u, pk.part,
-         pk.sync, i32(m.L), i32(m.C), i32(m.F), i32(m.H), i32(m.G), i32(pos + 1),
-         i32(st)),
-        shared_mem=smem,
-    )  # fmt: skip
+    args = (pk.table, bf.k, bf.v, m.gf[0], bf.x, bf.out, pk.q, pk.o, pk.u, pk.part,
+            pk.sync, i32(len(pk.weights)), i32(m.C), i32(m.F), i32(m.H), i32(m.G),
+            i32(pos + 1), i32(st))  # fmt: skip
+    if version >= 2:
+        args += (i32(ak), np.uint64(0) if trace is None else trace)
+    fn((nb,), (P1_THREADS,), args, shared_mem=smem)
     return bf.out[0]
 
 

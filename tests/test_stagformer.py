@@ -28,7 +28,7 @@ from reference import stagformer as sf
 from reference.common import DecoderConfig, DecoderWeights, prefill, rms_norm
 from reference.testing import assert_close, describe, linear_scale
 
-F64, F32, F16 = np.float64, np.float32, np.float16
+F64, F32, F16, U64 = np.float64, np.float32, np.float16, np.uint64
 ROOT = Path(__file__).resolve().parents[1]
 seeds = st.integers(0, 2**32 - 1)
 
@@ -341,7 +341,7 @@ def test_best_version_follows_the_measured_batches():
         fastest = min((r for r in ok if r["B"] == b), key=lambda r: r["median_us"])
         assert gs.best_version(b) == fastest["version"], b
     assert [gs.best_version(b) for b in (1, 2, 3, 5, 6, 22, 23, 512)] == [
-        3, 3, 8, 8, 8, 8, 8, 8,
+        3, 3, 8, 8, 9, 9, 9, 9,
     ]  # fmt: skip
     with pytest.raises(ValueError, match="b must be"):
         gs.best_version(0)
@@ -651,12 +651,16 @@ def p1_case(draw):
 
 
 @pytest.mark.gpu
-@given(case=p1_case())
-def test_gpu_persistent_step_matches_reference(case):
-    """p1 against stack 1 of the float64 reference step (a plain decoder), with its
-    outputs, scratch and the cache rows it writes poisoned with NaN first."""
+@pytest.mark.parametrize("version", [1, 2])
+@given(case=p1_case(), slots=st.sampled_from([None, 1, 2, 3]))
+def test_gpu_persistent_step_matches_reference(version, case, slots):
+    """p1 and p2 against stack 1 of the float64 reference step (a plain decoder),
+    with outputs, scratch and the cache rows it writes poisoned with NaN first;
+    p2 with 1-3 cache slots an attention unit (the benchmark's shape takes 2) and
+    a trace whose stamps must run forward."""
     import cupy as cp
 
+    from gpu import runtime as rt
     from gpu import stagformer as gs
 
     cfg, w, tokens = case
@@ -676,7 +680,17 @@ def test_gpu_persistent_step_matches_reference(case):
     for a in (bf.out, bf.x, pk.q, pk.o, pk.u, pk.part):
         a.fill(np.nan)
     e = cp.asarray(w.embed[tokens[:, pos]].astype(F32))
-    got = cp.asnumpy(gs.persistent_step(pk, bf, e, pos))
+    kw = {}
+    if version == 2:
+        tr = cp.zeros((rt.sm_count(), cfg.base.L, 12), U64)
+        kw = dict(slots=slots, trace=tr)
+    elif slots is not None:
+        return  # p1 has one slot an attention unit
+    got = cp.asnumpy(gs.persistent_step(pk, bf, e, pos, version, **kw))
+    if version == 2:  # thread 0's stamps of block 0 run forward; every producer
+        t0 = cp.asnumpy(tr[0, :, :11]).ravel().astype(np.int64)  # finished
+        assert (t0 > 0).all() and (np.diff(t0) >= 0).all()
+        assert (cp.asnumpy(tr[:, :, 11]) > 0).all()
     h_ref = after.outputs[0][:, -1]
     used = assert_close(got, h_ref, "stag_step", F16, np.abs(h_ref).max())
     for j in range(cfg.base.L):  # the K/V rows this step wrote
@@ -685,7 +699,7 @@ def test_gpu_persistent_step_matches_reference(case):
             want = ref[:, :, pos]
             got_kv = cp.asnumpy(cache[j, 0, :, :, pos])
             assert_close(got_kv, want, "stag_step", F16, np.abs(want).max(initial=1))
-    print(f"step p1 S={pos + 1}: {describe(used)}")
+    print(f"step p{version} S={pos + 1} slots={slots}: {describe(used)}")
 
 
 @pytest.mark.gpu
@@ -714,5 +728,30 @@ def test_gpu_persistent_step_rejects_bad_inputs_before_launch():
     d32 = DecoderConfig(V=13, C=64, H=2, G=2, D=32, F=40, L=1, norm="rmsnorm",
                         act="relu", rot_dim=0)  # fmt: skip
     w32 = sf.init_stagformer(sf.StagConfig(d32), np.random.default_rng(4))
+    with pytest.raises(ValueError, match="version"):
+        gs.persistent_step(pk, bf, e, 3, version=3)
+    with pytest.raises(ValueError, match="slots"):
+        gs.persistent_step(pk, bf, e, 3, version=2, slots=gs.P2_MAX_SLOTS + 1)
+    with pytest.raises(ValueError, match="trace needs version 2"):
+        gs.persistent_step(pk, bf, e, 3, version=1, trace=cp.zeros((1, 1, 12), U64))
+    with pytest.raises(ValueError, match="trace"):
+        gs.persistent_step(pk, bf, e, 3, version=2, trace=cp.zeros((1, 1, 12), U64))
     with pytest.raises(ValueError, match="D in"):
         gs.pack_plain(gs.to_gpu(w32, sf.StagConfig(d32), F16), 4)
+
+
+def test_trace_summary_reads_phases_barriers_and_the_producers_lead():
+    from gpu.bench_stagformer import TRACE_PHASES, trace_summary
+
+    t = np.zeros((3, 2, 12), np.uint64)
+    steps = np.arange(1, 11) * 1000  # phase i: i + 1 µs (stamps in ns)
+    for b in range(3):
+        for lz in range(2):
+            base = 10**6 * (lz + 1) + 500 * b
+            t[b, lz, :11] = base + np.concatenate([[0], np.cumsum(steps)])
+            t[b, lz, 11] = t[b, lz, 10] - 7000  # the producer 7 µs ahead
+    s = trace_summary(t)
+    assert s["phases_median_us"] == {p: i + 1.0 for i, p in enumerate(TRACE_PHASES)}
+    assert s["phases_max_us"]["barrier_down"] == 10.0
+    assert s["producer_lead_median_us"] == 7.0
+    assert s["step_us"] == (10**6 + 1000 + 55000) / 1e3

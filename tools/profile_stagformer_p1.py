@@ -5,9 +5,10 @@ gpu.bench stagformer`` records both), and a process for a profiler to attach to.
 
 PYTHONPATH=$PWD python3 tools/profile_stagformer_p1.py [REPEATS] [LAYERS]
 
-Runs each step REPEATS times (default 3; under ``ncu -k regex:stag_step_p1`` the
-first warms the module), checks p1 against v3 (relative norm of the difference),
-then times both in a CUDA graph (bench.time_cupy) and prints microseconds and the
+Runs each step REPEATS times (default 3; under ``ncu -k regex:stag_step_p`` the
+first warms the module), checks p2 (the last) against v3 (relative norm of the
+difference), then times each in a CUDA graph (bench.time_cupy) and prints
+microseconds and the
 fraction of the step's floor (step_bytes over the card's read ceiling, when
 results/<card>/ceilings.json has one). TT_PROFILE_ONLY=1 stops before the timing.
 """
@@ -37,8 +38,9 @@ for a in (bf.k, bf.v):
 e = rng.standard_normal((1, bs.C), dtype=cp.float32)
 pk = gs.pack_plain(m, bs.S)
 k0, v0 = bf.k.copy(), bf.v.copy()
-for _ in range(reps):
-    p1 = cp.asnumpy(gs.persistent_step(pk, bf, e, bs.S - 1)).copy()
+for ver in gs.P1_VERSIONS:
+    for _ in range(reps):
+        p1 = cp.asnumpy(gs.persistent_step(pk, bf, e, bs.S - 1, ver)).copy()
 kp, vp = bf.k.copy(), bf.v.copy()
 bf.k[...], bf.v[...] = k0, v0
 for _ in range(reps):
@@ -52,8 +54,9 @@ print(
 if os.environ.get("TT_PROFILE_ONLY"):
     sys.exit(0)
 nbytes = gs.step_bytes("plain", 1, bs.S, bs.C, bs.F, bs.H, bs.G, bs.D, lz // 2, 2)
-for name, fn in (("p1", partial(gs.persistent_step, pk, bf, e, bs.S - 1)),
-                 ("v3", partial(gs.plain_step, m, bf, e, bs.S - 1, 3))):  # fmt: skip
+cases = [(f"p{v}", partial(gs.persistent_step, pk, bf, e, bs.S - 1, v))
+         for v in gs.P1_VERSIONS]  # fmt: skip
+for name, fn in cases + [("v3", partial(gs.plain_step, m, bf, e, bs.S - 1, 3))]:
     t = bench.time_cupy([fn], samples=20).median_us
     floor = f" {nbytes / read_bw * 1e6 / t:.2f} of floor" if read_bw else ""
     print(f"{name} L={lz}: {t:9.1f} us{floor}")

@@ -1913,18 +1913,33 @@ __device__ void attention_phase2(Ring& ring, float* att, const __half* q,
 }
 
 // The producer (one lane): the same walk as the consumers, slot by slot.
-struct Producer {
+// PF (p3): 0 the producer, which also publishes its count of copies in
+// *issued; 1 the prefetcher (warp 9's lane 0), which walks the same chunks
+// into L2 (cp.async.bulk.prefetch.L2), at most PF_AHEAD chunks past the
+// producer's count, so DRAM keeps streaming while the ring is full.
+constexpr int PF_AHEAD = 12;  // 192 KB an SM, 25 MB of L2 on 132 SMs
+template <int PF>
+struct ProducerT {
   unsigned char* base;
   unsigned long long* full;
   unsigned long long* empty;
   int st;
   unsigned it;
+  volatile unsigned* issued;  // p3 only
   __device__ void put(const void* src, unsigned bytes) {
+    if constexpr (PF == 1) {
+      while ((int)(it - *issued) >= PF_AHEAD) __nanosleep(200);
+      bulk_prefetch_l2(src, bytes);
+      ++it;
+      return;
+    }
     const int s = it % st;
     mbar_wait(&empty[s], ((it / st) & 1) ^ 1);
     mbar_expect_tx(&full[s], bytes);
     bulk_load(base + (size_t)s * SLOT, src, bytes, &full[s]);
     ++it;
+    if constexpr (PF == 0)
+      if (issued) *issued = it;
   }
   __device__ void gemv(const __half* W, int K, int M) {
     for (int g = blockIdx.x; g < M / GRP; g += gridDim.x)
@@ -1963,6 +1978,26 @@ struct Producer {
     }
   }
 };
+using Producer = ProducerT<-1>;  // p1, p2: no prefetcher
+
+// p3's walk of a block's chunks, layer by layer (the producer's and the
+// prefetcher's: the same order).
+template <int D, class Pr>
+__device__ void produce(Pr& pr, const unsigned long long* wt, const __half* kc,
+                        const __half* vc, int L, int C, int F, int H, int G,
+                        int S, int ak, unsigned long long* trace) {
+  const int HD = H * D, M1 = (H + 2 * G) * D;
+  const size_t lstride = (size_t)G * S * D;
+  for (int l = 0; l < L; ++l) {
+    const unsigned long long* p = wt + 6 * l;
+    pr.gemv(reinterpret_cast<const __half*>(p[1]), C, M1);
+    pr.template attention2<D>(kc + l * lstride, vc + l * lstride, H, G, S, ak);
+    pr.gemv(reinterpret_cast<const __half*>(p[2]), HD, C);
+    pr.gemv(reinterpret_cast<const __half*>(p[4]), C, F);
+    pr.gemv(reinterpret_cast<const __half*>(p[5]), F, C);
+    if (trace) trace[((size_t)blockIdx.x * L + l) * 12 + 11] = gtime();
+  }
+}
 
 // wt: L x 6 pointers (g1, wqkv, wo, g2, wup, wdown; the W packed);
 // kc, vc (L, G, S, D); x (C) in: the embedding, out: the residual stream;
@@ -1998,9 +2033,21 @@ __device__ void step_p1(const unsigned long long* wt, __half* kc, __half* vc,
   }
   __syncthreads();
   const size_t lstride = (size_t)G * S * D;
-  if (t >= NCT) {  // the producer warp
+  if (t >= NCT) {  // the producer warp (p3: and the prefetcher's)
+    if constexpr (V >= 3) {
+      if (t != NCT && t != NCT + 32) return;
+      volatile unsigned* issued = reinterpret_cast<unsigned*>(bars + 2 * st);
+      if (t == NCT) {
+        ProducerT<0> pr{ring, full, empty, st, 0u, issued};
+        produce<D>(pr, wt, kc, vc, L, C, F, H, G, S, ak, trace);
+      } else {
+        ProducerT<1> pr{ring, full, empty, st, 0u, issued};
+        produce<D>(pr, wt, kc, vc, L, C, F, H, G, S, ak, nullptr);
+      }
+      return;
+    }
     if (t != NCT) return;
-    Producer pr{ring, full, empty, st, 0u};
+    Producer pr{ring, full, empty, st, 0u, nullptr};
     for (int l = 0; l < L; ++l) {
       const unsigned long long* p = wt + 6 * l;
       pr.gemv(reinterpret_cast<const __half*>(p[1]), C, M1);
@@ -2099,8 +2146,20 @@ __device__ void step_p1(const unsigned long long* wt, __half* kc, __half* vc,
     p1::step_p1<D, 2>(wt, kc, vc, gf, x, out, q, o, u, part, sync, L, C, F, \
                       H, G, S, st, ak, trace);                               \
   }
+#define STEP_P3(D)                                                           \
+  extern "C" __global__ void __launch_bounds__(32 * (p1::CW + 2), 1)        \
+      stag_step_p3_d##D(const unsigned long long* wt, __half* kc,           \
+                        __half* vc, const __half* gf, float* x, float* out, \
+                        __half* q, __half* o, float* u, float* part,        \
+                        unsigned* sync, int L, int C, int F, int H, int G,  \
+                        int S, int st, int ak, unsigned long long* trace) { \
+    p1::step_p1<D, 3>(wt, kc, vc, gf, x, out, q, o, u, part, sync, L, C, F, \
+                      H, G, S, st, ak, trace);                               \
+  }
 STEP_P1(64)
 STEP_P1(128)
 STEP_P2(64)
 STEP_P2(128)
+STEP_P3(64)
+STEP_P3(128)
 #endif  // __CUDA_ARCH__ >= 900

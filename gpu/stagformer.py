@@ -752,7 +752,8 @@ def plain_step(m: Model, bf: Buffers, e, pos: int, version: int = 2):
 
 P1_SLOT, P1_GRP, P1_THREADS, P1_MAX_STAGES = 16384, 8, 288, 12  # as p1:: in the .cu
 P1_HEAD_DIMS = (64, 128)
-P1_VERSIONS = (1, 2)  # p1; p2 (cheaper barrier, one attention unit a block, trace)
+P1_VERSIONS = (1, 2, 3)  # p1; p2 (cheaper barrier, one attention unit a block,
+# trace); p3 (p2 + a prefetcher warp streaming the same chunks into L2 ahead)
 P2_MAX_SLOTS = 8  # p2: at most 8 slots of K (and of V) an attention unit
 
 
@@ -793,19 +794,20 @@ def p2_slots(h: int, s: int, d: int, blocks: int) -> int:
     return max(1, min(P2_MAX_SLOTS, -(-units // blocks)))
 
 
-def p1_smem(m: Model, stages: int, ak: int = 1) -> int:
-    """Dynamic shared memory of stag_step_p1 and p2 (the .cu's layout): the ring,
-    the activation row, the attention unit's buffers (ak slots of scores),
-    two reduction buffers, the mbarriers."""
+def p1_smem(m: Model, stages: int, ak: int = 1, version: int = 1) -> int:
+    """Dynamic shared memory of stag_step_p1, p2 and p3 (the .cu's layout): the
+    ring, the activation row, the attention unit's buffers (ak slots of scores),
+    two reduction buffers, the mbarriers (p3: and the producer's count)."""
     na = -(-max(m.C, m.H * m.D, m.F) // 4) * 4
     att = 3 * m.D + ak * p1_chunk_rows(m.D) + 256 + 4
-    return stages * P1_SLOT + 4 * (na + att + 2 * 8 * P1_GRP) + 16 * stages
+    bars = 16 * stages + (16 if version >= 3 else 0)
+    return stages * P1_SLOT + 4 * (na + att + 2 * 8 * P1_GRP) + bars
 
 
-def p1_stages(m: Model, optin: int, ak: int = 1) -> int:
+def p1_stages(m: Model, optin: int, ak: int = 1, version: int = 1) -> int:
     """Ring slots: as many as fit the card's shared memory, up to P1_MAX_STAGES."""
     st = P1_MAX_STAGES
-    while st > 2 and p1_smem(m, st, ak) > optin:
+    while st > 2 and p1_smem(m, st, ak, version) > optin:
         st -= 1
     return st
 
@@ -872,10 +874,11 @@ def persistent_step(
     rows through a ring of bulk copies while its consumer warps meet the others at
     a grid barrier after each phase. e (1, C) float32; bf from new_buffers(m, 1,
     pos, stacks=1); pk from pack_plain(m, pos + 1). Writes and returns bf.out[0].
-    version 1 (p1) or 2 (p2: one fence a grid barrier, one attention unit a block);
-    trace (p2 only): a (SMs, L, 12) uint64 array for the blocks' globaltimer
+    version 1 (p1), 2 (p2: one fence a grid barrier, one attention unit a block) or
+    3 (p3: p2 with a prefetcher warp walking the chunks into L2 ahead of the ring);
+    trace (p2, p3): a (SMs, L, 12) uint64 array for the blocks' globaltimer
     stamps (phase ends, barrier exits, the producer's last copy of each layer);
-    slots (p2 only): K slots an attention unit instead of p2_slots' (tests)."""
+    slots (p2, p3): K slots an attention unit instead of p2_slots' (tests)."""
     import cupy as cp
 
     m = pk.model
@@ -890,17 +893,17 @@ def persistent_step(
     nb = rt.sm_count()
     if trace is not None:
         if version < 2:
-            raise ValueError("trace needs version 2")
+            raise ValueError("trace needs version 2 or 3")
         rt.check_array("trace", trace, (np.uint64,), 3)
         rt.check_shape("trace", trace, (nb, len(pk.weights), 12), "SL12")
     if slots is not None and (version < 2 or not 1 <= slots <= P2_MAX_SLOTS):
-        raise ValueError(f"slots needs version 2 and 1..{P2_MAX_SLOTS}, got {slots}")
+        raise ValueError(f"slots needs version >= 2, 1..{P2_MAX_SLOTS}, got {slots}")
     if rt.compute_capability() < 90:
         raise RuntimeError("persistent_step needs sm_90 (bulk copies, mbarriers)")
     optin, per_sm = _smem_limits(cp.cuda.Device().id)
     ak = 1 if version == 1 else slots or p2_slots(m.H, pos + 1, m.D, nb)
-    st = p1_stages(m, optin, ak)
-    smem = p1_smem(m, st, ak)
+    st = p1_stages(m, optin, ak, version)
+    smem = p1_smem(m, st, ak, version)
     if smem > optin or 2 * smem <= per_sm:
         raise ValueError(f"p{version} needs one block an SM: {smem} B of {optin} B")
     fn = rt.kernel(SLUG, f"stag_step_p{version}_d{m.D}")
@@ -913,7 +916,8 @@ def persistent_step(
             i32(pos + 1), i32(st))  # fmt: skip
     if version >= 2:
         args += (i32(ak), np.uint64(0) if trace is None else trace)
-    fn((nb,), (P1_THREADS,), args, shared_mem=smem)
+    threads = P1_THREADS + (32 if version >= 3 else 0)  # p3: the prefetcher warp
+    fn((nb,), (threads,), args, shared_mem=smem)
     return bf.out[0]
 
 

@@ -651,13 +651,13 @@ def p1_case(draw):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("version", [1, 2])
+@pytest.mark.parametrize("version", [1, 2, 3])
 @given(case=p1_case(), slots=st.sampled_from([None, 1, 2, 3]))
 def test_gpu_persistent_step_matches_reference(version, case, slots):
-    """p1 and p2 against stack 1 of the float64 reference step (a plain decoder),
-    with outputs, scratch and the cache rows it writes poisoned with NaN first;
-    p2 with 1-3 cache slots an attention unit (the benchmark's shape takes 2) and
-    a trace whose stamps must run forward."""
+    """p1, p2 and p3 against stack 1 of the float64 reference step (a plain
+    decoder), with outputs, scratch and the cache rows it writes poisoned with NaN
+    first; p2 and p3 with 1-3 cache slots an attention unit (the benchmark's shape
+    takes 2) and a trace whose stamps must run forward."""
     import cupy as cp
 
     from gpu import runtime as rt
@@ -681,13 +681,13 @@ def test_gpu_persistent_step_matches_reference(version, case, slots):
         a.fill(np.nan)
     e = cp.asarray(w.embed[tokens[:, pos]].astype(F32))
     kw = {}
-    if version == 2:
+    if version >= 2:
         tr = cp.zeros((rt.sm_count(), cfg.base.L, 12), U64)
         kw = dict(slots=slots, trace=tr)
     elif slots is not None:
         return  # p1 has one slot an attention unit
     got = cp.asnumpy(gs.persistent_step(pk, bf, e, pos, version, **kw))
-    if version == 2:  # thread 0's stamps of block 0 run forward; every producer
+    if version >= 2:  # thread 0's stamps of block 0 run forward; every producer
         t0 = cp.asnumpy(tr[0, :, :11]).ravel().astype(np.int64)  # finished
         assert (t0 > 0).all() and (np.diff(t0) >= 0).all()
         assert (cp.asnumpy(tr[:, :, 11]) > 0).all()
@@ -732,7 +732,7 @@ def test_gpu_persistent_step_rejects_bad_inputs_before_launch():
         gs.persistent_step(pk, bf, e, 3, version=3)
     with pytest.raises(ValueError, match="slots"):
         gs.persistent_step(pk, bf, e, 3, version=2, slots=gs.P2_MAX_SLOTS + 1)
-    with pytest.raises(ValueError, match="trace needs version 2"):
+    with pytest.raises(ValueError, match="trace needs version 2 or 3"):
         gs.persistent_step(pk, bf, e, 3, version=1, trace=cp.zeros((1, 1, 12), U64))
     with pytest.raises(ValueError, match="trace"):
         gs.persistent_step(pk, bf, e, 3, version=2, trace=cp.zeros((1, 1, 12), U64))

@@ -870,10 +870,11 @@ def persistent_step(
     slots: int | None = None,
 ):
     """The plain step (plain_step's math) at B = 1 as one persistent launch
-    (stag_step_p1, sm_90): one block an SM streams every layer's weights and cache
-    rows through a ring of bulk copies while its consumer warps meet the others at
-    a grid barrier after each phase. e (1, C) float32; bf from new_buffers(m, 1,
-    pos, stacks=1); pk from pack_plain(m, pos + 1). Writes and returns bf.out[0].
+    (stag_step_p1, _p2, _p3; sm_90): one block an SM streams every layer's weights
+    and cache rows through a ring of bulk copies while its consumer warps meet the
+    others at a grid barrier after each phase. e (1, C) float32; bf from
+    new_buffers(m, 1, pos, stacks=1); pk from pack_plain(m, pos + 1). Writes and
+    returns bf.out[0].
     version 1 (p1), 2 (p2: one fence a grid barrier, one attention unit a block) or
     3 (p3: p2 with a prefetcher warp walking the chunks into L2 ahead of the ring);
     trace (p2, p3): a (SMs, L, 12) uint64 array for the blocks' globaltimer

@@ -1926,7 +1926,14 @@ struct ProducerT {
   int st;
   unsigned it;
   volatile unsigned* issued;  // p3 only
+  int win = 0;                // p4 only: chunks in flight at most
   __device__ void put(const void* src, unsigned bytes) {
+    if constexpr (PF == 2) {  // p4: chunk it - win has landed before chunk it goes
+      if (it >= (unsigned)win) {
+        const unsigned j = it - win;
+        mbar_wait(&full[j % st], (j / st) & 1);
+      }
+    }
     if constexpr (PF == 1) {
       while ((int)(it - *issued) >= PF_AHEAD) __nanosleep(200);
       bulk_prefetch_l2(src, bytes);
@@ -1978,7 +1985,7 @@ struct ProducerT {
     }
   }
 };
-using Producer = ProducerT<-1>;  // p1, p2: no prefetcher
+using Producer = ProducerT<-1>;  // p1, p2: no prefetcher, no window
 
 // p3's walk of a block's chunks, layer by layer (the producer's and the
 // prefetcher's: the same order).
@@ -2006,13 +2013,16 @@ __device__ void produce(Pr& pr, const unsigned long long* wt, const __half* kc,
 // V = 1: p1; V = 2: p2 (grid_sync2, attention_phase2 with ak slots a unit, and
 // with trace != nullptr, thread 0's globaltimer at each phase's end and after
 // each barrier, and the producer's at each layer's last copy: trace (gridDim.x,
-// L, 12) u64).
+// L, 12) u64); V = 3: p3 (p2 + the L2 prefetcher warp); V = 4: p4 (p2 whose
+// producer keeps at most win chunks in flight: it waits for chunk i - win to land
+// before it issues chunk i, 1 <= win < st, so that a barrier's fence and arrival
+// queue behind at most win chunks of the SM's bulk copies).
 template <int D, int V>
 __device__ void step_p1(const unsigned long long* wt, __half* kc, __half* vc,
                         const __half* gf, float* x, float* out, __half* q,
                         __half* o, float* u, float* part, unsigned* sync,
                         int L, int C, int F, int H, int G, int S, int st,
-                        int ak, unsigned long long* trace) {
+                        int ak, unsigned long long* trace, int win) {
   extern __shared__ __align__(128) unsigned char smem[];
   const int HD = H * D, M1 = (H + 2 * G) * D, GD = G * D, pos = S - 1;
   const int na = (max(C, max(HD, F)) + 3) & ~3;
@@ -2034,7 +2044,13 @@ __device__ void step_p1(const unsigned long long* wt, __half* kc, __half* vc,
   __syncthreads();
   const size_t lstride = (size_t)G * S * D;
   if (t >= NCT) {  // the producer warp (p3: and the prefetcher's)
-    if constexpr (V >= 3) {
+    if constexpr (V == 4) {
+      if (t != NCT) return;
+      ProducerT<2> pr{ring, full, empty, st, 0u, nullptr, win};
+      produce<D>(pr, wt, kc, vc, L, C, F, H, G, S, ak, trace);
+      return;
+    }
+    if constexpr (V == 3) {
       if (t != NCT && t != NCT + 32) return;
       volatile unsigned* issued = reinterpret_cast<unsigned*>(bars + 2 * st);
       if (t == NCT) {
@@ -2134,7 +2150,7 @@ __device__ void step_p1(const unsigned long long* wt, __half* kc, __half* vc,
                         unsigned* sync, int L, int C, int F, int H, int G,  \
                         int S, int st) {                                     \
     p1::step_p1<D, 1>(wt, kc, vc, gf, x, out, q, o, u, part, sync, L, C, F, \
-                      H, G, S, st, 1, nullptr);                              \
+                      H, G, S, st, 1, nullptr, 0);                           \
   }
 #define STEP_P2(D)                                                           \
   extern "C" __global__ void __launch_bounds__(32 * (p1::CW + 1), 1)        \
@@ -2144,7 +2160,7 @@ __device__ void step_p1(const unsigned long long* wt, __half* kc, __half* vc,
                         unsigned* sync, int L, int C, int F, int H, int G,  \
                         int S, int st, int ak, unsigned long long* trace) { \
     p1::step_p1<D, 2>(wt, kc, vc, gf, x, out, q, o, u, part, sync, L, C, F, \
-                      H, G, S, st, ak, trace);                               \
+                      H, G, S, st, ak, trace, 0);                            \
   }
 #define STEP_P3(D)                                                           \
   extern "C" __global__ void __launch_bounds__(32 * (p1::CW + 2), 1)        \
@@ -2154,7 +2170,18 @@ __device__ void step_p1(const unsigned long long* wt, __half* kc, __half* vc,
                         unsigned* sync, int L, int C, int F, int H, int G,  \
                         int S, int st, int ak, unsigned long long* trace) { \
     p1::step_p1<D, 3>(wt, kc, vc, gf, x, out, q, o, u, part, sync, L, C, F, \
-                      H, G, S, st, ak, trace);                               \
+                      H, G, S, st, ak, trace, 0);                            \
+  }
+#define STEP_P4(D)                                                           \
+  extern "C" __global__ void __launch_bounds__(32 * (p1::CW + 1), 1)        \
+      stag_step_p4_d##D(const unsigned long long* wt, __half* kc,           \
+                        __half* vc, const __half* gf, float* x, float* out, \
+                        __half* q, __half* o, float* u, float* part,        \
+                        unsigned* sync, int L, int C, int F, int H, int G,  \
+                        int S, int st, int ak, unsigned long long* trace,   \
+                        int win) {                                           \
+    p1::step_p1<D, 4>(wt, kc, vc, gf, x, out, q, o, u, part, sync, L, C, F, \
+                      H, G, S, st, ak, trace, win);                          \
   }
 STEP_P1(64)
 STEP_P1(128)
@@ -2162,4 +2189,6 @@ STEP_P2(64)
 STEP_P2(128)
 STEP_P3(64)
 STEP_P3(128)
+STEP_P4(64)
+STEP_P4(128)
 #endif  // __CUDA_ARCH__ >= 900

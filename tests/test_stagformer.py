@@ -651,13 +651,19 @@ def p1_case(draw):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("version", [1, 2, 3])
-@given(case=p1_case(), slots=st.sampled_from([None, 1, 2, 3]))
-def test_gpu_persistent_step_matches_reference(version, case, slots):
-    """p1, p2 and p3 against stack 1 of the float64 reference step (a plain
-    decoder), with outputs, scratch and the cache rows it writes poisoned with NaN
-    first; p2 and p3 with 1-3 cache slots an attention unit (the benchmark's shape
-    takes 2) and a trace whose stamps must run forward."""
+@pytest.mark.parametrize("version", [1, 2, 3, 4])
+@given(
+    case=p1_case(),
+    slots=st.sampled_from([None, 1, 2, 3]),
+    stages=st.sampled_from([None, 3, 5]),
+    window=st.sampled_from([None, 1, 2]),
+)
+def test_gpu_persistent_step_matches_reference(version, case, slots, stages, window):
+    """p1-p4 against stack 1 of the float64 reference step (a plain decoder), with
+    outputs, scratch and the cache rows it writes poisoned with NaN first; p2-p4
+    with 1-3 cache slots an attention unit (the benchmark's shape takes 2) and a
+    trace whose stamps must run forward; rings of 3 and 5 slots besides the
+    largest, and p4 with windows of 1 and 2 chunks in flight besides its default."""
     import cupy as cp
 
     from gpu import runtime as rt
@@ -680,12 +686,16 @@ def test_gpu_persistent_step_matches_reference(version, case, slots):
     for a in (bf.out, bf.x, pk.q, pk.o, pk.u, pk.part):
         a.fill(np.nan)
     e = cp.asarray(w.embed[tokens[:, pos]].astype(F32))
-    kw = {}
+    kw = dict(stages=stages)
     if version >= 2:
         tr = cp.zeros((rt.sm_count(), cfg.base.L, 12), U64)
-        kw = dict(slots=slots, trace=tr)
+        kw.update(slots=slots, trace=tr)
     elif slots is not None:
         return  # p1 has one slot an attention unit
+    if version == 4:
+        kw.update(window=window)
+    elif window is not None:
+        return  # the window is p4's
     got = cp.asnumpy(gs.persistent_step(pk, bf, e, pos, version, **kw))
     if version >= 2:  # thread 0's stamps of block 0 run forward; every producer
         t0 = cp.asnumpy(tr[0, :, :11]).ravel().astype(np.int64)  # finished
@@ -699,7 +709,8 @@ def test_gpu_persistent_step_matches_reference(version, case, slots):
             want = ref[:, :, pos]
             got_kv = cp.asnumpy(cache[j, 0, :, :, pos])
             assert_close(got_kv, want, "stag_step", F16, np.abs(want).max(initial=1))
-    print(f"step p{version} S={pos + 1} slots={slots}: {describe(used)}")
+    print(f"step p{version} S={pos + 1} slots={slots} stages={stages} "
+          f"window={window}: {describe(used)}")  # fmt: skip
 
 
 @pytest.mark.gpu
@@ -729,13 +740,23 @@ def test_gpu_persistent_step_rejects_bad_inputs_before_launch():
                         act="relu", rot_dim=0)  # fmt: skip
     w32 = sf.init_stagformer(sf.StagConfig(d32), np.random.default_rng(4))
     with pytest.raises(ValueError, match="version"):
-        gs.persistent_step(pk, bf, e, 3, version=3)
+        gs.persistent_step(pk, bf, e, 3, version=max(gs.P1_VERSIONS) + 1)
     with pytest.raises(ValueError, match="slots"):
         gs.persistent_step(pk, bf, e, 3, version=2, slots=gs.P2_MAX_SLOTS + 1)
     with pytest.raises(ValueError, match="trace needs version 2 or 3"):
         gs.persistent_step(pk, bf, e, 3, version=1, trace=cp.zeros((1, 1, 12), U64))
     with pytest.raises(ValueError, match="trace"):
         gs.persistent_step(pk, bf, e, 3, version=2, trace=cp.zeros((1, 1, 12), U64))
+    with pytest.raises(ValueError, match="window is p4's"):
+        gs.persistent_step(pk, bf, e, 3, version=2, window=2)
+    with pytest.raises(ValueError, match="stages must be"):
+        gs.persistent_step(pk, bf, e, 3, version=2, stages=1)
+    with pytest.raises(ValueError, match="stages must be"):
+        gs.persistent_step(pk, bf, e, 3, version=2, stages=gs.P1_MAX_STAGES + 1)
+    with pytest.raises(ValueError, match="window must be"):
+        gs.persistent_step(pk, bf, e, 3, version=4, stages=3, window=3)
+    with pytest.raises(ValueError, match="window must be"):
+        gs.persistent_step(pk, bf, e, 3, version=4, window=0)
     with pytest.raises(ValueError, match="D in"):
         gs.pack_plain(gs.to_gpu(w32, sf.StagConfig(d32), F16), 4)
 

@@ -51,6 +51,16 @@ print(
     f"p1 vs v3: rel err {err:.3g}; finite {np.isfinite(p1).all()}; K/V rows equal "
     f"{same_kv}; kv max diff {float(cp.abs(kp.astype(cp.float32) - bf.k).max()):.3g}"
 )
+tdir = os.environ.get("TT_TRACE_DIR")
+if tdir:  # raw globaltimer stamps (steps, SMs, L, 12) of traced steps, as .npy
+    os.makedirs(tdir, exist_ok=True)
+    for ver in gs.P1_VERSIONS[1:]:
+        trs = []
+        for _ in range(5):
+            tr = cp.zeros((rt.device_info()["sm_count"], lz, 12), cp.uint64)
+            gs.persistent_step(pk, bf, e, bs.S - 1, ver, trace=tr)
+            trs.append(cp.asnumpy(tr))
+        np.save(os.path.join(tdir, f"trace_p{ver}.npy"), np.stack(trs))
 if os.environ.get("TT_PROFILE_ONLY"):
     sys.exit(0)
 nbytes = gs.step_bytes("plain", 1, bs.S, bs.C, bs.F, bs.H, bs.G, bs.D, lz // 2, 2)

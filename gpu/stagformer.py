@@ -919,7 +919,8 @@ def persistent_step(
     win = min(P4_WINDOW, st - 1) if window is None else window
     if version == 4 and not 1 <= win < st:
         raise ValueError(f"window must be in 1..{st - 1} (stages - 1), got {win}")
-    smem = p1_smem(m, st, ak, version)
+    # shared memory past the layout's keeps a small ring at one block an SM too
+    smem = max(p1_smem(m, st, ak, version), min(optin, per_sm // 2 + 1))
     if smem > optin or 2 * smem <= per_sm:
         raise ValueError(f"p{version} needs one block an SM: {smem} B of {optin} B")
     fn = rt.kernel(SLUG, f"stag_step_p{version}_d{m.D}")

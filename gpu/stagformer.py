@@ -755,7 +755,7 @@ P1_HEAD_DIMS = (64, 128)
 P1_VERSIONS = (1, 2, 3, 4)  # p1; p2 (cheaper barrier, one attention unit a block,
 # trace); p3 (p2 + a prefetcher warp streaming the same chunks into L2 ahead); p4
 # (p2 with at most `window` chunks of the ring in flight)
-P4_WINDOW = 4  # p4's default window: chunks in flight an SM (64 KB)
+P4_WINDOW = 2  # p4's default window: chunks in flight an SM (32 KB; the sweep in NOTES)
 P2_MAX_SLOTS = 8  # p2: at most 8 slots of K (and of V) an attention unit
 
 

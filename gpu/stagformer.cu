@@ -1912,6 +1912,217 @@ __device__ void attention_phase2(Ring& ring, float* att, const __half* q,
   }
 }
 
+// p5's RMSNorm: load_normed's numbers, with g loaded beside x (one round trip to
+// L2 before the sum, not a second one after it) for the first NG NCT columns.
+constexpr int NG = 16;
+__device__ void load_normed5(float* act, const float* x, const __half* g, int C,
+                             float* red) {
+  const int t = threadIdx.x;
+  float ss = 0.f, gr[NG];
+#pragma unroll
+  for (int i = 0; i < NG; ++i) {
+    const int k = t + i * NCT;
+    if (k < C) {
+      const float v = __ldcg(x + k);
+      gr[i] = __half2float(g[k]);
+      act[k] = v;
+      ss = fmaf(v, v, ss);
+    }
+  }
+  for (int k = t + NG * NCT; k < C; k += NCT) {
+    const float v = __ldcg(x + k);
+    act[k] = v;
+    ss = fmaf(v, v, ss);
+  }
+  ss = warp_sum(ss);
+  if ((t & 31) == 0) red[t >> 5] = ss;
+  consumers_sync(NCT);
+  float tot = 0.f;
+  for (int w = 0; w < CW; ++w) tot += red[w];
+  const float rinv = 1.0f / sqrtf(tot / (float)C + 1e-6f);
+#pragma unroll
+  for (int i = 0; i < NG; ++i) {
+    const int k = t + i * NCT;
+    if (k < C) act[k] = act[k] * rinv * gr[i];
+  }
+  for (int k = t + NG * NCT; k < C; k += NCT)
+    act[k] = act[k] * rinv * __half2float(g[k]);
+  consumers_sync(NCT);  // act complete; red free
+}
+
+// p5: the residual x at this block's columns of a phase (units g = blockIdx.x +
+// i gridDim.x of M / GRP), loaded into xr[8 i + j] at the phase's start instead
+// of in each unit's epilogue; false (nothing loaded) past 32 units a block.
+__device__ bool load_residual(float* xr, const float* x, int M) {
+  const int nub = (M / GRP - (int)blockIdx.x + (int)gridDim.x - 1) / (int)gridDim.x;
+  if (nub * GRP > NCT) return false;
+  const int t = threadIdx.x;
+  if (t < nub * GRP)
+    xr[t] = __ldcg(x + ((int)blockIdx.x + (t / GRP) * (int)gridDim.x) * GRP +
+                   t % GRP);
+  return true;  // read after gemv_phase's first named barrier
+}
+
+// p5's attention: p2's unit (ak slots of K and of V), with (i) the scores by
+// groups of 4 lanes a row (each lane QV 16-byte pieces of the row, its q in
+// registers; two shuffles a row instead of warp_sum's five), (ii) P V by pairs of
+// columns (half2) and NCT / (D / 2) row classes summed in order, and (iii) no
+// combine: each unit writes its partial (max, sum, o) and the o phase combines
+// the chunks as it loads them (load_combined), so no fence, ticket or last-block
+// chain. The order of every sum is fixed: the same result in every launch.
+template <int D>
+__device__ void attention_phase5(Ring& ring, float* att, const __half* q,
+                                 const __half* kc, const __half* vc,
+                                 float* part, int H, int G, int S, int ak) {
+  constexpr int P0 = SLOT / (2 * D);
+  constexpr int QV = D / 32;         // 16-byte pieces a lane of a row
+  constexpr int RG = NCT / 4;        // rows at once (4 lanes a row)
+  constexpr int PV = NCT / (D / 2);  // row classes of P V
+  const int t = threadIdx.x, lane = t & 31;
+  const int P = ak * P0, pos = S - 1, nc = (S + P - 1) / P;
+  float* qs = att;
+  float* kn = qs + D;
+  float* vn = kn + D;
+  float* ob = vn + D;        // 2 NCT
+  float* stat = ob + 2 * NCT;  // m, l
+  float* sc = stat + 4;      // P
+  const float scale = 1.0f / sqrtf((float)D);
+  const int r4 = t & 3, grp = t >> 2;
+  for (int u = blockIdx.x; u < H * nc; u += gridDim.x) {
+    const int h = u / nc, c = u % nc, kvh = h / (H / G);
+    const int start = c * P, n = min(P, S - start);
+    const size_t hb = (size_t)kvh * S * D;
+    if (t < D) {
+      qs[t] = ldcg_h(q + h * D + t) * scale;
+      if (start + n == S) {  // this unit holds row pos
+        kn[t] = ldcg_h(kc + hb + (size_t)pos * D + t);
+        vn[t] = ldcg_h(vc + hb + (size_t)pos * D + t);
+      }
+    }
+    consumers_sync(NCT);
+    float qr[QV * 8];  // this lane's q: elements 8 (r4 + 4 i) + e
+#pragma unroll
+    for (int i = 0; i < QV; ++i)
+#pragma unroll
+      for (int e = 0; e < 8; ++e) qr[8 * i + e] = qs[8 * (r4 + 4 * i) + e];
+    for (int i = 0; i < ak; ++i) {
+      const int s0 = start + i * P0, ni = min(P0, S - s0);
+      if (ni <= 0) break;
+      const int nli = max(0, min(ni, pos - s0));
+      const uint4* ks =
+          nli ? reinterpret_cast<const uint4*>(ring.wait()) : nullptr;
+      for (int j0 = 0; j0 < ni; j0 += RG) {  // the whole warp on each pass
+        const int j = j0 + grp;
+        float d = 0.f;
+        if (j < ni) {
+#pragma unroll
+          for (int v = 0; v < QV; ++v) {
+            const int piece = r4 + 4 * v;
+            if (j < nli) {
+              const uint4 raw = ks[j * (D / 8) + piece];
+              const __half2* h2 = reinterpret_cast<const __half2*>(&raw);
+#pragma unroll
+              for (int e = 0; e < 4; ++e) {
+                const float2 f = __half22float2(h2[e]);
+                d = fmaf(qr[8 * v + 2 * e], f.x, d);
+                d = fmaf(qr[8 * v + 2 * e + 1], f.y, d);
+              }
+            } else {
+#pragma unroll
+              for (int e = 0; e < 8; ++e) d = fmaf(qr[8 * v + e], kn[8 * piece + e], d);
+            }
+          }
+        }
+        d += __shfl_xor_sync(0xffffffffu, d, 1);
+        d += __shfl_xor_sync(0xffffffffu, d, 2);
+        if (j < ni && r4 == 0) sc[i * P0 + j] = d;
+      }
+      if (nli) ring.release();
+    }
+    consumers_sync(NCT);
+    if (t < 32) {
+      float m = NEG_INF;
+      for (int j = lane; j < n; j += 32) m = fmaxf(m, sc[j]);
+      m = warp_max(m);
+      float l = 0.f;
+      for (int j = lane; j < n; j += 32) {
+        const float p = expf(sc[j] - m);
+        sc[j] = p;
+        l += p;
+      }
+      l = warp_sum(l);
+      if (lane == 0) stat[0] = m, stat[1] = l;
+    }
+    consumers_sync(NCT);
+    const int d2 = t % (D / 2), pt = t / (D / 2);  // columns 2 d2, 2 d2 + 1
+    float a0 = 0.f, a1 = 0.f;
+    for (int i = 0; i < ak; ++i) {
+      const int s0 = start + i * P0, ni = min(P0, S - s0);
+      if (ni <= 0) break;
+      const int nli = max(0, min(ni, pos - s0));
+      const __half2* vs =
+          nli ? reinterpret_cast<const __half2*>(ring.wait()) : nullptr;
+      for (int j = pt; j < ni; j += PV) {
+        const float p = sc[i * P0 + j];
+        const float2 f = j < nli ? __half22float2(vs[j * (D / 2) + d2])
+                                 : make_float2(vn[2 * d2], vn[2 * d2 + 1]);
+        a0 = fmaf(p, f.x, a0);
+        a1 = fmaf(p, f.y, a1);
+      }
+      if (nli) ring.release();
+    }
+    ob[pt * D + 2 * d2] = a0;
+    ob[pt * D + 2 * d2 + 1] = a1;
+    consumers_sync(NCT);
+    float* pr = part + (size_t)(h * nc + c) * (D + 2);
+    if (t < D) {
+      float s = 0.f;
+      for (int p = 0; p < PV; ++p) s += ob[p * D + t];
+      pr[2 + t] = s;
+    } else if (t == D) {
+      pr[0] = stat[0];
+      pr[1] = stat[1];
+    }
+    consumers_sync(NCT);  // sc, ob, stat free for the next unit
+  }
+}
+
+// p5's o phase input: act[h D + d] = o of head h, combined from its nc chunk
+// partials as p2's last unit combines them (m = max, e_k = exp(m_k - m), l and
+// the value summed k = 0, 1, ... with fmaf, fp16-rounded), by every block.
+// cmb: 2 H nc + H floats.
+template <int D>
+__device__ void load_combined(float* act, const float* part, float* cmb, int H,
+                              int nc) {
+  const int t = threadIdx.x;
+  float* ek = cmb;               // H nc: exp(m_k - m)
+  float* lh = cmb + H * nc;      // H: the head's sum
+  float* mk = lh + H;            // H nc: m_k, then scratch
+  for (int i = t; i < H * nc; i += NCT) mk[i] = __ldcg(part + (size_t)i * (D + 2));
+  consumers_sync(NCT);
+  for (int h = t; h < H; h += NCT) {
+    float m = NEG_INF;
+    for (int k = 0; k < nc; ++k) m = fmaxf(m, mk[h * nc + k]);
+    float l = 0.f;
+    for (int k = 0; k < nc; ++k) {
+      const float e = expf(mk[h * nc + k] - m);
+      ek[h * nc + k] = e;
+      l = fmaf(__ldcg(part + (size_t)(h * nc + k) * (D + 2) + 1), e, l);
+    }
+    lh[h] = l;
+  }
+  consumers_sync(NCT);
+  for (int i = t; i < H * D; i += NCT) {
+    const int h = i / D, d = i % D;
+    float acc = 0.f;
+    for (int k = 0; k < nc; ++k)
+      acc = fmaf(__ldcg(part + (size_t)(h * nc + k) * (D + 2) + 2 + d),
+                 ek[h * nc + k], acc);
+    act[i] = __half2float(__float2half_rn(acc / lh[h]));
+  }
+  consumers_sync(NCT);
+}
+
 // The producer (one lane): the same walk as the consumers, slot by slot.
 // PF (p3): 0 the producer, which also publishes its count of copies in
 // *issued; 1 the prefetcher (warp 9's lane 0), which walks the same chunks
@@ -2028,10 +2239,13 @@ __device__ void step_p1(const unsigned long long* wt, __half* kc, __half* vc,
   const int na = (max(C, max(HD, F)) + 3) & ~3;
   unsigned char* ring = smem;
   float* act = reinterpret_cast<float*>(smem + (size_t)st * SLOT);
-  float* att = act + na;                   // 3 D + P + NCT + 4
-  float* red = att + 3 * D + ak * (SLOT / (2 * D)) + NCT + 4;  // 2 CW GRP
-  unsigned long long* bars =
-      reinterpret_cast<unsigned long long*>(red + 2 * CW * GRP);
+  constexpr int OBN = V == 5 ? 2 * NCT : NCT;  // the attention's P V sums
+  float* att = act + na;                       // 3 D + P + OBN + 4
+  float* red = att + 3 * D + ak * (SLOT / (2 * D)) + OBN + 4;  // 2 CW GRP
+  const int ncu = (S + ak * (SLOT / (2 * D)) - 1) / (ak * (SLOT / (2 * D)));
+  float* cmb = red + 2 * CW * GRP;  // p5: load_combined's 2 H nc + H (even)
+  const int ncmb = V == 5 ? ((2 * H * ncu + H + 1) & ~1) : 0;
+  unsigned long long* bars = reinterpret_cast<unsigned long long*>(cmb + ncmb);
   unsigned long long *full = bars, *empty = bars + st;
   const int t = threadIdx.x;
   if (t == 0) {
@@ -2044,7 +2258,7 @@ __device__ void step_p1(const unsigned long long* wt, __half* kc, __half* vc,
   __syncthreads();
   const size_t lstride = (size_t)G * S * D;
   if (t >= NCT) {  // the producer warp (p3: and the prefetcher's)
-    if constexpr (V == 4) {
+    if constexpr (V >= 4) {  // p4, p5: the windowed producer
       if (t != NCT) return;
       ProducerT<2> pr{ring, full, empty, st, 0u, nullptr, win};
       produce<D>(pr, wt, kc, vc, L, C, F, H, G, S, ak, trace);
@@ -2101,7 +2315,10 @@ __device__ void step_p1(const unsigned long long* wt, __half* kc, __half* vc,
     if constexpr (V >= 2)
       if (trace) tr = trace + ((size_t)blockIdx.x * L + l) * 12;
     stamp(0);
-    load_normed(act, x, reinterpret_cast<const __half*>(p[0]), C, red);
+    if constexpr (V == 5)
+      load_normed5(act, x, reinterpret_cast<const __half*>(p[0]), C, red);
+    else
+      load_normed(act, x, reinterpret_cast<const __half*>(p[0]), C, red);
     gemv_phase(rg, act, C, M1, red, nu, [&](int col, float s) {
       const __half v = __float2half_rn(s);
       if (col < HD) {
@@ -2117,22 +2334,46 @@ __device__ void step_p1(const unsigned long long* wt, __half* kc, __half* vc,
     sync_all(1);
     if constexpr (V == 1)
       attention_phase<D>(rg, att, q, kl, vl, o, part, sync + 1, H, G, S);
+    else if constexpr (V == 5)
+      attention_phase5<D>(rg, att, q, kl, vl, part, H, G, S, ak);
     else
       attention_phase2<D>(rg, att, q, kl, vl, o, part, sync + 1, H, G, S, ak);
     sync_all(3);
-    for (int k = t; k < HD; k += NCT) act[k] = ldcg_h(o + k);
-    consumers_sync(NCT);
-    gemv_phase(rg, act, HD, C, red, nu,
-               [&](int col, float s) { x[col] = __ldcg(x + col) + s; });
+    if constexpr (V == 5) {  // o combined from the partials; the residual early
+      const bool pre = load_residual(att, x, C);
+      load_combined<D>(act, part, cmb, H, ncu);
+      gemv_phase(rg, act, HD, C, red, nu, [&](int col, float s) {
+        const int i = (col / GRP - (int)blockIdx.x) / (int)gridDim.x;
+        x[col] = (pre ? att[i * GRP + col % GRP] : __ldcg(x + col)) + s;
+      });
+    } else {
+      for (int k = t; k < HD; k += NCT) act[k] = ldcg_h(o + k);
+      consumers_sync(NCT);
+      gemv_phase(rg, act, HD, C, red, nu,
+                 [&](int col, float s) { x[col] = __ldcg(x + col) + s; });
+    }
     sync_all(5);
-    load_normed(act, x, reinterpret_cast<const __half*>(p[3]), C, red);
+    if constexpr (V == 5)
+      load_normed5(act, x, reinterpret_cast<const __half*>(p[3]), C, red);
+    else
+      load_normed(act, x, reinterpret_cast<const __half*>(p[3]), C, red);
     gemv_phase(rg, act, C, F, red, nu,
                [&](int col, float s) { u[col] = fmaxf(s, 0.f); });
     sync_all(7);
-    for (int k = t; k < F; k += NCT) act[k] = __ldcg(u + k);
-    consumers_sync(NCT);
-    gemv_phase(rg, act, F, C, red, nu,
-               [&](int col, float s) { x[col] = __ldcg(x + col) + s; });
+    if constexpr (V == 5) {
+      const bool pre = load_residual(att, x, C);
+      for (int k = t; k < F; k += NCT) act[k] = __ldcg(u + k);
+      consumers_sync(NCT);
+      gemv_phase(rg, act, F, C, red, nu, [&](int col, float s) {
+        const int i = (col / GRP - (int)blockIdx.x) / (int)gridDim.x;
+        x[col] = (pre ? att[i * GRP + col % GRP] : __ldcg(x + col)) + s;
+      });
+    } else {
+      for (int k = t; k < F; k += NCT) act[k] = __ldcg(u + k);
+      consumers_sync(NCT);
+      gemv_phase(rg, act, F, C, red, nu,
+                 [&](int col, float s) { x[col] = __ldcg(x + col) + s; });
+    }
     sync_all(9);
   }
   if (blockIdx.x == 0) {
@@ -2183,6 +2424,17 @@ __device__ void step_p1(const unsigned long long* wt, __half* kc, __half* vc,
     p1::step_p1<D, 4>(wt, kc, vc, gf, x, out, q, o, u, part, sync, L, C, F, \
                       H, G, S, st, ak, trace, win);                          \
   }
+#define STEP_P5(D)                                                           \
+  extern "C" __global__ void __launch_bounds__(32 * (p1::CW + 1), 1)        \
+      stag_step_p5_d##D(const unsigned long long* wt, __half* kc,           \
+                        __half* vc, const __half* gf, float* x, float* out, \
+                        __half* q, __half* o, float* u, float* part,        \
+                        unsigned* sync, int L, int C, int F, int H, int G,  \
+                        int S, int st, int ak, unsigned long long* trace,   \
+                        int win) {                                           \
+    p1::step_p1<D, 5>(wt, kc, vc, gf, x, out, q, o, u, part, sync, L, C, F, \
+                      H, G, S, st, ak, trace, win);                          \
+  }
 STEP_P1(64)
 STEP_P1(128)
 STEP_P2(64)
@@ -2191,4 +2443,6 @@ STEP_P3(64)
 STEP_P3(128)
 STEP_P4(64)
 STEP_P4(128)
+STEP_P5(64)
+STEP_P5(128)
 #endif  // __CUDA_ARCH__ >= 900

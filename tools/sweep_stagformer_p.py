@@ -1,5 +1,5 @@
 """Chapter 5's plain 24-layer step at B = 1 as one persistent launch, swept over the
-ring's slots (p2) and the producer's in-flight window (p4): an experiment for
+ring's slots and the producer's in-flight window (p2, p4, p5): an experiment for
 gpu/NOTES_stagformer.md, not a recorded figure (``python -m gpu.bench
 stagformer_persistent`` records the versions at their defaults).
 
@@ -23,9 +23,9 @@ from gpu import bench_stagformer as bs
 from gpu import runtime as rt
 from gpu import stagformer as gs
 
-CONFIGS = [(2, st, None) for st in (4, 6, 8, None)]
-CONFIGS += [(4, None, w) for w in (1, 2, 3, 4, 6, 8)]
-CONFIGS += [(4, 8, 3), (3, None, None)]
+# the first sweep (NOTES): p2 with 4, 6, 8 and 11 slots, p4 with windows 1-8
+CONFIGS = [(2, None, None), (4, None, 1), (4, None, 2)]
+CONFIGS += [(5, None, w) for w in (1, 2, 3)] + [(5, 6, 2)]
 
 rng = cp.random.default_rng(0)
 lz = 2 * bs.L
@@ -41,7 +41,7 @@ ref = cp.asnumpy(gs.plain_step(m, bf, e, bs.S - 1, 3)).copy()
 rows = []
 for ver, st, win in CONFIGS:
     kw = dict(stages=st)
-    if ver == 4:
+    if ver >= 4:
         kw["window"] = win
     bf.k[...], bf.v[...] = k0, v0
     bf.out.fill(np.nan)

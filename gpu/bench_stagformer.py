@@ -20,8 +20,8 @@ steps (bench.time_cupy), beside its floor (step_bytes / read ceiling):
 
 A second table, stagformer_persistent (also alone: ``python -m gpu.bench
 stagformer_persistent``), times plain_24 at B = 1 as one persistent launch
-(gs.persistent_step: p1-p5; p5 also eagerly, without a graph) beside GEMV
-v3's layered step (in a graph and eagerly) and PyTorch's, in one run; p2-p5's
+(gs.persistent_step: p1-p6; p6 also eagerly, without a graph) beside GEMV
+v3's layered step (in a graph and eagerly) and PyTorch's, in one run; p2-p6's
 rows carry the per-phase times of one traced step (trace_summary).
 
 Every case but torch is timed with GEMV v2, v3 (fused RMSNorm), v4 and v5 (tensor
@@ -77,7 +77,7 @@ GRID = bench.Grid(
     fixed=dict(C=C, H=H, G=G, D=D, F=F, L_stack=L, S=S, dtype="float16"),
     versions=VERSIONS,
     baselines={"torch_plain_24": ("B",)},
-    # the persistent step's table (persistent_table): B = 1, p1-p5 (graph; p5
+    # the persistent step's table (persistent_table): B = 1, p1-p6 (graph; p6
     # also eagerly), beside v3's layered step (graph, eager) and torch
     sweeps=dict(stagformer_persistent=dict(B=(1,), kernels=gs.P1_VERSIONS)),
 )
@@ -344,7 +344,7 @@ def _plain_case(b, rng, ceil, checked, versions=(3,), torch_used=None) -> list[d
 
 
 def validate_p1(version: int) -> float:
-    """Error used of the persistent step (gs.persistent_step, B = 1, p1-p5) on
+    """Error used of the persistent step (gs.persistent_step, B = 1, p1-p6) on
     the 1-layer model of the benchmark's width at position 5 against stack 1 of the
     float64 reference step (a plain decoder), under ("stag_step", "float16")."""
     import cupy as cp
@@ -395,12 +395,12 @@ def trace_summary(tr) -> dict:
 
 
 def persistent_table(ceil) -> list[dict]:
-    """plain_24 at B = 1 as one persistent launch (gs.persistent_step: p1-p5), each
-    timed in a CUDA graph, p5 also eagerly (bench.time_events: a step's 3
+    """plain_24 at B = 1 as one persistent launch (gs.persistent_step: p1-p6), each
+    timed in a CUDA graph, p6 also eagerly (bench.time_events: a step's 3
     launches from Python), beside GEMV v3's layered step (graph and eager) and
     PyTorch's under CUDA graphs, all in this run. Each version must pass
     validate_p1 and agree with v3's step on the timed model to 1e-2 in relative
-    norm (field rel_err_vs_v3). p2-p5's rows carry trace_summary of one
+    norm (field rel_err_vs_v3). p2-p6's rows carry trace_summary of one
     traced step."""
     import cupy as cp
 
@@ -443,7 +443,7 @@ def persistent_table(ceil) -> list[dict]:
         rows.append(bench.finish(row, timer([layered], samples=20)))
     pk = gs.pack_plain(m, S)
     for ver, eager in ((1, False), (2, False), (3, False), (4, False), (5, False),
-                       (5, True)):  # fmt: skip
+                       (6, False), (6, True)):  # fmt: skip
         name = "plain_24_persistent" + ("_eager" if eager else "")
         row = _row(name, "plain", 1, ceil, None, kernel=f"p{ver}")
         bf.k[...], bf.v[...] = k0, v0

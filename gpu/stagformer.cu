@@ -1970,7 +1970,9 @@ __device__ bool load_residual(float* xr, const float* x, int M) {
 // combine: each unit writes its partial (max, sum, o) and the o phase combines
 // the chunks as it loads them (load_combined), so no fence, ticket or last-block
 // chain. The order of every sum is fixed: the same result in every launch.
-template <int D>
+// SPLIT (p6): chunk (h, c)'s o at part[(h nc + c) D + d], its (m, l) at
+// part[H nc D + 2 (h nc + c)] (load_combined6's layout); else p2's (D + 2 a chunk).
+template <int D, bool SPLIT = false>
 __device__ void attention_phase5(Ring& ring, float* att, const __half* q,
                                  const __half* kc, const __half* vc,
                                  float* part, int H, int G, int S, int ak) {
@@ -2074,14 +2076,27 @@ __device__ void attention_phase5(Ring& ring, float* att, const __half* q,
     ob[pt * D + 2 * d2] = a0;
     ob[pt * D + 2 * d2 + 1] = a1;
     consumers_sync(NCT);
-    float* pr = part + (size_t)(h * nc + c) * (D + 2);
-    if (t < D) {
-      float s = 0.f;
-      for (int p = 0; p < PV; ++p) s += ob[p * D + t];
-      pr[2 + t] = s;
-    } else if (t == D) {
-      pr[0] = stat[0];
-      pr[1] = stat[1];
+    if constexpr (SPLIT) {
+      float* po = part + (size_t)(h * nc + c) * D;
+      float* ps = part + (size_t)H * nc * D + 2 * (h * nc + c);
+      if (t < D) {
+        float s = 0.f;
+        for (int p = 0; p < PV; ++p) s += ob[p * D + t];
+        po[t] = s;
+      } else if (t == D) {
+        ps[0] = stat[0];
+        ps[1] = stat[1];
+      }
+    } else {
+      float* pr = part + (size_t)(h * nc + c) * (D + 2);
+      if (t < D) {
+        float s = 0.f;
+        for (int p = 0; p < PV; ++p) s += ob[p * D + t];
+        pr[2 + t] = s;
+      } else if (t == D) {
+        pr[0] = stat[0];
+        pr[1] = stat[1];
+      }
     }
     consumers_sync(NCT);  // sc, ob, stat free for the next unit
   }
@@ -2119,6 +2134,64 @@ __device__ void load_combined(float* act, const float* part, float* cmb, int H,
       acc = fmaf(__ldcg(part + (size_t)(h * nc + k) * (D + 2) + 2 + d),
                  ek[h * nc + k], acc);
     act[i] = __half2float(__float2half_rn(acc / lh[h]));
+  }
+  consumers_sync(NCT);
+}
+
+// p6's combine: load_combined's numbers from attention_phase5<D, true>'s layout,
+// with the loads issued together: every chunk's (m, l) at once (one thread a
+// chunk), each head's sums from shared memory, then 4 values a thread (float4) x 8
+// chunks a pass. cmb: 2 H nc + H floats.
+template <int D>
+__device__ void load_combined6(float* act, const float* part, float* cmb, int H,
+                               int nc) {
+  const int t = threadIdx.x, n = H * nc;
+  float* ek = cmb;           // H nc: m_k, then exp(m_k - m)
+  float* lk = cmb + n;       // H nc: l_k
+  float* lh = lk + n;        // H: the head's sum
+  const float* st = part + (size_t)n * D;
+  for (int i = t; i < n; i += NCT) {
+    const float2 ml = __ldcg(reinterpret_cast<const float2*>(st) + i);
+    ek[i] = ml.x;
+    lk[i] = ml.y;
+  }
+  consumers_sync(NCT);
+  for (int h = t; h < H; h += NCT) {
+    float m = NEG_INF;
+    for (int k = 0; k < nc; ++k) m = fmaxf(m, ek[h * nc + k]);
+    float l = 0.f;
+    for (int k = 0; k < nc; ++k) {
+      const float e = expf(ek[h * nc + k] - m);
+      ek[h * nc + k] = e;
+      l = fmaf(lk[h * nc + k], e, l);
+    }
+    lh[h] = l;
+  }
+  consumers_sync(NCT);
+  for (int i4 = t; i4 < H * D / 4; i4 += NCT) {
+    const int h = (4 * i4) / D, d = (4 * i4) % D;
+    const float4* ph = reinterpret_cast<const float4*>(part + (size_t)h * nc * D + d);
+    float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
+    for (int k0 = 0; k0 < nc; k0 += 8) {
+      float4 v[8];
+#pragma unroll
+      for (int j = 0; j < 8; ++j)
+        if (k0 + j < nc) v[j] = __ldcg(ph + (size_t)(k0 + j) * (D / 4));
+#pragma unroll
+      for (int j = 0; j < 8; ++j)
+        if (k0 + j < nc) {
+          const float e = ek[h * nc + k0 + j];
+          acc.x = fmaf(v[j].x, e, acc.x);
+          acc.y = fmaf(v[j].y, e, acc.y);
+          acc.z = fmaf(v[j].z, e, acc.z);
+          acc.w = fmaf(v[j].w, e, acc.w);
+        }
+    }
+    const float l = lh[h];
+    act[4 * i4] = __half2float(__float2half_rn(acc.x / l));
+    act[4 * i4 + 1] = __half2float(__float2half_rn(acc.y / l));
+    act[4 * i4 + 2] = __half2float(__float2half_rn(acc.z / l));
+    act[4 * i4 + 3] = __half2float(__float2half_rn(acc.w / l));
   }
   consumers_sync(NCT);
 }
@@ -2239,12 +2312,12 @@ __device__ void step_p1(const unsigned long long* wt, __half* kc, __half* vc,
   const int na = (max(C, max(HD, F)) + 3) & ~3;
   unsigned char* ring = smem;
   float* act = reinterpret_cast<float*>(smem + (size_t)st * SLOT);
-  constexpr int OBN = V == 5 ? 2 * NCT : NCT;  // the attention's P V sums
+  constexpr int OBN = V >= 5 ? 2 * NCT : NCT;  // the attention's P V sums
   float* att = act + na;                       // 3 D + P + OBN + 4
   float* red = att + 3 * D + ak * (SLOT / (2 * D)) + OBN + 4;  // 2 CW GRP
   const int ncu = (S + ak * (SLOT / (2 * D)) - 1) / (ak * (SLOT / (2 * D)));
   float* cmb = red + 2 * CW * GRP;  // p5: load_combined's 2 H nc + H (even)
-  const int ncmb = V == 5 ? ((2 * H * ncu + H + 1) & ~1) : 0;
+  const int ncmb = V >= 5 ? ((2 * H * ncu + H + 1) & ~1) : 0;
   unsigned long long* bars = reinterpret_cast<unsigned long long*>(cmb + ncmb);
   unsigned long long *full = bars, *empty = bars + st;
   const int t = threadIdx.x;
@@ -2315,7 +2388,7 @@ __device__ void step_p1(const unsigned long long* wt, __half* kc, __half* vc,
     if constexpr (V >= 2)
       if (trace) tr = trace + ((size_t)blockIdx.x * L + l) * 12;
     stamp(0);
-    if constexpr (V == 5)
+    if constexpr (V >= 5)
       load_normed5(act, x, reinterpret_cast<const __half*>(p[0]), C, red);
     else
       load_normed(act, x, reinterpret_cast<const __half*>(p[0]), C, red);
@@ -2334,14 +2407,17 @@ __device__ void step_p1(const unsigned long long* wt, __half* kc, __half* vc,
     sync_all(1);
     if constexpr (V == 1)
       attention_phase<D>(rg, att, q, kl, vl, o, part, sync + 1, H, G, S);
-    else if constexpr (V == 5)
-      attention_phase5<D>(rg, att, q, kl, vl, part, H, G, S, ak);
+    else if constexpr (V >= 5)
+      attention_phase5<D, V == 6>(rg, att, q, kl, vl, part, H, G, S, ak);
     else
       attention_phase2<D>(rg, att, q, kl, vl, o, part, sync + 1, H, G, S, ak);
     sync_all(3);
-    if constexpr (V == 5) {  // o combined from the partials; the residual early
+    if constexpr (V >= 5) {  // o combined from the partials; the residual early
       const bool pre = load_residual(att, x, C);
-      load_combined<D>(act, part, cmb, H, ncu);
+      if constexpr (V == 6)
+        load_combined6<D>(act, part, cmb, H, ncu);
+      else
+        load_combined<D>(act, part, cmb, H, ncu);
       gemv_phase(rg, act, HD, C, red, nu, [&](int col, float s) {
         const int i = (col / GRP - (int)blockIdx.x) / (int)gridDim.x;
         x[col] = (pre ? att[i * GRP + col % GRP] : __ldcg(x + col)) + s;
@@ -2353,14 +2429,14 @@ __device__ void step_p1(const unsigned long long* wt, __half* kc, __half* vc,
                  [&](int col, float s) { x[col] = __ldcg(x + col) + s; });
     }
     sync_all(5);
-    if constexpr (V == 5)
+    if constexpr (V >= 5)
       load_normed5(act, x, reinterpret_cast<const __half*>(p[3]), C, red);
     else
       load_normed(act, x, reinterpret_cast<const __half*>(p[3]), C, red);
     gemv_phase(rg, act, C, F, red, nu,
                [&](int col, float s) { u[col] = fmaxf(s, 0.f); });
     sync_all(7);
-    if constexpr (V == 5) {
+    if constexpr (V >= 5) {
       const bool pre = load_residual(att, x, C);
       for (int k = t; k < F; k += NCT) act[k] = __ldcg(u + k);
       consumers_sync(NCT);
@@ -2435,6 +2511,17 @@ __device__ void step_p1(const unsigned long long* wt, __half* kc, __half* vc,
     p1::step_p1<D, 5>(wt, kc, vc, gf, x, out, q, o, u, part, sync, L, C, F, \
                       H, G, S, st, ak, trace, win);                          \
   }
+#define STEP_P6(D)                                                           \
+  extern "C" __global__ void __launch_bounds__(32 * (p1::CW + 1), 1)        \
+      stag_step_p6_d##D(const unsigned long long* wt, __half* kc,           \
+                        __half* vc, const __half* gf, float* x, float* out, \
+                        __half* q, __half* o, float* u, float* part,        \
+                        unsigned* sync, int L, int C, int F, int H, int G,  \
+                        int S, int st, int ak, unsigned long long* trace,   \
+                        int win) {                                           \
+    p1::step_p1<D, 6>(wt, kc, vc, gf, x, out, q, o, u, part, sync, L, C, F, \
+                      H, G, S, st, ak, trace, win);                          \
+  }
 STEP_P1(64)
 STEP_P1(128)
 STEP_P2(64)
@@ -2445,4 +2532,6 @@ STEP_P4(64)
 STEP_P4(128)
 STEP_P5(64)
 STEP_P5(128)
+STEP_P6(64)
+STEP_P6(128)
 #endif  // __CUDA_ARCH__ >= 900

@@ -752,11 +752,12 @@ def plain_step(m: Model, bf: Buffers, e, pos: int, version: int = 2):
 
 P1_SLOT, P1_GRP, P1_THREADS, P1_MAX_STAGES = 16384, 8, 288, 12  # as p1:: in the .cu
 P1_HEAD_DIMS = (64, 128)
-P1_VERSIONS = (1, 2, 3, 4, 5)  # p1; p2 (cheaper barrier, one attention unit a
+P1_VERSIONS = (1, 2, 3, 4, 5, 6)  # p1; p2 (cheaper barrier, one attention unit a
 # block, trace); p3 (p2 + a prefetcher warp streaming the same chunks into L2
 # ahead); p4 (p2 with at most `window` chunks of the ring in flight); p5 (p4 with a
 # shorter chain a layer: gamma loaded with x, the residual early, the attention's
-# scores and P V spread over all threads, its chunks combined by the o phase)
+# scores and P V spread over all threads, its chunks combined by the o phase); p6
+# (p5 whose combine issues its loads together, from a float4-aligned layout)
 P4_WINDOW = 2  # p4's default window: chunks in flight an SM (32 KB; the sweep in NOTES)
 P2_MAX_SLOTS = 8  # p2: at most 8 slots of K (and of V) an attention unit
 
@@ -799,15 +800,15 @@ def p2_slots(h: int, s: int, d: int, blocks: int) -> int:
 
 
 def p1_smem(m: Model, stages: int, ak: int = 1, version: int = 1, s: int = 1) -> int:
-    """Dynamic shared memory of stag_step_p1-p5 (the .cu's layout): the ring, the
-    activation row, the attention unit's buffers (ak slots of scores; p5: twice
-    the P V sums), two reduction buffers, p5's combine buffer (2 H nc + H floats,
-    nc the attention chunks a head at cache length s), the mbarriers (p3: and the
-    producer's count)."""
+    """Dynamic shared memory of stag_step_p1-p6 (the .cu's layout): the ring, the
+    activation row, the attention unit's buffers (ak slots of scores; p5, p6:
+    twice the P V sums), two reduction buffers, p5's and p6's combine buffer
+    (2 H nc + H floats, nc the attention chunks a head at cache length s), the
+    mbarriers (p3: and the producer's count)."""
     na = -(-max(m.C, m.H * m.D, m.F) // 4) * 4
-    att = 3 * m.D + ak * p1_chunk_rows(m.D) + (512 if version == 5 else 256) + 4
+    att = 3 * m.D + ak * p1_chunk_rows(m.D) + (512 if version >= 5 else 256) + 4
     nc = -(-s // (ak * p1_chunk_rows(m.D)))
-    cmb = (2 * m.H * nc + m.H + 1) // 2 * 2 if version == 5 else 0
+    cmb = (2 * m.H * nc + m.H + 1) // 2 * 2 if version >= 5 else 0
     bars = 16 * stages + (16 if version == 3 else 0)
     return stages * P1_SLOT + 4 * (na + att + 2 * 8 * P1_GRP + cmb) + bars
 
@@ -887,13 +888,14 @@ def persistent_step(
     returns bf.out[0].
     version 1 (p1), 2 (p2: one fence a grid barrier, one attention unit a block),
     3 (p3: p2 with a prefetcher warp walking the chunks into L2 ahead of the ring)
-    4 (p4: p2 whose producer keeps at most `window` chunks in flight) or 5 (p5:
-    p4 with a shorter chain of dependent steps a layer);
-    trace (p2-p5): a (SMs, L, 12) uint64 array for the blocks' globaltimer
+    4 (p4: p2 whose producer keeps at most `window` chunks in flight), 5 (p5:
+    p4 with a shorter chain of dependent steps a layer) or 6 (p6: p5 whose o phase
+    loads the attention's partials all at once);
+    trace (p2-p6): a (SMs, L, 12) uint64 array for the blocks' globaltimer
     stamps (phase ends, barrier exits, the producer's last copy of each layer);
-    slots (p2-p5): K slots an attention unit instead of p2_slots' (tests);
+    slots (p2-p6): K slots an attention unit instead of p2_slots' (tests);
     stages: ring slots instead of the most that fit (2 up to that; experiments);
-    window (p4, p5): chunks in flight, 1 <= window < stages (default P4_WINDOW)."""
+    window (p4-p6): chunks in flight, 1 <= window < stages (default P4_WINDOW)."""
     import cupy as cp
 
     m = pk.model
@@ -914,7 +916,7 @@ def persistent_step(
     if slots is not None and (version < 2 or not 1 <= slots <= P2_MAX_SLOTS):
         raise ValueError(f"slots needs version >= 2, 1..{P2_MAX_SLOTS}, got {slots}")
     if window is not None and version < 4:
-        raise ValueError(f"window is p4's and p5's, got version {version}")
+        raise ValueError(f"window is for p4-p6, got version {version}")
     if rt.compute_capability() < 90:
         raise RuntimeError("persistent_step needs sm_90 (bulk copies, mbarriers)")
     optin, per_sm = _smem_limits(cp.cuda.Device().id)

@@ -651,7 +651,7 @@ def p1_case(draw):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("version", [1, 2, 3, 4, 5])
+@pytest.mark.parametrize("version", [1, 2, 3, 4, 5, 6])
 @given(
     case=p1_case(),
     slots=st.sampled_from([None, 1, 2, 3]),
@@ -659,11 +659,11 @@ def p1_case(draw):
     window=st.sampled_from([None, 1, 2]),
 )
 def test_gpu_persistent_step_matches_reference(version, case, slots, stages, window):
-    """p1-p5 against stack 1 of the float64 reference step (a plain decoder), with
-    outputs, scratch and the cache rows it writes poisoned with NaN first; p2-p5
+    """p1-p6 against stack 1 of the float64 reference step (a plain decoder), with
+    outputs, scratch and the cache rows it writes poisoned with NaN first; p2-p6
     with 1-3 cache slots an attention unit (the benchmark's shape takes 2) and a
     trace whose stamps must run forward; rings of 3 and 5 slots besides the
-    largest, and p4, p5 with windows of 1 and 2 chunks in flight besides the
+    largest, and p4-p6 with windows of 1 and 2 chunks in flight besides the
     default."""
     import cupy as cp
 
@@ -696,7 +696,7 @@ def test_gpu_persistent_step_matches_reference(version, case, slots, stages, win
     if version >= 4:
         kw.update(window=window)
     elif window is not None:
-        return  # the window is p4's and p5's
+        return  # the window is for p4-p6
     got = cp.asnumpy(gs.persistent_step(pk, bf, e, pos, version, **kw))
     if version >= 2:  # thread 0's stamps of block 0 run forward; every producer
         t0 = cp.asnumpy(tr[0, :, :11]).ravel().astype(np.int64)  # finished
@@ -748,7 +748,7 @@ def test_gpu_persistent_step_rejects_bad_inputs_before_launch():
         gs.persistent_step(pk, bf, e, 3, version=1, trace=cp.zeros((1, 1, 12), U64))
     with pytest.raises(ValueError, match="trace"):
         gs.persistent_step(pk, bf, e, 3, version=2, trace=cp.zeros((1, 1, 12), U64))
-    with pytest.raises(ValueError, match="window is p4's and p5's"):
+    with pytest.raises(ValueError, match="window is for p4-p6"):
         gs.persistent_step(pk, bf, e, 3, version=2, window=2)
     with pytest.raises(ValueError, match="stages must be"):
         gs.persistent_step(pk, bf, e, 3, version=2, stages=1)

@@ -24,8 +24,8 @@ from gpu import runtime as rt
 from gpu import stagformer as gs
 
 # the first sweep (NOTES): p2 with 4, 6, 8 and 11 slots, p4 with windows 1-8
-CONFIGS = [(2, None, None), (4, None, 1), (4, None, 2)]
-CONFIGS += [(5, None, w) for w in (1, 2, 3)] + [(5, 6, 2)]
+# the second (H200): p2, p4 with windows 1 and 2, p5 with 1-3, p5 with 6 slots
+CONFIGS = [(2, None, None), (5, None, 2)] + [(6, None, w) for w in (1, 2, 3, 4)]
 
 rng = cp.random.default_rng(0)
 lz = 2 * bs.L

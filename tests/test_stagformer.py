@@ -616,16 +616,33 @@ def test_pack_w_puts_each_unit_of_8_columns_in_one_run(k, m8, seed):
         assert np.array_equal(p[g], w[:, 8 * g : 8 * g + 8])
 
 
-def test_p1_ring_fits_the_benchmark_model_with_one_block_an_sm():
+@pytest.mark.parametrize("version", [1, 2, 3, 4, 5, 6])
+def test_p1_ring_fits_the_benchmark_model_with_one_block_an_sm(version):
     from gpu import bench_stagformer as bs
     from gpu import stagformer as gs
 
     m = gs.Model(bs.H, bs.G, bs.D, bs.C, bs.F, 1, False, None, F16, [[]], [], None, [])
     optin, per_sm = 227 * 1024, 228 * 1024  # sm_90's limits
-    st_ = gs.p1_stages(m, optin)
+    ak = 1 if version == 1 else gs.p2_slots(bs.H, bs.S, bs.D, 132)
+    st_ = gs.p1_stages(m, optin, ak, version, bs.S)
     assert 8 <= st_ <= gs.P1_MAX_STAGES
-    assert gs.p1_smem(m, st_) <= optin < 2 * gs.p1_smem(m, st_) > per_sm
-    assert gs.p1_smem(m, st_ + 1) > optin or st_ == gs.P1_MAX_STAGES
+    smem = gs.p1_smem(m, st_, ak, version, bs.S)
+    assert smem <= optin < 2 * smem > per_sm
+    assert gs.p1_smem(m, st_ + 1, ak, version, bs.S) > optin or st_ == gs.P1_MAX_STAGES
+
+
+def test_p1_smem_counts_p5s_combine_buffer_and_p3s_count():
+    """p5 and p6 add 256 floats of P V sums and 2 H nc + H floats (even) of the
+    combine, nc = ceil(S / (ak P0)); p3 adds 16 bytes (the producer's count)."""
+    from gpu import stagformer as gs
+
+    m = gs.Model(4, 4, 64, 256, 512, 1, False, None, F16, [[]], [], None, [])
+    base = gs.p1_smem(m, 4, 2, 2, 1000)
+    nc = -(-1000 // (2 * gs.p1_chunk_rows(64)))
+    assert gs.p1_smem(m, 4, 2, 1, 1000) == base == gs.p1_smem(m, 4, 2, 4, 1000)
+    assert gs.p1_smem(m, 4, 2, 3, 1000) == base + 16
+    for v in (5, 6):
+        assert gs.p1_smem(m, 4, 2, v, 1000) == base + 4 * (256 + 2 * 4 * nc + 4)
 
 
 @st.composite

@@ -394,6 +394,21 @@ def trace_summary(tr) -> dict:
     )
 
 
+def persistent_inputs(rng, layers: int = 2 * L):
+    """The persistent step's timed inputs: random_model(layers) (plain), B = 1
+    buffers at position S - 1 with random fp16 caches, and a random (1, C)
+    embedding row, drawn from the CuPy generator rng in that order."""
+    import cupy as cp
+
+    m = random_model(layers, False, rng)
+    bf = gs.new_buffers(m, 1, S - 1, stacks=1)
+    for a in (bf.k, bf.v):
+        for i in range(a.shape[0]):
+            a[i] = rng.standard_normal(a.shape[1:], dtype=np.float32).astype(F16)
+    e = rng.standard_normal((1, C), dtype=cp.float32)
+    return m, bf, e
+
+
 def persistent_table(ceil) -> list[dict]:
     """plain_24 at B = 1 as one persistent launch (gs.persistent_step: p1-p6), each
     timed in a CUDA graph, p6 also eagerly (bench.time_events: a step's 3
@@ -404,13 +419,7 @@ def persistent_table(ceil) -> list[dict]:
     traced step."""
     import cupy as cp
 
-    rng = cp.random.default_rng(2025)
-    m = random_model(2 * L, False, rng)
-    bf = gs.new_buffers(m, 1, S - 1, stacks=1)
-    for a in (bf.k, bf.v):
-        for i in range(a.shape[0]):
-            a[i] = rng.standard_normal(a.shape[1:], dtype=np.float32).astype(F16)
-    e = rng.standard_normal((1, C), dtype=cp.float32)
+    m, bf, e = persistent_inputs(cp.random.default_rng(2025))
     checked = {}
     for ver in gs.P1_VERSIONS:
         try:

@@ -2489,37 +2489,16 @@ __device__ void step_p1(const unsigned long long* wt, __half* kc, __half* vc,
     p1::step_p1<D, 3>(wt, kc, vc, gf, x, out, q, o, u, part, sync, L, C, F, \
                       H, G, S, st, ak, trace, 0);                            \
   }
-#define STEP_P4(D)                                                           \
+// p4-p6: one signature (the window last); V the version.
+#define STEP_PW(V, D)                                                        \
   extern "C" __global__ void __launch_bounds__(32 * (p1::CW + 1), 1)        \
-      stag_step_p4_d##D(const unsigned long long* wt, __half* kc,           \
-                        __half* vc, const __half* gf, float* x, float* out, \
-                        __half* q, __half* o, float* u, float* part,        \
-                        unsigned* sync, int L, int C, int F, int H, int G,  \
-                        int S, int st, int ak, unsigned long long* trace,   \
-                        int win) {                                           \
-    p1::step_p1<D, 4>(wt, kc, vc, gf, x, out, q, o, u, part, sync, L, C, F, \
-                      H, G, S, st, ak, trace, win);                          \
-  }
-#define STEP_P5(D)                                                           \
-  extern "C" __global__ void __launch_bounds__(32 * (p1::CW + 1), 1)        \
-      stag_step_p5_d##D(const unsigned long long* wt, __half* kc,           \
-                        __half* vc, const __half* gf, float* x, float* out, \
-                        __half* q, __half* o, float* u, float* part,        \
-                        unsigned* sync, int L, int C, int F, int H, int G,  \
-                        int S, int st, int ak, unsigned long long* trace,   \
-                        int win) {                                           \
-    p1::step_p1<D, 5>(wt, kc, vc, gf, x, out, q, o, u, part, sync, L, C, F, \
-                      H, G, S, st, ak, trace, win);                          \
-  }
-#define STEP_P6(D)                                                           \
-  extern "C" __global__ void __launch_bounds__(32 * (p1::CW + 1), 1)        \
-      stag_step_p6_d##D(const unsigned long long* wt, __half* kc,           \
-                        __half* vc, const __half* gf, float* x, float* out, \
-                        __half* q, __half* o, float* u, float* part,        \
-                        unsigned* sync, int L, int C, int F, int H, int G,  \
-                        int S, int st, int ak, unsigned long long* trace,   \
-                        int win) {                                           \
-    p1::step_p1<D, 6>(wt, kc, vc, gf, x, out, q, o, u, part, sync, L, C, F, \
+      stag_step_p##V##_d##D(const unsigned long long* wt, __half* kc,       \
+                            __half* vc, const __half* gf, float* x,         \
+                            float* out, __half* q, __half* o, float* u,     \
+                            float* part, unsigned* sync, int L, int C,      \
+                            int F, int H, int G, int S, int st, int ak,     \
+                            unsigned long long* trace, int win) {           \
+    p1::step_p1<D, V>(wt, kc, vc, gf, x, out, q, o, u, part, sync, L, C, F, \
                       H, G, S, st, ak, trace, win);                          \
   }
 STEP_P1(64)
@@ -2528,10 +2507,10 @@ STEP_P2(64)
 STEP_P2(128)
 STEP_P3(64)
 STEP_P3(128)
-STEP_P4(64)
-STEP_P4(128)
-STEP_P5(64)
-STEP_P5(128)
-STEP_P6(64)
-STEP_P6(128)
+STEP_PW(4, 64)
+STEP_PW(4, 128)
+STEP_PW(5, 64)
+STEP_PW(5, 128)
+STEP_PW(6, 64)
+STEP_PW(6, 128)
 #endif  // __CUDA_ARCH__ >= 900

@@ -30,12 +30,7 @@ lz = int(sys.argv[2]) if len(sys.argv) > 2 else 2 * bs.L
 rng = cp.random.default_rng(0)
 doc = results.load("ceilings", results.card_slug(rt.device_info()["card"]))
 read_bw = (doc or {}).get("ceilings", {}).get("read_bytes_per_s")
-m = bs.random_model(lz, False, rng)
-bf = gs.new_buffers(m, 1, bs.S - 1, stacks=1)
-for a in (bf.k, bf.v):
-    for i in range(a.shape[0]):
-        a[i] = rng.standard_normal(a.shape[1:], dtype=np.float32).astype(np.float16)
-e = rng.standard_normal((1, bs.C), dtype=cp.float32)
+m, bf, e = bs.persistent_inputs(rng, lz)
 pk = gs.pack_plain(m, bs.S)
 k0, v0 = bf.k.copy(), bf.v.copy()
 for ver in gs.P1_VERSIONS:

@@ -29,12 +29,7 @@ CONFIGS = [(2, None, None), (5, None, 2)] + [(6, None, w) for w in (1, 2, 3, 4)]
 
 rng = cp.random.default_rng(0)
 lz = 2 * bs.L
-m = bs.random_model(lz, False, rng)
-bf = gs.new_buffers(m, 1, bs.S - 1, stacks=1)
-for a in (bf.k, bf.v):
-    for i in range(a.shape[0]):
-        a[i] = rng.standard_normal(a.shape[1:], dtype=np.float32).astype(np.float16)
-e = rng.standard_normal((1, bs.C), dtype=cp.float32)
+m, bf, e = bs.persistent_inputs(rng, lz)
 pk = gs.pack_plain(m, bs.S)
 k0, v0 = bf.k.copy(), bf.v.copy()
 ref = cp.asnumpy(gs.plain_step(m, bf, e, bs.S - 1, 3)).copy()

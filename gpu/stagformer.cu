@@ -1673,6 +1673,23 @@ __device__ void gemv_phase(Ring& ring, const float* act, int K, int M,
   }
 }
 
+// One warp's softmax over the n scores sc (in place: p_j = exp(s_j - m)), with
+// stat = (m, sum p_j): the attention units' step between scores and values.
+__device__ __forceinline__ void unit_softmax(float* sc, int n, float* stat,
+                                             int lane) {
+  float m = NEG_INF;
+  for (int j = lane; j < n; j += 32) m = fmaxf(m, sc[j]);
+  m = warp_max(m);
+  float l = 0.f;
+  for (int j = lane; j < n; j += 32) {
+    const float p = expf(sc[j] - m);
+    sc[j] = p;
+    l += p;
+  }
+  l = warp_sum(l);
+  if (lane == 0) stat[0] = m, stat[1] = l;
+}
+
 template <int D>
 __device__ void attention_phase(Ring& ring, float* att, const __half* q,
                                 const __half* kc, const __half* vc, __half* o,
@@ -1715,19 +1732,7 @@ __device__ void attention_phase(Ring& ring, float* att, const __half* q,
     }
     if (nl) ring.release();
     consumers_sync(NCT);
-    if (w == 0) {
-      float m = NEG_INF;
-      for (int j = lane; j < n; j += 32) m = fmaxf(m, sc[j]);
-      m = warp_max(m);
-      float l = 0.f;
-      for (int j = lane; j < n; j += 32) {
-        const float p = expf(sc[j] - m);
-        sc[j] = p;
-        l += p;
-      }
-      l = warp_sum(l);
-      if (lane == 0) stat[0] = m, stat[1] = l;
-    }
+    if (w == 0) unit_softmax(sc, n, stat, lane);
     consumers_sync(NCT);
     const __half* vs =
         nl ? reinterpret_cast<const __half*>(ring.wait()) : nullptr;
@@ -2042,19 +2047,7 @@ __device__ void attention_phase5(Ring& ring, float* att, const __half* q,
       if (nli) ring.release();
     }
     consumers_sync(NCT);
-    if (t < 32) {
-      float m = NEG_INF;
-      for (int j = lane; j < n; j += 32) m = fmaxf(m, sc[j]);
-      m = warp_max(m);
-      float l = 0.f;
-      for (int j = lane; j < n; j += 32) {
-        const float p = expf(sc[j] - m);
-        sc[j] = p;
-        l += p;
-      }
-      l = warp_sum(l);
-      if (lane == 0) stat[0] = m, stat[1] = l;
-    }
+    if (t < 32) unit_softmax(sc, n, stat, lane);
     consumers_sync(NCT);
     const int d2 = t % (D / 2), pt = t / (D / 2);  // columns 2 d2, 2 d2 + 1
     float a0 = 0.f, a1 = 0.f;

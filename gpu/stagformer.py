@@ -881,13 +881,13 @@ def persistent_step(
     window: int | None = None,
 ):
     """The plain step (plain_step's math) at B = 1 as one persistent launch
-    (stag_step_p1, _p2, _p3; sm_90): one block an SM streams every layer's weights
+    (stag_step_p1 to _p6; sm_90): one block an SM streams every layer's weights
     and cache rows through a ring of bulk copies while its consumer warps meet the
     others at a grid barrier after each phase. e (1, C) float32; bf from
     new_buffers(m, 1, pos, stacks=1); pk from pack_plain(m, pos + 1). Writes and
     returns bf.out[0].
     version 1 (p1), 2 (p2: one fence a grid barrier, one attention unit a block),
-    3 (p3: p2 with a prefetcher warp walking the chunks into L2 ahead of the ring)
+    3 (p3: p2 with a prefetcher warp walking the chunks into L2 ahead of the ring),
     4 (p4: p2 whose producer keeps at most `window` chunks in flight), 5 (p5:
     p4 with a shorter chain of dependent steps a layer) or 6 (p6: p5 whose o phase
     loads the attention's partials all at once);

@@ -1,16 +1,18 @@
 """The plain 24-layer step of chapter 5's model at B = 1 (C = 2048, H = G = 16,
 D = 128, F = 8192, S = 1024, fp16), as one persistent launch (gs.persistent_step,
-p1) and as GEMV v3's layered step: a quick look, not a recorded figure (``python -m
-gpu.bench stagformer`` records both), and a process for a profiler to attach to.
+p1-p6) and as GEMV v3's layered step: a quick look, not a recorded figure
+(``python -m gpu.bench stagformer_persistent`` records them), and a process for a
+profiler to attach to (tools/ncu_source.sh).
 
 PYTHONPATH=$PWD python3 tools/profile_stagformer_p1.py [REPEATS] [LAYERS]
 
 Runs each step REPEATS times (default 3; under ``ncu -k regex:stag_step_p`` the
-first warms the module), checks p2 (the last) against v3 (relative norm of the
+first warms the module), checks the last version against v3 (relative norm of the
 difference), then times each in a CUDA graph (bench.time_cupy) and prints
-microseconds and the
-fraction of the step's floor (step_bytes over the card's read ceiling, when
-results/<card>/ceilings.json has one). TT_PROFILE_ONLY=1 stops before the timing.
+microseconds and the fraction of the step's floor (step_bytes over the card's read
+ceiling, when results/<card>/ceilings.json has one). TT_TRACE_DIR=DIR first saves
+the raw globaltimer stamps of 5 traced steps of p2-p6 as DIR/trace_pV.npy (steps,
+SMs, L, 12); TT_PROFILE_ONLY=1 stops before the timing.
 """
 
 import os

@@ -1673,6 +1673,24 @@ __device__ void gemv_phase(Ring& ring, const float* act, int K, int M,
   }
 }
 
+// Head h's output at column t from its nc chunk partials (max, sum, o: D + 2
+// floats a chunk): m = max_k m_k, then l and the value summed k = 0, 1, ... with
+// weights exp(m_k - m); fp16. p1's and p2's last unit of a head.
+template <int D>
+__device__ __forceinline__ __half head_combine(const float* part, int h, int nc,
+                                               int t) {
+  const float* ph = part + (size_t)h * nc * (D + 2);
+  float m = NEG_INF;
+  for (int k = 0; k < nc; ++k) m = fmaxf(m, __ldcg(ph + k * (D + 2)));
+  float l = 0.f, a = 0.f;
+  for (int k = 0; k < nc; ++k) {
+    const float e = expf(__ldcg(ph + k * (D + 2)) - m);
+    l = fmaf(__ldcg(ph + k * (D + 2) + 1), e, l);
+    a = fmaf(__ldcg(ph + k * (D + 2) + 2 + t), e, a);
+  }
+  return __float2half_rn(a / l);
+}
+
 // One warp's softmax over the n scores sc (in place: p_j = exp(s_j - m)), with
 // stat = (m, sum p_j): the attention units' step between scores and values.
 __device__ __forceinline__ void unit_softmax(float* sc, int n, float* stat,
@@ -1764,18 +1782,7 @@ __device__ void attention_phase(Ring& ring, float* att, const __half* q,
     consumers_sync(NCT);
     if (*flag) {  // the head's last chunk: combine the nc chunks in order
       __threadfence();
-      if (t < D) {
-        const float* ph = part + (size_t)h * nc * (D + 2);
-        float m = NEG_INF;
-        for (int k = 0; k < nc; ++k) m = fmaxf(m, __ldcg(ph + k * (D + 2)));
-        float l = 0.f, a = 0.f;
-        for (int k = 0; k < nc; ++k) {
-          const float e = expf(__ldcg(ph + k * (D + 2)) - m);
-          l = fmaf(__ldcg(ph + k * (D + 2) + 1), e, l);
-          a = fmaf(__ldcg(ph + k * (D + 2) + 2 + t), e, a);
-        }
-        o[h * D + t] = __float2half_rn(a / l);
-      }
+      if (t < D) o[h * D + t] = head_combine<D>(part, h, nc, t);
     }
     consumers_sync(NCT);  // att reused by the next unit
   }
@@ -1900,18 +1907,7 @@ __device__ void attention_phase2(Ring& ring, float* att, const __half* q,
     consumers_sync(NCT);
     if (*flag) {
       __threadfence();
-      if (t < D) {
-        const float* ph = part + (size_t)h * nc * (D + 2);
-        float m = NEG_INF;
-        for (int k = 0; k < nc; ++k) m = fmaxf(m, __ldcg(ph + k * (D + 2)));
-        float l = 0.f, acc = 0.f;
-        for (int k = 0; k < nc; ++k) {
-          const float e = expf(__ldcg(ph + k * (D + 2)) - m);
-          l = fmaf(__ldcg(ph + k * (D + 2) + 1), e, l);
-          acc = fmaf(__ldcg(ph + k * (D + 2) + 2 + t), e, acc);
-        }
-        o[h * D + t] = __float2half_rn(acc / l);
-      }
+      if (t < D) o[h * D + t] = head_combine<D>(part, h, nc, t);
     }
     consumers_sync(NCT);
   }

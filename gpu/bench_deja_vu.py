@@ -15,8 +15,9 @@ The sparse ReLU MLP of one decode step, C = 4096, F = 16384, fp16 (OPT-6.7B's ML
   10 % kept): global-timer stamps at eight points of every block (``timeline``).
 * "deja_vu_batch": B in {1, 4, 16, 64} (quick: 1, 16) with T = the union of the B
   rows' active sets, measured on the weights (b1 set for ~10 % active per row;
-  independent random rows, the worst case for the union), v2-v4 against the same
-  four baselines.
+  independent random rows, the worst case for the union), v2-v8 (v5-v7 up to
+  B = 4) against the same four baselines; v8 is the tensor-core kernel for the
+  batch (fp16 mma from gathered rows, its FLOP floor over the fp16 ceiling).
 
 Every row is validated against the float64 NumPy reference (reference.deja_vu) on
 its first input set, outputs poisoned with NaN; a row that fails is recorded as
@@ -52,8 +53,10 @@ QUICK_BATCHES = (1, 16)
 VARIANTS = ((1, "deterministic"), (2, "atomic"), (2, "deterministic"))
 VARIANTS += ((3, "atomic"), (3, "deterministic"), (4, "atomic"))
 VARIANTS += ((5, "deterministic"), (6, "deterministic"), (7, "deterministic"))
+VARIANTS += ((8, "deterministic"),)
 BATCH_VARIANTS = ((3, "atomic"), (3, "deterministic"), (2, "atomic"), (4, "atomic"))
 BATCH_VARIANTS += ((5, "deterministic"), (6, "deterministic"), (7, "deterministic"))
+BATCH_VARIANTS += ((8, "deterministic"),)
 ACTIVE_SHIFT = -1.2816  # b1 mean: P(N(0, 1) > 1.2816) = 10 % active per row
 K16 = 2.0**-11 / (6 * 2.0**-24)  # one fp16 rounding in units of the gpu row's atol
 GRID = bench.Grid(
@@ -101,10 +104,11 @@ def _weights(rng, n: int, shift: float):
     return sets
 
 
-def _truth(x, w, idx, cublas: bool):
+def _truth(x, w, idx, cublas: bool, a_split: bool = False):
     """float64 reference of set 0 (rows idx gathered on the host) and its scale;
     cublas=True adds the fp16 roundings of the baselines' intermediates (z, a and
-    y before + b2 are stored in fp16: u16 relative each, K16 in the row's units)."""
+    y before + b2 are stored in fp16: u16 relative each, K16 in the row's units);
+    a_split=True, v8's (hi, lo) halves of a (sparse_mlp_scale)."""
     import cupy as cp
 
     from reference.deja_vu import SparseMLPWeights, sparse_mlp
@@ -116,7 +120,7 @@ def _truth(x, w, idx, cublas: bool):
     g1, gb1, g2, gb2, x64 = h
     wk = SparseMLPWeights(g1, gb1, g2, gb2)
     ref = sparse_mlp(x64, wk, np.arange(len(idx)))
-    scale = sparse_mlp_scale(x64, g1, gb1, g2, gb2)
+    scale = sparse_mlp_scale(x64, g1, gb1, g2, gb2, a_split=a_split)
     if cublas:
         z = x64 @ g1.T
         a = np.maximum(z + gb1, 0)
@@ -293,6 +297,9 @@ def _case(sets, xs, idxs, ceil, variants, with_gather=True, **extra) -> list[dic
     k = round(float(np.mean([len(i) for i in idxs])))  # rotated sets: mean size
     base = _base(b, k, ceil, len(sets), **extra)
     ref, scale = _truth(xs[0], sets[0], idxs[0], cublas=False)
+    scale8 = None
+    if any(v in gdv.TENSOR for v, _ in variants):
+        scale8 = _truth(xs[0], sets[0], idxs[0], cublas=False, a_split=True)[1]
     rows = []
     for version, mode in variants:
         fixed = GRID.fixed
@@ -302,6 +309,11 @@ def _case(sets, xs, idxs, ceil, variants, with_gather=True, **extra) -> list[dic
             continue  # v5 holds B rows in registers: the small-batch kernel
         check, calls = _ours(sets, xs, idxs, version, mode)
         name = f"v{version}_{mode[:3]}"
+        if version in gdv.TENSOR:  # its FLOP floor: the fp16 tensor-core ceiling
+            rows.append(
+                _row(name, _tensor_cores(base, ceil), check, calls, ref, scale8, _graph)
+            )
+            continue
         rows.append(_row(name, base, check, calls, ref, scale, _graph))
     if with_gather:
         truth_c = _truth(xs[0], sets[0], idxs[0], cublas=True)

@@ -929,6 +929,196 @@ __device__ void fused_v7(const T* x, const T* w1, const T* b1, const T* w2,
   }
 }
 
+// --- v8: tensor cores for the small batch (fp16, B <= 64) ---
+// Two kernels and finish_v1, deterministic. Both feed mma.sync m16n8k16
+// straight from 16-byte global loads, no shared-memory staging: a dot
+// product's terms may be summed in any order, so each lane loads 8
+// consecutive columns and the mma's k index is permuted the same way on
+// both operands (lane t's k pairs {2t, 2t+1} and {2t+8, 2t+9} are 4
+// adjacent columns of its chunk).
+//   up_v8<MT, NT, U>: block = 16 MT rows of the index set; its W8 warps
+//     split C in 32-column steps (warp w: steps w, w + W8, ...), U steps of
+//     loads in flight; A = 16 W1 rows (row-major, as stored), B = x^T, 8 NT
+//     batch rows. The W8 warp partials add in warp order in shared memory,
+//     then a = relu(z + b1) is stored as two fp16 halves, hi = fp16(a) and
+//     lo = fp16(a - hi), so that down's fp16 operands carry a to about
+//     2^-22 of itself (2^-25 absolute below fp16's normal range) instead of
+//     fp16's 2^-11 (the split of stagformer v4). Layout (B, KP / 2) of
+//     {hi pair, lo pair}; rows past K and bad ids store a = 0.
+//   down_v8<MD, NT, U>: y^T = W2[T]^T a^T. A warp owns 16 MD columns and a
+//     range of the rows (split over gridDim.y); A = W2 rows gathered, which
+//     are contiguous along the columns, not along k: a lane loads 2 MD
+//     columns of each of its 4 rows (2t, 2t+1, 2t+8, 2t+9) and pairs them
+//     with byte permutes (PRMT); B = (hi, lo) of a, one mma each. Each
+//     (split, row, column) partial goes to part (P, B, C) float32; finish_v1
+//     adds them in split order with b2.
+#define W8 8  // warps per block of up_v8 and down_v8
+
+__device__ __forceinline__ unsigned lo_pair(unsigned x, unsigned y) {
+  return __byte_perm(x, y, 0x5410);  // (low half of x, low half of y)
+}
+__device__ __forceinline__ unsigned hi_pair(unsigned x, unsigned y) {
+  return __byte_perm(x, y, 0x7632);  // (high half of x, high half of y)
+}
+
+template <int MT, int NT, int U>
+__device__ void up_v8(const __half* x, const __half* w1, const __half* b1,
+                      const int* idx, uint2* a2, int B, int C, int F, int K,
+                      int KP) {
+  extern __shared__ float red8[];  // [W8][16 MT][8 NT]
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int g = lane >> 2, t = lane & 3, r0 = blockIdx.x * 16 * MT;
+  const __half* wp[MT][2];
+#pragma unroll
+  for (int i = 0; i < MT; ++i)
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      int r = r0 + 16 * i + g + 8 * h, id = r < K ? idx[r] : -1;
+      wp[i][h] = w1 + (size_t)(id >= 0 && id < F ? id : 0) * C;
+    }
+  const __half* xp[NT];
+#pragma unroll
+  for (int j = 0; j < NT; ++j) xp[j] = x + (size_t)min(8 * j + g, B - 1) * C;
+  float acc[MT][NT][4] = {};
+  const int steps = (C + 31) / 32;
+  for (int s0 = warp; s0 < steps; s0 += W8 * U) {
+    uint4 wv[U][MT][2], xv[U][NT];
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      int col = 32 * (s0 + W8 * u) + 8 * t;
+      bool in = s0 + W8 * u < steps && col < C;  // C % 8 == 0: all or none
+#pragma unroll
+      for (int i = 0; i < MT; ++i)
+#pragma unroll
+        for (int h = 0; h < 2; ++h)
+          wv[u][i][h] = in ? load16(wp[i][h] + col) : make_uint4(0, 0, 0, 0);
+#pragma unroll
+      for (int j = 0; j < NT; ++j)
+        xv[u][j] = in ? load16(xp[j] + col) : make_uint4(0, 0, 0, 0);
+    }
+#pragma unroll
+    for (int u = 0; u < U; ++u)
+#pragma unroll
+      for (int i = 0; i < MT; ++i)
+#pragma unroll
+        for (int j = 0; j < NT; ++j) {
+          const uint4 &p = wv[u][i][0], &q = wv[u][i][1], &v = xv[u][j];
+          unsigned a0[4] = {p.x, q.x, p.y, q.y}, b0[2] = {v.x, v.y};
+          mma16816(acc[i][j], a0, b0);
+          unsigned a1[4] = {p.z, q.z, p.w, q.w}, b1_[2] = {v.z, v.w};
+          mma16816(acc[i][j], a1, b1_);
+        }
+  }
+  constexpr int NB = 8 * NT, RW = 16 * MT;
+#pragma unroll
+  for (int i = 0; i < MT; ++i)
+#pragma unroll
+    for (int j = 0; j < NT; ++j)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        int row = 16 * i + g + 8 * (e >> 1), n = 8 * j + 2 * t + (e & 1);
+        red8[(warp * RW + row) * NB + n] = acc[i][j][e];
+      }
+  __syncthreads();
+  for (int e = threadIdx.x; e < RW * NB; e += blockDim.x) {
+    int row = e / NB, n = e % NB, r = r0 + row;
+    if (n >= B || r >= KP) continue;
+    float z = 0.f;
+#pragma unroll
+    for (int w = 0; w < W8; ++w) z += red8[(w * RW + row) * NB + n];
+    int id = r < K ? idx[r] : -1;
+    float a = id >= 0 && id < F ? fmaxf(z + __half2float(b1[id]), 0.f) : 0.f;
+    __half hi = __float2half_rn(a);
+    __half lo = __float2half_rn(a - __half2float(hi));
+    __half* pair = reinterpret_cast<__half*>(a2 + (size_t)n * (KP / 2) + r / 2);
+    pair[r & 1] = hi;
+    pair[2 + (r & 1)] = lo;
+  }
+}
+
+// MD words (2 MD halves) of one row at column c: 8 or 16 bytes.
+template <int MD>
+__device__ __forceinline__ void load_words(unsigned (&w)[MD], const __half* p) {
+  if constexpr (MD == 4) {
+    uint4 v = load16(p);
+    w[0] = v.x, w[1] = v.y, w[2] = v.z, w[3] = v.w;
+  } else {
+    uint2 v = __ldg(reinterpret_cast<const uint2*>(p));
+    w[0] = v.x, w[1] = v.y;
+  }
+}
+
+template <int MD, int NT, int U>
+__device__ void down_v8(const uint2* a2, const __half* w2, const int* idx,
+                        float* part, int B, int C, int F, int K, int KP,
+                        int spp) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int g = lane >> 2, t = lane & 3;
+  const int cb = 16 * MD * (blockIdx.x * W8 + warp) + 2 * MD * g;
+  const bool cin = cb < C;  // C % 8 == 0 and 2 MD | 8: all or none
+  const int ks0 = blockIdx.y * spp, ks1 = min(ks0 + spp, KP / 16);
+  float acc[MD][NT][4] = {};
+  for (int ks = ks0; ks < ks1; ks += U) {
+    unsigned w[U][4][MD];
+    uint2 av[U][NT][2];
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      int j = 16 * (ks + u) + 2 * t;
+      bool in = ks + u < ks1;
+#pragma unroll
+      for (int q = 0; q < 4; ++q) {
+        int r = j + (q & 1) + 8 * (q >> 1), id = in && r < K ? idx[r] : 0;
+        id = id >= 0 && id < F ? id : 0;  // a = 0 there: any row will do
+        if (in && cin) {
+          load_words<MD>(w[u][q], w2 + (size_t)id * C + cb);
+        } else {
+#pragma unroll
+          for (int m = 0; m < MD; ++m) w[u][q][m] = 0u;
+        }
+      }
+#pragma unroll
+      for (int jn = 0; jn < NT; ++jn) {
+        const uint2* ar = a2 + (size_t)min(8 * jn + g, B - 1) * (KP / 2);
+        av[u][jn][0] = in ? ar[j / 2] : make_uint2(0u, 0u);
+        av[u][jn][1] = in ? ar[j / 2 + 4] : make_uint2(0u, 0u);
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < U; ++u)
+#pragma unroll
+      for (int m = 0; m < MD; ++m) {
+        unsigned a[4] = {lo_pair(w[u][0][m], w[u][1][m]),
+                         hi_pair(w[u][0][m], w[u][1][m]),
+                         lo_pair(w[u][2][m], w[u][3][m]),
+                         hi_pair(w[u][2][m], w[u][3][m])};
+#pragma unroll
+        for (int jn = 0; jn < NT; ++jn) {
+          unsigned bh[2] = {av[u][jn][0].x, av[u][jn][1].x};
+          mma16816(acc[m][jn], a, bh);
+          unsigned bl[2] = {av[u][jn][0].y, av[u][jn][1].y};
+          mma16816(acc[m][jn], a, bl);
+        }
+      }
+  }
+  if (!cin) return;
+#pragma unroll
+  for (int jn = 0; jn < NT; ++jn)
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+      int n = 8 * jn + 2 * t + e;
+      if (n >= B) continue;
+      float v[2 * MD];
+#pragma unroll
+      for (int m = 0; m < MD; ++m)
+        v[2 * m] = acc[m][jn][e], v[2 * m + 1] = acc[m][jn][2 + e];
+      float4* dst = reinterpret_cast<float4*>(
+          part + ((size_t)blockIdx.y * B + n) * C + cb);
+#pragma unroll
+      for (int h = 0; h < MD / 2; ++h)
+        dst[h] = make_float4(v[4 * h], v[4 * h + 1], v[4 * h + 2], v[4 * h + 3]);
+    }
+}
+
 // --- finish ---
 // grid (ceil(C / 128), B), block 256 = 8 warps: lane -> 4 columns, warp w
 // sums parts w, w + 8, ... in order; the 8 warp sums add in warp order.
@@ -1060,3 +1250,28 @@ DV_FUSED7(deja_vu_fused_v7_f16_p4, __half, 4, 2)
   }
 DV_FINISH(deja_vu_finish_v1_f32, float)
 DV_FINISH(deja_vu_finish_v1_f16, __half)
+
+// v8 instances: NT = ceil(B / 8) in {1, 2, 4, 8}; (MT, U) of up and (MD, U)
+// of down chosen per NT (gpu/deja_vu.py, V8_SHAPES).
+#define DV_UP8(NT, MT, U)                                                    \
+  extern "C" __global__ void __launch_bounds__(32 * W8)                      \
+  deja_vu_up_v8_f16_n##NT(const __half* x, const __half* w1,                 \
+                          const __half* b1, const int* idx, uint2* a2,       \
+                          int B, int C, int F, int K, int KP) {              \
+    up_v8<MT, NT, U>(x, w1, b1, idx, a2, B, C, F, K, KP);                    \
+  }
+DV_UP8(1, 1, 4)
+DV_UP8(2, 1, 4)
+DV_UP8(4, 2, 2)
+DV_UP8(8, 2, 2)
+#define DV_DOWN8(NT, MD, U)                                                  \
+  extern "C" __global__ void __launch_bounds__(32 * W8)                      \
+  deja_vu_down_v8_f16_n##NT(const uint2* a2, const __half* w2,               \
+                            const int* idx, float* part, int B, int C,       \
+                            int F, int K, int KP, int spp) {                 \
+    down_v8<MD, NT, U>(a2, w2, idx, part, B, C, F, K, KP, spp);              \
+  }
+DV_DOWN8(1, 4, 2)
+DV_DOWN8(2, 4, 2)
+DV_DOWN8(4, 2, 2)
+DV_DOWN8(8, 2, 2)

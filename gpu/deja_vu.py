@@ -7,9 +7,10 @@ alignment), casts scalars to int32, picks the grids and launches. No maths.
 
 One call is one to four launches (see the .cu header): v1 up + down; v2 [zero,] up,
 down, finish; v3 [zero,] fused, finish; v4 fused alone (atomic mode only; its
-workspace must come zeroed, new_workspace, and is left zeroed); v5 fused alone
+workspace must come zeroed, new_workspace, and is left zeroed); v5-v7 fused alone
 (deterministic, B <= 4; its workspace's four counters must come zeroed, and are left
-zeroed; the partials after them need not). Pass ``out`` and
+zeroed; the partials after them need not); v8 up, down, finish on tensor cores
+(deterministic, float16, B <= 64). Pass ``out`` and
 ``workspace`` to launch without allocating (CUDA graphs), and ``check_idx=False`` for
 an index set already checked (the check is a device reduction and a host sync).
 """
@@ -23,8 +24,9 @@ import numpy as np
 from gpu import runtime as rt
 
 SLUG = "deja_vu"
-VERSIONS = (1, 2, 3, 4, 5, 6, 7)
+VERSIONS = (1, 2, 3, 4, 5, 6, 7, 8)
 RING = (5, 6, 7)  # the one-launch ring versions: plan v5_plan, B <= 4
+TENSOR = (8,)  # tensor-core versions: float16 only, B <= V8_MAX_B, plan v8_plan
 MODES = ("atomic", "deterministic")
 DTYPES = (np.float32, np.float16)
 _SUFFIX = {np.dtype(np.float32): "f32", np.dtype(np.float16): "f16"}
@@ -41,6 +43,11 @@ VPT5 = {1: 4, 2: 4, 4: 2}  # v5 instances: column vectors per thread -> most B
 SMEM5 = 227 * 1024  # shared memory a block may opt in to on sm_90
 FINISHERS5 = 64  # most blocks that sum v5's partials (< blocks resident at once)
 MAX_GRID_Y = 65535
+W8 = 8  # warps per block of up_v8 and down_v8 (W8 in the .cu)
+V8_MAX_B = 64  # 8 NT batch rows for the largest instance, NT = 8
+# NT (batch rows / 8, rounded up) -> (MT: m-tiles of 16 rows per up_v8 block, MD:
+# m-tiles of 16 columns per down_v8 warp), as instantiated in the .cu
+V8_SHAPES = {1: (1, 4), 2: (1, 4), 4: (2, 2), 8: (2, 2)}
 
 
 def vec(dtype) -> int:
@@ -92,6 +99,31 @@ def v5_plan(
     return dict(blocks=g, vpt=vpt, stages=stages, finishers=fin, smem=smem, n=n)
 
 
+def v8_plan(b: int, c: int, k: int, sms: int | None = None) -> dict:
+    """v8's launches: NT = ceil(B / 8) n-tiles (1, 2, 4, 8), KP = K rounded up to
+    16, up_v8 over ceil(KP / 16 MT) blocks with W8 16 MT 8 NT floats of shared
+    memory, down_v8 over (gx, P) blocks: gx column blocks of W8 16 MD columns, P
+    splits of spp 16-row steps each, P chosen for about two blocks per SM (at least
+    two steps a split); finish_v1 sums the P partials in split order."""
+    if not 1 <= b <= V8_MAX_B:
+        raise ValueError(f"v8 handles 1 <= B <= {V8_MAX_B}; B = {b}")
+    nt = next(n for n in sorted(V8_SHAPES) if b <= 8 * n)
+    mt, md = V8_SHAPES[nt]
+    kp = -(-k // 16) * 16
+    steps = kp // 16
+    gx = -(-c // (W8 * 16 * md))
+    parts = spp = 0
+    if steps:
+        sms = _sms() if sms is None else sms
+        parts = max(1, min(-(-2 * sms // gx), -(-steps // 2)))
+        spp = -(-steps // parts)
+        parts = -(-steps // spp)
+    return dict(
+        nt=nt, mt=mt, md=md, kp=kp, up_blocks=-(-kp // (16 * mt)),
+        up_smem=W8 * 16 * mt * 8 * nt * 4, gx=gx, parts=parts, spp=spp,
+    )  # fmt: skip
+
+
 def _sms() -> int:
     return rt.sm_count()
 
@@ -101,6 +133,8 @@ def n_parts(version: int, k: int, mode: str) -> int:
     the deterministic mode (ceil(K / 32) for v2, ceil(K / 8) for v3), 0 for v1."""
     if version == 1:
         return 0
+    if version in TENSOR:
+        raise ValueError("v8's partials come from v8_plan (they depend on B and C)")
     if mode == "atomic":
         return 1
     return math.ceil(k / (RC2 if version == 2 else R3))
@@ -126,6 +160,9 @@ def workspace_elems(
     asks the device for its SM count unless ``blocks`` is given)."""
     if version == 4:  # acc (B, C), then the arrival counter (one 16-byte slot)
         return b * c + 4
+    if version in TENSOR:  # a as (hi, lo) halves (B, KP), then (P, B, C) partials
+        pl = v8_plan(b, c, k)  # P depends on the SM count of the device in use
+        return b * pl["kp"] + pl["parts"] * b * c
     if version in RING:
         g = blocks if blocks is not None else max(min(_sms(), k), -(-k // NR5), 1)
         return 4 + g * b * c
@@ -157,7 +194,7 @@ def _check(x, w1, b1, w2, b2, idx, version, mode, check_idx):
     if version not in VERSIONS:
         raise ValueError(f"version must be one of {VERSIONS}, got {version!r}")
     only = {1: ("deterministic",), 4: ("atomic",), 5: ("deterministic",)}
-    only[6] = only[7] = only[5]
+    only[6] = only[7] = only[8] = only[5]
     if mode not in only.get(version, MODES):
         ok = only.get(version, MODES)
         raise ValueError(f"mode for v{version} must be one of {ok}, got {mode!r}")
@@ -165,6 +202,9 @@ def _check(x, w1, b1, w2, b2, idx, version, mode, check_idx):
     for name, arr, nd in (("w1", w1, 2), ("b1", b1, 1), ("w2", w2, 2), ("b2", b2, 1)):
         rt.check_array(name, arr, (x.dtype,), nd)
     rt.check_array("idx", idx, (np.int32,), 1)
+    if version in TENSOR and x.dtype != np.float16:
+        raise TypeError(f"v{version} runs on tensor cores: x must be float16, got "
+                        f"{x.dtype.name}")  # fmt: skip
     (b, c), f, k = x.shape, w1.shape[0], idx.shape[0]
     rt.check_positive(B=b, C=c, F=f)
     rt.check_shape("w1", w1, (f, c), "FC")
@@ -174,8 +214,12 @@ def _check(x, w1, b1, w2, b2, idx, version, mode, check_idx):
     if k > f:
         raise ValueError(f"idx holds K = {k} > F = {f} ids: some must repeat")
     rt.check_int32(FC=f * c, BC=b * c, BK=b * k)  # partials index in size_t
-    if b > MAX_GRID_Y or (version in (3, 4) and b > MAX_B):
-        lim = MAX_B if version in (3, 4) else MAX_GRID_Y
+    if (
+        b > MAX_GRID_Y
+        or (version in (3, 4) and b > MAX_B)
+        or (version in TENSOR and b > V8_MAX_B)
+    ):
+        lim = {3: MAX_B, 4: MAX_B, 8: V8_MAX_B}.get(version, MAX_GRID_Y)
         raise ValueError(f"B = {b} exceeds v{version}'s limit {lim}")
     if k and check_idx:  # one sort, one reduction and a host sync
         import cupy as cp
@@ -222,10 +266,11 @@ def sparse_mlp(
         w1, w2: (F, C) of x's dtype: neuron-major (w1 = W_in^T, w2 = W_out).
         b1: (F,); b2: (C,), x's dtype.
         idx: (K,) int32, distinct ids in [0, F), any order; K = 0 gives b2.
-        version: 1..5 (gpu/deja_vu.cu); v5 takes B <= 4 (2 at the widest C).
+        version: 1..8 (gpu/deja_vu.cu); v5-v7 take B <= 4 (2 at the widest C),
+            v8 float16 and B <= 64.
         mode: "atomic" (fast; the sum order varies from run to run) or
-            "deterministic" (bitwise reproducible); None: v1 and v5
-            "deterministic", v2-v4 "atomic". v1 and v5 are deterministic only,
+            "deterministic" (bitwise reproducible); None: v1, v5-v8
+            "deterministic", v2-v4 "atomic". v1, v5-v8 are deterministic only,
             v4 atomic only.
         out: optional (B, C) output of x's dtype (no allocation: CUDA graphs).
         workspace: optional float32 array of >= workspace_elems(...) elements;
@@ -245,7 +290,7 @@ def sparse_mlp(
     """
     import cupy as cp
 
-    mode = mode or ("deterministic" if version in (1, *RING) else "atomic")
+    mode = mode or ("deterministic" if version in (1, *RING, *TENSOR) else "atomic")
     b, c, f, k = _check(x, w1, b1, w2, b2, idx, version, mode, check_idx)
     if (blocks is not None or finishers is not None) and version not in RING:
         raise ValueError(f"blocks and finishers are v5-v7 options; version = {version}")
@@ -272,6 +317,25 @@ def sparse_mlp(
             raise ValueError("workspace must be 16-byte aligned (float4 partials)")
     i32, sfx = np.int32, _SUFFIX[x.dtype]
     dims = (i32(b), i32(c), i32(f), i32(k))
+    if version in TENSOR:
+        pl = v8_plan(b, c, k)
+        kp, nt, parts = pl["kp"], pl["nt"], pl["parts"]
+        a2, part = workspace[: b * kp], workspace[b * kp :]
+        if k:
+            up = rt.kernel(SLUG, f"deja_vu_up_v8_f16_n{nt}")
+            up.max_dynamic_shared_size_bytes = pl["up_smem"]  # 64 KB at NT = 8
+            up((pl["up_blocks"],), (32 * W8,), (x, w1, b1, idx, a2, *dims, i32(kp)),
+               shared_mem=pl["up_smem"])  # fmt: skip
+            rt.kernel(SLUG, f"deja_vu_down_v8_f16_n{nt}")(
+                (pl["gx"], parts),
+                (32 * W8,),
+                (a2, w2, idx, part, *dims, i32(kp), i32(pl["spp"])),
+            )
+        rt.kernel(SLUG, f"deja_vu_finish_v1_{sfx}")(
+            (math.ceil(c / 128), b), (THREADS,), (part, i32(parts), b2, out, i32(b),
+                                                   i32(c))
+        )  # fmt: skip
+        return out
     if version in RING:
         if trace is not None:
             rt.check_array("trace", trace, (np.uint64,), 1)

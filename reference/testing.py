@@ -367,6 +367,7 @@ def sparse_mlp_scale(
     b2: np.ndarray,
     idx: np.ndarray | None = None,
     worst_case: bool = False,
+    a_split: bool = False,
 ) -> float:
     """The ``scale`` of a (sparse) ReLU MLP y = relu(x w1[T]^T + b1[T]) w2[T] + b2.
 
@@ -380,6 +381,13 @@ def sparse_mlp_scale(
     Returns max_bj [g(|T|+1) (sum_i a_i |w2_ij| + |b2_j|) + g(C+1) sum_i m_i |w2_ij|]
     (a_i exact, from float64). idx=None means all F neurons (the dense side, which
     bounds any T). Shapes: x (B, C); w1, w2 (F, C); b1 (F,); b2 (C,); idx (K,).
+
+    a_split: the kernel hands a_i to fp16 tensor cores as two halves, hi = fp16(a_i)
+    and lo = fp16(a_i - hi) (gpu/deja_vu.cu v8). a_i - hi is exact in float32
+    (Sterbenz), so |a_i - hi - lo| <= u16 |a_i - hi| <= u16^2 |a_i| while lo is a
+    normal fp16, and <= 2^-25 (half the subnormal spacing) below: y_j moves by at
+    most sum_i (u16^2 a_i + 2^-25) |w2_ij|, added here in units of lam*u32 (the
+    "gpu" rows' atol) to the probabilistic part. Needs |a_i| < 65504 (fp16's range).
     """
     g = (lambda n: float(n)) if worst_case else math.sqrt
     x = np.asarray(x, np.float64)
@@ -393,7 +401,12 @@ def sparse_mlp_scale(
     b2a = np.abs(np.asarray(b2, np.float64))
     own = a @ w2a + b2a  # (B, C)
     prop = m @ w2a  # (B, C)
-    return float((g(k + 1) * own + g(c + 1) * prop).max(initial=0.0))
+    total = g(k + 1) * own + g(c + 1) * prop
+    if a_split:  # the (hi, lo) fp16 pair's representation error, in lam*u32 units
+        total = total + (_U16**2 * (a @ w2a) + 2.0**-25 * w2a.sum(axis=0)) / (
+            LAM * _U32
+        )
+    return float(total.max(initial=0.0))
 
 
 def lowrank_scale(x, mean, a, b, bias) -> float:

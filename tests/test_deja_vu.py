@@ -559,3 +559,174 @@ def test_gpu_v4_without_a_workspace_allocates_a_zeroed_one():
         out = rt.poisoned(x.shape, x.dtype)
         gdv.sparse_mlp(*args, version=4, out=out)
         assert_close(cp.asnumpy(out), ref, "gpu", F32, scale)
+
+
+# --- v8's fragment plumbing, emulated on the CPU (no GPU needed) -------------------
+# up_v8 and down_v8 (gpu/deja_vu.cu) feed mma.sync m16n8k16 from plain 16-byte loads
+# with the k index permuted, and down_v8 builds A fragments from four rows with byte
+# permutes. An index slip there would still compile; this emulation replays each
+# lane's loads, permutes and fragment layout (PTX ISA, "Matrix Fragments for
+# mma.m16n8k16") with exact float64 values and checks the products come out right.
+
+
+def _mma16816(acc, a, b):
+    """acc (32, 4) += A . B over the warp, from per-lane fragments: a (32, 4, 2), b
+    (32, 2, 2) halves (low, high), laid out as the PTX ISA gives for .f16 m16n8k16."""
+    big_a, big_b = np.zeros((16, 16)), np.zeros((16, 8))
+    for lane in range(32):
+        g, t = lane >> 2, lane & 3
+        for h in range(2):
+            big_a[g, 2 * t + h], big_a[g + 8, 2 * t + h] = a[lane, 0, h], a[lane, 1, h]
+            big_a[g, 2 * t + 8 + h] = a[lane, 2, h]
+            big_a[g + 8, 2 * t + 8 + h] = a[lane, 3, h]
+            big_b[2 * t + h, g], big_b[2 * t + 8 + h, g] = b[lane, 0, h], b[lane, 1, h]
+    d = big_a @ big_b
+    for lane in range(32):
+        g, t = lane >> 2, lane & 3
+        acc[lane] += (
+            d[g, 2 * t],
+            d[g, 2 * t + 1],
+            d[g + 8, 2 * t],
+            d[g + 8, 2 * t + 1],
+        )
+
+
+def _words(row, col, n):
+    """n 32-bit words (pairs of halves) of a row from column col: zero past its end."""
+    v = np.zeros(2 * n)
+    seg = row[col : col + 2 * n]
+    v[: seg.size] = seg
+    return v.reshape(n, 2)
+
+
+def _pair(x, y, half):
+    """PRMT: (half of x, the same half of y) per lane, as down_v8's lo/hi_pair."""
+    return np.stack([x[:, half], y[:, half]], axis=1)
+
+
+def _up_v8_emulated(x, w1, b1, idx, mt, nt, n_warps=8):
+    """a (B, KP) as up_v8 computes it, one block (16 MT rows) at a time."""
+    bsz, c = x.shape
+    k, f = idx.size, w1.shape[0]
+    kp = -(-k // 16) * 16
+    a = np.zeros((bsz, kp))
+    for r0 in range(0, kp, 16 * mt):
+        red = np.zeros((n_warps, 16 * mt, 8 * nt))
+        for warp in range(n_warps):
+            acc = np.zeros((mt, nt, 32, 4))
+            for s in range(warp, -(-c // 32), n_warps):
+                wv = np.zeros((mt, 2, 32, 4, 2))
+                xv = np.zeros((nt, 32, 4, 2))
+                for lane in range(32):
+                    g, t = lane >> 2, lane & 3
+                    col = 32 * s + 8 * t
+                    for i in range(mt):
+                        for h in range(2):
+                            r = r0 + 16 * i + g + 8 * h
+                            i_d = idx[r] if r < k else -1
+                            wv[i, h, lane] = _words(
+                                w1[i_d if 0 <= i_d < f else 0], col, 4
+                            )
+                    for j in range(nt):
+                        xv[j, lane] = _words(x[min(8 * j + g, bsz - 1)], col, 4)
+                for i in range(mt):
+                    for j in range(nt):
+                        p, q, v = wv[i, 0], wv[i, 1], xv[j]
+                        for u in range(2):  # words (0, 1), then (2, 3)
+                            fa = np.stack([p[:, 2 * u], q[:, 2 * u], p[:, 2 * u + 1],
+                                           q[:, 2 * u + 1]], axis=1)  # fmt: skip
+                            fb = np.stack([v[:, 2 * u], v[:, 2 * u + 1]], axis=1)
+                            _mma16816(acc[i, j], fa, fb)
+            for lane in range(32):
+                g, t = lane >> 2, lane & 3
+                for i in range(mt):
+                    for j in range(nt):
+                        for e in range(4):
+                            row, n = 16 * i + g + 8 * (e >> 1), 8 * j + 2 * t + (e & 1)
+                            red[warp, row, n] = acc[i, j, lane, e]
+        z = red.sum(axis=0)
+        for row in range(16 * mt):
+            r = r0 + row
+            if r >= kp:
+                continue
+            i_d = idx[r] if r < k else -1
+            for n in range(bsz):
+                if 0 <= i_d < f:
+                    a[n, r] = max(z[row, n] + b1[i_d], 0.0)
+    return a
+
+
+def _down_v8_emulated(a, w2, idx, md, nt, spp, n_warps=8):
+    """The (P, B, C) partials of down_v8 over a (B, KP)."""
+    bsz, kp = a.shape
+    k, (f, c) = idx.size, w2.shape
+    steps = kp // 16
+    parts = -(-steps // spp) if steps else 0
+    part = np.full((parts, bsz, c), np.nan)
+    gx = -(-c // (n_warps * 16 * md))
+    for y in range(parts):
+        for bx in range(gx):
+            for warp in range(n_warps):
+                acc = np.zeros((md, nt, 32, 4))
+                for ks in range(y * spp, min((y + 1) * spp, steps)):
+                    rows = np.zeros((4, md, 32, 2))
+                    fb = np.zeros((nt, 32, 2, 2))
+                    for lane in range(32):
+                        g, t = lane >> 2, lane & 3
+                        cb = 16 * md * (bx * n_warps + warp) + 2 * md * g
+                        j = 16 * ks + 2 * t
+                        for qq in range(4):
+                            r = j + (qq & 1) + 8 * (qq >> 1)
+                            i_d = idx[r] if r < k else 0
+                            i_d = i_d if 0 <= i_d < f else 0
+                            if cb < c:
+                                rows[qq, :, lane] = _words(w2[i_d], cb, md)
+                        for jn in range(nt):
+                            ar = a[min(8 * jn + g, bsz - 1)]
+                            fb[jn, lane, 0], fb[jn, lane, 1] = (
+                                ar[j : j + 2],
+                                ar[j + 8 : j + 10],
+                            )
+                    for m in range(md):  # __byte_perm 0x5410 (low halves), 0x7632
+                        r0_, r1_, r2_, r3_ = (rows[qq, m] for qq in range(4))
+                        fa = np.stack([_pair(r0_, r1_, 0), _pair(r0_, r1_, 1),
+                                       _pair(r2_, r3_, 0), _pair(r2_, r3_, 1)],
+                                      axis=1)  # fmt: skip
+                        for jn in range(nt):
+                            _mma16816(acc[m, jn], fa, fb[jn])
+                for lane in range(32):
+                    g, t = lane >> 2, lane & 3
+                    cb = 16 * md * (bx * n_warps + warp) + 2 * md * g
+                    if cb >= c:
+                        continue
+                    for jn in range(nt):
+                        for e in range(2):
+                            n = 8 * jn + 2 * t + e
+                            if n >= bsz:
+                                continue
+                            for m in range(md):
+                                part[y, n, cb + 2 * m] = acc[m, jn, lane, e]
+                                part[y, n, cb + 2 * m + 1] = acc[m, jn, lane, 2 + e]
+    return part
+
+
+@pytest.mark.parametrize("b,c,k,mt,nt,md,spp", [
+    (3, 72, 20, 1, 1, 4, 1),   # C past a 32-column step and a 64-column warp
+    (9, 40, 37, 2, 2, 2, 2),   # two n-tiles, a partial m-tile, two steps a split
+])  # fmt: skip
+def test_v8_fragments_emulated(b, c, k, mt, nt, md, spp):
+    """up_v8's and down_v8's lane-level loads, byte permutes and fragment layout,
+    replayed on the CPU in float64, give relu(x w1[T]^T + b1[T]) and its product
+    with w2[T] exactly (up to float64 rounding): the kernels' index plumbing."""
+    rng = np.random.default_rng(5)
+    f = 50
+    w = dv.random_mlp(rng, c, f, 1.0)
+    x = rng.standard_normal((b, c))
+    idx = rng.permutation(f)[:k].astype(np.int32)
+    a = _up_v8_emulated(x, w.w1, w.b1, idx, mt, nt)
+    want = np.maximum(x @ w.w1[idx].T + w.b1[idx], 0.0)
+    np.testing.assert_allclose(a[:, :k], want, rtol=1e-12, atol=1e-12)
+    assert not a[:, k:].any()  # rows past K hold a = 0
+    part = _down_v8_emulated(a, w.w2, idx, md, nt, spp)
+    np.testing.assert_allclose(part.sum(axis=0), want @ w.w2[idx], rtol=1e-12,
+                               atol=1e-12)  # fmt: skip

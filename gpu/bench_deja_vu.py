@@ -16,8 +16,8 @@ The sparse ReLU MLP of one decode step, C = 4096, F = 16384, fp16 (OPT-6.7B's ML
 * "deja_vu_batch": B in {1, 4, 16, 64} (quick: 1, 16) with T = the union of the B
   rows' active sets, measured on the weights (b1 set for ~10 % active per row;
   independent random rows, the worst case for the union), v2-v8 (v5-v7 up to
-  B = 4) against the same four baselines; v8 is the tensor-core kernel for the
-  batch (fp16 mma from gathered rows, its FLOP floor over the fp16 ceiling).
+  B = 4) against the same four baselines; v8 and v9 are the tensor-core kernels for
+  the batch (fp16 mma from gathered rows, their FLOP floor over the fp16 ceiling).
 
 Every row is validated against the float64 NumPy reference (reference.deja_vu) on
 its first input set, outputs poisoned with NaN; a row that fails is recorded as
@@ -53,10 +53,10 @@ QUICK_BATCHES = (1, 16)
 VARIANTS = ((1, "deterministic"), (2, "atomic"), (2, "deterministic"))
 VARIANTS += ((3, "atomic"), (3, "deterministic"), (4, "atomic"))
 VARIANTS += ((5, "deterministic"), (6, "deterministic"), (7, "deterministic"))
-VARIANTS += ((8, "deterministic"),)
+VARIANTS += ((8, "deterministic"), (9, "deterministic"))
 BATCH_VARIANTS = ((3, "atomic"), (3, "deterministic"), (2, "atomic"), (4, "atomic"))
 BATCH_VARIANTS += ((5, "deterministic"), (6, "deterministic"), (7, "deterministic"))
-BATCH_VARIANTS += ((8, "deterministic"),)
+BATCH_VARIANTS += ((8, "deterministic"), (9, "deterministic"))
 ACTIVE_SHIFT = -1.2816  # b1 mean: P(N(0, 1) > 1.2816) = 10 % active per row
 K16 = 2.0**-11 / (6 * 2.0**-24)  # one fp16 rounding in units of the gpu row's atol
 GRID = bench.Grid(

@@ -9,8 +9,8 @@ One call is one to four launches (see the .cu header): v1 up + down; v2 [zero,] 
 down, finish; v3 [zero,] fused, finish; v4 fused alone (atomic mode only; its
 workspace must come zeroed, new_workspace, and is left zeroed); v5-v7 fused alone
 (deterministic, B <= 4; its workspace's four counters must come zeroed, and are left
-zeroed; the partials after them need not); v8 up, down, finish on tensor cores
-(deterministic, float16, B <= 64). Pass ``out`` and
+zeroed; the partials after them need not); v8 and v9 up, down, finish on tensor
+cores (deterministic, float16, B <= 64; v9 is v8 software-pipelined). Pass ``out`` and
 ``workspace`` to launch without allocating (CUDA graphs), and ``check_idx=False`` for
 an index set already checked (the check is a device reduction and a host sync).
 """
@@ -24,9 +24,9 @@ import numpy as np
 from gpu import runtime as rt
 
 SLUG = "deja_vu"
-VERSIONS = (1, 2, 3, 4, 5, 6, 7, 8)
+VERSIONS = (1, 2, 3, 4, 5, 6, 7, 8, 9)
 RING = (5, 6, 7)  # the one-launch ring versions: plan v5_plan, B <= 4
-TENSOR = (8,)  # tensor-core versions: float16 only, B <= V8_MAX_B, plan v8_plan
+TENSOR = (8, 9)  # tensor-core versions: float16 only, B <= V8_MAX_B, plan v8_plan
 MODES = ("atomic", "deterministic")
 DTYPES = (np.float32, np.float16)
 _SUFFIX = {np.dtype(np.float32): "f32", np.dtype(np.float16): "f16"}
@@ -134,7 +134,7 @@ def n_parts(version: int, k: int, mode: str) -> int:
     if version == 1:
         return 0
     if version in TENSOR:
-        raise ValueError("v8's partials come from v8_plan (they depend on B and C)")
+        raise ValueError("v8's and v9's partials come from v8_plan (B, C, SMs)")
     if mode == "atomic":
         return 1
     return math.ceil(k / (RC2 if version == 2 else R3))
@@ -194,7 +194,7 @@ def _check(x, w1, b1, w2, b2, idx, version, mode, check_idx):
     if version not in VERSIONS:
         raise ValueError(f"version must be one of {VERSIONS}, got {version!r}")
     only = {1: ("deterministic",), 4: ("atomic",), 5: ("deterministic",)}
-    only[6] = only[7] = only[8] = only[5]
+    only[6] = only[7] = only[8] = only[9] = only[5]
     if mode not in only.get(version, MODES):
         ok = only.get(version, MODES)
         raise ValueError(f"mode for v{version} must be one of {ok}, got {mode!r}")
@@ -219,7 +219,7 @@ def _check(x, w1, b1, w2, b2, idx, version, mode, check_idx):
         or (version in (3, 4) and b > MAX_B)
         or (version in TENSOR and b > V8_MAX_B)
     ):
-        lim = {3: MAX_B, 4: MAX_B, 8: V8_MAX_B}.get(version, MAX_GRID_Y)
+        lim = {3: MAX_B, 4: MAX_B, 8: V8_MAX_B, 9: V8_MAX_B}.get(version, MAX_GRID_Y)
         raise ValueError(f"B = {b} exceeds v{version}'s limit {lim}")
     if k and check_idx:  # one sort, one reduction and a host sync
         import cupy as cp
@@ -266,11 +266,11 @@ def sparse_mlp(
         w1, w2: (F, C) of x's dtype: neuron-major (w1 = W_in^T, w2 = W_out).
         b1: (F,); b2: (C,), x's dtype.
         idx: (K,) int32, distinct ids in [0, F), any order; K = 0 gives b2.
-        version: 1..8 (gpu/deja_vu.cu); v5-v7 take B <= 4 (2 at the widest C),
-            v8 float16 and B <= 64.
+        version: 1..9 (gpu/deja_vu.cu); v5-v7 take B <= 4 (2 at the widest C),
+            v8 and v9 float16 and B <= 64.
         mode: "atomic" (fast; the sum order varies from run to run) or
-            "deterministic" (bitwise reproducible); None: v1, v5-v8
-            "deterministic", v2-v4 "atomic". v1, v5-v8 are deterministic only,
+            "deterministic" (bitwise reproducible); None: v1, v5-v9
+            "deterministic", v2-v4 "atomic". v1, v5-v9 are deterministic only,
             v4 atomic only.
         out: optional (B, C) output of x's dtype (no allocation: CUDA graphs).
         workspace: optional float32 array of >= workspace_elems(...) elements;
@@ -322,11 +322,11 @@ def sparse_mlp(
         kp, nt, parts = pl["kp"], pl["nt"], pl["parts"]
         a2, part = workspace[: b * kp], workspace[b * kp :]
         if k:
-            up = rt.kernel(SLUG, f"deja_vu_up_v8_f16_n{nt}")
+            up = rt.kernel(SLUG, f"deja_vu_up_v{version}_f16_n{nt}")
             up.max_dynamic_shared_size_bytes = pl["up_smem"]  # 64 KB at NT = 8
             up((pl["up_blocks"],), (32 * W8,), (x, w1, b1, idx, a2, *dims, i32(kp)),
                shared_mem=pl["up_smem"])  # fmt: skip
-            rt.kernel(SLUG, f"deja_vu_down_v8_f16_n{nt}")(
+            rt.kernel(SLUG, f"deja_vu_down_v{version}_f16_n{nt}")(
                 (pl["gx"], parts),
                 (32 * W8,),
                 (a2, w2, idx, part, *dims, i32(kp), i32(pl["spp"])),

@@ -296,7 +296,7 @@ def test_top_k_mask_and_recall_edges():
 GPU_VERSIONS = [(1, "deterministic"), (2, "atomic"), (2, "deterministic")]
 GPU_VERSIONS += [(3, "atomic"), (3, "deterministic"), (4, "atomic")]
 GPU_VERSIONS += [(5, "deterministic"), (6, "deterministic"), (7, "deterministic")]
-GPU_VERSIONS += [(8, "deterministic")]
+GPU_VERSIONS += [(8, "deterministic"), (9, "deterministic")]
 
 
 @st.composite
@@ -309,14 +309,17 @@ def gpu_case(draw, version: int, dtype):
         c = draw(st.sampled_from([1, 5, 33, 130, 300]))
     elif version in (5, 6, 7):  # past each of its 1, 2 and 4 vectors a thread
         c = v * draw(st.sampled_from([1, 3, 17, 129, 257, 300, 513, 700]))
-    elif version == 8:  # off its 32-column steps and 512- / 256-column blocks
+    elif version in (8, 9):  # off its 32-column steps and 512- / 256-column blocks
         c = 8 * draw(st.sampled_from([1, 3, 17, 33, 64, 129, 513]))
     else:
         c = v * draw(st.sampled_from([1, 3, 17, 33, 64, 129]))
     f = draw(st.sampled_from([1, 9, 40, 257, 1000]))
     if version in (5, 6, 7):  # the small-batch kernels: B <= 4, or 2 past 512 vectors
         b = draw(st.sampled_from([1, 1, 2, 3, 4] if c // v <= 512 else [1, 2]))
-    elif version == 8:  # every instance (NT = 1, 2, 4, 8), full and partial n-tiles
+    elif version in (
+        8,
+        9,
+    ):  # every instance (NT = 1, 2, 4, 8), full and partial n-tiles
         b = draw(st.sampled_from([1, 1, 2, 5, 8, 9, 16, 17, 33, 64]))
     else:
         b = draw(st.sampled_from([1, 1, 2, 4, 5, 9]))
@@ -370,12 +373,12 @@ def _run_gpu(x, w, idx, version, mode, blocks=None, finishers=None):
 
 
 def _truth(x, w, idx, version=None):
-    """float64 truth and its error scale; v8 hands a to the tensor cores as a
-    (hi, lo) pair of halves, whose representation error the scale adds."""
+    """float64 truth and its error scale; v8 and v9 hand a to the tensor cores as
+    a (hi, lo) pair of halves, whose representation error the scale adds."""
     w64 = dv.SparseMLPWeights(*(np.asarray(a, F64) for a in (w.w1, w.b1, w.w2, w.b2)))
     x64 = x.astype(F64)
     return dv.sparse_mlp(x64, w64, idx), sparse_mlp_scale(
-        x64, w64.w1, w64.b1, w64.w2, w64.b2, idx=idx, a_split=version == 8
+        x64, w64.w1, w64.b1, w64.w2, w64.b2, idx=idx, a_split=version in (8, 9)
     )
 
 
@@ -385,7 +388,7 @@ def _truth(x, w, idx, version=None):
 @given(data=st.data())
 def test_gpu_matches_reference(version, mode, dtype, data):
     x, w, idx = data.draw(gpu_case(version, dtype))
-    if version == 8 and dtype == F32:  # tensor cores take fp16: refused at launch
+    if version in (8, 9) and dtype == F32:  # tensor cores take fp16: refused at launch
         with pytest.raises(TypeError, match="float16"):
             _run_gpu(x, w, idx, version, mode)
         return
@@ -410,7 +413,7 @@ def test_gpu_all_indices_is_dense_and_a_missing_neuron_fails(version, mode):
     w64 = dv.SparseMLPWeights(*(np.asarray(a, F64) for a in (w.w1, w.b1, w.w2, w.b2)))
     dense = dv.dense_mlp(x.astype(F64), w64)
     scale = sparse_mlp_scale(
-        x.astype(F64), w64.w1, w64.b1, w64.w2, w64.b2, a_split=version == 8
+        x.astype(F64), w64.w1, w64.b1, w64.w2, w64.b2, a_split=version in (8, 9)
     )
     every = rng.permutation(f).astype(np.int32)
     assert_close(_run_gpu(x, w, every, version, mode), dense, "gpu", F16, scale)

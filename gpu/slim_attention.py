@@ -48,8 +48,10 @@ MAX_GRID_YZ = 65535
 # float32 and any H, D), with a notice (gpu.runtime.pick_version, gpu/capability.json).
 FALLBACK = (12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1)
 # The version a launcher runs when none is named, where the fast path takes the shape:
-# the fastest measured (gpu/NOTES_slim_attention.md).
-DEFAULT_FAST, XDEFAULT_FAST = 11, 5
+# the fastest measured on the H200, the book's card (gpu/NOTES_slim_attention.md:
+# v12 at every B = 8 and B = 64 case of results/h200/slim_attention.json, commit
+# 2388f5738b18; on the H100 v11 was faster at B = 8, S = 16K).
+DEFAULT_FAST, XDEFAULT_FAST = 12, 5
 GT8 = 256  # gemv8 threads (GT8 in the .cu)
 WARP_SPECIALISED = (7, 8, 9, 10, 11, 12)  # producer, scorers, consumers (v7_smem)
 PERSISTENT = (8, 9, 10, 11, 12)  # versions on v8's persistent schedule, with gemv8

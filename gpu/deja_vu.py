@@ -403,3 +403,57 @@ def sparse_mlp(
         grid, (THREADS,), (acc, i32(p), b2, out, i32(b), i32(c))
     )
     return out
+
+
+# --- dispatch: which kernel (or the dense GEMM) a decode step should run ------------
+DISPATCH_KERNELS = ("v7_det", "v8_det")  # B = 1 ring kernel, tensor-core kernel
+DISPATCH_MAX_B = {"v7_det": 1, "v8_det": 8}  # where the fit below was checked (NT = 1)
+DENSE_BASELINES = ("torch_dense", "cublas_dense")  # strongest first
+
+
+def fit_costs(rows: list[dict]) -> dict:
+    """A cost model per path from a benchmark's rows (results/<card>/deja_vu.json):
+    for each kernel of DISPATCH_KERNELS, t = t0 + K / rate fitted by least squares to
+    its B = 1 rows over the kept fractions (t0 in µs: launches, ramp and tail; rate in
+    rows per µs: the marginal streaming of one w1 row and one w2 row); for the dense
+    MLP, the median time of the strongest dense baseline present (it reads every row
+    whatever K). Rows not "ok" are ignored. Returns {path: (t0_us, rate)}, with
+    rate = inf for "dense"; a kernel with fewer than two B = 1 rows is left out."""
+    costs: dict[str, tuple[float, float]] = {}
+    ok = [r for r in rows if r.get("status") == "ok" and r.get("median_us")]
+    for name in DISPATCH_KERNELS:
+        pts = [
+            (r["K"], r["median_us"]) for r in ok if r["name"] == name and r["B"] == 1
+        ]
+        if len({k for k, _ in pts}) < 2:
+            continue
+        k = np.array([p[0] for p in pts], float)
+        t = np.array([p[1] for p in pts], float)
+        slope, t0 = np.polyfit(k, t, 1)
+        costs[name] = (float(t0), float(1.0 / slope) if slope > 0 else math.inf)
+    for name in DENSE_BASELINES:
+        ts = [r["median_us"] for r in ok if r["name"] == name]
+        if ts:
+            costs["dense"] = (float(np.median(ts)), math.inf)
+            break
+    return costs
+
+
+def predicted_us(path: str, k: int, costs: dict) -> float:
+    """t0 + K / rate of one path of fit_costs (the dense path ignores K)."""
+    t0, rate = costs[path]
+    return t0 + (0.0 if math.isinf(rate) else k / rate)
+
+
+def dispatch(b: int, k: int, costs: dict) -> str:
+    """The path with the smallest predicted time for B rows whose union holds K
+    neurons: a kernel of DISPATCH_KERNELS within its checked batch range
+    (DISPATCH_MAX_B), or "dense" (run the dense MLP's GEMMs). Beyond every kernel's
+    range only "dense" is left, since the fit was not checked there (v8 at B = 16 and
+    64 fell well short of its B = 1 line). Raises ValueError if no path applies."""
+    if b < 1 or k < 0:
+        raise ValueError(f"dispatch needs B >= 1 and K >= 0, got B = {b}, K = {k}")
+    paths = [p for p in costs if p == "dense" or b <= DISPATCH_MAX_B.get(p, 0)]
+    if not paths:
+        raise ValueError(f"no path in costs applies at B = {b}: {sorted(costs)}")
+    return min(paths, key=lambda p: predicted_us(p, k, costs))

@@ -733,3 +733,33 @@ def test_v8_fragments_emulated(b, c, k, mt, nt, md, spp):
     part = _down_v8_emulated(a, w.w2, idx, md, nt, spp)
     np.testing.assert_allclose(part.sum(axis=0), want @ w.w2[idx], rtol=1e-12,
                                atol=1e-12)  # fmt: skip
+
+
+def test_dispatch_fits_lines_and_picks_the_cheapest_path():
+    """fit_costs recovers t = t0 + K / rate from exact rows; dispatch takes the
+    cheapest path within each kernel's checked batch range, else the dense MLP; a
+    known-wrong pick (the slower line) is not what it returns."""
+    from gpu import deja_vu as gdv
+
+    def rows(name, t0, rate, ks, b=1):
+        return [dict(name=name, B=b, K=k, median_us=t0 + k / rate, status="ok")
+                for k in ks]  # fmt: skip
+
+    ks = (300, 1600, 8000, 16000)
+    data = rows("v7_det", 10.0, 150.0, ks) + rows("v8_det", 16.0, 260.0, ks)
+    data += [dict(name="torch_dense", B=1, K=16384, median_us=72.0, status="ok")]
+    data += [dict(name="v8_det", B=1, K=5, median_us=1.0, status="FAILED")]
+    costs = gdv.fit_costs(data)
+    assert costs["v7_det"] == pytest.approx((10.0, 150.0))
+    assert costs["v8_det"] == pytest.approx((16.0, 260.0))
+    assert costs["dense"] == (72.0, math.inf)
+    cross = (16.0 - 10.0) / (1 / 150.0 - 1 / 260.0)  # v7 = v8 at this K
+    assert gdv.dispatch(1, int(cross) - 50, costs) == "v7_det"
+    assert gdv.dispatch(1, int(cross) + 50, costs) == "v8_det"
+    assert gdv.dispatch(4, 300, costs) == "v8_det"  # v7 only where it was checked
+    assert gdv.dispatch(4, 16000, costs) == "dense"  # 16 + 61.5 > 72
+    assert gdv.dispatch(9, 10, costs) == "dense"  # beyond every kernel's range
+    with pytest.raises(ValueError, match="B >= 1"):
+        gdv.dispatch(0, 10, costs)
+    with pytest.raises(ValueError, match="no path"):
+        gdv.dispatch(9, 10, {k: v for k, v in costs.items() if k != "dense"})

@@ -1470,51 +1470,36 @@ DV_FUSED7(deja_vu_fused_v7_f16_p4, __half, 4, 2)
 DV_FINISH(deja_vu_finish_v1_f32, float)
 DV_FINISH(deja_vu_finish_v1_f16, __half)
 
-// v8 instances: NT = ceil(B / 8) in {1, 2, 4, 8}; (MT, U) of up and (MD, U)
-// of down chosen per NT (gpu/deja_vu.py, V8_SHAPES).
-#define DV_UP8(NT, MT, U)                                                    \
+// v8 and v9 instances: NT = ceil(B / 8) in {1, 2, 4, 8}; (MT, U) of up and
+// (MD, U) of down chosen per NT (gpu/deja_vu.py, V8_SHAPES); v9 halves U where
+// its two buffers would not fit.
+#define DV_UP89(V, NT, MT, U)                                                \
   extern "C" __global__ void __launch_bounds__(32 * W8)                      \
-  deja_vu_up_v8_f16_n##NT(const __half* x, const __half* w1,                 \
-                          const __half* b1, const int* idx, uint2* a2,       \
-                          int B, int C, int F, int K, int KP) {              \
-    up_v8<MT, NT, U>(x, w1, b1, idx, a2, B, C, F, K, KP);                    \
+  deja_vu_up_v##V##_f16_n##NT(const __half* x, const __half* w1,             \
+                              const __half* b1, const int* idx, uint2* a2,   \
+                              int B, int C, int F, int K, int KP) {          \
+    up_v##V<MT, NT, U>(x, w1, b1, idx, a2, B, C, F, K, KP);                  \
   }
-DV_UP8(1, 1, 4)
-DV_UP8(2, 1, 4)
-DV_UP8(4, 2, 2)
-DV_UP8(8, 2, 2)
-#define DV_DOWN8(NT, MD, U)                                                  \
+#define DV_DOWN89(V, NT, MD, U)                                              \
   extern "C" __global__ void __launch_bounds__(32 * W8)                      \
-  deja_vu_down_v8_f16_n##NT(const uint2* a2, const __half* w2,               \
-                            const int* idx, float* part, int B, int C,       \
-                            int F, int K, int KP, int spp) {                 \
-    down_v8<MD, NT, U>(a2, w2, idx, part, B, C, F, K, KP, spp);              \
+  deja_vu_down_v##V##_f16_n##NT(const uint2* a2, const __half* w2,           \
+                                const int* idx, float* part, int B, int C,   \
+                                int F, int K, int KP, int spp) {             \
+    down_v##V<MD, NT, U>(a2, w2, idx, part, B, C, F, K, KP, spp);            \
   }
-DV_DOWN8(1, 4, 2)
-DV_DOWN8(2, 4, 2)
-DV_DOWN8(4, 2, 2)
-DV_DOWN8(8, 2, 2)
-
-// v9 instances: v8's shapes, U halved where two buffers would not fit.
-#define DV_UP9(NT, MT, U)                                                    \
-  extern "C" __global__ void __launch_bounds__(32 * W8)                      \
-  deja_vu_up_v9_f16_n##NT(const __half* x, const __half* w1,                 \
-                          const __half* b1, const int* idx, uint2* a2,       \
-                          int B, int C, int F, int K, int KP) {              \
-    up_v9<MT, NT, U>(x, w1, b1, idx, a2, B, C, F, K, KP);                    \
-  }
-DV_UP9(1, 1, 2)
-DV_UP9(2, 1, 2)
-DV_UP9(4, 2, 1)
-DV_UP9(8, 2, 1)
-#define DV_DOWN9(NT, MD, U)                                                  \
-  extern "C" __global__ void __launch_bounds__(32 * W8)                      \
-  deja_vu_down_v9_f16_n##NT(const uint2* a2, const __half* w2,               \
-                            const int* idx, float* part, int B, int C,       \
-                            int F, int K, int KP, int spp) {                 \
-    down_v9<MD, NT, U>(a2, w2, idx, part, B, C, F, K, KP, spp);              \
-  }
-DV_DOWN9(1, 4, 2)
-DV_DOWN9(2, 4, 1)
-DV_DOWN9(4, 2, 1)
-DV_DOWN9(8, 2, 1)
+DV_UP89(8, 1, 1, 4)
+DV_UP89(8, 2, 1, 4)
+DV_UP89(8, 4, 2, 2)
+DV_UP89(8, 8, 2, 2)
+DV_DOWN89(8, 1, 4, 2)
+DV_DOWN89(8, 2, 4, 2)
+DV_DOWN89(8, 4, 2, 2)
+DV_DOWN89(8, 8, 2, 2)
+DV_UP89(9, 1, 1, 2)
+DV_UP89(9, 2, 1, 2)
+DV_UP89(9, 4, 2, 1)
+DV_UP89(9, 8, 2, 1)
+DV_DOWN89(9, 1, 4, 2)
+DV_DOWN89(9, 2, 4, 1)
+DV_DOWN89(9, 4, 2, 1)
+DV_DOWN89(9, 8, 2, 1)

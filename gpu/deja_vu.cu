@@ -961,6 +961,85 @@ __device__ __forceinline__ unsigned hi_pair(unsigned x, unsigned y) {
   return __byte_perm(x, y, 0x7632);  // (high half of x, high half of y)
 }
 
+// up_v8's and up_v9's row pointers (rows past K and bad ids read row 0, whose
+// a is stored as 0) and batch-row pointers (rows past B repeat row B - 1).
+template <int MT, int NT>
+__device__ __forceinline__ void up8_pointers(const __half* (&wp)[MT][2],
+                                             const __half* (&xp)[NT],
+                                             const __half* x, const __half* w1,
+                                             const int* idx, int B, int C,
+                                             int F, int K, int r0, int g) {
+#pragma unroll
+  for (int i = 0; i < MT; ++i)
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      int r = r0 + 16 * i + g + 8 * h, id = r < K ? idx[r] : -1;
+      wp[i][h] = w1 + (size_t)(id >= 0 && id < F ? id : 0) * C;
+    }
+#pragma unroll
+  for (int j = 0; j < NT; ++j) xp[j] = x + (size_t)min(8 * j + g, B - 1) * C;
+}
+
+// up_v8's and up_v9's end: the warps' accumulators into shared memory, summed
+// in warp order, a = relu(z + b1) stored as its (hi, lo) fp16 pair.
+template <int MT, int NT>
+__device__ __forceinline__ void up8_finish(const float (&acc)[MT][NT][4],
+                                           float* red8, const __half* b1,
+                                           const int* idx, uint2* a2, int B,
+                                           int F, int K, int KP, int r0,
+                                           int warp, int g, int t) {
+  constexpr int NB = 8 * NT, RW = 16 * MT;
+#pragma unroll
+  for (int i = 0; i < MT; ++i)
+#pragma unroll
+    for (int j = 0; j < NT; ++j)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        int row = 16 * i + g + 8 * (e >> 1), n = 8 * j + 2 * t + (e & 1);
+        red8[(warp * RW + row) * NB + n] = acc[i][j][e];
+      }
+  __syncthreads();
+  for (int e = threadIdx.x; e < RW * NB; e += blockDim.x) {
+    int row = e / NB, n = e % NB, r = r0 + row;
+    if (n >= B || r >= KP) continue;
+    float z = 0.f;
+#pragma unroll
+    for (int w = 0; w < W8; ++w) z += red8[(w * RW + row) * NB + n];
+    int id = r < K ? idx[r] : -1;
+    float a = id >= 0 && id < F ? fmaxf(z + __half2float(b1[id]), 0.f) : 0.f;
+    __half hi = __float2half_rn(a);
+    __half lo = __float2half_rn(a - __half2float(hi));
+    __half* pair = reinterpret_cast<__half*>(a2 + (size_t)n * (KP / 2) + r / 2);
+    pair[r & 1] = hi;
+    pair[2 + (r & 1)] = lo;
+  }
+}
+
+// down_v8's and down_v9's partial store: lane (g, t) holds 2 MD columns from cb
+// for batch rows 2t, 2t + 1 of each n-tile.
+template <int MD, int NT>
+__device__ __forceinline__ void down8_store(const float (&acc)[MD][NT][4],
+                                            float* part, int B, int C, int cb,
+                                            bool cin, int t) {
+  if (!cin) return;
+#pragma unroll
+  for (int jn = 0; jn < NT; ++jn)
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+      int n = 8 * jn + 2 * t + e;
+      if (n >= B) continue;
+      float v[2 * MD];
+#pragma unroll
+      for (int m = 0; m < MD; ++m)
+        v[2 * m] = acc[m][jn][e], v[2 * m + 1] = acc[m][jn][2 + e];
+      float4* dst = reinterpret_cast<float4*>(
+          part + ((size_t)blockIdx.y * B + n) * C + cb);
+#pragma unroll
+      for (int h = 0; h < MD / 2; ++h)
+        dst[h] = make_float4(v[4 * h], v[4 * h + 1], v[4 * h + 2], v[4 * h + 3]);
+    }
+}
+
 template <int MT, int NT, int U>
 __device__ void up_v8(const __half* x, const __half* w1, const __half* b1,
                       const int* idx, uint2* a2, int B, int C, int F, int K,
@@ -969,16 +1048,8 @@ __device__ void up_v8(const __half* x, const __half* w1, const __half* b1,
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int g = lane >> 2, t = lane & 3, r0 = blockIdx.x * 16 * MT;
   const __half* wp[MT][2];
-#pragma unroll
-  for (int i = 0; i < MT; ++i)
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      int r = r0 + 16 * i + g + 8 * h, id = r < K ? idx[r] : -1;
-      wp[i][h] = w1 + (size_t)(id >= 0 && id < F ? id : 0) * C;
-    }
   const __half* xp[NT];
-#pragma unroll
-  for (int j = 0; j < NT; ++j) xp[j] = x + (size_t)min(8 * j + g, B - 1) * C;
+  up8_pointers<MT, NT>(wp, xp, x, w1, idx, B, C, F, K, r0, g);
   float acc[MT][NT][4] = {};
   const int steps = (C + 31) / 32;
   for (int s0 = warp; s0 < steps; s0 += W8 * U) {
@@ -1009,31 +1080,7 @@ __device__ void up_v8(const __half* x, const __half* w1, const __half* b1,
           mma16816(acc[i][j], a1, b1_);
         }
   }
-  constexpr int NB = 8 * NT, RW = 16 * MT;
-#pragma unroll
-  for (int i = 0; i < MT; ++i)
-#pragma unroll
-    for (int j = 0; j < NT; ++j)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        int row = 16 * i + g + 8 * (e >> 1), n = 8 * j + 2 * t + (e & 1);
-        red8[(warp * RW + row) * NB + n] = acc[i][j][e];
-      }
-  __syncthreads();
-  for (int e = threadIdx.x; e < RW * NB; e += blockDim.x) {
-    int row = e / NB, n = e % NB, r = r0 + row;
-    if (n >= B || r >= KP) continue;
-    float z = 0.f;
-#pragma unroll
-    for (int w = 0; w < W8; ++w) z += red8[(w * RW + row) * NB + n];
-    int id = r < K ? idx[r] : -1;
-    float a = id >= 0 && id < F ? fmaxf(z + __half2float(b1[id]), 0.f) : 0.f;
-    __half hi = __float2half_rn(a);
-    __half lo = __float2half_rn(a - __half2float(hi));
-    __half* pair = reinterpret_cast<__half*>(a2 + (size_t)n * (KP / 2) + r / 2);
-    pair[r & 1] = hi;
-    pair[2 + (r & 1)] = lo;
-  }
+  up8_finish<MT, NT>(acc, red8, b1, idx, a2, B, F, K, KP, r0, warp, g, t);
 }
 
 // MD words (2 MD halves) of one row at column c: 8 or 16 bytes.
@@ -1100,23 +1147,7 @@ __device__ void down_v8(const uint2* a2, const __half* w2, const int* idx,
         }
       }
   }
-  if (!cin) return;
-#pragma unroll
-  for (int jn = 0; jn < NT; ++jn)
-#pragma unroll
-    for (int e = 0; e < 2; ++e) {
-      int n = 8 * jn + 2 * t + e;
-      if (n >= B) continue;
-      float v[2 * MD];
-#pragma unroll
-      for (int m = 0; m < MD; ++m)
-        v[2 * m] = acc[m][jn][e], v[2 * m + 1] = acc[m][jn][2 + e];
-      float4* dst = reinterpret_cast<float4*>(
-          part + ((size_t)blockIdx.y * B + n) * C + cb);
-#pragma unroll
-      for (int h = 0; h < MD / 2; ++h)
-        dst[h] = make_float4(v[4 * h], v[4 * h + 1], v[4 * h + 2], v[4 * h + 3]);
-    }
+  down8_store<MD, NT>(acc, part, B, C, cb, cin, t);
 }
 
 // --- v9: v8 with the loads software-pipelined ---
@@ -1178,16 +1209,8 @@ __device__ void up_v9(const __half* x, const __half* w1, const __half* b1,
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int g = lane >> 2, t = lane & 3, r0 = blockIdx.x * 16 * MT;
   const __half* wp[MT][2];
-#pragma unroll
-  for (int i = 0; i < MT; ++i)
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      int r = r0 + 16 * i + g + 8 * h, id = r < K ? idx[r] : -1;
-      wp[i][h] = w1 + (size_t)(id >= 0 && id < F ? id : 0) * C;
-    }
   const __half* xp[NT];
-#pragma unroll
-  for (int j = 0; j < NT; ++j) xp[j] = x + (size_t)min(8 * j + g, B - 1) * C;
+  up8_pointers<MT, NT>(wp, xp, x, w1, idx, B, C, F, K, r0, g);
   float acc[MT][NT][4] = {};
   const int steps = (C + 31) / 32, round = W8 * U;
   Up9Buf<MT, NT, U> A, Bf;
@@ -1198,31 +1221,7 @@ __device__ void up_v9(const __half* x, const __half* w1, const __half* b1,
     up9_load(A, wp, xp, s0 + 2 * round, steps, t, C);
     up9_mma(acc, Bf);
   }
-  constexpr int NB = 8 * NT, RW = 16 * MT;
-#pragma unroll
-  for (int i = 0; i < MT; ++i)
-#pragma unroll
-    for (int j = 0; j < NT; ++j)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        int row = 16 * i + g + 8 * (e >> 1), n = 8 * j + 2 * t + (e & 1);
-        red8[(warp * RW + row) * NB + n] = acc[i][j][e];
-      }
-  __syncthreads();
-  for (int e = threadIdx.x; e < RW * NB; e += blockDim.x) {
-    int row = e / NB, n = e % NB, r = r0 + row;
-    if (n >= B || r >= KP) continue;
-    float z = 0.f;
-#pragma unroll
-    for (int w = 0; w < W8; ++w) z += red8[(w * RW + row) * NB + n];
-    int id = r < K ? idx[r] : -1;
-    float a = id >= 0 && id < F ? fmaxf(z + __half2float(b1[id]), 0.f) : 0.f;
-    __half hi = __float2half_rn(a);
-    __half lo = __float2half_rn(a - __half2float(hi));
-    __half* pair = reinterpret_cast<__half*>(a2 + (size_t)n * (KP / 2) + r / 2);
-    pair[r & 1] = hi;
-    pair[2 + (r & 1)] = lo;
-  }
+  up8_finish<MT, NT>(acc, red8, b1, idx, a2, B, F, K, KP, r0, warp, g, t);
 }
 
 template <int MD, int NT, int U>
@@ -1319,23 +1318,7 @@ __device__ void down_v9(const uint2* a2, const __half* w2, const int* idx,
     down9_ids(ids, idx, ks + 3 * U, ks1, t, K, F);
     down9_mma(acc, Bf);
   }
-  if (!cin) return;
-#pragma unroll
-  for (int jn = 0; jn < NT; ++jn)
-#pragma unroll
-    for (int e = 0; e < 2; ++e) {
-      int n = 8 * jn + 2 * t + e;
-      if (n >= B) continue;
-      float v[2 * MD];
-#pragma unroll
-      for (int m = 0; m < MD; ++m)
-        v[2 * m] = acc[m][jn][e], v[2 * m + 1] = acc[m][jn][2 + e];
-      float4* dst = reinterpret_cast<float4*>(
-          part + ((size_t)blockIdx.y * B + n) * C + cb);
-#pragma unroll
-      for (int h = 0; h < MD / 2; ++h)
-        dst[h] = make_float4(v[4 * h], v[4 * h + 1], v[4 * h + 2], v[4 * h + 3]);
-    }
+  down8_store<MD, NT>(acc, part, B, C, cb, cin, t);
 }
 
 // --- finish ---

@@ -26,7 +26,7 @@ HEADLINE = {
 HEADLINE["h200"] = dict(HEADLINE["h100"])
 HEADLINE["h100"]["deja_vu"] = "v7_det at"  # the H100's deja_vu set of 2026-12-06
 HEADLINE["h100"]["slim_k"] = "slim_v11 at"  # the H100 slim_attention set, 2026-12-06
-HEADLINE["h200"]["deja_vu"] = "v7_det at"  # the H200's deja_vu set of 2026-12-06 (v1-v8)
+HEADLINE["h200"]["deja_vu"] = "v7_det at"  # the H200 deja_vu set, 2026-12-06
 HEADLINE["h200"]["slim_k"] = "slim_v12 at"  # the H200 slim_attention set, 2026-12-06
 RECORDED = [c for c in ("h100", "h200") if c in results.cards()]
 

@@ -59,9 +59,9 @@ GRID = bench.Grid(
     quick=dict(E=E_QUICK, T=T_QUICK),
     fixed=dict(T=T, C=C, G=G, K=K, E_main=E_MAIN, dtype="float16", n_check=N_CHECK),
     versions=dict(
-        ffn_approx=(2, 3, 4, 5, 6, 7),
-        ffn_approx_experts=(3, 4, 5, 6, 7),
-        ffn_approx_tokens=(3, 5, 6, 7),
+        ffn_approx=(2, 3, 4, 5, 6, 7, 8),
+        ffn_approx_experts=(3, 4, 5, 6, 7, 8),
+        ffn_approx_tokens=(3, 5, 6, 7, 8),
     ),
     baselines={"torch_param_equal": ("E", "T"), "cublas_param_equal": ("E", "T")},
     kernels=("moe_",),  # whole layers; the v*_<stage> rows are parts of one
@@ -171,12 +171,18 @@ def _moe_rows(rng, e, ceil, versions, stages: bool, t=T) -> list[dict]:
     xs = [rng.standard_normal((t, C), dtype=cp.float32).astype(F16) for _ in sets]
     rows = []
     for v in versions:
+        if not gfa.rt.version_runs(gfa.SLUG, v):
+            continue  # v8's wgmma: compute capability 9.0 only
         wss = [gfa.workspace(t, C, e, G, K, F16) for _ in sets]
         outs = [cp.full((t, C), np.nan, F16) for _ in sets]
+        # v8's K-major weights, made once per weight set (a model stores them so)
+        wts = [gfa.kmajor_weights(*st[:2]) if v in gfa.KMAJOR else None for st in sets]
 
-        def call(j, v=v, wss=wss, outs=outs):
+        def call(j, v=v, wss=wss, outs=outs, wts=wts):
             w1, w2, w3 = sets[j]
-            return gfa.moe(xs[j], w1, w2, w3, K, version=v, out=outs[j], ws=wss[j])
+            return gfa.moe(
+                xs[j], w1, w2, w3, K, version=v, out=outs[j], ws=wss[j], wt=wts[j]
+            )
 
         def check(v=v, wss=wss, call=call):
             out = call(0)
@@ -188,12 +194,13 @@ def _moe_rows(rng, e, ceil, versions, stages: bool, t=T) -> list[dict]:
         base["sort"] = gfa.sort_for(v)
         rows.append(_timed(base, check, calls, _graph))
         if stages and rows[-1].get("status") == "ok":
-            rows += _stage_rows(e, v, sets, xs, wss, outs, ceil)
+            rows += _stage_rows(e, v, sets, xs, wss, outs, ceil, wts)
+        bench.free(wts)
     bench.free(sets)
     return rows
 
 
-def _stage_rows(e, v, sets, xs, wss, outs, ceil) -> list[dict]:
+def _stage_rows(e, v, sets, xs, wss, outs, ceil, wts) -> list[dict]:
     """Each launch of the layer alone (inputs from the validated full run)."""
     import cupy as cp
 
@@ -204,7 +211,9 @@ def _stage_rows(e, v, sets, xs, wss, outs, ceil) -> list[dict]:
 
     def gemm(stage, j):
         w1, w2, _ = sets[j]
-        gfa.gemm_stage(stage, xs[j], w1, w2, wss[j].gate, wss[j], v, out=outs[j])
+        gfa.gemm_stage(
+            stage, xs[j], w1, w2, wss[j].gate, wss[j], v, out=outs[j], wt=wts[j]
+        )
 
     def combine(j):
         ws = wss[j]
@@ -233,13 +242,13 @@ def _stage_rows(e, v, sets, xs, wss, outs, ceil) -> list[dict]:
             check_idx=False,
             version=sv,
             hist_ready=rv >= 3 and sv == 3,
-            tickets=v >= gfa.FUSED_COMBINE,
+            tickets=gfa.fused_combine(v),
         ),  # fmt: skip
         "up": lambda j: gemm("up", j),
         "down": lambda j: gemm("down", j),
         "combine": combine,  # from v7 on, inside "down"
     }
-    if v >= gfa.FUSED_COMBINE:
+    if gfa.fused_combine(v):
         del stages["combine"]
     fl = {"router": 2 * T * C * e, "up": 2 * p * C * G, "down": 2 * p * C * G}
     for name, fn in stages.items():

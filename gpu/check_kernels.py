@@ -36,7 +36,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from gpu.runtime import COMMON_HEADER, GPU_DIR, NVRTC_OPTIONS
+from gpu import capability
+from gpu.runtime import COMMON_HEADER, GPU_DIR, NVRTC_OPTIONS, arch_options
 
 # cupy/cuda/compiler.py appends these to the caller's options (NVRTC >= 12).
 CUPY_ADDS = ("-ftz=true", "--device-as-default-execution-space")
@@ -142,7 +143,10 @@ def _compile(path: Path, source: str, arch: str) -> list[KernelReport]:
 
     file = _display(path)
     exprs = name_expressions(source)
-    opts = [*NVRTC_OPTIONS, *CUPY_ADDS, f"-arch={arch}", "-Xptxas=-v"]
+    # what the launchers give CuPy on such a card (runtime.arch_options: sm_90a on
+    # 9.0), then CuPy's own -arch
+    extra = arch_options(capability.cc_of(arch))
+    opts = [*NVRTC_OPTIONS, *extra, *CUPY_ADDS, f"-arch={arch}", "-Xptxas=-v"]
     opts += [f"-I{d}" for d in include_dirs()]
     _, prog = nv.nvrtcCreateProgram(source.encode(), file.encode(), 0, [], [])
     try:
@@ -186,8 +190,6 @@ def main(argv=None) -> int:
 
 
 def _gate(paths, arch: str, fail_on_spill: bool) -> int:
-    from gpu import capability
-
     print(f"NVRTC {nvrtc_version()}, arch {arch}, {len(paths)} file(s)")
     kernels = errors = spills = skipped = 0
     for path in paths:

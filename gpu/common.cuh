@@ -17,6 +17,8 @@
 //                 TensorMap, tma_load_4d, bulk_commit,
 //                 bulk_wait_read0,
 //                 fence_proxy_async, named_sync (sm_90)
+//   wgmma (sm_90a) wgmma_desc_sw128, wgmma_fence/commit/wait,
+//                 wgmma_fence_acc, wgmma_m64n128k16
 //   grid          last_block_done: the last-block-done counter
 #pragma once
 
@@ -322,6 +324,63 @@ __device__ __forceinline__ void fence_proxy_async() {
 __device__ __forceinline__ void named_sync(int id, int nthreads) {
   asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(nthreads) : "memory");
 }
+
+// --- wgmma (sm_90a: every compute capability 9.0 card; gpu/runtime.py compiles
+// for sm_90a there, so these exist exactly where __CUDA_ARCH_FEAT_SM90_ALL is
+// defined). A and B are read from shared memory through 64-bit descriptors;
+// the accumulators stay in registers while the tensor cores run
+// asynchronously: fence, issue, commit, and wait before reading them.
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+// The descriptor of a K-major tile in the 128-byte swizzle: rows of 64 halves
+// (128 bytes) at a 128-byte pitch, 8-row groups 1024 bytes apart (SBO), the
+// 16-byte chunk c of row r stored at chunk c ^ (r % 8). The tile starts on a
+// 1024-byte boundary; a k-step of 16 inside the row adds 32 bytes to the start.
+__device__ __forceinline__ unsigned long long wgmma_desc_sw128(unsigned saddr) {
+  return (unsigned long long)((saddr & 0x3FFFF) >> 4) |
+         (1ull << 16) |                 // LBO: unused for swizzled K-major
+         ((unsigned long long)(1024 >> 4) << 32) |  // SBO
+         (1ull << 62);                  // 128-byte swizzle
+}
+__device__ __forceinline__ void wgmma_fence() {
+  asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+}
+__device__ __forceinline__ void wgmma_commit() {
+  asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+}
+template <int N>
+__device__ __forceinline__ void wgmma_wait() {
+  asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
+}
+// Pins the accumulators at this point of the program: reads after a wait are
+// not hoisted above it (CUTLASS's warpgroup_fence_operand).
+template <int R>
+__device__ __forceinline__ void wgmma_fence_acc(float (&d)[R]) {
+#pragma unroll
+  for (int i = 0; i < R; ++i) asm volatile("" : "+f"(d[i])::"memory");
+}
+// d (64 x 128, float, this warpgroup's fragment) = A (64 x 16) B (16 x 128)
+// + (acc ? d : 0); A and B fp16, both K-major (no transpose).
+// Fragment: warp w of the group, lane l: d[4j + i] is row 16 w + l / 4
+// (+ 8 for i >= 2), column 8 j + 2 (l % 4) + (i % 2).
+__device__ __forceinline__ void wgmma_m64n128k16(float (&d)[64],
+                                                 unsigned long long da,
+                                                 unsigned long long db,
+                                                 int acc) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 "
+      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, %64, %65, p, 1, 1, 0, 0;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+        "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+        "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+        "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
+        "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
+        "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
+        "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
+        "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+      : "l"(da), "l"(db), "r"(acc));
+}
+#endif
 
 // --- the last-block-done counter ---
 // Each of the n blocks of a group calls this (all its threads) after writing

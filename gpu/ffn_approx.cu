@@ -1282,6 +1282,177 @@ __device__ void down_v7(Gemm<__half> g, int* ticket, __half* y) {
   }
 }
 
+// ======================================================================
+// v8: the grouped GEMMs on wgmma (sm_90a). What v5-v7's profiles asked for:
+// no ldmatrix and no per-warp MMA stream, so the issue slots are free and a
+// warpgroup's 64 x 128 x 64 slab is four instructions that run while the
+// warps go on to the next barrier and the next copies.
+//   weights    K-major (w1t (E, G, C), w2t (E, C, G): torch.nn.Linear's layout,
+//              made once by gpu/ffn_approx.py::kmajor_weights), so A and B
+//              are both rows of K: one shared-memory layout and descriptor.
+//   tile       BM = 128 rows (two consumer warpgroups of 64) x BN = 128,
+//              BK = 64 (one 128-byte swizzle row); a block walks CT column
+//              tiles of its row tile (up: N = G, one tile; down: N = C).
+//   ring       ST8 stages of A and B (32 KB each) filled by cp.async into the
+//              128-byte swizzle (16-byte chunk c of row r at c ^ (r % 8));
+//              gathered rows (up: x[order / K]) are why it is not TMA.
+//   pipeline   slab s: wait for its copies, fence them to the async proxy,
+//              wait for the wgmma of slab s - 2 (s - 1 may still run), one
+//              barrier, issue slab s's four wgmma, then the copies of slab
+//              s + ST8 - 2 into the stage slab s - 2 used.
+//   epilogue   registers -> global (up: gate relu, rows q; down: rows order[q])
+//              as half2 stores; the combine stays a launch of its own (v7's
+//              fused combine saved nothing).
+// ======================================================================
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+constexpr int BM8 = 128, BN8 = 128, BK8 = 64, ST8 = 6;
+constexpr int STAGE8 = (BM8 + BN8) * BK8 * 2;  // bytes: A then B
+constexpr int SMEM8 = ST8 * STAGE8 + 1024;     // + the 1024-byte alignment
+
+// The copies of one slab: thread t copies 16-byte chunk t % 8 of rows
+// t / 8 + 32 i (i < 4) of A and of B; rows past the tile, and chunks past Kd,
+// are zero-filled (src-size 0 from a valid address).
+struct Plan8 {
+  const __half* a[4];
+  const __half* b[4];
+  unsigned off[4];  // byte offset of the chunk in A (and in B, + BM8 * 128)
+  int kc;           // the chunk's first k
+};
+
+__device__ __forceinline__ void load8(const Plan8& pl, unsigned stage, int k0,
+                                      int Kd, const __half* safe) {
+  bool kin = k0 + pl.kc < Kd;
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    bool ok = kin && pl.a[i] != nullptr;
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(
+                     stage + pl.off[i]),
+                 "l"(ok ? pl.a[i] + k0 : safe), "r"(ok ? 16 : 0));
+  }
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    bool ok = kin && pl.b[i] != nullptr;
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(
+                     stage + BM8 * 128 + pl.off[i]),
+                 "l"(ok ? pl.b[i] + k0 : safe), "r"(ok ? 16 : 0));
+  }
+}
+
+// g.w is K-major here: expert e's N x Kd matrix at g.w + e N Kd. grid.y
+// covers the column tiles CT at a time.
+template <bool UP>
+__device__ void gemm_v8(Gemm<__half> g, int CT) {
+  extern __shared__ unsigned char smem8_raw[];
+  __shared__ int rowp[BM8];
+  __shared__ float rowg[BM8];
+  const unsigned base = (smem_u32(smem8_raw) + 1023u) & ~1023u;
+  const int tid = threadIdx.x, tile = blockIdx.x;
+  const int e = segment_of(g.tiles, g.E, tile);
+  if (e < 0) return;
+  const int q0 = g.offsets[e] + (tile - g.tiles[e]) * BM8, q1 = g.offsets[e + 1];
+  const int ntile = (g.N + BN8 - 1) / BN8;
+  const int ct0 = blockIdx.y * CT, ct1 = min(ct0 + CT, ntile);
+  if (ct0 >= ct1) return;
+  for (int m = tid; m < BM8; m += 256) {
+    int q = q0 + m, p = q < q1 ? g.order[q] : -1;
+    rowp[m] = p;
+    if (UP) rowg[m] = p >= 0 ? g.gate[p] : 0.f;
+  }
+  __syncthreads();
+  // the copy plan (column tile ct0; later tiles add (ct - ct0) BN8 rows of B)
+  Plan8 pl;
+  const int r0 = tid / 8, c = tid % 8;
+  pl.kc = c * 8;
+  const __half* wexp = g.w + (size_t)e * g.N * g.Kd;
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    int r = r0 + 32 * i, p = rowp[r];
+    pl.a[i] = p < 0 ? nullptr
+                    : g.a + (UP ? (size_t)(p / g.K) : (size_t)(q0 + r)) * g.Kd +
+                          pl.kc;
+    pl.off[i] = r * 128 + ((c ^ (r & 7)) * 16);
+  }
+  auto set_b = [&](int ct) {
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      int n = ct * BN8 + r0 + 32 * i;
+      pl.b[i] = n < g.N ? wexp + (size_t)n * g.Kd + pl.kc : nullptr;
+    }
+  };
+  const int KT = (g.Kd + BK8 - 1) / BK8, S = (ct1 - ct0) * KT;
+  const __half* safe = g.w;
+  // prologue: slabs 0 .. ST8 - 3
+  int lct = ct0, lkt = 0;  // the next slab to load
+  set_b(lct);
+  auto load_next = [&](int s) {
+    if (s < S) {
+      load8(pl, base + (s % ST8) * STAGE8, lkt * BK8, g.Kd, safe);
+      if (++lkt == KT) {
+        lkt = 0;
+        if (++lct < ct1) set_b(lct);
+      }
+    }
+    cp_async_commit();
+  };
+#pragma unroll 1
+  for (int s = 0; s < ST8 - 2; ++s) load_next(s);
+
+  const int wg = tid / 128, w = (tid / 32) % 4, l = tid % 32;
+  float acc[64];
+#pragma unroll
+  for (int i = 0; i < 64; ++i) acc[i] = 0.f;
+  int s = 0;  // the slab stream's position
+#pragma unroll 1
+  for (int ct = ct0; ct < ct1; ++ct) {
+    // the main loop touches the accumulators only through wgmma, so ptxas
+    // keeps the groups in flight (a use inside it makes ptxas wait each slab)
+#pragma unroll 1
+    for (int kt = 0; kt < KT; ++kt, ++s) {
+      cp_async_wait<ST8 - 3>();  // this thread's copies of slab s have landed
+      fence_proxy_async();       // ... and are visible to the tensor cores
+      wgmma_wait<1>();           // slab s - 2's wgmma is done (s - 1 may run)
+      __syncthreads();           // every thread's copies; every group's s - 2
+      const unsigned st = base + (s % ST8) * STAGE8;
+      const unsigned long long da = wgmma_desc_sw128(st + wg * 64 * 128);
+      const unsigned long long db = wgmma_desc_sw128(st + BM8 * 128);
+      wgmma_fence();
+#pragma unroll
+      for (int k = 0; k < BK8 / 16; ++k)  // +32 bytes = +2 in the start field
+        wgmma_m64n128k16(acc, da + 2 * k, db + 2 * k, kt > 0 || k > 0);
+      wgmma_commit();
+      load_next(s + ST8 - 2);  // into the stage slab s - 2 used
+    }
+    // the column tile is complete: store it
+    wgmma_wait<0>();
+    wgmma_fence_acc(acc);
+#pragma unroll
+    for (int j = 0; j < 16; ++j) {
+      int n = ct * BN8 + 8 * j + 2 * (l % 4);
+      if (n >= g.N) continue;
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        int m = wg * 64 + w * 16 + l / 4 + 8 * h, p = rowp[m];
+        if (p < 0) continue;
+        float v0 = acc[4 * j + 2 * h], v1 = acc[4 * j + 2 * h + 1];
+        size_t row;
+        if (UP) {
+          float gt = rowg[m];
+          v0 = gt * fmaxf(v0, 0.f);
+          v1 = gt * fmaxf(v1, 0.f);
+          row = (size_t)(q0 + m);
+        } else {
+          row = (size_t)p;
+        }
+        *reinterpret_cast<__half2*>(g.out + row * g.N + n) =
+            __floats2half2_rn(v0, v1);
+      }
+    }
+    wgmma_fence_acc(acc);
+  }
+  cp_async_wait<0>();  // no copy outlives the block (empty groups at the end)
+}
+#endif
+
 // --- extern "C" entry points: ffn_approx_<stage>_v<N>[_f16|_f32] ---
 #define FA_ROUTER(NAME, T)                                                  \
   extern "C" __global__ void __launch_bounds__(128)                         \
@@ -1414,3 +1585,17 @@ ffn_approx_down_v7_f16(FA_GEMM_ARGS(__half), int* ticket, __half* y) {
   Gemm<__half> g = FA_GEMM_INIT;
   down_v7(g, ticket, y);
 }
+
+// --- v8 (router v4, sort v3; up and down on wgmma; combine v2) ---
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+extern "C" __global__ void __launch_bounds__(256, 1)
+ffn_approx_up_v8_f16(FA_GEMM_ARGS(__half), int CT) {
+  Gemm<__half> g = FA_GEMM_INIT;
+  gemm_v8<true>(g, CT);
+}
+extern "C" __global__ void __launch_bounds__(256, 1)
+ffn_approx_down_v8_f16(FA_GEMM_ARGS(__half), int CT) {
+  Gemm<__half> g = FA_GEMM_INIT;
+  gemm_v8<false>(g, CT);
+}
+#endif

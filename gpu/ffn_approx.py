@@ -23,6 +23,11 @@ v7 takes 128 x 128 tiles of 8 warps for both GEMMs and fuses the combine into th
 down GEMM: four launches, with the same bits as v6 (``ws.ticket`` counts each
 token's finished slots per 128-column slice; the block that finishes a token sums
 its K rows of z in slot order).
+v8 runs both GEMMs on the Hopper tensor cores' warpgroup instruction (wgmma, sm_90a:
+compute capability 9.0 only) from a 6-deep ``cp.async`` ring of 128 x 128 x 64
+tiles; it takes the expert weights K-major (``kmajor_weights``: w1t (E, G, C) and
+w2t (E, C, G), ``torch.nn.Linear``'s layout), made once and passed as ``wt``, and
+the combine is a launch of its own again.
 ``moe`` takes ``router_version`` to override the router.
 """
 
@@ -36,7 +41,7 @@ import numpy as np
 from gpu import runtime as rt
 
 SLUG = "ffn_approx"
-VERSIONS = (1, 2, 3, 4, 5, 6, 7)
+VERSIONS = (1, 2, 3, 4, 5, 6, 7, 8)
 ROUTER_VERSIONS = (1, 2, 3, 4)
 SORT_VERSIONS = (1, 2, 3)
 DTYPES = (np.float32, np.float16)
@@ -44,15 +49,47 @@ _SUFFIX = {np.dtype(np.float32): "f32", np.dtype(np.float16): "f16"}
 MAX_E = 256  # MAX_E in the .cu (router and count keep E values in shared memory)
 RT = 16  # tokens per router block (and per block of sort v3's histogram)
 # BM (rows) and BN (columns) of the GEMM tiles
-TILE = {1: 64, 2: 64, 3: 64, 4: 128, 5: 64, 6: 64, 7: 128}
-TILE_N = {1: 64, 2: 64, 3: 64, 4: 128, 5: 128, 6: 128, 7: 128}
-THREADS = {1: 128, 2: 256, 3: 128, 4: 256, 5: 128, 6: 128, 7: 256}
+TILE = {1: 64, 2: 64, 3: 64, 4: 128, 5: 64, 6: 64, 7: 128, 8: 128}
+TILE_N = {1: 64, 2: 64, 3: 64, 4: 128, 5: 128, 6: 128, 7: 128, 8: 128}
+THREADS = {1: 128, 2: 256, 3: 128, 4: 256, 5: 128, 6: 128, 7: 256, 8: 256}
 CHUNK = 256  # down v6: rows of one expert per block (D6R row tiles of 64)
 D6_GMAX = 256  # down v6 keeps G x 128 of w2 and three 64 x G tiles of h in smem
 ROUTER4_SMEM = 3 * (16 * 136 + 128 * 72) * 2  # RouterTile6::SMEM (bytes)
 UP6_SMEM = 4 * (64 * 40 + 32 * 136) * 2  # UpTile6::SMEM
 TILE7_SMEM = 4 * (128 * 40 + 32 * 136) * 2  # Tile7::SMEM (up and down v7)
-FUSED_COMBINE = 7  # from this version on, the down GEMM does the combine
+GEMM8_SMEM = 6 * (128 + 128) * 64 * 2 + 1024  # ST8 stages of A and B, + alignment
+KMAJOR = (8,)  # the versions that take the expert weights K-major (wt)
+
+
+def fused_combine(version: int) -> bool:
+    """Whether this version's down GEMM does the combine (v7 only: it saved nothing,
+    so v8 went back to a combine launch)."""
+    return version == 7
+
+
+def kmajor_weights(w1, w2):
+    """(w1t, w2t) = w1 (E, C, G) and w2 (E, G, C) with each expert's matrix
+    transposed, contiguous: w1t (E, G, C), w2t (E, C, G). v8's tiles read rows of
+    K from both operands; a model stores its experts this way once
+    (``torch.nn.Linear`` keeps (out, in) already)."""
+    import cupy as cp
+
+    return (
+        cp.ascontiguousarray(w1.transpose(0, 2, 1)),
+        cp.ascontiguousarray(w2.transpose(0, 2, 1)),
+    )
+
+
+def _check_wt(wt, w1, w2):
+    """wt = (w1t, w2t) as kmajor_weights makes them (shapes, dtype, alignment)."""
+    if not isinstance(wt, tuple) or len(wt) != 2:
+        raise TypeError("wt must be the pair (w1t, w2t) from kmajor_weights")
+    e, c, g = w1.shape
+    rt.check_array("w1t", wt[0], (w1.dtype,), 3)
+    rt.check_array("w2t", wt[1], (w1.dtype,), 3)
+    rt.check_shape("w1t", wt[0], (e, g, c), "EGC")
+    rt.check_shape("w2t", wt[1], (e, c, g), "ECG")
+    rt.check_aligned(16, w1t=wt[0], w2t=wt[1])
 
 
 def down6_smem(g: int) -> int:
@@ -295,17 +332,20 @@ def sort_pairs(
 
 def experts(
     x, w1, w2, idx, gate, *, version=3, out=None, ws=None, check_idx=True,
-    hist_ready=False,
+    hist_ready=False, wt=None,
 ):  # fmt: skip
     """out[t] = sum_j gate[t, j] relu(x[t] w1[idx[t, j]]) w2[idx[t, j]] (CVMM).
 
     Args:
         x: (T, C) float32 or float16; w1 (E, C, G), w2 (E, G, C) of x's dtype.
         idx: (T, K) int32 in [0, E) (repeats allowed); gate: (T, K) float32.
-        version: 1..7 (gpu/ffn_approx.cu); 3 to 7 need float16, C, G % 8 == 0.
+        version: 1..8 (gpu/ffn_approx.cu); 3 to 8 need float16, C, G % 8 == 0;
+            8 needs a compute capability 9.0 card (wgmma).
         out: optional (T, C) output of x's dtype; ws: optional Workspace.
         check_idx: check idx's range on the device first (a host sync).
         hist_ready: (v5) ws.bhist already holds idx's block histograms (router v3).
+        wt: (v8) the K-major weights ``kmajor_weights(w1, w2)``; made here (two
+            transposes, allocated) when None.
     Returns:
         out (T, C): the K slots of each token summed in order j = 0..K-1.
     """
@@ -333,7 +373,10 @@ def experts(
     rt.check_shape("out", out, (t, c), "TC")
     if version >= 3:  # 16-byte loads of x, w1, w2, the workspace; stores of out
         rt.check_aligned(16, x=x, w1=w1, w2=w2, out=out, ws_z=ws.z, ws_h=ws.h)
-    fused = version >= FUSED_COMBINE
+    if version in KMAJOR:
+        wt = kmajor_weights(w1, w2) if wt is None else wt
+        _check_wt(wt, w1, w2)
+    fused = fused_combine(version)
     if fused:
         rt.check_array("ws.ticket", ws.ticket, (np.int32,), 2)
         rt.check_shape("ws.ticket", ws.ticket, (t, math.ceil(c / TILE_N[7])), "TS")
@@ -344,7 +387,7 @@ def experts(
     )  # fmt: skip
     i32, sfx = np.int32, _SUFFIX[x.dtype]
     for stage in ("up", "down"):
-        gemm_stage(stage, x, w1, w2, gate, ws, version, out=out)
+        gemm_stage(stage, x, w1, w2, gate, ws, version, out=out, wt=wt)
     if fused:  # down v7 has written out
         return out
     if version >= 3:
@@ -360,12 +403,13 @@ def experts(
 
 
 def gemm_stage(
-    stage: str, x, w1, w2, gate, ws: Workspace, version: int, out=None
+    stage: str, x, w1, w2, gate, ws: Workspace, version: int, out=None, wt=None
 ) -> None:
     """One grouped GEMM of the layer, on a workspace the sort has filled (no
     checks: ``experts`` makes them; the benchmark times the stages alone with it).
     stage "up": ws.h = gate relu(x[order / K] w1[e]); "down": ws.z[order] = ws.h
-    w2[e], and from v7 on also out (T, C) = the combine (ws.ticket zeroed)."""
+    w2[e], and for v7 also out (T, C) = the combine (ws.ticket zeroed). v8 reads
+    the weights from wt = kmajor_weights(w1, w2)."""
     t, c = x.shape
     e, _, g = w1.shape
     k, p = gate.shape[1], ws.order.size
@@ -377,7 +421,15 @@ def gemm_stage(
     args = (a, w, ws.order, gate, ws.offsets, ws.tiles, dst)
     args += (i32(e), i32(k), i32(kd), i32(n))
     ver, smem = version, 0
-    if version == 7:
+    if version in KMAJOR:
+        if wt is None:
+            raise ValueError(f"v{version} reads K-major weights: pass wt")
+        w = wt[0] if stage == "up" else wt[1]
+        ntile = math.ceil(n / bn)  # one block walks all its row tile's columns
+        args = (a, w, ws.order, gate, ws.offsets, ws.tiles, dst)
+        args += (i32(e), i32(k), i32(kd), i32(n), i32(ntile))
+        cols, smem = 1, GEMM8_SMEM
+    elif version == 7:
         smem = TILE7_SMEM
         if stage == "down":
             if out is None:
@@ -396,10 +448,14 @@ def gemm_stage(
     fn((rows, cols), (nt,), args, shared_mem=smem)
 
 
-def moe(x, w1, w2, w3, k: int, *, version=3, out=None, ws=None, router_version=None):
+def moe(
+    x, w1, w2, w3, k: int, *, version=3, out=None, ws=None, router_version=None,
+    wt=None,
+):  # fmt: skip
     """One sigma-MoE layer: route (top-K of sigmoid(x w3)), then ``experts``.
     Shapes as ``experts`` plus w3 (C, E). No host sync: graph capturable.
-    router_version: None for ``router_for(version)``, else 1 or 2."""
+    router_version: None for ``router_for(version)``, else 1 to 4.
+    wt: (v8) ``kmajor_weights(w1, w2)``, made once by the caller."""
     t, c, e, g, version = _check_weights(x, w1, w2, version)
     _check_k(k, e)
     rv = router_for(version, e) if router_version is None else router_version
@@ -408,5 +464,5 @@ def moe(x, w1, w2, w3, k: int, *, version=3, out=None, ws=None, router_version=N
     ready = rv >= 3 and sort_for(version) == 3  # router v3 or v4 wrote ws.bhist
     return experts(
         x, w1, w2, ws.idx, ws.gate, version=version, out=out, ws=ws,
-        check_idx=False, hist_ready=ready,
+        check_idx=False, hist_ready=ready, wt=wt,
     )  # fmt: skip

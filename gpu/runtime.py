@@ -35,6 +35,18 @@ NVRTC_OPTIONS = (
 )
 
 
+def arch_options(cc: int) -> tuple[str, ...]:
+    """What the launchers add to NVRTC_OPTIONS for a card of compute capability ``cc``:
+    on 9.0 (H100, H200) the architecture-specific target sm_90a, whose wgmma and
+    setmaxnreg every 9.0 card has (kernels that use them are guarded by
+    ``__CUDA_ARCH_FEAT_SM90_ALL``). CuPy appends its own ``-arch=sm_90``; NVRTC
+    13.0 keeps sm_90a (checked: the PTX target and the cubin's EF_CUDA_ACCELERATORS
+    flag), and the machine code of every kernel that does not use the extras is
+    the same instruction for instruction as for sm_90 (cuobjdump -sass, all files,
+    2026-12-07)."""
+    return ("-arch=sm_90a",) if cc == 90 else ()
+
+
 @functools.cache
 def _probe() -> tuple[bool, str]:
     try:
@@ -180,6 +192,17 @@ def device_name() -> str:
 _NOTICED: set[tuple] = set()  # (family, requested, chosen) already announced
 
 
+def version_runs(slug: str, version) -> bool:
+    """Whether this card runs ``version`` of launcher family ``slug``
+    (gpu/capability.json); True without a device, as pick_version."""
+    from gpu import capability as cap
+
+    if not available():
+        return True
+    need = cap.min_cc(slug, version)
+    return need is not None and need <= compute_capability()
+
+
 def pick_version(slug: str, requested, supported_order):
     """``requested`` when this card can run it, else the first of
     ``supported_order`` (best first) that it can, with one CapabilityFallback
@@ -256,7 +279,8 @@ def module(slug: str):
     import cupy as cp
 
     src = (GPU_DIR / f"{slug}.cu").read_text()
-    return cp.RawModule(code=src, options=NVRTC_OPTIONS)
+    opts = NVRTC_OPTIONS + arch_options(compute_capability())
+    return cp.RawModule(code=src, options=opts)
 
 
 def kernel(slug: str, name: str):

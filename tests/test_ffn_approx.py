@@ -304,7 +304,7 @@ def test_float32_twin_within_the_gpu_tolerance(dtype, data, k):
 
 # --- GPU (gpu/ffn_approx.cu) ----------------------------------------------------------
 
-GPU_VERSIONS = [(1, F32), (2, F32), *((v, F16) for v in (1, 2, 3, 4, 5, 6, 7))]
+GPU_VERSIONS = [(1, F32), (2, F32), *((v, F16) for v in (1, 2, 3, 4, 5, 6, 7, 8))]
 
 
 @st.composite
@@ -547,7 +547,7 @@ def test_gpu_sort_is_the_stable_counting_sort(version, t, k, e, kind, seed):
 @pytest.mark.gpu
 @pytest.mark.parametrize(
     "version,e",
-    [(1, 8), (2, 8), (3, 8), (4, 8), (5, 8), (5, 9), (6, 8), (6, 9), (7, 8), (7, 9)],
+    [(v, 8) for v in range(1, 9)] + [(v, 9) for v in (5, 6, 7, 8)],
 )
 def test_gpu_whole_layer_and_a_wrong_expert_fails(version, e):
     """route + experts against the reference on the GPU's own routing; the same
@@ -610,7 +610,14 @@ def test_gpu_bad_inputs_rejected_before_launch():
         gfa.experts(x[:, :12].copy(), w1[:, :12].copy(), w2[:, :, :12].copy(),
                     idx, gate, version=4)  # fmt: skip
     with pytest.raises(ValueError, match="version"):
-        gfa.experts(x, w1, w2, idx, gate, version=8)
+        gfa.experts(x, w1, w2, idx, gate, version=9)
+    w1t, w2t = gfa.kmajor_weights(w1, w2)
+    with pytest.raises(TypeError, match="wt"):
+        gfa.experts(x, w1, w2, idx, gate, version=8, wt=[w1t, w2t])
+    with pytest.raises(ValueError, match="w1t"):  # not transposed
+        gfa.experts(x, w1, w2, idx, gate, version=8, wt=(w2t, w2t))
+    with pytest.raises(TypeError, match="w2t"):
+        gfa.experts(x, w1, w2, idx, gate, version=8, wt=(w1t, w2t.astype(cp.float32)))
     # a view that starts one element in: v3/v4's 16-byte loads would fault
     xs = cp.zeros(4 * 16 + 1, f16)[1:].reshape(4, 16)
     with pytest.raises(ValueError, match="x must be 16-byte aligned"):

@@ -59,9 +59,9 @@ GRID = bench.Grid(
     quick=dict(E=E_QUICK, T=T_QUICK),
     fixed=dict(T=T, C=C, G=G, K=K, E_main=E_MAIN, dtype="float16", n_check=N_CHECK),
     versions=dict(
-        ffn_approx=(2, 3, 4, 5, 6, 7, 8),
-        ffn_approx_experts=(3, 4, 5, 6, 7, 8),
-        ffn_approx_tokens=(3, 5, 6, 7, 8),
+        ffn_approx=(2, 3, 4, 5, 6, 7, 8, 9),
+        ffn_approx_experts=(3, 4, 5, 6, 7, 8, 9),
+        ffn_approx_tokens=(3, 5, 6, 7, 8, 9),
     ),
     baselines={"torch_param_equal": ("E", "T"), "cublas_param_equal": ("E", "T")},
     kernels=("moe_",),  # whole layers; the v*_<stage> rows are parts of one
@@ -176,7 +176,7 @@ def _moe_rows(rng, e, ceil, versions, stages: bool, t=T) -> list[dict]:
         wss = [gfa.workspace(t, C, e, G, K, F16) for _ in sets]
         outs = [cp.full((t, C), np.nan, F16) for _ in sets]
         # v8's K-major weights, made once per weight set (a model stores them so)
-        wts = [gfa.kmajor_weights(*st[:2]) if v in gfa.KMAJOR else None for st in sets]
+        wts = [gfa.kmajor_weights(*st) if v in gfa.KMAJOR else None for st in sets]
 
         def call(j, v=v, wss=wss, outs=outs, wts=wts):
             w1, w2, w3 = sets[j]
@@ -233,6 +233,7 @@ def _stage_rows(e, v, sets, xs, wss, outs, ceil, wts) -> list[dict]:
             gate=wss[j].gate,
             version=rv,
             bhist=wss[j].bhist,
+            w3t=wts[j] and wts[j][2],
         ),  # fmt: skip
         "sort": lambda j: gfa.sort_pairs(
             wss[j].idx,

@@ -1283,6 +1283,102 @@ __device__ void down_v7(Gemm<__half> g, int* ticket, __half* y) {
 }
 
 // ======================================================================
+// router v5: x W3 with no shared-memory ring and no barrier per slab (v3
+// and v4 were that chain). A block of 8 warps takes RT = 16 tokens; warp w
+// takes a k-range of C and loads its mma.sync fragments straight from
+// global memory, 16 bytes a load: lane l reads k = k0 + 8 (l % 4) .. + 7 of
+// token rows l / 4 and l / 4 + 8 and of w3t's row (expert 8 j + l / 4; w3t is
+// W3 transposed, (E, C)). The first four halves are one m16n8k16's k slots
+// 2 (l % 4) + {0, 1} and 8 + 2 (l % 4) + {0, 1}, the last four a second's: A
+// and B agree on which k each slot holds, and the sum over k does not care
+// about their order. Four 32-wide chunks of loads are in flight per warp.
+// The 8 partial logit tiles are summed in warp order (deterministic), then
+// v2's top-K and v3's block histogram.
+// ======================================================================
+#define R5W 8  // router v5: warps per block (each a k-range of C)
+
+__device__ __forceinline__ uint4 ldg16_or0(const __half* p, bool ok) {
+  return ok ? __ldg(reinterpret_cast<const uint4*>(p)) : make_uint4(0, 0, 0, 0);
+}
+
+__device__ void router_v5(const __half* x, const __half* w3t, int* idx,
+                          float* gate, int* bhist, int Tn, int C, int E,
+                          int K) {
+  __shared__ float part[R5W][RT][33];
+  __shared__ float logit[RT][MAX_E];
+  __shared__ int hist[MAX_E];
+  const int tid = threadIdx.x, w = tid / 32, l = tid % 32, g = l / 4;
+  const int t0 = blockIdx.x * RT;
+  for (int e = tid; e < E; e += blockDim.x) hist[e] = 0;
+  const int nch = (C + 31) / 32, per = (nch + R5W - 1) / R5W;
+  const int c0 = w * per, c1 = min(c0 + per, nch);
+  const int ra = t0 + g, rb = t0 + g + 8;
+  const bool oka = ra < Tn, okb = rb < Tn;
+  const __half* xa = x + (size_t)min(ra, Tn - 1) * C;
+  const __half* xb = x + (size_t)min(rb, Tn - 1) * C;
+  for (int e0 = 0; e0 < E; e0 += 32) {
+    float acc[4][4];
+#pragma unroll
+    for (int j = 0; j < 4; ++j)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) acc[j][i] = 0.f;
+#pragma unroll 1
+    for (int ch = c0; ch < c1; ch += 4) {
+      uint4 A[4], B[4], W[4][4];
+#pragma unroll
+      for (int u = 0; u < 4; ++u) {
+        int k = (ch + u) * 32 + 8 * (l % 4);
+        bool kin = ch + u < c1 && k < C;
+        A[u] = ldg16_or0(xa + k, kin && oka);
+        B[u] = ldg16_or0(xb + k, kin && okb);
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+          int n = e0 + 8 * j + g;
+          W[u][j] = ldg16_or0(w3t + (size_t)min(n, E - 1) * C + k, kin && n < E);
+        }
+      }
+#pragma unroll
+      for (int u = 0; u < 4; ++u)
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+          unsigned a0[4] = {A[u].x, B[u].x, A[u].y, B[u].y};
+          unsigned b0[2] = {W[u][j].x, W[u][j].y};
+          mma16816(acc[j], a0, b0);
+          unsigned a1[4] = {A[u].z, B[u].z, A[u].w, B[u].w};
+          unsigned b1[2] = {W[u][j].z, W[u][j].w};
+          mma16816(acc[j], a1, b1);
+        }
+    }
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      int c = 8 * j + 2 * (l % 4);
+      part[w][g][c] = acc[j][0];
+      part[w][g][c + 1] = acc[j][1];
+      part[w][g + 8][c] = acc[j][2];
+      part[w][g + 8][c + 1] = acc[j][3];
+    }
+    __syncthreads();
+    for (int i = tid; i < RT * 32; i += blockDim.x) {
+      int r = i / 32, c = i % 32;
+      if (e0 + c >= E) continue;
+      float s = 0.f;
+#pragma unroll
+      for (int v = 0; v < R5W; ++v) s += part[v][r][c];
+      logit[r][e0 + c] = s;
+    }
+    __syncthreads();
+  }
+  router_topk(logit, t0, Tn, E, K, idx, gate);
+  __syncthreads();  // idx of this block written (global, same block)
+  int n = min(RT, Tn - t0) * K;
+  for (int i = tid; i < n; i += blockDim.x)
+    atomicAdd(&hist[idx[(size_t)t0 * K + i]], 1);  // integers: order-free
+  __syncthreads();
+  for (int e = tid; e < E; e += blockDim.x)
+    bhist[(size_t)blockIdx.x * E + e] = hist[e];
+}
+
+// ======================================================================
 // v8: the grouped GEMMs on wgmma (sm_90a). What v5-v7's profiles asked for:
 // no ldmatrix and no per-warp MMA stream, so the issue slots are free and a
 // warpgroup's 64 x 128 x 64 slab is four instructions that run while the
@@ -1307,7 +1403,8 @@ __device__ void down_v7(Gemm<__half> g, int* ticket, __half* y) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
 constexpr int BM8 = 128, BN8 = 128, BK8 = 64, ST8 = 6;
 constexpr int STAGE8 = (BM8 + BN8) * BK8 * 2;  // bytes: A then B
-constexpr int SMEM8 = ST8 * STAGE8 + 1024;     // + the 1024-byte alignment
+// dynamic shared memory: ST8 * STAGE8 + 1024 (the alignment), gpu/ffn_approx.py
+// GEMM8_SMEM
 
 // The copies of one slab: thread t copies 16-byte chunk t % 8 of rows
 // t / 8 + 32 i (i < 4) of A and of B; rows past the tile, and chunks past Kd,
@@ -1595,6 +1692,26 @@ ffn_approx_up_v8_f16(FA_GEMM_ARGS(__half), int CT) {
 }
 extern "C" __global__ void __launch_bounds__(256, 1)
 ffn_approx_down_v8_f16(FA_GEMM_ARGS(__half), int CT) {
+  Gemm<__half> g = FA_GEMM_INIT;
+  gemm_v8<false>(g, CT);
+}
+#endif
+
+// --- v9 (router v5, sort v3; v8's GEMMs; combine v2) ---
+extern "C" __global__ void __launch_bounds__(R5W * 32)
+ffn_approx_router_v5_f16(const __half* x, const __half* w3t, int* idx,
+                         float* gate, int* bhist, int Tn, int C, int E,
+                         int K) {
+  router_v5(x, w3t, idx, gate, bhist, Tn, C, E, K);
+}
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+extern "C" __global__ void __launch_bounds__(256, 1)
+ffn_approx_up_v9_f16(FA_GEMM_ARGS(__half), int CT) {
+  Gemm<__half> g = FA_GEMM_INIT;
+  gemm_v8<true>(g, CT);
+}
+extern "C" __global__ void __launch_bounds__(256, 1)
+ffn_approx_down_v9_f16(FA_GEMM_ARGS(__half), int CT) {
   Gemm<__half> g = FA_GEMM_INIT;
   gemm_v8<false>(g, CT);
 }

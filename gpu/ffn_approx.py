@@ -28,6 +28,9 @@ compute capability 9.0 only) from a 6-deep ``cp.async`` ring of 128 x 128 x 64
 tiles; it takes the expert weights K-major (``kmajor_weights``: w1t (E, G, C) and
 w2t (E, C, G), ``torch.nn.Linear``'s layout), made once and passed as ``wt``, and
 the combine is a launch of its own again.
+v9 is v8 with router v5: the router's mma.sync fragments loaded straight from
+global memory by 8 warps, each a k-range of C (no shared-memory ring, no barrier per
+slab), from w3t = w3 transposed (``kmajor_weights``' third matrix).
 ``moe`` takes ``router_version`` to override the router.
 """
 
@@ -41,24 +44,24 @@ import numpy as np
 from gpu import runtime as rt
 
 SLUG = "ffn_approx"
-VERSIONS = (1, 2, 3, 4, 5, 6, 7, 8)
-ROUTER_VERSIONS = (1, 2, 3, 4)
+VERSIONS = (1, 2, 3, 4, 5, 6, 7, 8, 9)
+ROUTER_VERSIONS = (1, 2, 3, 4, 5)
 SORT_VERSIONS = (1, 2, 3)
 DTYPES = (np.float32, np.float16)
 _SUFFIX = {np.dtype(np.float32): "f32", np.dtype(np.float16): "f16"}
 MAX_E = 256  # MAX_E in the .cu (router and count keep E values in shared memory)
 RT = 16  # tokens per router block (and per block of sort v3's histogram)
 # BM (rows) and BN (columns) of the GEMM tiles
-TILE = {1: 64, 2: 64, 3: 64, 4: 128, 5: 64, 6: 64, 7: 128, 8: 128}
-TILE_N = {1: 64, 2: 64, 3: 64, 4: 128, 5: 128, 6: 128, 7: 128, 8: 128}
-THREADS = {1: 128, 2: 256, 3: 128, 4: 256, 5: 128, 6: 128, 7: 256, 8: 256}
+TILE = {1: 64, 2: 64, 3: 64, 4: 128, 5: 64, 6: 64, 7: 128, 8: 128, 9: 128}
+TILE_N = {1: 64, 2: 64, 3: 64, 4: 128, 5: 128, 6: 128, 7: 128, 8: 128, 9: 128}
+THREADS = {1: 128, 2: 256, 3: 128, 4: 256, 5: 128, 6: 128, 7: 256, 8: 256, 9: 256}
 CHUNK = 256  # down v6: rows of one expert per block (D6R row tiles of 64)
 D6_GMAX = 256  # down v6 keeps G x 128 of w2 and three 64 x G tiles of h in smem
 ROUTER4_SMEM = 3 * (16 * 136 + 128 * 72) * 2  # RouterTile6::SMEM (bytes)
 UP6_SMEM = 4 * (64 * 40 + 32 * 136) * 2  # UpTile6::SMEM
 TILE7_SMEM = 4 * (128 * 40 + 32 * 136) * 2  # Tile7::SMEM (up and down v7)
 GEMM8_SMEM = 6 * (128 + 128) * 64 * 2 + 1024  # ST8 stages of A and B, + alignment
-KMAJOR = (8,)  # the versions that take the expert weights K-major (wt)
+KMAJOR = (8, 9)  # the versions that take the weights K-major (wt)
 
 
 def fused_combine(version: int) -> bool:
@@ -67,23 +70,25 @@ def fused_combine(version: int) -> bool:
     return version == 7
 
 
-def kmajor_weights(w1, w2):
-    """(w1t, w2t) = w1 (E, C, G) and w2 (E, G, C) with each expert's matrix
-    transposed, contiguous: w1t (E, G, C), w2t (E, C, G). v8's tiles read rows of
-    K from both operands; a model stores its experts this way once
-    (``torch.nn.Linear`` keeps (out, in) already)."""
+def kmajor_weights(w1, w2, w3=None):
+    """(w1t, w2t, w3t): w1 (E, C, G), w2 (E, G, C) and w3 (C, E) with each matrix
+    transposed, contiguous: w1t (E, G, C), w2t (E, C, G), w3t (E, C) (None without
+    w3). v8's GEMM tiles and router v5 read rows of K from both operands; a model
+    stores its weights this way once (``torch.nn.Linear`` keeps (out, in))."""
     import cupy as cp
 
     return (
         cp.ascontiguousarray(w1.transpose(0, 2, 1)),
         cp.ascontiguousarray(w2.transpose(0, 2, 1)),
+        None if w3 is None else cp.ascontiguousarray(w3.T),
     )
 
 
 def _check_wt(wt, w1, w2):
-    """wt = (w1t, w2t) as kmajor_weights makes them (shapes, dtype, alignment)."""
-    if not isinstance(wt, tuple) or len(wt) != 2:
-        raise TypeError("wt must be the pair (w1t, w2t) from kmajor_weights")
+    """wt = (w1t, w2t, w3t) as kmajor_weights makes them (shapes, dtype,
+    alignment); w3t is route's to check."""
+    if not isinstance(wt, tuple) or len(wt) != 3:
+        raise TypeError("wt must be the triple (w1t, w2t, w3t) from kmajor_weights")
     e, c, g = w1.shape
     rt.check_array("w1t", wt[0], (w1.dtype,), 3)
     rt.check_array("w2t", wt[1], (w1.dtype,), 3)
@@ -162,10 +167,11 @@ def workspace(t: int, c: int, e: int, g: int, k: int, dtype) -> Workspace:
 
 def router_for(version: int, n_experts: int | None = None) -> int:
     """The router version a layer of this version uses by default: 1 for v1 and v2
-    (which keep their first timings), 2 for v3 and v4, 3 for v5 when E % 8 == 0
-    (router v3 loads 16-byte rows of w3; v5 falls back to router v2 otherwise)."""
+    (which keep their first timings), 2 for v3 and v4, 3 for v5, 4 for v6-v8 and 5
+    for v9 when E % 8 == 0 (routers v3-v5 load 16-byte rows of w3; otherwise
+    router v2)."""
     if version >= 5 and (n_experts is None or n_experts % 8 == 0):
-        return 4 if version >= 6 else 3
+        return 5 if version >= 9 else 4 if version >= 6 else 3
     return 2 if version >= 3 else 1
 
 
@@ -202,13 +208,16 @@ def _check_k(k, e):
         raise ValueError(f"k must be an integer in [1, E={e}], got {k!r}")
 
 
-def route(x, w3, k: int, *, idx=None, gate=None, version=2, bhist=None):
+def route(
+    x, w3, k: int, *, idx=None, gate=None, version=2, bhist=None, w3t=None
+):  # fmt: skip
     """idx (T, K) int32, gate (T, K) float32 = top-K of sigmoid(x w3) per token
     (descending, ties to the lower expert id). x (T, C), w3 (C, E), x's dtype.
-    version: 1 or 2 (any C, E <= 256), or 3 and 4 (tensor cores: float16,
+    version: 1 or 2 (any C, E <= 256), or 3 to 5 (tensor cores: float16,
     C % 8 == 0, E % 8 == 0, 16-byte aligned x and w3), which also write bhist
     (ceil(T / 16), E) int32, each block of 16 tokens' expert histogram (sort v3's
-    first half)."""
+    first half). Router v5 reads w3t = w3 transposed, (E, C) contiguous (made here
+    when None)."""
     import cupy as cp
 
     if version not in ROUTER_VERSIONS:
@@ -240,6 +249,11 @@ def route(x, w3, k: int, *, idx=None, gate=None, version=2, bhist=None):
         bhist = cp.empty((nb, e), cp.int32) if bhist is None else bhist
         rt.check_array("bhist", bhist, (np.int32,), 2)
         rt.check_shape("bhist", bhist, (nb, e), "BE")
+    if version == 5:
+        w3t = cp.ascontiguousarray(w3.T) if w3t is None else w3t
+        rt.check_array("w3t", w3t, (x.dtype,), 2)
+        rt.check_shape("w3t", w3t, (e, c), "EC")
+        rt.check_aligned(16, w3t=w3t)
     idx = cp.empty((t, k), cp.int32) if idx is None else idx
     gate = cp.empty((t, k), cp.float32) if gate is None else gate
     rt.check_array("idx", idx, (np.int32,), 2)
@@ -253,8 +267,9 @@ def route(x, w3, k: int, *, idx=None, gate=None, version=2, bhist=None):
     if smem:
         fn.max_dynamic_shared_size_bytes = smem  # beyond 48 KB needs the opt-in
     fn(
-        (math.ceil(t / RT),), (128,),
-        (x, w3, idx, gate, *extra, i32(t), i32(c), i32(e), i32(k)),
+        (math.ceil(t / RT),), (256 if version == 5 else 128,),
+        (x, w3t if version == 5 else w3, idx, gate, *extra, i32(t), i32(c), i32(e),
+         i32(k)),
         shared_mem=smem,
     )  # fmt: skip
     return idx, gate
@@ -344,8 +359,8 @@ def experts(
         out: optional (T, C) output of x's dtype; ws: optional Workspace.
         check_idx: check idx's range on the device first (a host sync).
         hist_ready: (v5) ws.bhist already holds idx's block histograms (router v3).
-        wt: (v8) the K-major weights ``kmajor_weights(w1, w2)``; made here (two
-            transposes, allocated) when None.
+        wt: (v8, v9) the K-major weights ``kmajor_weights(w1, w2)`` (its w3t
+            may be None here); made here (two transposes, allocated) when None.
     Returns:
         out (T, C): the K slots of each token summed in order j = 0..K-1.
     """
@@ -455,12 +470,15 @@ def moe(
     """One sigma-MoE layer: route (top-K of sigmoid(x w3)), then ``experts``.
     Shapes as ``experts`` plus w3 (C, E). No host sync: graph capturable.
     router_version: None for ``router_for(version)``, else 1 to 4.
-    wt: (v8) ``kmajor_weights(w1, w2)``, made once by the caller."""
+    wt: (v8, v9) ``kmajor_weights(w1, w2, w3)``, made once by the caller."""
     t, c, e, g, version = _check_weights(x, w1, w2, version)
     _check_k(k, e)
     rv = router_for(version, e) if router_version is None else router_version
     ws = ws or workspace(t, c, e, g, k, x.dtype)
-    route(x, w3, k, idx=ws.idx, gate=ws.gate, version=rv, bhist=ws.bhist)
+    if version in KMAJOR and wt is None:
+        wt = kmajor_weights(w1, w2, w3)
+    w3t = wt[2] if wt is not None else None
+    route(x, w3, k, idx=ws.idx, gate=ws.gate, version=rv, bhist=ws.bhist, w3t=w3t)
     ready = rv >= 3 and sort_for(version) == 3  # router v3 or v4 wrote ws.bhist
     return experts(
         x, w1, w2, ws.idx, ws.gate, version=version, out=out, ws=ws,

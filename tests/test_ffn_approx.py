@@ -304,7 +304,7 @@ def test_float32_twin_within_the_gpu_tolerance(dtype, data, k):
 
 # --- GPU (gpu/ffn_approx.cu) ----------------------------------------------------------
 
-GPU_VERSIONS = [(1, F32), (2, F32), *((v, F16) for v in (1, 2, 3, 4, 5, 6, 7, 8))]
+GPU_VERSIONS = [(1, F32), (2, F32), *((v, F16) for v in range(1, 10))]
 
 
 @st.composite
@@ -438,7 +438,7 @@ def test_gpu_router_selects_a_valid_top_k(version, dtype, t, c, e, k, seed):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("version", [3, 4])
+@pytest.mark.parametrize("version", [3, 4, 5])
 @given(
     t=st.sampled_from([1, 5, 16, 17, 100]),
     c=st.sampled_from([8, 40, 136, 1032]),
@@ -448,10 +448,11 @@ def test_gpu_router_selects_a_valid_top_k(version, dtype, t, c, e, k, seed):
     seed=seeds,
 )
 def test_gpu_router_v3_selects_a_valid_top_k(version, t, c, e, k, amp, seed):
-    """Routers v3 and v4 (tensor cores, fp16, C and E multiples of 8) as the test
-    above: C off their 32- and 128-deep slabs and past many slabs, E off the
-    64-expert pass and past several, T off the 16-token block; large x too. Their
-    block histograms equal bincount over each block's 16 tokens."""
+    """Routers v3 to v5 (tensor cores, fp16, C and E multiples of 8) as the test
+    above: C off their 32- and 128-deep slabs (v5: its 32-wide chunks and its
+    8 warps' k-ranges) and past many slabs, E off the 64-expert pass (v5: 32) and
+    past several, T off the 16-token block; large x too. Their block histograms
+    equal bincount over each block's 16 tokens."""
     _check_router(version, F16, t, c, e, k, seed, amp)
 
 
@@ -547,7 +548,7 @@ def test_gpu_sort_is_the_stable_counting_sort(version, t, k, e, kind, seed):
 @pytest.mark.gpu
 @pytest.mark.parametrize(
     "version,e",
-    [(v, 8) for v in range(1, 9)] + [(v, 9) for v in (5, 6, 7, 8)],
+    [(v, 8) for v in range(1, 10)] + [(v, 9) for v in (5, 6, 7, 8, 9)],
 )
 def test_gpu_whole_layer_and_a_wrong_expert_fails(version, e):
     """route + experts against the reference on the GPU's own routing; the same
@@ -611,13 +612,16 @@ def test_gpu_bad_inputs_rejected_before_launch():
                     idx, gate, version=4)  # fmt: skip
     with pytest.raises(ValueError, match="version"):
         gfa.experts(x, w1, w2, idx, gate, version=9)
-    w1t, w2t = gfa.kmajor_weights(w1, w2)
+    w1t, w2t, _ = gfa.kmajor_weights(w1, w2)
     with pytest.raises(TypeError, match="wt"):
         gfa.experts(x, w1, w2, idx, gate, version=8, wt=[w1t, w2t])
     with pytest.raises(ValueError, match="w1t"):  # not transposed
-        gfa.experts(x, w1, w2, idx, gate, version=8, wt=(w2t, w2t))
+        gfa.experts(x, w1, w2, idx, gate, version=8, wt=(w2t, w2t, None))
     with pytest.raises(TypeError, match="w2t"):
-        gfa.experts(x, w1, w2, idx, gate, version=8, wt=(w1t, w2t.astype(cp.float32)))
+        wt = (w1t, w2t.astype(cp.float32), None)
+        gfa.experts(x, w1, w2, idx, gate, version=8, wt=wt)
+    with pytest.raises(ValueError, match="w3t"):  # not transposed
+        gfa.route(x, w3, 2, version=5, w3t=cp.zeros((16, 8), f16))
     # a view that starts one element in: v3/v4's 16-byte loads would fault
     xs = cp.zeros(4 * 16 + 1, f16)[1:].reshape(4, 16)
     with pytest.raises(ValueError, match="x must be 16-byte aligned"):

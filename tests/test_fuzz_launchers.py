@@ -584,7 +584,7 @@ def test_fuzz_deja_vu_sparse_mlp(case):
 
 @st.composite
 def experts_calls(draw):
-    version = draw(st.sampled_from([1, 2, 3, 4, 5, 6, 7, 8]))
+    version = draw(st.sampled_from([1, 2, 3, 4, 5, 6, 7, 8, 9]))
     dtype = F16 if version >= 3 else draw(st.sampled_from([F32, F16]))
     vec = 8 if version >= 3 else 1
     t = draw(st.sampled_from([1, 3, 65]))
@@ -642,7 +642,7 @@ def test_fuzz_ffn_experts(case):
 
 @st.composite
 def route_calls(draw):
-    version = draw(st.sampled_from([1, 2, 3, 4]))
+    version = draw(st.sampled_from([1, 2, 3, 4, 5]))
     t = draw(st.sampled_from([1, 5, 17]))
     if version >= 3:  # tensor cores: float16, C and E multiples of 8
         dtype = F16

@@ -651,3 +651,74 @@ def test_gpu_bad_inputs_rejected_before_launch():
         gfa.route(x, cp.zeros((15, 8), f16), 2)
     with pytest.raises(TypeError, match="x"):
         gfa.route(np.zeros((4, 16), np.float16), w3, 2)
+
+
+def _router_v5_emulated(x, w3t, warps=8):
+    """router_v5's lane-level loads and m16n8k16 fragments replayed in float64:
+    lane l of warp w loads 8 consecutive k (k0 + 8 (l % 4) ..) of token rows l / 4
+    and l / 4 + 8 and of w3t's row 8 j + l / 4; halves 0-3 feed one MMA's slots
+    2 (l % 4) + {0, 1} and 8 + 2 (l % 4) + {0, 1}, halves 4-7 a second MMA's (the
+    hardware's fragment layout, PTX ISA m16n8k16); the warps' partial tiles are
+    summed in warp order."""
+    t, c = x.shape
+    e = w3t.shape[0]
+    nb = -(-t // 16)
+    xp = np.zeros((nb * 16, c))
+    xp[:t] = x
+    nch = -(-c // 32)
+    per = -(-nch // warps)
+    logit = np.zeros((nb * 16, e))
+    for b in range(nb):
+        for e0 in range(0, e, 32):
+            part = np.zeros((warps, 16, 32))
+            for w in range(warps):
+                for ch in range(w * per, min(w * per + per, nch)):
+                    ra, rb = np.zeros((32, 8)), np.zeros((32, 8))  # lane registers
+                    wv = np.zeros((32, 4, 8))
+                    for lane in range(32):
+                        g, q = divmod(lane, 4)
+                        k = ch * 32 + 8 * q
+                        if k >= c:
+                            continue
+                        ra[lane] = xp[b * 16 + g, k : k + 8]
+                        rb[lane] = xp[b * 16 + g + 8, k : k + 8]
+                        for j in range(4):
+                            if e0 + 8 * j + g < e:
+                                wv[lane, j] = w3t[e0 + 8 * j + g, k : k + 8]
+                    for h in (0, 1):  # the two MMAs of a 32-wide chunk
+                        for j in range(4):
+                            a_s, b_s = np.zeros((16, 16)), np.zeros((16, 8))
+                            for lane in range(32):
+                                g, q = divmod(lane, 4)
+                                lo, hi = (
+                                    slice(2 * q, 2 * q + 2),
+                                    slice(8 + 2 * q, 10 + 2 * q),
+                                )
+                                a_s[g, lo] = ra[lane, 4 * h : 4 * h + 2]  # reg 0
+                                a_s[g + 8, lo] = rb[lane, 4 * h : 4 * h + 2]  # reg 1
+                                a_s[g, hi] = ra[lane, 4 * h + 2 : 4 * h + 4]  # reg 2
+                                a_s[g + 8, hi] = rb[lane, 4 * h + 2 : 4 * h + 4]  # 3
+                                b_s[lo, g] = wv[lane, j, 4 * h : 4 * h + 2]
+                                b_s[hi, g] = wv[lane, j, 4 * h + 2 : 4 * h + 4]
+                            part[w, :, 8 * j : 8 * j + 8] += a_s @ b_s
+            n = min(32, e - e0)
+            logit[b * 16 : b * 16 + 16, e0 : e0 + n] = part.sum(axis=0)[:, :n]
+    return logit[:t]
+
+
+@pytest.mark.parametrize("t,c,e", [(17, 40, 8), (3, 136, 72), (1, 1032, 16)])
+def test_router_v5_fragments_emulated(t, c, e):
+    """Router v5 feeds its MMAs 16-byte loads whose k order is not the fragment's:
+    replayed lane by lane in float64 it still gives x w3 (the k permutation is the
+    same in A and B), over C off the 32-wide chunk and the warps' k-ranges, E off
+    the 32-expert pass and T off the 16-token block; swapping B's two registers,
+    a plausible slip, does not."""
+    rng = np.random.default_rng(3)
+    x, w3 = rng.standard_normal((t, c)), rng.standard_normal((c, e))
+    got = _router_v5_emulated(x, np.ascontiguousarray(w3.T))
+    np.testing.assert_allclose(got, x @ w3, rtol=1e-12, atol=1e-12)
+    w3_swapped = w3.copy()  # B's registers crossed: k + {2, 3} read where k + {0, 1}
+    for k0 in range(0, c - 3, 4):
+        w3_swapped[[k0, k0 + 1, k0 + 2, k0 + 3]] = w3[[k0 + 2, k0 + 3, k0, k0 + 1]]
+    bad = _router_v5_emulated(x, np.ascontiguousarray(w3_swapped.T))
+    assert not np.allclose(bad, x @ w3, rtol=1e-6, atol=1e-6)

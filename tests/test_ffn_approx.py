@@ -611,7 +611,7 @@ def test_gpu_bad_inputs_rejected_before_launch():
         gfa.experts(x[:, :12].copy(), w1[:, :12].copy(), w2[:, :, :12].copy(),
                     idx, gate, version=4)  # fmt: skip
     with pytest.raises(ValueError, match="version"):
-        gfa.experts(x, w1, w2, idx, gate, version=9)
+        gfa.experts(x, w1, w2, idx, gate, version=99)
     w1t, w2t, _ = gfa.kmajor_weights(w1, w2)
     with pytest.raises(TypeError, match="wt"):
         gfa.experts(x, w1, w2, idx, gate, version=8, wt=[w1t, w2t])

@@ -59,9 +59,9 @@ GRID = bench.Grid(
     quick=dict(E=E_QUICK, T=T_QUICK),
     fixed=dict(T=T, C=C, G=G, K=K, E_main=E_MAIN, dtype="float16", n_check=N_CHECK),
     versions=dict(
-        ffn_approx=(2, 3, 4, 5, 6, 7, 8, 9),
-        ffn_approx_experts=(3, 4, 5, 6, 7, 8, 9),
-        ffn_approx_tokens=(3, 5, 6, 7, 8, 9),
+        ffn_approx=(2, 3, 4, 5, 6, 7, 8, 9, 10),
+        ffn_approx_experts=(3, 4, 5, 6, 7, 8, 9, 10),
+        ffn_approx_tokens=(3, 5, 6, 7, 8, 9, 10),
     ),
     baselines={"torch_param_equal": ("E", "T"), "cublas_param_equal": ("E", "T")},
     kernels=("moe_",),  # whole layers; the v*_<stage> rows are parts of one

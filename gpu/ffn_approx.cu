@@ -1550,6 +1550,174 @@ __device__ void gemm_v8(Gemm<__half> g, int CT) {
 }
 #endif
 
+// ======================================================================
+// v10: v8's wgmma main loop with what its profile asked for (notes, "v8 and
+// v9 measured"):
+//   occupancy  two blocks per SM: a 3-stage ring (97 KB), registers <= 128;
+//              one block's prologue and epilogue run under the other's slabs.
+//              The copies of slab s + 2 go out after slab s's barrier, which
+//              also waits for slab s - 1's wgmma (wait_group 0).
+//   epilogue   the fragments into the stage the last slab used, 16-byte
+//              chunks XOR-swizzled by row (conflict-free both ways), then
+//              whole rows out as 16-byte stores.
+//   prologue   tiles and offsets in shared memory: one round trip, then the
+//              binary search there.
+// ======================================================================
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+constexpr int ST10 = 3;  // dynamic smem: ST10 * STAGE8 + 1024 (GEMM10_SMEM)
+
+// v8's copy plan in fewer registers (v8's, under v10's cap of 128, spilled):
+// the 4 B rows of a thread are 32 apart, so one pointer and a count of the
+// rows inside N; the 4 chunk offsets are 4096 bytes apart.
+struct Plan10 {
+  const __half* a[4];
+  const __half* b;  // row r0 of the column tile
+  int nb;           // how many of the rows r0 + 32 i are < N
+  unsigned off;     // the chunk's byte offset in row r0 (+ 4096 i)
+  int kc;
+};
+
+__device__ __forceinline__ void load10(const Plan10& pl, unsigned stage, int k0,
+                                       int Kd, size_t ldb,
+                                       const __half* safe) {
+  bool kin = k0 + pl.kc < Kd;
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    bool ok = kin && pl.a[i] != nullptr;
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(
+                     stage + pl.off + 4096 * i),
+                 "l"(ok ? pl.a[i] + k0 : safe), "r"(ok ? 16 : 0));
+  }
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    bool ok = kin && i < pl.nb;
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(
+                     stage + BM8 * 128 + pl.off + 4096 * i),
+                 "l"(ok ? pl.b + 32 * i * ldb + k0 : safe), "r"(ok ? 16 : 0));
+  }
+}
+
+template <bool UP>
+__device__ void gemm_v10(Gemm<__half> g, int CT) {
+  extern __shared__ unsigned char smem10_raw[];
+  __shared__ int rowp[BM8];
+  __shared__ float rowg[BM8];
+  __shared__ int tab[2 * (MAX_E + 1)];  // tiles, then offsets
+  const unsigned base = (smem_u32(smem10_raw) + 1023u) & ~1023u;
+  unsigned char* gbase = smem10_raw + (base - smem_u32(smem10_raw));
+  const int tid = threadIdx.x, tile = blockIdx.x;
+  for (int i = tid; i <= g.E; i += 256) {
+    tab[i] = g.tiles[i];
+    tab[MAX_E + 1 + i] = g.offsets[i];
+  }
+  __syncthreads();
+  const int e = segment_of(tab, g.E, tile);
+  if (e < 0) return;
+  const int* offs = tab + MAX_E + 1;
+  const int q0 = offs[e] + (tile - tab[e]) * BM8, q1 = offs[e + 1];
+  const int ntile = (g.N + BN8 - 1) / BN8;
+  const int ct0 = blockIdx.y * CT, ct1 = min(ct0 + CT, ntile);
+  if (ct0 >= ct1) return;
+  for (int m = tid; m < BM8; m += 256) {
+    int q = q0 + m, p = q < q1 ? g.order[q] : -1;
+    rowp[m] = p;
+    if (UP) rowg[m] = p >= 0 ? g.gate[p] : 0.f;
+  }
+  __syncthreads();
+  Plan10 pl;
+  const int r0 = tid / 8, c = tid % 8;
+  pl.kc = c * 8;
+  pl.off = r0 * 128 + ((c ^ (r0 & 7)) * 16);  // (r0 + 32 i) % 8 == r0 % 8
+  const __half* wexp = g.w + (size_t)e * g.N * g.Kd;
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    int r = r0 + 32 * i, p = rowp[r];
+    pl.a[i] = p < 0 ? nullptr
+                    : g.a + (UP ? (size_t)(p / g.K) : (size_t)(q0 + r)) * g.Kd +
+                          pl.kc;
+  }
+  auto set_b = [&](int ct) {
+    int n = ct * BN8 + r0;
+    pl.b = wexp + (size_t)min(n, g.N - 1) * g.Kd + pl.kc;
+    pl.nb = n < g.N ? (g.N - n + 31) / 32 : 0;
+  };
+  const int KT = (g.Kd + BK8 - 1) / BK8, S = (ct1 - ct0) * KT;
+  const __half* safe = g.w;
+  int lct = ct0, lkt = 0;
+  set_b(lct);
+  auto load_next = [&](int s) {
+    if (s < S) {
+      load10(pl, base + (s % ST10) * STAGE8, lkt * BK8, g.Kd, g.Kd, safe);
+      if (++lkt == KT) {
+        lkt = 0;
+        if (++lct < ct1) set_b(lct);
+      }
+    }
+    cp_async_commit();
+  };
+#pragma unroll 1
+  for (int s = 0; s < ST10 - 1; ++s) load_next(s);
+
+  const int wg = tid / 128, w = (tid / 32) % 4, l = tid % 32;
+  float acc[64];
+#pragma unroll
+  for (int i = 0; i < 64; ++i) acc[i] = 0.f;
+  int s = 0;
+#pragma unroll 1
+  for (int ct = ct0; ct < ct1; ++ct) {
+#pragma unroll 1
+    for (int kt = 0; kt < KT; ++kt, ++s) {
+      cp_async_wait<ST10 - 2>();  // this thread's copies of slab s have landed
+      fence_proxy_async();        // ... visible to the tensor cores
+      wgmma_wait<0>();            // this group's slab s - 1 is done
+      __syncthreads();            // everyone's copies and slab s - 1
+      const unsigned st = base + (s % ST10) * STAGE8;
+      const unsigned long long da = wgmma_desc_sw128(st + wg * 64 * 128);
+      const unsigned long long db = wgmma_desc_sw128(st + BM8 * 128);
+      wgmma_fence();
+#pragma unroll
+      for (int k = 0; k < BK8 / 16; ++k)
+        wgmma_m64n128k16(acc, da + 2 * k, db + 2 * k, kt > 0 || k > 0);
+      wgmma_commit();
+      load_next(s + ST10 - 1);  // into the stage slab s - 1 used
+    }
+    // the column tile is complete: through the last slab's stage, then out
+    wgmma_wait<0>();
+    wgmma_fence_acc(acc);
+    __syncthreads();  // both groups are done reading that stage
+    unsigned char* cs = gbase + ((s - 1) % ST10) * STAGE8;  // 128 x 256 bytes
+#pragma unroll
+    for (int j = 0; j < 16; ++j)
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        int m = wg * 64 + w * 16 + l / 4 + 8 * h;
+        float v0 = acc[4 * j + 2 * h], v1 = acc[4 * j + 2 * h + 1];
+        if (UP) {
+          float gt = rowg[m];
+          v0 = gt * fmaxf(v0, 0.f);
+          v1 = gt * fmaxf(v1, 0.f);
+        }
+        *reinterpret_cast<__half2*>(cs + m * 256 + ((j ^ (m & 7)) * 16) +
+                                    4 * (l % 4)) = __floats2half2_rn(v0, v1);
+      }
+    wgmma_fence_acc(acc);
+    __syncthreads();
+#pragma unroll 1  // unrolled, ptxas computes the 8 rows' addresses before the
+                  // slab loop and spills them (v10 caps registers at 128)
+    for (int i = 0; i < BM8 * 16 / 256; ++i) {
+      int v = i * 256 + tid, m = v / 16, cc = v % 16, p = rowp[m];
+      int n = ct * BN8 + cc * 8;
+      if (p < 0 || n >= g.N) continue;
+      size_t row = UP ? (size_t)(q0 + m) : (size_t)p;
+      *reinterpret_cast<uint4*>(g.out + row * g.N + n) =
+          *reinterpret_cast<const uint4*>(cs + m * 256 + ((cc ^ (m & 7)) * 16));
+    }
+    // the next slab's barrier orders these reads before that stage is reloaded
+  }
+  cp_async_wait<0>();
+}
+#endif
+
 // --- extern "C" entry points: ffn_approx_<stage>_v<N>[_f16|_f32] ---
 #define FA_ROUTER(NAME, T)                                                  \
   extern "C" __global__ void __launch_bounds__(128)                         \
@@ -1714,5 +1882,19 @@ extern "C" __global__ void __launch_bounds__(256, 1)
 ffn_approx_down_v9_f16(FA_GEMM_ARGS(__half), int CT) {
   Gemm<__half> g = FA_GEMM_INIT;
   gemm_v8<false>(g, CT);
+}
+#endif
+
+// --- v10 (router v5, sort v3; up and down v10 on wgmma, two blocks per SM) ---
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+extern "C" __global__ void __launch_bounds__(256, 2)
+ffn_approx_up_v10_f16(FA_GEMM_ARGS(__half), int CT) {
+  Gemm<__half> g = FA_GEMM_INIT;
+  gemm_v10<true>(g, CT);
+}
+extern "C" __global__ void __launch_bounds__(256, 2)
+ffn_approx_down_v10_f16(FA_GEMM_ARGS(__half), int CT) {
+  Gemm<__half> g = FA_GEMM_INIT;
+  gemm_v10<false>(g, CT);
 }
 #endif

@@ -30,7 +30,10 @@ w2t (E, C, G), ``torch.nn.Linear``'s layout), made once and passed as ``wt``, an
 the combine is a launch of its own again.
 v9 is v8 with router v5: the router's mma.sync fragments loaded straight from
 global memory by 8 warps, each a k-range of C (no shared-memory ring, no barrier per
-slab), from w3t = w3 transposed (``kmajor_weights``' third matrix).
+slab), from w3t = w3 transposed (``kmajor_weights``' third matrix). v10 keeps v8's
+wgmma loop with a 3-stage ring so that two blocks share an SM, the epilogue through
+shared memory as 16-byte rows, the tile table in shared memory, and down split into
+blocks of four 128-column tiles.
 ``moe`` takes ``router_version`` to override the router.
 """
 
@@ -44,7 +47,7 @@ import numpy as np
 from gpu import runtime as rt
 
 SLUG = "ffn_approx"
-VERSIONS = (1, 2, 3, 4, 5, 6, 7, 8, 9)
+VERSIONS = (1, 2, 3, 4, 5, 6, 7, 8, 9, 10)
 ROUTER_VERSIONS = (1, 2, 3, 4, 5)
 SORT_VERSIONS = (1, 2, 3)
 DTYPES = (np.float32, np.float16)
@@ -52,16 +55,29 @@ _SUFFIX = {np.dtype(np.float32): "f32", np.dtype(np.float16): "f16"}
 MAX_E = 256  # MAX_E in the .cu (router and count keep E values in shared memory)
 RT = 16  # tokens per router block (and per block of sort v3's histogram)
 # BM (rows) and BN (columns) of the GEMM tiles
-TILE = {1: 64, 2: 64, 3: 64, 4: 128, 5: 64, 6: 64, 7: 128, 8: 128, 9: 128}
-TILE_N = {1: 64, 2: 64, 3: 64, 4: 128, 5: 128, 6: 128, 7: 128, 8: 128, 9: 128}
-THREADS = {1: 128, 2: 256, 3: 128, 4: 256, 5: 128, 6: 128, 7: 256, 8: 256, 9: 256}
+TILE = {1: 64, 2: 64, 3: 64, 4: 128, 5: 64, 6: 64, 7: 128, 8: 128, 9: 128, 10: 128}
+TILE_N = {1: 64, 2: 64, 3: 64, 4: 128, 5: 128, 6: 128, 7: 128, 8: 128, 9: 128, 10: 128}
+THREADS = {
+    1: 128,
+    2: 256,
+    3: 128,
+    4: 256,
+    5: 128,
+    6: 128,
+    7: 256,
+    8: 256,
+    9: 256,
+    10: 256,
+}
 CHUNK = 256  # down v6: rows of one expert per block (D6R row tiles of 64)
 D6_GMAX = 256  # down v6 keeps G x 128 of w2 and three 64 x G tiles of h in smem
 ROUTER4_SMEM = 3 * (16 * 136 + 128 * 72) * 2  # RouterTile6::SMEM (bytes)
 UP6_SMEM = 4 * (64 * 40 + 32 * 136) * 2  # UpTile6::SMEM
 TILE7_SMEM = 4 * (128 * 40 + 32 * 136) * 2  # Tile7::SMEM (up and down v7)
 GEMM8_SMEM = 6 * (128 + 128) * 64 * 2 + 1024  # ST8 stages of A and B, + alignment
-KMAJOR = (8, 9)  # the versions that take the weights K-major (wt)
+GEMM10_SMEM = 3 * (128 + 128) * 64 * 2 + 1024  # ST10 stages: two blocks per SM
+DOWN10_CT = 4  # down v10: column tiles of 128 per block (two blocks per row tile)
+KMAJOR = (8, 9, 10)  # the versions that take the weights K-major (wt)
 
 
 def fused_combine(version: int) -> bool:
@@ -440,10 +456,13 @@ def gemm_stage(
         if wt is None:
             raise ValueError(f"v{version} reads K-major weights: pass wt")
         w = wt[0] if stage == "up" else wt[1]
-        ntile = math.ceil(n / bn)  # one block walks all its row tile's columns
+        ntile = math.ceil(n / bn)
+        # v8, v9: a block walks all its row tile's columns; v10 down: DOWN10_CT
+        ct = DOWN10_CT if version == 10 and stage == "down" else ntile
         args = (a, w, ws.order, gate, ws.offsets, ws.tiles, dst)
-        args += (i32(e), i32(k), i32(kd), i32(n), i32(ntile))
-        cols, smem = 1, GEMM8_SMEM
+        args += (i32(e), i32(k), i32(kd), i32(n), i32(ct))
+        cols = math.ceil(ntile / ct)
+        smem = GEMM10_SMEM if version == 10 else GEMM8_SMEM
     elif version == 7:
         smem = TILE7_SMEM
         if stage == "down":

@@ -304,7 +304,7 @@ def test_float32_twin_within_the_gpu_tolerance(dtype, data, k):
 
 # --- GPU (gpu/ffn_approx.cu) ----------------------------------------------------------
 
-GPU_VERSIONS = [(1, F32), (2, F32), *((v, F16) for v in range(1, 10))]
+GPU_VERSIONS = [(1, F32), (2, F32), *((v, F16) for v in range(1, 11))]
 
 
 @st.composite
@@ -548,7 +548,7 @@ def test_gpu_sort_is_the_stable_counting_sort(version, t, k, e, kind, seed):
 @pytest.mark.gpu
 @pytest.mark.parametrize(
     "version,e",
-    [(v, 8) for v in range(1, 10)] + [(v, 9) for v in (5, 6, 7, 8, 9)],
+    [(v, 8) for v in range(1, 11)] + [(v, 9) for v in (5, 6, 7, 8, 9, 10)],
 )
 def test_gpu_whole_layer_and_a_wrong_expert_fails(version, e):
     """route + experts against the reference on the GPU's own routing; the same

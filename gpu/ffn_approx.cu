@@ -1298,7 +1298,7 @@ __device__ void down_v7(Gemm<__half> g, int* ticket, __half* y) {
 #define R5W 8  // router v5: warps per block (each a k-range of C)
 
 __device__ __forceinline__ uint4 ldg16_or0(const __half* p, bool ok) {
-  return ok ? __ldg(reinterpret_cast<const uint4*>(p)) : make_uint4(0, 0, 0, 0);
+  return ok ? load16(p) : make_uint4(0, 0, 0, 0);
 }
 
 __device__ void router_v5(const __half* x, const __half* w3t, int* idx,
@@ -1334,7 +1334,8 @@ __device__ void router_v5(const __half* x, const __half* w3t, int* idx,
 #pragma unroll
         for (int j = 0; j < 4; ++j) {
           int n = e0 + 8 * j + g;
-          W[u][j] = ldg16_or0(w3t + (size_t)min(n, E - 1) * C + k, kin && n < E);
+          W[u][j] =
+              ldg16_or0(w3t + (size_t)min(n, E - 1) * C + k, kin && n < E);
         }
       }
 #pragma unroll

@@ -184,7 +184,7 @@ def workspace(t: int, c: int, e: int, g: int, k: int, dtype) -> Workspace:
 def router_for(version: int, n_experts: int | None = None) -> int:
     """The router version a layer of this version uses by default: 1 for v1 and v2
     (which keep their first timings), 2 for v3 and v4, 3 for v5, 4 for v6-v8 and 5
-    for v9 when E % 8 == 0 (routers v3-v5 load 16-byte rows of w3; otherwise
+    from v9 on when E % 8 == 0 (routers v3-v5 load 16-byte rows of w3; otherwise
     router v2)."""
     if version >= 5 and (n_experts is None or n_experts % 8 == 0):
         return 5 if version >= 9 else 4 if version >= 6 else 3
@@ -370,12 +370,12 @@ def experts(
     Args:
         x: (T, C) float32 or float16; w1 (E, C, G), w2 (E, G, C) of x's dtype.
         idx: (T, K) int32 in [0, E) (repeats allowed); gate: (T, K) float32.
-        version: 1..8 (gpu/ffn_approx.cu); 3 to 8 need float16, C, G % 8 == 0;
-            8 needs a compute capability 9.0 card (wgmma).
+        version: 1..10 (gpu/ffn_approx.cu); 3 to 10 need float16, C, G % 8 == 0;
+            8 to 10 need a compute capability 9.0 card (wgmma).
         out: optional (T, C) output of x's dtype; ws: optional Workspace.
         check_idx: check idx's range on the device first (a host sync).
         hist_ready: (v5) ws.bhist already holds idx's block histograms (router v3).
-        wt: (v8, v9) the K-major weights ``kmajor_weights(w1, w2)`` (its w3t
+        wt: (v8-v10) the K-major weights ``kmajor_weights(w1, w2)`` (its w3t
             may be None here); made here (two transposes, allocated) when None.
     Returns:
         out (T, C): the K slots of each token summed in order j = 0..K-1.
@@ -439,8 +439,8 @@ def gemm_stage(
     """One grouped GEMM of the layer, on a workspace the sort has filled (no
     checks: ``experts`` makes them; the benchmark times the stages alone with it).
     stage "up": ws.h = gate relu(x[order / K] w1[e]); "down": ws.z[order] = ws.h
-    w2[e], and for v7 also out (T, C) = the combine (ws.ticket zeroed). v8 reads
-    the weights from wt = kmajor_weights(w1, w2)."""
+    w2[e], and for v7 also out (T, C) = the combine (ws.ticket zeroed). v8-v10
+    read the weights from wt = kmajor_weights(w1, w2)."""
     t, c = x.shape
     e, _, g = w1.shape
     k, p = gate.shape[1], ws.order.size
@@ -489,7 +489,8 @@ def moe(
     """One sigma-MoE layer: route (top-K of sigmoid(x w3)), then ``experts``.
     Shapes as ``experts`` plus w3 (C, E). No host sync: graph capturable.
     router_version: None for ``router_for(version)``, else 1 to 4.
-    wt: (v8, v9) ``kmajor_weights(w1, w2, w3)``, made once by the caller."""
+    wt: (v8-v10) ``kmajor_weights(w1, w2, w3)``, made once by the caller (made
+    here when None)."""
     t, c, e, g, version = _check_weights(x, w1, w2, version)
     _check_k(k, e)
     rv = router_for(version, e) if router_version is None else router_version

@@ -722,3 +722,65 @@ def test_router_v5_fragments_emulated(t, c, e):
         w3_swapped[[k0, k0 + 1, k0 + 2, k0 + 3]] = w3[[k0 + 2, k0 + 3, k0, k0 + 1]]
     bad = _router_v5_emulated(x, np.ascontiguousarray(w3_swapped.T))
     assert not np.allclose(bad, x @ w3, rtol=1e-6, atol=1e-6)
+
+
+def _sw128(off):
+    """CUTLASS's Swizzle<3, 4, 3>, the 128-byte swizzle wgmma's descriptor names:
+    bits 4-6 of a byte offset XORed with bits 7-9."""
+    return off ^ (((off >> 7) & 7) << 4)
+
+
+def test_v8_v10_shared_layouts_emulated():
+    """The index plumbing of gemm_v8 / gemm_v10 (gpu/ffn_approx.cu), replayed for the
+    256 threads: (1) the copy plan writes each 16-byte chunk of the 128 x 64-half
+    A and B tiles exactly once, where the 128-byte swizzle puts it, and v10's one
+    offset + 4096 i is v8's per-row offset; (2) v10's epilogue staging, written
+    from the wgmma fragments (warp w of group wg, lane l: rows 64 wg + 16 w + l / 4
+    (+ 8), columns 8 j + 2 (l % 4)) and read back as 16-byte row chunks, returns
+    every element to its row and column, and neither side has a shared-memory bank
+    conflict; a read without the XOR, a plausible slip, scrambles the columns."""
+    seen = np.zeros(128 * 8, int)
+    for tid in range(256):
+        r0, c = divmod(tid, 8)
+        off10 = r0 * 128 + ((c ^ (r0 & 7)) * 16)
+        for i in range(4):
+            r = r0 + 32 * i
+            off8 = r * 128 + ((c ^ (r & 7)) * 16)
+            assert off8 == off10 + 4096 * i == _sw128(r * 128 + c * 16)
+            seen[off8 // 16] += 1
+    assert (seen == 1).all()
+
+    stage = np.full(128 * 256 // 2, -1, np.int64)  # halves of the staging tile
+    want = np.arange(128 * 128).reshape(128, 128)  # element id = row * 128 + col
+    for j in range(16):
+        for h in range(2):
+            for warp in range(8):  # one store instruction of one warp
+                banks = []
+                for l in range(32):
+                    tid = warp * 32 + l
+                    wg, w = divmod(tid // 32, 4)
+                    m = wg * 64 + w * 16 + l // 4 + 8 * h
+                    n = 8 * j + 2 * (l % 4)
+                    a = m * 256 + ((j ^ (m & 7)) * 16) + 4 * (l % 4)
+                    stage[a // 2 : a // 2 + 2] = want[m, n : n + 2]
+                    banks.append((a // 4) % 32)
+                assert len(set(banks)) == 32  # a half2 a lane: 32 banks
+    assert (stage >= 0).all()
+
+    def read(xor):
+        got = np.zeros_like(want)
+        for i in range(128 * 16 // 256):
+            for warp in range(8):
+                for quarter in range(4):  # 8 lanes of 16 bytes: one wavefront
+                    banks = set()
+                    for l in range(8 * quarter, 8 * quarter + 8):
+                        v = i * 256 + warp * 32 + l
+                        m, cc = divmod(v, 16)
+                        a = m * 256 + (((cc ^ (m & 7)) if xor else cc) * 16)
+                        got[m, 8 * cc : 8 * cc + 8] = stage[a // 2 : a // 2 + 8]
+                        banks |= {(a // 4 + b) % 32 for b in range(4)}
+                    assert len(banks) == 32
+        return got
+
+    assert np.array_equal(read(True), want)
+    assert not np.array_equal(read(False), want)

@@ -1436,6 +1436,39 @@ __device__ __forceinline__ void load8(const Plan8& pl, unsigned stage, int k0,
   }
 }
 
+// --- shared by v8 and v10 ---
+// rowp[m] = the pair of tile row m (order[q0 + m], or -1 past the expert's
+// rows), rowg[m] its gate (up); the caller syncs.
+template <bool UP>
+__device__ __forceinline__ void rows8(const Gemm<__half>& g, int q0, int q1,
+                                      int* rowp, float* rowg) {
+  for (int m = threadIdx.x; m < BM8; m += 256) {
+    int q = q0 + m, p = q < q1 ? g.order[q] : -1;
+    rowp[m] = p;
+    if (UP) rowg[m] = p >= 0 ? g.gate[p] : 0.f;
+  }
+}
+// The A row of pair p at tile row r, from its chunk's first k (nullptr: none).
+template <bool UP>
+__device__ __forceinline__ const __half* arow8(const Gemm<__half>& g, int p,
+                                               int q0, int r, int kc) {
+  return p < 0 ? nullptr
+               : g.a + (UP ? (size_t)(p / g.K) : (size_t)(q0 + r)) * g.Kd + kc;
+}
+// One 128 x 128 x 64 slab from the stage at st: this warpgroup's 64 rows of A
+// and all of B, four wgmma (+32 bytes = +2 in the start field per k-step of
+// 16), committed as one group; the first k-step of a tile overwrites acc.
+__device__ __forceinline__ void slab8(float (&acc)[64], unsigned st, int wg,
+                                      bool first) {
+  const unsigned long long da = wgmma_desc_sw128(st + wg * 64 * 128);
+  const unsigned long long db = wgmma_desc_sw128(st + BM8 * 128);
+  wgmma_fence();
+#pragma unroll
+  for (int k = 0; k < BK8 / 16; ++k)
+    wgmma_m64n128k16(acc, da + 2 * k, db + 2 * k, !first || k > 0);
+  wgmma_commit();
+}
+
 // g.w is K-major here: expert e's N x Kd matrix at g.w + e N Kd. grid.y
 // covers the column tiles CT at a time.
 template <bool UP>
@@ -1451,11 +1484,7 @@ __device__ void gemm_v8(Gemm<__half> g, int CT) {
   const int ntile = (g.N + BN8 - 1) / BN8;
   const int ct0 = blockIdx.y * CT, ct1 = min(ct0 + CT, ntile);
   if (ct0 >= ct1) return;
-  for (int m = tid; m < BM8; m += 256) {
-    int q = q0 + m, p = q < q1 ? g.order[q] : -1;
-    rowp[m] = p;
-    if (UP) rowg[m] = p >= 0 ? g.gate[p] : 0.f;
-  }
+  rows8<UP>(g, q0, q1, rowp, rowg);
   __syncthreads();
   // the copy plan (column tile ct0; later tiles add (ct - ct0) BN8 rows of B)
   Plan8 pl;
@@ -1465,9 +1494,7 @@ __device__ void gemm_v8(Gemm<__half> g, int CT) {
 #pragma unroll
   for (int i = 0; i < 4; ++i) {
     int r = r0 + 32 * i, p = rowp[r];
-    pl.a[i] = p < 0 ? nullptr
-                    : g.a + (UP ? (size_t)(p / g.K) : (size_t)(q0 + r)) * g.Kd +
-                          pl.kc;
+    pl.a[i] = arow8<UP>(g, p, q0, r, pl.kc);
     pl.off[i] = r * 128 + ((c ^ (r & 7)) * 16);
   }
   auto set_b = [&](int ct) {
@@ -1510,14 +1537,7 @@ __device__ void gemm_v8(Gemm<__half> g, int CT) {
       fence_proxy_async();       // ... and are visible to the tensor cores
       wgmma_wait<1>();           // slab s - 2's wgmma is done (s - 1 may run)
       __syncthreads();           // every thread's copies; every group's s - 2
-      const unsigned st = base + (s % ST8) * STAGE8;
-      const unsigned long long da = wgmma_desc_sw128(st + wg * 64 * 128);
-      const unsigned long long db = wgmma_desc_sw128(st + BM8 * 128);
-      wgmma_fence();
-#pragma unroll
-      for (int k = 0; k < BK8 / 16; ++k)  // +32 bytes = +2 in the start field
-        wgmma_m64n128k16(acc, da + 2 * k, db + 2 * k, kt > 0 || k > 0);
-      wgmma_commit();
+      slab8(acc, base + (s % ST8) * STAGE8, wg, kt == 0);
       load_next(s + ST8 - 2);  // into the stage slab s - 2 used
     }
     // the column tile is complete: store it
@@ -1579,8 +1599,7 @@ struct Plan10 {
 };
 
 __device__ __forceinline__ void load10(const Plan10& pl, unsigned stage, int k0,
-                                       int Kd, size_t ldb,
-                                       const __half* safe) {
+                                       int Kd, const __half* safe) {
   bool kin = k0 + pl.kc < Kd;
 #pragma unroll
   for (int i = 0; i < 4; ++i) {
@@ -1594,7 +1613,8 @@ __device__ __forceinline__ void load10(const Plan10& pl, unsigned stage, int k0,
     bool ok = kin && i < pl.nb;
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(
                      stage + BM8 * 128 + pl.off + 4096 * i),
-                 "l"(ok ? pl.b + 32 * i * ldb + k0 : safe), "r"(ok ? 16 : 0));
+                 "l"(ok ? pl.b + 32 * i * (size_t)Kd + k0 : safe),
+                 "r"(ok ? 16 : 0));
   }
 }
 
@@ -1619,11 +1639,7 @@ __device__ void gemm_v10(Gemm<__half> g, int CT) {
   const int ntile = (g.N + BN8 - 1) / BN8;
   const int ct0 = blockIdx.y * CT, ct1 = min(ct0 + CT, ntile);
   if (ct0 >= ct1) return;
-  for (int m = tid; m < BM8; m += 256) {
-    int q = q0 + m, p = q < q1 ? g.order[q] : -1;
-    rowp[m] = p;
-    if (UP) rowg[m] = p >= 0 ? g.gate[p] : 0.f;
-  }
+  rows8<UP>(g, q0, q1, rowp, rowg);
   __syncthreads();
   Plan10 pl;
   const int r0 = tid / 8, c = tid % 8;
@@ -1633,9 +1649,7 @@ __device__ void gemm_v10(Gemm<__half> g, int CT) {
 #pragma unroll
   for (int i = 0; i < 4; ++i) {
     int r = r0 + 32 * i, p = rowp[r];
-    pl.a[i] = p < 0 ? nullptr
-                    : g.a + (UP ? (size_t)(p / g.K) : (size_t)(q0 + r)) * g.Kd +
-                          pl.kc;
+    pl.a[i] = arow8<UP>(g, p, q0, r, pl.kc);
   }
   auto set_b = [&](int ct) {
     int n = ct * BN8 + r0;
@@ -1648,7 +1662,7 @@ __device__ void gemm_v10(Gemm<__half> g, int CT) {
   set_b(lct);
   auto load_next = [&](int s) {
     if (s < S) {
-      load10(pl, base + (s % ST10) * STAGE8, lkt * BK8, g.Kd, g.Kd, safe);
+      load10(pl, base + (s % ST10) * STAGE8, lkt * BK8, g.Kd, safe);
       if (++lkt == KT) {
         lkt = 0;
         if (++lct < ct1) set_b(lct);
@@ -1672,14 +1686,7 @@ __device__ void gemm_v10(Gemm<__half> g, int CT) {
       fence_proxy_async();        // ... visible to the tensor cores
       wgmma_wait<0>();            // this group's slab s - 1 is done
       __syncthreads();            // everyone's copies and slab s - 1
-      const unsigned st = base + (s % ST10) * STAGE8;
-      const unsigned long long da = wgmma_desc_sw128(st + wg * 64 * 128);
-      const unsigned long long db = wgmma_desc_sw128(st + BM8 * 128);
-      wgmma_fence();
-#pragma unroll
-      for (int k = 0; k < BK8 / 16; ++k)
-        wgmma_m64n128k16(acc, da + 2 * k, db + 2 * k, kt > 0 || k > 0);
-      wgmma_commit();
+      slab8(acc, base + (s % ST10) * STAGE8, wg, kt == 0);
       load_next(s + ST10 - 1);  // into the stage slab s - 1 used
     }
     // the column tile is complete: through the last slab's stage, then out

@@ -217,15 +217,12 @@ def pick_version(slug: str, requested, supported_order):
     """
     from gpu import capability as cap
 
-    if not available():
+    if version_runs(slug, requested):  # also: no device, nothing to check
         return requested
-    cc = compute_capability()
-    need = cap.min_cc(slug, requested)
-    if need is not None and need <= cc:
-        return requested
+    cc, need = compute_capability(), cap.min_cc(slug, requested)
     mins = {v: cap.min_cc(slug, v) for v in supported_order}
     for v in supported_order:
-        if mins[v] is not None and mins[v] <= cc:
+        if version_runs(slug, v):
             if (slug, requested, v) not in _NOTICED:
                 _NOTICED.add((slug, requested, v))
                 warnings.warn(

@@ -5,6 +5,7 @@
 // older header). The compile gate (gpu/check_kernels.py) uses the same options.
 //
 //   conversions   to_f, from_f (float, __half), qnan, NEG_INF, LOG2E
+//   RoPE          rope_at (one rotated value, rotate-half, cos/sin tables)
 //   reductions    warp_sum, warp_max, block_reduce<MAX> (all threads get it)
 //   16-byte I/O   Vec<T>::N, load16, unpack, pack, nan16
 //   async copies  smem_u32, cp_async16 (_s: shared address), cp_async_commit,
@@ -35,6 +36,20 @@ __device__ __forceinline__ void from_f(__half& y, float x) {
   y = __float2half_rn(x);
 }
 __device__ __forceinline__ float qnan() { return __int_as_float(0x7fffffff); }
+
+// The value of column d of a head whose D values start at src, rotated to
+// position pos when d < R (rotate-half: pairs (i, i + R/2)); cs, sn (P, R/2).
+// (gpu/decoder.cu, slim attention's rv1; reference.common.apply_rope)
+template <typename T>
+__device__ __forceinline__ float rope_at(const T* src, int d, int R, int pos,
+                                         const float* cs, const float* sn) {
+  float v = to_f(src[d]);
+  if (d >= R) return v;
+  int half = R / 2, i = d % half;
+  float c = cs[(size_t)pos * half + i], s = sn[(size_t)pos * half + i];
+  return d < half ? v * c - to_f(src[d + half]) * s
+                  : v * c + to_f(src[d - half]) * s;
+}
 
 // --- reductions ---
 // Butterfly over the 32 lanes: every lane gets the same sum (or max), in the

@@ -76,10 +76,15 @@ namespace cg = cooperative_groups;
 // head h's columns) or q~ (float, QL = C, all columns). The cache holds
 // SA >= S rows per sequence; the first S are attended. Writes u[h]
 // normalised into acc (B, 1, H, C) and (m, l) = (0, 1) into ml (B, 1, H, 2).
-template <typename T, typename TQ>
+// ROPE (rv1, the capstone's K-only cache under RoPE): the cache holds raw
+// keys and the scores read them rotated to their position j on the first R
+// dims of the head (rope_at, tables cs, sn (P, R/2), P >= S); the sum over
+// keys reads them raw (V = K W_KV needs the unrotated keys).
+template <typename T, typename TQ, bool ROPE = false>
 __device__ void attend_v1(const TQ* qt, const T* cache, float* acc,
                           float* ml, float* scores, int H, int S, int SA,
-                          int C, int D, int QL) {
+                          int C, int D, int QL, const float* cs = nullptr,
+                          const float* sn = nullptr, int R = 0) {
   __shared__ float red[32];
   int h = blockIdx.x, b = blockIdx.y;
   const TQ* qh = qt + ((size_t)b * H + h) * QL;
@@ -95,7 +100,12 @@ __device__ void attend_v1(const TQ* qt, const T* cache, float* acc,
   for (int j = threadIdx.x; j < S; j += blockDim.x) {
     const T* row = kb + (size_t)j * C + col0;
     float s = 0.0f;
-    for (int i = 0; i < QL; ++i) s += to_f(qh[i]) * to_f(row[i]);
+    if constexpr (ROPE) {
+      for (int i = 0; i < QL; ++i)
+        s += to_f(qh[i]) * rope_at(row, i, R, j, cs, sn);
+    } else {
+      for (int i = 0; i < QL; ++i) s += to_f(qh[i]) * to_f(row[i]);
+    }
     s *= scale;
     sc[j] = s;
     mx = fmaxf(mx, s);
@@ -1763,6 +1773,13 @@ __device__ void gemv8(const float* acc, const float* ml, const __half* w,
       const T* q, const T* cache, float* acc, float* ml, float* scores,     \
       int H, int S, int SA, int C, int D, int QL) {                         \
     attend_v1<T, T>(q, cache, acc, ml, scores, H, S, SA, C, D, QL);         \
+  }                                                                         \
+  extern "C" __global__ void slim_attention_attend_rv1_##SUF(               \
+      const T* q, const T* cache, float* acc, float* ml, float* scores,     \
+      int H, int S, int SA, int C, int D, int QL, const float* cs,          \
+      const float* sn, int R) {                                             \
+    attend_v1<T, T, true>(q, cache, acc, ml, scores, H, S, SA, C, D, QL,    \
+                          cs, sn, R);                                       \
   }                                                                         \
   extern "C" __global__ void slim_attention_attend_xv1_##SUF(               \
       const float* qt, const T* cache, float* acc, float* ml,               \

@@ -383,9 +383,12 @@ def _views(ws, version, b, h, s, d, n_split):
     return {k: ws[o : o + n] for k, (o, n) in lay.items()}
 
 
-def _attend_gemv_finish(prefix, version, qx, cache, w, b_v, out, v, dims, n_split):
+def _attend_gemv_finish(
+    prefix, version, qx, cache, w, b_v, out, v, dims, n_split, extra=()
+):
     """Shared tail of both launchers: attend (v1 or the cluster kernel), gemv,
-    finish. ``v`` holds the workspace views, ``dims`` (B, H, D, S, SA)."""
+    finish. ``v`` holds the workspace views, ``dims`` (B, H, D, S, SA); ``extra``
+    the arguments v1's kernel takes after its own (rv1's RoPE tables)."""
     b, h, d, s, sa = dims
     c = h * d
     i32 = np.int32
@@ -395,7 +398,7 @@ def _attend_gemv_finish(prefix, version, qx, cache, w, b_v, out, v, dims, n_spli
     if version == 1:
         fn = rt.kernel(SLUG, f"slim_attention_attend_{prefix}_{suf}")
         args = (qx, cache, acc, ml, v["scores"], i32(h), i32(s), i32(sa), i32(c))
-        fn((h, b), (128,), args + (i32(d), i32(qx.shape[2])))
+        fn((h, b), (128,), args + (i32(d), i32(qx.shape[2])) + tuple(extra))
     else:
         mt, nt = fast_shape(h, d)
         # v8: (CL, P) persistent clusters over all B sequences; its last argument
@@ -440,9 +443,11 @@ def slim_decode(
     n_split: int | None = None,
     out=None,
     workspace=None,
+    rope=None,
 ):
     """out[b, h] = (sum_j p[b, h, j] k[b, j]) . W_KV[:, h*D:(h+1)*D] + b_V[h*D:...],
-    p[b, h] = softmax_j(q[b, h] . k[b, j, h*D:(h+1)*D] / sqrt(D)), j < length.
+    p[b, h] = softmax_j(q[b, h] . k[b, j, h*D:(h+1)*D] / sqrt(D)), j < length;
+    with rope, p[b, h] = softmax_j(q[b, h] . R_j k[b, j, h*D:(h+1)*D] / sqrt(D)).
 
     Args:
         q: (B, H, D) query of the new token (RoPE, if any, already applied to q and
@@ -459,21 +464,54 @@ def slim_decode(
             clusters that share all B S keys (default persistent_plan).
         out, workspace: optional preallocated (B, H, D) output of q's dtype and
             float32 scratch of >= workspace_elems(version, B, H, length, D) elements.
+        rope: None, or RoPE on read (rv1, the capstone's K-only cache under RoPE):
+            (cos, sin), float32 (P, R/2) tables of positions 0..P-1, P >= length
+            (gpu.precompute.rope_tables). The cache then holds the raw keys x W_K;
+            key j is rotated to position j on the first R dims of each head for
+            the scores only (rotate-half, reference.common.apply_rope), and q must
+            come rotated to its own position. v1 only (None picks it): the fast
+            versions do not rotate.
     Returns:
         out (B, H, D), q's dtype; float32 accumulation throughout.
     On a card without clusters (below sm_90) v2-v12 run as v1 (runnable_version).
     """
+    if rope is not None and version is None:
+        version = 1
     version = runnable_version(default_version(q) if version is None else version)
     b, h, d, c, s, sa = _check(
         q, k_cache, w_kv, b_v, version, VERSIONS, length, "k_cache"
     )
+    extra = () if rope is None else _check_rope(rope, version, s, d)
     need = workspace_elems(version, b, h, s, d, n_split)
     out, ws = _out_and_ws(q, out, workspace, need)
     v = _views(ws, version, b, h, s, d, n_split)
     dims = (b, h, d, s, sa)
+    prefix = "rv1" if extra else f"v{version}"
     return _attend_gemv_finish(
-        f"v{version}", version, q, k_cache, w_kv, b_v, out, v, dims, n_split
+        prefix, version, q, k_cache, w_kv, b_v, out, v, dims, n_split, extra
     )
+
+
+def _check_rope(rope, version: int, s: int, d: int) -> tuple:
+    """rv1's extra kernel arguments (cos, sin, R) after checking ``rope``."""
+    if version != 1:
+        raise ValueError(
+            f"rope (RoPE on read) runs in v1 only: the fast versions do not rotate; "
+            f"got version = {version}"
+        )
+    if not isinstance(rope, tuple) or len(rope) != 2:
+        raise TypeError("rope must be a (cos, sin) tuple of float32 (P, R/2) arrays")
+    cos, sin = rope
+    rt.check_array("rope cos", cos, (np.float32,), 2)
+    rt.check_array("rope sin", sin, (np.float32,), 2)
+    if cos.shape != sin.shape:
+        raise ValueError(f"rope cos {cos.shape} and sin {sin.shape} must match")
+    p, half = cos.shape
+    if not 0 < 2 * half <= d:
+        raise ValueError(f"rope tables give R = {2 * half}; need 0 < R <= D = {d}")
+    if p < s:
+        raise ValueError(f"rope tables hold {p} positions; the keys need {s}")
+    return (cos, sin, np.int32(2 * half))
 
 
 def xcache_decode(

@@ -614,6 +614,26 @@ TOLERANCES[("stag_step_x16", "float16")] = Tolerance(
 )
 
 
+# The capstone's GPU decoder (gpu/decoder.py) in float32 against the float64
+# reference decoder (reference/decoder.py) on the same weights, logits of one step.
+# Its longest chain is tests/test_decoder.py's count, 11 L + 2 stages (per layer:
+# norm, q|k|v, the scores, softmax, the sum over S, W_KV or the X cache's rebuild,
+# W_O, norm, W_in, W_out; then norm_f and the unembedding), each a float32 sum of at
+# most N_DEC terms (6 sqrt(n) u32 relative to its operands, _sum_bound), for L <= 4
+# layers: 46 stages. The derived arrays (the table, W_KV) are rounded to float32
+# once, one more u32 inside a stage's budget. The scale the tests pass is max|logit|
+# (RMSNorm brings every stage's operands to that order: no stage amplifies an error
+# by more than O(1), the "rewrite" rows' premise), plus, for the K-only and X caches,
+# the "slim" budget of their rebuilt attention carried through W_O, in units of u32
+# (tests/test_decoder.py: logit_scale, which grows with cond(W_K)).
+N_DEC, _DEC_STAGES = 2**12, 11 * 4 + 2
+TOLERANCES[("decoder", "float32")] = Tolerance(
+    rtol=_DEC_STAGES * _sum_bound(_U32, N_DEC),
+    atol=_DEC_STAGES * _sum_bound(_U32, N_DEC),
+    why="46 stages x 6*sqrt(n)*u32, n <= 2^12 (L <= 4 layers)",
+)
+
+
 # --- The typical error: a statistical check beside the worst-case rows ---------------
 #
 # Every row above is a worst case: lam = 6 per sum, |x| bounded by its maximum, sums

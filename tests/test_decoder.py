@@ -32,6 +32,7 @@ from reference.testing import (
     attention_scale,
     describe,
     kv_fold_scale,
+    slim_kernel_scale,
     sparse_mlp_scale,
     tolerance,
     xcache_scale,
@@ -519,3 +520,168 @@ def test_bad_calls_raise():
     for call, err, match in bad:
         with pytest.raises(err, match=match):
             call()
+
+
+# --- 5. the decoder on the GPU (gpu/decoder.py) --------------------------------------
+#
+# The issue's shape for the end-to-end check: C = 256, L = 4, float32, 64 steps. The
+# GPU decoder runs float32 weights (the float64 draws rounded once, which the float64
+# reference then reads too) and is checked against the float64 reference decoder with
+# and without its tricks: the ("decoder", "float32") row, scale max|logit| plus the
+# rebuilt attention's budget (logit_scale) in u32 units. Greedy tokens must be
+# common's exactly. Every scratch array and the cache slot a step writes are NaN
+# before the step (gpu.decoder.poison_state): an element it forgets fails.
+
+GPU_CFG = family(128, 256, 4, 512, 4, rot_dim=None)  # D = 64
+GPU_B, GPU_T0, GPU_NEW = 2, 5, 64
+# W_K drawn with cond(W_K) = 4: the K-only cache's budget grows with cond(W_K)
+# (test_k_cache_tolerance_grows_with_cond_w_k shows it in float64); with float32's
+# u it would swallow the check at a random Gaussian W_K's cond of ~10^3.
+GPU_COND = 4.0
+
+
+def _rounded(obj):
+    """Every array of a weights dataclass rounded to float32, kept as float64."""
+    if isinstance(obj, np.ndarray):
+        return obj.astype(F32).astype(F64)
+    if isinstance(obj, tuple):
+        return tuple(_rounded(o) for o in obj)
+    if dataclasses.is_dataclass(obj):
+        return dataclasses.replace(
+            obj,
+            **{f.name: _rounded(getattr(obj, f.name)) for f in dataclasses.fields(obj)},
+        )
+    return obj
+
+
+@functools.cache
+def gpu_case():
+    cfg = GPU_CFG
+    rng = np.random.default_rng(21)
+    w = cm.init_decoder(cfg, rng)
+    layers = tuple(
+        dataclasses.replace(lw, attn=dataclasses.replace(
+            lw.attn, w_k=sa.matrix_with_cond(cfg.C, GPU_COND, rng)))
+        for lw in w.layers
+    )  # fmt: skip
+    w = _rounded(dataclasses.replace(w, layers=layers))
+    prompt = rng.integers(0, cfg.V, (GPU_B, GPU_T0))
+    want = cm.greedy_generate(w, cfg, prompt, GPU_NEW)  # (B, T0 + NEW)
+    return cfg, w, prompt, want, dec.baseline_forced_logits(w, cfg, want, GPU_T0)
+
+
+@functools.cache
+def gpu_ref(tricks):
+    """The float64 tricked decoder's teacher-forced logits and the GPU row's scale.
+    Only the K-only cache adds to max|logit|: its V = (sum p k) W_KV amplifies the
+    error of the sum by |W_KV| (logit_scale's kv_fold_scale part). The GPU's X
+    cache rebuilds K and V with one GEMM over C, the same sums as the K+V path's
+    projection (a stage of the row), not the reference's absorbed order."""
+    cfg, w, _, want, base = gpu_case()
+    ref = dec.forced_logits(dec.prepare(w, cfg, tricks), want, GPU_T0)
+    extra = 0.0
+    if tricks.cache == "k":
+        ls = logit_scale(w, cfg, "k", want)
+        extra = (ls - 1) * REWRITE.atol / SLIM.atol
+    dec_tol, gpu32 = tolerance("decoder", F32), tolerance("gpu", F32)
+    scale = float(np.abs(base).max()) + extra * gpu32.atol / dec_tol.atol
+    return ref, scale
+
+
+def _gpu_model(tricks, cfg=None):
+    from gpu import decoder as gdec
+
+    c0, w, *_ = gpu_case()
+    return gdec.to_gpu(w, cfg or c0, tricks, F32, n_pos=GPU_T0 + GPU_NEW)
+
+
+def _gpu_check(tricks, cfg=None) -> float:
+    from gpu import decoder as gdec
+
+    c0, _, _, want, base = gpu_case()
+    assert 11 * c0.L + 2 <= 46 and max(c0.C, c0.F, want.shape[1]) <= 2**12
+    ref, scale = gpu_ref(tricks)
+    got = gdec.forced_logits(_gpu_model(tricks, cfg), want, GPU_T0, poison=True)
+    used = assert_close(got, ref, "decoder", F32, scale)
+    assert_close(got, base, "decoder", F32, scale)  # and common's, untricked
+    return used
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("tricks", EXACT, ids=lambda t: f"pre={t.precompute}-{t.cache}")
+def test_gpu_decoder_exact_tricks_are_commons(tricks):
+    """Greedy tokens equal common's; teacher-forced logits within the row."""
+    from gpu import decoder as gdec
+
+    _, _, prompt, want, _ = gpu_case()
+    got = gdec.greedy_generate(_gpu_model(tricks), prompt, GPU_NEW, poison=True)
+    assert_close(got, want, "exact", F64)
+    print(f"gpu {tricks}: logits {describe(_gpu_check(tricks))}")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("precompute", [False, True])
+def test_gpu_decoder_oracle_above_active_is_exact(precompute):
+    """Deja Vu's oracle at kept = 1 and just above the largest active fraction on
+    these tokens (the union over the batch) is the dense MLP."""
+    cfg, w, _, want, _ = gpu_case()
+    frac = dec.active_fraction(w, cfg, want)
+    for kept in (1.0, min(1.0, frac + 1 / cfg.F)):
+        used = _gpu_check(dec.Tricks(precompute, "kv", kept))
+        print(f"gpu kept {kept:.3f} (active {frac:.3f}): {describe(used)}")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("cache", dec.CACHES)
+def test_gpu_checker_rejects_the_wrong_rope_base(cache):
+    """A decoder whose RoPE tables use base 500 instead of 10000 (every key and
+    query rotated by the wrong angles) fails the row."""
+    cfg = dataclasses.replace(GPU_CFG, rope_base=500.0)
+    with pytest.raises(AssertionError, match="out of tolerance"):
+        _gpu_check(dec.Tricks(cache=cache), cfg)
+
+
+def _swap_env(k: np.ndarray, r: int) -> np.ndarray:
+    """|k| + |k with the RoPE pairs exchanged| on the rotary dims: a bound on every
+    rotated key's magnitude, dim by dim."""
+    env = np.abs(k).copy()
+    env[..., :r] += np.abs(_swap_rotary(k, r))[..., :r]
+    return env
+
+
+@pytest.mark.gpu
+@given(h=st.integers(1, 4), d=st.sampled_from([2, 6, 16, 64]), b=st.integers(1, 3),
+       s_alloc=st.integers(1, 300), data=st.data(), seed=seeds)  # fmt: skip
+def test_gpu_slim_rope_on_read_matches_reference(h, d, b, s_alloc, data, seed):
+    """slim_decode(rope=...) (rv1) against reference.slim_attention.slim_decode with
+    positions: raw keys rotated on read for the scores only; rot_dim < D too."""
+    import cupy as cp
+
+    from gpu import precompute as gpc
+    from gpu import runtime as rt
+    from gpu import slim_attention as gsa
+
+    r = data.draw(st.sampled_from(sorted({2, d - d % 4, d} - {0})))
+    length = data.draw(st.integers(1, s_alloc))
+    rng = np.random.default_rng(seed)
+    c = h * d
+    q = rng.standard_normal((b, h, d)).astype(F32)
+    kc = rng.standard_normal((b, s_alloc, c)).astype(F32)
+    w = (rng.standard_normal((c, c)) / math.sqrt(c)).astype(F32)
+    cos, sin = gpc.rope_tables(length + 3, r)
+    out = rt.poisoned(q.shape, F32)
+    gsa.slim_decode(cp.asarray(q), cp.asarray(kc), cp.asarray(w), length=length,
+                    out=out, rope=(cos, sin))  # fmt: skip
+    att = kc[:, :length].astype(F64)
+    ref = sa.slim_decode(q.astype(F64), att, w.astype(F64), None, "accumulate_k",
+                         positions=np.arange(length), rot_dim=r)  # fmt: skip
+    env = _swap_env(att.reshape(b, length, h, d), r).reshape(att.shape)
+    used = assert_close(cp.asnumpy(out), ref, "gpu", F32, slim_kernel_scale(q, env, w))
+    # known-wrong: the same keys read unrotated
+    plain = sa.slim_decode(q.astype(F64), att, w.astype(F64), None, "accumulate_k")
+    if np.abs(plain - ref).max() > 1e-3:
+        with pytest.raises(AssertionError):
+            assert_close(
+                cp.asnumpy(out), plain, "gpu", F32, slim_kernel_scale(q, env, w)
+            )
+    print(f"rv1 r={r}: {describe(used)}")

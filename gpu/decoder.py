@@ -292,14 +292,45 @@ class State:
     m: object  # (B, C) MLP output
     hf: object  # (B, C)
     logits: object  # (B, V)
+    gemm: object = None  # gemm(a, b, out): out = a @ b (cupy_gemm or torch_gemm)
     rebuild: object = None  # "x": (B S, 2C) and K, V (B, H, S, D)
     ws_att: object = None
     ws_slim: object = None
     ws_mlp: dict = field(default_factory=dict)
 
 
-def new_state(m: Model, b: int, s: int) -> State:
-    """Zeroed caches of S rows and the scratch of a step for B sequences."""
+def cupy_gemm(a, b, out) -> None:
+    """out = a @ b through CuPy (cuBLAS). CuPy refuses cuBLAS calls while a stream
+    is being captured, so a step with this GEMM runs eagerly only."""
+    import cupy as cp
+
+    cp.matmul(a, b, out=out)
+
+
+def torch_gemm(a, b, out) -> None:
+    """out = a @ b through PyTorch (cuBLAS) on CuPy arrays, zero-copy (DLPack), on
+    torch's current stream: what a step captured in a torch CUDA graph uses (run
+    it inside ``on_torch_stream`` so that the glue kernels share that stream)."""
+    import torch
+
+    t = torch.from_dlpack
+    torch.matmul(t(a), t(b), out=t(out))
+
+
+def on_torch_stream(fn):
+    """fn() with CuPy's current stream set to torch's, so that CuPy's launches and
+    torch's GEMMs are ordered on one stream (and captured together in a torch
+    CUDA graph)."""
+    import cupy as cp
+    import torch
+
+    with cp.cuda.ExternalStream(torch.cuda.current_stream().cuda_stream):
+        return fn()
+
+
+def new_state(m: Model, b: int, s: int, gemm=cupy_gemm) -> State:
+    """Zeroed caches of S rows and the scratch of a step for B sequences; gemm:
+    cupy_gemm (eager) or torch_gemm (for a torch CUDA graph)."""
     import cupy as cp
 
     cfg, dt = m.cfg, m.dtype
@@ -325,7 +356,7 @@ def new_state(m: Model, b: int, s: int) -> State:
         o=cp.zeros((b, h, d), dt), po=cp.zeros((b, c), dt),
         hn=cp.zeros((b, c), dt), u=cp.zeros((b, cfg.F), dt),
         m=cp.zeros((b, c), dt), hf=cp.zeros((b, c), dt),
-        logits=cp.zeros((b, cfg.V), dt),
+        logits=cp.zeros((b, cfg.V), dt), gemm=gemm,
     )  # fmt: skip
     av = attn_version(d, dt)
     if kind == "x":
@@ -343,7 +374,7 @@ def new_state(m: Model, b: int, s: int) -> State:
 
 def grow(m: Model, st: State) -> State:
     """A state with caches of S + 1 rows holding st's S (the next step's)."""
-    new = new_state(m, st.b, st.s + 1)
+    new = new_state(m, st.b, st.s + 1, st.gemm)
     for old, nw in zip(st.caches, new.caches, strict=True):
         for a, z in zip(old, nw, strict=True):
             if a.ndim == 4:
@@ -370,9 +401,9 @@ def _mlp(m: Model, st: State, j: int, lay: Layer, ids, check_ids: bool):
     import cupy as cp
 
     if m.tricks.kept is None:
-        cp.matmul(st.hn, lay.w_in, out=st.u)
+        st.gemm(st.hn, lay.w_in, st.u)
         cp.maximum(st.u, 0, out=st.u)
-        cp.matmul(st.u, lay.w_out, out=st.m)
+        st.gemm(st.u, lay.w_out, st.m)
         return
     idx = oracle_ids(st.hn, lay.w1, m.tricks.kept) if ids is None else ids[j]
     ver = mlp_version(st.b, m.dtype)
@@ -389,7 +420,6 @@ def _mlp(m: Model, st: State, j: int, lay: Layer, ids, check_ids: bool):
 def _attend(m: Model, st: State, j: int, lay: Layer, pos: int, first: bool):
     """q and this step's cache slot from the projection (or the table row), then
     attention into st.o."""
-    import cupy as cp
 
     cfg, kind = m.cfg, m.tricks.cache
     h, d, c, r = cfg.H, cfg.D, cfg.C, rot_dim(cfg)
@@ -402,7 +432,7 @@ def _attend(m: Model, st: State, j: int, lay: Layer, pos: int, first: bool):
         y, qo, rq = st.row, c, False
     else:
         y, qo, rq = st.y, 0, True
-        cp.matmul(st.xn, lay.wproj, out=y)
+        st.gemm(st.xn, lay.wproj, y)
     if kind == "kv":
         split(y, m.cos, m.sin, **rope, q=st.q, qo=qo, rq=rq, k=cache[0],
               ko=qo + c, rk=not table, v=cache[1], vo=qo + 2 * c)  # fmt: skip
@@ -419,7 +449,7 @@ def _attend(m: Model, st: State, j: int, lay: Layer, pos: int, first: bool):
         split(y, m.cos, m.sin, **rope, q=st.q, qo=qo, rq=rq)
         split(st.xn, m.cos, m.sin, **rope, k=cache[0], ko=0, rk=False)
         yr, k_all, v_all = st.rebuild
-        cp.matmul(cache[0].reshape(st.b * st.s, c), lay.wrebuild, out=yr)
+        st.gemm(cache[0].reshape(st.b * st.s, c), lay.wrebuild, yr)
         split(yr, m.cos, m.sin, n_heads=h, head_dim=d, rot=r, pos0=0, per_b=st.s,
               k=k_all, ko=0, v=v_all, vo=c)  # fmt: skip
     att.decode_attention(
@@ -480,12 +510,12 @@ def decode_step(
         elif add is not None:  # cannot happen: only layer 1 skips N1
             raise AssertionError("a later layer without its norm")
         _attend(m, st, j, lay, pos, first)
-        cp.matmul(st.o.reshape(st.b, c), lay.wo, out=st.po)
+        st.gemm(st.o.reshape(st.b, c), lay.wo, st.po)
         add_rmsnorm(st.x, lay.g2, st.hn, st.po)
         _mlp(m, st, j, lay, ids, check_ids)
         add = st.m
     add_rmsnorm(st.x, m.gf, st.hf, add)
-    cp.matmul(st.hf, m.unembed, out=st.logits)
+    st.gemm(st.hf, m.unembed, st.logits)
     return st.logits
 
 

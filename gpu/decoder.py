@@ -297,6 +297,7 @@ class State:
     ws_att: object = None
     ws_slim: object = None
     ws_mlp: dict = field(default_factory=dict)
+    oracle: dict = field(default_factory=dict)  # layer -> the last oracle set
 
 
 def cupy_gemm(a, b, out) -> None:
@@ -405,7 +406,11 @@ def _mlp(m: Model, st: State, j: int, lay: Layer, ids, check_ids: bool):
         cp.maximum(st.u, 0, out=st.u)
         st.gemm(st.u, lay.w_out, st.m)
         return
-    idx = oracle_ids(st.hn, lay.w1, m.tricks.kept) if ids is None else ids[j]
+    if ids is None:
+        idx = oracle_ids(st.hn, lay.w1, m.tricks.kept)
+        st.oracle[j] = idx  # what a graph of this step can be given (ids)
+    else:
+        idx = ids[j]
     ver = mlp_version(st.b, m.dtype)
     mode = "deterministic"
     key = (ver, int(idx.size))
@@ -587,3 +592,193 @@ def greedy_generate(
             nxt = cp.asnumpy(cp.argmax(logits, axis=1)).astype(tokens.dtype)
             tokens = np.concatenate([tokens, nxt[:, None]], axis=1)
     return tokens
+
+
+# --- the full shape on the GPU (the benchmark) ---------------------------------------
+
+
+@dataclass
+class Base:
+    """A random model's base weights on the GPU (one dtype): embed (V, C); per
+    layer g1, wq, wk, wv, wo, g2, w_in, w_out; gf, unembed. W_K is drawn with
+    cond(W_K) = ``cond`` (K-only caches in fp16 need a well-conditioned W_K:
+    chapter 3). Weights random: what a step costs does not depend on them."""
+
+    cfg: cm.DecoderConfig
+    dtype: np.dtype
+    embed: object
+    layers: list  # dicts of the arrays above
+    gf: object
+    unembed: object
+
+
+def random_base(cfg: cm.DecoderConfig, dtype, seed: int, cond: float = 4.0) -> Base:
+    """Random base weights with the reference's scales (cm.init_decoder: N(0, 1/C)
+    projections, W_out N(0, 1/F), unit norms), drawn on the GPU."""
+    import cupy as cp
+
+    rdec.check_config(cfg)
+    rng = cp.random.default_rng(seed)
+    dt = np.dtype(dtype)
+    c, f = cfg.C, cfg.F
+
+    def normal(shape, std):
+        return (rng.standard_normal(shape, dtype=np.float32) * std).astype(dt)
+
+    def well_conditioned():  # U diag(sigma) V^T, sigma from 1 to 1/cond
+        u, _ = cp.linalg.qr(rng.standard_normal((c, c), dtype=np.float32))
+        v, _ = cp.linalg.qr(rng.standard_normal((c, c), dtype=np.float32))
+        sig = cp.geomspace(1.0, 1.0 / cond, c, dtype=np.float32)
+        w = (u * sig) @ v.T
+        return (w * math.sqrt(c) / cp.linalg.norm(w)).astype(dt)  # |W|_F^2 = C
+
+    layers = []
+    for _ in range(cfg.L):
+        layers.append(
+            dict(
+                g1=cp.ones(c, dt),
+                wq=normal((c, c), c**-0.5),
+                wk=well_conditioned(),
+                wv=normal((c, c), c**-0.5),
+                wo=normal((c, c), c**-0.5),
+                g2=cp.ones(c, dt),
+                w_in=normal((c, f), c**-0.5),
+                w_out=normal((f, c), f**-0.5),
+            )  # fmt: skip
+        )
+    embed = normal((cfg.V, c), 1.0)
+    return Base(cfg, dt, embed, layers, cp.ones(c, dt), normal((c, cfg.V), c**-0.5))
+
+
+def from_base(base: Base, tricks: rdec.Tricks, n_pos: int) -> Model:
+    """The Model of ``tricks`` derived on the GPU from base (as
+    reference.decoder.prepare: the table [E | N1(E) W_Q | N1(E) W_K | N1(E) W_V],
+    W_KV = solve(W_K, W_V) in float32, W_in^T), sharing base's arrays where it
+    can. Arrays the tricks do not read are None."""
+    import cupy as cp
+
+    cfg, dt = base.cfg, base.dtype
+    layers = []
+    for i, w in enumerate(base.layers):
+        tab = i == 0 and tricks.precompute
+        kind = tricks.cache
+        reads = rdec._reads(tricks, i == 0)
+        proj = {"kv": ("wq", "wk", "wv"), "k": ("wq", "wk"), "x": ("wq",)}[kind]
+        wproj = None if tab else cp.concatenate([w[n] for n in proj], axis=1)
+        w_kv = None
+        if kind == "k":
+            w_kv = cp.linalg.solve(
+                w["wk"].astype(np.float32), w["wv"].astype(np.float32)
+            )
+            w_kv = w_kv.astype(dt)
+        layers.append(
+            Layer(
+                g1=w["g1"] if "norm1" in reads else None,
+                wproj=wproj,
+                wrebuild=cp.concatenate([w["wk"], w["wv"]], axis=1)
+                if kind == "x"
+                else None,
+                w_kv=w_kv,
+                wo=w["wo"],
+                g2=w["g2"],
+                w_in=w["w_in"] if tricks.kept is None else None,
+                w1=cp.ascontiguousarray(w["w_in"].T)
+                if tricks.kept is not None
+                else None,
+                w_out=w["w_out"],
+            )  # fmt: skip
+        )
+    table = None
+    if tricks.precompute:
+        w0 = base.layers[0]
+        e = base.embed.astype(np.float32)
+        en = e * cp.reciprocal(cp.sqrt((e * e).mean(axis=1, keepdims=True) + EPS))
+        en = (en * w0["g1"].astype(np.float32)).astype(dt)
+        table = cp.concatenate(
+            [base.embed] + [en @ w0[n] for n in ("wq", "wk", "wv")], axis=1
+        )
+    cos, sin = gpc.rope_tables(n_pos, rot_dim(cfg), cfg.rope_base)
+    return Model(
+        cfg, tricks, dt, None if tricks.precompute else base.embed, table, layers,
+        base.gf, base.unembed, cos, sin, cp.zeros(cfg.F, dt), cp.zeros(cfg.C, dt),
+    )  # fmt: skip
+
+
+def fill_caches(base: Base, m: Model, st: State, seed: int) -> None:
+    """Consistent caches for rows 0..S-2 of every layer from one random past: the
+    normed inputs X_l (B, S-1, C) ~ N(0, 1), drawn from seed + l, give the X cache
+    X_l, the K-only cache X_l W_K and the K+V cache RoPE(X_l W_K), X_l W_V (base's
+    W_K, W_V). So every composition of one base attends to the same keys and
+    values, and their logits agree. Eager (CuPy's GEMM): not inside a capture."""
+    import cupy as cp
+
+    cfg, kind = m.cfg, m.tricks.cache
+    b, s, c = st.b, st.s, cfg.C
+    if s < 2:
+        return
+    for j, cache in enumerate(st.caches):
+        rng = cp.random.default_rng(seed + j)
+        x = rng.standard_normal((b * (s - 1), c), dtype=np.float32).astype(m.dtype)
+        if kind == "x":
+            cache[0][:, : s - 1] = x.reshape(b, s - 1, c)
+            continue
+        w = base.layers[j]
+        if kind == "k":
+            cache[0][:, : s - 1] = (x @ w["wk"]).reshape(b, s - 1, c)
+            continue
+        kv = cp.concatenate([x @ w["wk"], x @ w["wv"]], axis=1)  # (B (S-1), 2C)
+        del x
+        tmp = [cp.empty((b, cfg.H, s - 1, cfg.D), m.dtype) for _ in range(2)]
+        split(kv, m.cos, m.sin, n_heads=cfg.H, head_dim=cfg.D, rot=rot_dim(cfg),
+              pos0=0, per_b=s - 1, k=tmp[0], ko=0, v=tmp[1], vo=c)  # fmt: skip
+        cache[0][:, :, : s - 1] = tmp[0]
+        cache[1][:, :, : s - 1] = tmp[1]
+        del kv, tmp
+
+
+def step_bytes(
+    cfg: cm.DecoderConfig, tricks: rdec.Tricks, b: int, s: int, item: int,
+    n_kept: int | None = None,
+) -> int:  # fmt: skip
+    """Bytes one step must move at least: every weight it reads once (4 C^2 of
+    attention weights a layer: W_Q, W_K, W_V, W_O; or W_KV for W_V; the X cache's
+    rebuild reads W_K and W_V), the MLP (2 C F; the sparse MLP: n_kept rows of
+    W_in^T and of W_out, the union), the norms, the caches read (B S tokens of
+    every layer: 2C ("kv") or C ("k", "x") values each), the unembedding C V, the
+    B logits and B embedding rows. Layer 1 with precompute reads B table rows
+    instead of N1 and the projections the table holds (kv: W_Q, W_K, W_V; k: W_Q,
+    W_K; x: W_Q). Scratch traffic is not counted: it is what an implementation
+    adds (the X cache's rebuilt K and V are such)."""
+    c, f, v, lz = cfg.C, cfg.F, cfg.V, cfg.L
+    per_tok = 2 * c if tricks.cache == "kv" else c
+    mlp = 2 * c * (f if tricks.kept is None else (n_kept or 0))
+    n = lz * (4 * c * c + mlp + 2 * c) + lz * b * s * per_tok + c * v + b * v + c
+    if tricks.precompute:
+        saved = {"kv": 3 * c * c + c, "k": 2 * c * c + c, "x": c * c}[tricks.cache]
+        n += b * rpc.row_width(cfg) - saved
+    else:
+        n += b * c
+    return n * item
+
+
+def step_flops(
+    cfg: cm.DecoderConfig, tricks: rdec.Tricks, b: int, s: int,
+    n_kept: int | None = None,
+) -> int:  # fmt: skip
+    """FLOPs of one step: 2 B per weight read as above (the table rows: none), the
+    attention (K+V: 4 B S C; K-only: the scores 2 B S C, the sum over all C
+    columns for every head 2 B H S C, W_KV's 2 B C^2 counted with the weights;
+    X cache as implemented here: the rebuild 4 B S C^2 plus the K+V attention),
+    the unembedding 2 B C V."""
+    c, f, v, lz, h = cfg.C, cfg.F, cfg.V, cfg.L, cfg.H
+    mlp = 2 * c * (f if tricks.kept is None else (n_kept or 0))
+    attn = {
+        "kv": 4 * b * s * c,
+        "k": 2 * b * s * c + 2 * b * h * s * c,
+        "x": 4 * b * s * c * c + 4 * b * s * c,
+    }[tricks.cache]
+    n = lz * (2 * b * (4 * c * c + mlp) + attn) + 2 * b * c * v
+    if tricks.precompute:
+        saved = {"kv": 3 * c * c, "k": 2 * c * c, "x": c * c}[tricks.cache]
+        n -= 2 * b * saved
+    return n

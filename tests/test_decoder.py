@@ -685,3 +685,76 @@ def test_gpu_slim_rope_on_read_matches_reference(h, d, b, s_alloc, data, seed):
                 cp.asnumpy(out), plain, "gpu", F32, slim_kernel_scale(q, env, w)
             )
     print(f"rv1 r={r}: {describe(used)}")
+
+
+def _rope_np(y: np.ndarray, pos: np.ndarray, r: int, cos, sin) -> np.ndarray:
+    """Rotate-half on the first r dims of each head: y (N, H, D), positions (N,)."""
+    out = y.astype(F64).copy()
+    if r:
+        c, s = cos[pos][:, None, :], sin[pos][:, None, :]  # (N, 1, r/2)
+        y1, y2 = out[..., : r // 2].copy(), out[..., r // 2 : r].copy()
+        out[..., : r // 2] = y1 * c - y2 * s
+        out[..., r // 2 : r] = y2 * c + y1 * s
+    return out
+
+
+@pytest.mark.gpu
+@given(b=st.integers(1, 3), per_b=st.integers(1, 5), h=st.integers(1, 3),
+       d=st.sampled_from([2, 6, 64]), layout=st.sampled_from(["bhsd", "bsc"]),
+       amp=st.sampled_from([1.0, 1e3]), dtype=st.sampled_from([F32, np.float16]),
+       data=st.data(), seed=seeds)  # fmt: skip
+def test_gpu_glue_kernels_match_numpy(b, per_b, h, d, layout, amp, dtype, data, seed):
+    """dec_split (rows to q and cache slots, RoPE where asked) and dec_add_rmsnorm
+    against NumPy, outputs NaN-poisoned: every element they own is written, the
+    rest of the caches stays NaN."""
+    import cupy as cp
+
+    from gpu import decoder as gdec
+    from gpu import precompute as gpc
+    from gpu import runtime as rt
+
+    r = data.draw(st.sampled_from(sorted({0, 2, d - d % 4, d})))
+    c, n = h * d, b * per_b
+    s = data.draw(st.integers(per_b, per_b + 4))
+    pos0 = data.draw(st.integers(0, s - per_b))
+    rng = np.random.default_rng(seed)
+    w = 3 * c + data.draw(st.integers(0, 5))
+    y = (amp * rng.standard_normal((n, w))).astype(dtype)
+    cos, sin = gpc.rope_tables(s + 2, max(r, 2))
+    x = rt.poisoned((n, c), F32)
+    q = rt.poisoned((n, h, d), dtype)
+    shape = (b, h, s, d) if layout == "bhsd" else (b, s, c)
+    k, v = rt.poisoned(shape, dtype), rt.poisoned(shape, dtype)
+    off = data.draw(st.integers(0, w - 3 * c))
+    gdec.split(cp.asarray(y), cos, sin, n_heads=h, head_dim=d, rot=r, pos0=pos0,
+               per_b=per_b, x=x, xo=off, q=q, qo=off, rq=True, k=k, ko=off + c,
+               rk=bool(seed % 2), v=v, vo=off + 2 * c)  # fmt: skip
+    pos = pos0 + np.arange(n) % per_b
+    cn, sn = (cp.asnumpy(a).astype(F64) for a in (cos, sin))
+    heads = y[:, off : off + 3 * c].astype(F64).reshape(n, 3, h, d)
+    want_q = _rope_np(heads[:, 0], pos, r, cn, sn)
+    want_k = _rope_np(heads[:, 1], pos, r if seed % 2 else 0, cn, sn)
+    tol = dict(kind="gpu", dtype=dtype, scale=2 * amp)
+    assert_close(cp.asnumpy(x), y[:, off : off + c], "exact", F32)
+    assert_close(cp.asnumpy(q), want_q, tol["kind"], dtype, tol["scale"])
+    kk, vv = cp.asnumpy(k).astype(F64), cp.asnumpy(v).astype(F64)
+    if layout == "bsc":  # (B, S, C) -> (B, H, S, D)
+        kk, vv = (a.reshape(b, s, h, d).transpose(0, 2, 1, 3) for a in (kk, vv))
+    bi = np.arange(n) // per_b
+    assert_close(kk[bi, :, pos], want_k, "gpu", dtype, 2 * amp)
+    assert_close(vv[bi, :, pos], heads[:, 2], "exact", dtype)
+    untouched = np.ones(kk.shape, bool)
+    untouched[bi, :, pos] = False
+    assert np.isnan(kk[untouched]).all() and np.isnan(vv[untouched]).all()
+    # RMSNorm with the residual add
+    res = (amp * rng.standard_normal((n, c))).astype(F32)
+    add = (amp * rng.standard_normal((n, c))).astype(dtype)
+    gam = rng.standard_normal(c).astype(dtype)
+    xd, yo = cp.asarray(res), rt.poisoned((n, c), dtype)
+    gdec.add_rmsnorm(xd, cp.asarray(gam), yo, cp.asarray(add))
+    h64 = res.astype(F64) + add.astype(F64)
+    want = cm.rms_norm(h64, gam.astype(F64))
+    assert_close(cp.asnumpy(xd), h64, "gpu", F32, np.abs(h64).max())
+    used = assert_close(cp.asnumpy(yo), want, "gpu", dtype,
+                        math.sqrt(c) * np.abs(want).max())  # fmt: skip
+    print(f"glue {dtype.__name__}: rmsnorm {describe(used)}")

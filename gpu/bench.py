@@ -296,6 +296,21 @@ def floor_beaten(row: dict, p90_us: float) -> list[str]:
     ]
 
 
+def set_floors(row: dict, nbytes: int, flops: int, ceil: Mapping) -> dict:
+    """The row's bytes and FLOPs and its floors from the ceilings it can use:
+    bytes_floor_us (bytes / read bandwidth), flop_floor_us (FLOPs / fp16 GEMM
+    rate) and floor_us, the larger."""
+    row.update(bytes=nbytes, flops=flops)
+    if ceil.get("read_bytes_per_s"):
+        row["bytes_floor_us"] = nbytes / ceil["read_bytes_per_s"] * 1e6
+    if ceil.get("gemm_fp16_flop_per_s"):
+        row["flop_floor_us"] = flops / ceil["gemm_fp16_flop_per_s"] * 1e6
+    floors = [row[k] for k in ("bytes_floor_us", "flop_floor_us") if k in row]
+    if floors:
+        row["floor_us"] = max(floors)
+    return row
+
+
 def finish(row: dict, t: Timing) -> dict:
     """Add the timing, GB/s and of_floor to a validated row; a row faster than any
     of its floors gets the status "FLOOR BEATEN: ..." (the run then fails)."""

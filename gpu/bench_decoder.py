@@ -138,19 +138,12 @@ def _row(name, tricks, b, s, ceil, n_kept=None) -> dict:
     flops = gdec.step_flops(CFG, tricks, b, s, n_kept)
     row = dict(
         name=name, B=b, S=s, cache=tricks.cache, precompute=tricks.precompute,
-        kept=tricks.kept, n_kept=n_kept, bytes=nbytes, flops=flops,
+        kept=tricks.kept, n_kept=n_kept,
         cache_bytes=rdec.cache_bytes(CFG, tricks, b, s, 2),
         weight_bytes=rdec.weight_bytes(CFG, tricks, 2),
         C=CFG.C, H=CFG.H, D=CFG.D, F=CFG.F, L=CFG.L, V=CFG.V, dtype="float16",
     )  # fmt: skip
-    if ceil.get("read_bytes_per_s"):
-        row["bytes_floor_us"] = nbytes / ceil["read_bytes_per_s"] * 1e6
-    if ceil.get("gemm_fp16_flop_per_s"):
-        row["flop_floor_us"] = flops / ceil["gemm_fp16_flop_per_s"] * 1e6
-    floors = [row[k] for k in ("bytes_floor_us", "flop_floor_us") if k in row]
-    if floors:
-        row["floor_us"] = max(floors)
-    return row
+    return bench.set_floors(row, nbytes, flops, ceil)
 
 
 def _finish(row, t):

@@ -141,16 +141,8 @@ def _base(e, ceil, name, f=None, t=T, **extra) -> dict:
         fl, nb = gfa.flops(t, C, e, G, K), gfa.bytes_moved(t, C, e, G, K, 2)
     else:
         fl, nb = gfa.dense_flops(t, C, f), gfa.dense_bytes(t, C, f, 2)
-    row = dict(name=name, T=t, C=C, E=e, G=G, K=K, F=f, dtype="float16")
-    row.update(flops=fl, bytes=nb, **extra)
-    if ceil.get("gemm_fp16_flop_per_s"):
-        row["flop_floor_us"] = fl / ceil["gemm_fp16_flop_per_s"] * 1e6
-    if ceil.get("read_bytes_per_s"):
-        row["bytes_floor_us"] = nb / ceil["read_bytes_per_s"] * 1e6
-    fls = [row[k] for k in ("flop_floor_us", "bytes_floor_us") if k in row]
-    if fls:
-        row["floor_us"] = max(fls)
-    return row
+    row = dict(name=name, T=t, C=C, E=e, G=G, K=K, F=f, dtype="float16", **extra)
+    return bench.set_floors(row, nb, fl, ceil)
 
 
 def _timed(row, check, calls, timer) -> dict:

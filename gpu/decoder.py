@@ -545,6 +545,18 @@ def poison_state(st: State) -> None:
                 a[:, -1] = nan
 
 
+def _advance(m: Model, st: State, i: int, tok, ids, poison: bool):
+    """Step i of a sequence: the caches grown to i + 1 rows (after step 0),
+    poisoned if asked, then decode_step on tok (B,) ints. Returns (state, logits)."""
+    import cupy as cp
+
+    if i:
+        st = grow(m, st)
+    if poison:
+        poison_state(st)
+    return st, decode_step(m, st, cp.asarray(np.asarray(tok, np.int32)), i, ids)
+
+
 def forced_logits(
     m: Model, tokens, n_prompt: int, ids=None, poison: bool = False
 ) -> np.ndarray:
@@ -560,12 +572,7 @@ def forced_logits(
         raise ValueError(f"n_prompt must lie in [1, T) for tokens {tokens.shape}")
     st, out = new_state(m, b, 1), []
     for i in range(t - 1):
-        if i:
-            st = grow(m, st)
-        if poison:
-            poison_state(st)
-        tok = cp.asarray(tokens[:, i].astype(np.int32))
-        logits = decode_step(m, st, tok, i, ids)
+        st, logits = _advance(m, st, i, tokens[:, i], ids, poison)
         if i >= n_prompt - 1:
             out.append(cp.asnumpy(logits).astype(np.float64))
     return np.stack(out, axis=1)
@@ -582,12 +589,7 @@ def greedy_generate(
     b, t0 = tokens.shape
     st = new_state(m, b, 1)
     for i in range(t0 + n_new - 1):
-        if i:
-            st = grow(m, st)
-        if poison:
-            poison_state(st)
-        tok = cp.asarray(tokens[:, i].astype(np.int32))
-        logits = decode_step(m, st, tok, i, ids)
+        st, logits = _advance(m, st, i, tokens[:, i], ids, poison)
         if i >= t0 - 1:
             nxt = cp.asnumpy(cp.argmax(logits, axis=1)).astype(tokens.dtype)
             tokens = np.concatenate([tokens, nxt[:, None]], axis=1)

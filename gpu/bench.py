@@ -148,8 +148,12 @@ def time_events(calls, samples: int = 10, warmup: int = 2) -> Timing:
     return summarise(per_call, len(calls))
 
 
-def time_torch(calls, samples: int = 30, warmup: int = 3) -> Timing:
-    """As ``time_cupy`` for callables that launch PyTorch work (torch.cuda graphs)."""
+def time_torch(
+    calls, samples: int = 30, warmup: int = 3, capture_error_mode: str = "global"
+) -> Timing:
+    """As ``time_cupy`` for callables that launch PyTorch work (torch.cuda graphs).
+    capture_error_mode: torch's ("global"; "thread_local" lets calls that also
+    launch CuPy kernels look up their functions during the capture)."""
     import torch
 
     calls = _cycle(calls)
@@ -161,7 +165,7 @@ def time_torch(calls, samples: int = 30, warmup: int = 3) -> Timing:
     torch.cuda.current_stream().wait_stream(side)
     torch.cuda.synchronize()
     graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
+    with torch.cuda.graph(graph, capture_error_mode=capture_error_mode):
         for c in calls:
             c()
     start, end = (

@@ -187,7 +187,10 @@ def _case(base, name, tricks, b, s, ceil, plain_logits, samples) -> tuple[dict, 
             lambda: gdec.decode_step(m, st, tok, s - 1, ids, check_ids=False)
         )
 
-    return _finish(row, bench.time_torch([call], samples=samples, warmup=2)), got
+    t = bench.time_torch(
+        [call], samples=samples, warmup=2, capture_error_mode="thread_local"
+    )
+    return _finish(row, t), got
 
 
 def _torch_case(base, b, s, ceil, plain_logits, samples) -> dict:
@@ -227,6 +230,7 @@ def run(quick: bool = False, ceil: dict | None = None, tables=None) -> dict:
             "decoder: torch is needed (the GEMMs of a captured step)", file=sys.stderr
         )
         return {}
+    bench.torch_for_baselines()  # torch's settings for every row, ours included
     base = gdec.random_base(CFG, F16, SEED)
     mem = rt.device_info()["memory_bytes"]
     rows = []

@@ -30,7 +30,7 @@ out=${1:?usage: tools/gpu_session.sh OUTDIR STAGE...}
 shift
 mkdir -p "$out/logs"
 py=${GPU_PYTHON:-python3}
-ALL="attention precompute slim_attention deja_vu deja_vu_predict stagformer stagformer_multi ffn_approx"
+ALL="attention precompute slim_attention deja_vu deja_vu_predict stagformer stagformer_multi ffn_approx decoder"
 [ -f tests/test_fuzz_launchers.py ] && ALL="$ALL fuzz_launchers"
 summary="$out/summary.txt"
 slugs() { [ "$1" = all ] && echo "$ALL" || echo "${1//,/ }"; }

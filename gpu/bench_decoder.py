@@ -22,6 +22,12 @@ cannot capture cuBLAS), timed by bench.time_torch. Compositions (gpu/decoder.py)
   torch       the same model in PyTorch: matmul + SDPA over the same K+V caches
               (RoPE, RMSNorm in float32 statistics), under a CUDA graph
 
+At each S, our plain decoder and torch's also run at the largest batch whose K+V
+caches fit in CAP_MARGIN of the card's memory (capacity_batch; at_capacity rows):
+the throughput where the K+V cache runs out of room. The K-only cache holds twice
+that batch; its throughput there is not timed (rv1, the only kernel that rotates
+on read, is the naive one).
+
 Every composition reads caches built from one random past (gpu.decoder.fill_caches),
 so its logits must agree with plain's: rel_err_vs_plain (||d logits|| / ||logits||)
 is recorded, and exact compositions (not dv10) above 1e-2 fail. Floors:
@@ -57,6 +63,7 @@ COMPOSITIONS = {
 }
 EXACT = ("plain", "pre", "k", "x")
 SLOW = ("k", "x")  # naive paths: S = 1K, B <= 8 only
+CAP_MARGIN = 0.75  # share of the card's memory the capacity rows may fill
 GRID = bench.Grid(
     axes=dict(B=(1, 8, 64), S=(1024, 16384)),
     quick=dict(B=(1, 8), S=(1024,)),
@@ -221,14 +228,56 @@ def _free():
     torch.cuda.empty_cache()
 
 
+def _point(base, b, s, names, ceil, mem) -> list[dict]:
+    """The compositions ``names`` that fit at (B, S), then torch's plain decoder
+    (validated against ours)."""
+    samples = 10 if b * s <= 8 * 1024 else 5
+    rows, plain = [], None
+    for name in names:
+        tricks = COMPOSITIONS[name]
+        if name in SLOW and (s > 1024 or b > 8):
+            continue
+        if not fits(tricks, b, s, mem):
+            continue
+        try:
+            row, got = _case(base, name, tricks, b, s, ceil, plain, samples)
+        except Exception as e:  # noqa: BLE001 - recorded, the run goes on
+            row = _row(name, tricks, b, s, ceil)
+            row["status"] = f"FAILED: {type(e).__name__}: {e}"
+            got = None
+        print(f"  {name} B={b} S={s}: {row.get('median_us')} us "
+              f"{row.get('status')}", file=sys.stderr)  # fmt: skip
+        if name == "plain":
+            plain = got
+        rows.append(row)
+        _free()
+    if plain is not None:
+        try:
+            rows.append(_torch_case(base, b, s, ceil, plain, samples))
+        except Exception as e:  # noqa: BLE001
+            row = _row("torch", rdec.Tricks(), b, s, ceil)
+            row["status"] = f"FAILED: {type(e).__name__}: {e}"
+            rows.append(row)
+        _free()
+    return rows
+
+
+def capacity_batch(s: int, mem: int) -> int:
+    """The largest B whose K+V caches of S tokens fit beside the weights in
+    CAP_MARGIN of the card's memory (the rest: the copies from_base makes, the
+    caches' filling, a step's scratch)."""
+    tokens = rdec.max_cached_tokens(CFG, rdec.Tricks(), int(CAP_MARGIN * mem), 2)
+    return tokens // s
+
+
 def run(quick: bool = False, ceil: dict | None = None, tables=None) -> dict:
-    """The table "decoder": every composition that fits at each (B, S) and torch's
-    plain decoder beside; every row carries the card's memory_bytes."""
+    """The table "decoder": every composition that fits at each (B, S) of the
+    grid, torch's plain decoder beside; then, at each S, our plain decoder and
+    torch's at the largest batch the K+V cache allows (capacity_batch; rows with
+    at_capacity). Every row carries the card's memory_bytes."""
     ceil = ceil or {}
     if not bench.torch_available():
-        print(
-            "decoder: torch is needed (the GEMMs of a captured step)", file=sys.stderr
-        )
+        print("decoder: needs torch (a captured step's GEMMs)", file=sys.stderr)
         return {}
     bench.torch_for_baselines()  # torch's settings for every row, ours included
     base = gdec.random_base(CFG, F16, SEED)
@@ -236,33 +285,12 @@ def run(quick: bool = False, ceil: dict | None = None, tables=None) -> dict:
     rows = []
     for s in GRID.values("S", quick):
         for b in GRID.values("B", quick):
-            samples = 10 if b * s <= 8 * 1024 else 5
-            plain = None
-            for name, tricks in COMPOSITIONS.items():
-                if name in SLOW and (s > 1024 or b > 8):
-                    continue
-                if not fits(tricks, b, s, mem):
-                    continue
-                try:
-                    row, got = _case(base, name, tricks, b, s, ceil, plain, samples)
-                except Exception as e:  # noqa: BLE001 - recorded, the run goes on
-                    row = _row(name, tricks, b, s, ceil)
-                    row["status"] = f"FAILED: {type(e).__name__}: {e}"
-                    got = None
-                print(f"  {name} B={b} S={s}: {row.get('median_us')} us "
-                      f"{row.get('status')}", file=sys.stderr)  # fmt: skip
-                if name == "plain":
-                    plain = got
-                rows.append(row)
-                _free()
-            if plain is not None and fits(rdec.Tricks(), b, s, mem):
-                try:
-                    rows.append(_torch_case(base, b, s, ceil, plain, samples))
-                except Exception as e:  # noqa: BLE001
-                    row = _row("torch", rdec.Tricks(), b, s, ceil)
-                    row["status"] = f"FAILED: {type(e).__name__}: {e}"
-                    rows.append(row)
-                _free()
+            rows += _point(base, b, s, tuple(COMPOSITIONS), ceil, mem)
+    for s in GRID.values("S", quick):
+        b = capacity_batch(s, mem)
+        if b >= 1 and b not in GRID.values("B", quick):
+            for r in _point(base, b, s, ("plain",), ceil, mem):
+                rows.append(dict(r, at_capacity=True))
     for r in rows:
         r["memory_bytes"] = mem  # the capacity: reference.decoder.max_cached_tokens
     return {"decoder": rows}

@@ -40,6 +40,12 @@ MIN_CHUNK = 128  # fewest keys worth a block (v4-v7 cover 32 rows per tile); swe
 FALLBACK = (8, 7, 6, 5, 4, 3, 2, 1)
 
 
+def fused_version(d: int, dtype) -> int:
+    """The version a model's decode step uses at head dim D: v7 (fused combine,
+    instantiated per D) where it is built for D and the dtype, else v3."""
+    return 7 if d in V4_HEAD_DIMS[np.dtype(dtype)] else 3
+
+
 def runnable_version(version: int) -> int:
     """The version this card runs when ``version`` is asked for: itself, or the
     best of FALLBACK it supports (one CapabilityFallback warning). ``version``

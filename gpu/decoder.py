@@ -48,6 +48,7 @@ from gpu import runtime as rt
 from gpu import slim_attention as gsa
 from reference import common as cm
 from reference import decoder as rdec
+from reference import deja_vu as rdv
 from reference import precompute as rpc
 
 SLUG = "decoder"
@@ -256,11 +257,6 @@ def split(
 # --- one step ----------------------------------------------------------------------
 
 
-def attn_version(d: int, dtype) -> int:
-    """Chapter 1's fastest fused version where it is built for D, else v3."""
-    return 7 if d in att.V4_HEAD_DIMS[np.dtype(dtype)] else 3
-
-
 def mlp_version(b: int, dtype) -> int:
     """Chapter 4's kernel for B rows: v7 at B = 1, v8 (tensor cores) up to 64 in
     float16; v1 (the naive twin) in float32 and beyond."""
@@ -359,7 +355,7 @@ def new_state(m: Model, b: int, s: int, gemm=cupy_gemm) -> State:
         m=cp.zeros((b, c), dt), hf=cp.zeros((b, c), dt),
         logits=cp.zeros((b, cfg.V), dt), gemm=gemm,
     )  # fmt: skip
-    av = attn_version(d, dt)
+    av = att.fused_version(d, dt)
     if kind == "x":
         st.rebuild = (
             cp.zeros((b * s, 2 * c), dt),
@@ -387,15 +383,14 @@ def grow(m: Model, st: State) -> State:
 
 def oracle_ids(hn, w1, kept: float):
     """The oracle set of one layer: per row the ceil(kept F) largest of hn W_in
-    (ties to the lower id, as reference.deja_vu.top_k_ids), united over the rows;
+    (reference.deja_vu.top_k_ids: ties to the lower id), united over the rows;
     sorted int32 ids. Reads all of W_in: correctness runs only."""
     import cupy as cp
 
     f = w1.shape[0]
     k = min(f, math.ceil(kept * f))
     z = (hn.astype(cp.float64) @ w1.T.astype(cp.float64)).get()  # (B, F)
-    order = np.argsort(-z, axis=1, kind="stable")[:, :k]  # lower id first on ties
-    return cp.asarray(np.unique(order).astype(np.int32))
+    return cp.asarray(np.unique(rdv.top_k_ids(z, k)).astype(np.int32))
 
 
 def _mlp(m: Model, st: State, j: int, lay: Layer, ids, check_ids: bool):
@@ -458,7 +453,7 @@ def _attend(m: Model, st: State, j: int, lay: Layer, pos: int, first: bool):
         split(yr, m.cos, m.sin, n_heads=h, head_dim=d, rot=r, pos0=0, per_b=st.s,
               k=k_all, ko=0, v=v_all, vo=c)  # fmt: skip
     att.decode_attention(
-        st.q, k_all, v_all, version=attn_version(d, m.dtype), out=st.o,
+        st.q, k_all, v_all, version=att.fused_version(d, m.dtype), out=st.o,
         workspace=st.ws_att,
     )  # fmt: skip
 

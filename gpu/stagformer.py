@@ -569,7 +569,7 @@ def n_split(s: int) -> int:
 
 
 def attn_version(d: int, dtype) -> int:
-    return 7 if d in att.V4_HEAD_DIMS[np.dtype(dtype)] else 3
+    return att.fused_version(d, dtype)
 
 
 def new_buffers(m: Model, b: int, pos: int, stacks: int = 2) -> Buffers:

@@ -300,6 +300,17 @@ def floor_beaten(row: dict, p90_us: float) -> list[str]:
     ]
 
 
+def rel_err(got, ref) -> float:
+    """||got - ref|| / ||ref|| over whole arrays of one shape. (The first run compared
+    torch's (B, C) output with our row 0 only, ``ours[0]``: numpy broadcast it over
+    the B rows, so the check passed at B = 1 and "failed" at B = 8 and 64 with
+    sqrt(B - 1) times the distance between two rows, 2.68 and 8.02.)"""
+    got, ref = np.asarray(got, np.float64), np.asarray(ref, np.float64)
+    if got.shape != ref.shape:
+        raise ValueError(f"shapes differ: {got.shape} vs {ref.shape}")
+    return float(np.linalg.norm(got - ref) / np.linalg.norm(ref))
+
+
 def set_floors(row: dict, nbytes: int, flops: int, ceil: Mapping) -> dict:
     """The row's bytes and FLOPs and its floors from the ceilings it can use:
     bytes_floor_us (bytes / read bandwidth), flop_floor_us (FLOPs / fp16 GEMM

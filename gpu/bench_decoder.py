@@ -135,11 +135,6 @@ def torch_step(base: gdec.Base, m: gdec.Model, st: gdec.State, tokens, pos: int)
     return step
 
 
-def rel_err(got, ref) -> float:
-    got, ref = (np.asarray(a, np.float64) for a in (got, ref))
-    return float(np.linalg.norm(got - ref) / np.linalg.norm(ref))
-
-
 def _row(name, tricks, b, s, ceil, n_kept=None) -> dict:
     nbytes = gdec.step_bytes(CFG, tricks, b, s, 2, n_kept)
     flops = gdec.step_flops(CFG, tricks, b, s, n_kept)
@@ -182,7 +177,7 @@ def _case(base, name, tricks, b, s, ceil, plain_logits, samples) -> tuple[dict, 
         row["status"] = "FAILED validation: non-finite logits"
         return row, None
     if plain_logits is not None:
-        row["rel_err_vs_plain"] = rel_err(got, plain_logits)
+        row["rel_err_vs_plain"] = bench.rel_err(got, plain_logits)
         if name in EXACT and not row["rel_err_vs_plain"] <= 1e-2:
             row["status"] = (
                 f"FAILED validation: rel. error {row['rel_err_vs_plain']:.3g}"
@@ -213,7 +208,9 @@ def _torch_case(base, b, s, ceil, plain_logits, samples) -> dict:
     step = torch_step(base, m, st, tok, s - 1)
     got = step().float()
     torch.cuda.synchronize()
-    row["rel_err_vs_plain"] = rel_err(cp.asnumpy(cp.from_dlpack(got)), plain_logits)
+    row["rel_err_vs_plain"] = bench.rel_err(
+        cp.asnumpy(cp.from_dlpack(got)), plain_logits
+    )
     if not row["rel_err_vs_plain"] <= 1e-2:
         row["status"] = f"FAILED validation: rel. error {row['rel_err_vs_plain']:.3g}"
         return row

@@ -458,7 +458,7 @@ def persistent_table(ceil) -> list[dict]:
         bf.k[...], bf.v[...] = k0, v0
         bf.out.fill(np.nan)
         got = cp.asnumpy(gs.persistent_step(pk, bf, e, S - 1, ver)).copy()
-        err = rel_err(got, ours) if np.isfinite(got).all() else float("nan")
+        err = bench.rel_err(got, ours) if np.isfinite(got).all() else float("nan")
         if not isinstance(checked[ver], float) or not err <= 1e-2:
             row["status"] = f"FAILED validation ({checked[ver]}; rel_err_vs_v3 {err})"
             rows.append(row)
@@ -477,17 +477,6 @@ def persistent_table(ceil) -> list[dict]:
     bf.k[...], bf.v[...] = k0, v0
     rows.append(_torch_plain(m, bf, e, ours, 1, ceil, torch_used))
     return rows
-
-
-def rel_err(got, ref) -> float:
-    """||got - ref|| / ||ref|| over whole arrays of one shape. (The first run compared
-    torch's (B, C) output with our row 0 only, ``ours[0]``: numpy broadcast it over
-    the B rows, so the check passed at B = 1 and "failed" at B = 8 and 64 with
-    sqrt(B - 1) times the distance between two rows, 2.68 and 8.02.)"""
-    got, ref = np.asarray(got, np.float64), np.asarray(ref, np.float64)
-    if got.shape != ref.shape:
-        raise ValueError(f"shapes differ: {got.shape} vs {ref.shape}")
-    return float(np.linalg.norm(got - ref) / np.linalg.norm(ref))
 
 
 def torch_plain_step(layers, gf, kc, vc, e, pos: int):
@@ -563,7 +552,7 @@ def _torch_plain(m, bf, e, ours, b, ceil, torch_used) -> dict:
     )
     got = step().float()
     torch.cuda.synchronize()
-    rel = rel_err(cp.asnumpy(cp.from_dlpack(got)), ours)
+    rel = bench.rel_err(cp.asnumpy(cp.from_dlpack(got)), ours)
     row.update(error_used=torch_used, rel_err_vs_plain_24=rel)
     if not rel <= 1e-2:
         row["status"] = f"FAILED validation: rel. error {rel:.3g} vs plain_24"

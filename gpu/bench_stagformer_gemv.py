@@ -34,7 +34,6 @@ import numpy as np
 
 from gpu import bench
 from gpu import stagformer as gs
-from gpu.bench_stagformer import rel_err
 
 C, F, HD = 2048, 8192, 2048
 SHAPES = {  # name: (K, M, x dtype, act, residual)
@@ -162,7 +161,7 @@ def _case(shape, n, ceil, rng) -> list[dict]:
     row = _base("cupy_matmul", shape, n, ceil, True, copies=len(ws))
     y16.fill(np.nan)
     cp.matmul(x16, ws[0], out=y16)
-    row["rel_err"] = rel_err(cp.asnumpy(y16), want16)
+    row["rel_err"] = bench.rel_err(cp.asnumpy(y16), want16)
     if not row["rel_err"] <= 1e-2:
         row["status"] = f"FAILED validation: rel. error {row['rel_err']:.3g}"
         rows.append(row)
@@ -186,7 +185,7 @@ def _torch_row(shape, n, ceil, x16, ws, want16) -> dict:
     torch.cuda.synchronize()
     row = _base("torch_matmul", shape, n, ceil, True, copies=len(ws))
     row["torch"] = torch.__version__
-    row["rel_err"] = rel_err(cp.asnumpy(cp.from_dlpack(out)), want16)
+    row["rel_err"] = bench.rel_err(cp.asnumpy(cp.from_dlpack(out)), want16)
     if not row["rel_err"] <= 1e-2:
         row["status"] = f"FAILED validation: rel. error {row['rel_err']:.3g}"
         return row

@@ -688,9 +688,8 @@ def from_base(base: Base, tricks: rdec.Tricks, n_pos: int) -> Model:
     table = None
     if tricks.precompute:
         w0 = base.layers[0]
-        e = base.embed.astype(np.float32)
-        en = e * cp.reciprocal(cp.sqrt((e * e).mean(axis=1, keepdims=True) + EPS))
-        en = (en * w0["g1"].astype(np.float32)).astype(dt)
+        en = cp.empty_like(base.embed)  # N1(E), V rows
+        add_rmsnorm(base.embed.astype(np.float32), w0["g1"], en)
         table = cp.concatenate(
             [base.embed] + [en @ w0[n] for n in ("wq", "wk", "wv")], axis=1
         )

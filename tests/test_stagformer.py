@@ -243,7 +243,7 @@ def test_bench_rel_err_compares_every_row():
     """The torch baseline's check (gpu/bench_stagformer.rel_err) compares whole
     (B, C) arrays. Known-wrong: the first run compared them with row 0 only, which
     numpy broadcast over the batch (passing at B = 1, "failing" at B > 1)."""
-    from gpu.bench_stagformer import rel_err
+    from gpu.bench import rel_err
 
     rng = np.random.default_rng(1)
     ref = rng.standard_normal((8, 64))

@@ -43,7 +43,7 @@ bf.k[...], bf.v[...] = k0, v0
 for _ in range(reps):
     v3 = cp.asnumpy(gs.plain_step(m, bf, e, bs.S - 1, 3)).copy()
 same_kv = bool(cp.array_equal(kp, bf.k)) and bool(cp.array_equal(vp, bf.v))
-err = bs.rel_err(p1, v3)
+err = bench.rel_err(p1, v3)
 print(
     f"p1 vs v3: rel err {err:.3g}; finite {np.isfinite(p1).all()}; K/V rows equal "
     f"{same_kv}; kv max diff {float(cp.abs(kp.astype(cp.float32) - bf.k).max()):.3g}"
